@@ -1,0 +1,34 @@
+"""Pagoda: an LLM inference and serving engine with vLLM's public names."""
+
+from pagoda.engine_args import EngineArgs
+from pagoda.inputs import TextPrompt, TokensPrompt
+from pagoda.outputs import CompletionOutput, Logprob, RequestOutput
+from pagoda.sampling_params import SamplingParams
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "LLM",
+    "EngineArgs",
+    "SamplingParams",
+    "RequestOutput",
+    "CompletionOutput",
+    "Logprob",
+    "TokensPrompt",
+    "TextPrompt",
+    "ModelRegistry",
+    "__version__",
+]
+
+
+def __getattr__(name: str):
+    # Heavy modules (torch, models) load only when these names are first used.
+    if name == "LLM":
+        from pagoda.entrypoints.llm import LLM
+
+        return LLM
+    if name == "ModelRegistry":
+        from pagoda.model_executor.models import ModelRegistry
+
+        return ModelRegistry
+    raise AttributeError(f"module 'pagoda' has no attribute {name!r}")

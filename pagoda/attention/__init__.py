@@ -1,0 +1,5 @@
+"""Attention over the paged KV cache: the backend interface and its implementations."""
+
+from pagoda.attention.backend import AttentionBackend, AttentionMetadata, get_attention_backend
+
+__all__ = ["AttentionBackend", "AttentionMetadata", "get_attention_backend"]

@@ -1,0 +1,59 @@
+"""Reference attention backend in plain torch: the CPU path and the oracle for the Triton kernels.
+
+Invariant: numerically this is softmax(q·kᵀ·scale + causal mask)·v per request, computed in fp32,
+with keys and values gathered from the paged cache after this step's tokens were written to it.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from pagoda.attention.backend import AttentionBackend, AttentionMetadata
+
+
+def write_kv_cache(kv_cache: torch.Tensor, key: torch.Tensor, value: torch.Tensor, slot_mapping: torch.Tensor) -> None:
+    """Store each token's key and value at its slot (block * block_size + offset)."""
+    num_blocks, block_size = kv_cache.shape[1], kv_cache.shape[2]
+    flat = kv_cache.view(2, num_blocks * block_size, *kv_cache.shape[3:])
+    flat[0].index_copy_(0, slot_mapping, key.to(kv_cache.dtype))
+    flat[1].index_copy_(0, slot_mapping, value.to(kv_cache.dtype))
+
+
+def paged_attention_reference(
+    query: torch.Tensor,
+    kv_cache: torch.Tensor,
+    metadata: AttentionMetadata,
+    scale: float,
+) -> torch.Tensor:
+    """Attention of every query row over its request's cached keys/values (already written)."""
+    block_size = kv_cache.shape[2]
+    num_heads, num_kv_heads = query.shape[1], kv_cache.shape[3]
+    group = num_heads // num_kv_heads
+    out = torch.empty_like(query)
+    starts = metadata.query_start_loc_cpu
+    for i, seq_len in enumerate(metadata.seq_lens_cpu):
+        q_start, q_end = starts[i], starts[i + 1]
+        query_len = q_end - q_start
+        if query_len == 0:
+            continue
+        num_blocks = (seq_len + block_size - 1) // block_size
+        blocks = metadata.block_tables[i, :num_blocks].long()
+        keys = kv_cache[0, blocks].reshape(-1, num_kv_heads, kv_cache.shape[4])[:seq_len]
+        values = kv_cache[1, blocks].reshape(-1, num_kv_heads, kv_cache.shape[4])[:seq_len]
+        q = query[q_start:q_end].float().transpose(0, 1)  # [H, q, D]
+        k = keys.float().transpose(0, 1).repeat_interleave(group, dim=0)  # [H, L, D]
+        v = values.float().transpose(0, 1).repeat_interleave(group, dim=0)
+        positions = torch.arange(seq_len - query_len, seq_len, device=query.device)
+        mask = torch.arange(seq_len, device=query.device)[None, :] <= positions[:, None]
+        attn = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+        out[q_start:q_end] = attn.transpose(0, 1).to(query.dtype)
+    return out
+
+
+class TorchAttentionBackend(AttentionBackend):
+    name = "torch"
+
+    def forward(self, query, key, value, kv_cache, metadata, scale):
+        write_kv_cache(kv_cache, key, value, metadata.slot_mapping)
+        return paged_attention_reference(query, kv_cache, metadata, scale)

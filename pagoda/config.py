@@ -1,0 +1,113 @@
+"""Validated configuration dataclasses, built from `EngineArgs` (the one table of options).
+
+Invariants:
+- Every config here is complete and validated once constructed: downstream code never re-checks
+  user input, and never reads options from anywhere else.
+- `core/` imports this module but needs nothing from torch; the torch dtype lives on ModelConfig
+  as a string name (`dtype_name`) plus the resolved `torch.dtype` built lazily by `torch_dtype`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+DTYPE_CHOICES = ("auto", "float16", "half", "bfloat16", "float32", "float")
+LOAD_FORMATS = ("auto", "safetensors", "pt", "dummy")
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
+SCHEDULING_POLICIES = ("fcfs", "priority")
+TOKENIZER_MODES = ("auto", "slow")
+BLOCK_SIZES = (8, 16, 32, 64, 128)
+
+
+@dataclass
+class ModelConfig:
+    """What model runs and how its numbers are represented."""
+
+    model: str  # the path or hub id the user gave
+    model_path: str  # the local folder it resolved to
+    tokenizer_path: str
+    hf_config: Any  # transformers.PretrainedConfig
+    architecture: str
+    dtype_name: str  # "float16" | "bfloat16" | "float32"
+    max_model_len: int
+    seed: int | None
+    served_model_name: str
+    max_logprobs: int
+    revision: str | None = None
+    tokenizer_mode: str = "auto"
+    skip_tokenizer_init: bool = False
+    trust_remote_code: bool = False
+    generation_config: dict = field(default_factory=dict)
+
+    @property
+    def torch_dtype(self):
+        import torch
+
+        return getattr(torch, self.dtype_name)
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.hf_config.vocab_size)
+
+
+@dataclass
+class LoadConfig:
+    load_format: str = "auto"
+
+
+@dataclass
+class CacheConfig:
+    """The paged KV cache. `num_blocks` is filled in by the worker after it sizes the cache."""
+
+    block_size: int = 16
+    gpu_memory_utilization: float = 0.9
+    swap_space_gib: float = 4.0
+    num_gpu_blocks_override: int | None = None
+    kv_cache_memory_bytes: int | None = None
+    enable_prefix_caching: bool = True
+    num_blocks: int | None = None
+
+
+@dataclass
+class SchedulerConfig:
+    """The per-step token budget and the admission policy."""
+
+    max_num_seqs: int
+    max_num_batched_tokens: int
+    max_model_len: int
+    enable_chunked_prefill: bool = True
+    policy: str = "fcfs"
+
+
+@dataclass
+class DeviceConfig:
+    device: str = "cpu"  # resolved: "cpu" or "cuda"
+
+
+@dataclass
+class ParallelConfig:
+    """Room for tensor/pipeline parallelism (DESIGN §7); world size 1 today."""
+
+    tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
+
+    @property
+    def world_size(self) -> int:
+        return self.tensor_parallel_size * self.pipeline_parallel_size
+
+
+@dataclass
+class PagodaConfig:
+    """Everything the engine needs, grouped."""
+
+    model: ModelConfig
+    cache: CacheConfig
+    scheduler: SchedulerConfig
+    device: DeviceConfig
+    load: LoadConfig
+    parallel: ParallelConfig
+    enforce_eager: bool = False

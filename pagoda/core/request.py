@@ -1,0 +1,105 @@
+"""A request as the scheduler sees it: token ids, progress, and status.
+
+Invariants:
+- `all_token_ids == prompt_token_ids + output_token_ids`, always.
+- `num_computed_tokens <= num_tokens`; tokens in [num_computed_tokens, num_tokens) still need a
+  forward pass. There are no prefill/decode phases: a decode is simply one token to catch up on.
+- `status` only moves forward through RequestStatus, except RUNNING <-> PREEMPTED (recompute).
+- `block_hashes[i]` is the chained hash of full block i of `all_token_ids` (kept current by
+  KVCacheManager); it never covers a partial block.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+from pagoda.sampling_params import SamplingParams
+
+
+class RequestStatus(IntEnum):
+    WAITING = 0
+    RUNNING = 1
+    PREEMPTED = 2
+    # Everything past this line is finished.
+    FINISHED_STOPPED = 3
+    FINISHED_LENGTH_CAPPED = 4
+    FINISHED_ABORTED = 5
+
+    @property
+    def is_finished(self) -> bool:
+        return self > RequestStatus.PREEMPTED
+
+    @property
+    def finish_reason(self) -> str | None:
+        return _FINISH_REASONS.get(self)
+
+
+_FINISH_REASONS = {
+    RequestStatus.FINISHED_STOPPED: "stop",
+    RequestStatus.FINISHED_LENGTH_CAPPED: "length",
+    RequestStatus.FINISHED_ABORTED: "abort",
+}
+
+
+@dataclass
+class EngineCoreRequest:
+    """What the frontend hands the engine core: already tokenized and validated."""
+
+    request_id: str
+    prompt_token_ids: list[int]
+    sampling_params: SamplingParams
+    eos_token_id: int | None
+    arrival_time: float = field(default_factory=time.time)
+    priority: int = 0
+
+
+class Request:
+    def __init__(self, core_request: EngineCoreRequest, max_model_len: int) -> None:
+        params = core_request.sampling_params
+        self.request_id = core_request.request_id
+        self.sampling_params = params
+        self.eos_token_id = core_request.eos_token_id
+        self.arrival_time = core_request.arrival_time
+        self.priority = core_request.priority
+        self.prompt_token_ids = list(core_request.prompt_token_ids)
+        self.num_prompt_tokens = len(self.prompt_token_ids)
+        self.all_token_ids = list(self.prompt_token_ids)
+        self.output_token_ids: list[int] = []
+        self.num_computed_tokens = 0
+        self.num_cached_tokens = 0  # prompt tokens served from the prefix cache at first schedule
+        self.num_preemptions = 0
+        self.status = RequestStatus.WAITING
+        self.stop_reason: int | str | None = None
+        self.block_hashes: list[bytes] = []
+        limit = max_model_len - self.num_prompt_tokens
+        self.max_tokens = min(params.max_tokens, limit) if params.max_tokens is not None else limit
+        # Prompt logprobs need logits at every prompt position, so a cache hit would skip them.
+        self.skip_prefix_cache = params.prompt_logprobs is not None
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.all_token_ids)
+
+    @property
+    def num_output_tokens(self) -> int:
+        return len(self.output_token_ids)
+
+    def append_output_token(self, token_id: int) -> None:
+        self.output_token_ids.append(token_id)
+        self.all_token_ids.append(token_id)
+
+    def check_stop(self) -> RequestStatus | None:
+        """After a token was appended: the finished status it causes, if any."""
+        params = self.sampling_params
+        last = self.output_token_ids[-1]
+        if self.num_output_tokens >= params.min_tokens:
+            if not params.ignore_eos and last == self.eos_token_id:
+                return RequestStatus.FINISHED_STOPPED
+            if last in params.all_stop_token_ids:
+                self.stop_reason = last if last in params.stop_token_ids else None
+                return RequestStatus.FINISHED_STOPPED
+        if self.num_output_tokens >= self.max_tokens:
+            return RequestStatus.FINISHED_LENGTH_CAPPED
+        return None

@@ -1,0 +1,77 @@
+"""Typed messages between the scheduler, the model runner and the frontend.
+
+Invariants:
+- SchedulerOutput describes one step completely: the runner needs nothing else from the scheduler.
+  New (or resumed-after-preemption) requests carry all their tokens; running ones carry only
+  their new block ids, since the runner keeps its own copy of every running request's tokens.
+- `num_scheduled_tokens` has one entry per request in the step, and they sum to
+  `total_num_scheduled_tokens`.
+- Ids in `finished_req_ids` and `preempted_req_ids` were dropped by the scheduler before this
+  step; the runner drops its state for them before preparing the step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pagoda.sampling_params import SamplingParams
+
+# One position's logprobs: (token ids, logprobs, rank of the chosen token); ids[0] is the chosen one.
+PositionLogprobs = tuple[list[int], list[float], int]
+
+
+@dataclass
+class NewRequestData:
+    req_id: str
+    token_ids: list[int]  # prompt plus any output already generated (after preemption)
+    num_prompt_tokens: int
+    sampling_params: SamplingParams
+    block_ids: list[int]
+    num_computed_tokens: int  # before this step (prefix-cache hits)
+
+
+@dataclass
+class CachedRequestData:
+    req_id: str
+    new_block_ids: list[int]
+    num_computed_tokens: int  # before this step
+
+
+@dataclass
+class SchedulerOutput:
+    new_reqs: list[NewRequestData]
+    cached_reqs: list[CachedRequestData]
+    num_scheduled_tokens: dict[str, int]
+    total_num_scheduled_tokens: int
+    finished_req_ids: set[str] = field(default_factory=set)
+    preempted_req_ids: set[str] = field(default_factory=set)
+
+    @property
+    def is_empty(self) -> bool:
+        return self.total_num_scheduled_tokens == 0
+
+
+@dataclass
+class ModelRunnerOutput:
+    """Sampled tokens per request of the step (an empty list for a prefill chunk that samples nothing)."""
+
+    sampled_token_ids: dict[str, list[int]]
+    logprobs: dict[str, list[PositionLogprobs]] = field(default_factory=dict)
+    prompt_logprobs: dict[str, list[PositionLogprobs]] = field(default_factory=dict)
+
+
+@dataclass
+class EngineCoreOutput:
+    """What the frontend learns about one request after a step."""
+
+    request_id: str
+    new_token_ids: list[int]
+    new_logprobs: list[PositionLogprobs] | None = None
+    new_prompt_logprobs: list[PositionLogprobs] | None = None
+    finish_reason: str | None = None  # "stop" | "length" | "abort"
+    stop_reason: int | str | None = None
+    num_cached_tokens: int = 0
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None

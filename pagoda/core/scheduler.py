@@ -1,0 +1,237 @@
+"""The scheduler: one token budget per step, shared by decodes and (chunked) prefills.
+
+Every request simply has `num_computed_tokens` catching up with `num_tokens`; a step gives each
+scheduled request some of its missing tokens. Running requests go first (so decodes never starve),
+then waiting ones are admitted while budget, sequence slots and KV blocks last.
+
+Invariants:
+- A request is in exactly one of `waiting`, `running`, or neither (finished); `requests` holds
+  every unfinished request.
+- A running request owns KV blocks for all its computed tokens; a waiting one owns none.
+- When blocks run out, the lowest-priority running request (the latest arrival under fcfs) is
+  preempted: its blocks are freed, its computed tokens forgotten, and it waits at the front to be
+  recomputed from its prompt plus the tokens it already generated. No request is ever dropped.
+- After `schedule()`, each scheduled request's num_computed_tokens already counts its scheduled
+  tokens; `update_from_output()` then appends the sampled tokens and finishes requests.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from pagoda.config import CacheConfig, SchedulerConfig
+from pagoda.core.kv_cache_manager import KVCacheManager
+from pagoda.core.request import EngineCoreRequest, Request, RequestStatus
+from pagoda.core.request_queue import RequestQueue
+from pagoda.core.sched_output import (
+    CachedRequestData,
+    EngineCoreOutput,
+    ModelRunnerOutput,
+    NewRequestData,
+    SchedulerOutput,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class Scheduler:
+    def __init__(self, scheduler_config: SchedulerConfig, cache_config: CacheConfig) -> None:
+        if cache_config.num_blocks is None:
+            raise ValueError("cache_config.num_blocks must be set (the worker sizes the cache) before scheduling")
+        self.config = scheduler_config
+        self.max_model_len = scheduler_config.max_model_len
+        self.block_size = cache_config.block_size
+        self.kv = KVCacheManager(cache_config.num_blocks, cache_config.block_size, cache_config.enable_prefix_caching)
+        self.requests: dict[str, Request] = {}
+        self.waiting = RequestQueue(scheduler_config.policy)
+        self.running: list[Request] = []
+        self.finished_req_ids: set[str] = set()
+        self.num_preemptions_total = 0
+
+    # ---- requests in and out ------------------------------------------------------------------
+    def add_request(self, core_request: EngineCoreRequest) -> None:
+        if core_request.request_id in self.requests:
+            raise ValueError(f"request_id {core_request.request_id!r} is already in use")
+        num_prompt = len(core_request.prompt_token_ids)
+        if not 0 < num_prompt < self.max_model_len:
+            raise ValueError(
+                f"prompt has {num_prompt} tokens; it must have at least 1 and fewer than max_model_len "
+                f"({self.max_model_len}) so that one token can be generated"
+            )
+        request = Request(core_request, self.max_model_len)
+        self.requests[request.request_id] = request
+        self.waiting.add(request)
+
+    def abort_requests(self, request_ids: list[str]) -> list[str]:
+        """Finish requests at once and free their blocks; returns the ids that were still unfinished."""
+        aborted = []
+        for request_id in request_ids:
+            request = self.requests.get(request_id)
+            if request is None:
+                continue
+            if request.status == RequestStatus.RUNNING:
+                self.running.remove(request)
+            else:
+                self.waiting.remove(request)
+            self._free(request, RequestStatus.FINISHED_ABORTED)
+            aborted.append(request_id)
+        return aborted
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self.requests)
+
+    # ---- one step -----------------------------------------------------------------------------
+    def schedule(self) -> SchedulerOutput:
+        budget = self.config.max_num_batched_tokens
+        num_scheduled: dict[str, int] = {}
+        new_reqs: list[NewRequestData] = []
+        cached_reqs: list[CachedRequestData] = []
+        preempted: list[Request] = []
+
+        index = 0
+        while index < len(self.running) and budget > 0:
+            request = self.running[index]
+            num_new = min(request.num_tokens - request.num_computed_tokens, budget)
+            num_preempted = len(preempted)
+            new_blocks = self._allocate_or_preempt(request, num_new, num_scheduled, preempted)
+            if new_blocks is None:
+                break  # `request` itself was preempted; nothing later in the list fits either
+            if len(preempted) > num_preempted:
+                # Victims scheduled earlier in this loop (priority policy) give their budget back.
+                budget = self.config.max_num_batched_tokens - sum(num_scheduled.values())
+                index = self.running.index(request)
+            num_scheduled[request.request_id] = num_new
+            budget -= num_new
+            cached_reqs.append(CachedRequestData(request.request_id, [b.block_id for b in new_blocks], request.num_computed_tokens))
+            index += 1
+        cached_reqs = [c for c in cached_reqs if c.req_id in num_scheduled]
+
+        if not preempted:
+            budget = self._admit_waiting(budget, num_scheduled, new_reqs)
+
+        for request_id, count in num_scheduled.items():
+            self.requests[request_id].num_computed_tokens += count
+        output = SchedulerOutput(
+            new_reqs=new_reqs,
+            cached_reqs=cached_reqs,
+            num_scheduled_tokens=num_scheduled,
+            total_num_scheduled_tokens=sum(num_scheduled.values()),
+            finished_req_ids=self.finished_req_ids,
+            preempted_req_ids={r.request_id for r in preempted},
+        )
+        self.finished_req_ids = set()
+        return output
+
+    def _allocate_or_preempt(self, request, num_new, num_scheduled, preempted):
+        """Blocks for `request`'s next tokens, preempting others (or itself) until they fit."""
+        while True:
+            new_blocks = self.kv.allocate_slots(request, num_new)
+            if new_blocks is not None:
+                return new_blocks
+            victim = self._pick_victim()
+            self.running.remove(victim)
+            num_scheduled.pop(victim.request_id, None)
+            self._preempt(victim)
+            preempted.append(victim)
+            if victim is request:
+                return None
+
+    def _pick_victim(self) -> Request:
+        if self.config.policy == "priority":
+            return max(self.running, key=lambda r: (r.priority, r.arrival_time))
+        return self.running[-1]
+
+    def _preempt(self, request: Request) -> None:
+        self.kv.free(request)
+        request.status = RequestStatus.PREEMPTED
+        request.num_computed_tokens = 0
+        request.num_preemptions += 1
+        self.num_preemptions_total += 1
+        self.waiting.add_front(request)
+
+    def _admit_waiting(self, budget: int, num_scheduled: dict[str, int], new_reqs: list[NewRequestData]) -> int:
+        while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
+            request = self.waiting.peek()
+            computed_blocks, num_computed = self.kv.get_computed_blocks(request)
+            num_new = request.num_tokens - num_computed
+            if num_new > budget:
+                if not self.config.enable_chunked_prefill:
+                    break
+                num_new = budget
+            new_blocks = self.kv.allocate_slots(request, num_new, computed_blocks, num_computed)
+            if new_blocks is None:
+                break
+            self.waiting.pop()
+            request.status = RequestStatus.RUNNING
+            request.num_computed_tokens = num_computed
+            if request.num_preemptions == 0:
+                request.num_cached_tokens = num_computed
+            self.running.append(request)
+            num_scheduled[request.request_id] = num_new
+            budget -= num_new
+            new_reqs.append(
+                NewRequestData(
+                    req_id=request.request_id,
+                    token_ids=list(request.all_token_ids),
+                    num_prompt_tokens=request.num_prompt_tokens,
+                    sampling_params=request.sampling_params,
+                    block_ids=self.kv.get_block_ids(request.request_id),
+                    num_computed_tokens=num_computed,
+                )
+            )
+        return budget
+
+    def update_from_output(self, sched: SchedulerOutput, result: ModelRunnerOutput) -> list[EngineCoreOutput]:
+        """Append sampled tokens, apply stop rules, free what finished; one output per changed request."""
+        outputs: list[EngineCoreOutput] = []
+        any_finished = False
+        for request_id in sched.num_scheduled_tokens:
+            request = self.requests.get(request_id)
+            if request is None or request.status != RequestStatus.RUNNING:
+                continue  # aborted while the step ran
+            new_token_ids: list[int] = []
+            status = None
+            for token_id in result.sampled_token_ids.get(request_id, ()):
+                request.append_output_token(token_id)
+                new_token_ids.append(token_id)
+                status = request.check_stop()
+                if status is not None:
+                    break
+            prompt_logprobs = result.prompt_logprobs.get(request_id)
+            if not new_token_ids and prompt_logprobs is None:
+                continue
+            logprobs = result.logprobs.get(request_id)
+            outputs.append(
+                EngineCoreOutput(
+                    request_id=request_id,
+                    new_token_ids=new_token_ids,
+                    new_logprobs=logprobs[: len(new_token_ids)] if logprobs is not None else None,
+                    new_prompt_logprobs=prompt_logprobs,
+                    finish_reason=status.finish_reason if status is not None else None,
+                    stop_reason=request.stop_reason,
+                    num_cached_tokens=request.num_cached_tokens,
+                )
+            )
+            if status is not None:
+                self._free(request, status)
+                any_finished = True
+        if any_finished:
+            self.running = [r for r in self.running if r.status == RequestStatus.RUNNING]
+        return outputs
+
+    def _free(self, request: Request, status: RequestStatus) -> None:
+        request.status = status
+        self.kv.free(request)
+        del self.requests[request.request_id]
+        self.finished_req_ids.add(request.request_id)
+
+    # ---- observability ------------------------------------------------------------------------
+    def stats(self) -> dict:
+        return {
+            "num_running": len(self.running),
+            "num_waiting": len(self.waiting),
+            "kv_cache_usage": self.kv.usage,
+            "prefix_cache_queries": self.kv.prefix_queries,
+            "prefix_cache_hits": self.kv.prefix_hits,
+            "num_preemptions": self.num_preemptions_total,
+        }

@@ -1,0 +1,85 @@
+"""LLMEngine: the in-process engine behind `LLM` — frontend pieces wrapped around an EngineCore.
+
+Invariants:
+- Every request added ends in exactly one finished RequestOutput from `step()` (finish_reason
+  stop/length), or is aborted by `abort_request` — none is lost.
+- A user request id maps to n engine requests (parallel sampling); child i of a seeded request
+  samples with seed + i, as vLLM does.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from pagoda.config import PagodaConfig
+from pagoda.engine.core import EngineCore
+from pagoda.engine.output_processor import OutputProcessor
+from pagoda.engine.processor import Processor
+from pagoda.engine_args import EngineArgs
+from pagoda.outputs import RequestOutput
+from pagoda.sampling_params import SamplingParams
+
+logger = logging.getLogger(__name__)
+
+
+class LLMEngine:
+    def __init__(self, config: PagodaConfig) -> None:
+        self.config = config
+        self.tokenizer = _load_tokenizer(config)
+        self.processor = Processor(config.model, self.tokenizer)
+        self.output_processor = OutputProcessor(self.tokenizer)
+        self.core = EngineCore(config)
+
+    @classmethod
+    def from_engine_args(cls, engine_args: EngineArgs) -> "LLMEngine":
+        return cls(engine_args.create_config())
+
+    def add_request(self, request_id: str, prompt: Any, params: SamplingParams, priority: int = 0) -> None:
+        prompt_text, prompt_ids = self.processor.parse_prompt(prompt)
+        # Validate every child before registering any, so a bad request leaves no trace.
+        core_requests = []
+        for index in range(params.n):
+            child_params = params
+            if params.n > 1:
+                child_params = params.clone()
+                child_params.n = 1
+                if params.seed is not None:
+                    child_params.seed = params.seed + index
+            core_requests.append(self.processor.process("", prompt_ids, child_params, priority))
+        child_ids = self.output_processor.add_request(request_id, prompt_text, prompt_ids, params)
+        for child_id, core_request in zip(child_ids, core_requests):
+            core_request.request_id = child_id
+            self.core.add_request(core_request)
+
+    def abort_request(self, request_ids: str | list[str]) -> None:
+        for request_id in [request_ids] if isinstance(request_ids, str) else request_ids:
+            self.core.abort_requests(self.output_processor.abort_request(request_id))
+
+    def has_unfinished_requests(self) -> bool:
+        return self.output_processor.has_unfinished()
+
+    def step(self) -> list[RequestOutput]:
+        outputs, to_abort = self.output_processor.process_outputs(self.core.step())
+        if to_abort:
+            self.core.abort_requests(to_abort)
+        return outputs
+
+    def get_tokenizer(self) -> Any:
+        return self.tokenizer
+
+    def stats(self) -> dict:
+        return self.core.scheduler.stats()
+
+
+def _load_tokenizer(config: PagodaConfig) -> Any | None:
+    if config.model.skip_tokenizer_init:
+        return None
+    from pagoda.tokenizer import get_tokenizer
+
+    return get_tokenizer(
+        config.model.tokenizer_path,
+        tokenizer_mode=config.model.tokenizer_mode,
+        trust_remote_code=config.model.trust_remote_code,
+        revision=config.model.revision,
+    )

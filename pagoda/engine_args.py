@@ -1,0 +1,230 @@
+"""EngineArgs: the single declaration of every engine option.
+
+Each option is one dataclass field with vLLM's name and default; its `help` (and `choices`) metadata
+become the `--kebab-case` CLI flag, the same field is the `LLM(...)` keyword, and `create_config()`
+validates everything once and builds the config dataclasses in `pagoda.config`.
+
+Invariants:
+- An option is declared here and nowhere else; the CLI and `LLM` never list options themselves.
+- `create_config()` raises ValueError naming the field and the allowed values for any bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from pagoda import config as cfg
+from pagoda import hf_utils
+
+logger = logging.getLogger(__name__)
+
+
+def _opt(default: Any, help: str, choices: tuple | None = None, **extra: Any) -> Any:
+    metadata = {"help": help, "choices": choices, **extra}
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda: type(default)(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+@dataclass
+class EngineArgs:
+    """Every engine option, with vLLM's names and defaults."""
+
+    model: str = _opt("", "Model folder, or a hub id already in the local Hugging Face cache.")
+    tokenizer: str | None = _opt(None, "Tokenizer folder or hub id; defaults to the model's.")
+    revision: str | None = _opt(None, "Revision of the model in the Hugging Face cache.")
+    tokenizer_mode: str = _opt("auto", "'auto' uses the fast tokenizer; 'slow' the Python one.", cfg.TOKENIZER_MODES)
+    skip_tokenizer_init: bool = _opt(False, "Do not load a tokenizer; prompts must be token ids and outputs are ids only.")
+    trust_remote_code: bool = _opt(False, "Allow custom code from the model folder (configs and tokenizers).")
+    dtype: str = _opt("auto", "Weight and activation dtype; 'auto' takes the checkpoint's (float32 checkpoints: bfloat16 on GPU, float32 on CPU).", cfg.DTYPE_CHOICES)
+    seed: int | None = _opt(0, "Seed for random sampling of requests that give no seed of their own.")
+    max_model_len: int | None = _opt(None, "Longest prompt plus output, in tokens; defaults to the model's limit.")
+    hf_overrides: dict = _opt({}, "JSON dict of attributes set on the Hugging Face config, e.g. '{\"architectures\": [\"LlamaForCausalLM\"]}'.", json_arg=True)
+    load_format: str = _opt("auto", "How weights are read: 'auto' (safetensors, else .bin), 'safetensors', 'pt', or 'dummy' (random weights).", cfg.LOAD_FORMATS)
+    served_model_name: str | None = _opt(None, "The model name in API responses; defaults to --model.")
+    device: str = _opt("auto", "Where the model runs; 'auto' picks cuda when a GPU is visible.", cfg.DEVICE_CHOICES)
+    block_size: int = _opt(16, "Tokens per KV-cache block.", cfg.BLOCK_SIZES)
+    gpu_memory_utilization: float = _opt(0.9, "Share of GPU memory (0, 1] the engine may use: weights, activations and KV cache.")
+    swap_space: float = _opt(4.0, "CPU swap space per GPU, in GiB.")
+    num_gpu_blocks_override: int | None = _opt(None, "Use exactly this many KV-cache blocks (tests and experiments).")
+    kv_cache_memory_bytes: int | None = _opt(None, "KV-cache size in bytes; on CPU it defaults to 4 GiB.")
+    enable_prefix_caching: bool = _opt(True, "Reuse the KV cache of identical prompt prefixes.", negatable=True)
+    max_num_seqs: int = _opt(256, "Most requests in one step.")
+    max_num_batched_tokens: int | None = _opt(None, "Most tokens in one step; defaults to 8192 with chunked prefill, else max(max_model_len, 8192).")
+    enable_chunked_prefill: bool = _opt(True, "Split long prompts over several steps so decodes keep running.", negatable=True)
+    scheduling_policy: str = _opt("fcfs", "Which waiting request goes first: arrival order, or lowest `priority` value.", cfg.SCHEDULING_POLICIES)
+    max_logprobs: int = _opt(20, "Most logprobs a request may ask for (logprobs and prompt_logprobs).")
+    enforce_eager: bool = _opt(False, "Never capture CUDA graphs.")
+    tensor_parallel_size: int = _opt(1, "GPUs a layer is split over (only 1 is implemented today).")
+    pipeline_parallel_size: int = _opt(1, "Pipeline stages (only 1 is implemented today).")
+
+    # ---- construction from the two front doors -------------------------------------------
+    @classmethod
+    def from_kwargs(cls, **kwargs: Any) -> "EngineArgs":
+        """Build from `LLM(...)` keywords; an unknown keyword is a TypeError naming a close match."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        for key in kwargs:
+            if key not in names:
+                close = difflib.get_close_matches(key, names, n=1)
+                hint = f" Did you mean {close[0]!r}?" if close else ""
+                raise TypeError(f"Unknown engine argument {key!r}.{hint}")
+        return cls(**kwargs)
+
+    @classmethod
+    def add_cli_args(cls, parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+        """Add one `--kebab-case` flag per field."""
+        group = parser.add_argument_group("engine arguments")
+        for f in dataclasses.fields(cls):
+            if f.name in skip:
+                continue
+            flag = "--" + f.name.replace("_", "-")
+            meta, default = f.metadata, _field_default(f)
+            if meta.get("json_arg"):
+                group.add_argument(flag, type=json.loads, default=default, help=meta["help"])
+            elif isinstance(default, bool):
+                group.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=meta["help"])
+            else:
+                group.add_argument(flag, type=_cli_type(f), default=default, choices=meta.get("choices"), help=meta["help"])
+
+    @classmethod
+    def from_cli_args(cls, namespace: argparse.Namespace) -> "EngineArgs":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in vars(namespace).items() if k in names})
+
+    # ---- validation and config building ----------------------------------------------------
+    def create_config(self) -> cfg.PagodaConfig:
+        self._check_choices()
+        device = self._resolve_device()
+        model_config = self._model_config(device)
+        max_len = model_config.max_model_len
+        cache = cfg.CacheConfig(
+            block_size=self.block_size,
+            gpu_memory_utilization=self.gpu_memory_utilization,
+            swap_space_gib=self.swap_space,
+            num_gpu_blocks_override=self.num_gpu_blocks_override,
+            kv_cache_memory_bytes=self.kv_cache_memory_bytes,
+            enable_prefix_caching=self.enable_prefix_caching,
+        )
+        batched = self.max_num_batched_tokens
+        if batched is None:
+            batched = 8192 if self.enable_chunked_prefill else max(max_len, 8192)
+        if batched < 1:
+            raise ValueError(f"max_num_batched_tokens must be >= 1, got {batched}")
+        if not self.enable_chunked_prefill and batched < max_len:
+            raise ValueError(
+                f"max_num_batched_tokens ({batched}) is smaller than max_model_len ({max_len}); "
+                "without chunked prefill a whole prompt must fit in one step"
+            )
+        scheduler = cfg.SchedulerConfig(
+            max_num_seqs=self.max_num_seqs,
+            max_num_batched_tokens=batched,
+            max_model_len=max_len,
+            enable_chunked_prefill=self.enable_chunked_prefill,
+            policy=self.scheduling_policy,
+        )
+        return cfg.PagodaConfig(
+            model=model_config,
+            cache=cache,
+            scheduler=scheduler,
+            device=cfg.DeviceConfig(device=device),
+            load=cfg.LoadConfig(load_format=self.load_format),
+            parallel=cfg.ParallelConfig(self.tensor_parallel_size, self.pipeline_parallel_size),
+            enforce_eager=self.enforce_eager,
+        )
+
+    def _check_choices(self) -> None:
+        for f in dataclasses.fields(self):
+            choices = f.metadata.get("choices")
+            value = getattr(self, f.name)
+            if choices and value not in choices:
+                raise ValueError(f"{f.name}={value!r} is not one of {list(choices)}")
+        if not self.model:
+            raise ValueError("model is required: a model folder or a cached hub id")
+        if not 0.0 < self.gpu_memory_utilization <= 1.0:
+            raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
+        for name, low in (("max_num_seqs", 1), ("max_logprobs", 0), ("tensor_parallel_size", 1), ("pipeline_parallel_size", 1)):
+            if getattr(self, name) < low:
+                raise ValueError(f"{name} must be >= {low}, got {getattr(self, name)}")
+        if self.num_gpu_blocks_override is not None and self.num_gpu_blocks_override < 1:
+            raise ValueError(f"num_gpu_blocks_override must be >= 1, got {self.num_gpu_blocks_override}")
+        if self.kv_cache_memory_bytes is not None and self.kv_cache_memory_bytes < 1:
+            raise ValueError(f"kv_cache_memory_bytes must be >= 1, got {self.kv_cache_memory_bytes}")
+        if self.tensor_parallel_size != 1 or self.pipeline_parallel_size != 1:
+            raise ValueError(
+                "tensor_parallel_size and pipeline_parallel_size must be 1 in this version "
+                f"(got {self.tensor_parallel_size} and {self.pipeline_parallel_size})"
+            )
+        if not isinstance(self.hf_overrides, dict):
+            raise TypeError(f"hf_overrides must be a dict, got {type(self.hf_overrides).__name__}")
+
+    def _resolve_device(self) -> str:
+        import torch
+
+        if self.device == "auto":
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("device='cuda' but no CUDA GPU is visible; use device='cpu' or 'auto'")
+        return self.device
+
+    def _model_config(self, device: str) -> cfg.ModelConfig:
+        model_path = hf_utils.resolve_model_path(self.model, self.revision, "model")
+        tokenizer_path = (
+            hf_utils.resolve_model_path(self.tokenizer, self.revision, "tokenizer") if self.tokenizer else model_path
+        )
+        hf_config = hf_utils.load_hf_config(model_path, self.trust_remote_code, self.hf_overrides)
+        architectures = getattr(hf_config, "architectures", None) or []
+        if not architectures:
+            raise ValueError(f"model={self.model!r}: config.json names no architectures; set hf_overrides={{'architectures': [...]}}")
+        limit = hf_utils.derive_max_model_len(hf_config)
+        max_len = self.max_model_len or limit
+        if max_len < 1:
+            raise ValueError(f"max_model_len must be >= 1, got {max_len}")
+        if max_len > limit:
+            raise ValueError(f"max_model_len={max_len} is larger than the model's limit of {limit} positions")
+        return cfg.ModelConfig(
+            model=self.model,
+            model_path=model_path,
+            tokenizer_path=tokenizer_path,
+            hf_config=hf_config,
+            architecture=architectures[0],
+            dtype_name=self._resolve_dtype(hf_config, device),
+            max_model_len=max_len,
+            seed=self.seed,
+            served_model_name=self.served_model_name or self.model,
+            max_logprobs=self.max_logprobs,
+            revision=self.revision,
+            tokenizer_mode=self.tokenizer_mode,
+            skip_tokenizer_init=self.skip_tokenizer_init,
+            trust_remote_code=self.trust_remote_code,
+            generation_config=hf_utils.load_generation_config(model_path),
+        )
+
+    def _resolve_dtype(self, hf_config: Any, device: str) -> str:
+        aliases = {"half": "float16", "float": "float32"}
+        if self.dtype != "auto":
+            return aliases.get(self.dtype, self.dtype)
+        checkpoint = hf_utils.config_dtype_name(hf_config) or "float32"
+        if checkpoint == "float32" and device == "cuda":
+            return "bfloat16"
+        return checkpoint
+
+
+def _field_default(f: dataclasses.Field) -> Any:
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    return f.default
+
+
+def _cli_type(f: dataclasses.Field):
+    annotation = str(f.type)
+    if "float" in annotation:
+        return float
+    if "int" in annotation:
+        return int
+    return str

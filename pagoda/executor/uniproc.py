@@ -1,0 +1,25 @@
+"""The single-process executor: one Worker in this process (world size 1).
+
+The executor is the seam where multi-GPU execution plugs in (DESIGN §7): a multiprocess or Ray
+executor offers the same three calls and fans them out to one worker per rank.
+"""
+
+from __future__ import annotations
+
+from pagoda.config import PagodaConfig
+from pagoda.core.sched_output import ModelRunnerOutput, SchedulerOutput
+from pagoda.worker.worker import Worker
+
+
+class UniProcExecutor:
+    def __init__(self, config: PagodaConfig) -> None:
+        self.worker = Worker(config)
+
+    def determine_num_blocks(self) -> int:
+        return self.worker.determine_num_blocks()
+
+    def initialize_cache(self, num_blocks: int) -> None:
+        self.worker.initialize_cache(num_blocks)
+
+    def execute_model(self, sched: SchedulerOutput) -> ModelRunnerOutput:
+        return self.worker.execute_model(sched)

@@ -1,0 +1,68 @@
+"""Worker: owns one device, the model on it, its KV cache, and the model runner.
+
+Invariants:
+- The KV cache is allocated once, after the model, as one tensor per layer of shape
+  [2, num_blocks, block_size, num_kv_heads, head_size] (attention/backend.py's layout).
+- On CPU the cache size comes from kv_cache_memory_bytes (default 4 GiB), capped at what
+  max_num_seqs sequences of max_model_len can use; num_gpu_blocks_override wins over both.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from pagoda.attention.backend import get_attention_backend
+from pagoda.config import PagodaConfig
+from pagoda.core.sched_output import ModelRunnerOutput, SchedulerOutput
+from pagoda.model_executor.model_loader import get_model
+from pagoda.worker.model_runner import ModelRunner
+
+logger = logging.getLogger(__name__)
+
+CPU_DEFAULT_KV_BYTES = 4 << 30
+
+
+class Worker:
+    def __init__(self, config: PagodaConfig) -> None:
+        self.config = config
+        self.device = torch.device(config.device.device)
+        if config.model.seed is not None:
+            torch.manual_seed(config.model.seed)
+        self.attn_backend = get_attention_backend(config.device.device)
+        self.model = get_model(config.model, config.load, config.device.device, self.attn_backend)
+        self.kv_spec = self.model.kv_cache_spec()
+        self.runner: ModelRunner | None = None
+
+    def bytes_per_block(self) -> int:
+        dtype_size = torch.empty((), dtype=self.config.model.torch_dtype).element_size()
+        return self.kv_spec.bytes_per_block(self.config.cache.block_size, dtype_size)
+
+    def determine_num_blocks(self) -> int:
+        cache = self.config.cache
+        if cache.num_gpu_blocks_override is not None:
+            return cache.num_gpu_blocks_override
+        if self.device.type == "cuda":
+            from pagoda.worker.gpu_memory import profile_num_blocks
+
+            return profile_num_blocks(self)
+        budget = cache.kv_cache_memory_bytes or CPU_DEFAULT_KV_BYTES
+        num_blocks = budget // self.bytes_per_block()
+        blocks_per_seq = -(-self.config.model.max_model_len // cache.block_size)
+        return int(min(num_blocks, blocks_per_seq * self.config.scheduler.max_num_seqs + 1))
+
+    def initialize_cache(self, num_blocks: int) -> None:
+        spec, cache = self.kv_spec, self.config.cache
+        shape = self.attn_backend.kv_cache_shape(num_blocks, cache.block_size, spec.num_kv_heads, spec.head_size)
+        kv_caches = [torch.zeros(shape, dtype=self.config.model.torch_dtype, device=self.device) for _ in range(spec.num_layers)]
+        logger.info(
+            "KV cache: %d blocks of %d tokens (%.2f GiB) on %s",
+            num_blocks, cache.block_size, num_blocks * self.bytes_per_block() / (1 << 30), self.device,
+        )
+        self.runner = ModelRunner(self.config, self.model, kv_caches, self.device)
+
+    def execute_model(self, sched: SchedulerOutput) -> ModelRunnerOutput:
+        if self.runner is None:
+            raise RuntimeError("initialize_cache() must run before the first step")
+        return self.runner.execute_model(sched)

@@ -1,0 +1,123 @@
+"""Scheduler behaviour: token budget, chunking, prefix sharing, preemption, policies, abort."""
+
+from pagoda.core.sched_output import ModelRunnerOutput
+from tests.core.conftest import check_pool_invariants, fake_step, make_request, make_scheduler
+
+
+def test_mixes_decodes_with_chunked_prefill(rng):
+    s = make_scheduler(budget=10, block_size=4)
+    s.add_request(make_request("a", range(1, 6)))
+    out, _ = fake_step(s, rng)
+    assert out.num_scheduled_tokens == {"a": 5}
+    s.add_request(make_request("b", range(10, 30)))  # 20 tokens: needs chunking
+    out, _ = fake_step(s, rng)
+    assert out.num_scheduled_tokens == {"a": 1, "b": 9}  # a decodes, b gets the rest of the budget
+    out, _ = fake_step(s, rng)
+    assert out.num_scheduled_tokens == {"a": 1, "b": 9}
+    out, _ = fake_step(s, rng)
+    assert out.num_scheduled_tokens == {"a": 1, "b": 2}
+    assert s.requests["b"].num_output_tokens == 1
+
+
+def test_no_chunking_waits_for_whole_prompt(rng):
+    s = make_scheduler(budget=64, block_size=4, chunked=False)
+    s.add_request(make_request("a", range(1, 40)))
+    out, _ = fake_step(s, rng)
+    assert out.num_scheduled_tokens == {"a": 39}
+
+
+def test_prefix_cache_hit_shares_blocks(rng):
+    s = make_scheduler(block_size=4)
+    prompt = list(range(1, 14))  # 13 tokens: 3 full blocks
+    s.add_request(make_request("a", prompt))
+    fake_step(s, rng)
+    s.add_request(make_request("b", prompt))
+    out, _ = fake_step(s, rng)
+    assert out.num_scheduled_tokens["b"] == 1  # 12 of 13 tokens came from the cache
+    assert s.requests["b"].num_cached_tokens == 12
+    shared = set(s.kv.get_block_ids("a")[:3])
+    assert shared == set(s.kv.get_block_ids("b")[:3])
+    check_pool_invariants(s)
+
+
+def test_same_step_requests_share_prefix(rng):
+    s = make_scheduler(block_size=4, budget=64)
+    prompt = list(range(1, 14))
+    s.add_request(make_request("a", prompt))
+    s.add_request(make_request("b", prompt))
+    out, _ = fake_step(s, rng)
+    assert out.num_scheduled_tokens == {"a": 13, "b": 1}
+    assert s.kv.get_block_ids("a")[:3] == s.kv.get_block_ids("b")[:3]
+
+
+def test_full_hit_still_computes_last_token(rng):
+    s = make_scheduler(block_size=4)
+    prompt = list(range(1, 13))  # exactly 3 blocks
+    s.add_request(make_request("a", prompt))
+    fake_step(s, rng)
+    s.add_request(make_request("b", prompt))
+    out, _ = fake_step(s, rng)
+    assert out.num_scheduled_tokens["b"] == 4  # hits capped below the last token: last block recomputed
+
+
+def test_preemption_recomputes_and_loses_nothing(rng):
+    s = make_scheduler(num_blocks=16, block_size=4, budget=64, max_model_len=64)
+    for i in range(4):
+        s.add_request(make_request(f"r{i}", [i + 1] * 10, max_tokens=20))
+    finished = {}
+    preempted = 0
+    for _ in range(500):
+        if not s.has_unfinished_requests():
+            break
+        out, outputs = fake_step(s, rng)
+        preempted += len(out.preempted_req_ids)
+        for o in outputs:
+            finished.setdefault(o.request_id, []).extend(o.new_token_ids)
+        check_pool_invariants(s)
+    assert preempted > 0
+    assert sorted(finished) == ["r0", "r1", "r2", "r3"]
+    assert all(len(tokens) == 20 for tokens in finished.values())
+    assert s.kv.pool.num_free_blocks == 16
+
+
+def test_priority_policy_admits_lowest_value_first(rng):
+    s = make_scheduler(max_num_seqs=1, policy="priority")
+    s.add_request(make_request("late", [1, 2, 3], priority=5, arrival=0.0))
+    s.add_request(make_request("urgent", [4, 5, 6], priority=-1, arrival=1.0))
+    out, _ = fake_step(s, rng)
+    assert list(out.num_scheduled_tokens) == ["urgent"]
+
+
+def test_abort_frees_blocks_at_once(rng):
+    s = make_scheduler()
+    s.add_request(make_request("a", range(1, 20)))
+    fake_step(s, rng)
+    assert s.kv.pool.num_free_blocks < s.kv.pool.num_blocks
+    assert s.abort_requests(["a", "unknown"]) == ["a"]
+    assert s.kv.pool.num_free_blocks == s.kv.pool.num_blocks
+    out = s.schedule()
+    assert "a" in out.finished_req_ids
+
+
+def test_stop_token_and_eos_respect_min_tokens():
+    s = make_scheduler()
+    s.add_request(make_request("a", [1, 2], max_tokens=10, eos=3, min_tokens=2))
+    sched = s.schedule()
+    outs = s.update_from_output(sched, ModelRunnerOutput({"a": [3]}))
+    assert outs[0].finish_reason is None  # below min_tokens: EOS does not stop
+    sched = s.schedule()
+    outs = s.update_from_output(sched, ModelRunnerOutput({"a": [3]}))
+    assert outs[0].finish_reason == "stop" and outs[0].stop_reason is None
+
+
+def test_max_model_len_caps_output():
+    s = make_scheduler(max_model_len=8)
+    s.add_request(make_request("a", [1] * 6, max_tokens=100))
+    reasons = []
+    for _ in range(5):
+        sched = s.schedule()
+        outs = s.update_from_output(sched, ModelRunnerOutput({"a": [5]}))
+        reasons += [o.finish_reason for o in outs]
+        if not s.has_unfinished_requests():
+            break
+    assert reasons == [None, "length"]
