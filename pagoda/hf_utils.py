@@ -21,16 +21,27 @@ def resolve_model_path(model: str, revision: str | None = None, field_name: str 
     if os.path.exists(expanded):
         raise ValueError(f"{field_name}={model!r} is a file; it must be a model folder or a hub id")
     from huggingface_hub import snapshot_download
-    from huggingface_hub.constants import HF_HUB_CACHE
 
+    cache_dir = hub_cache_dir()
     try:
-        return snapshot_download(repo_id=model, revision=revision, local_files_only=True)
+        return snapshot_download(repo_id=model, revision=revision, cache_dir=cache_dir, local_files_only=True)
     except Exception as exc:  # LocalEntryNotFoundError, HFValidationError, ...
         raise ValueError(
             f"{field_name}={model!r} is neither a local folder nor in the Hugging Face cache "
-            f"({HF_HUB_CACHE}). Pagoda works offline: copy the model folder to this machine and "
+            f"({cache_dir}). Pagoda works offline: copy the model folder to this machine and "
             f"pass its path. ({type(exc).__name__})"
         ) from None
+
+
+def hub_cache_dir() -> str:
+    """The Hugging Face hub cache, read from the environment now (not at import time)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.environ["HF_HUB_CACHE"]
+    if os.environ.get("HF_HOME"):
+        return os.path.join(os.environ["HF_HOME"], "hub")
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    return HF_HUB_CACHE
 
 
 def load_hf_config(model_path: str, trust_remote_code: bool, hf_overrides: dict | None) -> Any:

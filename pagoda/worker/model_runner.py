@@ -37,10 +37,9 @@ class ModelRunner:
         self.vocab_size = config.model.vocab_size
         self.batch = InputBatch(config.scheduler.max_num_seqs, config.model.max_model_len, self.block_size)
         self.sampler = Sampler()
+        # Seeded requests get their own generator; the rest share torch's default one, which the
+        # worker seeds with the engine's `seed` at start-up.
         self.generators: dict[str, torch.Generator] = {}
-        self.default_generator = torch.Generator(device=device)
-        if config.model.seed is not None:
-            self.default_generator.manual_seed(config.model.seed)
 
     # ---- state diff -------------------------------------------------------------------------------
     def _apply_diff(self, sched: SchedulerOutput) -> None:
@@ -154,7 +153,6 @@ class ModelRunner:
             generators=generators,
             max_num_logprobs=max(requested) if requested else None,
             min_tokens_masks=masks,
-            default_generator=self.default_generator,
         )
 
     def _prompt_logprobs(self, req_ids, rows, starts, ends, query_start, hidden) -> dict[str, list[PositionLogprobs]]:

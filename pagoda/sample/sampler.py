@@ -1,0 +1,117 @@
+"""The batched sampler: one token per row from [R, V] logits, with vLLM's semantics.
+
+Order of work (all in float32, the input logits are never modified):
+1. logprobs of the raw logits, when any row asked (see logprobs.py);
+2. min-tokens masking: forbidden ids of rows still short of `min_tokens` go to -inf;
+3. greedy rows: argmax (ties go to the lowest id, as torch.argmax);
+4. random rows: logits / temperature, then min-p, top-k, top-p (the sort-based version: the kept
+   set includes the token whose cumulative probability crosses p), then softmax and the
+   exponential race argmax(probs / q), q ~ Exp(1).
+
+Invariants:
+- A seeded row draws its q from its own generator, V values per step, so its tokens do not depend
+  on the other rows of the batch; unseeded rows share torch's default generator.
+- No host sync on the hot path and no Python loop over rows, except the loop over seeded rows.
+- Every row keeps at least one token: top-k keeps >= k, top-p keeps the most likely token, min-p
+  keeps every token at the maximum probability.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from pagoda.sample.logprobs import gather_logprobs
+from pagoda.sample.metadata import SamplingMetadata
+
+# Smallest q of the exponential race: a 0 draw would make probs / q a NaN or an infinity.
+_MIN_Q = 1e-20
+
+
+@dataclass
+class SamplerOutput:
+    sampled_token_ids: torch.Tensor  # [R] int64
+    logprob_token_ids: torch.Tensor | None = None  # [R, k+1] int64: sampled id, then the top-k ids
+    logprobs: torch.Tensor | None = None  # [R, k+1] float32, raw-logit logprobs
+    sampled_ranks: torch.Tensor | None = None  # [R] int64, rank of the sampled token (1 = most likely)
+
+
+class Sampler(torch.nn.Module):
+    def forward(self, logits: torch.Tensor, metadata: SamplingMetadata) -> SamplerOutput:
+        if logits.dim() != 2 or logits.shape[0] != metadata.num_rows:
+            raise ValueError(f"logits must be [R, V] with R = {metadata.num_rows} rows, got {tuple(logits.shape)}")
+        raw_logprobs = None
+        if metadata.max_num_logprobs is not None:
+            raw_logprobs = torch.log_softmax(logits.to(torch.float32), dim=-1)
+        logits = apply_min_tokens(logits.to(torch.float32), metadata.min_tokens_masks)
+        sampled = self.sample(logits, metadata)
+        if raw_logprobs is None:
+            return SamplerOutput(sampled_token_ids=sampled)
+        ids, values, ranks = gather_logprobs(raw_logprobs, metadata.max_num_logprobs, sampled)
+        return SamplerOutput(sampled_token_ids=sampled, logprob_token_ids=ids, logprobs=values,
+                             sampled_ranks=ranks)
+
+    def sample(self, logits: torch.Tensor, metadata: SamplingMetadata) -> torch.Tensor:
+        """Token ids [R] int64 from float32 logits (already masked)."""
+        greedy = None if metadata.all_random else logits.argmax(dim=-1)
+        if metadata.all_greedy:
+            return greedy
+        is_greedy = metadata.temperature <= 0.0
+        temperature = torch.where(is_greedy, torch.ones_like(metadata.temperature), metadata.temperature)
+        logits = logits / temperature.unsqueeze(1)
+        if not metadata.no_min_p:
+            logits = apply_min_p(logits, metadata.min_p)
+        logits = apply_top_k_top_p(logits, None if metadata.no_top_k else metadata.top_k,
+                                   None if metadata.no_top_p else metadata.top_p)
+        probs = torch.softmax(logits, dim=-1)
+        random = exponential_race(probs, metadata.generators)
+        if greedy is None:
+            return random
+        return torch.where(is_greedy, greedy, random)
+
+
+def apply_min_tokens(logits: torch.Tensor, masks: dict[int, list[int]]) -> torch.Tensor:
+    """-inf at (row, id) for every id of every masked row (out of place when anything is masked)."""
+    if not masks:
+        return logits
+    rows = [row for row, ids in masks.items() for _ in ids]
+    cols = [token_id for ids in masks.values() for token_id in ids]
+    index = torch.tensor([rows, cols], dtype=torch.int64).to(logits.device, non_blocking=True)
+    return logits.index_put((index[0], index[1]), torch.tensor(float("-inf"), device=logits.device))
+
+
+def apply_min_p(logits: torch.Tensor, min_p: torch.Tensor) -> torch.Tensor:
+    """Drop tokens whose probability is below min_p times the row's top probability."""
+    probs = torch.softmax(logits, dim=-1)
+    threshold = probs.amax(dim=-1, keepdim=True) * min_p.unsqueeze(1)
+    return logits.masked_fill(probs < threshold, float("-inf"))
+
+
+def apply_top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor | None,
+                      top_p: torch.Tensor | None) -> torch.Tensor:
+    """vLLM's sort-based top-k then top-p. `top_k` 0 (or >= V) disables a row; `top_p` 1.0 does."""
+    if top_k is None and top_p is None:
+        return logits
+    vocab = logits.shape[1]
+    logits_sort, logits_idx = logits.sort(dim=-1, descending=False)
+    if top_k is not None:
+        k = torch.where((top_k <= 0) | (top_k > vocab), torch.full_like(top_k, vocab), top_k)
+        kth = logits_sort.gather(1, (vocab - k).unsqueeze(1))  # the k-th largest value
+        logits_sort = logits_sort.masked_fill(logits_sort < kth, float("-inf"))
+    if top_p is not None:
+        cumulative = torch.softmax(logits_sort, dim=-1).cumsum(dim=-1)
+        drop = cumulative <= 1.0 - top_p.unsqueeze(1)
+        drop[:, -1] = False  # the most likely token always stays
+        logits_sort = logits_sort.masked_fill(drop, float("-inf"))
+    return torch.empty_like(logits).scatter_(1, logits_idx, logits_sort)
+
+
+def exponential_race(probs: torch.Tensor, generators: dict[int, torch.Generator]) -> torch.Tensor:
+    """argmax(probs / q), q ~ Exp(1): a draw from each row's categorical distribution."""
+    q = torch.empty_like(probs)
+    if len(generators) < probs.shape[0]:
+        q.exponential_()
+    for row, generator in generators.items():
+        q[row].exponential_(generator=generator)
+    return (probs / q.clamp_min_(_MIN_Q)).argmax(dim=-1)
