@@ -182,6 +182,12 @@ class EngineArgs:
         if not architectures:
             raise ValueError(f"model={self.model!r}: config.json names no architectures; set hf_overrides={{'architectures': [...]}}")
         limit = hf_utils.derive_max_model_len(hf_config)
+        from pagoda.model_executor.models import max_model_len_cap
+
+        window = max_model_len_cap(hf_config)
+        if window is not None and window < limit:
+            logger.warning("sliding window %d: attention is full, so max_model_len is capped at the window", window)
+            limit = window
         max_len = self.max_model_len or limit
         if max_len < 1:
             raise ValueError(f"max_model_len must be >= 1, got {max_len}")

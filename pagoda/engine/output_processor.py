@@ -159,8 +159,11 @@ class OutputProcessor:
                 child.cumulative_logprob += position[1][0]
         if child.detokenizer is None:
             return False
+        text_ids = out.new_token_ids
+        if out.finish_reason == "stop" and not params.include_stop_str_in_output:
+            text_ids = text_ids[:-1]  # EOS / a stop token ends the text without appearing in it (vLLM)
         before = len(child.detokenizer.output_text)
-        child.detokenizer.add_tokens(out.new_token_ids)
+        child.detokenizer.add_tokens(text_ids)
         text = child.detokenizer.output_text
         child.text = text
         if not params.stop:

@@ -32,7 +32,7 @@ class Worker:
             torch.manual_seed(config.model.seed)
         self.attn_backend = get_attention_backend(config.device.device)
         self.model = get_model(config.model, config.load, config.device.device, self.attn_backend)
-        self.kv_spec = self.model.kv_cache_spec()
+        self.kv_spec = self.model.kv_cache_spec
         self.runner: ModelRunner | None = None
 
     def bytes_per_block(self) -> int:

@@ -1,0 +1,53 @@
+"""Normalization layers: RMSNorm (with a fused residual-add form) and LayerNorm.
+
+Invariants:
+- `rms_norm` and `fused_add_rms_norm` are plain torch functions, the reference a Triton kernel
+  may replace: statistics in fp32, the result cast back to the input dtype before the weight
+  multiplies it (as Hugging Face does), so fp32 results match transformers exactly.
+- `RMSNorm(x)` returns the normed tensor; `RMSNorm(x, residual)` first adds `residual` and returns
+  `(normed, x + residual)`: the sum is the next layer's residual.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from pagoda.model_executor.layers.linear import default_weight_loader, set_weight_attrs
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    dtype = x.dtype
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * xf.to(dtype)
+
+
+def fused_add_rms_norm(
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    residual = x + residual
+    return rms_norm(residual, weight, eps), residual
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, hidden_size: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(hidden_size), requires_grad=False)
+        set_weight_attrs(self.weight, {"weight_loader": default_weight_loader})
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
+        if residual is None:
+            return rms_norm(x, self.weight, self.eps)
+        return fused_add_rms_norm(x, residual, self.weight, self.eps)
+
+
+class LayerNorm(nn.LayerNorm):
+    """torch's LayerNorm with weight loaders, parameters excluded from autograd."""
+
+    def __init__(self, hidden_size: int, eps: float = 1e-5, elementwise_affine: bool = True, bias: bool = True):
+        super().__init__(hidden_size, eps=eps, elementwise_affine=elementwise_affine, bias=bias)
+        for param in self.parameters(recurse=False):
+            param.requires_grad_(False)
+            set_weight_attrs(param, {"weight_loader": default_weight_loader})

@@ -1,0 +1,239 @@
+"""Linear layers written for tensor parallelism, delegating weights and matmul to a LinearMethod.
+
+Invariants:
+- A layer never creates its weight itself: its `LinearMethod` does (`create_weights`) and computes
+  the product (`apply`). Quantization schemes add a method, not a layer (DESIGN §7).
+- Every parameter carries a `weight_loader(param, loaded_weight[, shard_id])` that copies this
+  rank's slice of a full checkpoint tensor into it; the loader never assumes the layer holds the
+  whole weight. Weights are stored as nn.Linear does: [output, input].
+- Column-parallel layers split the output dimension over tp ranks, row-parallel ones the input
+  dimension (their outputs are summed over ranks; the bias is added once, after the sum).
+- Fused layers (QKV, gate/up) hold ONE weight; shard ids say where a checkpoint piece goes:
+  "q" / "k" / "v" for QKVParallelLinear, the index in `output_sizes` for MergedColumnParallelLinear.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pagoda.model_executor.parallel_state import divide, get_tp_rank, get_tp_size, tp_all_gather, tp_all_reduce
+
+
+def set_weight_attrs(param: torch.Tensor, attrs: dict) -> None:
+    """Attach loading metadata (output_dim, input_dim, weight_loader) to a parameter."""
+    for key, value in attrs.items():
+        setattr(param, key, value)
+
+
+def default_weight_loader(param: torch.Tensor, loaded_weight: torch.Tensor) -> None:
+    """Copy a whole (unsharded) tensor, checking the shape."""
+    if param.shape != loaded_weight.shape:
+        raise ValueError(f"weight shape {tuple(loaded_weight.shape)} does not match parameter shape {tuple(param.shape)}")
+    param.data.copy_(loaded_weight)
+
+
+class LinearMethod(ABC):
+    """How a linear layer stores its weight and multiplies by it."""
+
+    @abstractmethod
+    def create_weights(
+        self,
+        layer: nn.Module,
+        input_size_per_partition: int,
+        output_partition_sizes: list[int],
+        params_dtype: torch.dtype,
+    ) -> None:
+        """Register the layer's weight parameter(s) (with `input_dim`/`output_dim` attributes)."""
+
+    @abstractmethod
+    def apply(self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """x @ weightᵀ (+ bias)."""
+
+
+class UnquantizedLinearMethod(LinearMethod):
+    """A plain [output, input] weight in the model dtype."""
+
+    def create_weights(self, layer, input_size_per_partition, output_partition_sizes, params_dtype):
+        weight = nn.Parameter(
+            torch.empty(sum(output_partition_sizes), input_size_per_partition, dtype=params_dtype),
+            requires_grad=False,
+        )
+        set_weight_attrs(weight, {"input_dim": 1, "output_dim": 0})
+        layer.register_parameter("weight", weight)
+
+    def apply(self, layer, x, bias):
+        return F.linear(x, layer.weight, bias)
+
+
+class LinearBase(nn.Module):
+    """Shared set-up: sizes, dtype, the linear method and an optional bias."""
+
+    def __init__(self, input_size: int, output_size: int, linear_method: LinearMethod | None = None):
+        super().__init__()
+        self.input_size = input_size
+        self.output_size = output_size
+        self.tp_rank = get_tp_rank()
+        self.tp_size = get_tp_size()
+        self.params_dtype = torch.get_default_dtype()
+        self.linear_method = linear_method or UnquantizedLinearMethod()
+
+    def _make_bias(self, size: int, bias: bool, loader) -> None:
+        if not bias:
+            self.register_parameter("bias", None)
+            return
+        param = nn.Parameter(torch.empty(size, dtype=self.params_dtype), requires_grad=False)
+        set_weight_attrs(param, {"output_dim": 0, "weight_loader": loader})
+        self.bias = param
+
+    def _set_loader(self, loader) -> None:
+        for name, param in self.named_parameters(recurse=False):
+            if name != "bias":
+                set_weight_attrs(param, {"weight_loader": loader})
+
+
+class ReplicatedLinear(LinearBase):
+    """Every rank holds the whole weight (small projections)."""
+
+    def __init__(self, input_size: int, output_size: int, bias: bool = True, linear_method: LinearMethod | None = None):
+        super().__init__(input_size, output_size, linear_method)
+        self.linear_method.create_weights(self, input_size, [output_size], self.params_dtype)
+        self._set_loader(default_weight_loader)
+        self._make_bias(output_size, bias, default_weight_loader)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear_method.apply(self, x, self.bias)
+
+
+class ColumnParallelLinear(LinearBase):
+    """Y = X·Aᵀ with A's output rows split over ranks; each rank returns its slice of Y."""
+
+    def __init__(
+        self,
+        input_size: int,
+        output_size: int,
+        bias: bool = True,
+        gather_output: bool = False,
+        linear_method: LinearMethod | None = None,
+        output_sizes: list[int] | None = None,
+    ):
+        super().__init__(input_size, output_size, linear_method)
+        self.gather_output = gather_output
+        self.output_sizes = output_sizes or [output_size]
+        self.output_partition_sizes = [divide(s, self.tp_size, "output_size") for s in self.output_sizes]
+        self.output_size_per_partition = sum(self.output_partition_sizes)
+        self.linear_method.create_weights(self, input_size, self.output_partition_sizes, self.params_dtype)
+        self._set_loader(self.weight_loader)
+        self._make_bias(self.output_size_per_partition, bias, self.weight_loader)
+
+    def weight_loader(self, param: torch.Tensor, loaded_weight: torch.Tensor) -> None:
+        dim = getattr(param, "output_dim", None)
+        if dim is not None:
+            size = param.shape[dim]
+            loaded_weight = loaded_weight.narrow(dim, self.tp_rank * size, size)
+        default_weight_loader(param, loaded_weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.linear_method.apply(self, x, self.bias)
+        return tp_all_gather(out) if self.gather_output else out
+
+
+class MergedColumnParallelLinear(ColumnParallelLinear):
+    """Several column-parallel projections of one input fused in one weight (e.g. gate and up).
+
+    Checkpoint piece `shard_id` (an index into `output_sizes`) lands at its offset in the fused weight.
+    """
+
+    def __init__(self, input_size: int, output_sizes: list[int], bias: bool = True, linear_method: LinearMethod | None = None):
+        super().__init__(input_size, sum(output_sizes), bias, False, linear_method, output_sizes=list(output_sizes))
+
+    def weight_loader(self, param: torch.Tensor, loaded_weight: torch.Tensor, shard_id: int | None = None) -> None:
+        if shard_id is None:  # the checkpoint already stores the fused tensor
+            return super().weight_loader(param, loaded_weight)
+        dim = param.output_dim
+        offset = sum(self.output_partition_sizes[:shard_id])
+        size = self.output_partition_sizes[shard_id]
+        piece = loaded_weight.narrow(dim, self.tp_rank * size, size)
+        default_weight_loader(param.data.narrow(dim, offset, size), piece)
+
+
+class QKVParallelLinear(ColumnParallelLinear):
+    """The fused query/key/value projection: one weight of [q | k | v] rows for this rank's heads.
+
+    With more ranks than key/value heads, each key/value head is replicated over several ranks.
+    """
+
+    def __init__(
+        self,
+        hidden_size: int,
+        head_size: int,
+        total_num_heads: int,
+        total_num_kv_heads: int,
+        bias: bool = True,
+        linear_method: LinearMethod | None = None,
+    ):
+        tp_size = get_tp_size()
+        self.head_size = head_size
+        self.total_num_heads = total_num_heads
+        self.total_num_kv_heads = total_num_kv_heads
+        self.num_heads = divide(total_num_heads, tp_size, "num_attention_heads")
+        if tp_size >= total_num_kv_heads:
+            self.num_kv_heads = 1
+            self.num_kv_head_replicas = divide(tp_size, total_num_kv_heads, "tensor_parallel_size")
+        else:
+            self.num_kv_heads = divide(total_num_kv_heads, tp_size, "num_key_value_heads")
+            self.num_kv_head_replicas = 1
+        q_size = self.num_heads * head_size * tp_size
+        kv_size = self.num_kv_heads * head_size * tp_size
+        super().__init__(hidden_size, q_size + 2 * kv_size, bias, False, linear_method, output_sizes=[q_size, kv_size, kv_size])
+
+    def weight_loader(self, param: torch.Tensor, loaded_weight: torch.Tensor, shard_id: str | None = None) -> None:
+        if shard_id is None:  # a checkpoint with fused qkv (e.g. GPT-2 after transposing)
+            q, k, v = (s * self.head_size for s in (self.total_num_heads, self.total_num_kv_heads, self.total_num_kv_heads))
+            for sid, piece in zip("qkv", loaded_weight.split([q, k, v], dim=param.output_dim)):
+                self.weight_loader(param, piece, sid)
+            return
+        if shard_id not in ("q", "k", "v"):
+            raise ValueError(f"shard_id must be 'q', 'k' or 'v', got {shard_id!r}")
+        index = "qkv".index(shard_id)
+        dim = param.output_dim
+        offset = sum(self.output_partition_sizes[:index])
+        size = self.output_partition_sizes[index]
+        rank = self.tp_rank if shard_id == "q" else self.tp_rank // self.num_kv_head_replicas
+        piece = loaded_weight.narrow(dim, rank * size, size)
+        default_weight_loader(param.data.narrow(dim, offset, size), piece)
+
+
+class RowParallelLinear(LinearBase):
+    """Y = X·Aᵀ with A's input columns split over ranks; partial outputs are summed over ranks."""
+
+    def __init__(
+        self,
+        input_size: int,
+        output_size: int,
+        bias: bool = True,
+        reduce_results: bool = True,
+        linear_method: LinearMethod | None = None,
+    ):
+        super().__init__(input_size, output_size, linear_method)
+        self.reduce_results = reduce_results
+        self.input_size_per_partition = divide(input_size, self.tp_size, "input_size")
+        self.linear_method.create_weights(self, self.input_size_per_partition, [output_size], self.params_dtype)
+        self._set_loader(self.weight_loader)
+        self._make_bias(output_size, bias, default_weight_loader)
+
+    def weight_loader(self, param: torch.Tensor, loaded_weight: torch.Tensor) -> None:
+        dim = getattr(param, "input_dim", None)
+        if dim is not None:
+            size = param.shape[dim]
+            loaded_weight = loaded_weight.narrow(dim, self.tp_rank * size, size)
+        default_weight_loader(param, loaded_weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.tp_size == 1:
+            return self.linear_method.apply(self, x, self.bias)
+        out = tp_all_reduce(self.linear_method.apply(self, x, None)) if self.reduce_results else self.linear_method.apply(self, x, None)
+        return out + self.bias if self.bias is not None else out

@@ -1,0 +1,184 @@
+"""OPT (facebook/opt-*): learned positions, LayerNorm with biases, ReLU MLP.
+
+Invariants:
+- Learned position embeddings are indexed at position + 2 (OPT's offset; rows 0-1 are unused).
+- `do_layer_norm_before` picks pre-norm (every size but 350m) or post-norm; the final LayerNorm
+  exists only for pre-norm models without `_remove_final_layer_norm`.
+- When `word_embed_proj_dim` differs from `hidden_size`, `project_in` maps embeddings up and
+  `project_out` maps the final hidden states down; `forward` returns them after `project_out`, so
+  `compute_logits` takes [N, word_embed_proj_dim].
+- q/k/v are fused into `qkv_proj` at load time; checkpoints with or without the `model.` prefix load.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+
+from pagoda.attention.backend import AttentionBackend, AttentionMetadata
+from pagoda.model_executor.layers.activation import get_act_fn
+from pagoda.model_executor.layers.attention import Attention
+from pagoda.model_executor.layers.layernorm import LayerNorm
+from pagoda.model_executor.layers.linear import (
+    ColumnParallelLinear,
+    QKVParallelLinear,
+    ReplicatedLinear,
+    RowParallelLinear,
+    default_weight_loader,
+)
+from pagoda.model_executor.layers.vocab_parallel_embedding import (
+    ParallelLMHead,
+    VocabParallelEmbedding,
+    compute_logits,
+)
+from pagoda.model_executor.models.kv_spec import KVCacheSpec
+from pagoda.model_executor.parallel_state import divide, get_tp_size
+
+POSITION_OFFSET = 2
+
+
+class OPTLearnedPositionalEmbedding(VocabParallelEmbedding):
+    def __init__(self, num_positions: int, embedding_dim: int):
+        super().__init__(num_positions + POSITION_OFFSET, embedding_dim)
+
+    def forward(self, positions: torch.Tensor) -> torch.Tensor:
+        return super().forward(positions + POSITION_OFFSET)
+
+
+class OPTAttention(nn.Module):
+    def __init__(self, config: Any, layer_idx: int, attn_backend: AttentionBackend):
+        super().__init__()
+        total_heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // total_heads
+        self.num_heads = divide(total_heads, get_tp_size(), "num_attention_heads")
+        self.q_size = self.num_heads * self.head_dim
+        bias = bool(getattr(config, "enable_bias", True))
+        self.qkv_proj = QKVParallelLinear(config.hidden_size, self.head_dim, total_heads, total_heads, bias=bias)
+        self.out_proj = RowParallelLinear(config.hidden_size, config.hidden_size, bias=bias)
+        self.attn = Attention(self.num_heads, self.head_dim, self.head_dim**-0.5, self.num_heads, layer_idx, attn_backend)
+
+    def forward(self, hidden_states, kv_cache, attn_metadata):
+        q, k, v = self.qkv_proj(hidden_states).split([self.q_size] * 3, dim=-1)
+        return self.out_proj(self.attn(q, k, v, kv_cache, attn_metadata))
+
+
+class OPTDecoderLayer(nn.Module):
+    def __init__(self, config: Any, layer_idx: int, attn_backend: AttentionBackend):
+        super().__init__()
+        self.do_layer_norm_before = config.do_layer_norm_before
+        affine = getattr(config, "layer_norm_elementwise_affine", True)
+        bias = bool(getattr(config, "enable_bias", True))
+        self.self_attn = OPTAttention(config, layer_idx, attn_backend)
+        self.self_attn_layer_norm = LayerNorm(config.hidden_size, elementwise_affine=affine)
+        self.fc1 = ColumnParallelLinear(config.hidden_size, config.ffn_dim, bias=bias)
+        self.activation_fn = get_act_fn(config.activation_function, "activation_function")
+        self.fc2 = RowParallelLinear(config.ffn_dim, config.hidden_size, bias=bias)
+        self.final_layer_norm = LayerNorm(config.hidden_size, elementwise_affine=affine)
+
+    def forward(self, hidden_states, kv_cache, attn_metadata):
+        residual = hidden_states
+        if self.do_layer_norm_before:
+            hidden_states = self.self_attn_layer_norm(hidden_states)
+        hidden_states = residual + self.self_attn(hidden_states, kv_cache, attn_metadata)
+        if not self.do_layer_norm_before:
+            hidden_states = self.self_attn_layer_norm(hidden_states)
+        residual = hidden_states
+        if self.do_layer_norm_before:
+            hidden_states = self.final_layer_norm(hidden_states)
+        hidden_states = residual + self.fc2(self.activation_fn(self.fc1(hidden_states)))
+        if not self.do_layer_norm_before:
+            hidden_states = self.final_layer_norm(hidden_states)
+        return hidden_states
+
+
+class OPTDecoder(nn.Module):
+    def __init__(self, config: Any, attn_backend: AttentionBackend):
+        super().__init__()
+        proj_dim = config.word_embed_proj_dim
+        self.embed_tokens = VocabParallelEmbedding(config.vocab_size, proj_dim)
+        self.embed_positions = OPTLearnedPositionalEmbedding(config.max_position_embeddings, config.hidden_size)
+        different = proj_dim != config.hidden_size
+        self.project_in = ReplicatedLinear(proj_dim, config.hidden_size, bias=False) if different else None
+        self.project_out = ReplicatedLinear(config.hidden_size, proj_dim, bias=False) if different else None
+        if config.do_layer_norm_before and not getattr(config, "_remove_final_layer_norm", False):
+            affine = getattr(config, "layer_norm_elementwise_affine", True)
+            self.final_layer_norm = LayerNorm(config.hidden_size, elementwise_affine=affine)
+        else:
+            self.final_layer_norm = None
+        self.layers = nn.ModuleList(OPTDecoderLayer(config, i, attn_backend) for i in range(config.num_hidden_layers))
+
+    def forward(self, input_ids, positions, kv_caches, attn_metadata):
+        embeds = self.embed_tokens(input_ids)
+        if self.project_in is not None:
+            embeds = self.project_in(embeds)
+        hidden_states = embeds + self.embed_positions(positions)
+        for i, layer in enumerate(self.layers):
+            hidden_states = layer(hidden_states, kv_caches[i], attn_metadata)
+        if self.final_layer_norm is not None:
+            hidden_states = self.final_layer_norm(hidden_states)
+        if self.project_out is not None:
+            hidden_states = self.project_out(hidden_states)
+        return hidden_states
+
+
+class OPTModel(nn.Module):
+    def __init__(self, config: Any, attn_backend: AttentionBackend):
+        super().__init__()
+        self.decoder = OPTDecoder(config, attn_backend)
+
+    def forward(self, input_ids, positions, kv_caches, attn_metadata):
+        return self.decoder(input_ids, positions, kv_caches, attn_metadata)
+
+
+class OPTForCausalLM(nn.Module):
+    stacked_params_mapping = [(".qkv_proj", ".q_proj", "q"), (".qkv_proj", ".k_proj", "k"), (".qkv_proj", ".v_proj", "v")]
+
+    def __init__(self, hf_config: Any, attn_backend: AttentionBackend):
+        super().__init__()
+        self.config = hf_config
+        self.model = OPTModel(hf_config, attn_backend)
+        self.tie_word_embeddings = bool(getattr(hf_config, "tie_word_embeddings", True))
+        if self.tie_word_embeddings:
+            self.lm_head = self.model.decoder.embed_tokens
+        else:
+            self.lm_head = ParallelLMHead(hf_config.vocab_size, hf_config.word_embed_proj_dim)
+        self.kv_cache_spec = KVCacheSpec(
+            num_layers=hf_config.num_hidden_layers,
+            num_kv_heads=self.model.decoder.layers[0].self_attn.num_heads,
+            head_size=hf_config.hidden_size // hf_config.num_attention_heads,
+        )
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        kv_caches: list[torch.Tensor],
+        attn_metadata: AttentionMetadata,
+    ) -> torch.Tensor:
+        return self.model(input_ids, positions, kv_caches, attn_metadata)
+
+    def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return compute_logits(self.lm_head, hidden_states)
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        params = dict(self.named_parameters())
+        loaded: set[str] = set()
+        for name, tensor in weights:
+            if not name.startswith(("model.", "lm_head.")):
+                name = "model." + name  # facebook/opt-* checkpoints store "decoder.*"
+            if self.tie_word_embeddings and name.startswith("lm_head."):
+                continue
+            shard_id = None
+            for fused, piece, sid in self.stacked_params_mapping:
+                if piece in name:
+                    name, shard_id = name.replace(piece, fused), sid
+                    break
+            if name not in params:
+                continue
+            param = params[name]
+            loader = getattr(param, "weight_loader", default_weight_loader)
+            loader(param, tensor) if shard_id is None else loader(param, tensor, shard_id)
+            loaded.add(name)
+        return loaded

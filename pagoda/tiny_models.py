@@ -1,0 +1,240 @@
+"""Tiny real checkpoints and a real tokenizer, built locally in seconds (no model hub needed).
+
+Used by every test and by the README's demo command. Everything here is deterministic: the
+tokenizer is trained on a fixed, sorted list of standard-library files with fixed settings, and a
+checkpoint's weights come from a generator seeded with `seed`.
+
+Invariants:
+- A folder written by `make_checkpoint` is an ordinary Hugging Face model folder: config.json,
+  model.safetensors, tokenizer files (tokenizer.json, tokenizer_config.json, chat_template.jinja)
+  and generation_config.json; `transformers.AutoModelForCausalLM.from_pretrained(folder)` loads it.
+- The tokenizer adds `<|bos|>` in front of every encoded text (like Llama); the chat template
+  starts with the BOS token too, so chat prompts are encoded with add_special_tokens=False.
+- Weights are scaled up from transformers' defaults (fan-in-scaled Gaussian matrices, unit
+  embeddings, jittered norms) so greedy decoding produces varied tokens instead of one repeated.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import sysconfig
+import tempfile
+
+logger = logging.getLogger(__name__)
+
+BOS, EOS, PAD, IM_START, IM_END = "<|bos|>", "<|eos|>", "<|pad|>", "<|im_start|>", "<|im_end|>"
+SPECIAL_TOKENS = [BOS, EOS, PAD, IM_START, IM_END]
+TOKENIZER_VOCAB_SIZE = 2000
+CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+_STDLIB_FILES = (
+    "abc.py", "argparse.py", "ast.py", "base64.py", "bisect.py", "calendar.py", "codecs.py",
+    "collections/__init__.py", "contextlib.py", "copy.py", "csv.py", "dataclasses.py", "datetime.py",
+    "difflib.py", "enum.py", "fnmatch.py", "fractions.py", "functools.py", "getopt.py", "gettext.py",
+    "glob.py", "heapq.py", "hmac.py", "inspect.py", "ipaddress.py", "json/__init__.py",
+    "json/decoder.py", "json/encoder.py", "keyword.py", "logging/__init__.py", "numbers.py",
+    "operator.py", "optparse.py", "os.py", "pickle.py", "pprint.py", "queue.py", "random.py",
+    "shlex.py", "shutil.py", "statistics.py", "string.py", "textwrap.py", "threading.py",
+    "tokenize.py", "traceback.py", "types.py", "typing.py", "uuid.py", "warnings.py", "weakref.py",
+)
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
+
+# Architecture → (transformers config class name, base config kwargs of the tiny model).
+_BASE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+             max_position_embeddings=512)
+_ARCH_CONFIGS: dict[str, tuple[str, dict]] = {
+    "LlamaForCausalLM": ("LlamaConfig", {**_BASE, "num_key_value_heads": 2, "tie_word_embeddings": False}),
+    "MistralForCausalLM": ("MistralConfig", {**_BASE, "num_key_value_heads": 2, "sliding_window": None,
+                                             "tie_word_embeddings": False}),
+    "Qwen2ForCausalLM": ("Qwen2Config", {**_BASE, "num_key_value_heads": 2, "tie_word_embeddings": False}),
+    "Qwen3ForCausalLM": ("Qwen3Config", {**_BASE, "num_key_value_heads": 2, "head_dim": 32,
+                                         "tie_word_embeddings": False}),
+    "OPTForCausalLM": ("OPTConfig", {"hidden_size": 64, "ffn_dim": 128, "num_hidden_layers": 2,
+                                     "num_attention_heads": 4, "max_position_embeddings": 512,
+                                     "word_embed_proj_dim": 64, "dropout": 0.0, "attention_dropout": 0.0}),
+    "GPT2LMHeadModel": ("GPT2Config", {"n_embd": 64, "n_inner": 128, "n_layer": 2, "n_head": 4,
+                                       "n_positions": 512, "resid_pdrop": 0.0, "embd_pdrop": 0.0,
+                                       "attn_pdrop": 0.0}),
+}
+SUPPORTED_ARCHS = tuple(_ARCH_CONFIGS)
+
+DEMO_ARCH = "LlamaForCausalLM"
+DEMO_CONFIG = dict(hidden_size=256, intermediate_size=512, num_hidden_layers=4, num_attention_heads=8,
+                   num_key_value_heads=4, max_position_embeddings=2048)
+
+
+def _training_files() -> list[str]:
+    stdlib = sysconfig.get_paths()["stdlib"]
+    files = [os.path.join(stdlib, name) for name in _STDLIB_FILES]
+    return sorted(f for f in files if os.path.isfile(f))
+
+
+def train_tokenizer(folder: str) -> str:
+    """Train a ~2000-token byte-level BPE on standard-library sources and save it to `folder`."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    files = _training_files()
+    if not files:
+        raise ValueError(f"no standard-library sources found under {sysconfig.get_paths()['stdlib']!r}")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=TOKENIZER_VOCAB_SIZE,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train(files, trainer)
+    bos_id = tok.token_to_id(BOS)
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, bos_id)]
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token=PAD,
+        additional_special_tokens=[IM_START, IM_END],
+        model_max_length=2048,
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    os.makedirs(folder, exist_ok=True)
+    fast.save_pretrained(folder)
+    return folder
+
+
+def _copy_tokenizer(src: str, dst: str) -> None:
+    os.makedirs(dst, exist_ok=True)
+    for name in _TOKENIZER_FILES:
+        path = os.path.join(src, name)
+        if os.path.isfile(path):
+            shutil.copy(path, os.path.join(dst, name))
+
+
+def _special_ids(tokenizer_folder: str) -> dict[str, int]:
+    with open(os.path.join(tokenizer_folder, "tokenizer.json")) as f:
+        added = {t["content"]: t["id"] for t in json.load(f)["added_tokens"]}
+    return {tok: added[tok] for tok in SPECIAL_TOKENS}
+
+
+def _vocab_size(tokenizer_folder: str) -> int:
+    with open(os.path.join(tokenizer_folder, "tokenizer.json")) as f:
+        data = json.load(f)
+    size = max(max(data["model"]["vocab"].values()), max(t["id"] for t in data["added_tokens"])) + 1
+    return -(-size // 8) * 8  # 2000 tokens: no padded rows, so every id the model can emit decodes
+
+
+def _build_config(arch: str, vocab_size: int, ids: dict[str, int], overrides: dict):
+    import transformers
+
+    if arch not in _ARCH_CONFIGS:
+        raise ValueError(f"arch={arch!r} is not supported by make_checkpoint; supported: {list(SUPPORTED_ARCHS)}")
+    config_name, base = _ARCH_CONFIGS[arch]
+    kwargs = {
+        **base,
+        "vocab_size": vocab_size,
+        "bos_token_id": ids[BOS],
+        "eos_token_id": ids[EOS],
+        "pad_token_id": ids[PAD],
+        **overrides,
+    }
+    config = getattr(transformers, config_name)(**kwargs)
+    config.architectures = [arch]
+    return config
+
+
+def _reinit_weights(model, seed: int) -> None:
+    """Re-draw weights at a scale that keeps tiny random models from collapsing onto one token."""
+    import torch
+    from torch import nn
+    from transformers.pytorch_utils import Conv1D
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, module in sorted(model.named_modules(), key=lambda item: item[0]):
+            params = dict(module.named_parameters(recurse=False))
+            if not params:
+                continue
+            weight, bias = params.get("weight"), params.get("bias")
+            if isinstance(module, (nn.Linear, Conv1D)):
+                fan_in = weight.shape[1] if isinstance(module, nn.Linear) else weight.shape[0]
+                weight.copy_(torch.randn(weight.shape, generator=gen) * (3.0 / math.sqrt(fan_in)))
+            elif isinstance(module, nn.Embedding):
+                weight.copy_(torch.randn(weight.shape, generator=gen) * (0.5 if "pos" in name or "wpe" in name else 1.0))
+            elif weight is not None and weight.ndim == 1:  # norms
+                weight.copy_(1.0 + 0.2 * torch.randn(weight.shape, generator=gen))
+            if bias is not None:
+                bias.copy_(0.1 * torch.randn(bias.shape, generator=gen))
+
+
+def make_checkpoint(
+    arch: str,
+    folder: str,
+    tokenizer_folder: str | None = None,
+    *,
+    dtype: str = "float32",
+    seed: int = 0,
+    **config_overrides,
+) -> str:
+    """Write a tiny random `arch` model (+ tokenizer, generation config) to `folder`; return `folder`.
+
+    `config_overrides` are transformers config keywords (e.g. tie_word_embeddings=True,
+    rope_scaling={...}, num_hidden_layers=3). Without `tokenizer_folder` a tokenizer is trained.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, GenerationConfig
+
+    os.makedirs(folder, exist_ok=True)
+    if tokenizer_folder is None:
+        train_tokenizer(folder)
+    elif os.path.abspath(tokenizer_folder) != os.path.abspath(folder):
+        _copy_tokenizer(tokenizer_folder, folder)
+    ids = _special_ids(folder)
+    config = _build_config(arch, _vocab_size(folder), ids, config_overrides)
+    torch_dtype = getattr(torch, dtype, None)
+    if not isinstance(torch_dtype, torch.dtype):
+        raise ValueError(f"dtype={dtype!r} is not a torch dtype name")
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config)
+    _reinit_weights(model, seed)
+    model = model.to(torch_dtype)
+    model.config.dtype = torch_dtype
+    model.save_pretrained(folder)
+    GenerationConfig(
+        bos_token_id=ids[BOS], eos_token_id=[ids[EOS], ids[IM_END]], pad_token_id=ids[PAD]
+    ).save_pretrained(folder)
+    logger.info("wrote a tiny %s checkpoint to %s", arch, folder)
+    return folder
+
+
+def ensure_demo_model(folder: str) -> str:
+    """Build the demo model (a small Llama) in `folder` unless a complete one is already there."""
+    folder = os.path.abspath(os.path.expanduser(folder))
+    marker = os.path.join(folder, ".pagoda-demo-complete")
+    if os.path.isfile(marker):
+        return folder
+    parent = os.path.dirname(folder)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".pagoda-demo-", dir=parent)
+    try:
+        make_checkpoint(DEMO_ARCH, tmp, **DEMO_CONFIG)
+        with open(os.path.join(tmp, ".pagoda-demo-complete"), "w") as f:
+            f.write(DEMO_ARCH + "\n")
+        if os.path.isdir(folder):
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    finally:
+        if os.path.isdir(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+    return folder
