@@ -1,0 +1,30 @@
+"""Triton attention backend (GPU): writes this step's K/V into the paged cache, then paged attention.
+
+Invariant: same numerics contract as the torch reference backend (softmax in fp32 over each
+request's cached prefix plus its own causal chunk); launch heuristics live in pagoda.kernels.tuning.
+Slots < 0 in slot_mapping are padding (e.g. CUDA-graph padded decode batches) and are not written.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from pagoda.attention.backend import AttentionBackend, AttentionMetadata
+from pagoda.kernels.kv_cache_write import write_kv_cache
+from pagoda.kernels.paged_attention import paged_attention
+
+
+class TritonAttentionBackend(AttentionBackend):
+    name = "triton"
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        kv_cache: torch.Tensor,
+        metadata: AttentionMetadata,
+        scale: float,
+    ) -> torch.Tensor:
+        write_kv_cache(kv_cache, key, value, metadata.slot_mapping)
+        return paged_attention(query, kv_cache, metadata, scale)

@@ -1,0 +1,20 @@
+"""Triton kernels, each with a torch reference beside it (tests compare them, on CPU through
+Triton's interpreter and on CUDA).
+
+- paged_attention: `paged_attention(query, kv_cache, metadata, scale, out=None, num_splits=None)`,
+  mixed prefill/decode flat batch over the paged cache, GQA, split-KV (flash-decoding) path.
+  Reference: `paged_attention_ref(...)` here, and `pagoda.attention.torch_backend.paged_attention_reference`.
+- kv_cache_write: `write_kv_cache(kv_cache, key, value, slot_mapping)` (slots < 0 skipped).
+  Reference: `write_kv_cache_ref(...)`.
+- rmsnorm: `rmsnorm(x, weight, eps, residual=None)` -> out, or (out, residual) with residual
+  updated in place to x + residual (fused add). Reference: `rmsnorm_ref(...)`.
+- rotary: `apply_rotary(positions, q, k, cos_sin_cache, is_neox=True, inplace=True)` -> (q, k),
+  neox/gptj layouts, partial rotary. Reference: `apply_rotary_ref(...)`. The cache comes from
+  `build_cos_sin_cache(base, rot_dim, max_pos, rope_scaling=None)` (torch; default/linear/llama3).
+- activation: `silu_and_mul(x)`, `gelu_and_mul(x, approximate="none"|"tanh")`, `gelu_tanh(x)`
+  (= `gelu_new`). References: `silu_and_mul_ref`, `gelu_and_mul_ref`, `gelu_tanh_ref`.
+
+Launch heuristics (tile sizes, warps, split-KV count) live in `pagoda.kernels.tuning`;
+`tests/kernels/bench_kernels.py [--sweep]` checks and times them on a GPU.
+Invariant: the kernels package imports nothing from the rest of pagoda (imports go downward only).
+"""

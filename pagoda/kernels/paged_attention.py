@@ -1,0 +1,308 @@
+"""Paged attention for a flat batch mixing prefill chunks and decodes (Triton), with a torch reference.
+
+Shapes and layout (the contract of pagoda.attention.backend):
+- query [num_tokens, num_heads, head_size]; out has the same shape and dtype (fp16, bf16 or fp32).
+- kv_cache [2, num_blocks, block_size, num_kv_heads, head_size]; [0] keys, [1] values, already
+  holding this step's keys/values. Slot = block * block_size + offset.
+- query_start_loc int32 [num_reqs + 1], seq_lens int32 [num_reqs], block_tables int32
+  [num_reqs, max_blocks]. Query j of request i sits at position seq_lens[i] - query_len_i + j and
+  attends to positions 0 ..= its own (its cached prefix and the chunk's earlier tokens).
+
+Kernel design:
+- One program handles BLOCK_M rows = BLOCK_Q query tokens x GROUP query heads that share one KV
+  head, so each K/V tile is loaded once for the whole GQA group. Programs are laid out as
+  (num_tokens // BLOCK_Q + num_reqs) "query blocks" x num_kv_heads; a program finds its request by
+  binary search over query_start_loc, so the grid depends only on sizes, not on data (CUDA-graph safe).
+- Keys/values are read in tiles of TILE_N positions gathered through block_tables, so any block size
+  works (TILE_N and block_size are independent). Head sizes are padded to a power of two with masks.
+- Softmax is online, in fp32 and base 2; q·k and p·v accumulate in fp32 (IEEE for fp32 inputs).
+- Split-KV (flash-decoding): with NUM_SPLITS > 1 each query block's visible KV range is cut into
+  NUM_SPLITS equal runs of tiles computed by separate programs, which write unnormalised partial
+  outputs plus running max/sum; `_reduce_splits_kernel` combines them. Empty splits write max=-1e30,
+  sum=0 and so get weight 0.
+
+Invariants: rows outside the batch (padding tokens past query_start_loc[-1]) are never written;
+masked K/V loads return 0, so stale or NaN cache contents past a request's length never leak in.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from pagoda.kernels import tuning
+
+_LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _find_seq_idx(query_start_loc_ptr, target, num_reqs, BLOCK_Q: tl.constexpr):
+    """Largest request i with query_start_loc[i] // BLOCK_Q + i <= target."""
+    lo: tl.int32 = 0
+    hi: tl.int32 = num_reqs
+    while lo < hi:
+        mid = (lo + hi) // 2
+        val = tl.load(query_start_loc_ptr + mid)
+        if val // BLOCK_Q + mid <= target:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo - 1
+
+
+@triton.jit
+def _paged_attn_kernel(
+    out_ptr, q_ptr, k_cache_ptr, v_cache_ptr,
+    block_tables_ptr, seq_lens_ptr, query_start_loc_ptr,
+    part_acc_ptr, part_m_ptr, part_l_ptr,
+    scale_log2, num_reqs, num_heads,
+    stride_qt, stride_qh, stride_ot, stride_oh,
+    stride_kb, stride_ks, stride_kh,
+    stride_vb, stride_vs, stride_vh,
+    stride_bt,
+    HEAD_SIZE: tl.constexpr, HEAD_PAD: tl.constexpr, GROUP: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_Q: tl.constexpr, TILE_N: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr, NUM_SPLITS: tl.constexpr, IEEE_DOT: tl.constexpr,
+):
+    q_block = tl.program_id(0)
+    kv_head = tl.program_id(1)
+    split = tl.program_id(2)
+
+    seq_idx = _find_seq_idx(query_start_loc_ptr, q_block, num_reqs, BLOCK_Q)
+    q_start = tl.load(query_start_loc_ptr + seq_idx)
+    q_len = tl.load(query_start_loc_ptr + seq_idx + 1) - q_start
+    local_block = q_block - (q_start // BLOCK_Q + seq_idx)
+    if local_block * BLOCK_Q >= q_len:
+        return
+    seq_len = tl.load(seq_lens_ptr + seq_idx)
+    ctx_len = seq_len - q_len
+
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_PAD)
+    q_local = local_block * BLOCK_Q + offs_m // GROUP
+    head = kv_head * GROUP + offs_m % GROUP
+    row_valid = (offs_m < BLOCK_Q * GROUP) & (q_local < q_len)
+    q_pos = ctx_len + q_local
+    d_mask = offs_d < HEAD_SIZE
+    tok = (q_start + q_local).to(tl.int64)
+    q = tl.load(
+        q_ptr + tok[:, None] * stride_qt + head[:, None] * stride_qh + offs_d[None, :],
+        mask=row_valid[:, None] & d_mask[None, :],
+        other=0.0,
+    )
+
+    # KV positions visible to any row of this block: [0, kv_end).
+    kv_end = ctx_len + tl.minimum((local_block + 1) * BLOCK_Q, q_len)
+    num_tiles = tl.cdiv(kv_end, TILE_N)
+    if NUM_SPLITS == 1:
+        tile_lo = 0
+        tile_hi = num_tiles
+    else:
+        per_split = tl.cdiv(num_tiles, NUM_SPLITS)
+        tile_lo = split * per_split
+        tile_hi = tl.minimum(tile_lo + per_split, num_tiles)
+
+    m_i = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_PAD], dtype=tl.float32)
+    bt_row = block_tables_ptr + seq_idx.to(tl.int64) * stride_bt
+    kv_head64 = kv_head.to(tl.int64)
+
+    for t in range(tile_lo, tile_hi):
+        offs_n = t * TILE_N + tl.arange(0, TILE_N)
+        n_valid = offs_n < kv_end
+        blk = tl.load(bt_row + offs_n // BLOCK_SIZE, mask=n_valid, other=0).to(tl.int64)
+        slot = (offs_n % BLOCK_SIZE).to(tl.int64)
+        k = tl.load(
+            k_cache_ptr + blk[None, :] * stride_kb + slot[None, :] * stride_ks + kv_head64 * stride_kh
+            + offs_d[:, None],
+            mask=n_valid[None, :] & d_mask[:, None],
+            other=0.0,
+        )
+        if IEEE_DOT:
+            qk = tl.dot(q, k, input_precision="ieee")
+        else:
+            qk = tl.dot(q, k)
+        qk = qk * scale_log2
+        visible = (offs_n[None, :] <= q_pos[:, None]) & n_valid[None, :]
+        qk = tl.where(visible, qk, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        p = tl.exp2(qk - m_new[:, None])
+        alpha = tl.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(
+            v_cache_ptr + blk[:, None] * stride_vb + slot[:, None] * stride_vs + kv_head64 * stride_vh
+            + offs_d[None, :],
+            mask=n_valid[:, None] & d_mask[None, :],
+            other=0.0,
+        )
+        if IEEE_DOT:
+            pv = tl.dot(p.to(v.dtype), v, input_precision="ieee")
+        else:
+            pv = tl.dot(p.to(v.dtype), v)
+        acc = acc * alpha[:, None] + pv
+        m_i = m_new
+
+    if NUM_SPLITS == 1:
+        l_safe = tl.where(l_i > 0, l_i, 1.0)
+        o = acc / l_safe[:, None]
+        tl.store(
+            out_ptr + tok[:, None] * stride_ot + head[:, None] * stride_oh + offs_d[None, :],
+            o.to(out_ptr.dtype.element_ty),
+            mask=row_valid[:, None] & d_mask[None, :],
+        )
+    else:
+        part = (tok * num_heads + head) * NUM_SPLITS + split  # [BLOCK_M] int64
+        tl.store(part_m_ptr + part, m_i, mask=row_valid)
+        tl.store(part_l_ptr + part, l_i, mask=row_valid)
+        tl.store(
+            part_acc_ptr + part[:, None] * HEAD_PAD + offs_d[None, :],
+            acc,
+            mask=row_valid[:, None] & (offs_d[None, :] < HEAD_PAD),
+        )
+
+
+@triton.jit
+def _reduce_splits_kernel(
+    out_ptr, part_acc_ptr, part_m_ptr, part_l_ptr, query_start_loc_ptr, num_reqs, num_heads,
+    stride_ot, stride_oh,
+    HEAD_SIZE: tl.constexpr, HEAD_PAD: tl.constexpr, NUM_SPLITS: tl.constexpr, SPLITS_PAD: tl.constexpr,
+):
+    tok = tl.program_id(0)
+    head = tl.program_id(1)
+    if tok >= tl.load(query_start_loc_ptr + num_reqs):
+        return
+    offs_s = tl.arange(0, SPLITS_PAD)
+    offs_d = tl.arange(0, HEAD_PAD)
+    s_mask = offs_s < NUM_SPLITS
+    base = (tok.to(tl.int64) * num_heads + head) * NUM_SPLITS
+    m = tl.load(part_m_ptr + base + offs_s, mask=s_mask, other=float("-inf"))
+    l = tl.load(part_l_ptr + base + offs_s, mask=s_mask, other=0.0)
+    m_max = tl.max(m, 0)
+    w = tl.exp2(m - m_max)
+    denom = tl.sum(w * l, 0)
+    acc = tl.load(
+        part_acc_ptr + (base + offs_s)[:, None] * HEAD_PAD + offs_d[None, :],
+        mask=s_mask[:, None] & (offs_d[None, :] < HEAD_SIZE),
+        other=0.0,
+    )
+    o = tl.sum(acc * w[:, None], 0) / tl.where(denom > 0, denom, 1.0)
+    tl.store(
+        out_ptr + tok.to(tl.int64) * stride_ot + head * stride_oh + offs_d,
+        o.to(out_ptr.dtype.element_ty),
+        mask=offs_d < HEAD_SIZE,
+    )
+
+
+def paged_attention(
+    query: torch.Tensor,
+    kv_cache: torch.Tensor,
+    metadata,
+    scale: float,
+    out: torch.Tensor | None = None,
+    num_splits: int | None = None,
+) -> torch.Tensor:
+    """Attention of every query row over its request's paged keys/values; matches
+    `paged_attention_reference`. `metadata` is an AttentionMetadata (duck-typed: needs num_reqs,
+    max_query_len, max_seq_len, query_start_loc, seq_lens, block_tables). `num_splits` forces the
+    split-KV count (None: heuristic in pagoda.kernels.tuning)."""
+    num_tokens, num_heads, head_size = query.shape
+    _, _, block_size, num_kv_heads, cache_head_size = kv_cache.shape
+    if cache_head_size != head_size or num_heads % num_kv_heads != 0:
+        raise ValueError(
+            f"query heads/size {num_heads}/{head_size} do not fit "
+            f"cache kv heads/size {num_kv_heads}/{cache_head_size}"
+        )
+    if out is None:
+        out = torch.empty_like(query)
+    if query.stride(-1) != 1:
+        query = query.contiguous()
+    if out.stride(-1) != 1 or kv_cache.stride(-1) != 1:
+        raise ValueError("out and kv_cache must be contiguous in the head dimension")
+    num_reqs = int(metadata.num_reqs)
+    if num_tokens == 0 or num_reqs == 0:
+        return out
+    launch = tuning.attention_launch(
+        num_reqs=num_reqs,
+        num_tokens=num_tokens,
+        max_query_len=int(metadata.max_query_len),
+        max_seq_len=int(metadata.max_seq_len),
+        num_heads=num_heads,
+        num_kv_heads=num_kv_heads,
+        head_size=head_size,
+        device=query.device,
+        num_splits=num_splits,
+    )
+    group = num_heads // num_kv_heads
+    k_cache, v_cache = kv_cache[0], kv_cache[1]
+    block_tables = metadata.block_tables
+    splits = launch.num_splits
+    if splits > 1:
+        n_part = num_tokens * num_heads * splits
+        part_acc = torch.empty(n_part * launch.head_pad, dtype=torch.float32, device=query.device)
+        part_m = torch.empty(n_part, dtype=torch.float32, device=query.device)
+        part_l = torch.empty_like(part_m)
+    else:
+        part_acc = part_m = part_l = out  # unused
+    grid = (num_tokens // launch.block_q + num_reqs, num_kv_heads, splits)
+    _paged_attn_kernel[grid](
+        out, query, k_cache, v_cache,
+        block_tables, metadata.seq_lens, metadata.query_start_loc,
+        part_acc, part_m, part_l,
+        float(scale) * _LOG2E, num_reqs, num_heads,
+        query.stride(0), query.stride(1), out.stride(0), out.stride(1),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
+        block_tables.stride(0),
+        HEAD_SIZE=head_size, HEAD_PAD=launch.head_pad, GROUP=group,
+        BLOCK_M=launch.block_m, BLOCK_Q=launch.block_q, TILE_N=launch.tile_n,
+        BLOCK_SIZE=block_size, NUM_SPLITS=splits, IEEE_DOT=query.dtype == torch.float32,
+        num_warps=launch.num_warps, num_stages=launch.num_stages,
+    )
+    if splits > 1:
+        _reduce_splits_kernel[(num_tokens, num_heads)](
+            out, part_acc, part_m, part_l, metadata.query_start_loc, num_reqs, num_heads,
+            out.stride(0), out.stride(1),
+            HEAD_SIZE=head_size, HEAD_PAD=launch.head_pad, NUM_SPLITS=splits,
+            SPLITS_PAD=tuning.next_power_of_2(splits),
+            num_warps=4 if launch.head_pad >= 128 else 2,
+        )
+    return out
+
+
+def paged_attention_ref(
+    query: torch.Tensor,
+    kv_cache: torch.Tensor,
+    query_start_loc: list[int],
+    seq_lens: list[int],
+    block_tables: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
+    """Torch reference: per request, gather K/V through the block table and run causal softmax
+    attention in fp32 (explicit matmuls, independent of the attention package's reference)."""
+    block_size, num_kv_heads, head_size = kv_cache.shape[2:]
+    group = query.shape[1] // num_kv_heads
+    out = torch.zeros_like(query)
+    for i, seq_len in enumerate(seq_lens):
+        q_start, q_end = query_start_loc[i], query_start_loc[i + 1]
+        if q_end == q_start:
+            continue
+        positions = torch.arange(seq_len, device=query.device)
+        blocks = block_tables[i].long()[positions // block_size]
+        slots = positions % block_size
+        k = kv_cache[0, blocks, slots].float().repeat_interleave(group, dim=1)  # [L, H, D]
+        v = kv_cache[1, blocks, slots].float().repeat_interleave(group, dim=1)
+        q = query[q_start:q_end].float()  # [q, H, D]
+        scores = torch.einsum("qhd,lhd->hql", q, k) * scale
+        q_pos = torch.arange(seq_len - (q_end - q_start), seq_len, device=query.device)
+        scores = scores.masked_fill(positions[None, None, :] > q_pos[None, :, None], float("-inf"))
+        probs = torch.softmax(scores, dim=-1)
+        out[q_start:q_end] = torch.einsum("hql,lhd->qhd", probs, v).to(query.dtype)
+    return out
+
+
+def default_scale(head_size: int) -> float:
+    return 1.0 / math.sqrt(head_size)

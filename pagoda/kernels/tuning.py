@@ -1,0 +1,101 @@
+"""Launch heuristics for the Triton kernels, kept in one place so they can be tuned on the GPU.
+
+Invariant: every function here is pure host code on Python ints (no device syncs), so the choices
+are stable under CUDA-graph capture; every choice it makes is *correct* for any input — the
+heuristics only trade speed, never results.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import torch
+
+# --- paged attention -------------------------------------------------------------------------------
+# Rows of one program = BLOCK_Q query tokens x GROUP query heads (one KV head); tl.dot needs >= 16.
+ATTN_DECODE_BLOCK_M = 16  # when max_query_len is small (decode, speculative verify)
+ATTN_PREFILL_BLOCK_M = 64  # when the batch holds prefill chunks
+ATTN_SMALL_QUERY_LEN = 8  # max_query_len at or below this counts as "decode-like"
+# Split-KV (flash-decoding): used when too few programs would run to fill the GPU on long contexts.
+SPLIT_MIN_SEQ_LEN = 1024  # max_seq_len below this: never split
+SPLIT_MIN_PARTITION = 256  # each split covers at least this many KV positions (of max_seq_len)
+SPLIT_MAX = 32  # most splits
+SPLIT_TARGET_WAVES = 2  # aim for about this many programs per SM
+DEFAULT_SM_COUNT = 132  # H100/H200; used when no CUDA device is present (interpreter)
+
+
+def next_power_of_2(n: int) -> int:
+    return 1 if n <= 1 else 1 << (n - 1).bit_length()
+
+
+@functools.lru_cache(maxsize=None)
+def sm_count(device_index: int | None = None) -> int:
+    if not torch.cuda.is_available():
+        return DEFAULT_SM_COUNT
+    index = torch.cuda.current_device() if device_index is None else device_index
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+@dataclass(frozen=True)
+class AttentionLaunch:
+    block_m: int  # query rows (tokens x group heads) per program, power of two >= 16
+    block_q: int  # query tokens per program = block_m // group
+    tile_n: int  # KV positions per inner iteration, power of two >= 16
+    head_pad: int  # head size rounded up to a power of two (>= 16)
+    num_splits: int  # 1: single pass; > 1: split-KV with a reduction kernel
+    num_warps: int
+    num_stages: int
+
+
+def attention_launch(
+    *,
+    num_reqs: int,
+    num_tokens: int,
+    max_query_len: int,
+    max_seq_len: int,
+    num_heads: int,
+    num_kv_heads: int,
+    head_size: int,
+    device: torch.device,
+    num_splits: int | None = None,
+) -> AttentionLaunch:
+    """Pick tile sizes, warps and the split count; `num_splits` forces a split count (tests, tuning)."""
+    group = num_heads // num_kv_heads
+    head_pad = max(16, next_power_of_2(head_size))
+    decode_like = max_query_len <= ATTN_SMALL_QUERY_LEN
+    block_m = ATTN_DECODE_BLOCK_M if decode_like else ATTN_PREFILL_BLOCK_M
+    block_m = max(block_m, next_power_of_2(group))
+    if head_pad >= 256:
+        block_m = max(16, min(block_m, 32), next_power_of_2(group))
+    block_q = block_m // group
+    tile_n = 32 if head_pad >= 256 else 64
+    num_warps = 8 if (head_pad >= 256 or block_m >= 128) else 4
+    if num_splits is None:
+        num_splits = 1
+        if decode_like and max_seq_len >= SPLIT_MIN_SEQ_LEN:
+            dev_index = device.index if device.type == "cuda" else None
+            sms = sm_count(dev_index) if device.type == "cuda" else DEFAULT_SM_COUNT
+            programs = max(1, (num_tokens // block_q + num_reqs) * num_kv_heads)
+            if programs < sms:
+                by_occupancy = -(-SPLIT_TARGET_WAVES * sms // programs)
+                by_length = max(1, max_seq_len // SPLIT_MIN_PARTITION)
+                num_splits = max(1, min(SPLIT_MAX, by_occupancy, by_length))
+    return AttentionLaunch(block_m, block_q, tile_n, head_pad, max(1, int(num_splits)), num_warps, 2)
+
+
+# --- elementwise / row kernels ---------------------------------------------------------------------
+def row_num_warps(block: int) -> int:
+    """Warps for a kernel that keeps one row of `block` elements in registers."""
+    if block >= 8192:
+        return 16
+    if block >= 2048:
+        return 8
+    if block >= 512:
+        return 4
+    return 2 if block >= 128 else 1
+
+
+ELEMENTWISE_BLOCK = 1024  # elements per program for activation kernels along the feature dim
+KV_WRITE_BLOCK = 1024  # elements of one token's [num_kv_heads * head_size] per program
+ROTARY_BLOCK_H = 8  # heads per inner iteration of the rotary kernel
