@@ -37,6 +37,7 @@ class ModelRunner:
         self.vocab_size = config.model.vocab_size
         self.batch = InputBatch(config.scheduler.max_num_seqs, config.model.max_model_len, self.block_size)
         self.sampler = Sampler()
+        self.cuda_graphs = None  # a CudaGraphRunner, set by the worker on CUDA unless enforce_eager
         # Seeded requests get their own generator; the rest share torch's default one, which the
         # worker seeds with the engine's `seed` at start-up.
         self.generators: dict[str, torch.Generator] = {}
@@ -64,7 +65,7 @@ class ModelRunner:
         rows = np.array([self.batch.row_of[r] for r in req_ids], dtype=np.int64)
         counts = np.array([sched.num_scheduled_tokens[r] for r in req_ids], dtype=np.int64)
         inputs = self._prepare_inputs(rows, counts)
-        hidden = self.model(inputs["input_ids"], inputs["positions"], self.kv_caches, inputs["attn_metadata"])
+        hidden = self._forward(inputs["input_ids"], inputs["positions"], inputs["attn_metadata"])
 
         starts, ends = inputs["starts"], inputs["ends"]
         self.batch.num_computed[rows] = ends
@@ -75,6 +76,12 @@ class ModelRunner:
         if samples.any():
             self._sample(req_ids, rows, samples, inputs["query_start"] + counts - 1, hidden, output)
         return output
+
+    def _forward(self, input_ids: torch.Tensor, positions: torch.Tensor, metadata: AttentionMetadata) -> torch.Tensor:
+        """The model forward: replayed from a CUDA graph for decode-only steps when graphs exist."""
+        if self.cuda_graphs is not None and self.cuda_graphs.can_run(metadata):
+            return self.cuda_graphs.run(input_ids, positions, metadata)
+        return self.model(input_ids, positions, self.kv_caches, metadata)
 
     def _prepare_inputs(self, rows: np.ndarray, counts: np.ndarray) -> dict:
         batch, block_size = self.batch, self.block_size

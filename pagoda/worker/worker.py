@@ -61,6 +61,13 @@ class Worker:
             num_blocks, cache.block_size, num_blocks * self.bytes_per_block() / (1 << 30), self.device,
         )
         self.runner = ModelRunner(self.config, self.model, kv_caches, self.device)
+        if self.device.type == "cuda" and not self.config.enforce_eager:
+            from pagoda.worker.cuda_graph import CudaGraphRunner
+
+            graphs = CudaGraphRunner(self.model, kv_caches, self.config.scheduler.max_num_seqs,
+                                     self.config.model.max_model_len, cache.block_size, self.device)
+            graphs.capture()
+            self.runner.cuda_graphs = graphs
 
     def execute_model(self, sched: SchedulerOutput) -> ModelRunnerOutput:
         if self.runner is None:

@@ -28,6 +28,10 @@ def gelu_new(x: torch.Tensor) -> torch.Tensor:
 
 class SiluAndMul(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.is_cuda:
+            from pagoda.kernels.activation import silu_and_mul as silu_and_mul_kernel
+
+            return silu_and_mul_kernel(x)
         return silu_and_mul(x)
 
 

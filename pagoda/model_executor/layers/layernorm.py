@@ -4,6 +4,8 @@ Invariants:
 - `rms_norm` and `fused_add_rms_norm` are plain torch functions, the reference a Triton kernel
   may replace: statistics in fp32, the result cast back to the input dtype before the weight
   multiplies it (as Hugging Face does), so fp32 results match transformers exactly.
+- On CUDA the fused Triton kernel (pagoda/kernels/rmsnorm.py) runs instead, updating `residual` in
+  place; callers never reuse a residual tensor after passing it in.
 - `RMSNorm(x)` returns the normed tensor; `RMSNorm(x, residual)` first adds `residual` and returns
   `(normed, x + residual)`: the sum is the next layer's residual.
 """
@@ -38,6 +40,10 @@ class RMSNorm(nn.Module):
         set_weight_attrs(self.weight, {"weight_loader": default_weight_loader})
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
+        if x.is_cuda:
+            from pagoda.kernels.rmsnorm import rmsnorm  # fused Triton kernel; residual updated in place
+
+            return rmsnorm(x, self.weight, self.eps, residual)
         if residual is None:
             return rms_norm(x, self.weight, self.eps)
         return fused_add_rms_norm(x, residual, self.weight, self.eps)

@@ -3,7 +3,8 @@
 Invariants:
 - The cache is fp32, shape [max_position, rotary_dim] = [cos half | sin half], built once at
   construction; `forward` only gathers rows by position and casts to the query dtype.
-- `apply_rotary_emb` is a plain torch function (the reference a Triton kernel may replace).
+- `apply_rotary_emb` is a plain torch function (the CPU path); on CUDA the Triton kernel in
+  pagoda/kernels/rotary.py rotates q and k in place instead.
   Neox layout rotates the two halves of the rotary dims; GPT-J layout rotates interleaved pairs.
   Only the first `rotary_dim` of each head's dims rotate (partial rotary); the rest pass through.
 - Rope settings come from `rope_settings(hf_config)`, which reads transformers 5's
@@ -95,6 +96,13 @@ class RotaryEmbedding(nn.Module):
 
     def forward(self, positions: torch.Tensor, query: torch.Tensor, key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Rotate query [T, Hq·D] and key [T, Hk·D] (or [T, H, D]); returns them in their input shape."""
+        if query.is_cuda:
+            from pagoda.kernels.rotary import apply_rotary  # Triton, in place on (views of) the qkv buffer
+
+            q3 = query.view(query.shape[0], -1, self.head_size)
+            k3 = key.view(key.shape[0], -1, self.head_size)
+            apply_rotary(positions, q3, k3, self.cos_sin_cache, self.is_neox_style, inplace=True)
+            return query, key
         cos_sin = self.cos_sin_cache.index_select(0, positions)
         cos, sin = cos_sin.unsqueeze(1).to(query.dtype).chunk(2, dim=-1)
         return self._rotate(query, cos, sin), self._rotate(key, cos, sin)

@@ -1,0 +1,57 @@
+"""Quick GPU performance probe (not the benchmark suite): start-up, batch-1 decode, offline throughput.
+
+    python scripts/perf_probe.py MODEL_DIR [--num-prompts 1000] [--input-len 128] [--output-len 128]
+
+MODEL_DIR is a config-only folder (python -m pagoda.benchmarks.make_model DIR); weights are dummy.
+"""
+
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from pagoda import LLM, SamplingParams  # noqa: E402
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("model")
+    p.add_argument("--num-prompts", type=int, default=1000)
+    p.add_argument("--input-len", type=int, default=128)
+    p.add_argument("--output-len", type=int, default=128)
+    p.add_argument("--enforce-eager", action="store_true")
+    a = p.parse_args()
+    t0 = time.perf_counter()
+    llm = LLM(a.model, load_format="dummy", dtype="bfloat16", max_model_len=2048, enforce_eager=a.enforce_eager)
+    print(f"start-up: {time.perf_counter() - t0:.1f} s", flush=True)
+    rng = np.random.default_rng(0)
+    vocab = llm.llm_engine.config.model.vocab_size
+
+    def prompts(n, length):
+        return [{"prompt_token_ids": rng.integers(0, vocab, length).tolist()} for _ in range(n)]
+
+    one = SamplingParams(temperature=0, max_tokens=256, ignore_eos=True)
+    llm.generate(prompts(1, 128), SamplingParams(temperature=0, max_tokens=16, ignore_eos=True), use_tqdm=False)
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    out = llm.generate(prompts(1, 128), one, use_tqdm=False)
+    dt = time.perf_counter() - t
+    n = len(out[0].outputs[0].token_ids)
+    print(f"batch-1 decode: {n} tokens in {dt:.2f} s = {n / dt:.1f} tok/s ({dt / n * 1000:.2f} ms/token incl. prefill)", flush=True)
+    params = SamplingParams(temperature=1.0, top_p=1.0, max_tokens=a.output_len, ignore_eos=True)
+    batch = prompts(a.num_prompts, a.input_len)
+    t = time.perf_counter()
+    outs = llm.generate(batch, params, use_tqdm=False)
+    dt = time.perf_counter() - t
+    tokens = sum(len(o.outputs[0].token_ids) for o in outs)
+    print(f"throughput {a.num_prompts}x{a.input_len}/{a.output_len}: {dt:.2f} s, {tokens / dt:.0f} output tok/s, "
+          f"{(tokens + a.num_prompts * a.input_len) / dt:.0f} total tok/s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
