@@ -68,7 +68,7 @@ def hf_greedy(folder: str, prompts: list[list[int]], dtype) -> list[tuple[list[i
 
 
 def pagoda_greedy(folder: str, prompts: list[list[int]], dtype: str, **engine) -> list[list[int]]:
-    llm = LLM(folder, dtype=dtype, max_model_len=1024, gpu_memory_utilization=0.5, **engine)
+    llm = LLM(folder, dtype=dtype, gpu_memory_utilization=0.5, **engine)
     params = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True)
     outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
     del llm

@@ -18,6 +18,41 @@ import torch  # noqa: E402
 from pagoda import LLM, SamplingParams  # noqa: E402
 
 
+class PhaseTimer:
+    """Wraps the engine's step phases with timers (CUDA-synchronized around the model runner)."""
+
+    def __init__(self, llm):
+        self.totals = {}
+        engine = llm.llm_engine
+        core = engine.core
+        self._wrap(core.scheduler, "schedule", "schedule", sync=False)
+        self._wrap(core.executor, "execute_model", "runner (prepare+forward+sample)", sync=True)
+        self._wrap(core.scheduler, "update_from_output", "update", sync=False)
+        self._wrap(engine.output_processor, "process_outputs", "output processing", sync=False)
+        self.steps = 0
+
+    def _wrap(self, obj, name, label, sync):
+        fn = getattr(obj, name)
+
+        def timed(*args, **kwargs):
+            if sync:
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+            result = fn(*args, **kwargs)
+            if sync:
+                torch.cuda.synchronize()
+            self.totals[label] = self.totals.get(label, 0.0) + time.perf_counter() - t
+            if name == "schedule":
+                self.steps += 1
+            return result
+
+        setattr(obj, name, timed)
+
+    def report(self, wall):
+        parts = ", ".join(f"{k} {v / max(self.steps, 1) * 1000:.2f} ms" for k, v in self.totals.items())
+        print(f"  per step ({self.steps} steps, {wall / max(self.steps, 1) * 1000:.2f} ms wall): {parts}", flush=True)
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("model")
@@ -25,6 +60,7 @@ def main():
     p.add_argument("--input-len", type=int, default=128)
     p.add_argument("--output-len", type=int, default=128)
     p.add_argument("--enforce-eager", action="store_true")
+    p.add_argument("--phases", action="store_true", help="also rerun both with a per-phase step breakdown")
     a = p.parse_args()
     t0 = time.perf_counter()
     llm = LLM(a.model, load_format="dummy", dtype="bfloat16", max_model_len=2048, enforce_eager=a.enforce_eager)
@@ -51,6 +87,17 @@ def main():
     tokens = sum(len(o.outputs[0].token_ids) for o in outs)
     print(f"throughput {a.num_prompts}x{a.input_len}/{a.output_len}: {dt:.2f} s, {tokens / dt:.0f} output tok/s, "
           f"{(tokens + a.num_prompts * a.input_len) / dt:.0f} total tok/s", flush=True)
+    if a.phases:
+        timer = PhaseTimer(llm)
+        t = time.perf_counter()
+        llm.generate(prompts(1, 128), one, use_tqdm=False)
+        print("batch-1 decode with phase timing:")
+        timer.report(time.perf_counter() - t)
+        timer = PhaseTimer(llm)
+        t = time.perf_counter()
+        llm.generate(batch, params, use_tqdm=False)
+        print(f"throughput {a.num_prompts}x{a.input_len}/{a.output_len} with phase timing:")
+        timer.report(time.perf_counter() - t)
 
 
 if __name__ == "__main__":

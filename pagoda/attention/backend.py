@@ -35,6 +35,9 @@ class AttentionMetadata:
     slot_mapping: torch.Tensor  # int64 [num_tokens]
     query_start_loc_cpu: list[int]
     seq_lens_cpu: list[int]
+    # Split-KV count for decode steps, fixed by the runner from the (bucketed) batch size so that
+    # eager and CUDA-graph runs reduce in the same order; None lets the backend choose.
+    num_splits: int | None = None
 
     @property
     def is_all_decode(self) -> bool:

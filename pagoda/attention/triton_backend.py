@@ -27,4 +27,4 @@ class TritonAttentionBackend(AttentionBackend):
         scale: float,
     ) -> torch.Tensor:
         write_kv_cache(kv_cache, key, value, metadata.slot_mapping)
-        return paged_attention(query, kv_cache, metadata, scale)
+        return paged_attention(query, kv_cache, metadata, scale, num_splits=metadata.num_splits)

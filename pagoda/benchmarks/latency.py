@@ -1,0 +1,111 @@
+"""`pagoda bench latency`: end-to-end time of one batch (vLLM's benchmark_latency).
+
+Invariants:
+- Every iteration (warm-up included) gets fresh random prompts, so the prefix cache never turns a
+  later iteration's prefill into a cache hit; the prompts differ from each other too.
+- The timed region is one `generate` call over the whole batch; engine start-up is outside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any, Callable
+
+import numpy as np
+from tqdm import tqdm
+
+from pagoda.benchmarks import common
+from pagoda.benchmarks import speed_of_light as sol
+from pagoda.benchmarks.datasets import random_requests, vocab_and_specials
+from pagoda.benchmarks.hardware import add_sol_args
+
+PERCENTILES = (10, 25, 50, 75, 90, 99)
+
+
+def add_cli_args(parser: argparse.ArgumentParser) -> None:
+    from pagoda.engine_args import EngineArgs
+
+    parser.add_argument("--batch-size", type=int, default=8, help="Requests in the batch.")
+    parser.add_argument("--input-len", type=int, default=32, help="Prompt length in tokens.")
+    parser.add_argument("--output-len", type=int, default=128, help="Tokens to generate per request.")
+    parser.add_argument("--n", type=int, default=1, help="Completions per prompt.")
+    parser.add_argument("--num-iters-warmup", type=int, default=10, help="Untimed iterations first.")
+    parser.add_argument("--num-iters", type=int, default=30, help="Timed iterations.")
+    parser.add_argument("--backend", default="pagoda", choices=["pagoda", "hf"], help="Engine to measure.")
+    parser.add_argument("--output-json", default=None, help="Write the results to this JSON file.")
+    add_sol_args(parser)
+    EngineArgs.add_cli_args(parser)
+
+
+def _runner(args: argparse.Namespace, path: str) -> Callable[[list[list[int]]], None]:
+    """A function that generates `output_len` tokens for each prompt of a batch."""
+    if args.backend == "hf":
+        from pagoda.benchmarks import hf_backend
+
+        model, device = hf_backend.load_model(path, args.dtype, args.device, args.trust_remote_code)
+
+        def run_hf(prompts: list[list[int]]) -> None:
+            import torch
+
+            hf_backend.generate_static(model, device, [p for p in prompts for _ in range(args.n)], args.output_len)
+            if device == "cuda":
+                torch.cuda.synchronize()
+
+        return run_hf
+
+    from pagoda import LLM, SamplingParams
+
+    llm = LLM(**common.engine_kwargs(args))
+    params = SamplingParams(n=args.n, temperature=1.0, top_p=1.0, ignore_eos=True, max_tokens=args.output_len)
+
+    def run_pagoda(prompts: list[list[int]]) -> None:
+        llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+
+    return run_pagoda
+
+
+def summarize(latencies: list[float], output_len: int) -> dict[str, Any]:
+    arr = np.asarray(latencies, dtype=float)
+    pct = {str(p): float(np.percentile(arr, p)) for p in PERCENTILES}
+    return {
+        "avg_latency": float(arr.mean()),
+        "latencies": arr.tolist(),
+        "percentiles": pct,
+        "avg_time_per_output_token": float(arr.mean()) / output_len,
+    }
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    for name in ("batch_size", "input_len", "output_len", "n", "num_iters"):
+        if getattr(args, name) < 1:
+            raise SystemExit(f"error: --{name.replace('_', '-')} must be >= 1")
+    path = common.model_path(args)
+    vocab, specials = vocab_and_specials(path, getattr(args, "tokenizer", None), getattr(args, "trust_remote_code", False))
+    seed = args.seed if args.seed is not None else 0
+
+    def batch(i: int) -> list[list[int]]:
+        reqs = random_requests(args.batch_size, args.input_len, args.output_len, vocab, seed=seed * 100003 + i, excluded_ids=specials)
+        return [r.prompt_token_ids for r in reqs]
+
+    run = _runner(args, path)
+    for i in tqdm(range(args.num_iters_warmup), desc="warm-up iterations"):
+        run(batch(i))
+    latencies = []
+    for i in tqdm(range(args.num_iters), desc="timed iterations"):
+        prompts = batch(args.num_iters_warmup + i)
+        start = time.perf_counter()
+        run(prompts)
+        latencies.append(time.perf_counter() - start)
+    result = {**common.run_header(), "backend": args.backend, **summarize(latencies, args.output_len)}
+    print(f"Avg latency: {result['avg_latency']} seconds")
+    for p, v in result["percentiles"].items():
+        print(f"{p}% percentile latency: {v} seconds")
+    print(f"Avg time per output token: {result['avg_time_per_output_token'] * 1e3:.3f} ms")
+    if not args.no_sol:
+        work = sol.workload_from_lengths([args.input_len] * args.batch_size, [args.output_len] * args.batch_size, args.n)
+        result.update(common.run_sol(args, path, work, result["avg_latency"]))
+        if "speed_of_light_s" in result:
+            print(f"Speed-of-light time per output token: {result['speed_of_light_s'] / args.output_len * 1e3:.3f} ms")
+    common.write_json(args.output_json, result)
+    return result

@@ -1,0 +1,84 @@
+"""Write a config-only model folder of a real shape (no weights) for benchmarks.
+
+`python -m pagoda.benchmarks.make_model OUT_DIR [--shape llama3-8b]` writes `config.json`,
+`generation_config.json` and a synthetic word-level tokenizer covering the whole vocabulary
+(token i decodes to "t{i}"), so a server can stream text and count tokens. Pagoda loads it with
+`--load-format dummy`; the hf backend initialises random weights from the config on the GPU.
+
+Invariants: no weights are written; the tokenizer's size equals the config's vocab_size; the
+folder is complete for `AutoConfig`, `AutoTokenizer` and `AutoModelForCausalLM.from_config`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+SHAPES = {
+    "llama3-8b": {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": 4096,
+        "intermediate_size": 14336,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "head_dim": 128,
+        "vocab_size": 128256,
+        "max_position_embeddings": 8192,
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 500000.0,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 500000.0},
+        "hidden_act": "silu",
+        "tie_word_embeddings": False,
+        "attention_bias": False,
+        "mlp_bias": False,
+        "bos_token_id": 128000,
+        "eos_token_id": 128001,
+        "dtype": "bfloat16",
+    },
+}
+
+
+def write_tokenizer(folder: str, vocab_size: int, bos: int, eos: int) -> None:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {f"t{i}": i for i in range(vocab_size)}
+    vocab["<unk>"] = vocab.pop(f"t{vocab_size - 1}") if vocab_size > 2 else vocab_size
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.decoder = decoders.WordPiece(prefix="##", cleanup=False)  # joins words with spaces
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=f"t{bos}" if bos < vocab_size - 1 else None,
+        eos_token=f"t{eos}" if eos < vocab_size - 1 else None,
+        unk_token="<unk>",
+    )
+    fast.save_pretrained(folder)
+
+
+def make_model(folder: str, shape: str = "llama3-8b", tokenizer: bool = True) -> str:
+    config = dict(SHAPES[shape])
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump(config, f, indent=2)
+    with open(os.path.join(folder, "generation_config.json"), "w") as f:
+        json.dump({"bos_token_id": config["bos_token_id"], "eos_token_id": config["eos_token_id"]}, f, indent=2)
+    if tokenizer:
+        write_tokenizer(folder, config["vocab_size"], config["bos_token_id"], config["eos_token_id"])
+    return folder
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("folder")
+    parser.add_argument("--shape", default="llama3-8b", choices=sorted(SHAPES))
+    parser.add_argument("--no-tokenizer", action="store_true")
+    args = parser.parse_args()
+    print(make_model(args.folder, args.shape, not args.no_tokenizer))
+
+
+if __name__ == "__main__":
+    main()

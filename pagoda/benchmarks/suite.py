@@ -1,0 +1,291 @@
+"""The standard benchmark suite (W1–W6) on a Llama-3-8B-shaped model with random weights.
+
+    scripts/bench_suite.sh [W1 W2 ...] [--no-hf] [--no-pagoda] [--out DIR]
+
+W1 offline 1000 × 1024/128 · W2 offline 1000 × 128/128 · W3 offline 500 × 1024/1024 ·
+W4 latency batch 1, 128/256 · W5 serve 1024/128 at 1, 4, 16, inf req/s · W6 `pagoda serve`
+start-up until /health answers 200. W1–W4 run pagoda and transformers side by side; W5–W6 need
+the server and are skipped, with a message, while it is missing.
+
+Invariants:
+- Every benchmark runs in its own process (the GPU is free between runs); a failed or timed-out run
+  still gives a row saying so. The GPU ceilings are measured once, in a subprocess, and passed on.
+- Each row is appended to docs/benchmarks.md and to OUT/benchmark_rows.md (the file that comes back
+  from a GPU machine), and printed; raw JSON results and logs go to OUT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from typing import Any
+
+BENCH = [sys.executable, "-m", "pagoda.entrypoints.cli.bench"]
+SERVER = [sys.executable, "-m", "pagoda.entrypoints.openai.api_server"]
+OFFLINE = {"W1": (1000, 1024, 128), "W2": (1000, 128, 128), "W3": (500, 1024, 1024)}
+# transformers `generate` at its best static batch size per workload on the H200 (issue 6/7 anchors:
+# 7,160 out tok/s at 512 for W2, 2,311 at 256 for W1); W3's 2k-token sequences fit at 256 too.
+HF_BATCH = {"W1": 256, "W2": 512, "W3": 256}
+SERVE_RATES = (1.0, 4.0, 16.0, float("inf"))
+TABLE_HEADER = (
+    "| date | GPU | commit | workload | backend | command | result | speed-of-light | achieved |\n"
+    "| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n"
+)
+
+
+def measure_ceilings_subprocess() -> list[str]:
+    """SOL flags with the GPU's measured ceilings (nothing on a machine without CUDA)."""
+    code = (
+        "import json; from pagoda.benchmarks.hardware import measure_ceilings; c = measure_ceilings(); "
+        "print(json.dumps(None if c is None else [c.bandwidth, c.flops, c.memory_bytes]))"
+    )
+    try:
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True).stdout
+        c = json.loads(out.strip().splitlines()[-1])
+    except Exception as exc:
+        print(f"could not measure the GPU: {exc}")
+        return []
+    if c is None:
+        print("no GPU: the speed-of-light columns stay empty")
+        return []
+    print(f"ceilings: {c[0] / 1e9:.0f} GB/s copy, {c[1] / 1e12:.0f} TFLOP/s bf16, {c[2] / 1e9:.0f} GB")
+    return ["--sol-bandwidth-gbps", f"{c[0] / 1e9:.1f}", "--sol-tflops", f"{c[1] / 1e12:.1f}", "--sol-memory-gb", f"{c[2] / 1e9:.1f}"]
+
+
+def commit() -> str:
+    if os.environ.get("BENCH_COMMIT"):
+        return os.environ["BENCH_COMMIT"]
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    except Exception:  # the GPU machine gets a copy of the tree without .git
+        return "unknown (set BENCH_COMMIT)"
+
+
+def gpu() -> str:
+    try:
+        return subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                              text=True, check=True, timeout=30).stdout.strip().splitlines()[0]
+    except Exception:
+        return "cpu"
+
+
+class Suite:
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.out = os.path.abspath(args.out)
+        os.makedirs(self.out, exist_ok=True)
+        # outside OUT: only a few files come back from a GPU machine, and the model is rebuilt in a second
+        self.model = args.model or os.path.join(os.environ.get("TMPDIR", "/tmp"), "pagoda-bench-models", "llama3-8b-shape")
+        self.gpu, self.commit = gpu(), commit()
+        self.sol_flags: list[str] = []
+
+    # ---- rows ------------------------------------------------------------------------------
+    def add_row(self, workload: str, backend: str, cmd: list[str], result: str, res: dict[str, Any] | None) -> None:
+        sol = pct = ""
+        if res and res.get("speed_of_light_s") is not None:
+            sol = f"{res['speed_of_light_s']:.3f} s"
+            pct = f"{res['achieved_percent']:.1f} %"
+        shown = " ".join(shlex.quote(c) for c in cmd).replace(" ".join(BENCH), "pagoda bench").replace(" ".join(SERVER), "pagoda serve")
+        shown = shown.replace(self.model, "$MODEL").replace(self.out, "$OUT")
+        row = f"| {time.strftime('%Y-%m-%d %H:%M')} | {self.gpu} | {self.commit} | {workload} | {backend} | `{shown}` | {result} | {sol} | {pct} |\n"
+        print(row, end="", flush=True)
+        for path in (os.path.join(self.out, "benchmark_rows.md"), self.args.table):
+            if not path:
+                continue
+            new = not os.path.exists(path)
+            with open(path, "a") as f:
+                if new:
+                    f.write("# Benchmarks\n\nRows written by `scripts/bench_suite.sh` (pagoda/benchmarks/suite.py).\n\n" + TABLE_HEADER)
+                f.write(row)
+
+    def run_json(self, workload: str, backend: str, cmd: list[str], json_path: str, describe) -> dict[str, Any] | None:
+        log = json_path.replace(".json", ".log")
+        print(f"\n=== {workload} {backend}: {' '.join(cmd)}", flush=True)
+        try:
+            with open(log, "w") as f:
+                proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, timeout=self.args.timeout)
+            ok = proc.returncode == 0 and os.path.exists(json_path)
+        except subprocess.TimeoutExpired:
+            self.add_row(workload, backend, cmd, f"timed out after {self.args.timeout} s", None)
+            return None
+        print(_tail(log), flush=True)
+        if not ok:
+            self.add_row(workload, backend, cmd, f"failed (exit {proc.returncode}): {_last_line(log)}", None)
+            return None
+        res = json.load(open(json_path))
+        self.add_row(workload, backend, cmd, describe(res), res)
+        return res
+
+    # ---- workloads ---------------------------------------------------------------------------
+    def backends(self, workload: str = "") -> list[tuple[str, list[str]]]:
+        out = []
+        if not self.args.no_pagoda:
+            out.append(("pagoda", ["--load-format", "dummy", "--dtype", "bfloat16"]))
+        if not self.args.no_hf:
+            batch = self.args.hf_max_batch_size or HF_BATCH.get(workload, 64)
+            out.append(("transformers", ["--backend", "hf", "--dtype", "bfloat16", "--hf-max-batch-size", str(batch)]))
+        return out
+
+    def offline(self, w: str) -> None:
+        n, i, o = OFFLINE[w]
+        for name, extra in self.backends(w):
+            path = os.path.join(self.out, f"{w}-{name}.json")
+            cmd = [*BENCH, "throughput", "--model", self.model, "--dataset-name", "random", "--num-prompts", str(n),
+                   "--input-len", str(i), "--output-len", str(o), *extra, *self.sol_flags, "--output-json", path]
+            self.run_json(w, name, cmd, path, lambda r: (
+                f"{r['requests_per_second']:.2f} req/s, {r['tokens_per_second']:.0f} tok/s, {r['output_tokens_per_second']:.0f} out tok/s"))
+
+    def latency(self, w: str = "W4") -> None:
+        for name, extra in self.backends(w):
+            extra = extra[: extra.index("--hf-max-batch-size")] if "--hf-max-batch-size" in extra else extra
+            path = os.path.join(self.out, f"{w}-{name}.json")
+            cmd = [*BENCH, "latency", "--model", self.model, "--batch-size", "1", "--input-len", "128", "--output-len", "256",
+                   "--num-iters-warmup", "2", "--num-iters", "5", *extra, *self.sol_flags, "--output-json", path]
+            self.run_json(w, name, cmd, path, lambda r: (
+                f"avg {r['avg_latency']:.3f} s (p50 {r['percentiles']['50']:.3f}, p99 {r['percentiles']['99']:.3f}); "
+                f"{r['avg_time_per_output_token'] * 1e3:.2f} ms/token"))
+
+    def server_available(self) -> bool:
+        missing = [m for m in ("pagoda.entrypoints.openai.api_server", "fastapi", "uvicorn") if not _importable(m)]
+        if missing:
+            print(f"\n*** skipping W5/W6: `pagoda serve` is unavailable here (cannot import {', '.join(missing)}). "
+                  "On the GPU machine bring the server wheels (../shared/gpu/wheels.sh) and carry .whl.")
+            return False
+        return True
+
+    def start_server(self, log_path: str) -> tuple[subprocess.Popen, int, float]:
+        """Launch `pagoda serve` on a free port; returns (process, port, seconds until /health was 200)."""
+        port = _free_port()
+        cmd = [*SERVER, "--model", self.model, "--load-format", "dummy", "--dtype", "bfloat16", "--host", "127.0.0.1", "--port", str(port)]
+        log = open(log_path, "w")
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = start + self.args.timeout
+        while time.perf_counter() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the server exited with {proc.returncode}: {_last_line(log_path)}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as r:
+                    if r.status == 200:
+                        return proc, port, time.perf_counter() - start
+            except Exception:
+                time.sleep(0.1)
+        stop_server(proc)
+        raise RuntimeError(f"/health did not answer 200 within {self.args.timeout} s")
+
+    def startup(self, w: str = "W6") -> None:
+        cmd = [*SERVER, "--model", self.model, "--load-format", "dummy", "--dtype", "bfloat16"]
+        try:
+            proc, _, seconds = self.start_server(os.path.join(self.out, f"{w}-server.log"))
+        except RuntimeError as exc:
+            self.add_row(w, "pagoda", cmd, f"failed: {exc}", None)
+            return
+        stop_server(proc)
+        self.add_row(w, "pagoda", cmd, f"{seconds:.1f} s until /health 200", None)
+
+    def serve(self, w: str = "W5") -> None:
+        try:
+            proc, port, seconds = self.start_server(os.path.join(self.out, f"{w}-server.log"))
+        except RuntimeError as exc:
+            self.add_row(w, "pagoda", SERVER, f"server failed: {exc}", None)
+            return
+        print(f"server up in {seconds:.1f} s")
+        try:
+            for rate in SERVE_RATES:
+                n = 1000 if rate == float("inf") else int(min(1000, max(50, rate * 60)))  # about a minute per rate
+                name = f"{w}-rate{rate:g}.json"
+                cmd = [*BENCH, "serve", "--base-url", f"http://127.0.0.1:{port}", "--tokenizer", self.model, "--num-prompts", str(n),
+                       "--input-len", "1024", "--output-len", "128", "--request-rate", str(rate), "--ignore-eos",
+                       "--metric-percentiles", "50,99", "--save-result", "--result-dir", self.out, "--result-filename", name,
+                       "--disable-tqdm"]
+                self.run_json(f"{w} rate={rate:g}", "pagoda", cmd, os.path.join(self.out, name), _describe_serve)
+        finally:
+            stop_server(proc)
+
+    def run(self, workloads: list[str]) -> None:
+        from pagoda.benchmarks.make_model import make_model
+
+        if not self.args.model:
+            make_model(self.model)
+        self.sol_flags = measure_ceilings_subprocess()
+        server_ok = None
+        for w in workloads:
+            if w in OFFLINE:
+                self.offline(w)
+            elif w == "W4":
+                self.latency()
+            else:
+                server_ok = self.server_available() if server_ok is None else server_ok
+                if server_ok:
+                    self.serve() if w == "W5" else self.startup()
+
+
+def _describe_serve(r: dict[str, Any]) -> str:
+    m = r["points"][0]["metrics"]
+    return (f"{m['completed']} ok/{m['failed']} failed, {m['request_throughput']:.2f} req/s, {m['output_throughput']:.0f} out tok/s; "
+            f"TTFT p50/p99 {m['median_ttft_ms']:.0f}/{m['p99_ttft_ms']:.0f} ms; TPOT p50/p99 {m['median_tpot_ms']:.1f}/{m['p99_tpot_ms']:.1f} ms")
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)  # its own session: the server and its engine process
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def _importable(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _tail(path: str, n: int = 25) -> str:
+    lines = [l for l in open(path, errors="replace").read().replace("\r", "\n").splitlines() if l.strip() and "it/s]" not in l and "s/it]" not in l]
+    return "\n".join(lines[-n:])
+
+
+def _last_line(path: str) -> str:
+    tail = _tail(path, 1)
+    return tail.replace("|", "/")[:200]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Pagoda's standard benchmark suite (W1-W6).")
+    parser.add_argument("workloads", nargs="*", help="Subset to run, e.g. W2 W4 (default: all).")
+    parser.add_argument("--out", default=os.environ.get("OUT") or "bench_out", help="Folder for results, logs and benchmark_rows.md.")
+    parser.add_argument("--table", default="docs/benchmarks.md", help="Markdown file the rows are appended to ('' for none).")
+    parser.add_argument("--model", default=None, help="Use this model folder instead of building the Llama-3-8B-shaped one.")
+    parser.add_argument("--no-hf", action="store_true", help="Skip the transformers runs.")
+    parser.add_argument("--no-pagoda", action="store_true", help="Skip the pagoda runs.")
+    parser.add_argument("--hf-max-batch-size", type=int, default=None,
+                        help="transformers' static batch size (default: its best per workload, see HF_BATCH).")
+    parser.add_argument("--timeout", type=float, default=1800.0, help="Seconds one run (or a server start) may take.")
+    args = parser.parse_args(argv)
+    names = [w.upper() for w in args.workloads] or ["W1", "W2", "W3", "W4", "W5", "W6"]
+    unknown = [w for w in names if w not in ("W1", "W2", "W3", "W4", "W5", "W6")]
+    if unknown:
+        parser.error(f"unknown workloads {unknown}; choose from W1..W6")
+    Suite(args).run(names)
+
+
+if __name__ == "__main__":
+    main()

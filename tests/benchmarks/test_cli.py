@@ -1,0 +1,109 @@
+"""`pagoda bench throughput|latency` end to end on a tiny model (CPU): the hf backend and pagoda's."""
+
+import argparse
+import json
+import os
+import shutil
+
+import pytest
+
+from pagoda.benchmarks import hf_backend
+from pagoda.benchmarks.make_model import make_model
+from pagoda.entrypoints.cli.bench import add_bench_parser, run_bench
+
+try:
+    from pagoda import LLM  # noqa: F401
+
+    HAVE_LLM = True
+except Exception:  # the engine is being written; the lead removes this skip once it imports
+    HAVE_LLM = False
+needs_llm = pytest.mark.skipif(not HAVE_LLM, reason="pagoda.LLM cannot be imported yet")
+
+
+def parse(argv):
+    parser = argparse.ArgumentParser(prog="pagoda")
+    add_bench_parser(parser.add_subparsers(dest="command", required=True))
+    return parser.parse_args(["bench", *argv])
+
+
+def test_engine_flags_reach_the_namespace():
+    args = parse(["throughput", "--model", "m", "--max-num-seqs", "7", "--no-enable-prefix-caching",
+                  "--random-input-len", "33", "--random-output-len", "5", "--load-format", "dummy"])
+    assert (args.max_num_seqs, args.enable_prefix_caching, args.input_len, args.output_len, args.load_format) == (7, False, 33, 5, "dummy")
+    from pagoda.benchmarks.common import engine_kwargs
+    from pagoda.engine_args import EngineArgs
+
+    kwargs = engine_kwargs(args)
+    assert kwargs["max_num_seqs"] == 7 and "num_prompts" not in kwargs
+    EngineArgs.from_kwargs(**kwargs)  # every keyword is an engine argument
+
+
+def test_hf_throughput(tiny_llama, tmp_path, capsys):
+    out = tmp_path / "t.json"
+    args = parse(["throughput", "--backend", "hf", "--model", tiny_llama, "--num-prompts", "6", "--input-len", "16",
+                  "--output-len", "4", "--hf-max-batch-size", "4", "--sol-bandwidth-gbps", "100", "--sol-tflops", "1",
+                  "--output-json", str(out)])
+    result = run_bench(args)
+    text = capsys.readouterr().out
+    assert "Throughput: " in text and " requests/s, " in text and " total tokens/s, " in text and " output tokens/s" in text
+    assert "Total num prompt tokens:  96" in text and "Total num output tokens:  24" in text
+    assert "Speed-of-light: " in text and "; achieved " in text
+    saved = json.loads(out.read_text())
+    assert saved["total_num_output_tokens"] == 24 and saved["speed_of_light_s"] > 0
+    assert result["achieved_percent"] == pytest.approx(100 * saved["speed_of_light_s"] / saved["elapsed_time"])
+
+
+def test_hf_generate_exact_lengths(tiny_llama):
+    model, device = hf_backend.load_model(tiny_llama, "float32", "cpu")
+    out = hf_backend.generate_static(model, device, [[5, 6, 7], [8, 9, 10, 11, 12]], max_new_tokens=6)
+    assert [len(o) for o in out] == [6, 6]
+
+
+def test_hf_random_init_from_config_only_folder(tiny_llama, tmp_path):
+    folder = tmp_path / "config_only"
+    folder.mkdir()
+    shutil.copy(os.path.join(tiny_llama, "config.json"), folder / "config.json")
+    model, device = hf_backend.load_model(str(folder), "bfloat16", "cpu")
+    assert next(model.parameters()).dtype.__str__() == "torch.bfloat16"
+    assert [len(o) for o in hf_backend.generate_static(model, device, [[3, 4, 5]], 3)] == [3]
+
+
+def test_hf_latency(tiny_llama, tmp_path, capsys):
+    args = parse(["latency", "--backend", "hf", "--model", tiny_llama, "--batch-size", "2", "--input-len", "8",
+                  "--output-len", "4", "--num-iters-warmup", "1", "--num-iters", "3", "--output-json", str(tmp_path / "l.json")])
+    result = run_bench(args)
+    text = capsys.readouterr().out
+    assert "Avg latency: " in text and "99% percentile latency: " in text and "Avg time per output token" in text
+    assert "no ceiling known" in text  # CPU without flags
+    assert len(result["latencies"]) == 3 and set(result["percentiles"]) == {"10", "25", "50", "75", "90", "99"}
+
+
+def test_llama3_config_folder(tmp_path):
+    from transformers import AutoConfig, AutoTokenizer
+
+    from pagoda.benchmarks.common import model_shape
+
+    folder = make_model(str(tmp_path / "l3"))
+    cfg = AutoConfig.from_pretrained(folder)
+    assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.vocab_size) == (4096, 32, 8, 128256)
+    tok = AutoTokenizer.from_pretrained(folder)
+    assert len(tok) == 128256 and tok.decode([5, 6]) == "t5 t6"
+    assert model_shape(folder, "auto").params() == 8_030_261_248
+
+
+@needs_llm
+def test_pagoda_throughput(tiny_llama, capsys):
+    args = parse(["throughput", "--model", tiny_llama, "--device", "cpu", "--num-prompts", "5", "--input-len", "16",
+                  "--output-len", "4", "--n", "2", "--sol-bandwidth-gbps", "100", "--sol-tflops", "1"])
+    result = run_bench(args)
+    text = capsys.readouterr().out
+    assert "Total num output tokens:  40" in text  # 5 prompts × n=2 × 4 tokens, counted from the outputs
+    assert result["total_num_prompt_tokens"] == 80 and "Speed-of-light: " in text
+
+
+@needs_llm
+def test_pagoda_latency(tiny_llama, capsys):
+    args = parse(["latency", "--model", tiny_llama, "--device", "cpu", "--batch-size", "2", "--input-len", "8",
+                  "--output-len", "4", "--num-iters-warmup", "1", "--num-iters", "2"])
+    result = run_bench(args)
+    assert "Avg latency: " in capsys.readouterr().out and len(result["latencies"]) == 2

@@ -1,0 +1,132 @@
+"""Speed-of-light model on hand-computed cases."""
+
+import math
+
+import pytest
+
+from pagoda.benchmarks import speed_of_light as sol
+from pagoda.benchmarks.make_model import SHAPES
+
+LLAMA3_8B = sol.ModelShape(hidden=4096, layers=32, heads=32, kv_heads=8, head_dim=128, intermediate=14336, vocab=128256)
+H200 = sol.Ceilings(bandwidth=4.25e12, flops=800e12, memory_bytes=141e9)
+
+
+def test_llama3_8b_sizes():
+    # per layer: q,o 4096·4096 each; k,v 4096·1024 each; MLP 3·4096·14336; two norms of 4096
+    layer = 2 * 4096 * 4096 + 2 * 4096 * 1024 + 3 * 4096 * 14336 + 2 * 4096
+    assert LLAMA3_8B.layer_params() == layer == 218_112_000
+    assert LLAMA3_8B.params() == 32 * layer + 4096 + 2 * 128256 * 4096 == 8_030_261_248
+    assert LLAMA3_8B.weight_bytes() == 2 * 8_030_261_248
+    # the input embedding is a gather: a step reads the layers, the final norm and the LM head
+    assert LLAMA3_8B.weight_read_bytes() == 2 * (32 * layer + 4096 + 128256 * 4096) == 15_009_849_344
+    assert LLAMA3_8B.kv_bytes_per_token() == 2 * 32 * 8 * 128 * 2 == 131072
+
+
+def test_tied_embeddings_count_once():
+    tied = sol.ModelShape(hidden=8, layers=1, heads=2, kv_heads=1, head_dim=4, intermediate=16, vocab=100, tied_embeddings=True)
+    layer = 8 * 4 * (2 * 2 + 2 * 1) + 3 * 8 * 16 + 2 * 8
+    assert tied.params() == layer + 8 + 100 * 8
+    assert tied.weight_read_bytes() == 2 * (layer + 8 + 100 * 8)
+
+
+def test_from_hf_config_dict():
+    shape = sol.ModelShape.from_hf_config(SHAPES["llama3-8b"])
+    assert shape == LLAMA3_8B
+    fp32 = sol.ModelShape.from_hf_config(SHAPES["llama3-8b"], dtype="float32", kv_cache_dtype="fp8")
+    assert fp32.dtype_bytes == 4 and fp32.kv_bytes_per_token() == 2 * 32 * 8 * 128
+
+
+def test_batch1_decode_of_8b_is_bandwidth_bound():
+    # 15.01 GB of weights + 128 KiB of KV written, at 4.25 TB/s: about 3.53 ms a token
+    t = sol.step_cost(LLAMA3_8B, [sol.Chunk(query=1, context=0)], H200)
+    assert t == pytest.approx((15_009_849_344 + 131072) / 4.25e12)
+    assert 3.5e-3 < t < 3.6e-3
+    nbytes, flops = sol.step_bytes_flops(LLAMA3_8B, [sol.Chunk(1, 0)])
+    assert flops / H200.flops < nbytes / H200.bandwidth / 100
+
+
+def test_decode_reads_the_context():
+    nbytes, _ = sol.step_bytes_flops(LLAMA3_8B, [sol.Chunk(1, 1000), sol.Chunk(1, 3000)])
+    assert nbytes == 15_009_849_344 + 131072 * (1000 + 3000 + 2)
+
+
+def test_attention_flops_causal():
+    s = sol.ModelShape(hidden=8, layers=2, heads=3, kv_heads=1, head_dim=5, intermediate=8, vocab=10)
+    unit = 4 * 2 * 3 * 5
+    assert sol.attention_flops(s, 1, 10) == unit * 11  # one decode token sees 10 cached + itself
+    assert sol.attention_flops(s, 4, 0) == unit * (1 + 2 + 3 + 4)  # causal prefill
+    assert sol.attention_flops(s, 2, 3) == unit * (4 + 5)
+
+
+def test_prefill_is_compute_bound():
+    q = 1024
+    nbytes, flops = sol.step_bytes_flops(LLAMA3_8B, [sol.Chunk(q, 0)])
+    body = 32 * 218_112_000 + 4096
+    attn = 4 * 32 * 32 * 128 * (q * (q + 1) / 2)
+    assert flops == pytest.approx(2 * body * q + 2 * 128256 * 4096 + attn)
+    assert sol.step_cost(LLAMA3_8B, [sol.Chunk(q, 0)], H200) == pytest.approx(flops / 800e12)
+
+
+def test_kv_capacity():
+    # (141 GB · 0.9 − 16.06 GB) / 128 KiB
+    assert sol.kv_capacity_tokens(LLAMA3_8B, 141e9, 0.9) == int((141e9 * 0.9 - 2 * 8_030_261_248) // 131072)
+    with pytest.raises(ValueError):
+        sol.kv_capacity_tokens(LLAMA3_8B, 16e9, 0.9)
+
+
+def test_simulate_single_request_matches_hand_steps():
+    c = sol.Ceilings(bandwidth=1e12, flops=1e15)
+    work = [sol.Workload(prompt_len=5, output_len=3)]
+    s = sol.simulate(LLAMA3_8B, work, c, kv_tokens=100, token_budget=64)
+    # step 1: prefill 5 tokens (samples token 1); steps 2-3: decode at context 5 and 6
+    expected = [sol.step_cost(LLAMA3_8B, [sol.Chunk(5, 0)], c), sol.step_cost(LLAMA3_8B, [sol.Chunk(1, 5)], c),
+                sol.step_cost(LLAMA3_8B, [sol.Chunk(1, 6)], c)]
+    assert s.steps == 3
+    assert s.step_times == pytest.approx(expected)
+    assert s.time_s == pytest.approx(sum(expected))
+
+
+def test_simulate_chunked_prefill_and_batched_decodes():
+    c = sol.Ceilings(bandwidth=1e12, flops=1e15)
+    work = [sol.Workload(4, 2), sol.Workload(4, 2)]
+    s = sol.simulate(LLAMA3_8B, work, c, kv_tokens=100, token_budget=6)
+    # step 1: A prefill 4 + B chunk 2; step 2: A decode (ctx 4) + B rest 2 (ctx 2); step 3: B decode (ctx 4)
+    expected = [
+        sol.step_cost(LLAMA3_8B, [sol.Chunk(4, 0), sol.Chunk(2, 0, sampled=0)], c),
+        sol.step_cost(LLAMA3_8B, [sol.Chunk(1, 4), sol.Chunk(2, 2)], c),
+        sol.step_cost(LLAMA3_8B, [sol.Chunk(1, 4)], c),
+    ]
+    assert s.step_times == pytest.approx(expected)
+
+
+def test_simulate_memory_limits_requests_in_flight():
+    c = sol.Ceilings(bandwidth=1e12, flops=1e15)
+    work = [sol.Workload(4, 3), sol.Workload(4, 3)]
+    together = sol.simulate(LLAMA3_8B, work, c, kv_tokens=14, token_budget=64)
+    serial = sol.simulate(LLAMA3_8B, work, c, kv_tokens=13, token_budget=64)
+    assert together.steps == 3  # both prefill in one step, then two shared decode steps
+    assert serial.steps == 6  # the second waits until the first frees its 7 tokens
+    with pytest.raises(ValueError):
+        sol.simulate(LLAMA3_8B, work, c, kv_tokens=6, token_budget=64)
+
+
+def test_speed_of_light_is_best_budget():
+    work = sol.workload_from_lengths([1024] * 20, [128] * 20)
+    kv = sol.kv_capacity_tokens(LLAMA3_8B, 141e9)
+    best = sol.speed_of_light(LLAMA3_8B, work, H200, kv)
+    for budget in (64, 512, 4096, 20480):
+        assert best.time_s <= sol.simulate(LLAMA3_8B, work, H200, kv, budget).time_s + 1e-12
+    # the bound is at least the pure compute of all prompt tokens and the weight reads of 127 decode steps
+    flops = 20 * 1024 * 2 * (32 * 218_112_000 + 4096)
+    assert best.time_s >= flops / H200.flops
+    assert best.time_s >= 127 * 15_009_849_344 / H200.bandwidth
+
+
+def test_parallel_samples_share_the_prompt():
+    work = sol.workload_from_lengths([10], [4], n=3)
+    assert work == [sol.Workload(10, 4), sol.Workload(10, 4, cached=9), sol.Workload(10, 4, cached=9)]
+
+
+def test_format_line():
+    assert sol.format_line(1.0, 4.0) == "Speed-of-light: 1 s; achieved 25.00 %"
+    assert math.isnan(sol.achieved_percent(1.0, 0.0))
