@@ -87,6 +87,7 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default=".")
     parser.add_argument("--quick", action="store_true", help="tiny models only")
+    parser.add_argument("--only", nargs="*", default=None, help="architectures to check (default: all)")
     args = parser.parse_args()
     work = tempfile.mkdtemp(prefix="pagoda-gpu-check-")
     tok_dir = train_tokenizer(os.path.join(work, "tok"))
@@ -106,6 +107,8 @@ def main() -> int:
     if not args.quick:
         cases += [(arch, "1B", shape) for arch, shape in ONE_B.items()]
     for arch, size, shape in cases:
+        if args.only and arch not in args.only:
+            continue
         started = time.perf_counter()
         folder = make_checkpoint(arch, os.path.join(work, f"{arch}-{size}"), tok_dir, dtype="bfloat16" if size == "1B" else "float32", **shape)
         ref32 = hf_greedy(folder, prompts, torch.float32)
