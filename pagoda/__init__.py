@@ -2,8 +2,19 @@
 
 from pagoda.engine_args import EngineArgs
 from pagoda.inputs import TextPrompt, TokensPrompt
-from pagoda.outputs import CompletionOutput, Logprob, RequestOutput
-from pagoda.sampling_params import SamplingParams
+from pagoda.outputs import (
+    CompletionOutput,
+    EmbeddingOutput,
+    EmbeddingRequestOutput,
+    Logprob,
+    PoolingOutput,
+    PoolingRequestOutput,
+    RequestOutput,
+    ScoringOutput,
+    ScoringRequestOutput,
+)
+from pagoda.pooling_params import PoolingParams
+from pagoda.sampling_params import BeamSearchParams, RequestOutputKind, SamplingParams
 
 __version__ = "0.1.0"
 
@@ -11,7 +22,16 @@ __all__ = [
     "LLM",
     "EngineArgs",
     "SamplingParams",
+    "BeamSearchParams",
+    "PoolingParams",
+    "RequestOutputKind",
     "RequestOutput",
+    "PoolingOutput",
+    "PoolingRequestOutput",
+    "EmbeddingOutput",
+    "EmbeddingRequestOutput",
+    "ScoringOutput",
+    "ScoringRequestOutput",
     "CompletionOutput",
     "Logprob",
     "TokensPrompt",

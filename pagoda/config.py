@@ -21,6 +21,12 @@ DEVICE_CHOICES = ("auto", "cpu", "cuda")
 SCHEDULING_POLICIES = ("fcfs", "priority")
 TOKENIZER_MODES = ("auto", "slow")
 BLOCK_SIZES = (8, 16, 32, 64, 128)
+TASK_CHOICES = ("auto", "generate", "embed")
+GENERATION_CONFIG_MODES = ("auto", "vllm", "none")  # or a folder holding generation_config.json
+# generation_config.json keys that become default SamplingParams (vLLM's list), and the values
+# transformers writes by default, which vLLM's `to_diff_dict()` drops (so top_k=50 is not a default).
+GENERATION_DEFAULT_KEYS = ("repetition_penalty", "temperature", "top_k", "top_p", "min_p", "max_new_tokens")
+_HF_GENERATION_DEFAULTS = {"repetition_penalty": 1.0, "temperature": 1.0, "top_k": 50, "top_p": 1.0}
 
 
 @dataclass
@@ -41,7 +47,35 @@ class ModelConfig:
     tokenizer_mode: str = "auto"
     skip_tokenizer_init: bool = False
     trust_remote_code: bool = False
-    generation_config: dict = field(default_factory=dict)
+    generation_config: dict = field(default_factory=dict)  # the generation_config.json read ({} for "none")
+    generation_config_mode: str = "auto"  # "auto" | "vllm" | "none" | a folder
+    override_generation_config: dict = field(default_factory=dict)
+    task: str = "generate"  # resolved: "generate" | "embed"
+    pooler_config: Any = None  # a pooling_params.PoolerConfig when task == "embed"
+    do_lower_case: bool = False  # sentence-transformers models that lowercase text before tokenizing
+
+    @property
+    def runner_type(self) -> str:
+        """"pooling" for embedding models (one vector per prompt), else "generate"."""
+        return "pooling" if self.task == "embed" else "generate"
+
+    def get_diff_sampling_param(self) -> dict:
+        """Default SamplingParams keywords from generation_config.json (vLLM's `--generation-config auto`).
+
+        Only the keys of GENERATION_DEFAULT_KEYS whose values differ from transformers' defaults count;
+        `max_new_tokens` becomes `max_tokens`. "vllm" and "none" take none of them;
+        `override_generation_config` applies in every mode.
+        """
+        config = {}
+        if self.generation_config_mode not in ("vllm", "none"):
+            for key in GENERATION_DEFAULT_KEYS:
+                value = self.generation_config.get(key)
+                if value is not None and value != _HF_GENERATION_DEFAULTS.get(key):
+                    config[key] = value
+        config.update({k: v for k, v in self.override_generation_config.items() if k in GENERATION_DEFAULT_KEYS})
+        if "max_new_tokens" in config:
+            config["max_tokens"] = config.pop("max_new_tokens")
+        return config
 
     @property
     def torch_dtype(self):
@@ -81,6 +115,7 @@ class SchedulerConfig:
     max_model_len: int
     enable_chunked_prefill: bool = True
     policy: str = "fcfs"
+    async_scheduling: bool = True  # launch step n+1 before step n's tokens reach the host
 
 
 @dataclass

@@ -16,11 +16,18 @@ import dataclasses
 import difflib
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
 from pagoda import config as cfg
 from pagoda import hf_utils
+from pagoda.pooling_params import (
+    PoolerConfig,
+    read_sentence_transformers_lowercase,
+    read_sentence_transformers_max_len,
+    resolve_pooler_config,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -61,8 +68,13 @@ class EngineArgs:
     scheduling_policy: str = _opt("fcfs", "Which waiting request goes first: arrival order, or lowest `priority` value.", cfg.SCHEDULING_POLICIES)
     max_logprobs: int = _opt(20, "Most logprobs a request may ask for (logprobs and prompt_logprobs).")
     enforce_eager: bool = _opt(False, "Never capture CUDA graphs.")
+    async_scheduling: bool = _opt(True, "Schedule and prepare step n+1 while step n runs on the device (outputs are identical either way).", negatable=True)
     tensor_parallel_size: int = _opt(1, "GPUs a layer is split over (only 1 is implemented today).")
     pipeline_parallel_size: int = _opt(1, "Pipeline stages (only 1 is implemented today).")
+    task: str = _opt("auto", "What the model does: 'generate' text, or 'embed' prompts into vectors; 'auto' picks from the architecture (BertModel, *Model: embed).", cfg.TASK_CHOICES)
+    generation_config: str = _opt("auto", "Where default sampling settings come from: 'auto' reads the model's generation_config.json (temperature, top_p, top_k, min_p, repetition_penalty, max_new_tokens, EOS ids), a folder reads that folder's, 'vllm' uses only its EOS ids, 'none' ignores it.")
+    override_generation_config: dict = _opt({}, "JSON dict of default sampling settings over the generation config, e.g. '{\"temperature\": 0.5}'.", json_arg=True)
+    override_pooler_config: dict = _opt({}, "JSON dict over an embedding model's pooling: '{\"pooling_type\": \"MEAN\", \"normalize\": false}' (pooling_type LAST, CLS or MEAN).", json_arg=True)
 
     # ---- construction from the two front doors -------------------------------------------
     @classmethod
@@ -112,10 +124,16 @@ class EngineArgs:
             enable_prefix_caching=self.enable_prefix_caching,
         )
         batched = self.max_num_batched_tokens
+        pooling = model_config.runner_type == "pooling"
         if batched is None:
-            batched = 8192 if self.enable_chunked_prefill else max(max_len, 8192)
+            batched = 8192 if self.enable_chunked_prefill and not pooling else max(max_len, 8192)
         if batched < 1:
             raise ValueError(f"max_num_batched_tokens must be >= 1, got {batched}")
+        if pooling and batched < max_len:
+            raise ValueError(
+                f"max_num_batched_tokens ({batched}) is smaller than max_model_len ({max_len}); an embedding "
+                "model runs each prompt whole in one step"
+            )
         if not self.enable_chunked_prefill and batched < max_len:
             raise ValueError(
                 f"max_num_batched_tokens ({batched}) is smaller than max_model_len ({max_len}); "
@@ -127,6 +145,7 @@ class EngineArgs:
             max_model_len=max_len,
             enable_chunked_prefill=self.enable_chunked_prefill,
             policy=self.scheduling_policy,
+            async_scheduling=self.async_scheduling,
         )
         return cfg.PagodaConfig(
             model=model_config,
@@ -160,8 +179,9 @@ class EngineArgs:
                 "tensor_parallel_size and pipeline_parallel_size must be 1 in this version "
                 f"(got {self.tensor_parallel_size} and {self.pipeline_parallel_size})"
             )
-        if not isinstance(self.hf_overrides, dict):
-            raise TypeError(f"hf_overrides must be a dict, got {type(self.hf_overrides).__name__}")
+        for name in ("hf_overrides", "override_generation_config", "override_pooler_config"):
+            if not isinstance(getattr(self, name), dict):
+                raise TypeError(f"{name} must be a dict, got {type(getattr(self, name)).__name__}")
 
     def _resolve_device(self) -> str:
         import torch
@@ -188,6 +208,11 @@ class EngineArgs:
         if window is not None and window < limit:
             logger.warning("sliding window %d: attention is full, so max_model_len is capped at the window", window)
             limit = window
+        task, pooler_config = self._resolve_task(architectures, model_path)
+        if task == "embed":
+            st_limit = read_sentence_transformers_max_len(model_path)
+            if st_limit is not None and st_limit < limit:
+                limit = st_limit  # sentence-transformers' max_seq_length, as vLLM does
         max_len = self.max_model_len or limit
         if max_len < 1:
             raise ValueError(f"max_model_len must be >= 1, got {max_len}")
@@ -208,8 +233,46 @@ class EngineArgs:
             tokenizer_mode=self.tokenizer_mode,
             skip_tokenizer_init=self.skip_tokenizer_init,
             trust_remote_code=self.trust_remote_code,
-            generation_config=hf_utils.load_generation_config(model_path),
+            generation_config=self._generation_config(model_path),
+            generation_config_mode=self.generation_config,
+            override_generation_config=dict(self.override_generation_config),
+            task=task,
+            pooler_config=pooler_config,
+            do_lower_case=task == "embed" and read_sentence_transformers_lowercase(model_path),
         )
+
+    def _resolve_task(self, architectures: list[str], model_path: str) -> tuple[str, Any]:
+        """("generate" | "embed", the PoolerConfig for embed); ValueError for a task the model cannot do."""
+        from pagoda.model_executor.models import ModelRegistry
+
+        pooling_only = ModelRegistry.is_pooling_only(architectures)
+        task = self.task
+        if task == "auto":
+            task = "embed" if pooling_only else "generate"
+        elif task == "generate" and pooling_only:
+            raise ValueError(f"task='generate' is not possible: {architectures[0]} is an embedding model "
+                             "without an LM head; use task='embed' (or 'auto')")
+        if not isinstance(self.override_pooler_config, dict):
+            raise TypeError(f"override_pooler_config must be a dict, got {type(self.override_pooler_config).__name__}")
+        if task != "embed":
+            if self.override_pooler_config:
+                raise ValueError("override_pooler_config applies only to task='embed'")
+            return task, None
+        pooling_type, normalize = ModelRegistry.pooling_defaults(architectures)
+        default = PoolerConfig(pooling_type=pooling_type, normalize=normalize)
+        return task, resolve_pooler_config(model_path, default, self.override_pooler_config)
+
+    def _generation_config(self, model_path: str) -> dict:
+        mode = self.generation_config
+        if mode == "none":
+            return {}
+        if mode in ("auto", "vllm"):
+            return hf_utils.load_generation_config(model_path)
+        folder = os.path.expanduser(mode)
+        if not os.path.isfile(os.path.join(folder, "generation_config.json")):
+            raise ValueError(f"generation_config={mode!r} must be 'auto', 'vllm', 'none' or a folder holding "
+                             "generation_config.json")
+        return hf_utils.load_generation_config(folder)
 
     def _resolve_dtype(self, hf_config: Any, device: str) -> str:
         aliases = {"half": "float16", "float": "float32"}

@@ -14,6 +14,7 @@ Exit status 1 if any exact check fails.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import sys
@@ -72,6 +73,7 @@ def pagoda_greedy(folder: str, prompts: list[list[int]], dtype: str, **engine) -
     params = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True)
     outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
     del llm
+    gc.collect()  # the engine holds reference cycles (runner <-> CUDA graphs); free its memory now
     torch.cuda.empty_cache()
     return [o.outputs[0].token_ids for o in outs]
 

@@ -7,6 +7,8 @@ Invariants:
 - `status` only moves forward through RequestStatus, except RUNNING <-> PREEMPTED (recompute).
 - `block_hashes[i]` is the chained hash of full block i of `all_token_ids` (kept current by
   KVCacheManager); it never covers a partial block.
+- A pooling request (`pooling_params` set, `sampling_params` None) is scheduled only whole, never
+  chunked or served from the prefix cache, and finishes in the step that computes its prompt.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from enum import IntEnum
 
+from pagoda.pooling_params import PoolingParams
 from pagoda.sampling_params import SamplingParams
 
 
@@ -45,14 +48,18 @@ _FINISH_REASONS = {
 
 @dataclass
 class EngineCoreRequest:
-    """What the frontend hands the engine core: already tokenized and validated."""
+    """What the frontend hands the engine core: already tokenized and validated.
+
+    Exactly one of `sampling_params` (generate) and `pooling_params` (embed) is set.
+    """
 
     request_id: str
     prompt_token_ids: list[int]
-    sampling_params: SamplingParams
+    sampling_params: SamplingParams | None
     eos_token_id: int | None
     arrival_time: float = field(default_factory=time.time)
     priority: int = 0
+    pooling_params: PoolingParams | None = None
 
 
 class Request:
@@ -60,6 +67,7 @@ class Request:
         params = core_request.sampling_params
         self.request_id = core_request.request_id
         self.sampling_params = params
+        self.pooling_params = core_request.pooling_params
         self.eos_token_id = core_request.eos_token_id
         self.arrival_time = core_request.arrival_time
         self.priority = core_request.priority
@@ -70,13 +78,24 @@ class Request:
         self.num_computed_tokens = 0
         self.num_cached_tokens = 0  # prompt tokens served from the prefix cache at first schedule
         self.num_preemptions = 0
+        # Tokens sampled by steps still in flight (async scheduling): already computed in the
+        # forward pass that samples them, not yet known here. At most two (depth-1 pipelining).
+        self.num_pending_tokens = 0
         self.status = RequestStatus.WAITING
         self.stop_reason: int | str | None = None
         self.block_hashes: list[bytes] = []
+        if params is None:  # a pooling request: its prompt in one step, then one vector, no tokens
+            self.max_tokens = 0
+            self.skip_prefix_cache = True  # pooling needs every prompt position's hidden state
+            return
         limit = max_model_len - self.num_prompt_tokens
         self.max_tokens = min(params.max_tokens, limit) if params.max_tokens is not None else limit
         # Prompt logprobs need logits at every prompt position, so a cache hit would skip them.
         self.skip_prefix_cache = params.prompt_logprobs is not None
+
+    @property
+    def is_pooling(self) -> bool:
+        return self.pooling_params is not None
 
     @property
     def num_tokens(self) -> int:
@@ -85,6 +104,11 @@ class Request:
     @property
     def num_output_tokens(self) -> int:
         return len(self.output_token_ids)
+
+    @property
+    def pending_tokens_finish_it(self) -> bool:
+        """Whether the tokens in flight will certainly end the request (max_tokens / max_model_len)."""
+        return self.num_pending_tokens > 0 and self.num_output_tokens + self.num_pending_tokens >= self.max_tokens
 
     def append_output_token(self, token_id: int) -> None:
         self.output_token_ids.append(token_id)

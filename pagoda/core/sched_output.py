@@ -13,7 +13,9 @@ Invariants:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
+from pagoda.pooling_params import PoolingParams
 from pagoda.sampling_params import SamplingParams
 
 # One position's logprobs: (token ids, logprobs, rank of the chosen token); ids[0] is the chosen one.
@@ -25,9 +27,10 @@ class NewRequestData:
     req_id: str
     token_ids: list[int]  # prompt plus any output already generated (after preemption)
     num_prompt_tokens: int
-    sampling_params: SamplingParams
+    sampling_params: SamplingParams | None
     block_ids: list[int]
     num_computed_tokens: int  # before this step (prefix-cache hits)
+    pooling_params: PoolingParams | None = None
 
 
 @dataclass
@@ -58,6 +61,9 @@ class ModelRunnerOutput:
     sampled_token_ids: dict[str, list[int]]
     logprobs: dict[str, list[PositionLogprobs]] = field(default_factory=dict)
     prompt_logprobs: dict[str, list[PositionLogprobs]] = field(default_factory=dict)
+    # Pooling requests whose prompt finished this step: one float32 CPU tensor each (torch, but the
+    # scheduler only passes it along).
+    pooler_output: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -71,6 +77,7 @@ class EngineCoreOutput:
     finish_reason: str | None = None  # "stop" | "length" | "abort"
     stop_reason: int | str | None = None
     num_cached_tokens: int = 0
+    pooling_output: Any = None  # a pooling request's vector (float32 CPU tensor), with finish_reason "stop"
 
     @property
     def finished(self) -> bool:

@@ -13,6 +13,12 @@ Invariants:
   recomputed from its prompt plus the tokens it already generated. No request is ever dropped.
 - After `schedule()`, each scheduled request's num_computed_tokens already counts its scheduled
   tokens; `update_from_output()` then appends the sampled tokens and finishes requests.
+- Async scheduling: step n+1 may be scheduled before step n's sampled tokens are known. A request
+  that samples in a step counts one more `num_pending_tokens` until its token arrives; the next
+  step can already compute that pending token (the runner takes it from the device). A token that
+  arrives for a request preempted meanwhile is still appended; one for a finished request is dropped.
+- A pooling request is admitted only when its whole prompt fits the step's budget (never chunked),
+  and finishes in `update_from_output()` of that step with the runner's pooled vector.
 """
 
 from __future__ import annotations
@@ -53,7 +59,13 @@ class Scheduler:
         if core_request.request_id in self.requests:
             raise ValueError(f"request_id {core_request.request_id!r} is already in use")
         num_prompt = len(core_request.prompt_token_ids)
-        if not 0 < num_prompt < self.max_model_len:
+        if core_request.pooling_params is not None:
+            if not 0 < num_prompt <= min(self.max_model_len, self.config.max_num_batched_tokens):
+                raise ValueError(
+                    f"prompt has {num_prompt} tokens; an embedding prompt must have at least 1 and at most "
+                    f"max_model_len ({self.max_model_len}) tokens, all computed in one step"
+                )
+        elif not 0 < num_prompt < self.max_model_len:
             raise ValueError(
                 f"prompt has {num_prompt} tokens; it must have at least 1 and fewer than max_model_len "
                 f"({self.max_model_len}) so that one token can be generated"
@@ -91,7 +103,10 @@ class Scheduler:
         index = 0
         while index < len(self.running) and budget > 0:
             request = self.running[index]
-            num_new = min(request.num_tokens - request.num_computed_tokens, budget)
+            num_new = min(request.num_tokens + request.num_pending_tokens - request.num_computed_tokens, budget)
+            if num_new <= 0 or request.pending_tokens_finish_it:
+                index += 1
+                continue
             num_preempted = len(preempted)
             new_blocks = self._allocate_or_preempt(request, num_new, num_scheduled, preempted)
             if new_blocks is None:
@@ -110,7 +125,10 @@ class Scheduler:
             budget = self._admit_waiting(budget, num_scheduled, new_reqs)
 
         for request_id, count in num_scheduled.items():
-            self.requests[request_id].num_computed_tokens += count
+            request = self.requests[request_id]
+            request.num_computed_tokens += count
+            if not request.is_pooling and request.num_computed_tokens == request.num_tokens + request.num_pending_tokens:
+                request.num_pending_tokens += 1  # this step samples its next token
         output = SchedulerOutput(
             new_reqs=new_reqs,
             cached_reqs=cached_reqs,
@@ -152,11 +170,13 @@ class Scheduler:
     def _admit_waiting(self, budget: int, num_scheduled: dict[str, int], new_reqs: list[NewRequestData]) -> int:
         while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
             request = self.waiting.peek()
+            if request.num_pending_tokens:
+                break  # preempted while a token was in flight: resumes once the token arrives
             computed_blocks, num_computed = self.kv.get_computed_blocks(request)
             num_new = request.num_tokens - num_computed
             if num_new > budget:
-                if not self.config.enable_chunked_prefill:
-                    break
+                if not self.config.enable_chunked_prefill or request.is_pooling:
+                    break  # a pooling prompt runs whole (add_request checked that it fits a step)
                 num_new = budget
             new_blocks = self.kv.allocate_slots(request, num_new, computed_blocks, num_computed)
             if new_blocks is None:
@@ -177,6 +197,7 @@ class Scheduler:
                     sampling_params=request.sampling_params,
                     block_ids=self.kv.get_block_ids(request.request_id),
                     num_computed_tokens=num_computed,
+                    pooling_params=request.pooling_params,
                 )
             )
         return budget
@@ -187,11 +208,23 @@ class Scheduler:
         any_finished = False
         for request_id in sched.num_scheduled_tokens:
             request = self.requests.get(request_id)
-            if request is None or request.status != RequestStatus.RUNNING:
-                continue  # aborted while the step ran
+            if request is None:
+                continue  # finished or aborted while the step ran
+            sampled = result.sampled_token_ids.get(request_id, ())
+            request.num_pending_tokens -= len(sampled)
+            if request.status != RequestStatus.RUNNING and not sampled:
+                continue
+            if request.is_pooling:
+                pooled = result.pooler_output.get(request_id)
+                if pooled is not None:
+                    outputs.append(EngineCoreOutput(request_id=request_id, new_token_ids=[], finish_reason="stop",
+                                                    pooling_output=pooled))
+                    self._free(request, RequestStatus.FINISHED_STOPPED)
+                    any_finished = True
+                continue
             new_token_ids: list[int] = []
             status = None
-            for token_id in result.sampled_token_ids.get(request_id, ()):
+            for token_id in sampled:
                 request.append_output_token(token_id)
                 new_token_ids.append(token_id)
                 status = request.check_stop()
@@ -213,6 +246,8 @@ class Scheduler:
                 )
             )
             if status is not None:
+                if request.status != RequestStatus.RUNNING:
+                    self.waiting.remove(request)  # preempted while its last token was in flight
                 self._free(request, status)
                 any_finished = True
         if any_finished:

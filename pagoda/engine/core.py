@@ -1,8 +1,11 @@
 """EngineCore: the loop that turns requests into tokens — schedule, execute, update.
 
 Invariants:
-- `step()` runs exactly one forward pass (or none when nothing is unfinished) and returns the
-  per-request changes it caused. It is the only place where the scheduler and the executor meet.
+- `step()` launches at most one forward pass and returns the per-request changes of one step. It
+  is the only place where the scheduler and the executor meet.
+- With async scheduling, step n+1 is scheduled and launched before step n's results are resolved
+  (`in_flight`), so the device never waits for the host's bookkeeping; results come one call
+  later. Without it, each call launches and resolves the same step.
 - The KV cache can hold at least one max_model_len sequence, so a request running alone always
   fits and preemption can always make progress (checked at start-up).
 """
@@ -37,6 +40,7 @@ class EngineCore:
         config.cache.num_blocks = num_blocks
         self.executor.initialize_cache(num_blocks)
         self.scheduler = Scheduler(config.scheduler, config.cache)
+        self.in_flight = None  # (SchedulerOutput, StepOutput) of the step launched last, unresolved
         logger.info(
             "engine ready in %.1f s: %d KV blocks, max concurrency %.1fx at max_model_len %d",
             time.perf_counter() - started, num_blocks, num_blocks * block_size / max_len, max_len,
@@ -49,11 +53,19 @@ class EngineCore:
         return self.scheduler.abort_requests(request_ids)
 
     def has_unfinished_requests(self) -> bool:
-        return self.scheduler.has_unfinished_requests()
+        return self.scheduler.has_unfinished_requests() or self.in_flight is not None
 
     def step(self) -> list[EngineCoreOutput]:
-        if not self.scheduler.has_unfinished_requests():
-            return []
-        sched = self.scheduler.schedule()
-        result = self.executor.execute_model(sched)
-        return self.scheduler.update_from_output(sched, result)
+        launched = None
+        if self.scheduler.has_unfinished_requests():
+            sched = self.scheduler.schedule()
+            launched = (sched, self.executor.execute_model(sched))
+        outputs: list[EngineCoreOutput] = []
+        if self.in_flight is not None:
+            sched, result = self.in_flight
+            outputs = self.scheduler.update_from_output(sched, result.get())
+        self.in_flight = launched
+        if launched is not None and not self.config.scheduler.async_scheduling:
+            outputs += self.scheduler.update_from_output(launched[0], launched[1].get())
+            self.in_flight = None
+        return outputs

@@ -3,8 +3,10 @@
 Invariants:
 - Every request added ends in exactly one finished RequestOutput from `step()` (finish_reason
   stop/length), or is aborted by `abort_request` — none is lost.
-- A user request id maps to n engine requests (parallel sampling); child i of a seeded request
-  samples with seed + i, as vLLM does.
+- A user request id maps to best_of (default n) engine requests (parallel sampling); child i of a
+  seeded request samples with seed + i, as vLLM does. best_of > n children always carry their
+  sampled tokens' logprobs, so the n best can be chosen by cumulative logprob.
+- A PoolingParams request is one engine request and ends in one PoolingRequestOutput.
 """
 
 from __future__ import annotations
@@ -17,36 +19,48 @@ from pagoda.engine.core import EngineCore
 from pagoda.engine.output_processor import OutputProcessor
 from pagoda.engine.processor import Processor
 from pagoda.engine_args import EngineArgs
-from pagoda.outputs import RequestOutput
-from pagoda.sampling_params import SamplingParams
+from pagoda.outputs import PoolingRequestOutput, RequestOutput
+from pagoda.pooling_params import PoolingParams
+from pagoda.sampling_params import RequestOutputKind, SamplingParams
 
 logger = logging.getLogger(__name__)
 
 
 class LLMEngine:
-    def __init__(self, config: PagodaConfig) -> None:
+    def __init__(self, config: PagodaConfig, core: Any | None = None) -> None:
         self.config = config
         self.tokenizer = _load_tokenizer(config)
         self.processor = Processor(config.model, self.tokenizer)
         self.output_processor = OutputProcessor(self.tokenizer)
-        self.core = EngineCore(config)
+        # `core`: an object with EngineCore's add_request/abort_requests living elsewhere (the
+        # server's engine-core process, see engine/async_llm.py); in-process EngineCore otherwise.
+        self.core = core if core is not None else EngineCore(config)
 
     @classmethod
     def from_engine_args(cls, engine_args: EngineArgs) -> "LLMEngine":
         return cls(engine_args.create_config())
 
-    def add_request(self, request_id: str, prompt: Any, params: SamplingParams, priority: int = 0) -> None:
-        prompt_text, prompt_ids = self.processor.parse_prompt(prompt)
+    def add_request(self, request_id: str, prompt: Any, params: SamplingParams | PoolingParams, priority: int = 0,
+                    *, check_logprobs_limit: bool = True) -> None:
+        if not isinstance(params, (SamplingParams, PoolingParams)):
+            raise TypeError(f"params must be SamplingParams or PoolingParams, got {type(params).__name__}")
+        prompt_text, prompt_ids = self.processor.parse_prompt(prompt, params.truncate_prompt_tokens)
         # Validate every child before registering any, so a bad request leaves no trace.
         core_requests = []
-        for index in range(params.n):
+        if isinstance(params, PoolingParams):
+            core_requests.append(self.processor.process("", prompt_ids, params, priority))
+        for index in range(params.num_sequences if isinstance(params, SamplingParams) else 0):
             child_params = params
-            if params.n > 1:
+            if params.num_sequences > 1:
                 child_params = params.clone()
-                child_params.n = 1
+                child_params.n, child_params.best_of = 1, None
+                child_params.output_kind = RequestOutputKind.CUMULATIVE
                 if params.seed is not None:
                     child_params.seed = params.seed + index
-            core_requests.append(self.processor.process("", prompt_ids, child_params, priority))
+                if params.num_sequences > params.n and child_params.logprobs is None:
+                    child_params.logprobs = 0  # the sampled token's logprob, to rank the sequences
+            core_requests.append(self.processor.process("", prompt_ids, child_params, priority,
+                                                        check_logprobs_limit=check_logprobs_limit))
         child_ids = self.output_processor.add_request(request_id, prompt_text, prompt_ids, params)
         for child_id, core_request in zip(child_ids, core_requests):
             core_request.request_id = child_id
@@ -59,7 +73,7 @@ class LLMEngine:
     def has_unfinished_requests(self) -> bool:
         return self.output_processor.has_unfinished()
 
-    def step(self) -> list[RequestOutput]:
+    def step(self) -> list[RequestOutput | PoolingRequestOutput]:
         outputs, to_abort = self.output_processor.process_outputs(self.core.step())
         if to_abort:
             self.core.abort_requests(to_abort)

@@ -1,10 +1,16 @@
-"""Processor: turns a user's prompt and SamplingParams into a validated EngineCoreRequest.
+"""Processor: turns a user's prompt and params into a validated EngineCoreRequest.
 
 Invariants:
 - Everything a user can get wrong is checked here, before the engine core sees the request, and
-  raises ValueError naming the field and the allowed values.
+  raises ValueError naming the field and the allowed values: token ids of the prompt, logit_bias,
+  allowed_token_ids and bad_words inside the vocabulary; lengths against max_model_len.
 - The SamplingParams inside an EngineCoreRequest are the engine's own copy: `all_stop_token_ids`
-  holds EOS (unless ignore_eos) and the model's generation-config EOS ids plus stop_token_ids.
+  holds EOS (unless ignore_eos) and the model's generation-config EOS ids plus stop_token_ids, and
+  `bad_words_token_ids` holds each bad word tokenized with and without a leading space (vLLM's rule).
+- `truncate_prompt_tokens=k` keeps the last k tokens of a prompt (-1: max_model_len). A text prompt
+  keeps its special tokens ([CLS] ... [SEP], BOS): the text in between is cut from the left, as a
+  Hugging Face tokenizer with truncation_side="left" does (vLLM's default).
+- A pooling request (PoolingParams) has no sampling params; its prompt may fill max_model_len.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from typing import Any
 
 from pagoda.config import ModelConfig
 from pagoda.core.request import EngineCoreRequest
+from pagoda.pooling_params import PoolingParams
 from pagoda.sampling_params import SamplingParams
 
 
@@ -24,76 +31,173 @@ class Processor:
         self.eos_token_id = _eos_token_id(model_config, tokenizer)
         self.extra_eos_ids = _generation_config_eos_ids(model_config)
 
-    def parse_prompt(self, prompt: Any) -> tuple[str | None, list[int]]:
-        """(prompt text or None, prompt token ids) for every accepted prompt shape."""
+    @property
+    def stop_token_ids(self) -> set[int]:
+        """Every id that ends generation unless ignore_eos: EOS and the generation config's EOS ids."""
+        ids = set(self.extra_eos_ids)
+        if self.eos_token_id is not None:
+            ids.add(self.eos_token_id)
+        return ids
+
+    # ---- prompts --------------------------------------------------------------------------------
+    def parse_prompt(self, prompt: Any, truncate_prompt_tokens: int | None = None) -> tuple[str | None, list[int]]:
+        """(prompt text or None, prompt token ids) for every accepted prompt shape, truncated if asked."""
+        keep = self._truncation(truncate_prompt_tokens)
         if isinstance(prompt, str):
-            return prompt, self._encode(prompt)
+            return prompt, self._encode(prompt, keep)
         if isinstance(prompt, dict):
             if "prompt_token_ids" in prompt:
                 ids = prompt["prompt_token_ids"]
                 if not isinstance(ids, (list, tuple)) or not all(isinstance(t, int) for t in ids):
                     raise ValueError("prompt_token_ids must be a list of integers")
-                return prompt.get("prompt"), list(ids)
+                ids = list(ids)
+                return prompt.get("prompt"), ids[-keep:] if keep is not None and len(ids) > keep else ids
             if "prompt" in prompt and isinstance(prompt["prompt"], str):
-                return prompt["prompt"], self._encode(prompt["prompt"])
+                return prompt["prompt"], self._encode(prompt["prompt"], keep)
         raise ValueError(
             "prompt must be a str, {'prompt': str} or {'prompt_token_ids': [int, ...]}, "
             f"got {type(prompt).__name__}"
         )
 
-    def _encode(self, text: str) -> list[int]:
+    def _truncation(self, truncate_prompt_tokens: int | None) -> int | None:
+        if truncate_prompt_tokens is None:
+            return None
+        max_len = self.model_config.max_model_len
+        if truncate_prompt_tokens == -1:
+            return max_len
+        if truncate_prompt_tokens > max_len:
+            raise ValueError(f"truncate_prompt_tokens ({truncate_prompt_tokens}) is greater than "
+                             f"max_model_len ({max_len}); choose a smaller truncation size")
+        return truncate_prompt_tokens
+
+    def _encode(self, text: str, keep: int | None = None) -> list[int]:
         if self.tokenizer is None:
             raise ValueError("prompt text needs a tokenizer, but skip_tokenizer_init=True; pass prompt_token_ids")
-        return self.tokenizer.encode(text, add_special_tokens=True)
+        if self.model_config.do_lower_case:
+            text = text.lower()
+        ids = self.tokenizer.encode(text, add_special_tokens=True)
+        if keep is None or len(ids) <= keep:
+            return ids
+        return _truncate_left(ids, self.tokenizer.encode(text, add_special_tokens=False), keep)
 
+    # ---- requests -------------------------------------------------------------------------------
     def process(
         self,
         request_id: str,
         prompt_token_ids: list[int],
-        params: SamplingParams,
+        params: SamplingParams | PoolingParams,
         priority: int = 0,
         arrival_time: float | None = None,
+        *,
+        check_logprobs_limit: bool = True,
     ) -> EngineCoreRequest:
-        self._validate(prompt_token_ids, params)
+        """A validated request. `check_logprobs_limit=False` lets the engine's own requests (beam
+        search) ask for more logprobs than max_logprobs allows users."""
+        arrival_time = arrival_time if arrival_time is not None else time.time()
+        if isinstance(params, PoolingParams):
+            self._validate_pooling(prompt_token_ids, params)
+            return EngineCoreRequest(request_id=request_id, prompt_token_ids=list(prompt_token_ids),
+                                     sampling_params=None, eos_token_id=None, arrival_time=arrival_time,
+                                     priority=priority, pooling_params=params.clone())
+        if self.model_config.runner_type == "pooling":
+            raise ValueError("this model was started with task='embed': use LLM.embed/encode (PoolingParams), "
+                             "not SamplingParams")
+        self._validate(prompt_token_ids, params, check_logprobs_limit)
         params = params.clone()
-        stop_ids = set(params.stop_token_ids)
-        if not params.ignore_eos:
-            stop_ids |= self.extra_eos_ids
-            if self.eos_token_id is not None:
-                stop_ids.add(self.eos_token_id)
-        params.all_stop_token_ids = stop_ids
+        params.all_stop_token_ids = set(params.stop_token_ids) | (set() if params.ignore_eos else self.stop_token_ids)
+        params.bad_words_token_ids = self._bad_words_token_ids(params.bad_words)
         return EngineCoreRequest(
             request_id=request_id,
             prompt_token_ids=list(prompt_token_ids),
             sampling_params=params,
             eos_token_id=self.eos_token_id,
-            arrival_time=arrival_time if arrival_time is not None else time.time(),
+            arrival_time=arrival_time,
             priority=priority,
         )
 
-    def _validate(self, prompt_token_ids: list[int], params: SamplingParams) -> None:
+    def _validate(self, prompt_token_ids: list[int], params: SamplingParams, check_logprobs_limit: bool) -> None:
         if not isinstance(params, SamplingParams):
             raise TypeError(f"sampling_params must be SamplingParams, got {type(params).__name__}")
         max_logprobs, max_len = self.model_config.max_logprobs, self.model_config.max_model_len
-        for name in ("logprobs", "prompt_logprobs"):
+        for name in ("logprobs", "prompt_logprobs") if check_logprobs_limit else ("prompt_logprobs",):
             value = getattr(params, name)
             if value is not None and value > max_logprobs:
                 raise ValueError(f"{name}={value} is more than max_logprobs={max_logprobs} (an engine argument)")
-        if not prompt_token_ids:
-            raise ValueError("prompt is empty; it must have at least one token")
+        self._validate_prompt(prompt_token_ids)
         if len(prompt_token_ids) >= max_len:
             raise ValueError(
                 f"prompt is {len(prompt_token_ids)} tokens long; with max_model_len={max_len} it must be "
-                f"at most {max_len - 1} tokens so that at least one token can be generated"
+                f"at most {max_len - 1} tokens so that at least one token can be generated "
+                "(or set truncate_prompt_tokens)"
             )
+        self._check_ids("logit_bias", list(params.logit_bias or ()))
+        self._check_ids("allowed_token_ids", params.allowed_token_ids or [])
+        if params.stop and self.tokenizer is None:
+            raise ValueError("stop strings need a tokenizer, but skip_tokenizer_init=True")
+        if params.bad_words and self.tokenizer is None:
+            raise ValueError("bad_words need a tokenizer, but skip_tokenizer_init=True")
+
+    def _validate_pooling(self, prompt_token_ids: list[int], params: PoolingParams) -> None:
+        config = self.model_config
+        if config.runner_type != "pooling":
+            raise ValueError(f"PoolingParams need an embedding model; this one runs task={config.task!r} "
+                             "(start it with task='embed')")
+        self._validate_prompt(prompt_token_ids)
+        if len(prompt_token_ids) > config.max_model_len:
+            raise ValueError(
+                f"prompt is {len(prompt_token_ids)} tokens long, more than max_model_len={config.max_model_len}; "
+                "shorten it or set truncate_prompt_tokens to keep only its last tokens"
+            )
+        if params.dimensions is not None:
+            hidden = int(getattr(config.hf_config, "hidden_size", 0) or 0)
+            matryoshka = getattr(config.hf_config, "matryoshka_dimensions", None) or \
+                getattr(config.hf_config, "is_matryoshka", False)
+            if not matryoshka:
+                raise ValueError(f"dimensions={params.dimensions}: model {config.served_model_name!r} does not "
+                                 "support Matryoshka representations; leave dimensions=None")
+            if isinstance(matryoshka, list) and params.dimensions not in matryoshka:
+                raise ValueError(f"dimensions must be one of {matryoshka}, got {params.dimensions}")
+            if hidden and params.dimensions > hidden:
+                raise ValueError(f"dimensions must be <= the model's hidden size ({hidden}), got {params.dimensions}")
+
+    def _validate_prompt(self, prompt_token_ids: list[int]) -> None:
+        if not prompt_token_ids:
+            raise ValueError("prompt is empty; it must have at least one token")
         vocab = self.model_config.vocab_size
         bad = [t for t in prompt_token_ids if not 0 <= t < vocab]
         if bad:
             raise ValueError(f"prompt_token_ids contains ids outside the vocabulary [0, {vocab}): {bad[:5]}")
-        if params.stop and self.tokenizer is None:
-            raise ValueError("stop strings need a tokenizer, but skip_tokenizer_init=True")
-        if params.prompt_logprobs is not None and len(prompt_token_ids) < 1:
-            raise ValueError("prompt_logprobs needs a non-empty prompt")
+
+    def _check_ids(self, name: str, ids: list[int]) -> None:
+        vocab = self.model_config.vocab_size
+        bad = [t for t in ids if not 0 <= t < vocab]
+        if bad:
+            raise ValueError(f"{name} contains token ids outside the vocabulary [0, {vocab}): {bad[:5]}")
+
+    def _bad_words_token_ids(self, bad_words: list[str]) -> list[list[int]]:
+        """Each bad word as tokens, alone and after a space when that tokenizes differently (vLLM's rule)."""
+        result: list[list[int]] = []
+        for word in bad_words:
+            plain = self.tokenizer.encode(word.lstrip(), add_special_tokens=False)
+            if plain:
+                result.append(plain)
+            spaced = self.tokenizer.encode(" " + word.lstrip(), add_special_tokens=False)
+            if spaced and (not plain or (spaced[0] != plain[0] and len(spaced) == len(plain))):
+                result.append(spaced)
+        self._check_ids("bad_words", [t for word in result for t in word])
+        return result
+
+
+def _truncate_left(ids: list[int], body: list[int], keep: int) -> list[int]:
+    """The last `keep` tokens of `ids` = specials + body + specials, keeping the special tokens."""
+    for prefix in range(len(ids) - len(body) + 1):
+        if ids[prefix:prefix + len(body)] == body:
+            suffix = len(ids) - prefix - len(body)
+            room = keep - prefix - suffix
+            if room <= 0:
+                break
+            return ids[:prefix] + body[len(body) - room:] + ids[prefix + len(body):]
+    return ids[-keep:]
 
 
 def _eos_token_id(model_config: ModelConfig, tokenizer: Any | None) -> int | None:

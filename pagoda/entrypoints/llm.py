@@ -1,22 +1,38 @@
-"""`LLM`: the offline API, as in vLLM — `LLM(model=...)`, `.generate`, `.chat`.
+"""`LLM`: the offline API, as in vLLM — `LLM(model=...)`, `.generate`, `.chat`, `.beam_search`,
+`.embed`, `.encode`, `.score`.
 
 Invariants:
-- `generate` returns exactly one RequestOutput per prompt, in the order the prompts were given.
+- `generate`/`embed`/`encode` return exactly one output per prompt, in the order the prompts were
+  given; `score` one per pair.
 - A bad prompt or parameter raises before any request of the call is added, and an exception in
   the middle of a run aborts the call's remaining requests, so the engine is left clean.
+- `generate(prompts)` without SamplingParams uses `get_default_sampling_params()`: the model's
+  generation_config.json defaults unless the engine was started with generation_config="vllm"/"none".
+- Requests from here always run with output_kind FINAL_ONLY (the caller's params are not modified).
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
 from typing import Any, Sequence
 
 from tqdm.auto import tqdm
 
+from pagoda.engine.beam_search import BeamSearchOutput, beam_search
 from pagoda.engine.llm_engine import LLMEngine
 from pagoda.engine_args import EngineArgs
-from pagoda.outputs import RequestOutput
-from pagoda.sampling_params import SamplingParams
+from pagoda.outputs import (
+    EmbeddingRequestOutput,
+    PoolingRequestOutput,
+    RequestOutput,
+    ScoringOutput,
+    ScoringRequestOutput,
+)
+from pagoda.pooling_params import PoolingParams
+from pagoda.sampling_params import BeamSearchParams, RequestOutputKind, SamplingParams
+
+logger = logging.getLogger(__name__)
 
 
 class LLM:
@@ -24,10 +40,27 @@ class LLM:
         self.engine_args = EngineArgs.from_kwargs(model=model, **kwargs)
         self.llm_engine = LLMEngine.from_engine_args(self.engine_args)
         self._request_counter = itertools.count()
+        self.default_sampling_params: dict | None = None
+
+    @property
+    def model_config(self):
+        return self.llm_engine.config.model
 
     def get_tokenizer(self) -> Any:
         return self.llm_engine.get_tokenizer()
 
+    def get_default_sampling_params(self) -> SamplingParams:
+        """SamplingParams with the model's generation-config defaults (vLLM's behaviour)."""
+        if self.default_sampling_params is None:
+            self.default_sampling_params = self.model_config.get_diff_sampling_param()
+            if self.default_sampling_params:
+                logger.info("default sampling parameters from the model's generation config: %s (start with "
+                            "generation_config='vllm' to use Pagoda's own defaults)", self.default_sampling_params)
+        if self.default_sampling_params:
+            return SamplingParams.from_optional(**self.default_sampling_params)
+        return SamplingParams()
+
+    # ---- generation -----------------------------------------------------------------------------
     def generate(
         self,
         prompts: Any,
@@ -35,17 +68,13 @@ class LLM:
         use_tqdm: bool = True,
         priority: Sequence[int] | None = None,
     ) -> list[RequestOutput]:
-        prompt_list = [prompts] if isinstance(prompts, (str, dict)) else list(prompts)
+        if self.model_config.runner_type != "generate":
+            raise ValueError("LLM.generate() needs a generative model; this one runs task='embed' "
+                             "(use LLM.embed / LLM.encode / LLM.score)")
+        prompt_list = _prompt_list(prompts)
         if sampling_params is None:
-            sampling_params = SamplingParams()
-        if isinstance(sampling_params, SamplingParams):
-            params_list = [sampling_params] * len(prompt_list)
-        else:
-            params_list = list(sampling_params)
-            if len(params_list) != len(prompt_list):
-                raise ValueError(
-                    f"sampling_params has {len(params_list)} entries but there are {len(prompt_list)} prompts"
-                )
+            sampling_params = self.get_default_sampling_params()
+        params_list = _params_list(sampling_params, SamplingParams, len(prompt_list), "sampling_params")
         if priority is not None and len(priority) != len(prompt_list):
             raise ValueError(f"priority has {len(priority)} entries but there are {len(prompt_list)} prompts")
         return self._run(prompt_list, params_list, list(priority) if priority else None, use_tqdm)
@@ -79,14 +108,122 @@ class LLM:
             prompts.append({"prompt_token_ids": ids, "prompt": tokenizer.decode(ids)})
         return self.generate(prompts, sampling_params, use_tqdm=use_tqdm)
 
-    def _run(self, prompts: list, params: list[SamplingParams], priority: list[int] | None, use_tqdm: bool) -> list[RequestOutput]:
+    def beam_search(self, prompts: Any, params: BeamSearchParams, use_tqdm: bool = False,
+                    concurrency_limit: int | None = None) -> list[BeamSearchOutput]:
+        """vLLM's beam search: the beam_width best sequences per prompt, best first (see engine/beam_search.py).
+
+        `concurrency_limit`: at most this many prompts are searched at a time (all by default).
+        """
+        if not isinstance(params, BeamSearchParams):
+            raise TypeError(f"params must be BeamSearchParams, got {type(params).__name__}")
+        if concurrency_limit is not None and (not isinstance(concurrency_limit, int) or concurrency_limit < 1):
+            raise ValueError(f"concurrency_limit must be None or an integer >= 1, got {concurrency_limit!r}")
+        if self.model_config.runner_type != "generate":
+            raise ValueError("LLM.beam_search() needs a generative model; this one runs task='embed'")
+        processor = self.llm_engine.processor
+        max_len = self.model_config.max_model_len
+        prompt_ids = []
+        for prompt in _prompt_list(prompts):
+            ids = processor.parse_prompt(prompt)[1]
+            if not ids or len(ids) >= max_len:
+                raise ValueError(f"prompts: a beam search prompt must have 1 to {max_len - 1} tokens "
+                                 f"(max_model_len={max_len}), got {len(ids)}")
+            prompt_ids.append(ids)
+        tokenizer = self.get_tokenizer()
+
+        def generate(step_prompts: list, step_params: SamplingParams) -> list[RequestOutput]:
+            return self._run(step_prompts, [step_params] * len(step_prompts), None, False, check_logprobs_limit=False)
+
+        chunk = concurrency_limit or max(len(prompt_ids), 1)
+        results: list[BeamSearchOutput] = []
+        for start in tqdm(range(0, len(prompt_ids), chunk), desc="Beam search", disable=not use_tqdm):
+            results += beam_search(generate, prompt_ids[start:start + chunk], params, processor.stop_token_ids,
+                                   max_len, decode=tokenizer.decode if tokenizer is not None else None)
+        return results
+
+    # ---- pooling --------------------------------------------------------------------------------
+    def encode(
+        self,
+        prompts: Any,
+        pooling_params: PoolingParams | Sequence[PoolingParams] | None = None,
+        *,
+        truncate_prompt_tokens: int | None = None,
+        use_tqdm: bool = True,
+    ) -> list[PoolingRequestOutput]:
+        """One pooled vector per prompt (`.outputs.data`, a float32 tensor)."""
+        if self.model_config.runner_type != "pooling":
+            raise ValueError("LLM.encode() needs an embedding model; start the LLM with task='embed'")
+        prompt_list = _prompt_list(prompts)
+        if not prompt_list:
+            raise ValueError("prompts must hold at least one prompt, got an empty batch")
+        if pooling_params is None:
+            pooling_params = PoolingParams()
+        params_list = _params_list(pooling_params, PoolingParams, len(prompt_list), "pooling_params")
+        if truncate_prompt_tokens is not None:
+            params_list = [_with(p, truncate_prompt_tokens=truncate_prompt_tokens) for p in params_list]
+        return self._run(prompt_list, params_list, None, use_tqdm)
+
+    def embed(
+        self,
+        prompts: Any,
+        *,
+        truncate_prompt_tokens: int | None = None,
+        use_tqdm: bool = True,
+        pooling_params: PoolingParams | Sequence[PoolingParams] | None = None,
+    ) -> list[EmbeddingRequestOutput]:
+        """One embedding per prompt (`.outputs.embedding`, a list of floats)."""
+        if self.model_config.runner_type != "pooling":
+            raise ValueError("LLM.embed() needs an embedding model; start the LLM with task='embed'")
+        outputs = self.encode(prompts, pooling_params, truncate_prompt_tokens=truncate_prompt_tokens, use_tqdm=use_tqdm)
+        return [EmbeddingRequestOutput.from_base(o) for o in outputs]
+
+    def score(
+        self,
+        text_1: str | Sequence[str],
+        text_2: str | Sequence[str],
+        *,
+        truncate_prompt_tokens: int | None = None,
+        use_tqdm: bool = True,
+        pooling_params: PoolingParams | None = None,
+    ) -> list[ScoringRequestOutput]:
+        """Cosine similarity of the embeddings of text pairs: 1:1, 1:N or N:N (vLLM's pairing rules)."""
+        if self.model_config.runner_type != "pooling":
+            raise ValueError("LLM.score() needs an embedding model; start the LLM with task='embed'")
+        first = [text_1] if isinstance(text_1, (str, dict)) else list(text_1)
+        second = [text_2] if isinstance(text_2, (str, dict)) else list(text_2)
+        if not first:
+            raise ValueError("text_1 must hold at least one text")
+        if not second:
+            raise ValueError("text_2 must hold at least one text")
+        if len(first) > 1 and len(first) != len(second):
+            raise ValueError(f"text_1 and text_2 must be 1:1, 1:N or N:N, got {len(first)}:{len(second)}")
+        import torch.nn.functional as F
+
+        embedded = self.encode(first + second, pooling_params, truncate_prompt_tokens=truncate_prompt_tokens,
+                               use_tqdm=use_tqdm)
+        left, right = embedded[: len(first)], embedded[len(first):]
+        if len(left) == 1:
+            left = left * len(right)
+        pad = getattr(self.get_tokenizer(), "pad_token_id", None)
+        results = []
+        for a, b in zip(left, right):
+            score = F.cosine_similarity(a.outputs.data, b.outputs.data, dim=0).item()
+            tokens = a.prompt_token_ids + ([pad] if pad is not None else []) + b.prompt_token_ids
+            results.append(ScoringRequestOutput(f"{a.request_id}_{b.request_id}", ScoringOutput(score), tokens, True))
+        return results
+
+    # ---- the run loop ---------------------------------------------------------------------------
+    def _run(self, prompts: list, params: list, priority: list[int] | None, use_tqdm: bool,
+             check_logprobs_limit: bool = True) -> list:
         engine = self.llm_engine
         request_ids = [str(next(self._request_counter)) for _ in prompts]
+        params = _final_only(params)
         added: list[str] = []
-        finished: dict[str, RequestOutput] = {}
+        finished: dict[str, Any] = {}
         try:
             for i, (prompt, sp) in enumerate(zip(prompts, params)):
-                engine.add_request(request_ids[i], prompt, sp, priority[i] if priority else 0)
+                engine.add_request(request_ids[i], prompt, sp, priority[i] if priority else 0,
+                                   check_logprobs_limit=check_logprobs_limit)
                 added.append(request_ids[i])
             bar = tqdm(total=len(prompts), desc="Processed prompts", disable=not use_tqdm, dynamic_ncols=True)
             output_tokens = 0
@@ -94,7 +231,8 @@ class LLM:
                 for out in engine.step():
                     if out.finished:
                         finished[out.request_id] = out
-                        output_tokens += sum(len(c.token_ids) for c in out.outputs)
+                        if isinstance(out, RequestOutput):
+                            output_tokens += sum(len(c.token_ids) for c in out.outputs)
                         bar.update(1)
                         elapsed = bar.format_dict["elapsed"] or 1e-9
                         bar.set_postfix_str(f"output: {output_tokens / elapsed:.1f} toks/s", refresh=False)
@@ -103,3 +241,41 @@ class LLM:
             engine.abort_request([r for r in added if r not in finished])
             raise
         return [finished[r] for r in request_ids]
+
+
+def _prompt_list(prompts: Any) -> list:
+    return [prompts] if isinstance(prompts, (str, dict)) else list(prompts)
+
+
+def _params_list(params: Any, kind: type, count: int, name: str) -> list:
+    if isinstance(params, kind):
+        return [params] * count
+    params_list = list(params)
+    if len(params_list) != count:
+        raise ValueError(f"{name} has {len(params_list)} entries but there are {count} prompts")
+    for p in params_list:
+        if not isinstance(p, kind):
+            raise TypeError(f"{name} entries must be {kind.__name__}, got {type(p).__name__}")
+    return params_list
+
+
+def _with(params: Any, **changes: Any) -> Any:
+    """A copy of params with some fields changed (the caller's object is left alone)."""
+    copy = params.clone()
+    for key, value in changes.items():
+        setattr(copy, key, value)
+    copy.__post_init__()  # re-validate
+    return copy
+
+
+def _final_only(params: list) -> list:
+    """The params with output_kind FINAL_ONLY; one copy per distinct object that needs changing."""
+    copies: dict[int, Any] = {}
+    result = []
+    for p in params:
+        if p.output_kind != RequestOutputKind.FINAL_ONLY:
+            if id(p) not in copies:
+                copies[id(p)] = _with(p, output_kind=RequestOutputKind.FINAL_ONLY)
+            p = copies[id(p)]
+        result.append(p)
+    return result

@@ -1,4 +1,5 @@
-"""Sampling: per-row settings as tensors (SamplingMetadata), the batched Sampler, logprob gathering.
+"""Sampling: per-row settings as tensors (SamplingMetadata), the batched Sampler, logprob gathering,
+per-request logits processing (logits_processors.py) and penalties (penalties.py).
 
 Invariant: nothing here depends on the scheduler or the model; the model runner builds the metadata
 and calls `Sampler()(logits, metadata)`.

@@ -2,11 +2,14 @@
 
 Order of work (all in float32, the input logits are never modified):
 1. logprobs of the raw logits, when any row asked (see logprobs.py);
-2. min-tokens masking: forbidden ids of rows still short of `min_tokens` go to -inf;
-3. greedy rows: argmax (ties go to the lowest id, as torch.argmax);
-4. random rows: logits / temperature, then min-p, top-k, top-p (the sort-based version: the kept
+2. per-request logits processing (logits_processors.py): user callables, then the static bias
+   (allowed_token_ids, logit_bias), then bans (bad words; EOS/stop ids of rows short of `min_tokens`);
+3. penalties (penalties.py): repetition over prompt + output, frequency and presence over output;
+4. greedy rows: argmax (ties go to the lowest id, as torch.argmax);
+5. random rows: logits / temperature, then min-p, top-k, top-p (the sort-based version: the kept
    set includes the token whose cumulative probability crosses p), then softmax and the
    exponential race argmax(probs / q), q ~ Exp(1).
+Stages 2-3 cost nothing when no row of the batch uses them.
 
 Invariants:
 - A seeded row draws its q from its own generator, V values per step, so its tokens do not depend
@@ -22,8 +25,10 @@ from dataclasses import dataclass
 
 import torch
 
+from pagoda.sample.logits_processors import apply_bans, apply_bias, apply_user_processors
 from pagoda.sample.logprobs import gather_logprobs
 from pagoda.sample.metadata import SamplingMetadata
+from pagoda.sample.penalties import apply_penalties
 
 # Smallest q of the exponential race: a 0 draw would make probs / q a NaN or an infinity.
 _MIN_Q = 1e-20
@@ -44,13 +49,26 @@ class Sampler(torch.nn.Module):
         raw_logprobs = None
         if metadata.max_num_logprobs is not None:
             raw_logprobs = torch.log_softmax(logits.to(torch.float32), dim=-1)
-        logits = apply_min_tokens(logits.to(torch.float32), metadata.min_tokens_masks)
+        logits = self.process_logits(logits, metadata)
         sampled = self.sample(logits, metadata)
         if raw_logprobs is None:
             return SamplerOutput(sampled_token_ids=sampled)
         ids, values, ranks = gather_logprobs(raw_logprobs, metadata.max_num_logprobs, sampled)
         return SamplerOutput(sampled_token_ids=sampled, logprob_token_ids=ids, logprobs=values,
                              sampled_ranks=ranks)
+
+    @staticmethod
+    def process_logits(logits: torch.Tensor, metadata: SamplingMetadata) -> torch.Tensor:
+        """Stages 2-3: float32 logits with every per-request rule applied (a new tensor when any applies)."""
+        if metadata.logits_processors:
+            logits = apply_user_processors(logits.to(torch.float32, copy=True), metadata.logits_processors)
+        else:
+            logits = logits.to(torch.float32)
+        logits = apply_bias(logits, metadata.bias_rows, metadata.bias)
+        logits = apply_bans(logits, metadata.bad_words_masks, metadata.min_tokens_masks)
+        if metadata.penalties is not None:
+            logits = apply_penalties(logits, metadata.penalties)
+        return logits
 
     def sample(self, logits: torch.Tensor, metadata: SamplingMetadata) -> torch.Tensor:
         """Token ids [R] int64 from float32 logits (already masked)."""
@@ -69,16 +87,6 @@ class Sampler(torch.nn.Module):
         if greedy is None:
             return random
         return torch.where(is_greedy, greedy, random)
-
-
-def apply_min_tokens(logits: torch.Tensor, masks: dict[int, list[int]]) -> torch.Tensor:
-    """-inf at (row, id) for every id of every masked row (out of place when anything is masked)."""
-    if not masks:
-        return logits
-    rows = [row for row, ids in masks.items() for _ in ids]
-    cols = [token_id for ids in masks.values() for token_id in ids]
-    index = torch.tensor([rows, cols], dtype=torch.int64).to(logits.device, non_blocking=True)
-    return logits.index_put((index[0], index[1]), torch.tensor(float("-inf"), device=logits.device))
 
 
 def apply_min_p(logits: torch.Tensor, min_p: torch.Tensor) -> torch.Tensor:

@@ -9,9 +9,9 @@ Invariants:
   returns a view of the graph's output rows [0, n).
 - Sizes are captured largest first in one shared memory pool, after an eager warm-up at the same
   size (which also compiles the Triton kernels outside the capture).
-- Launch choices that depend on host values (split-KV count) are made at capture with
-  max_seq_len = max_model_len; kernels read real lengths from the buffers, so results are exact
-  for any length.
+- The split-KV count of a graph is the runner's `decode_splits(size)`, the same rule eager decode
+  steps use, so graphs on and off give bitwise-identical results; kernels read real lengths from
+  the buffers, so results are exact for any length.
 """
 
 from __future__ import annotations
@@ -36,8 +36,10 @@ def capture_sizes(max_num_seqs: int) -> list[int]:
 
 
 class CudaGraphRunner:
-    def __init__(self, model, kv_caches, max_num_seqs: int, max_model_len: int, block_size: int, device) -> None:
+    def __init__(self, model, kv_caches, max_num_seqs: int, max_model_len: int, block_size: int, device,
+                 decode_splits) -> None:
         self.model = model
+        self.decode_splits = decode_splits  # batch size -> split-KV count (the runner's rule)
         self.kv_caches = kv_caches
         self.sizes = capture_sizes(max_num_seqs)
         self.max_model_len = max_model_len
@@ -64,6 +66,7 @@ class CudaGraphRunner:
             slot_mapping=self.slot_mapping[:size],
             query_start_loc_cpu=list(range(size + 1)),
             seq_lens_cpu=[1] * size,
+            num_splits=self.decode_splits(size),
         )
 
     def _forward(self, size: int) -> torch.Tensor:

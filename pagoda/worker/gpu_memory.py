@@ -125,8 +125,32 @@ def _profile_sampler(worker: "Worker", hidden: torch.Tensor) -> None:
     from pagoda.sample.sampler import Sampler
     from pagoda.sampling_params import SamplingParams
 
+    if worker.config.model.runner_type == "pooling":
+        return  # embedding models never compute logits or sample
     rows = min(worker.config.scheduler.max_num_seqs, hidden.shape[0])
     logits = worker.model.compute_logits(hidden[:rows])
     params = [SamplingParams(temperature=1.0, top_p=0.9, top_k=50, logprobs=worker.config.model.max_logprobs)] * rows
     metadata = SamplingMetadata.build(params, logits.shape[-1], device=logits.device)
     Sampler().forward(logits, metadata)
+
+
+def check_weights_fit(worker: "Worker") -> None:
+    """Before loading: the model's weights must fit in the memory budget (a clear error, not an OOM)."""
+    from pagoda.model_executor.model_loader.loader import _default_dtype
+    from pagoda.model_executor.models import ModelRegistry
+
+    config = worker.config
+    hf_config = config.model.hf_config
+    model_cls = ModelRegistry.resolve_model_cls(list(getattr(hf_config, "architectures", None) or [config.model.architecture]))
+    with _default_dtype(config.model.torch_dtype), torch.device("meta"):
+        shell = model_cls(hf_config, worker.attn_backend)
+    weight_bytes = sum(p.numel() * p.element_size() for p in shell.parameters())
+    free, total = torch.cuda.mem_get_info(worker.device)
+    budget = min(free, total * config.cache.gpu_memory_utilization)
+    if weight_bytes > budget:
+        raise ValueError(
+            f"model={config.model.model!r} needs {weight_bytes / GIB:.2f} GiB for its weights in "
+            f"{config.model.dtype_name}, but only {budget / GIB:.2f} GiB are available "
+            f"({free / GIB:.2f} GiB free of {total / GIB:.2f} GiB, gpu_memory_utilization="
+            f"{config.cache.gpu_memory_utilization}). Use a smaller dtype, a smaller model, or more GPUs."
+        )

@@ -10,13 +10,17 @@ Invariants:
 - For a request in row r: token_ids[r, :num_tokens[r]] are all its known tokens (prompt then
   outputs), block_table[r, :num_blocks[r]] its blocks in position order, and
   num_computed[r] <= num_tokens[r].
+- A pooling request's row has `is_pooling[r]` set, `params[r]` None and `pooling_params[r]` set;
+  its sampling settings are neutral and never read.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from pagoda.core.sched_output import CachedRequestData, NewRequestData
+from pagoda.pooling_params import PoolingParams
 from pagoda.sampling_params import SamplingParams, SamplingType
 
 
@@ -35,7 +39,14 @@ class InputBatch:
         self.top_p = np.ones(max_num_reqs, dtype=np.float32)
         self.top_k = np.zeros(max_num_reqs, dtype=np.int64)
         self.min_p = np.zeros(max_num_reqs, dtype=np.float32)
+        # Penalties per row (neutral: 0, 0, 1); `has_penalty` marks rows that use any.
+        self.presence_penalty = np.zeros(max_num_reqs, dtype=np.float32)
+        self.frequency_penalty = np.zeros(max_num_reqs, dtype=np.float32)
+        self.repetition_penalty = np.ones(max_num_reqs, dtype=np.float32)
+        self.has_penalty = np.zeros(max_num_reqs, dtype=bool)
+        self.is_pooling = np.zeros(max_num_reqs, dtype=bool)
         self.params: list[SamplingParams | None] = [None] * max_num_reqs
+        self.pooling_params: list[PoolingParams | None] = [None] * max_num_reqs
         self.req_ids: list[str | None] = [None] * max_num_reqs
         self.row_of: dict[str, int] = {}
         self._free_rows = list(range(max_num_reqs - 1, -1, -1))  # a stack: lowest row on top
@@ -52,12 +63,20 @@ class InputBatch:
         self.block_table[row, : len(new.block_ids)] = new.block_ids
         self.num_blocks[row] = len(new.block_ids)
         params = new.sampling_params
+        self.params[row] = params
+        self.pooling_params[row] = new.pooling_params
+        self.is_pooling[row] = params is None
+        if params is None:
+            params = _NEUTRAL
         greedy = params.sampling_type == SamplingType.GREEDY
         self.temperature[row] = 0.0 if greedy else params.temperature
         self.top_p[row] = params.top_p
         self.top_k[row] = 0 if params.top_k == -1 else params.top_k
         self.min_p[row] = params.min_p
-        self.params[row] = params
+        self.presence_penalty[row] = params.presence_penalty
+        self.frequency_penalty[row] = params.frequency_penalty
+        self.repetition_penalty[row] = params.repetition_penalty
+        self.has_penalty[row] = params.has_penalties
         self.req_ids[row] = new.req_id
         self.row_of[new.req_id] = row
         return row
@@ -74,6 +93,9 @@ class InputBatch:
             return
         self.req_ids[row] = None
         self.params[row] = None
+        self.pooling_params[row] = None
+        self.is_pooling[row] = False
+        self.has_penalty[row] = False
         self._free_rows.append(row)
         self._free_rows.sort(reverse=True)
 
@@ -83,3 +105,25 @@ class InputBatch:
 
     def num_output_tokens(self, row: int) -> int:
         return int(self.num_tokens[row] - self.num_prompt_tokens[row])
+
+    def prompt_ids(self, row: int) -> list[int]:
+        return self.token_ids[row, : self.num_prompt_tokens[row]].tolist()
+
+    def output_ids(self, row: int) -> list[int]:
+        return self.token_ids[row, self.num_prompt_tokens[row] : self.num_tokens[row]].tolist()
+
+
+_NEUTRAL = SamplingParams(temperature=0.0)
+
+
+def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A host array as a device tensor without making the host wait for the device.
+
+    A copy from pageable memory blocks the host until the GPU has finished everything queued
+    before it, which would undo async scheduling; so on CUDA the array goes through pinned memory
+    (torch's caching host allocator keeps it alive until the copy has run) with non_blocking=True.
+    """
+    tensor = torch.from_numpy(np.ascontiguousarray(array))
+    if device.type != "cuda":
+        return tensor
+    return tensor.pin_memory().to(device, non_blocking=True)

@@ -8,8 +8,14 @@ Invariants:
   of its known tokens) and for prompt positions whose prompt_logprobs were asked for.
 - Per-request state lives in InputBatch and is updated by the step's diff; the runner appends each
   sampled token to its own copy of the request's tokens, so the scheduler never resends them.
+- A step returns before its sampled ids reach the host (StepOutput): the runner appends a
+  placeholder instead, and the next step takes those tokens from the device tensor of the last
+  sampling step. Steps whose sampling reads token history on the host (penalties, bad words,
+  logits processors) first wait for the step in flight.
 - A seeded request's generator advances only when that request samples, so its tokens do not
   depend on what else is in the batch.
+- A pooling request never samples: in the step that computes its (whole) prompt, the Pooler turns its
+  hidden states into one vector in `ModelRunnerOutput.pooler_output`.
 """
 
 from __future__ import annotations
@@ -21,10 +27,11 @@ from pagoda.attention.backend import AttentionMetadata
 from pagoda.config import PagodaConfig
 from pagoda.core.sched_output import ModelRunnerOutput, PositionLogprobs, SchedulerOutput
 from pagoda.sample.logprobs import compute_prompt_logprobs
-from pagoda.sample.metadata import SamplingMetadata
 from pagoda.sample.sampler import Sampler
 from pagoda.sampling_params import SamplingType
-from pagoda.worker.input_batch import InputBatch
+from pagoda.worker.input_batch import InputBatch, to_device
+from pagoda.worker.sampling_inputs import SamplingInputs
+from pagoda.worker.step_output import PLACEHOLDER, StepOutput
 
 
 class ModelRunner:
@@ -37,51 +44,101 @@ class ModelRunner:
         self.vocab_size = config.model.vocab_size
         self.batch = InputBatch(config.scheduler.max_num_seqs, config.model.max_model_len, self.block_size)
         self.sampler = Sampler()
+        self.sampling_inputs = SamplingInputs(self.batch, self.vocab_size, device)
+        self.pooler = None
+        if config.model.runner_type == "pooling":
+            from pagoda.model_executor.layers.pooler import Pooler
+
+            self.pooler = Pooler(config.model.pooler_config)
         self.cuda_graphs = None  # a CudaGraphRunner, set by the worker on CUDA unless enforce_eager
         # Seeded requests get their own generator; the rest share torch's default one, which the
         # worker seeds with the engine's `seed` at start-up.
         self.generators: dict[str, torch.Generator] = {}
+        # The last sampling step, still on its way to the host: its sampled ids (on the device), the
+        # index of each row in them, and its StepOutput.
+        self.last_sampled: torch.Tensor | None = None
+        self.pending_src: dict[int, int] = {}
+        self.in_flight: StepOutput | None = None
 
     # ---- state diff -------------------------------------------------------------------------------
     def _apply_diff(self, sched: SchedulerOutput) -> None:
         for req_id in sched.finished_req_ids | sched.preempted_req_ids:
             self.batch.remove(req_id)
             self.generators.pop(req_id, None)
+            self.sampling_inputs.remove(req_id)
         for cached in sched.cached_reqs:
             self.batch.update(cached)
         for new in sched.new_reqs:
             self.batch.add(new)
             params = new.sampling_params
+            if params is None:
+                continue  # a pooling request
+            self.sampling_inputs.add(new.req_id, params)
             if params.sampling_type == SamplingType.RANDOM_SEED and new.req_id not in self.generators:
                 self.generators[new.req_id] = torch.Generator(device=self.device).manual_seed(params.seed)
 
     # ---- one step ---------------------------------------------------------------------------------
     @torch.inference_mode()
-    def execute_model(self, sched: SchedulerOutput) -> ModelRunnerOutput:
+    def execute_model(self, sched: SchedulerOutput) -> StepOutput:
         self._apply_diff(sched)
         if sched.is_empty:
-            return ModelRunnerOutput(sampled_token_ids={})
+            return StepOutput.ready(ModelRunnerOutput(sampled_token_ids={}))
         req_ids = list(sched.num_scheduled_tokens)
         rows = np.array([self.batch.row_of[r] for r in req_ids], dtype=np.int64)
         counts = np.array([sched.num_scheduled_tokens[r] for r in req_ids], dtype=np.int64)
+        if self.in_flight is not None and any(_needs_token_history(self.batch.params[int(r)]) for r in rows):
+            self.in_flight.get()
         inputs = self._prepare_inputs(rows, counts)
         hidden = self._forward(inputs["input_ids"], inputs["positions"], inputs["attn_metadata"])
 
         starts, ends = inputs["starts"], inputs["ends"]
         self.batch.num_computed[rows] = ends
-        samples = ends == self.batch.num_tokens[rows]
+        done = ends == self.batch.num_tokens[rows]
+        pooling = self.batch.is_pooling[rows]
+        samples = done & ~pooling
         output = ModelRunnerOutput(sampled_token_ids={r: [] for r in req_ids})
+        if (done & pooling).any():
+            self._pool(req_ids, rows, np.nonzero(done & pooling)[0], inputs["query_start"], counts, hidden, output)
+        if pooling.all():
+            return StepOutput.ready(output)
         prompt_logprobs = self._prompt_logprobs(req_ids, rows, starts, ends, inputs["query_start"], hidden)
         output.prompt_logprobs = prompt_logprobs
-        if samples.any():
-            self._sample(req_ids, rows, samples, inputs["query_start"] + counts - 1, hidden, output)
-        return output
+        if not samples.any():
+            return StepOutput.ready(output)
+        self.in_flight = self._sample(req_ids, rows, samples, inputs["query_start"] + counts - 1, hidden, output)
+        return self.in_flight
+
+    def _pool(self, req_ids, rows, pool_at, query_start, counts, hidden, output: ModelRunnerOutput) -> None:
+        """One vector per pooling request of `pool_at`, whose whole prompt is in this step's batch."""
+        if self.pooler is None:
+            raise RuntimeError("a pooling request reached a runner without a pooler (task is not 'embed')")
+        params = [self.batch.pooling_params[int(rows[i])] for i in pool_at]
+        vectors = self.pooler(hidden, query_start[pool_at], counts[pool_at], params)
+        for i, vector in zip(pool_at, vectors):
+            output.pooler_output[req_ids[i]] = vector
 
     def _forward(self, input_ids: torch.Tensor, positions: torch.Tensor, metadata: AttentionMetadata) -> torch.Tensor:
         """The model forward: replayed from a CUDA graph for decode-only steps when graphs exist."""
         if self.cuda_graphs is not None and self.cuda_graphs.can_run(metadata):
             return self.cuda_graphs.run(input_ids, positions, metadata)
         return self.model(input_ids, positions, self.kv_caches, metadata)
+
+    def decode_splits(self, num_reqs: int) -> int | None:
+        """Split-KV count for a decode step of `num_reqs` requests: decided by the CUDA-graph bucket the
+        batch falls in and max_model_len, never by the step's actual lengths, so eager and graph runs of
+        the same batch reduce identically (bf16 results would otherwise differ in the last bit)."""
+        if self.device.type != "cuda":
+            return None
+        from pagoda.kernels import tuning
+        from pagoda.worker.cuda_graph import capture_sizes
+
+        size = next((s for s in capture_sizes(self.config.scheduler.max_num_seqs) if s >= num_reqs), num_reqs)
+        hf = self.config.model.hf_config
+        return tuning.attention_launch(
+            num_reqs=size, num_tokens=size, max_query_len=1, max_seq_len=self.config.model.max_model_len,
+            num_heads=hf.num_attention_heads, num_kv_heads=self.model.kv_cache_spec.num_kv_heads,
+            head_size=self.model.kv_cache_spec.head_size, device=self.device,
+        ).num_splits
 
     def _prepare_inputs(self, rows: np.ndarray, counts: np.ndarray) -> dict:
         batch, block_size = self.batch, self.block_size
@@ -102,71 +159,55 @@ class ModelRunner:
             num_tokens=total,
             max_query_len=int(counts.max()),
             max_seq_len=int(ends.max()),
-            query_start_loc=torch.from_numpy(query_start.astype(np.int32)).to(device),
-            seq_lens=torch.from_numpy(ends.astype(np.int32)).to(device),
-            block_tables=torch.from_numpy(np.ascontiguousarray(batch.block_table[rows, :max_blocks])).to(device),
-            slot_mapping=torch.from_numpy(slot_mapping).to(device),
+            query_start_loc=to_device(query_start.astype(np.int32), device),
+            seq_lens=to_device(ends.astype(np.int32), device),
+            block_tables=to_device(batch.block_table[rows, :max_blocks], device),
+            slot_mapping=to_device(slot_mapping, device),
             query_start_loc_cpu=query_start.tolist(),
             seq_lens_cpu=ends.tolist(),
         )
+        if metadata.max_query_len == 1:
+            metadata.num_splits = self.decode_splits(len(rows))
+        input_ids_dev = to_device(input_ids, device)
+        holes = np.flatnonzero(input_ids == PLACEHOLDER)
+        if holes.size:  # tokens sampled by the step still in flight: take them from the device
+            src = np.array([self.pending_src[int(r)] for r in token_rows[holes]], dtype=np.int64)
+            input_ids_dev[to_device(holes, device)] = self.last_sampled[to_device(src, device)]
         return {
-            "input_ids": torch.from_numpy(input_ids).to(device),
-            "positions": torch.from_numpy(positions).to(device),
+            "input_ids": input_ids_dev,
+            "positions": to_device(positions, device),
             "attn_metadata": metadata,
             "starts": starts,
             "ends": ends,
             "query_start": query_start[:-1],
         }
 
-    def _sample(self, req_ids, rows, samples, last_token_index, hidden, output: ModelRunnerOutput) -> None:
+    def _sample(self, req_ids, rows, samples, last_token_index, hidden, output: ModelRunnerOutput) -> StepOutput:
+        """Sample on the device; returns before the ids reach the host (see StepOutput)."""
         sample_at = np.nonzero(samples)[0]
-        logits = self.model.compute_logits(hidden[torch.from_numpy(last_token_index[sample_at]).to(self.device)])
-        metadata = self._sampling_metadata(rows[sample_at], [req_ids[i] for i in sample_at])
+        logits = self.model.compute_logits(hidden[to_device(last_token_index[sample_at], self.device)])
+        metadata = self.sampling_inputs.build(rows[sample_at], [req_ids[i] for i in sample_at], self.generators)
         result = self.sampler.forward(logits, metadata)
-        sampled = result.sampled_token_ids.tolist()
-        logprob_lists = None
-        if result.logprobs is not None:
-            logprob_lists = (result.logprob_token_ids.tolist(), result.logprobs.tolist(), result.sampled_ranks.tolist())
+        sampled_rows = []
+        self.pending_src = {}
         for j, i in enumerate(sample_at):
             req_id, row = req_ids[i], int(rows[i])
-            output.sampled_token_ids[req_id] = [sampled[j]]
-            self.batch.append_token(row, sampled[j])
-            wanted = self.batch.params[row].logprobs
-            if logprob_lists is not None and wanted is not None:
-                ids, lps, ranks = logprob_lists
-                output.logprobs[req_id] = [(ids[j][: wanted + 1], lps[j][: wanted + 1], ranks[j])]
-
-    def _sampling_metadata(self, rows: np.ndarray, req_ids: list[str]) -> SamplingMetadata:
-        batch, device = self.batch, self.device
-        params = [batch.params[int(r)] for r in rows]
-        temperature = batch.temperature[rows]
-        top_p, top_k, min_p = batch.top_p[rows], batch.top_k[rows], batch.min_p[rows]
-        generators = {j: self.generators[r] for j, r in enumerate(req_ids) if r in self.generators}
-        masks = {}
-        for j, (row, p) in enumerate(zip(rows, params)):
-            if p.min_tokens and batch.num_output_tokens(int(row)) < p.min_tokens and p.all_stop_token_ids:
-                masks[j] = sorted(p.all_stop_token_ids)
-        requested = [p.logprobs for p in params if p.logprobs is not None]
-        return SamplingMetadata(
-            temperature=torch.from_numpy(temperature).to(device),
-            top_p=torch.from_numpy(top_p).to(device),
-            top_k=torch.from_numpy(top_k).to(device),
-            min_p=torch.from_numpy(min_p).to(device),
-            all_greedy=bool((temperature == 0).all()),
-            all_random=bool((temperature > 0).all()),
-            no_top_p=bool((top_p >= 1.0).all()),
-            no_top_k=bool((top_k == 0).all()),
-            no_min_p=bool((min_p <= 0).all()),
-            generators=generators,
-            max_num_logprobs=max(requested) if requested else None,
-            min_tokens_masks=masks,
-        )
+            sampled_rows.append((req_id, row, int(self.batch.num_tokens[row]), self.batch.params[row].logprobs))
+            self.batch.append_token(row, PLACEHOLDER)
+            self.pending_src[row] = j
+        self.last_sampled = result.sampled_token_ids
+        logprobs = None
+        if result.logprobs is not None:
+            logprobs = (result.logprob_token_ids, result.logprobs, result.sampled_ranks)
+        return StepOutput(output, self.batch, sampled_rows, result.sampled_token_ids, logprobs)
 
     def _prompt_logprobs(self, req_ids, rows, starts, ends, query_start, hidden) -> dict[str, list[PositionLogprobs]]:
         """Logprobs of prompt tokens 1.. given their prefixes, for the positions computed this step."""
         out: dict[str, list[PositionLogprobs]] = {}
         for i, req_id in enumerate(req_ids):
             row = int(rows[i])
+            if self.batch.params[row] is None:
+                continue  # a pooling request
             k = self.batch.params[row].prompt_logprobs
             num_prompt = int(self.batch.num_prompt_tokens[row])
             if k is None or starts[i] >= num_prompt - 1:
@@ -179,3 +220,16 @@ class ModelRunner:
             ids, lps, ranks = compute_prompt_logprobs(logits, targets, k)
             out[req_id] = list(zip(ids.tolist(), lps.tolist(), ranks.tolist()))
         return out
+
+
+def _needs_token_history(params) -> bool:
+    """Whether sampling this request reads its earlier tokens on the host."""
+    if params is None:
+        return False
+    return bool(
+        getattr(params, "logits_processors", None)
+        or getattr(params, "bad_words_token_ids", None)
+        or getattr(params, "repetition_penalty", 1.0) != 1.0
+        or getattr(params, "presence_penalty", 0.0) != 0.0
+        or getattr(params, "frequency_penalty", 0.0) != 0.0
+    )

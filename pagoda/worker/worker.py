@@ -31,6 +31,10 @@ class Worker:
         if config.model.seed is not None:
             torch.manual_seed(config.model.seed)
         self.attn_backend = get_attention_backend(config.device.device)
+        if self.device.type == "cuda":
+            from pagoda.worker.gpu_memory import check_weights_fit
+
+            check_weights_fit(self)
         self.model = get_model(config.model, config.load, config.device.device, self.attn_backend)
         self.kv_spec = self.model.kv_cache_spec
         self.runner: ModelRunner | None = None
@@ -43,6 +47,8 @@ class Worker:
         cache = self.config.cache
         if cache.num_gpu_blocks_override is not None:
             return cache.num_gpu_blocks_override
+        if self.kv_spec.num_layers == 0:  # no KV cache (BERT): blocks are only the scheduler's bookkeeping
+            return -(-self.config.model.max_model_len // cache.block_size) * self.config.scheduler.max_num_seqs
         if self.device.type == "cuda":
             from pagoda.worker.gpu_memory import profile_num_blocks
 
@@ -61,11 +67,12 @@ class Worker:
             num_blocks, cache.block_size, num_blocks * self.bytes_per_block() / (1 << 30), self.device,
         )
         self.runner = ModelRunner(self.config, self.model, kv_caches, self.device)
-        if self.device.type == "cuda" and not self.config.enforce_eager:
+        if self.device.type == "cuda" and not self.config.enforce_eager and self.config.model.runner_type == "generate":
             from pagoda.worker.cuda_graph import CudaGraphRunner
 
             graphs = CudaGraphRunner(self.model, kv_caches, self.config.scheduler.max_num_seqs,
-                                     self.config.model.max_model_len, cache.block_size, self.device)
+                                     self.config.model.max_model_len, cache.block_size, self.device,
+                                     self.runner.decode_splits)
             graphs.capture()
             self.runner.cuda_graphs = graphs
 

@@ -57,3 +57,35 @@ def check_pool_invariants(scheduler: Scheduler) -> None:
 @pytest.fixture
 def rng():
     return random.Random(0)
+
+
+class FakeAsyncEngine:
+    """Drives the scheduler like EngineCore with async scheduling: step n+1 is scheduled before
+    step n's sampled tokens are applied."""
+
+    def __init__(self, scheduler: Scheduler, rng: random.Random, vocab: int = 50):
+        self.scheduler, self.rng, self.vocab = scheduler, rng, vocab
+        self.in_flight = None
+
+    def step(self):
+        s = self.scheduler
+        launched = None
+        if s.has_unfinished_requests():
+            pending_before = {r.request_id: r.num_pending_tokens for r in s.requests.values()}
+            sched = s.schedule()
+            sampled = {}
+            for req_id in sched.num_scheduled_tokens:
+                # Like the runner: a request samples when the step reaches the end of its known and
+                # in-flight tokens.
+                req = s.requests[req_id]
+                samples = req.num_computed_tokens == req.num_tokens + pending_before[req_id]
+                sampled[req_id] = [self.rng.randrange(self.vocab)] if samples else []
+            launched = (sched, ModelRunnerOutput(sampled_token_ids=sampled))
+        outputs = []
+        if self.in_flight is not None:
+            outputs = s.update_from_output(*self.in_flight)
+        self.in_flight = launched
+        return outputs
+
+    def busy(self) -> bool:
+        return self.scheduler.has_unfinished_requests() or self.in_flight is not None

@@ -5,7 +5,7 @@ import random
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.core.conftest import check_pool_invariants, fake_step, make_request, make_scheduler
+from tests.core.conftest import FakeAsyncEngine, check_pool_invariants, fake_step, make_request, make_scheduler
 
 ops = st.lists(
     st.one_of(
@@ -20,13 +20,16 @@ ops = st.lists(
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(ops=ops, num_blocks=st.integers(16, 40), block_size=st.sampled_from([2, 4, 8]),
-       caching=st.booleans(), chunked=st.booleans(), policy=st.sampled_from(["fcfs", "priority"]))
-def test_blocks_always_return_to_pool(ops, num_blocks, block_size, caching, chunked, policy):
+       caching=st.booleans(), chunked=st.booleans(), policy=st.sampled_from(["fcfs", "priority"]),
+       pipelined=st.booleans())
+def test_blocks_always_return_to_pool(ops, num_blocks, block_size, caching, chunked, policy, pipelined):
     max_len = 64
     num_blocks = max(num_blocks, -(-max_len // block_size))
     scheduler = make_scheduler(num_blocks=num_blocks, block_size=block_size, budget=64 if not chunked else 24,
                                max_model_len=max_len, chunked=chunked, caching=caching, policy=policy)
     rng = random.Random(1)
+    engine = FakeAsyncEngine(scheduler, random.Random(2))
+    step = engine.step if pipelined else (lambda: fake_step(scheduler, rng))
     prefixes = [[rng.randrange(50) for _ in range(16)] for _ in range(4)]
     added = []
     for op in ops:
@@ -41,13 +44,13 @@ def test_blocks_always_return_to_pool(ops, num_blocks, block_size, caching, chun
             scheduler.abort_requests([added[op[1] % len(added)]])
         else:
             for _ in range(op[1]):
-                fake_step(scheduler, rng)
+                step()
                 check_pool_invariants(scheduler)
     # Drain: everything finishes (no request may be stuck forever).
     for _ in range(2000):
-        if not scheduler.has_unfinished_requests():
+        if not engine.busy() and not scheduler.has_unfinished_requests():
             break
-        fake_step(scheduler, rng)
+        step()
         check_pool_invariants(scheduler)
     assert not scheduler.has_unfinished_requests()
     assert scheduler.kv.pool.num_free_blocks == scheduler.kv.pool.num_blocks

@@ -1,7 +1,7 @@
 """Scheduler behaviour: token budget, chunking, prefix sharing, preemption, policies, abort."""
 
 from pagoda.core.sched_output import ModelRunnerOutput
-from tests.core.conftest import check_pool_invariants, fake_step, make_request, make_scheduler
+from tests.core.conftest import FakeAsyncEngine, check_pool_invariants, fake_step, make_request, make_scheduler
 
 
 def test_mixes_decodes_with_chunked_prefill(rng):
@@ -121,3 +121,40 @@ def test_max_model_len_caps_output():
         if not s.has_unfinished_requests():
             break
     assert reasons == [None, "length"]
+
+
+def test_async_schedules_pending_token_and_stops_at_max_tokens(rng):
+    s = make_scheduler(budget=64)
+    s.add_request(make_request("a", range(1, 6), max_tokens=3))
+    engine = FakeAsyncEngine(s, rng)
+    scheduled, tokens = [], []
+    while engine.busy():
+        before = s.requests.get("a")
+        for out in engine.step():
+            tokens += out.new_token_ids
+        if engine.in_flight is not None:
+            scheduled.append(engine.in_flight[0].num_scheduled_tokens.get("a", 0))
+    # prompt, then the two pending tokens are computed before they are known; no 4th token is scheduled
+    assert scheduled[:3] == [5, 1, 1]
+    assert len(tokens) == 3
+    assert s.kv.pool.num_free_blocks == s.kv.pool.num_blocks
+
+
+def test_async_token_of_preempted_request_is_kept(rng):
+    s = make_scheduler(num_blocks=16, block_size=4, budget=64, max_model_len=64)
+    for i in range(4):
+        s.add_request(make_request(f"r{i}", [i + 1] * 10, max_tokens=20))
+    engine = FakeAsyncEngine(s, rng)
+    finished, preempted = {}, 0
+    for _ in range(1000):
+        if not engine.busy():
+            break
+        for o in engine.step():
+            finished.setdefault(o.request_id, []).extend(o.new_token_ids)
+        if engine.in_flight is not None:
+            preempted += len(engine.in_flight[0].preempted_req_ids)
+        check_pool_invariants(s)
+    assert preempted > 0
+    assert sorted(finished) == ["r0", "r1", "r2", "r3"]
+    assert all(len(t) == 20 for t in finished.values())
+    assert s.kv.pool.num_free_blocks == 16

@@ -28,11 +28,37 @@ def llm(llama_dir):
         (dict(min_p=2.0), "min_p"),
         (dict(min_tokens=5, max_tokens=2), "min_tokens"),
         (dict(logprobs=-1), "logprobs"),
+        (dict(presence_penalty=2.5), "presence_penalty"),
+        (dict(presence_penalty=-2.1), "presence_penalty"),
+        (dict(frequency_penalty=-3.0), "frequency_penalty"),
+        (dict(repetition_penalty=0.0), "repetition_penalty"),
+        (dict(repetition_penalty=-1.0), "repetition_penalty"),
+        (dict(n=3, best_of=2), "best_of"),
+        (dict(best_of=0), "best_of"),
+        (dict(allowed_token_ids=[]), "allowed_token_ids"),
+        (dict(logit_bias={"x": 1.0}), "logit_bias"),
+        (dict(bad_words=[" "]), "bad_words"),
+        (dict(truncate_prompt_tokens=0), "truncate_prompt_tokens"),
+        (dict(output_kind="delta"), "output_kind"),
+        (dict(logits_processors=["not callable"]), "logits_processors"),
     ],
 )
 def test_sampling_params_validation(kwargs, field):
     with pytest.raises(ValueError, match=field):
         SamplingParams(**kwargs)
+
+
+def test_token_ids_outside_the_vocabulary(llm):
+    vocab = llm.llm_engine.config.model.vocab_size
+    for kwargs, field in [(dict(logit_bias={vocab: 1.0}), "logit_bias"), (dict(logit_bias={-1: 1.0}), "logit_bias"),
+                          (dict(allowed_token_ids=[1, vocab + 5]), "allowed_token_ids")]:
+        with pytest.raises(ValueError, match=field):
+            llm.generate("hi", SamplingParams(max_tokens=2, **kwargs), use_tqdm=False)
+    with pytest.raises(ValueError, match="truncate_prompt_tokens"):
+        llm.generate("hi", SamplingParams(truncate_prompt_tokens=65), use_tqdm=False)
+    with pytest.raises(ValueError, match="embed"):
+        llm.embed(["hi"], use_tqdm=False)
+    assert llm.generate("x", SamplingParams(max_tokens=2), use_tqdm=False)[0].finished
 
 
 def test_logprobs_above_max_logprobs(llm):

@@ -36,17 +36,20 @@ def reference(llama_dir):
         dict(enable_prefix_caching=True, block_size=8, max_num_batched_tokens=5),
         dict(enable_prefix_caching=False, enable_chunked_prefill=False, max_num_batched_tokens=256),
         dict(enable_prefix_caching=True, block_size=8, max_num_seqs=3),
+        dict(async_scheduling=False, block_size=8, max_num_batched_tokens=9),
     ],
-    ids=["cache-bs8", "cache-bs32", "chunk7-bs8", "cache-chunk5", "no-chunking", "max-seqs-3"],
+    ids=["cache-bs8", "cache-bs32", "chunk7-bs8", "cache-chunk5", "no-chunking", "max-seqs-3", "sync-chunk9"],
 )
 def test_same_outputs_across_engine_settings(llama_dir, reference, kwargs):
     tokens, _ = _run(llama_dir, **kwargs)
     assert tokens == reference
 
 
-def test_preemption_keeps_outputs(llama_dir, reference):
+@pytest.mark.parametrize("async_scheduling", [True, False])
+def test_preemption_keeps_outputs(llama_dir, reference, async_scheduling):
     # 40 blocks x 8 tokens: the 11 prompts (up to ~60 tokens + 16 generated) cannot all fit at once.
-    tokens, llm = _run(llama_dir, block_size=8, num_gpu_blocks_override=40, enable_prefix_caching=False)
+    tokens, llm = _run(llama_dir, block_size=8, num_gpu_blocks_override=40, enable_prefix_caching=False,
+                       async_scheduling=async_scheduling)
     assert tokens == reference
     assert llm.llm_engine.stats()["num_preemptions"] > 0
     pool = llm.llm_engine.core.scheduler.kv.pool

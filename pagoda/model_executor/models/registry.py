@@ -6,7 +6,8 @@ Invariants:
 - An entry is either a class or a "module.path:ClassName" string; `register_model` adds or
   replaces one (out-of-tree models) and is effective for every later `resolve_model_cls`.
 
-Every registered class has this interface:
+Every registered class has this interface (embedding-only classes: no compute_logits, and a
+kv_cache_spec with num_layers == 0 when they keep no KV cache, as BERT):
     __init__(hf_config, attn_backend: AttentionBackend)
     forward(input_ids [T] int64, positions [T] int64, kv_caches: list[Tensor], attn_metadata)
         -> hidden states [T, H] after the final norm (what compute_logits takes)
@@ -35,7 +36,24 @@ _MODELS: dict[str, str] = {
     "Qwen3ForCausalLM": "pagoda.model_executor.models.qwen3:Qwen3ForCausalLM",
     "OPTForCausalLM": "pagoda.model_executor.models.opt:OPTForCausalLM",
     "GPT2LMHeadModel": "pagoda.model_executor.models.gpt2:GPT2LMHeadModel",
+    # Embedding models (task "embed"): encoders, and decoders saved without their LM head.
+    "BertModel": "pagoda.model_executor.models.bert:BertModel",
+    "LlamaModel": "pagoda.model_executor.models.adapters:LlamaEmbeddingModel",
+    "MistralModel": "pagoda.model_executor.models.adapters:MistralEmbeddingModel",
+    "Qwen2Model": "pagoda.model_executor.models.adapters:Qwen2EmbeddingModel",
+    "Qwen3Model": "pagoda.model_executor.models.adapters:Qwen3EmbeddingModel",
 }
+
+# Architectures that only embed (no LM head), with their default (pooling_type, normalize) as vLLM
+# has them. Any generative architecture can embed too (task="embed"): LAST token, normalized.
+_POOLING_ARCHS: dict[str, tuple[str, bool]] = {
+    "BertModel": ("CLS", True),
+    "LlamaModel": ("LAST", True),
+    "MistralModel": ("LAST", True),
+    "Qwen2Model": ("LAST", True),
+    "Qwen3Model": ("LAST", True),
+}
+_DECODER_POOLING = ("LAST", True)
 
 
 class _ModelRegistry:
@@ -54,6 +72,20 @@ class _ModelRegistry:
         if arch_name in self._models:
             logger.warning("architecture %s is already registered; overriding it with %s", arch_name, model_cls)
         self._models[arch_name] = model_cls
+
+    def is_pooling_only(self, architectures: list[str] | str) -> bool:
+        """True when the first supported architecture is an embedding-only model (task "auto" → "embed")."""
+        for arch in [architectures] if isinstance(architectures, str) else architectures or []:
+            if arch in self._models:
+                return arch in _POOLING_ARCHS
+        return False
+
+    def pooling_defaults(self, architectures: list[str] | str) -> tuple[str, bool]:
+        """(pooling_type, normalize) an architecture embeds with unless configured otherwise."""
+        for arch in [architectures] if isinstance(architectures, str) else architectures or []:
+            if arch in _POOLING_ARCHS:
+                return _POOLING_ARCHS[arch]
+        return _DECODER_POOLING
 
     def get_supported_archs(self) -> list[str]:
         return sorted(self._models)

@@ -1,0 +1,198 @@
+"""The frontend's handle on the engine-core process: start it, talk to it, notice when it dies.
+
+`EngineCoreClient` offers EngineCore's `add_request` / `abort_requests`, so the frontend's
+LLMEngine bookkeeping runs unchanged on top of it, plus `get_output()` to await the next
+EngineCoreOutputs message.
+
+Invariants:
+- The process is started (`spawn` context) by the constructor; `wait_ready()` returns only once the
+  core has loaded the model and said READY; if the core dies first, it raises EngineStartError
+  carrying the core's own error text (or its exit code).
+- Once the process is gone (crash, kill, OOM), `dead_error` is set within about a second by a
+  monitor thread waiting on the process sentinel, and `get_output()` raises EngineDeadError no later
+  than one poll interval after it has returned every message the core sent before dying.
+- The sockets live in a private temporary folder that `shutdown()` removes; `shutdown()` is
+  idempotent and always leaves no engine-core process behind (SHUTDOWN, then terminate, then kill).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import shutil
+import tempfile
+import threading
+import time
+from multiprocessing.connection import wait
+from typing import Any, Callable
+
+import zmq
+import zmq.asyncio
+
+from pagoda.engine import serial
+from pagoda.engine.core_proc import ABORT, ADD, OUTPUTS, READY, SHUTDOWN, EngineCoreOutputs, run_engine_core
+
+logger = logging.getLogger(__name__)
+
+_POLL_MS = 500
+
+
+class EngineDeadError(RuntimeError):
+    """The engine-core process is gone; every open request fails with this."""
+
+
+class EngineStartError(RuntimeError):
+    """The engine-core process could not load the model."""
+
+
+class EngineCoreClient:
+    def __init__(self, engine_args: Any, on_add: Callable[[Any], None] | None = None,
+                 on_abort: Callable[[list[str]], None] | None = None) -> None:
+        self.on_add, self.on_abort = on_add, on_abort
+        self.dead_error: str | None = None
+        self._closing = False
+        self._dead_callbacks: list[Callable[[], None]] = []
+        self._ipc_dir = tempfile.mkdtemp(prefix="pagoda-ipc-")
+        self._error_path = os.path.join(self._ipc_dir, "core_error.txt")
+        self.ctx = zmq.Context()
+        self.input_sock = self.ctx.socket(zmq.PUSH)
+        self.input_sock.setsockopt(zmq.SNDHWM, 0)
+        self.input_sock.setsockopt(zmq.LINGER, 0)
+        self.input_sock.bind(f"ipc://{self._ipc_dir}/input")
+        self.output_sock = self.ctx.socket(zmq.PULL)
+        self.output_sock.setsockopt(zmq.RCVHWM, 0)
+        self.output_sock.bind(f"ipc://{self._ipc_dir}/output")
+        self._async_output: zmq.asyncio.Socket | None = None
+        spawn = multiprocessing.get_context("spawn")
+        self.proc = spawn.Process(
+            target=run_engine_core,
+            args=(engine_args, f"ipc://{self._ipc_dir}/input", f"ipc://{self._ipc_dir}/output",
+                  self._error_path, logging.getLogger().getEffectiveLevel()),
+            name="PagodaEngineCore",
+        )
+        self.proc.start()
+        threading.Thread(target=self._monitor, name="engine-core-monitor", daemon=True).start()
+        self.ready_info: dict | None = None
+
+    # ---- start-up and death -------------------------------------------------------------------
+    def wait_ready(self, timeout_s: float = 600.0) -> dict:
+        """Block until the core has loaded the model; on failure shut it down and raise EngineStartError."""
+        try:
+            self.ready_info = self._wait_ready(timeout_s)
+        except BaseException:
+            self.shutdown()
+            raise
+        logger.info("engine core ready (pid %d, %d KV blocks)", self.proc.pid, self.ready_info["num_blocks"])
+        return self.ready_info
+
+    def _wait_ready(self, timeout_s: float) -> dict:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.output_sock.poll(200):
+                kind, payload = self.output_sock.recv_multipart()
+                if kind != READY:
+                    raise EngineStartError(f"engine core sent {kind!r} before READY")
+                return serial.decode(payload)
+            if self.dead_error is not None or not self.proc.is_alive():
+                self.proc.join(timeout=5)
+                raise EngineStartError(self._death_reason())
+        raise EngineStartError(f"engine core did not become ready within {timeout_s:.0f} s")
+
+    def _monitor(self) -> None:
+        wait([self.proc.sentinel])
+        if self._closing:
+            self.dead_error = "the engine was shut down"
+            return
+        self.proc.join(timeout=1)
+        self.dead_error = self._death_reason()
+        logger.error("engine core process died: %s", self.dead_error)
+        for callback in list(self._dead_callbacks):
+            try:
+                callback()
+            except Exception:  # noqa: BLE001 - a closed event loop must not hide the death
+                logger.exception("engine-death callback failed")
+
+    def _death_reason(self) -> str:
+        try:
+            with open(self._error_path, encoding="utf-8") as f:
+                text = f.read().strip()
+            if text:
+                return text
+        except OSError:
+            pass
+        code = self.proc.exitcode
+        if code is not None and code < 0:
+            import signal
+
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:
+                name = str(-code)
+            return f"engine core process (pid {self.proc.pid}) was killed by signal {name}"
+        return f"engine core process (pid {self.proc.pid}) exited with code {code}"
+
+    def add_dead_callback(self, callback: Callable[[], None]) -> None:
+        """`callback()` runs (in the monitor thread) when the core dies unexpectedly."""
+        self._dead_callbacks.append(callback)
+
+    def is_alive(self) -> bool:
+        return self.dead_error is None and self.proc.is_alive()
+
+    def _check_alive(self) -> None:
+        if self.dead_error is not None:
+            raise EngineDeadError(self.dead_error)
+
+    # ---- EngineCore's interface ---------------------------------------------------------------
+    def add_request(self, request: Any) -> None:
+        self._check_alive()
+        if self.on_add is not None:
+            self.on_add(request)
+        self.input_sock.send_multipart((ADD, serial.encode(request)), copy=False)
+
+    def abort_requests(self, request_ids: list[str]) -> list[str]:
+        if not request_ids:
+            return []
+        if self.on_abort is not None:
+            self.on_abort(request_ids)
+        if self.dead_error is None:
+            self.input_sock.send_multipart((ABORT, serial.encode(list(request_ids))), copy=False)
+        return list(request_ids)
+
+    async def get_output(self) -> EngineCoreOutputs:
+        """The next message from the core; EngineDeadError once it is gone and nothing is left."""
+        if self._async_output is None:
+            self._async_output = zmq.asyncio.Socket.from_socket(self.output_sock)
+        sock = self._async_output
+        while True:
+            if await sock.poll(_POLL_MS):
+                kind, payload = await sock.recv_multipart(copy=False)
+                if kind.bytes != OUTPUTS:
+                    raise EngineDeadError(f"unexpected message {kind.bytes!r} from the engine core")
+                return serial.decode(payload.buffer)
+            if self.dead_error is not None:
+                raise EngineDeadError(self.dead_error)
+            if self._closing:
+                raise EngineDeadError("the engine was shut down")
+
+    # ---- shutdown -----------------------------------------------------------------------------
+    def shutdown(self, timeout_s: float = 5.0) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        proc = self.proc
+        if proc.is_alive():
+            try:
+                self.input_sock.send_multipart((SHUTDOWN, serial.encode(None)), flags=zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass
+            proc.join(timeout_s)
+        if proc.is_alive():
+            proc.terminate()
+            proc.join(timeout_s)
+        if proc.is_alive():
+            proc.kill()
+            proc.join(timeout_s)
+        self.ctx.destroy(linger=0)
+        shutil.rmtree(self._ipc_dir, ignore_errors=True)
+        logger.info("engine core stopped (exit code %s)", proc.exitcode)

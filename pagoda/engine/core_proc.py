@@ -1,0 +1,245 @@
+"""The engine-core process: an EngineCore behind two ZMQ sockets, stepping while there is work.
+
+Wire protocol (every message is a multipart [kind, payload], payload encoded by `engine.serial`):
+
+    frontend → core   ADD      EngineCoreRequest
+                      ABORT    list of request ids
+                      SHUTDOWN None
+    core → frontend   READY    {"num_blocks": int, "pid": int}          (once, after the model loads)
+                      OUTPUTS  EngineCoreOutputs                         (after every step or abort)
+
+Threads: one thread receives and decodes input, one encodes and sends output, and the main thread
+runs the busy loop, so (de)serialization overlaps the forward pass.
+
+Invariants:
+- The main loop blocks on input only when the core has no unfinished request; otherwise it drains
+  whatever input has arrived and runs one `EngineCore.step()`.
+- After any step or abort an OUTPUTS message goes out, carrying the scheduler's stats, so the
+  frontend's gauges (running, waiting, KV-cache usage) are never stale while anything changes.
+- A failure (at start-up or later) is logged with its traceback and its one-line reason is written
+  to `error_path` before the process exits with a non-zero code; the frontend reads it from there.
+- The process exits when its parent (the frontend) dies, so a killed server leaves no orphan.
+- On CPU the core runs torch with one thread fewer than the CPUs it may use (unless OMP_NUM_THREADS
+  says otherwise), so the frontend always has a core to stream on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import signal
+import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+ADD, ABORT, SHUTDOWN = b"A", b"X", b"S"
+READY, OUTPUTS = b"R", b"O"
+_IDLE_WAIT_S = 1.0
+
+
+@dataclass
+class EngineCoreOutputs:
+    """One message from the core: a step's outputs plus the scheduler's state after it."""
+
+    outputs: list = field(default_factory=list)  # list[EngineCoreOutput]
+    stats: dict = field(default_factory=dict)  # Scheduler.stats()
+    queue_times: dict = field(default_factory=dict)  # request id -> seconds it waited before first scheduled
+    timestamp: float = 0.0
+
+
+def run_engine_core(engine_args: Any, input_addr: str, output_addr: str, error_path: str, log_level: int) -> None:
+    """Entry point of the spawned process."""
+    logging.basicConfig(level=log_level, format="%(levelname)s %(asctime)s [core] %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the frontend stops us
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    _exit_with_parent()
+    try:
+        from pagoda.engine.core import EngineCore
+
+        config = engine_args.create_config()
+        _share_cpus_with_frontend(config.device.device)
+        core = EngineCore(config)
+    except BaseException as exc:  # noqa: BLE001 - every start-up failure must reach the frontend
+        _fail(error_path, "engine core failed to start", exc)
+        return
+    proc = EngineCoreProc(core, input_addr, output_addr)
+    try:
+        proc.send(READY, {"num_blocks": config.cache.num_blocks, "pid": os.getpid()})
+        proc.run_busy_loop()
+    except BaseException as exc:  # noqa: BLE001
+        if isinstance(exc, SystemExit) and not exc.code:
+            proc.close()
+            return
+        _fail(error_path, "engine core died", exc)
+    proc.close()
+
+
+def _share_cpus_with_frontend(device: str) -> None:
+    """On CPU, leave one core to the HTTP frontend: torch's OpenMP threads spin, and with as many threads
+    as cores they starve the frontend and slow each other down badly (200 streams: ~1 s vs. 6-20 s on 2
+    cores). An explicit OMP_NUM_THREADS wins."""
+    if device != "cpu" or os.environ.get("OMP_NUM_THREADS"):
+        return
+    import torch
+
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = max(1, cpus - 1)
+    if threads < torch.get_num_threads():
+        torch.set_num_threads(threads)
+        logger.info("engine core uses %d CPU threads (one core is left to the HTTP frontend)", threads)
+
+
+def _fail(error_path: str, what: str, exc: BaseException) -> None:
+    logger.error("%s:\n%s", what, "".join(traceback.format_exception(exc)))
+    reason = f"{what}: {type(exc).__name__}: {exc}"
+    try:
+        with open(error_path, "w", encoding="utf-8") as f:
+            f.write(reason)
+    except OSError:
+        pass
+    logging.shutdown()
+    os._exit(1)
+
+
+def _exit_with_parent() -> None:
+    import multiprocessing
+    from multiprocessing.connection import wait
+
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        wait([parent.sentinel])
+        os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+class EngineCoreProc:
+    def __init__(self, core: Any, input_addr: str, output_addr: str) -> None:
+        import zmq
+
+        from pagoda.engine import serial
+
+        self.core = core
+        self.serial = serial
+        self.ctx = zmq.Context()
+        self.input_sock = self.ctx.socket(zmq.PULL)
+        self.input_sock.setsockopt(zmq.RCVHWM, 0)
+        self.input_sock.connect(input_addr)
+        self.output_sock = self.ctx.socket(zmq.PUSH)
+        self.output_sock.setsockopt(zmq.SNDHWM, 0)
+        self.output_sock.setsockopt(zmq.LINGER, 2000)
+        self.output_sock.connect(output_addr)
+        self.input_queue: queue.Queue = queue.Queue()
+        self.output_queue: queue.Queue = queue.Queue()
+        self.unscheduled: dict[str, float] = {}  # request id -> arrival time, until first scheduled
+        self.shutdown_requested = False
+        self._send_lock = threading.Lock()
+        threading.Thread(target=self._input_thread, name="core-input", daemon=True).start()
+        self._output_thread = threading.Thread(target=self._output_loop, name="core-output", daemon=True)
+        self._output_thread.start()
+
+    # ---- I/O threads --------------------------------------------------------------------------
+    def _input_thread(self) -> None:
+        import zmq
+
+        try:
+            while True:
+                kind, payload = self.input_sock.recv_multipart(copy=False)
+                self.input_queue.put((kind.bytes, self.serial.decode(payload.buffer)))
+        except zmq.ContextTerminated:
+            self.input_sock.close(linger=0)  # a socket is closed by the thread that uses it
+            return
+        except BaseException as exc:  # noqa: BLE001 - hand it to the main loop, which dies loudly
+            self.input_queue.put((b"!", exc))
+
+    def _output_loop(self) -> None:
+        while True:
+            item = self.output_queue.get()
+            if item is None:
+                return
+            self.send(OUTPUTS, item)
+
+    def send(self, kind: bytes, payload: Any) -> None:
+        data = self.serial.encode(payload)
+        with self._send_lock:
+            self.output_sock.send_multipart((kind, data), copy=False)
+
+    # ---- the busy loop ------------------------------------------------------------------------
+    def run_busy_loop(self) -> None:
+        core = self.core
+        while not self.shutdown_requested:
+            changed = self._process_input(block=not core.has_unfinished_requests())
+            if core.has_unfinished_requests():
+                started = time.time()
+                outputs = core.step()
+                self.output_queue.put(self._message(outputs, started))
+            elif changed:
+                self.output_queue.put(self._message([], time.time()))
+
+    def _process_input(self, block: bool) -> bool:
+        """Apply all queued input (waiting up to a second for some when `block`); True if any."""
+        changed = False
+        while True:
+            try:
+                kind, payload = self.input_queue.get(timeout=_IDLE_WAIT_S) if block else self.input_queue.get_nowait()
+            except queue.Empty:
+                return changed
+            block = False
+            changed = True
+            if kind == ADD:
+                self._add(payload)
+            elif kind == ABORT:
+                self.core.abort_requests(payload)
+                for request_id in payload:
+                    self.unscheduled.pop(request_id, None)
+            elif kind == SHUTDOWN:
+                self.shutdown_requested = True
+                return changed
+            elif kind == b"!":
+                raise payload
+            else:
+                raise ValueError(f"unknown message kind {kind!r} from the frontend")
+
+    def _add(self, request: Any) -> None:
+        try:
+            self.core.add_request(request)
+        except ValueError as exc:  # e.g. a duplicate id: that request fails, the engine lives on
+            from pagoda.core.sched_output import EngineCoreOutput
+
+            logger.warning("request %s refused by the engine core: %s", request.request_id, exc)
+            self.output_queue.put(self._message([EngineCoreOutput(request.request_id, [], finish_reason="abort")],
+                                                time.time()))
+            return
+        self.unscheduled[request.request_id] = request.arrival_time
+
+    def _message(self, outputs: list, step_started: float) -> EngineCoreOutputs:
+        scheduler = self.core.scheduler
+        queue_times = {}
+        if self.unscheduled:
+            for request in getattr(scheduler, "running", ()):
+                arrival = self.unscheduled.pop(request.request_id, None)
+                if arrival is not None:
+                    queue_times[request.request_id] = max(0.0, step_started - arrival)
+            for out in outputs:  # finished within its first step
+                arrival = self.unscheduled.pop(out.request_id, None)
+                if arrival is not None:
+                    queue_times[out.request_id] = max(0.0, step_started - arrival)
+        return EngineCoreOutputs(outputs=outputs, stats=scheduler.stats(), queue_times=queue_times,
+                                 timestamp=time.time())
+
+    def close(self) -> None:
+        """Flush pending output, then end the context (the input thread closes its own socket)."""
+        self.output_queue.put(None)
+        self._output_thread.join(timeout=5)
+        self.output_sock.close(linger=1000)
+        self.ctx.term()

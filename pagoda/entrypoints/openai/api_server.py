@@ -1,0 +1,310 @@
+"""The OpenAI-compatible HTTP server (FastAPI + uvicorn) over an AsyncLLM.
+
+    python -m pagoda.entrypoints.openai.api_server --model MODEL [flags]      (or: pagoda serve MODEL)
+
+Start-up order: check every flag, bind the listening socket (so a taken port fails before the model
+loads), start the engine core and wait until it is ready, then serve. A failure at any point exits
+non-zero with the reason on stderr.
+
+Invariants:
+- /health answers 200 while the engine core runs and 503 (with the reason) once it is dead; the
+  server keeps answering, so a supervisor (KServe, Kubernetes) sees the failure and restarts it.
+- A non-streaming handler is cancelled when its client disconnects, and a streaming one stops at
+  once (SSEResponse), so a departed client never keeps an engine request running.
+- Every error is OpenAI's error object (errors.py); unknown paths are 404 in the same shape.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from contextlib import asynccontextmanager
+from typing import Any, Awaitable
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+import pagoda
+from pagoda.engine.async_llm import AsyncLLM
+from pagoda.entrypoints.openai import cli_args
+from pagoda.entrypoints.openai.errors import (
+    APIError,
+    api_error_handler,
+    error_response,
+    unhandled_error_handler,
+    validation_error_handler,
+)
+from pagoda.entrypoints.openai.middleware import ServerMiddleware, SSEResponse
+from pagoda.entrypoints.openai.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    DetokenizeRequest,
+    EmbeddingRequest,
+    TokenizeRequest,
+)
+from pagoda.entrypoints.openai.serving_chat import OpenAIServingChat
+from pagoda.entrypoints.openai.serving_completion import OpenAIServingCompletion
+from pagoda.entrypoints.openai.serving_embedding import OpenAIServingEmbedding
+from pagoda.entrypoints.openai.serving_engine import ServingConfig
+from pagoda.entrypoints.openai.serving_tokenization import OpenAIServingTokenization
+from pagoda.metrics.loggers import LoggingStatLogger
+from pagoda.metrics.prometheus import CONTENT_TYPE, PrometheusStatLogger
+
+logger = logging.getLogger("pagoda.entrypoints.openai.api_server")
+
+LOG_STATS_INTERVAL_S = float(os.environ.get("PAGODA_LOG_STATS_INTERVAL", "10"))
+
+
+async def _until_disconnected(request: Request) -> None:
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def cancel_on_disconnect(request: Request, handler: Awaitable[Any]) -> Any:
+    """Run `handler`; if the client disconnects first, cancel it (which aborts its engine requests)."""
+    task = asyncio.ensure_future(handler)
+    watcher = asyncio.ensure_future(_until_disconnected(request))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+    if task.cancelled():
+        return Response(status_code=499)  # nobody is listening
+    return task.result()
+
+
+def _respond(result: Any) -> Any:
+    if isinstance(result, (dict, list)):
+        return JSONResponse(result)
+    if hasattr(result, "__aiter__"):
+        return SSEResponse(result)
+    return result
+
+
+def build_app(args: argparse.Namespace, engine: AsyncLLM, prometheus: PrometheusStatLogger,
+              stats_logger: LoggingStatLogger | None) -> FastAPI:
+    names = cli_args.served_model_names(args)
+    config = ServingConfig(
+        served_model_names=names, response_role=args.response_role, chat_template=args.chat_template,
+        chat_template_content_format=args.chat_template_content_format,
+        return_tokens_as_token_ids=args.return_tokens_as_token_ids,
+        enable_prompt_tokens_details=args.enable_prompt_tokens_details,
+        enable_request_id_headers=args.enable_request_id_headers,
+        log_requests=not args.disable_log_requests, max_log_len=args.max_log_len)
+    completion = OpenAIServingCompletion(engine, config)
+    chat = OpenAIServingChat(engine, config)
+    embedding = OpenAIServingEmbedding(engine, config)
+    tokenization = OpenAIServingTokenization(chat)
+    started = int(time.time())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        task = None
+        if stats_logger is not None:
+            async def log_stats() -> None:
+                while True:
+                    await asyncio.sleep(LOG_STATS_INTERVAL_S)
+                    stats_logger.log()
+
+            task = asyncio.create_task(log_stats())
+        yield
+        if task is not None:
+            task.cancel()
+
+    docs = not args.disable_fastapi_docs
+    app = FastAPI(title="Pagoda OpenAI-compatible API", version=pagoda.__version__, lifespan=lifespan,
+                  docs_url="/docs" if docs else None, redoc_url="/redoc" if docs else None,
+                  openapi_url="/openapi.json" if docs else None, root_path=args.root_path or "")
+    app.add_exception_handler(RequestValidationError, validation_error_handler)
+    app.add_exception_handler(APIError, api_error_handler)
+    app.add_exception_handler(StarletteHTTPException, lambda request, exc: error_response(
+        str(exc.detail), exc.status_code))
+    app.add_exception_handler(Exception, unhandled_error_handler)
+    app.state.engine = engine
+
+    @app.get("/health")
+    async def health() -> Response:
+        reason = engine.dead_error
+        if reason is not None:
+            return error_response(f"engine core is not running: {reason}", 503)
+        return Response(status_code=200)
+
+    @app.get("/version")
+    async def version() -> dict:
+        return {"version": pagoda.__version__}
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(prometheus.render(), media_type=CONTENT_TYPE)
+
+    @app.get("/v1/models")
+    async def models() -> dict:
+        model_config = engine.model_config
+        return {"object": "list", "data": [
+            {"id": name, "object": "model", "created": started, "owned_by": "pagoda",
+             "root": model_config.model, "parent": None, "max_model_len": model_config.max_model_len,
+             "permission": []} for name in names]}
+
+    @app.post("/v1/completions")
+    async def completions(request: CompletionRequest, raw_request: Request) -> Any:
+        return _respond(await cancel_on_disconnect(raw_request, completion.create_completion(request, raw_request)))
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: ChatCompletionRequest, raw_request: Request) -> Any:
+        return _respond(await cancel_on_disconnect(raw_request, chat.create_chat_completion(request, raw_request)))
+
+    @app.post("/v1/embeddings")
+    async def embeddings(request: EmbeddingRequest, raw_request: Request) -> Any:
+        return _respond(await cancel_on_disconnect(raw_request, embedding.create_embedding(request, raw_request)))
+
+    @app.post("/tokenize")
+    async def tokenize(request: TokenizeRequest) -> Any:
+        return tokenization.tokenize(request)
+
+    @app.post("/detokenize")
+    async def detokenize(request: DetokenizeRequest) -> Any:
+        return tokenization.detokenize(request)
+
+    app.add_middleware(ServerMiddleware, api_key=args.api_key, max_body_bytes=args.max_request_body_bytes,
+                       request_id_headers=args.enable_request_id_headers, root_path=args.root_path)
+    app.add_middleware(CORSMiddleware, allow_origins=args.allowed_origins, allow_credentials=args.allow_credentials,
+                       allow_methods=args.allowed_methods, allow_headers=args.allowed_headers)
+    return app
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ValueError(f"cannot listen on {host}:{port} (--host/--port): {exc.strerror}") from None
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+def _server_class():
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn's server, minus re-raising SIGTERM/SIGINT after a graceful stop: that would kill this
+        process before the engine core is shut down; we shut it down and exit 0 instead."""
+
+        @contextlib.contextmanager
+        def capture_signals(self):
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            original = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for sig, handler in original.items():
+                    signal.signal(sig, handler)
+
+    return Server
+
+
+def raise_open_file_limit() -> None:
+    """Every stream holds a socket: lift the soft limit on open files to the hard one (as vLLM does)."""
+    try:
+        import resource
+    except ImportError:  # not on this platform
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as exc:
+            logger.warning("could not raise the open-file limit from %d (%s); concurrent streams are capped by it",
+                           soft, exc)
+
+
+async def run_server(args: argparse.Namespace) -> None:
+    import prometheus_client
+    import uvicorn
+
+    cli_args.validate_args(args)
+    raise_open_file_limit()
+    engine_args = cli_args.engine_args_from(args)
+    sock = bind_socket(args.host, args.port)
+    host, port = sock.getsockname()[:2]
+    logger.info("Pagoda %s: listening on http://%s:%d once the engine is ready", pagoda.__version__, host, port)
+    prometheus_client.disable_created_metrics()
+    names = cli_args.served_model_names(args)
+    engine = None
+    try:
+        stats_logger = None if args.disable_log_stats else LoggingStatLogger()
+        engine = AsyncLLM(engine_args, start_timeout_s=args.engine_start_timeout,
+                          max_pending_requests=args.max_pending_requests)
+        prometheus = PrometheusStatLogger(names[0], engine.model_config.max_model_len)
+        engine.stat_loggers.append(prometheus)
+        if stats_logger is not None:
+            engine.stat_loggers.append(stats_logger)
+        app = build_app(args, engine, prometheus, stats_logger)
+        config = uvicorn.Config(
+            app, log_level=args.uvicorn_log_level, access_log=not args.disable_uvicorn_access_log,
+            root_path=args.root_path or "", ssl_keyfile=args.ssl_keyfile, ssl_certfile=args.ssl_certfile,
+            ssl_ca_certs=args.ssl_ca_certs, ssl_cert_reqs=args.ssl_cert_reqs, timeout_graceful_shutdown=5,
+            lifespan="on")
+        server = _server_class()(config)
+        scheme = "https" if args.ssl_certfile else "http"
+        logger.info("Pagoda API server ready on %s://%s:%d (model %s)", scheme, host, port, ", ".join(names))
+        await server.serve(sockets=[sock])
+    finally:
+        if engine is not None:
+            engine.shutdown()
+        sock.close()
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the server until it is stopped; 1 with the reason logged when it cannot start."""
+    from pagoda.engine.core_client import EngineStartError
+
+    try:
+        asyncio.run(run_server(args))
+    except (ValueError, TypeError, EngineStartError) as exc:
+        logger.error("cannot start the server: %s", exc)
+        return 1
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = cli_args.PagodaArgumentParser(
+        prog="python -m pagoda.entrypoints.openai.api_server",
+        description="Pagoda's OpenAI-compatible server.")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="Log level of Pagoda's own messages.")
+    return cli_args.make_arg_parser(parser)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(levelname)s %(asctime)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""Chat messages → prompt text and token ids, through the chat template.
+
+`--chat-template-content-format` decides what a template sees as a message's `content`:
+"string" (parts joined by newlines) or "openai" (a list of `{"type": "text", "text": ...}` parts);
+"auto" picks "openai" when the template loops over a message's content, else "string" (vLLM's rule).
+
+Invariants:
+- Only text parts are accepted; any other part type is a 400 naming `messages[i].content[j].type`.
+- Messages reach the template as plain dicts with every field the client sent (name, tool_calls,
+  tool_call_id, ...), `content` normalized per the content format.
+- A template that fails to render (a Jinja error or `raise_exception(...)` in the template) is a 400
+  carrying the template's message, never a 500.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from pagoda.entrypoints.openai.errors import APIError
+from pagoda.tokenizer import load_chat_template
+
+CONTENT_FORMATS = ("auto", "string", "openai")
+_LOOPS_OVER_CONTENT = re.compile(
+    r"\{%-?\s*for\s+\w+\s+in\s+\w+(\s*\[\s*['\"]content['\"]\s*\]|\.content\b)")
+_TEXT_PART_TYPES = ("text", "input_text")
+
+
+def detect_content_format(template: str | None) -> str:
+    if template and _LOOPS_OVER_CONTENT.search(template):
+        return "openai"
+    return "string"
+
+
+def resolve_content_format(configured: str, template: str | None) -> str:
+    return detect_content_format(template) if configured == "auto" else configured
+
+
+def message_text(content: Any) -> str:
+    """A message's content as one string (parts joined by newlines)."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    return "\n".join(part.get("text", "") for part in content)
+
+
+def normalize_messages(messages: list[Any], content_format: str) -> list[dict[str, Any]]:
+    """Plain dicts for the template; 400 for a content part that is not text."""
+    result = []
+    for i, message in enumerate(messages):
+        data = message.model_dump(exclude_none=True) if hasattr(message, "model_dump") else dict(message)
+        content = data.get("content")
+        if isinstance(content, list):
+            parts = []
+            for j, part in enumerate(content):
+                kind = part.get("type")
+                if kind not in _TEXT_PART_TYPES or not isinstance(part.get("text"), str):
+                    raise APIError(
+                        f"messages[{i}].content[{j}].type {kind!r} is not supported: this server takes text "
+                        "parts only ({\"type\": \"text\", \"text\": ...})", 400, f"messages[{i}].content")
+                parts.append({"type": "text", "text": part["text"]})
+            data["content"] = parts if content_format == "openai" else message_text(parts)
+        elif content is None:
+            data["content"] = [] if content_format == "openai" else ""
+        elif content_format == "openai":
+            data["content"] = [{"type": "text", "text": content}]
+        result.append(data)
+    return result
+
+
+class ChatRenderer:
+    """Renders conversations with the server's template (or a request's own)."""
+
+    def __init__(self, tokenizer: Any, chat_template: str | None, content_format: str) -> None:
+        self.tokenizer = tokenizer
+        self.template = load_chat_template(tokenizer, chat_template) if tokenizer is not None else None
+        self.content_format = content_format
+
+    def render(self, messages: list[Any], *, add_generation_prompt: bool, continue_final_message: bool,
+               chat_template: str | None = None, chat_template_kwargs: dict | None = None,
+               documents: list | None = None, tools: list | None = None) -> str:
+        if self.tokenizer is None:
+            raise APIError("chat needs a tokenizer, but the server runs with --skip-tokenizer-init", 400)
+        if add_generation_prompt and continue_final_message:
+            raise APIError("add_generation_prompt and continue_final_message cannot both be true: the first starts "
+                           "a new assistant turn, the second continues the last message", 400,
+                           "continue_final_message")
+        if not messages:
+            raise APIError("messages must hold at least one message", 400, "messages")
+        template = chat_template or self.template
+        if template is None:
+            raise APIError("the model has no chat template; start the server with --chat-template or pass "
+                           "chat_template in the request", 400, "chat_template")
+        content_format = resolve_content_format(self.content_format, template)
+        conversation = normalize_messages(messages, content_format)
+        kwargs = dict(chat_template_kwargs or {})
+        for key in ("add_generation_prompt", "continue_final_message", "chat_template", "tokenize"):
+            kwargs.pop(key, None)  # set by the request's own fields
+        if documents is not None:
+            kwargs["documents"] = documents
+        if tools is not None:
+            kwargs["tools"] = tools
+        try:
+            # The template is already text (loaded once at start-up, or the request's own), so it goes to
+            # transformers as is: loading it again would re-read escape sequences.
+            return self.tokenizer.apply_chat_template(conversation, chat_template=template, tokenize=False,
+                                                      add_generation_prompt=add_generation_prompt,
+                                                      continue_final_message=continue_final_message, **kwargs)
+        except APIError:
+            raise
+        except ValueError as exc:
+            raise APIError(str(exc), 400, "messages") from None
+        except Exception as exc:  # jinja2 errors, template raise_exception(), ...
+            raise APIError(f"the chat template failed to render: {type(exc).__name__}: {exc}", 400,
+                           "messages") from None

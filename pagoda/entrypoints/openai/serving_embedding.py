@@ -1,0 +1,114 @@
+"""POST /v1/embeddings: one vector per input, from a model served with task "embed".
+
+`encoding_format` "float" gives lists of floats; "base64" gives the little-endian float32 bytes,
+base64-encoded (what the official `openai` client asks for by default and decodes itself).
+
+Invariants:
+- Every input is tokenized and length-checked before any is sent; a request to a model that does
+  not embed is a 400 saying how to start one that does.
+- Inputs run concurrently as engine requests `{request_id}-{i}`; `data[i]` answers `input[i]`.
+- Usage counts prompt tokens only (completion_tokens 0), as vLLM does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from typing import Any
+
+from fastapi import Request
+
+from pagoda.entrypoints.openai.errors import APIError
+from pagoda.entrypoints.openai.protocol import EmbeddingRequest
+from pagoda.entrypoints.openai.serving_engine import OpenAIServing, now
+
+
+def _pooling_params_class() -> Any:
+    try:
+        from pagoda.pooling_params import PoolingParams
+    except ImportError:
+        return None
+    return PoolingParams
+
+
+class OpenAIServingEmbedding(OpenAIServing):
+    @property
+    def supported(self) -> bool:
+        runner = getattr(self.engine.model_config, "runner_type", "generate")
+        return runner == "pooling" and _pooling_params_class() is not None
+
+    async def create_embedding(self, request: EmbeddingRequest, raw_request: Request | None) -> dict:
+        self.check_model(request.model)
+        if not self.supported:
+            raise APIError("this model does not produce embeddings; serve an embedding model (e.g. a BertModel "
+                           "folder, or --task embed)", 400, "model")
+        request_id = self.request_id(raw_request, None, "embd")
+        inputs = self._inputs(request)
+        pooling_cls = _pooling_params_class()
+        try:
+            params = pooling_cls(truncate_prompt_tokens=request.truncate_prompt_tokens,
+                                 dimensions=request.dimensions, normalize=request.normalize)
+        except (ValueError, TypeError) as exc:
+            raise APIError(str(exc), 400, _param(str(exc))) from None
+        streams = []
+        try:
+            for i, (text, ids) in enumerate(inputs):
+                streams.append(self.add_request(f"{request_id}-{i}", {"prompt": text, "prompt_token_ids": ids},
+                                                params, request.priority,
+                                                params_fields=frozenset({"dimensions", "normalize",
+                                                                         "truncate_prompt_tokens"})))
+
+            async def final(stream: Any) -> Any:
+                result = None
+                async for result in stream:
+                    pass
+                return result
+
+            outputs = await asyncio.gather(*(final(s) for s in streams))
+        finally:
+            for stream in streams:
+                stream.abort()
+        data, num_prompt = [], 0
+        for i, output in enumerate(outputs):
+            num_prompt += len(output.prompt_token_ids)
+            vector = output.outputs.data
+            if request.encoding_format == "base64":
+                import numpy as np
+
+                array = np.asarray(vector.float().numpy() if hasattr(vector, "float") else vector, dtype="<f4")
+                embedding: Any = base64.b64encode(array.tobytes()).decode("ascii")
+            else:
+                embedding = vector.tolist()
+            data.append({"index": i, "object": "embedding", "embedding": embedding})
+        return {"id": request_id, "object": "list", "created": now(), "model": self.model_name, "data": data,
+                "usage": {"prompt_tokens": num_prompt, "completion_tokens": 0, "total_tokens": num_prompt}}
+
+    def _inputs(self, request: EmbeddingRequest) -> list[tuple[str | None, list[int]]]:
+        value, truncate = request.input, request.truncate_prompt_tokens
+        if isinstance(value, str):
+            items: list = [value]
+        elif not value:
+            raise APIError("input must not be empty", 400, "input")
+        elif isinstance(value[0], int):
+            items = [list(value)]
+        else:
+            items = list(value)
+        result = []
+        for item in items:
+            ids = self.encode(item, request.add_special_tokens, truncate) if isinstance(item, str) else \
+                self.truncate(list(item), truncate)
+            if not ids:
+                raise APIError("input is empty: it must have at least one token", 400, "input")
+            if len(ids) > self.max_model_len:
+                raise APIError(f"This model's maximum context length is {self.max_model_len} tokens. However, an "
+                               f"input has {len(ids)} tokens. Reduce the input or set truncate_prompt_tokens.", 400,
+                               "input")
+            result.append((item if isinstance(item, str) else None, ids))
+        return result
+
+
+def _param(message: str) -> str | None:
+    for name in ("truncate_prompt_tokens", "dimensions", "normalize"):
+        if message.startswith(name):
+            return name
+    return None

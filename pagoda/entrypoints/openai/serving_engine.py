@@ -1,0 +1,249 @@
+"""What every OpenAI endpoint shares: model names, request ids, tokenizing, length checks, the
+request → SamplingParams mapping, logprob rendering and SSE framing.
+
+Invariants:
+- `sampling_params()` maps every request field whose name is a SamplingParams field, so fields the
+  engine gains later are passed through without a change here; a field the engine lacks is refused
+  with a 400 naming it unless its value is the neutral one (e.g. presence_penalty=0).
+- Unset fields take the model's generation-config defaults (`ModelConfig.get_diff_sampling_param`),
+  then SamplingParams' own defaults.
+- Every check that can fail on user input raises APIError(400, param=<field>) before anything is
+  sent to the engine; `add_request()` turns the engine's own ValueError/TypeError into the same.
+- Logprob values are finite in JSON: -inf is written as -9999.0, as vLLM does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+from fastapi import Request
+
+from pagoda.engine.async_llm import AsyncLLM, EngineDeadError, EngineOverloadedError, RequestStream
+from pagoda.entrypoints.openai.errors import APIError, param_from_message
+from pagoda.outputs import Logprob
+from pagoda.sampling_params import SamplingParams
+
+logger = logging.getLogger(__name__)
+
+_SP_FIELDS = frozenset(f.name for f in dataclasses.fields(SamplingParams) if f.init) - {
+    "all_stop_token_ids", "bad_words_token_ids", "logits_processors", "output_kind"}
+# Fields the API accepts that an older engine may lack, with the value that means "off".
+_NEUTRAL = {"presence_penalty": 0.0, "frequency_penalty": 0.0, "repetition_penalty": 1.0, "length_penalty": 1.0,
+            "logit_bias": {}, "allowed_token_ids": None, "bad_words": [], "truncate_prompt_tokens": None}
+_GENERATION_DEFAULTS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "max_tokens")
+_OUTPUT_KIND = getattr(importlib.import_module("pagoda.sampling_params"), "RequestOutputKind", None)
+_JSON = msgspec.json.Encoder()
+_MIN_LOGPROB = -9999.0
+
+
+@dataclass
+class ServingConfig:
+    """Server-wide settings the endpoints read (from the command line)."""
+
+    served_model_names: list[str]
+    response_role: str = "assistant"
+    chat_template: str | None = None
+    chat_template_content_format: str = "auto"
+    return_tokens_as_token_ids: bool = False
+    enable_prompt_tokens_details: bool = False
+    enable_request_id_headers: bool = False
+    log_requests: bool = True
+    max_log_len: int | None = None
+    extra: dict = field(default_factory=dict)
+
+
+class OpenAIServing:
+    def __init__(self, engine: AsyncLLM, config: ServingConfig) -> None:
+        self.engine = engine
+        self.config = config
+        self.model_name = config.served_model_names[0]
+        self.tokenizer = engine.tokenizer
+        model_config = engine.model_config
+        self.max_model_len = model_config.max_model_len
+        self.max_logprobs = model_config.max_logprobs
+        getter = getattr(model_config, "get_diff_sampling_param", None)
+        diff = getter() if callable(getter) else {}
+        self.default_sampling = {k: v for k, v in diff.items() if k in _GENERATION_DEFAULTS}
+
+    # ---- requests -----------------------------------------------------------------------------
+    def check_model(self, model: str | None) -> None:
+        if model is not None and model not in self.config.served_model_names:
+            raise APIError(f"The model `{model}` does not exist.", 404, "model")
+
+    def check_generative(self) -> None:
+        if getattr(self.engine.model_config, "runner_type", "generate") == "pooling":
+            raise APIError("this model is an embedding model: use /v1/embeddings (it cannot generate text)", 400,
+                           "model")
+
+    def request_id(self, raw_request: Request | None, given: str | None, prefix: str) -> str:
+        header = raw_request.headers.get("x-request-id") if raw_request is not None else None
+        return f"{prefix}-{given or header or uuid.uuid4().hex}"
+
+    def require_tokenizer(self, what: str) -> Any:
+        if self.tokenizer is None:
+            raise APIError(f"{what} needs a tokenizer, but the server runs with --skip-tokenizer-init; "
+                           "send token ids instead", 400)
+        return self.tokenizer
+
+    def encode(self, text: str, add_special_tokens: bool, truncate: int | None = None) -> list[int]:
+        """Token ids of `text`, as the offline engine makes them (lower-casing, truncation keeping specials)."""
+        tokenizer = self.require_tokenizer("text input")
+        self._keep(truncate)
+        if add_special_tokens:
+            try:
+                return list(self.engine.engine.processor.parse_prompt(text, truncate)[1])
+            except ValueError as exc:
+                raise APIError(str(exc), 400, "truncate_prompt_tokens" if "truncate" in str(exc) else "prompt") from None
+        if getattr(self.engine.model_config, "do_lower_case", False):
+            text = text.lower()
+        return self.truncate(list(tokenizer.encode(text, add_special_tokens=False)), truncate)
+
+    def truncate(self, ids: list[int], truncate: int | None) -> list[int]:
+        keep = self._keep(truncate)
+        return ids if keep is None else ids[-keep:]
+
+    def _keep(self, truncate: int | None) -> int | None:
+        if truncate is None:
+            return None
+        if truncate == -1:
+            return self.max_model_len
+        if not isinstance(truncate, int) or truncate < 1:
+            raise APIError(f"truncate_prompt_tokens must be -1 or an integer >= 1, got {truncate!r}", 400,
+                           "truncate_prompt_tokens")
+        return truncate
+
+    def check_length(self, num_prompt: int, max_tokens: int | None, max_tokens_field: str,
+                     prompt_field: str) -> int:
+        """The max_tokens to run with; a 400 giving both numbers when prompt + max_tokens do not fit."""
+        limit = self.max_model_len
+        if num_prompt == 0:
+            raise APIError(f"{prompt_field} is empty: it must have at least one token", 400, prompt_field)
+        if num_prompt >= limit:
+            raise APIError(f"This model's maximum context length is {limit} tokens. However, your request has "
+                           f"{num_prompt} input tokens in {prompt_field}, which leaves no room for a completion. "
+                           f"Please reduce the length of the input.", 400, prompt_field)
+        if max_tokens is None:
+            return limit - num_prompt
+        if isinstance(max_tokens, int) and num_prompt + max_tokens > limit:
+            raise APIError(f"This model's maximum context length is {limit} tokens. However, you requested "
+                           f"{num_prompt + max_tokens} tokens ({num_prompt} in the {prompt_field}, {max_tokens} in "
+                           f"the completion). Please reduce the length of the {prompt_field} or {max_tokens_field}.",
+                           400, max_tokens_field)
+        return max_tokens
+
+    def sampling_params(self, request: Any, overrides: dict[str, Any], stream: bool) -> SamplingParams:
+        """SamplingParams from every SamplingParams-named field of `request`, then `overrides`."""
+        values = {name: getattr(request, name) for name in type(request).model_fields}
+        values.update(overrides)
+        kwargs: dict[str, Any] = {}
+        for name, value in values.items():
+            if value is None:
+                continue
+            if name in _SP_FIELDS:
+                kwargs[name] = value
+            elif name in _NEUTRAL and value != _NEUTRAL[name]:
+                raise APIError(f"{name} is not supported by this version of the engine", 400, name)
+        for name, value in self.default_sampling.items():
+            if name in _SP_FIELDS and values.get(name) is None and name not in overrides:
+                kwargs[name] = value
+        if "logit_bias" in kwargs:
+            kwargs["logit_bias"] = _int_keys(kwargs["logit_bias"])
+        best_of = kwargs.get("best_of")
+        if best_of is not None and "best_of" not in _SP_FIELDS and best_of != kwargs.get("n", 1):
+            raise APIError("best_of is not supported by this version of the engine", 400, "best_of")
+        if stream and best_of is not None and best_of > kwargs.get("n", 1):
+            raise APIError("best_of > n cannot be streamed: the best sequences are known only at the end", 400,
+                           "best_of")
+        for name in ("logprobs", "prompt_logprobs"):
+            value = kwargs.get(name)
+            if isinstance(value, int) and value > self.max_logprobs:
+                raise APIError(f"{name}={value} is more than the server's max_logprobs={self.max_logprobs}", 400, name)
+        if _OUTPUT_KIND is not None:  # streams diff cumulative outputs; a full response needs only the last
+            kwargs["output_kind"] = _OUTPUT_KIND.CUMULATIVE if stream else _OUTPUT_KIND.FINAL_ONLY
+        try:
+            return SamplingParams(**kwargs)
+        except (ValueError, TypeError) as exc:
+            raise APIError(str(exc), 400, param_from_message(str(exc), _SP_FIELDS | {"best_of"})) from None
+
+    def add_request(self, request_id: str, prompt: dict, params: Any, priority: int, params_fields=_SP_FIELDS
+                    ) -> RequestStream:
+        if self.config.log_requests:
+            self._log_request(request_id, prompt, params)
+        try:
+            return self.engine.add_request(request_id, prompt, params, priority)
+        except EngineOverloadedError as exc:
+            raise APIError(str(exc), 503, headers={"Retry-After": "1"}) from None
+        except EngineDeadError as exc:
+            raise APIError(f"the engine is not running: {exc}", 503) from None
+        except (ValueError, TypeError) as exc:
+            param = param_from_message(str(exc), params_fields | {"prompt", "prompt_token_ids"})
+            raise APIError(str(exc), 400, "prompt" if param == "prompt_token_ids" else param) from None
+
+    def _log_request(self, request_id: str, prompt: dict, params: Any) -> None:
+        limit = self.config.max_log_len
+        text, ids = prompt.get("prompt"), prompt.get("prompt_token_ids")
+        if limit is not None:
+            text = text[:limit] if text is not None else None
+            ids = ids[:limit] if ids is not None else None
+        logger.info("Received request %s: prompt: %r, params: %s, prompt_token_ids: %s", request_id, text, params, ids)
+
+    # ---- responses ----------------------------------------------------------------------------
+    def usage(self, num_prompt: int, num_completion: int, num_cached: int | None = None) -> dict:
+        usage = {"prompt_tokens": num_prompt, "completion_tokens": num_completion,
+                 "total_tokens": num_prompt + num_completion}
+        if self.config.enable_prompt_tokens_details and num_cached is not None:
+            usage["prompt_tokens_details"] = {"cached_tokens": num_cached}
+        return usage
+
+    def token_text(self, token_id: int, logprob: Logprob | None, as_ids: bool) -> str:
+        if as_ids:
+            return f"token_id:{token_id}"
+        if logprob is not None and logprob.decoded_token is not None:
+            return logprob.decoded_token
+        return self.tokenizer.decode([token_id]) if self.tokenizer is not None else ""
+
+    def as_token_ids(self, request: Any) -> bool:
+        flag = getattr(request, "return_tokens_as_token_ids", None)
+        return self.config.return_tokens_as_token_ids if flag is None else bool(flag)
+
+
+def prompt_logprobs_json(positions: list | None) -> list | None:
+    """vLLM's `prompt_logprobs` field: per prompt position None or {token id: {logprob, rank, decoded_token}}."""
+    if positions is None:
+        return None
+    return [None if p is None else {str(tid): {"logprob": clamp_logprob(lp.logprob), "rank": lp.rank,
+                                               "decoded_token": lp.decoded_token} for tid, lp in p.items()}
+            for p in positions]
+
+
+def clamp_logprob(value: float) -> float:
+    return max(value, _MIN_LOGPROB)
+
+
+def sse(obj: Any) -> bytes:
+    return b"data: " + _JSON.encode(obj) + b"\n\n"
+
+
+SSE_DONE = b"data: [DONE]\n\n"
+
+
+def now() -> int:
+    return int(time.time())
+
+
+def _int_keys(bias: dict) -> dict[int, float]:
+    result = {}
+    for key, value in bias.items():
+        try:
+            result[int(key)] = float(value)
+        except (TypeError, ValueError):
+            raise APIError(f"logit_bias keys must be token ids (integers as strings), got {key!r}", 400,
+                           "logit_bias") from None
+    return result

@@ -1,0 +1,47 @@
+"""POST /tokenize and /detokenize (vLLM's extra endpoints).
+
+Invariants:
+- /tokenize tokenizes exactly as the generation endpoints do: a `prompt` with add_special_tokens
+  (default True) like /v1/completions, `messages` through the chat template with add_special_tokens
+  (default False) like /v1/chat/completions. So `count` is the prompt length those endpoints use.
+- /detokenize of /tokenize's tokens gives back the text (special tokens kept, as vLLM does).
+"""
+
+from __future__ import annotations
+
+from pagoda.entrypoints.openai.errors import APIError
+from pagoda.entrypoints.openai.protocol import DetokenizeRequest, TokenizeRequest
+from pagoda.entrypoints.openai.serving_chat import OpenAIServingChat
+
+
+class OpenAIServingTokenization:
+    def __init__(self, chat: OpenAIServingChat) -> None:
+        self.chat = chat  # shares the chat renderer, tokenizer and model names
+
+    def tokenize(self, request: TokenizeRequest) -> dict:
+        serving = self.chat
+        serving.check_model(request.model)
+        if (request.prompt is None) == (request.messages is None):
+            raise APIError("give exactly one of prompt (text) or messages (a chat)", 400,
+                           "prompt" if request.prompt is None else "messages")
+        if request.messages is not None:
+            if request.add_special_tokens is None:
+                request.add_special_tokens = False
+            _, ids = serving.render_prompt(request)
+        else:
+            add_special = True if request.add_special_tokens is None else request.add_special_tokens
+            ids = serving.encode(request.prompt, add_special)
+        result = {"count": len(ids), "max_model_len": serving.max_model_len, "tokens": ids}
+        if request.return_token_strs:
+            result["token_strs"] = serving.tokenizer.convert_ids_to_tokens(ids)
+        return result
+
+    def detokenize(self, request: DetokenizeRequest) -> dict:
+        serving = self.chat
+        serving.check_model(request.model)
+        tokenizer = serving.require_tokenizer("detokenize")
+        vocab = serving.engine.model_config.vocab_size
+        bad = [t for t in request.tokens if not 0 <= t < max(vocab, len(tokenizer))]
+        if bad:
+            raise APIError(f"tokens contains ids outside the vocabulary [0, {vocab}): {bad[:5]}", 400, "tokens")
+        return {"prompt": tokenizer.decode(request.tokens)}

@@ -1,0 +1,94 @@
+"""The runner's sampling inputs: SamplingMetadata for a step's sampling rows, from the InputBatch.
+
+Invariants:
+- Nothing here is rebuilt per step that could live across steps: a request's static bias vector
+  (allowed_token_ids, logit_bias) is made once when the request arrives and kept on the device
+  until it leaves; per step, only the rows that use it are stacked.
+- Penalty token tensors are cut from the InputBatch's persistent token array for the rows that have a
+  penalty only; bad words and user logits processors read output ids for their rows only. A batch
+  without any of these builds exactly what the plain sampler needs (the free fast path).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from pagoda.sample.logits_processors import RowProcessors, bad_words_bans, static_bias_vector
+from pagoda.sample.metadata import SamplingMetadata
+from pagoda.sample.penalties import PenaltyInputs
+from pagoda.sampling_params import SamplingParams
+from pagoda.worker.input_batch import InputBatch, to_device
+
+
+class SamplingInputs:
+    def __init__(self, batch: InputBatch, vocab_size: int, device: torch.device) -> None:
+        self.batch = batch
+        self.vocab_size = vocab_size
+        self.device = device
+        self.bias: dict[str, torch.Tensor] = {}  # req_id -> [V] float32 on device
+
+    def add(self, req_id: str, params: SamplingParams | None) -> None:
+        if params is None or req_id in self.bias:
+            return
+        bias = static_bias_vector(params, self.vocab_size, self.device)
+        if bias is not None:
+            self.bias[req_id] = bias
+
+    def remove(self, req_id: str) -> None:
+        self.bias.pop(req_id, None)
+
+    def build(self, rows: np.ndarray, req_ids: list[str], generators: dict[str, torch.Generator]) -> SamplingMetadata:
+        """Metadata for sampling rows `rows` of the InputBatch (request `req_ids[j]` in row rows[j])."""
+        batch, device = self.batch, self.device
+        params = [batch.params[int(r)] for r in rows]
+        temperature = batch.temperature[rows]
+        top_p, top_k, min_p = batch.top_p[rows], batch.top_k[rows], batch.min_p[rows]
+        masks: dict[int, list[int]] = {}
+        bad_words: dict[int, list[int]] = {}
+        processors: dict[int, RowProcessors] = {}
+        for j, (row, p) in enumerate(zip(rows, params)):
+            row = int(row)
+            if p.min_tokens and batch.num_output_tokens(row) < p.min_tokens and p.all_stop_token_ids:
+                masks[j] = sorted(p.all_stop_token_ids)
+            if p.bad_words_token_ids:
+                banned = bad_words_bans(p.bad_words_token_ids, batch.output_ids(row))
+                if banned:
+                    bad_words[j] = banned
+            if p.logits_processors:
+                processors[j] = RowProcessors.of(p, batch.prompt_ids(row), batch.output_ids(row))
+        biased = [j for j, r in enumerate(req_ids) if r in self.bias]
+        requested = [p.logprobs for p in params if p.logprobs is not None]
+        return SamplingMetadata(
+            temperature=to_device(temperature, device),
+            top_p=to_device(top_p, device),
+            top_k=to_device(top_k, device),
+            min_p=to_device(min_p, device),
+            all_greedy=bool((temperature == 0).all()),
+            all_random=bool((temperature > 0).all()),
+            no_top_p=bool((top_p >= 1.0).all()),
+            no_top_k=bool((top_k == 0).all()),
+            no_min_p=bool((min_p <= 0).all()),
+            generators={j: generators[r] for j, r in enumerate(req_ids) if r in generators},
+            max_num_logprobs=max(requested) if requested else None,
+            min_tokens_masks=masks,
+            bad_words_masks=bad_words,
+            logits_processors=processors,
+            bias_rows=torch.tensor(biased, dtype=torch.int64, device=device) if biased else None,
+            bias=torch.stack([self.bias[req_ids[j]] for j in biased]) if biased else None,
+            penalties=self._penalties(rows),
+        )
+
+    def _penalties(self, rows: np.ndarray) -> PenaltyInputs | None:
+        batch = self.batch
+        selected = np.nonzero(batch.has_penalty[rows])[0]
+        if selected.size == 0:
+            return None
+        penalty_rows = rows[selected]
+        num_tokens = batch.num_tokens[penalty_rows]
+        width = max(int(num_tokens.max()), 1)
+        return PenaltyInputs.from_arrays(
+            selected, batch.token_ids[penalty_rows, :width], batch.num_prompt_tokens[penalty_rows], num_tokens,
+            batch.presence_penalty[penalty_rows], batch.frequency_penalty[penalty_rows],
+            batch.repetition_penalty[penalty_rows], self.device,
+        )
