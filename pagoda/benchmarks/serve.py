@@ -153,7 +153,10 @@ async def send_request(client: Any, url: str, body: dict[str, Any], prompt_len: 
 
 def make_client(timeout: float) -> Any:
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
-    return httpx.AsyncClient(timeout=httpx.Timeout(timeout, connect=60.0), limits=limits)
+    # Like vLLM's benchmark, an API key comes from OPENAI_API_KEY.
+    key = os.environ.get("OPENAI_API_KEY")
+    headers = {"Authorization": f"Bearer {key}"} if key else None
+    return httpx.AsyncClient(timeout=httpx.Timeout(timeout, connect=60.0), limits=limits, headers=headers)
 
 
 async def run_once(args: argparse.Namespace, model: str, requests: list[SampleRequest], prompts: list[Any],

@@ -11,13 +11,6 @@ from pagoda.benchmarks import hf_backend
 from pagoda.benchmarks.make_model import make_model
 from pagoda.entrypoints.cli.bench import add_bench_parser, run_bench
 
-try:
-    from pagoda import LLM  # noqa: F401
-
-    HAVE_LLM = True
-except Exception:  # the engine is being written; the lead removes this skip once it imports
-    HAVE_LLM = False
-needs_llm = pytest.mark.skipif(not HAVE_LLM, reason="pagoda.LLM cannot be imported yet")
 
 
 def parse(argv):
@@ -91,7 +84,6 @@ def test_llama3_config_folder(tmp_path):
     assert model_shape(folder, "auto").params() == 8_030_261_248
 
 
-@needs_llm
 def test_pagoda_throughput(tiny_llama, capsys):
     args = parse(["throughput", "--model", tiny_llama, "--device", "cpu", "--num-prompts", "5", "--input-len", "16",
                   "--output-len", "4", "--n", "2", "--sol-bandwidth-gbps", "100", "--sol-tflops", "1"])
@@ -101,7 +93,6 @@ def test_pagoda_throughput(tiny_llama, capsys):
     assert result["total_num_prompt_tokens"] == 80 and "Speed-of-light: " in text
 
 
-@needs_llm
 def test_pagoda_latency(tiny_llama, capsys):
     args = parse(["latency", "--model", tiny_llama, "--device", "cpu", "--batch-size", "2", "--input-len", "8",
                   "--output-len", "4", "--num-iters-warmup", "1", "--num-iters", "2"])

@@ -9,10 +9,6 @@ from pagoda.sampling_params import SamplingParams
 PROMPT = "def fibonacci(n):\n    "
 
 
-def _has(field: str) -> bool:
-    return field in SamplingParams.__dataclass_fields__
-
-
 def greedy(client, prompt=PROMPT, **kwargs):
     kwargs.setdefault("max_tokens", 12)
     return client.completions.create(model=MODEL_NAME, prompt=prompt, temperature=0, **kwargs)
@@ -155,7 +151,6 @@ def test_vllm_extra_parameters(client, server):
     assert stopped.choices[0].finish_reason == "stop" and stopped.usage.completion_tokens == 1
 
 
-@pytest.mark.skipif(not _has("presence_penalty"), reason="the engine has no penalties yet (issue 3)")
 def test_penalties_and_logit_bias(client, server):
     base = greedy(client, max_tokens=10, extra_body={"ignore_eos": True})
     penalized = greedy(client, max_tokens=10, presence_penalty=2.0, frequency_penalty=2.0,
@@ -166,7 +161,6 @@ def test_penalties_and_logit_bias(client, server):
     assert biased.choices[0].text == server.post("/detokenize", {"tokens": [token] * 5}).json()["prompt"]
 
 
-@pytest.mark.skipif(not _has("best_of"), reason="the engine has no best_of yet (issue 3)")
 def test_best_of(client):
     out = client.completions.create(model=MODEL_NAME, prompt=PROMPT, n=1, best_of=3, max_tokens=6, temperature=1.0,
                                     seed=3)
