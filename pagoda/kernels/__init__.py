@@ -10,7 +10,7 @@ Triton's interpreter and on CUDA).
   updated in place to x + residual (fused add). Reference: `rmsnorm_ref(...)`.
 - rotary: `apply_rotary(positions, q, k, cos_sin_cache, is_neox=True, inplace=True)` -> (q, k),
   neox/gptj layouts, partial rotary. Reference: `apply_rotary_ref(...)`. The cache comes from
-  `build_cos_sin_cache(base, rot_dim, max_pos, rope_scaling=None)` (torch; default/linear/llama3).
+  `build_cos_sin_cache(base, rot_dim, max_pos, rope_scaling=None)` (torch, in rope_cache.py; default/linear/llama3).
 - activation: `silu_and_mul(x)`, `gelu_and_mul(x, approximate="none"|"tanh")`, `gelu_tanh(x)`
   (= `gelu_new`). References: `silu_and_mul_ref`, `gelu_and_mul_ref`, `gelu_tanh_ref`.
 

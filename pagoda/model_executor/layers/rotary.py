@@ -13,13 +13,13 @@ Invariants:
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 from torch import nn
 
-SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
+from pagoda.kernels.rope_cache import SUPPORTED_ROPE_TYPES, build_cos_sin_cache
+
 
 
 def rope_settings(hf_config: Any) -> dict:
@@ -34,21 +34,6 @@ def rope_settings(hf_config: Any) -> dict:
     if "partial_rotary_factor" not in params:
         params["partial_rotary_factor"] = getattr(hf_config, "partial_rotary_factor", None) or 1.0
     return params
-
-
-def _llama3_inv_freq(inv_freq: torch.Tensor, params: dict) -> torch.Tensor:
-    factor = params["factor"]
-    low_freq_factor = params["low_freq_factor"]
-    high_freq_factor = params["high_freq_factor"]
-    old_context_len = params["original_max_position_embeddings"]
-    low_freq_wavelen = old_context_len / low_freq_factor
-    high_freq_wavelen = old_context_len / high_freq_factor
-    wavelen = 2 * math.pi / inv_freq
-    scaled = torch.where(wavelen > low_freq_wavelen, inv_freq / factor, inv_freq)
-    smooth = (old_context_len / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
-    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
-    is_medium = ~(wavelen < high_freq_wavelen) & ~(wavelen > low_freq_wavelen)
-    return torch.where(is_medium, smoothed, scaled)
 
 
 def apply_rotary_emb(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, is_neox_style: bool) -> torch.Tensor:
@@ -84,14 +69,7 @@ class RotaryEmbedding(nn.Module):
         self.head_size = head_size
         self.rotary_dim = rotary_dim
         self.is_neox_style = is_neox_style
-        inv_freq = 1.0 / (base ** (torch.arange(0, rotary_dim, 2, dtype=torch.int64).float() / rotary_dim))
-        t = torch.arange(max_position, dtype=torch.float32)
-        if rope_type == "llama3":
-            inv_freq = _llama3_inv_freq(inv_freq, params)
-        elif rope_type == "linear":
-            t = t / params["factor"]
-        freqs = torch.outer(t, inv_freq)
-        cache = torch.cat((freqs.cos(), freqs.sin()), dim=-1)
+        cache = build_cos_sin_cache(base, rotary_dim, max_position, params)
         self.register_buffer("cos_sin_cache", cache, persistent=False)
 
     def forward(self, positions: torch.Tensor, query: torch.Tensor, key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
