@@ -72,7 +72,8 @@ def get_model(
 def load_checkpoint(model: nn.Module, folder: str, load_format: str = "auto") -> set[str]:
     """Load `folder`'s weight files into `model`; ValueError if the model expects weights it lacks."""
     files, use_safetensors = find_weight_files(folder, load_format)
-    loaded = model.load_weights(iterate_weights(files, use_safetensors))
+    device = next(model.parameters()).device
+    loaded = model.load_weights(iterate_weights(files, use_safetensors, device))
     missing = sorted(name for name, _ in model.named_parameters() if name not in loaded)
     if missing:
         raise ValueError(

@@ -70,14 +70,20 @@ def _safetensors_files(folder: str) -> list[str]:
     return sorted(glob.glob(os.path.join(folder, "*.safetensors")))
 
 
-def iterate_weights(files: list[str], use_safetensors: bool) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield every (name, tensor) of `files`, with a progress bar over files on a terminal."""
+def iterate_weights(files: list[str], use_safetensors: bool, device: torch.device | str = "cpu") -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield every (name, tensor) of `files`, with a progress bar over files on a terminal.
+
+    safetensors files are read straight onto `device` (the model's), without a CPU copy in between.
+    """
     bar = tqdm(files, desc="Loading weights", unit="file", disable=len(files) < 2 or not sys.stderr.isatty())
+    target = str(torch.device(device))
+    if target == "cuda":
+        target = f"cuda:{torch.cuda.current_device()}"
     for path in bar:
         if use_safetensors:
             from safetensors import safe_open
 
-            with safe_open(path, framework="pt", device="cpu") as f:
+            with safe_open(path, framework="pt", device=target) as f:
                 for name in f.keys():
                     yield name, f.get_tensor(name)
         else:
