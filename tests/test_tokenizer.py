@@ -1,8 +1,6 @@
 """get_tokenizer, chat-template loading and rendering, on a byte-level BPE trained in the session."""
 
-import glob
 import os
-import sysconfig
 
 import pytest
 
@@ -15,33 +13,9 @@ TEMPLATE = (
 MESSAGES = [{"role": "user", "content": "héllo 😀"}, {"role": "assistant", "content": "def f(x):"}]
 
 
-def _train_tokenizer(folder: str) -> None:
-    try:
-        from pagoda.tiny_models import train_tokenizer
-    except ImportError:
-        train_tokenizer = None
-    if train_tokenizer is not None:
-        train_tokenizer(folder)
-        return
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    files = sorted(glob.glob(os.path.join(sysconfig.get_paths()["stdlib"], "*.py")))[:40]
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train(files, trainers.BpeTrainer(
-        vocab_size=2000, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>",
-                            bos_token="<|endoftext|>").save_pretrained(folder)
-
-
 @pytest.fixture(scope="module")
-def tok_dir(tmp_path_factory):
-    folder = str(tmp_path_factory.mktemp("tok"))
-    _train_tokenizer(folder)
-    return folder
+def tok_dir(test_tokenizer_dir):
+    return test_tokenizer_dir
 
 
 @pytest.fixture

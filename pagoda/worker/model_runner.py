@@ -50,6 +50,7 @@ class ModelRunner:
             from pagoda.model_executor.layers.pooler import Pooler
 
             self.pooler = Pooler(config.model.pooler_config)
+        self._decode_splits: dict[int, int] = {}  # decode batch size -> split-KV count (see decode_splits)
         self.cuda_graphs = None  # a CudaGraphRunner, set by the worker on CUDA unless enforce_eager
         # Seeded requests get their own generator; the rest share torch's default one, which the
         # worker seeds with the engine's `seed` at start-up.
@@ -129,6 +130,11 @@ class ModelRunner:
         the same batch reduce identically (bf16 results would otherwise differ in the last bit)."""
         if self.device.type != "cuda":
             return None
+        if num_reqs not in self._decode_splits:
+            self._decode_splits[num_reqs] = self._compute_decode_splits(num_reqs)
+        return self._decode_splits[num_reqs]
+
+    def _compute_decode_splits(self, num_reqs: int) -> int:
         from pagoda.kernels import tuning
         from pagoda.worker.cuda_graph import capture_sizes
 
