@@ -146,3 +146,4 @@ class PagodaConfig:
     load: LoadConfig
     parallel: ParallelConfig
     enforce_eager: bool = False
+    max_cudagraph_capture_size: int = 512  # decode batches up to this size replay CUDA graphs

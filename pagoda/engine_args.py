@@ -32,6 +32,19 @@ from pagoda.pooling_params import (
 logger = logging.getLogger(__name__)
 
 
+USAGE_CONTEXTS = ("llm", "server")
+BIG_GPU_BYTES = 70 << 30  # vLLM's threshold for its larger batch defaults (H100/H200 class)
+
+
+def _big_gpu(device: str) -> bool:
+    """Whether the engine runs on a CUDA GPU (device resolved) with at least BIG_GPU_BYTES of memory."""
+    import torch
+
+    if device != "cuda":
+        return False
+    return torch.cuda.get_device_properties(0).total_memory >= BIG_GPU_BYTES
+
+
 def _opt(default: Any, help: str, choices: tuple | None = None, **extra: Any) -> Any:
     metadata = {"help": help, "choices": choices, **extra}
     if isinstance(default, (dict, list)):
@@ -62,18 +75,20 @@ class EngineArgs:
     num_gpu_blocks_override: int | None = _opt(None, "Use exactly this many KV-cache blocks (tests and experiments).")
     kv_cache_memory_bytes: int | None = _opt(None, "KV-cache size in bytes; on CPU it defaults to 4 GiB.")
     enable_prefix_caching: bool = _opt(True, "Reuse the KV cache of identical prompt prefixes.", negatable=True)
-    max_num_seqs: int = _opt(256, "Most requests in one step.")
-    max_num_batched_tokens: int | None = _opt(None, "Most tokens in one step; defaults to 8192 with chunked prefill, else max(max_model_len, 8192).")
+    max_num_seqs: int | None = _opt(None, "Most requests in one step; defaults to 1024 on a GPU with at least 70 GiB (H100/H200 class), else 256, as vLLM does.")
+    max_num_batched_tokens: int | None = _opt(None, "Most tokens in one step; with chunked prefill it defaults to 16384 for `LLM` and 8192 for `pagoda serve` on a GPU with at least 70 GiB, else 8192; without it max(max_model_len, 8192).")
     enable_chunked_prefill: bool = _opt(True, "Split long prompts over several steps so decodes keep running.", negatable=True)
     scheduling_policy: str = _opt("fcfs", "Which waiting request goes first: arrival order, or lowest `priority` value.", cfg.SCHEDULING_POLICIES)
     max_logprobs: int = _opt(20, "Most logprobs a request may ask for (logprobs and prompt_logprobs).")
     enforce_eager: bool = _opt(False, "Never capture CUDA graphs.")
+    max_cudagraph_capture_size: int | None = _opt(None, "Largest decode batch run from a CUDA graph (larger batches run eagerly); defaults to max_num_seqs for `LLM` (offline throughput gains most from graphs at large batches) and min(max_num_seqs, 512) for `pagoda serve`, as vLLM, to keep start-up short.")
     async_scheduling: bool = _opt(True, "Schedule and prepare step n+1 while step n runs on the device (outputs are identical either way).", negatable=True)
     tensor_parallel_size: int = _opt(1, "GPUs a layer is split over (only 1 is implemented today).")
     pipeline_parallel_size: int = _opt(1, "Pipeline stages (only 1 is implemented today).")
     task: str = _opt("auto", "What the model does: 'generate' text, or 'embed' prompts into vectors; 'auto' picks from the architecture (BertModel, *Model: embed).", cfg.TASK_CHOICES)
     generation_config: str = _opt("auto", "Where default sampling settings come from: 'auto' reads the model's generation_config.json (temperature, top_p, top_k, min_p, repetition_penalty, max_new_tokens, EOS ids), a folder reads that folder's, 'vllm' uses only its EOS ids, 'none' ignores it.")
     override_generation_config: dict = _opt({}, "JSON dict of default sampling settings over the generation config, e.g. '{\"temperature\": 0.5}'.", json_arg=True)
+    usage_context: str = _opt("llm", "Who drives the engine: the offline `LLM` class or `pagoda serve` (set by the server, not a flag); picks the step-budget default.", USAGE_CONTEXTS, cli=False)
     override_pooler_config: dict = _opt({}, "JSON dict over an embedding model's pooling: '{\"pooling_type\": \"MEAN\", \"normalize\": false}' (pooling_type LAST, CLS or MEAN).", json_arg=True)
 
     # ---- construction from the two front doors -------------------------------------------
@@ -93,7 +108,7 @@ class EngineArgs:
         """Add one `--kebab-case` flag per field."""
         group = parser.add_argument_group("engine arguments")
         for f in dataclasses.fields(cls):
-            if f.name in skip:
+            if f.name in skip or f.metadata.get("cli") is False:
                 continue
             flag = "--" + f.name.replace("_", "-")
             meta, default = f.metadata, _field_default(f)
@@ -123,10 +138,14 @@ class EngineArgs:
             kv_cache_memory_bytes=self.kv_cache_memory_bytes,
             enable_prefix_caching=self.enable_prefix_caching,
         )
+        big_gpu = _big_gpu(device)
+        max_num_seqs = self.max_num_seqs if self.max_num_seqs is not None else (1024 if big_gpu else 256)
         batched = self.max_num_batched_tokens
         pooling = model_config.runner_type == "pooling"
-        if batched is None:
-            batched = 8192 if self.enable_chunked_prefill and not pooling else max(max_len, 8192)
+        if batched is None and self.enable_chunked_prefill and not pooling:
+            batched = 16384 if big_gpu and self.usage_context == "llm" else 8192
+        elif batched is None:
+            batched = max(max_len, 8192)
         if batched < 1:
             raise ValueError(f"max_num_batched_tokens must be >= 1, got {batched}")
         if pooling and batched < max_len:
@@ -140,7 +159,7 @@ class EngineArgs:
                 "without chunked prefill a whole prompt must fit in one step"
             )
         scheduler = cfg.SchedulerConfig(
-            max_num_seqs=self.max_num_seqs,
+            max_num_seqs=max_num_seqs,
             max_num_batched_tokens=batched,
             max_model_len=max_len,
             enable_chunked_prefill=self.enable_chunked_prefill,
@@ -155,6 +174,8 @@ class EngineArgs:
             load=cfg.LoadConfig(load_format=self.load_format),
             parallel=cfg.ParallelConfig(self.tensor_parallel_size, self.pipeline_parallel_size),
             enforce_eager=self.enforce_eager,
+            max_cudagraph_capture_size=min(self.max_cudagraph_capture_size
+                                           or (max_num_seqs if self.usage_context == "llm" else 512), max_num_seqs),
         )
 
     def _check_choices(self) -> None:
@@ -167,8 +188,10 @@ class EngineArgs:
             raise ValueError("model is required: a model folder or a cached hub id")
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
+        if self.max_cudagraph_capture_size is not None and self.max_cudagraph_capture_size < 1:
+            raise ValueError(f"max_cudagraph_capture_size must be >= 1, got {self.max_cudagraph_capture_size}")
         for name, low in (("max_num_seqs", 1), ("max_logprobs", 0), ("tensor_parallel_size", 1), ("pipeline_parallel_size", 1)):
-            if getattr(self, name) < low:
+            if getattr(self, name) is not None and getattr(self, name) < low:
                 raise ValueError(f"{name} must be >= {low}, got {getattr(self, name)}")
         if self.num_gpu_blocks_override is not None and self.num_gpu_blocks_override < 1:
             raise ValueError(f"num_gpu_blocks_override must be >= 1, got {self.num_gpu_blocks_override}")

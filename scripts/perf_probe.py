@@ -6,6 +6,7 @@ MODEL_DIR is a config-only folder (python -m pagoda.benchmarks.make_model DIR); 
 """
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -53,6 +54,18 @@ class PhaseTimer:
         print(f"  per step ({self.steps} steps, {wall / max(self.steps, 1) * 1000:.2f} ms wall): {parts}", flush=True)
 
 
+def engine_settings(pairs: list[str]) -> dict:
+    """KEY=VALUE strings as LLM keywords; values are parsed as JSON where they can be (ints, bools)."""
+    out = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("model")
@@ -61,9 +74,12 @@ def main():
     p.add_argument("--output-len", type=int, default=128)
     p.add_argument("--enforce-eager", action="store_true")
     p.add_argument("--phases", action="store_true", help="also rerun both with a per-phase step breakdown")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="an engine argument, e.g. max_num_seqs=256 (repeatable)")
     a = p.parse_args()
     t0 = time.perf_counter()
-    llm = LLM(a.model, load_format="dummy", dtype="bfloat16", max_model_len=2048, enforce_eager=a.enforce_eager)
+    llm = LLM(a.model, load_format="dummy", dtype="bfloat16", max_model_len=2048, enforce_eager=a.enforce_eager, **engine_settings(a.set))
+    sched = llm.llm_engine.config.scheduler
+    print(f"max_num_seqs {sched.max_num_seqs}, max_num_batched_tokens {sched.max_num_batched_tokens}", flush=True)
     print(f"start-up: {time.perf_counter() - t0:.1f} s", flush=True)
     rng = np.random.default_rng(0)
     vocab = llm.llm_engine.config.model.vocab_size

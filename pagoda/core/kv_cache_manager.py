@@ -80,6 +80,10 @@ class KVCacheManager:
         total_tokens = request.num_computed_tokens + num_new_computed_tokens + num_new_tokens
         num_required = -(-total_tokens // self.block_size)
         num_new_blocks = num_required - len(blocks) - len(new_computed_blocks)
+        if num_new_blocks <= 0 and not new_computed_blocks:  # the common decode step: room already there
+            if self.enable_caching:
+                self._cache_full_blocks(request, blocks, min(total_tokens, request.num_tokens))
+            return []
         # Cache hits that sit in the free queue stop being free once touched.
         num_evictable_hits = sum(1 for b in new_computed_blocks if b.ref_cnt == 0)
         if num_new_blocks > self.pool.num_free_blocks - num_evictable_hits:

@@ -22,6 +22,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from typing import Any, AsyncIterator, Sequence
@@ -140,6 +141,7 @@ class RequestStream:
 class AsyncLLM:
     def __init__(self, engine_args: EngineArgs, *, start_timeout_s: float = 600.0,
                  max_pending_requests: int | None = None, stat_loggers: Sequence[Any] = ()) -> None:
+        engine_args = dataclasses.replace(engine_args, usage_context="server")  # the server's step-budget default
         self.engine_args = engine_args
         self.config = engine_args.create_config()  # validates every option here, before spawning
         self.max_pending_requests = max_pending_requests

@@ -25,6 +25,7 @@ Invariants:
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import queue
@@ -66,6 +67,9 @@ def run_engine_core(engine_args: Any, input_addr: str, output_addr: str, error_p
         config = engine_args.create_config()
         _share_cpus_with_frontend(config.device.device)
         core = EngineCore(config)
+        # This process lives as long as the engine: keep its start-up heap out of every later GC pass.
+        gc.collect()
+        gc.freeze()
     except BaseException as exc:  # noqa: BLE001 - every start-up failure must reach the frontend
         _fail(error_path, "engine core failed to start", exc)
         return

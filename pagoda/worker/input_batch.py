@@ -12,6 +12,9 @@ Invariants:
   num_computed[r] <= num_tokens[r].
 - A pooling request's row has `is_pooling[r]` set, `params[r]` None and `pooling_params[r]` set;
   its sampling settings are neutral and never read.
+- `epoch[r]` changes whenever row r changes hands, so (row, epoch) names one request's tenure of a
+  row; per-row flags (`needs_history`, `has_row_rules`, `wants_prompt_logprobs`) let a step test a
+  whole batch with numpy instead of looping over its requests.
 """
 
 from __future__ import annotations
@@ -45,6 +48,13 @@ class InputBatch:
         self.repetition_penalty = np.ones(max_num_reqs, dtype=np.float32)
         self.has_penalty = np.zeros(max_num_reqs, dtype=bool)
         self.is_pooling = np.zeros(max_num_reqs, dtype=bool)
+        # Rows whose sampling reads earlier tokens on the host (penalties, bad words, logits processors).
+        self.needs_history = np.zeros(max_num_reqs, dtype=bool)
+        # Rows with per-row sampling rules built on the host each step (min_tokens, bad words, processors).
+        self.has_row_rules = np.zeros(max_num_reqs, dtype=bool)
+        self.wants_prompt_logprobs = np.zeros(max_num_reqs, dtype=bool)
+        self.num_logprobs = np.full(max_num_reqs, -1, dtype=np.int64)  # SamplingParams.logprobs, -1 for None
+        self.epoch = np.zeros(max_num_reqs, dtype=np.int64)
         self.params: list[SamplingParams | None] = [None] * max_num_reqs
         self.pooling_params: list[PoolingParams | None] = [None] * max_num_reqs
         self.req_ids: list[str | None] = [None] * max_num_reqs
@@ -77,6 +87,12 @@ class InputBatch:
         self.frequency_penalty[row] = params.frequency_penalty
         self.repetition_penalty[row] = params.repetition_penalty
         self.has_penalty[row] = params.has_penalties
+        rules = bool(params.min_tokens or params.bad_words_token_ids or params.logits_processors)
+        self.has_row_rules[row] = rules
+        self.needs_history[row] = params.has_penalties or bool(params.bad_words_token_ids or params.logits_processors)
+        self.wants_prompt_logprobs[row] = params.prompt_logprobs is not None
+        self.num_logprobs[row] = -1 if params.logprobs is None else params.logprobs
+        self.epoch[row] += 1
         self.req_ids[row] = new.req_id
         self.row_of[new.req_id] = row
         return row
@@ -96,12 +112,22 @@ class InputBatch:
         self.pooling_params[row] = None
         self.is_pooling[row] = False
         self.has_penalty[row] = False
+        self.needs_history[row] = self.has_row_rules[row] = self.wants_prompt_logprobs[row] = False
+        self.num_logprobs[row] = -1
+        self.epoch[row] += 1
         self._free_rows.append(row)
         self._free_rows.sort(reverse=True)
 
     def append_token(self, row: int, token_id: int) -> None:
         self.token_ids[row, self.num_tokens[row]] = token_id
         self.num_tokens[row] += 1
+
+    def append_tokens(self, rows: np.ndarray, token_id: int) -> np.ndarray:
+        """Append `token_id` to each of `rows` (distinct); returns the positions written."""
+        positions = self.num_tokens[rows]
+        self.token_ids[rows, positions] = token_id
+        self.num_tokens[rows] = positions + 1
+        return positions
 
     def num_output_tokens(self, row: int) -> int:
         return int(self.num_tokens[row] - self.num_prompt_tokens[row])

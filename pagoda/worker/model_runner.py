@@ -58,7 +58,7 @@ class ModelRunner:
         # The last sampling step, still on its way to the host: its sampled ids (on the device), the
         # index of each row in them, and its StepOutput.
         self.last_sampled: torch.Tensor | None = None
-        self.pending_src: dict[int, int] = {}
+        self.pending_src = np.full(config.scheduler.max_num_seqs, -1, dtype=np.int64)  # row -> index in last_sampled
         self.in_flight: StepOutput | None = None
 
     # ---- state diff -------------------------------------------------------------------------------
@@ -87,8 +87,8 @@ class ModelRunner:
         req_ids = list(sched.num_scheduled_tokens)
         rows = np.array([self.batch.row_of[r] for r in req_ids], dtype=np.int64)
         counts = np.array([sched.num_scheduled_tokens[r] for r in req_ids], dtype=np.int64)
-        if self.in_flight is not None and any(_needs_token_history(self.batch.params[int(r)]) for r in rows):
-            self.in_flight.get()
+        if self.in_flight is not None and self.batch.needs_history[rows].any():
+            self.in_flight.get()  # this step's sampling reads the in-flight tokens on the host
         inputs = self._prepare_inputs(rows, counts)
         hidden = self._forward(inputs["input_ids"], inputs["positions"], inputs["attn_metadata"])
 
@@ -97,7 +97,7 @@ class ModelRunner:
         done = ends == self.batch.num_tokens[rows]
         pooling = self.batch.is_pooling[rows]
         samples = done & ~pooling
-        output = ModelRunnerOutput(sampled_token_ids={r: [] for r in req_ids})
+        output = ModelRunnerOutput(sampled_token_ids={})
         if (done & pooling).any():
             self._pool(req_ids, rows, np.nonzero(done & pooling)[0], inputs["query_start"], counts, hidden, output)
         if pooling.all():
@@ -177,7 +177,7 @@ class ModelRunner:
         input_ids_dev = to_device(input_ids, device)
         holes = np.flatnonzero(input_ids == PLACEHOLDER)
         if holes.size:  # tokens sampled by the step still in flight: take them from the device
-            src = np.array([self.pending_src[int(r)] for r in token_rows[holes]], dtype=np.int64)
+            src = self.pending_src[token_rows[holes]]
             input_ids_dev[to_device(holes, device)] = self.last_sampled[to_device(src, device)]
         return {
             "input_ids": input_ids_dev,
@@ -194,22 +194,22 @@ class ModelRunner:
         logits = self.model.compute_logits(hidden[to_device(last_token_index[sample_at], self.device)])
         metadata = self.sampling_inputs.build(rows[sample_at], [req_ids[i] for i in sample_at], self.generators)
         result = self.sampler.forward(logits, metadata)
-        sampled_rows = []
-        self.pending_src = {}
-        for j, i in enumerate(sample_at):
-            req_id, row = req_ids[i], int(rows[i])
-            sampled_rows.append((req_id, row, int(self.batch.num_tokens[row]), self.batch.params[row].logprobs))
-            self.batch.append_token(row, PLACEHOLDER)
-            self.pending_src[row] = j
+        sample_rows = rows[sample_at]
+        positions = self.batch.append_tokens(sample_rows, PLACEHOLDER)
+        self.pending_src[sample_rows] = np.arange(len(sample_rows))
         self.last_sampled = result.sampled_token_ids
         logprobs = None
         if result.logprobs is not None:
             logprobs = (result.logprob_token_ids, result.logprobs, result.sampled_ranks)
-        return StepOutput(output, self.batch, sampled_rows, result.sampled_token_ids, logprobs)
+        wanted = self.batch.num_logprobs[sample_rows] if logprobs is not None else None
+        return StepOutput(output, self.batch, [req_ids[i] for i in sample_at], sample_rows, positions,
+                          result.sampled_token_ids, logprobs, wanted)
 
     def _prompt_logprobs(self, req_ids, rows, starts, ends, query_start, hidden) -> dict[str, list[PositionLogprobs]]:
         """Logprobs of prompt tokens 1.. given their prefixes, for the positions computed this step."""
         out: dict[str, list[PositionLogprobs]] = {}
+        if not self.batch.wants_prompt_logprobs[rows].any():
+            return out
         for i, req_id in enumerate(req_ids):
             row = int(rows[i])
             if self.batch.params[row] is None:
@@ -227,15 +227,3 @@ class ModelRunner:
             out[req_id] = list(zip(ids.tolist(), lps.tolist(), ranks.tolist()))
         return out
 
-
-def _needs_token_history(params) -> bool:
-    """Whether sampling this request reads its earlier tokens on the host."""
-    if params is None:
-        return False
-    return bool(
-        getattr(params, "logits_processors", None)
-        or getattr(params, "bad_words_token_ids", None)
-        or getattr(params, "repetition_penalty", 1.0) != 1.0
-        or getattr(params, "presence_penalty", 0.0) != 0.0
-        or getattr(params, "frequency_penalty", 0.0) != 0.0
-    )

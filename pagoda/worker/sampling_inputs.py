@@ -41,14 +41,14 @@ class SamplingInputs:
     def build(self, rows: np.ndarray, req_ids: list[str], generators: dict[str, torch.Generator]) -> SamplingMetadata:
         """Metadata for sampling rows `rows` of the InputBatch (request `req_ids[j]` in row rows[j])."""
         batch, device = self.batch, self.device
-        params = [batch.params[int(r)] for r in rows]
         temperature = batch.temperature[rows]
         top_p, top_k, min_p = batch.top_p[rows], batch.top_k[rows], batch.min_p[rows]
         masks: dict[int, list[int]] = {}
         bad_words: dict[int, list[int]] = {}
         processors: dict[int, RowProcessors] = {}
-        for j, (row, p) in enumerate(zip(rows, params)):
-            row = int(row)
+        for j in np.flatnonzero(batch.has_row_rules[rows]).tolist():
+            row = int(rows[j])
+            p = batch.params[row]
             if p.min_tokens and batch.num_output_tokens(row) < p.min_tokens and p.all_stop_token_ids:
                 masks[j] = sorted(p.all_stop_token_ids)
             if p.bad_words_token_ids:
@@ -57,8 +57,8 @@ class SamplingInputs:
                     bad_words[j] = banned
             if p.logits_processors:
                 processors[j] = RowProcessors.of(p, batch.prompt_ids(row), batch.output_ids(row))
-        biased = [j for j, r in enumerate(req_ids) if r in self.bias]
-        requested = [p.logprobs for p in params if p.logprobs is not None]
+        biased = [j for j, r in enumerate(req_ids) if r in self.bias] if self.bias else []
+        requested = int(batch.num_logprobs[rows].max(initial=-1))
         return SamplingMetadata(
             temperature=to_device(temperature, device),
             top_p=to_device(top_p, device),
@@ -69,8 +69,8 @@ class SamplingInputs:
             no_top_p=bool((top_p >= 1.0).all()),
             no_top_k=bool((top_k == 0).all()),
             no_min_p=bool((min_p <= 0).all()),
-            generators={j: generators[r] for j, r in enumerate(req_ids) if r in generators},
-            max_num_logprobs=max(requested) if requested else None,
+            generators={j: generators[r] for j, r in enumerate(req_ids) if r in generators} if generators else {},
+            max_num_logprobs=requested if requested >= 0 else None,
             min_tokens_masks=masks,
             bad_words_masks=bad_words,
             logits_processors=processors,

@@ -8,12 +8,13 @@ Invariants:
 - While a step is unresolved, each request that sampled in it has a placeholder (-1) as its last
   token in the runner's InputBatch; `get()` replaces the placeholder with the real id, unless the
   request left the batch meanwhile (finished, aborted or preempted: its row may belong to another
-  request by then).
+  request by then, which the row's epoch tells).
 - `get()` is idempotent; the first call waits for the copy, later calls return the same object.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from pagoda.core.sched_output import ModelRunnerOutput
@@ -27,17 +28,22 @@ class StepOutput:
         self,
         output: ModelRunnerOutput,
         batch: InputBatch | None = None,
-        sampled: list[tuple[str, int, int, int | None]] | None = None,  # (req_id, row, position, logprobs wanted)
+        req_ids: list[str] | None = None,  # the requests that sampled, in the order of sampled_ids
+        rows: np.ndarray | None = None,  # their InputBatch rows
+        positions: np.ndarray | None = None,  # where their placeholders are
         sampled_ids: torch.Tensor | None = None,
         logprob_tensors: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+        wanted: np.ndarray | None = None,  # logprobs asked per sampled request (-1: none)
     ) -> None:
         self._output = output
         self._batch = batch
-        self._sampled = sampled or []
+        self._req_ids = req_ids or []
         self._event = None
-        self._resolved = not self._sampled
+        self._resolved = not self._req_ids
         if self._resolved:
             return
+        self._rows, self._positions, self._wanted = rows, positions, wanted
+        self._epochs = batch.epoch[rows].copy()  # which tenure of each row sampled
         self._ids = sampled_ids.to("cpu", non_blocking=True)
         self._logprobs = None
         if logprob_tensors is not None:
@@ -55,18 +61,16 @@ class StepOutput:
             return self._output
         if self._event is not None:
             self._event.synchronize()
-        ids = self._ids.tolist()
-        lists = None
+        ids = self._ids.numpy()
+        output, batch, rows, positions = self._output, self._batch, self._rows, self._positions
+        # Fill placeholders only where the row still belongs to the request that sampled.
+        still = (batch.epoch[rows] == self._epochs) & (batch.token_ids[rows, positions] == PLACEHOLDER)
+        batch.token_ids[rows[still], positions[still]] = ids[still]
+        output.sampled_token_ids.update(zip(self._req_ids, ([t] for t in ids.tolist())))
         if self._logprobs is not None:
-            lists = tuple(t.tolist() for t in self._logprobs)
-        output, batch = self._output, self._batch
-        for j, (req_id, row, position, wanted) in enumerate(self._sampled):
-            token = ids[j]
-            output.sampled_token_ids[req_id] = [token]
-            if batch.row_of.get(req_id) == row and batch.token_ids[row, position] == PLACEHOLDER:
-                batch.token_ids[row, position] = token
-            if lists is not None and wanted is not None:
-                top_ids, top_lps, ranks = lists
-                output.logprobs[req_id] = [(top_ids[j][: wanted + 1], top_lps[j][: wanted + 1], ranks[j])]
+            top_ids, top_lps, ranks = (t.tolist() for t in self._logprobs)
+            for j in np.flatnonzero(self._wanted >= 0).tolist():
+                k = int(self._wanted[j]) + 1
+                output.logprobs[self._req_ids[j]] = [(top_ids[j][:k], top_lps[j][:k], ranks[j])]
         self._resolved = True
         return output

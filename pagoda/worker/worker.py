@@ -70,7 +70,7 @@ class Worker:
         if self.device.type == "cuda" and not self.config.enforce_eager and self.config.model.runner_type == "generate":
             from pagoda.worker.cuda_graph import CudaGraphRunner
 
-            graphs = CudaGraphRunner(self.model, kv_caches, self.config.scheduler.max_num_seqs,
+            graphs = CudaGraphRunner(self.model, kv_caches, self.config.max_cudagraph_capture_size,
                                      self.config.model.max_model_len, cache.block_size, self.device,
                                      self.runner.decode_splits)
             graphs.capture()

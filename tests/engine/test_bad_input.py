@@ -127,3 +127,24 @@ def test_hub_id_resolves_from_local_cache(llama_dir, tmp_path, monkeypatch):
     config = EngineArgs(model="tiny-org/tiny-llama").create_config()
     assert config.model.model_path == str(snapshot)
     assert json.load(open(os.path.join(config.model.model_path, "config.json")))["architectures"] == ["LlamaForCausalLM"]
+
+
+def test_batch_defaults_follow_the_gpu_and_the_caller(llama_dir, monkeypatch):
+    """vLLM's defaults: 256 requests / 8192 tokens per step on CPU and small GPUs; on a GPU of at least
+    70 GiB 1024 requests and 16384 tokens (LLM) or 8192 (server); graphs capture up to max_num_seqs
+    (LLM) or 512 (server)."""
+    from pagoda import engine_args as ea
+
+    cpu = EngineArgs(model=llama_dir, device="cpu").create_config()
+    assert (cpu.scheduler.max_num_seqs, cpu.scheduler.max_num_batched_tokens, cpu.max_cudagraph_capture_size) == (256, 8192, 256)
+    monkeypatch.setattr(ea, "_big_gpu", lambda device: True)
+    big = EngineArgs(model=llama_dir, device="cpu").create_config()
+    assert (big.scheduler.max_num_seqs, big.scheduler.max_num_batched_tokens, big.max_cudagraph_capture_size) == (1024, 16384, 1024)
+    served = EngineArgs(model=llama_dir, device="cpu", usage_context="server").create_config()
+    assert (served.scheduler.max_num_batched_tokens, served.max_cudagraph_capture_size) == (8192, 512)
+    mine = EngineArgs(model=llama_dir, device="cpu", max_num_seqs=64, max_num_batched_tokens=100, max_cudagraph_capture_size=16).create_config()
+    assert (mine.scheduler.max_num_seqs, mine.scheduler.max_num_batched_tokens, mine.max_cudagraph_capture_size) == (64, 100, 16)
+    with pytest.raises(ValueError, match="max_cudagraph_capture_size"):
+        EngineArgs(model=llama_dir, max_cudagraph_capture_size=0).create_config()
+    with pytest.raises(ValueError, match="usage_context"):
+        EngineArgs(model=llama_dir, usage_context="batch").create_config()
