@@ -118,10 +118,6 @@ class InputBatch:
         self._free_rows.append(row)
         self._free_rows.sort(reverse=True)
 
-    def append_token(self, row: int, token_id: int) -> None:
-        self.token_ids[row, self.num_tokens[row]] = token_id
-        self.num_tokens[row] += 1
-
     def append_tokens(self, rows: np.ndarray, token_id: int) -> np.ndarray:
         """Append `token_id` to each of `rows` (distinct); returns the positions written."""
         positions = self.num_tokens[rows]

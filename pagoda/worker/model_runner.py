@@ -192,18 +192,16 @@ class ModelRunner:
         """Sample on the device; returns before the ids reach the host (see StepOutput)."""
         sample_at = np.nonzero(samples)[0]
         logits = self.model.compute_logits(hidden[to_device(last_token_index[sample_at], self.device)])
-        metadata = self.sampling_inputs.build(rows[sample_at], [req_ids[i] for i in sample_at], self.generators)
+        sample_rows, sample_ids = rows[sample_at], [req_ids[i] for i in sample_at]
+        metadata = self.sampling_inputs.build(sample_rows, sample_ids, self.generators)
         result = self.sampler.forward(logits, metadata)
-        sample_rows = rows[sample_at]
         positions = self.batch.append_tokens(sample_rows, PLACEHOLDER)
         self.pending_src[sample_rows] = np.arange(len(sample_rows))
         self.last_sampled = result.sampled_token_ids
         logprobs = None
         if result.logprobs is not None:
             logprobs = (result.logprob_token_ids, result.logprobs, result.sampled_ranks)
-        wanted = self.batch.num_logprobs[sample_rows] if logprobs is not None else None
-        return StepOutput(output, self.batch, [req_ids[i] for i in sample_at], sample_rows, positions,
-                          result.sampled_token_ids, logprobs, wanted)
+        return StepOutput(output, self.batch, sample_ids, sample_rows, positions, result.sampled_token_ids, logprobs)
 
     def _prompt_logprobs(self, req_ids, rows, starts, ends, query_start, hidden) -> dict[str, list[PositionLogprobs]]:
         """Logprobs of prompt tokens 1.. given their prefixes, for the positions computed this step."""

@@ -33,7 +33,6 @@ class StepOutput:
         positions: np.ndarray | None = None,  # where their placeholders are
         sampled_ids: torch.Tensor | None = None,
         logprob_tensors: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
-        wanted: np.ndarray | None = None,  # logprobs asked per sampled request (-1: none)
     ) -> None:
         self._output = output
         self._batch = batch
@@ -42,11 +41,12 @@ class StepOutput:
         self._resolved = not self._req_ids
         if self._resolved:
             return
-        self._rows, self._positions, self._wanted = rows, positions, wanted
+        self._rows, self._positions = rows, positions
         self._epochs = batch.epoch[rows].copy()  # which tenure of each row sampled
         self._ids = sampled_ids.to("cpu", non_blocking=True)
-        self._logprobs = None
+        self._logprobs = self._wanted = None
         if logprob_tensors is not None:
+            self._wanted = batch.num_logprobs[rows]  # logprobs asked per sampled request (-1: none)
             self._logprobs = tuple(t.to("cpu", non_blocking=True) for t in logprob_tensors)
         if sampled_ids.is_cuda:
             self._event = torch.cuda.Event()

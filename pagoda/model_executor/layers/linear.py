@@ -14,6 +14,7 @@ Invariants:
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
 
 import torch
@@ -21,6 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from pagoda.model_executor.parallel_state import divide, get_tp_rank, get_tp_size, tp_all_gather, tp_all_reduce
+
+logger = logging.getLogger(__name__)
 
 
 def set_weight_attrs(param: torch.Tensor, attrs: dict) -> None:
@@ -34,6 +37,17 @@ def default_weight_loader(param: torch.Tensor, loaded_weight: torch.Tensor) -> N
     if param.shape != loaded_weight.shape:
         raise ValueError(f"weight shape {tuple(loaded_weight.shape)} does not match parameter shape {tuple(param.shape)}")
     param.data.copy_(loaded_weight)
+
+
+def load_named_weight(params: dict[str, nn.Parameter], name: str, tensor: torch.Tensor, loaded: set[str]) -> None:
+    """Load a checkpoint tensor into the parameter of the same name with that parameter's weight_loader,
+    adding the name to `loaded`; a tensor with no such parameter is skipped (logged at debug level)."""
+    param = params.get(name)
+    if param is None:
+        logger.debug("skipping checkpoint tensor %s: no such parameter", name)
+        return
+    getattr(param, "weight_loader", default_weight_loader)(param, tensor)
+    loaded.add(name)
 
 
 class LinearMethod(ABC):

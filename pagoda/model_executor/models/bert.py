@@ -17,7 +17,6 @@ Invariants:
 
 from __future__ import annotations
 
-import logging
 from typing import Any, Iterable
 
 import torch
@@ -31,13 +30,11 @@ from pagoda.model_executor.layers.linear import (
     ColumnParallelLinear,
     QKVParallelLinear,
     RowParallelLinear,
-    default_weight_loader,
+    load_named_weight,
 )
 from pagoda.model_executor.layers.vocab_parallel_embedding import VocabParallelEmbedding
 from pagoda.model_executor.models.kv_spec import KVCacheSpec
 from pagoda.model_executor.parallel_state import divide, get_tp_size
-
-logger = logging.getLogger(__name__)
 
 
 def bidirectional_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, starts: list[int],
@@ -184,10 +181,5 @@ class BertModel(nn.Module):
                     loaded.add(target)
                     break
             else:
-                if name not in params:
-                    logger.debug("skipping checkpoint tensor %s: no such parameter", name)
-                    continue
-                param = params[name]
-                getattr(param, "weight_loader", default_weight_loader)(param, tensor)
-                loaded.add(name)
+                load_named_weight(params, name, tensor, loaded)
         return loaded

@@ -24,7 +24,7 @@ from pagoda.model_executor.layers.linear import (
     ColumnParallelLinear,
     QKVParallelLinear,
     RowParallelLinear,
-    default_weight_loader,
+    load_named_weight,
 )
 from pagoda.model_executor.layers.vocab_parallel_embedding import VocabParallelEmbedding, compute_logits
 from pagoda.model_executor.models.kv_spec import KVCacheSpec
@@ -129,7 +129,5 @@ class GPT2LMHeadModel(nn.Module):
                 continue  # attn.bias / attn.masked_bias mask buffers
             if name.endswith(_CONV1D):
                 tensor = tensor.t()
-            param = params[name]
-            getattr(param, "weight_loader", default_weight_loader)(param, tensor)
-            loaded.add(name)
+            load_named_weight(params, name, tensor, loaded)
         return loaded

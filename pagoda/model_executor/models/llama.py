@@ -28,7 +28,7 @@ from pagoda.model_executor.layers.linear import (
     MergedColumnParallelLinear,
     QKVParallelLinear,
     RowParallelLinear,
-    default_weight_loader,
+    load_named_weight,
 )
 from pagoda.model_executor.layers.rotary import RotaryEmbedding, get_rope
 from pagoda.model_executor.layers.vocab_parallel_embedding import (
@@ -198,12 +198,7 @@ class LlamaForCausalLM(nn.Module):
                     loaded.add(target)
                     break
             else:
-                if name not in params:
-                    logger.debug("skipping checkpoint tensor %s: no such parameter", name)
-                    continue
-                param = params[name]
-                getattr(param, "weight_loader", default_weight_loader)(param, tensor)
-                loaded.add(name)
+                load_named_weight(params, name, tensor, loaded)
         return loaded
 
 
