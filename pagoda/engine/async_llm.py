@@ -143,12 +143,14 @@ class AsyncLLM:
                  max_pending_requests: int | None = None, stat_loggers: Sequence[Any] = ()) -> None:
         engine_args = dataclasses.replace(engine_args, usage_context="server")  # the server's step-budget default
         self.engine_args = engine_args
-        self.config = engine_args.create_config()  # validates every option here, before spawning
         self.max_pending_requests = max_pending_requests
         self.stat_loggers = list(stat_loggers)
         self.stats = StatsTracker()
+        # The core starts first: its imports, config, CUDA set-up and model load (the critical path of
+        # start-up) overlap the frontend's own config and tokenizer loading below.
         self.client = EngineCoreClient(engine_args, on_add=self.stats.on_add, on_abort=self.stats.on_abort)
         try:
+            self.config = engine_args.create_config()  # a bad option raises here; the core is stopped
             self.engine = LLMEngine(self.config, core=self.client)  # loads the tokenizer while the core loads
             info = self.client.wait_ready(start_timeout_s)
         except BaseException:

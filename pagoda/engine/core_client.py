@@ -68,7 +68,7 @@ class EngineCoreClient:
         self.proc = spawn.Process(
             target=run_engine_core,
             args=(engine_args, f"ipc://{self._ipc_dir}/input", f"ipc://{self._ipc_dir}/output",
-                  self._error_path, logging.getLogger().getEffectiveLevel()),
+                  self._error_path, logging.getLogger().getEffectiveLevel(), time.time()),
             name="PagodaEngineCore",
         )
         self.proc.start()
@@ -181,7 +181,7 @@ class EngineCoreClient:
             return
         self._closing = True
         proc = self.proc
-        if proc.is_alive():
+        if proc.is_alive() and self.ready_info is not None:  # a core still starting reads no messages
             try:
                 self.input_sock.send_multipart((SHUTDOWN, serial.encode(None)), flags=zmq.NOBLOCK)
             except zmq.ZMQError:

@@ -54,17 +54,22 @@ class EngineCoreOutputs:
     timestamp: float = 0.0
 
 
-def run_engine_core(engine_args: Any, input_addr: str, output_addr: str, error_path: str, log_level: int) -> None:
-    """Entry point of the spawned process."""
-    logging.basicConfig(level=log_level, format="%(levelname)s %(asctime)s [core] %(name)s: %(message)s",
+def run_engine_core(engine_args: Any, input_addr: str, output_addr: str, error_path: str, log_level: int,
+                    spawned_at: float | None = None) -> None:
+    """Entry point of the spawned process; `spawned_at` (time.time() in the frontend) dates the start-up log."""
+    logging.basicConfig(level=log_level, format="%(levelname)s %(asctime)s.%(msecs)03d [core] %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
+    entered = time.time()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the frontend stops us
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     _exit_with_parent()
     try:
         from pagoda.engine.core import EngineCore
 
+        imported = time.time()
         config = engine_args.create_config()
+        logger.info("core process start-up: %.2f s from spawn to entry, %.2f s of imports, %.2f s config",
+                    entered - (spawned_at or entered), imported - entered, time.time() - imported)
         _share_cpus_with_frontend(config.device.device)
         core = EngineCore(config)
         # This process lives as long as the engine: keep its start-up heap out of every later GC pass.

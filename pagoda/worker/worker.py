@@ -5,6 +5,8 @@ Invariants:
   [2, num_blocks, block_size, num_kv_heads, head_size] (attention/backend.py's layout).
 - On CPU the cache size comes from kv_cache_memory_bytes (default 4 GiB), capped at what
   max_num_seqs sequences of max_model_len can use; num_gpu_blocks_override wins over both.
+- On CUDA, kernels are warmed up (worker/warmup.py) after the cache is allocated and before any
+  CUDA graph is captured; the warm-up writes nothing into the cache.
 """
 
 from __future__ import annotations
@@ -67,7 +69,14 @@ class Worker:
             num_blocks, cache.block_size, num_blocks * self.bytes_per_block() / (1 << 30), self.device,
         )
         self.runner = ModelRunner(self.config, self.model, kv_caches, self.device)
-        if self.device.type == "cuda" and not self.config.enforce_eager and self.config.model.runner_type == "generate":
+        if self.device.type != "cuda":
+            return
+        use_graphs = not self.config.enforce_eager and self.config.model.runner_type == "generate"
+        from pagoda.worker.warmup import warm_up_kernels
+
+        with torch.inference_mode():  # compile the Triton variants real steps need (graphs only cover decode)
+            warm_up_kernels(self.runner, self.config.max_cudagraph_capture_size if use_graphs else None)
+        if use_graphs:
             from pagoda.worker.cuda_graph import CudaGraphRunner
 
             graphs = CudaGraphRunner(self.model, kv_caches, self.config.max_cudagraph_capture_size,

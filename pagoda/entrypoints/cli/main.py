@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(levelname)s %(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(level=args.log_level, format="%(levelname)s %(asctime)s.%(msecs)03d %(name)s: %(message)s", datefmt="%H:%M:%S")
     return int(args.func(args) or 0)
 
 

@@ -301,7 +301,7 @@ def make_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(levelname)s %(asctime)s %(name)s: %(message)s",
+    logging.basicConfig(level=args.log_level, format="%(levelname)s %(asctime)s.%(msecs)03d %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
     return run(args)
 
