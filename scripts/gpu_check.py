@@ -3,10 +3,11 @@
     python scripts/gpu_check.py [--out DIR] [--quick] [--only ARCH ...] [--sizes tiny 1B]
 
 Checks (printed as a table at the end, and written to DIR/gpu_check.json):
-1. Every supported architecture, tiny and ~1B-shaped (random weights), fp32: greedy tokens equal.
+1. Every supported architecture, tiny and ~1B-shaped (random weights), fp32: greedy tokens equal,
+   at batch 8 and at batch 1 (where decode runs the GEMV kernel).
 2. The same in bf16: the share of sequences equal up to the first near-tie (where transformers'
    top-2 logits differ by less than NEAR_TIE), since bf16 rounding legitimately flips those.
-3. CUDA graphs on vs off (enforce_eager): identical tokens.
+3. CUDA graphs on vs off (enforce_eager): identical tokens, at batch 8 and at batch 1 (the GEMV path).
 4. Prefix caching and chunked prefill on vs off: identical tokens (fp32).
 Exit status 1 if any exact check fails.
 """
@@ -70,7 +71,8 @@ def hf_greedy(folder: str, prompts: list[list[int]], dtype) -> list[tuple[list[i
 
 def pagoda_greedy(folder: str, prompts: list[list[int]], dtype: str, **engine) -> list[list[int]]:
     # 16 sequences per step at most (11 prompts here): 5 CUDA graphs to capture instead of ~80
-    llm = LLM(folder, dtype=dtype, gpu_memory_utilization=0.5, max_num_seqs=16, **engine)
+    engine.setdefault("max_num_seqs", 16)
+    llm = LLM(folder, dtype=dtype, gpu_memory_utilization=0.5, **engine)
     params = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True)
     outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
     del llm
@@ -119,6 +121,9 @@ def main() -> int:
         ours32 = pagoda_greedy(folder, prompts, "float32")
         same = sum(o == r[0] for o, r in zip(ours32, ref32))
         record(f"{arch} {size} fp32 greedy == transformers", same == len(prompts), f"{same}/{len(prompts)} sequences equal")
+        ours1 = pagoda_greedy(folder, prompts, "float32", max_num_seqs=1)  # decode at batch 1: the GEMV path
+        same = sum(o == r[0] for o, r in zip(ours1, ref32))
+        record(f"{arch} {size} fp32 batch 1 == transformers", same == len(prompts), f"{same}/{len(prompts)} sequences equal")
         ref16 = hf_greedy(folder, prompts, torch.bfloat16)
         ours16 = pagoda_greedy(folder, prompts, "bfloat16")
         share = sum(equal_up_to_near_tie(o, r[0], r[1]) for o, r in zip(ours16, ref16))
@@ -128,6 +133,9 @@ def main() -> int:
         if arch == "LlamaForCausalLM":
             eager = pagoda_greedy(folder, prompts, "bfloat16", enforce_eager=True)
             record(f"{arch} {size} CUDA graphs on == off (bf16)", eager == ours16, f"{sum(a == b for a, b in zip(eager, ours16))}/{len(prompts)} equal")
+            graph1 = pagoda_greedy(folder, prompts[:3], "bfloat16", max_num_seqs=1)
+            eager1 = pagoda_greedy(folder, prompts[:3], "bfloat16", max_num_seqs=1, enforce_eager=True)
+            record(f"{arch} {size} batch 1 CUDA graphs on == off (bf16)", graph1 == eager1, f"{sum(a == b for a, b in zip(graph1, eager1))}/3 equal")
             no_cache = pagoda_greedy(folder, prompts + prompts[:3], "float32", enable_prefix_caching=False)
             cached = pagoda_greedy(folder, prompts + prompts[:3], "float32", enable_prefix_caching=True)
             record(f"{arch} {size} prefix caching on == off (fp32)", cached == no_cache, "with 3 repeated prompts")

@@ -11,6 +11,9 @@ Layout and conventions every backend shares (the Triton kernels use exactly thes
   the request's last block are unspecified (padding).
 - `forward` first writes this step's keys and values at slot_mapping, then attends: so a request
   may read blocks that another request of the same step wrote (prefix sharing within a step).
+- With `rotary` given, `forward` first rotates query and key by `rotary.positions` (the cache then
+  holds rotated keys), so a backend may fuse rotary with the KV write. It may do so in place: the
+  caller must not read query or key after `forward` (whether they were rotated is unspecified).
 
 Invariant: metadata tensors live on the model's device; the `*_cpu` lists mirror them for host code.
 """
@@ -18,6 +21,7 @@ Invariant: metadata tensors live on the model's device; the `*_cpu` lists mirror
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -44,6 +48,18 @@ class AttentionMetadata:
         return self.max_query_len == 1
 
 
+@dataclass(frozen=True)
+class RotaryArgs:
+    """Rotary position embedding for the backend to apply to query and key before attention."""
+
+    positions: torch.Tensor  # int64 [num_tokens]
+    cos_sin_cache: torch.Tensor  # fp32 [max_position, rotary_dim] = [cos half | sin half]; rotary_dim <= head_size
+    is_neox: bool  # neox (rotate halves) or gptj (rotate interleaved pairs) layout
+    # The model's own unfused rotary, (positions, query, key) -> (query, key): backends without a
+    # fused kernel call it, so their numerics are exactly the model's.
+    rotate: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
 class AttentionBackend(ABC):
     """Computes attention for all layers; one instance per model runner."""
 
@@ -62,6 +78,7 @@ class AttentionBackend(ABC):
         kv_cache: torch.Tensor,  # [2, num_blocks, block_size, num_kv_heads, head_size]
         metadata: AttentionMetadata,
         scale: float,
+        rotary: RotaryArgs | None = None,  # rotate query and key first (see the module docstring)
     ) -> torch.Tensor:  # [num_tokens, num_heads, head_size]
         ...
 

@@ -1,7 +1,10 @@
 """Reference attention backend in plain torch: the CPU path and the oracle for the Triton kernels.
 
-Invariant: numerically this is softmax(q·kᵀ·scale + causal mask)·v per request, computed in fp32,
+Invariants: numerically this is softmax(q·kᵀ·scale + causal mask)·v per request, computed in fp32,
 with keys and values gathered from the paged cache after this step's tokens were written to it.
+Slots < 0 in slot_mapping are padding and are not written (the Triton backend's contract).
+With `rotary`, query and key are rotated by the model's own unfused rotary (`rotary.rotate`) before
+the write, so this backend's numerics are exactly the model's rotary followed by attention.
 """
 
 from __future__ import annotations
@@ -9,11 +12,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from pagoda.attention.backend import AttentionBackend, AttentionMetadata
+from pagoda.attention.backend import AttentionBackend, AttentionMetadata, RotaryArgs
 
 
 def write_kv_cache(kv_cache: torch.Tensor, key: torch.Tensor, value: torch.Tensor, slot_mapping: torch.Tensor) -> None:
-    """Store each token's key and value at its slot (block * block_size + offset)."""
+    """Store each token's key and value at its slot (block * block_size + offset); negative slots
+    are padding and are skipped."""
+    keep = slot_mapping >= 0
+    if not bool(keep.all()):
+        slot_mapping, key, value = slot_mapping[keep], key[keep], value[keep]
     num_blocks, block_size = kv_cache.shape[1], kv_cache.shape[2]
     flat = kv_cache.view(2, num_blocks * block_size, *kv_cache.shape[3:])
     flat[0].index_copy_(0, slot_mapping, key.to(kv_cache.dtype))
@@ -54,6 +61,17 @@ def paged_attention_reference(
 class TorchAttentionBackend(AttentionBackend):
     name = "torch"
 
-    def forward(self, query, key, value, kv_cache, metadata, scale):
+    def forward(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        kv_cache: torch.Tensor,
+        metadata: AttentionMetadata,
+        scale: float,
+        rotary: RotaryArgs | None = None,
+    ) -> torch.Tensor:
+        if rotary is not None:
+            query, key = rotary.rotate(rotary.positions, query, key)
         write_kv_cache(kv_cache, key, value, metadata.slot_mapping)
         return paged_attention_reference(query, kv_cache, metadata, scale)

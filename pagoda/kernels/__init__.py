@@ -11,6 +11,9 @@ Triton's interpreter and on CUDA).
 - rotary: `apply_rotary(positions, q, k, cos_sin_cache, is_neox=True, inplace=True)` -> (q, k),
   neox/gptj layouts, partial rotary. Reference: `apply_rotary_ref(...)`. The cache comes from
   `build_cos_sin_cache(base, rot_dim, max_pos, rope_scaling=None)` (torch, in rope_cache.py; default/linear/llama3).
+- rotary_kv: `rotary_and_write_kv(positions, q, k, v, cos_sin_cache, kv_cache, slot_mapping, is_neox)`,
+  rotary fused with the KV-cache write (q rotated in place, rotated k and v stored at the slots; bitwise
+  = apply_rotary + write_kv_cache). Reference: `rotary_and_write_kv_ref(...)`.
 - activation: `silu_and_mul(x)`, `gelu_and_mul(x, approximate="none"|"tanh")`, `gelu_tanh(x)`
   (= `gelu_new`). References: `silu_and_mul_ref`, `gelu_and_mul_ref`, `gelu_tanh_ref`.
 

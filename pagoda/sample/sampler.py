@@ -8,7 +8,8 @@ Order of work (all in float32, the input logits are never modified):
 4. greedy rows: argmax (ties go to the lowest id, as torch.argmax);
 5. random rows: logits / temperature, then min-p, top-k, top-p (the sort-based version: the kept
    set includes the token whose cumulative probability crosses p), then softmax and the
-   exponential race argmax(probs / q), q ~ Exp(1).
+   exponential race argmax(probs / q), q ~ Exp(1); without top-k/top-p the race runs on the
+   logits as argmax(logits - log q), the same winner without a softmax.
 Stages 2-3 cost nothing when no row of the batch uses them.
 
 Invariants:
@@ -80,10 +81,12 @@ class Sampler(torch.nn.Module):
         logits = logits / temperature.unsqueeze(1)
         if not metadata.no_min_p:
             logits = apply_min_p(logits, metadata.min_p)
-        logits = apply_top_k_top_p(logits, None if metadata.no_top_k else metadata.top_k,
-                                   None if metadata.no_top_p else metadata.top_p)
-        probs = torch.softmax(logits, dim=-1)
-        random = exponential_race(probs, metadata.generators)
+        if metadata.no_top_k and metadata.no_top_p:
+            random = exponential_race(logits, metadata.generators, log_domain=True)  # no softmax needed
+        else:
+            logits = apply_top_k_top_p(logits, None if metadata.no_top_k else metadata.top_k,
+                                       None if metadata.no_top_p else metadata.top_p)
+            random = exponential_race(torch.softmax(logits, dim=-1), metadata.generators)
         if greedy is None:
             return random
         return torch.where(is_greedy, greedy, random)
@@ -115,11 +118,17 @@ def apply_top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor | None,
     return torch.empty_like(logits).scatter_(1, logits_idx, logits_sort)
 
 
-def exponential_race(probs: torch.Tensor, generators: dict[int, torch.Generator]) -> torch.Tensor:
-    """argmax(probs / q), q ~ Exp(1): a draw from each row's categorical distribution."""
+def exponential_race(probs: torch.Tensor, generators: dict[int, torch.Generator],
+                     log_domain: bool = False) -> torch.Tensor:
+    """argmax(probs / q), q ~ Exp(1): a draw from each row's categorical distribution. With
+    `log_domain`, `probs` are logits and the race is argmax(logits - log q): the same winner, since
+    probs = exp(logits) / Z, without the softmax (two passes over [R, V] less)."""
     q = torch.empty_like(probs)
     if len(generators) < probs.shape[0]:
         q.exponential_()
     for row, generator in generators.items():
         q[row].exponential_(generator=generator)
-    return (probs / q.clamp_min_(_MIN_Q)).argmax(dim=-1)
+    q.clamp_min_(_MIN_Q)
+    if log_domain:
+        return (probs - q.log_()).argmax(dim=-1)
+    return (probs / q).argmax(dim=-1)

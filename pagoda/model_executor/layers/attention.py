@@ -5,6 +5,8 @@ Invariants:
   arguments on every call (DESIGN §4: no hidden global forward state).
 - q is [T, num_heads·head_size], k and v are [T, num_kv_heads·head_size]; the output is
   [T, num_heads·head_size]. `layer_idx` says which entry of the model's kv_caches list is its own.
+- Given a `rotary_emb`, q and k are rotated by it at `positions` inside the backend (which may fuse
+  that with the KV-cache write), never before the call; q and k must not be read afterwards.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pagoda.attention.backend import AttentionBackend, AttentionMetadata
+from pagoda.attention.backend import AttentionBackend, AttentionMetadata, RotaryArgs
+from pagoda.model_executor.layers.rotary import RotaryEmbedding
 
 
 class Attention(nn.Module):
@@ -42,7 +45,14 @@ class Attention(nn.Module):
         v: torch.Tensor,
         kv_cache: torch.Tensor,
         attn_metadata: AttentionMetadata,
+        rotary_emb: RotaryEmbedding | None = None,
+        positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        rotary = None
+        if rotary_emb is not None:
+            if positions is None:
+                raise ValueError("positions are required with rotary_emb")
+            rotary = RotaryArgs(positions, rotary_emb.cos_sin_cache, rotary_emb.is_neox_style, rotary_emb)
         num_tokens = q.shape[0]
         out = self.backend.forward(
             q.reshape(num_tokens, self.num_heads, self.head_size),
@@ -51,6 +61,7 @@ class Attention(nn.Module):
             kv_cache,
             attn_metadata,
             self.scale,
+            rotary=rotary,
         )
         return out.reshape(num_tokens, self.num_heads * self.head_size)
 

@@ -7,7 +7,8 @@ Invariants:
 - On CUDA the fused Triton kernel (pagoda/kernels/rmsnorm.py) runs instead, updating `residual` in
   place; callers never reuse a residual tensor after passing it in.
 - `RMSNorm(x)` returns the normed tensor; `RMSNorm(x, residual)` first adds `residual` and returns
-  `(normed, x + residual)`: the sum is the next layer's residual.
+  `(normed, x + residual)`: the sum is the next layer's residual. `forward_pending` may instead
+  leave the norm to the next projection's GEMV (layers/pending_norm.py); the CPU path never does.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from pagoda.kernels import tuning
 from pagoda.model_executor.layers.linear import default_weight_loader, set_weight_attrs
+from pagoda.model_executor.layers.pending_norm import PendingRMSNorm
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -47,6 +50,18 @@ class RMSNorm(nn.Module):
         if residual is None:
             return rms_norm(x, self.weight, self.eps)
         return fused_add_rms_norm(x, residual, self.weight, self.eps)
+
+
+    def forward_pending(self, x: torch.Tensor, residual: torch.Tensor | None = None):
+        """(normed input, next residual) like `forward`, except that where the next projection runs
+        the GEMV kernel (CUDA, at most GEMV_USE_MAX_M rows) the norm is left to it: the input is then a
+        PendingRMSNorm (layers/pending_norm.py). Without a residual the next residual is x."""
+        if not (x.is_cuda and x.dim() == 2 and 0 < x.shape[0] <= tuning.GEMV_USE_MAX_M):
+            return (self.forward(x), x) if residual is None else self.forward(x, residual)
+        if residual is None:
+            return PendingRMSNorm(x, self.weight, self.eps, None, None), x
+        residual_out = torch.empty_like(residual)
+        return PendingRMSNorm(x, self.weight, self.eps, residual, residual_out), residual_out
 
 
 class LayerNorm(nn.LayerNorm):

@@ -21,6 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pagoda.kernels import tuning
+from pagoda.kernels.gemv import gemv
+from pagoda.model_executor.layers.pending_norm import PendingRMSNorm
 from pagoda.model_executor.parallel_state import divide, get_tp_rank, get_tp_size, tp_all_gather, tp_all_reduce
 
 logger = logging.getLogger(__name__)
@@ -67,6 +70,16 @@ class LinearMethod(ABC):
     def apply(self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         """x @ weightᵀ (+ bias)."""
 
+    # Whether `apply` takes a PendingRMSNorm as x (layers/pending_norm.py); if not, the layer
+    # materializes the norm first.
+    takes_pending_norm = False
+
+    def apply_silu_and_mul(self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None,
+                           act: nn.Module) -> torch.Tensor:
+        """act(x @ weightᵀ (+ bias)) for a [gate | up] weight, where act is SiluAndMul; a method may
+        fuse the two (the default does not)."""
+        return act(self.apply(layer, x, bias))
+
 
 class UnquantizedLinearMethod(LinearMethod):
     """A plain [output, input] weight in the model dtype."""
@@ -79,8 +92,36 @@ class UnquantizedLinearMethod(LinearMethod):
         set_weight_attrs(weight, {"input_dim": 1, "output_dim": 0})
         layer.register_parameter("weight", weight)
 
+    takes_pending_norm = True
+
     def apply(self, layer, x, bias):
-        return F.linear(x, layer.weight, bias)
+        if isinstance(x, PendingRMSNorm):
+            if _gemv_applies(x.x, layer.weight):
+                return gemv(x.x, layer.weight, bias, **x.gemv_args())
+            x = x.materialize()
+        return dense(x, layer.weight, bias)
+
+    def apply_silu_and_mul(self, layer, x, bias, act):
+        if isinstance(x, PendingRMSNorm):
+            if _gemv_applies(x.x, layer.weight):
+                return gemv(x.x, layer.weight, bias, silu_and_mul=True, **x.gemv_args())
+            x = x.materialize()
+        if _gemv_applies(x, layer.weight):
+            return gemv(x, layer.weight, bias, silu_and_mul=True)
+        return act(F.linear(x, layer.weight, bias))
+
+
+def _gemv_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    return x.is_cuda and x.dim() == 2 and 0 < x.shape[0] <= tuning.GEMV_USE_MAX_M and weight.is_contiguous()
+
+
+def dense(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x @ weightᵀ (+ bias): Triton's decode GEMV for a few rows on CUDA (it reads narrow weights
+    faster than cuBLAS), F.linear otherwise. The choice depends only on shapes, so CUDA-graph and
+    eager runs of the same batch compute identically."""
+    if _gemv_applies(x, weight):
+        return gemv(x, weight, bias)
+    return F.linear(x, weight, bias)
 
 
 class LinearBase(nn.Module):
@@ -94,6 +135,12 @@ class LinearBase(nn.Module):
         self.tp_size = get_tp_size()
         self.params_dtype = torch.get_default_dtype()
         self.linear_method = linear_method or UnquantizedLinearMethod()
+
+    def _input(self, x):
+        """x, with a pending norm computed here unless the linear method fuses it."""
+        if isinstance(x, PendingRMSNorm) and not self.linear_method.takes_pending_norm:
+            return x.materialize()
+        return x
 
     def _make_bias(self, size: int, bias: bool, loader) -> None:
         if not bias:
@@ -119,7 +166,7 @@ class ReplicatedLinear(LinearBase):
         self._make_bias(output_size, bias, default_weight_loader)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear_method.apply(self, x, self.bias)
+        return self.linear_method.apply(self, self._input(x), self.bias)
 
 
 class ColumnParallelLinear(LinearBase):
@@ -151,7 +198,7 @@ class ColumnParallelLinear(LinearBase):
         default_weight_loader(param, loaded_weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.linear_method.apply(self, x, self.bias)
+        out = self.linear_method.apply(self, self._input(x), self.bias)
         return tp_all_gather(out) if self.gather_output else out
 
 
@@ -163,6 +210,10 @@ class MergedColumnParallelLinear(ColumnParallelLinear):
 
     def __init__(self, input_size: int, output_sizes: list[int], bias: bool = True, linear_method: LinearMethod | None = None):
         super().__init__(input_size, sum(output_sizes), bias, False, linear_method, output_sizes=list(output_sizes))
+
+    def forward_silu_and_mul(self, x: torch.Tensor, act: nn.Module) -> torch.Tensor:
+        """act(forward(x)) for a [gate, up] projection, fused by the linear method where it can be."""
+        return self.linear_method.apply_silu_and_mul(self, self._input(x), self.bias, act)
 
     def weight_loader(self, param: torch.Tensor, loaded_weight: torch.Tensor, shard_id: int | None = None) -> None:
         if shard_id is None:  # the checkpoint already stores the fused tensor

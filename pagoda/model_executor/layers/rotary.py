@@ -4,7 +4,9 @@ Invariants:
 - The cache is fp32, shape [max_position, rotary_dim] = [cos half | sin half], built once at
   construction; `forward` only gathers rows by position and casts to the query dtype.
 - `apply_rotary_emb` is a plain torch function (the CPU path); on CUDA the Triton kernel in
-  pagoda/kernels/rotary.py rotates q and k in place instead.
+  pagoda/kernels/rotary.py rotates q and k in place instead. Models that hand the rotary to the
+  attention layer (Llama family) get it fused with the KV-cache write on the Triton backend
+  (pagoda/kernels/rotary_kv.py); `forward` is then the unfused path other backends call.
   Neox layout rotates the two halves of the rotary dims; GPT-J layout rotates interleaved pairs.
   Only the first `rotary_dim` of each head's dims rotate (partial rotary); the rest pass through.
 - Rope settings come from `rope_settings(hf_config)`, which reads transformers 5's

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pagoda.model_executor.layers.linear import set_weight_attrs
+from pagoda.model_executor.layers.linear import dense, set_weight_attrs
 from pagoda.model_executor.parallel_state import get_tp_rank, get_tp_size, tp_all_gather, tp_all_reduce
 
 
@@ -72,6 +72,6 @@ class ParallelLMHead(VocabParallelEmbedding):
 def compute_logits(head: VocabParallelEmbedding, hidden: torch.Tensor) -> torch.Tensor:
     """Logits over the real vocabulary for each row of `hidden`: [N, hidden] → [N, vocab]."""
     bias = getattr(head, "bias", None)
-    logits = F.linear(hidden, head.weight, bias)
+    logits = dense(hidden, head.weight, bias)
     logits = tp_all_gather(logits, dim=-1)
     return logits[..., : head.num_embeddings]

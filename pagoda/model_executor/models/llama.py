@@ -5,6 +5,8 @@ Invariants:
   `load_weights` maps the checkpoint's separate q_proj/k_proj/v_proj and gate_proj/up_proj into them.
 - The residual stream travels beside the hidden states: every norm after the first is the fused
   `norm(x, residual) -> (normed, x + residual)` form; `forward` returns the final norm's output.
+  A layer's two norms may stay pending (RMSNorm.forward_pending) for the QKV and gate/up
+  projections to compute inside their GEMV; the MLP's SiLU·mul is fused into gate/up the same way.
 - With `tie_word_embeddings`, `lm_head` IS `model.embed_tokens` (one Parameter); a checkpoint's
   `lm_head.weight` is then ignored.
 - Layer i reads and writes only `kv_caches[i]`.
@@ -62,7 +64,7 @@ class LlamaMLP(nn.Module):
         self.act_fn = SiluAndMul()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.act_fn(self.gate_up_proj(x)))
+        return self.down_proj(self.gate_up_proj.forward_silu_and_mul(x, self.act_fn))
 
 
 class LlamaAttention(nn.Module):
@@ -95,8 +97,9 @@ class LlamaAttention(nn.Module):
         qkv = self.qkv_proj(hidden_states)
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q, k = self.qk_norm(q, k)
-        q, k = self.rotary_emb(positions, q, k)
-        return self.o_proj(self.attn(q, k, v, kv_cache, attn_metadata))
+        # Rotary is applied by the attention backend (on the GPU fused with the KV-cache write).
+        out = self.attn(q, k, v, kv_cache, attn_metadata, rotary_emb=self.rotary_emb, positions=positions)
+        return self.o_proj(out)
 
 
 class LlamaDecoderLayer(nn.Module):
@@ -111,13 +114,10 @@ class LlamaDecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
     def forward(self, positions, hidden_states, residual, kv_cache, attn_metadata):
-        if residual is None:
-            residual = hidden_states
-            hidden_states = self.input_layernorm(hidden_states)
-        else:
-            hidden_states, residual = self.input_layernorm(hidden_states, residual)
+        # At decode batch 1 on the GPU the norms stay pending: the next projection's GEMV computes them.
+        hidden_states, residual = self.input_layernorm.forward_pending(hidden_states, residual)
         hidden_states = self.self_attn(positions, hidden_states, kv_cache, attn_metadata)
-        hidden_states, residual = self.post_attention_layernorm(hidden_states, residual)
+        hidden_states, residual = self.post_attention_layernorm.forward_pending(hidden_states, residual)
         return self.mlp(hidden_states), residual
 
 
