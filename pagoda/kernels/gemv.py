@@ -14,9 +14,7 @@ Shapes: x [M, K] with unit stride in K; w [N, K] contiguous (nn.Linear's layout)
 y [M, N] in x's dtype. `silu_and_mul=True` fuses the MLP's activation: w is [gate | up] ([2I, K])
 and y = silu(x·gateᵀ)·(x·upᵀ) [M, I], computed from the fp32 sums, so gate/up are never stored. Any float dtype; accumulation is fp32 and each output is rounded once.
 Launch choices (BLOCK_N, BLOCK_K, SPLIT_K, warps, stages) come from `tuning.gemv_launch`; they
-change speed, never results beyond fp32 summation order. On Hopper and newer the kernel is launched
-with programmatic dependent launch: it lets its successor launch at once and waits for its
-predecessor (griddepcontrol.wait) before reading or writing any memory, so ordering is unchanged.
+change speed, never results beyond fp32 summation order.
 """
 
 from __future__ import annotations
@@ -35,11 +33,8 @@ def _gemv_kernel(
     stride_xm, stride_wn, stride_ym, stride_rm, stride_om,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr, GATED: tl.constexpr,
-    NORM: tl.constexpr, HAS_RES: tl.constexpr, NUM_STAGES: tl.constexpr, PDL: tl.constexpr,
+    NORM: tl.constexpr, HAS_RES: tl.constexpr, NUM_STAGES: tl.constexpr,
 ):
-    if PDL:  # programmatic dependent launch: let the next kernel launch now, wait for the previous one
-        tl.extra.cuda.gdc_launch_dependents()
-        tl.extra.cuda.gdc_wait()  # before touching any memory
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -155,7 +150,7 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
         x.stride(0), weight.stride(0), y.stride(0), res.stride(0), res_out.stride(0),
         BLOCK_M=tuning.next_power_of_2(M), BLOCK_N=launch.block_n, BLOCK_K=launch.block_k,
         SPLIT=split, HAS_BIAS=bias is not None, GATED=silu_and_mul, NORM=norm, HAS_RES=residual is not None,
-        NUM_STAGES=launch.num_stages, num_warps=launch.num_warps, **_pdl_args(x.device),
+        NUM_STAGES=launch.num_stages, num_warps=launch.num_warps,
     )
     if split > 1:
         block = min(1024, tuning.next_power_of_2(N))
@@ -164,14 +159,6 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
             SPLIT=split, HAS_BIAS=bias is not None, BLOCK=block, num_warps=4,
         )
     return y
-
-
-def _pdl_args(device: torch.device) -> dict:
-    """Launch with programmatic dependent launch (Hopper+, see tuning.GEMV_PDL): the kernel's blocks
-    are set up while the previous kernel drains, removing most of the gap between graph nodes."""
-    if tuning.use_pdl(device):
-        return {"PDL": True, "launch_pdl": True}
-    return {"PDL": False}
 
 
 def gemv_ref(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,

@@ -130,17 +130,3 @@ def gemv_launch(m: int, n: int, k: int) -> GemvLaunch:
         split_k *= 2
     return GemvLaunch(block_n, block_k, split_k, num_warps=4, num_stages=3)
 
-# Programmatic dependent launch for the GEMV kernel (Hopper+); PAGODA_PDL=0 turns it off for A/B runs.
-GEMV_PDL = os.environ.get("PAGODA_PDL", "1") != "0"
-
-
-@functools.lru_cache(maxsize=None)
-def _capability_major(index: int) -> int:
-    return torch.cuda.get_device_capability(index)[0]
-
-
-def use_pdl(device: torch.device) -> bool:
-    """Whether kernels on `device` launch with programmatic dependent launch (CUDA, sm90+, not the interpreter)."""
-    if not GEMV_PDL or device.type != "cuda" or os.environ.get("TRITON_INTERPRET") == "1":
-        return False
-    return _capability_major(device.index if device.index is not None else torch.cuda.current_device()) >= 9
