@@ -11,6 +11,9 @@ Triton's interpreter and on CUDA).
 - rotary: `apply_rotary(positions, q, k, cos_sin_cache, is_neox=True, inplace=True)` -> (q, k),
   neox/gptj layouts, partial rotary. Reference: `apply_rotary_ref(...)`. The cache comes from
   `build_cos_sin_cache(base, rot_dim, max_pos, rope_scaling=None)` (torch, in rope_cache.py; default/linear/llama3).
+- gemv: `gemv(x, weight, bias=None, silu_and_mul=False, norm_weight=None, eps, residual=None,
+  residual_out=None)`, x @ weightᵀ for a few rows (decode at batch 1), optionally with RMSNorm
+  (+ residual add) in the prologue and SiLU·mul of [gate | up] in the epilogue. Reference: `gemv_ref(...)`.
 - rotary_kv: `rotary_and_write_kv(positions, q, k, v, cos_sin_cache, kv_cache, slot_mapping, is_neox)`,
   rotary fused with the KV-cache write (q rotated in place, rotated k and v stored at the slots; bitwise
   = apply_rotary + write_kv_cache). Reference: `rotary_and_write_kv_ref(...)`.
