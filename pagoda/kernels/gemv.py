@@ -1,19 +1,23 @@
 """Skinny matmul for decode (Triton): y[M, N] = x[M, K] @ w[N, K]ᵀ (+ bias) for a handful of rows M.
 
 At batch 1 a decode step is a chain of matrix-vector products whose time is the time to read each
-weight once. cuBLAS reaches ~90 % of copy bandwidth on the large ones but less on the narrow
-QKV and output projections (~3.1 of ~4.2 TB/s on an H200 for Llama-3-8B's shapes), so this kernel
-streams the weight in [BLOCK_N, BLOCK_K] tiles, multiplies them by the M input rows kept in
-registers, and accumulates in fp32.
+weight once. cuBLAS reads the narrow QKV and output projections of Llama-3-8B at 3.3 and 2.7 TB/s on
+an H200; this kernel streams the weight in [BLOCK_N, BLOCK_K] tiles against the M input rows and
+accumulates in fp32, reading them at 3.4 and 3.3 TB/s (tests/kernels/bench_gemv.py). Owning the
+kernel also lets the layers around it fuse into it:
+- `norm_weight` (+ `residual`): RMSNorm of x (+ residual) in the prologue. The sum s = x + residual
+  is rounded to the residual's dtype as the RMSNorm kernel rounds it and written to `residual_out` by
+  the programs of column block 0; the product is (s · norm_weight) @ wᵀ, and rsqrt(mean(s²) + eps),
+  one factor per row, scales the finished fp32 sums.
+- `silu_and_mul`: w is [gate | up] ([2I, K]); y = silu(x·gateᵀ)·(x·upᵀ) [M, I] from the fp32 sums.
 
 Grid: (cdiv(N, BLOCK_N), SPLIT_K). With SPLIT_K > 1 each program covers one K range and writes fp32
-partial sums to a [SPLIT_K, M, N] workspace that a second kernel adds up (fixed order: results do
-not depend on scheduling), casts and biases; with SPLIT_K == 1 the first kernel writes y itself.
+partial sums to a [SPLIT_K, M, N] workspace that a second kernel adds up in a fixed order, casts and
+biases; with SPLIT_K == 1 (always for the fused forms) the first kernel writes y itself.
 
 Shapes: x [M, K] with unit stride in K; w [N, K] contiguous (nn.Linear's layout); bias [N] or None;
-y [M, N] in x's dtype. `silu_and_mul=True` fuses the MLP's activation: w is [gate | up] ([2I, K])
-and y = silu(x·gateᵀ)·(x·upᵀ) [M, I], computed from the fp32 sums, so gate/up are never stored. Any float dtype; accumulation is fp32 and each output is rounded once.
-Launch choices (BLOCK_N, BLOCK_K, SPLIT_K, warps, stages) come from `tuning.gemv_launch`; they
+y [M, N] in x's dtype; residual and residual_out like x. Any float dtype; each output is rounded
+once. Launch choices (BLOCK_N, BLOCK_K, SPLIT_K, warps, stages) come from `tuning.gemv_launch`; they
 change speed, never results beyond fp32 summation order.
 """
 

@@ -23,14 +23,17 @@ from pagoda.kernels.rope_cache import build_cos_sin_cache, rope_inv_freq  # noqa
 
 
 @triton.jit
+def _pair_offsets(offs_p, HALF: tl.constexpr, IS_NEOX: tl.constexpr):
+    """The dims rotated together, per frequency p: (p, p + HALF) for neox, (2p, 2p + 1) for gptj."""
+    if IS_NEOX:
+        return offs_p, offs_p + HALF
+    return 2 * offs_p, 2 * offs_p + 1
+
+
+@triton.jit
 def _rotate_heads(x_ptr, tok, stride_t, stride_h, num_heads, cos, sin, offs_p, p_mask,
                   HALF: tl.constexpr, IS_NEOX: tl.constexpr, BLOCK_H: tl.constexpr):
-    if IS_NEOX:
-        i1 = offs_p
-        i2 = offs_p + HALF
-    else:
-        i1 = 2 * offs_p
-        i2 = 2 * offs_p + 1
+    i1, i2 = _pair_offsets(offs_p, HALF, IS_NEOX)
     base = x_ptr + tok * stride_t
     for h0 in range(0, num_heads, BLOCK_H):
         offs_h = h0 + tl.arange(0, BLOCK_H)

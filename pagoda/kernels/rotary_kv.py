@@ -28,7 +28,7 @@ import triton.language as tl
 
 from pagoda.kernels import tuning
 from pagoda.kernels.kv_cache_write import write_kv_cache_ref
-from pagoda.kernels.rotary import _rotate_heads, apply_rotary_ref
+from pagoda.kernels.rotary import _pair_offsets, _rotate_heads, apply_rotary_ref
 
 
 @triton.jit
@@ -39,12 +39,7 @@ def _write_kv_heads(k_ptr, v_ptr, kc_ptr, vc_ptr, stride_kh, stride_vh, stride_c
                     BLOCK_H: tl.constexpr):
     """One token: cache[k] = rotate(k) (pass-through dims copied), cache[v] = v. Pointers are the
     token's rows of k and v and its slot's rows of the key and value caches."""
-    if IS_NEOX:
-        i1 = offs_p
-        i2 = offs_p + HALF
-    else:
-        i1 = 2 * offs_p
-        i2 = 2 * offs_p + 1
+    i1, i2 = _pair_offsets(offs_p, HALF, IS_NEOX)
     offs_r = 2 * HALF + tl.arange(0, REST_PAD)
     offs_d = tl.arange(0, HEAD_PAD)
     for h0 in range(0, num_heads, BLOCK_H):
