@@ -111,6 +111,13 @@ def _gemv_reduce_kernel(
     tl.store(y_ptr + m * stride_ym + offs, total.to(y_ptr.dtype.element_ty), mask=mask)
 
 
+def gemv_applies(x: torch.Tensor) -> bool:
+    """Whether the model's products with input x run here rather than in cuBLAS: x is a CUDA
+    [M, K] tensor with 1 <= M <= tuning.GEMV_USE_MAX_M. It depends on shapes only, so CUDA-graph and
+    eager runs of the same batch compute identically."""
+    return x.is_cuda and x.dim() == 2 and 0 < x.shape[0] <= tuning.GEMV_USE_MAX_M
+
+
 def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
          launch: tuning.GemvLaunch | None = None, silu_and_mul: bool = False,
          norm_weight: torch.Tensor | None = None, eps: float = 1e-6,

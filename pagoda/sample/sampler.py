@@ -118,17 +118,17 @@ def apply_top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor | None,
     return torch.empty_like(logits).scatter_(1, logits_idx, logits_sort)
 
 
-def exponential_race(probs: torch.Tensor, generators: dict[int, torch.Generator],
+def exponential_race(scores: torch.Tensor, generators: dict[int, torch.Generator],
                      log_domain: bool = False) -> torch.Tensor:
-    """argmax(probs / q), q ~ Exp(1): a draw from each row's categorical distribution. With
-    `log_domain`, `probs` are logits and the race is argmax(logits - log q): the same winner, since
-    probs = exp(logits) / Z, without the softmax (two passes over [R, V] less)."""
-    q = torch.empty_like(probs)
-    if len(generators) < probs.shape[0]:
+    """A draw from each row's categorical distribution: argmax(scores / q), q ~ Exp(1), where scores
+    are probabilities; with `log_domain` they are logits and the race is argmax(scores - log q), the
+    same winner since probs = exp(logits) / Z, without the softmax (two passes over [R, V] less)."""
+    q = torch.empty_like(scores)
+    if len(generators) < scores.shape[0]:
         q.exponential_()
     for row, generator in generators.items():
         q[row].exponential_(generator=generator)
     q.clamp_min_(_MIN_Q)
     if log_domain:
-        return (probs - q.log_()).argmax(dim=-1)
-    return (probs / q).argmax(dim=-1)
+        return (scores - q.log_()).argmax(dim=-1)
+    return (scores / q).argmax(dim=-1)

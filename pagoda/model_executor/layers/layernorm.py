@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pagoda.kernels import tuning
+from pagoda.kernels.gemv import gemv_applies
 from pagoda.model_executor.layers.linear import default_weight_loader, set_weight_attrs
 from pagoda.model_executor.layers.pending_norm import PendingRMSNorm
 
@@ -51,12 +51,11 @@ class RMSNorm(nn.Module):
             return rms_norm(x, self.weight, self.eps)
         return fused_add_rms_norm(x, residual, self.weight, self.eps)
 
-
     def forward_pending(self, x: torch.Tensor, residual: torch.Tensor | None = None):
         """(normed input, next residual) like `forward`, except that where the next projection runs
         the GEMV kernel (CUDA, at most GEMV_USE_MAX_M rows) the norm is left to it: the input is then a
         PendingRMSNorm (layers/pending_norm.py). Without a residual the next residual is x."""
-        if not (x.is_cuda and x.dim() == 2 and 0 < x.shape[0] <= tuning.GEMV_USE_MAX_M):
+        if not gemv_applies(x):
             return (self.forward(x), x) if residual is None else self.forward(x, residual)
         if residual is None:
             return PendingRMSNorm(x, self.weight, self.eps, None, None), x

@@ -21,8 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pagoda.kernels import tuning
-from pagoda.kernels.gemv import gemv
+from pagoda.kernels.gemv import gemv, gemv_applies
 from pagoda.model_executor.layers.pending_norm import PendingRMSNorm
 from pagoda.model_executor.parallel_state import divide, get_tp_rank, get_tp_size, tp_all_gather, tp_all_reduce
 
@@ -95,31 +94,28 @@ class UnquantizedLinearMethod(LinearMethod):
     takes_pending_norm = True
 
     def apply(self, layer, x, bias):
-        if isinstance(x, PendingRMSNorm):
-            if _gemv_applies(x.x, layer.weight):
-                return gemv(x.x, layer.weight, bias, **x.gemv_args())
-            x = x.materialize()
-        return dense(x, layer.weight, bias)
+        return self._matmul(layer, x, bias, act=None)
 
     def apply_silu_and_mul(self, layer, x, bias, act):
-        if isinstance(x, PendingRMSNorm):
-            if _gemv_applies(x.x, layer.weight):
-                return gemv(x.x, layer.weight, bias, silu_and_mul=True, **x.gemv_args())
-            x = x.materialize()
-        if _gemv_applies(x, layer.weight):
-            return gemv(x, layer.weight, bias, silu_and_mul=True)
-        return act(F.linear(x, layer.weight, bias))
+        return self._matmul(layer, x, bias, act)
 
-
-def _gemv_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    return x.is_cuda and x.dim() == 2 and 0 < x.shape[0] <= tuning.GEMV_USE_MAX_M and weight.is_contiguous()
+    @staticmethod
+    def _matmul(layer, x, bias, act):
+        """act(x @ weightᵀ + bias) (act None: no activation): the GEMV, with a pending norm and the
+        SiLU·mul fused into it, where it applies; otherwise the norm, F.linear and act one by one."""
+        pending = x if isinstance(x, PendingRMSNorm) else None
+        rows = pending.x if pending is not None else x
+        if gemv_applies(rows) and layer.weight.is_contiguous():
+            norm = pending.gemv_args() if pending is not None else {}
+            return gemv(rows, layer.weight, bias, silu_and_mul=act is not None, **norm)
+        out = F.linear(pending.materialize() if pending is not None else x, layer.weight, bias)
+        return out if act is None else act(out)
 
 
 def dense(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """x @ weightᵀ (+ bias): Triton's decode GEMV for a few rows on CUDA (it reads narrow weights
-    faster than cuBLAS), F.linear otherwise. The choice depends only on shapes, so CUDA-graph and
-    eager runs of the same batch compute identically."""
-    if _gemv_applies(x, weight):
+    """x @ weightᵀ (+ bias): Triton's decode GEMV where `gemv_applies` (it reads narrow weights faster
+    than cuBLAS), F.linear otherwise."""
+    if gemv_applies(x) and weight.is_contiguous():
         return gemv(x, weight, bias)
     return F.linear(x, weight, bias)
 
