@@ -102,7 +102,8 @@ def main():
 
 
 def sweep():
-    """Time paged attention under forced launch settings (block_m, tile_n, num_warps, num_stages)."""
+    """Time paged attention under forced launch settings (block_m, tile_n, num_warps, num_stages);
+    `--sweep WORD ...` keeps the cases whose name contains a WORD."""
     import dataclasses
 
     original = tuning.attention_launch
@@ -111,7 +112,11 @@ def sweep():
         "prefill 8x512 chunk+prefix": ([512] * 8, [2048] * 8),
         "decode b64 1k": ([1] * 64, [1024] * 64),
         "decode b256 2k": ([1] * 256, [2048] * 256),
+        "decode b1000 192 (W2)": ([1] * 1000, [192] * 1000),
+        "decode b1 384 (W4)": ([1], [384]),
     }
+    only = [a for a in sys.argv[2:] if not a.startswith("-")]
+    cases = {k: v for k, v in cases.items() if not only or any(o in k for o in only)}
     settings = [(bm, tn, w, st) for bm in (16, 64, 128) for tn in (32, 64, 128) for w in (4, 8) for st in (2, 3)]
     for name, (ql, sl) in cases.items():
         q, kv, md = make_batch(ql, sl, num_heads=H, num_kv_heads=HKV, head_size=D, block_size=16,
@@ -132,14 +137,16 @@ def sweep():
             tuning.attention_launch = forced
             try:
                 ms = triton.testing.do_bench(lambda: paged_attention(q, kv, md, D**-0.5))
-                results.append((ms, bm, tn, w, st))
+                kv_bytes = sum(sl) * HKV * D * 2 * kv.element_size()
+                results.append((ms, bm, tn, w, f"{st} ({kv_bytes / ms / 1e6:.0f} GB/s)"))
             except Exception as e:  # out of shared memory etc.
                 results.append((float("inf"), bm, tn, w, f"{st} {type(e).__name__}"))
             finally:
                 tuning.attention_launch = original
         results.sort(key=lambda r: r[0])
         default_ms = triton.testing.do_bench(lambda: paged_attention(q, kv, md, D**-0.5))
-        print(f"{name}: default {default_ms * 1e3:.1f} us; best: " +
+        gbs = sum(sl) * HKV * D * 2 * kv.element_size() / default_ms / 1e6
+        print(f"{name}: default {default_ms * 1e3:.1f} us ({gbs:.0f} GB/s); best: " +
               "; ".join(f"bm{bm} tn{tn} w{w} s{st} {ms * 1e3:.1f}us" for ms, bm, tn, w, st in results[:5]))
 
 
