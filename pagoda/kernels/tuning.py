@@ -130,12 +130,3 @@ def gemv_launch(m: int, n: int, k: int) -> GemvLaunch:
         split_k *= 2
     return GemvLaunch(block_n, block_k, split_k, num_warps=4, num_stages=3)
 
-
-
-# --- L2 weight prefetch (pagoda.kernels.l2_prefetch) -----------------------------------------------
-# Batches of at most this many rows prefetch the attention output projection's weight into L2 while
-# the attention kernels run (HBM is idle then at small batch); PAGODA_L2_PREFETCH_MAX_ROWS
-# overrides it (0 turns the prefetch off) for A/B runs on the GPU.
-L2_PREFETCH_MAX_ROWS = int(os.environ.get("PAGODA_L2_PREFETCH_MAX_ROWS", "1"))
-# 1: the prefetch kernel runs on a side stream, beside the attention kernels; 0: in line, before them.
-L2_PREFETCH_SIDE_STREAM = os.environ.get("PAGODA_L2_PREFETCH_SIDE_STREAM", "1") == "1"

@@ -33,7 +33,6 @@ from pagoda.model_executor.layers.linear import (
     load_named_weight,
 )
 from pagoda.model_executor.layers.rotary import RotaryEmbedding, get_rope
-from pagoda.model_executor.layers.weight_prefetch import prefetch_during
 from pagoda.model_executor.layers.vocab_parallel_embedding import (
     ParallelLMHead,
     VocabParallelEmbedding,
@@ -98,10 +97,8 @@ class LlamaAttention(nn.Module):
         qkv = self.qkv_proj(hidden_states)
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q, k = self.qk_norm(q, k)
-        # Rotary is applied by the attention backend (on the GPU fused with the KV-cache write). At
-        # small batch o_proj's weight travels into L2 while the attention kernels run.
-        with prefetch_during(self.o_proj, num_rows=q.shape[0]):
-            out = self.attn(q, k, v, kv_cache, attn_metadata, rotary_emb=self.rotary_emb, positions=positions)
+        # Rotary is applied by the attention backend (on the GPU fused with the KV-cache write).
+        out = self.attn(q, k, v, kv_cache, attn_metadata, rotary_emb=self.rotary_emb, positions=positions)
         return self.o_proj(out)
 
 
