@@ -4,10 +4,12 @@
 
 The forward pass and the sampler are timed separately; what is left of the wall time is the host's
 bookkeeping (scheduling, input preparation, output processing), which on a GPU runs while the device
-works and must stay below a step's device time. Prints per-step milliseconds for each phase.
+works and must stay below a step's device time. Prints per-step milliseconds for each phase, and the
+garbage collector's passes during the run (count, total and longest pause per generation).
 """
 
 import argparse
+import gc
 import os
 import sys
 import tempfile
@@ -62,9 +64,20 @@ def main() -> None:
                       (runner.sampler, "forward")):
         timed(obj, name, totals, calls)
     batch = prompts(a.num_prompts, a.input_len)
+    pauses: list[tuple[int, float]] = []  # (generation, seconds) of each garbage-collector pass in the run
+    gc_started = [0.0]
+
+    def on_gc(phase, info):
+        if phase == "start":
+            gc_started[0] = time.perf_counter()
+        else:
+            pauses.append((info["generation"], time.perf_counter() - gc_started[0]))
+
+    gc.callbacks.append(on_gc)
     started = time.perf_counter()
     llm.generate(batch, params, use_tqdm=False)
     wall = time.perf_counter() - started
+    gc.callbacks.remove(on_gc)
     steps = calls["schedule"]
 
     def per_step(key: str) -> float:
@@ -77,6 +90,11 @@ def main() -> None:
         print(f"  {key}: {per_step(key):.2f} ms/step")
     runner_host = per_step("execute_model") - per_step("_forward") - per_step("forward")
     print(f"  runner host (execute_model - forward - sampler): {runner_host:.2f} ms/step")
+    for gen in (0, 1, 2):
+        times = [t for g, t in pauses if g == gen]
+        if times:
+            print(f"  gc generation {gen}: {len(times)} passes, {sum(times) * 1000:.1f} ms in all, "
+                  f"longest {max(times) * 1000:.1f} ms")
 
 
 if __name__ == "__main__":

@@ -37,6 +37,8 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
+from pagoda.engine.gc_control import IdleCollector, deferred_full_collections
+
 logger = logging.getLogger(__name__)
 
 ADD, ABORT, SHUTDOWN = b"A", b"X", b"S"
@@ -186,14 +188,20 @@ class EngineCoreProc:
     # ---- the busy loop ------------------------------------------------------------------------
     def run_busy_loop(self) -> None:
         core = self.core
-        while not self.shutdown_requested:
-            changed = self._process_input(block=not core.has_unfinished_requests())
-            if core.has_unfinished_requests():
-                started = time.time()
-                outputs = core.step()
-                self.output_queue.put(self._message(outputs, started))
-            elif changed:
-                self.output_queue.put(self._message([], time.time()))
+        idle_gc = IdleCollector()  # full GC passes run between bursts of work, never inside one
+        with deferred_full_collections():
+            while not self.shutdown_requested:
+                busy = core.has_unfinished_requests()
+                if not busy:
+                    idle_gc.collect_if_dirty()
+                changed = self._process_input(block=not busy)
+                if core.has_unfinished_requests():
+                    started = time.time()
+                    outputs = core.step()
+                    idle_gc.worked()
+                    self.output_queue.put(self._message(outputs, started))
+                elif changed:
+                    self.output_queue.put(self._message([], time.time()))
 
     def _process_input(self, block: bool) -> bool:
         """Apply all queued input (waiting up to a second for some when `block`); True if any."""

@@ -17,8 +17,16 @@ Triton's interpreter and on CUDA).
 - rotary_kv: `rotary_and_write_kv(positions, q, k, v, cos_sin_cache, kv_cache, slot_mapping, is_neox)`,
   rotary fused with the KV-cache write (q rotated in place, rotated k and v stored at the slots; bitwise
   = apply_rotary + write_kv_cache). Reference: `rotary_and_write_kv_ref(...)`.
+- decode_attention: `decode_attention(query, key, value, kv_cache, metadata, scale, num_splits,
+  positions=None, cos_sin_cache=None, is_neox=True)`, a decode-only batch's rotary + KV write + paged
+  attention + split-KV reduce in one launch. Reference: `rotary_and_write_kv` then `paged_attention`
+  (and their references).
 - activation: `silu_and_mul(x)`, `gelu_and_mul(x, approximate="none"|"tanh")`, `gelu_tanh(x)`
   (= `gelu_new`). References: `silu_and_mul_ref`, `gelu_and_mul_ref`, `gelu_tanh_ref`.
+- sample: `race_sample(logits, temperature, seeds, num_splits=None)` -> [R] int64, greedy argmax
+  (temperature <= 0) or the exponential race on softmax(logits / T) with Philox uniforms keyed by a
+  per-row seed, in one read of the logits (the sampler's fused CUDA path). Reference:
+  `race_sample_ref(logits, temperature, uniforms)`, with the kernel's uniforms from `race_uniforms(seeds, V)`.
 
 Launch heuristics (tile sizes, warps, split-KV count) live in `pagoda.kernels.tuning`;
 `tests/kernels/bench_kernels.py [--sweep]` checks and times them on a GPU.

@@ -26,6 +26,15 @@ SPLIT_TARGET_WAVES = 2  # aim for about this many programs per SM
 DEFAULT_SM_COUNT = 132  # H100/H200; used when no CUDA device is present (interpreter)
 
 
+# Decode-only batches of at most FUSED_DECODE_MAX_REQS requests run rotary + KV write + attention +
+# split reduce as one kernel (pagoda.kernels.decode_attention). On the H200 (tests/kernels/bench_decode.py,
+# Llama-3-8B attention) it is faster at 8 and 64 requests and slower at 1000 (222 vs 216 us a layer);
+# 64 is a CUDA-graph bucket, so eager and graph runs of a batch take the same path.
+# PAGODA_FUSED_DECODE_ATTENTION=0 runs the unfused kernels everywhere, for A/B runs.
+FUSED_DECODE_ATTENTION = os.environ.get("PAGODA_FUSED_DECODE_ATTENTION", "1") == "1"
+FUSED_DECODE_MAX_REQS = 64
+
+
 def next_power_of_2(n: int) -> int:
     return 1 if n <= 1 else 1 << (n - 1).bit_length()
 
@@ -130,3 +139,24 @@ def gemv_launch(m: int, n: int, k: int) -> GemvLaunch:
         split_k *= 2
     return GemvLaunch(block_n, block_k, split_k, num_warps=4, num_stages=3)
 
+
+# --- sampling (exponential race) -------------------------------------------------------------------
+# CUDA batches without top-k/top-p/min-p sample with one fused kernel (pagoda.kernels.sample);
+# PAGODA_FUSED_SAMPLING=0 keeps them on the torch path (same q), for A/B runs.
+FUSED_SAMPLING = os.environ.get("PAGODA_FUSED_SAMPLING", "1") == "1"
+# Not yet swept on the GPU: 2048 / (8 warps x 32 lanes) = 8 entries per thread per iteration.
+SAMPLE_BLOCK_V = 2048  # vocab entries per loop iteration of one program (less for a smaller vocab)
+SAMPLE_NUM_WARPS = 8
+SAMPLE_MAX_SPLITS = 32  # most vocab splits (programs) per row
+
+
+def sample_splits(num_rows: int, vocab: int, sms: int = DEFAULT_SM_COUNT) -> int:
+    """Vocab splits S per row for `race_sample`: a power of two, at least 1 and at most
+    SAMPLE_MAX_SPLITS, large enough that num_rows * S programs cover about SPLIT_TARGET_WAVES waves of
+    `sms` SMs (small batches need several programs per row), and small enough that every split keeps
+    at least SAMPLE_BLOCK_V columns (one full tile)."""
+    rows = max(1, num_rows)
+    splits = min(SAMPLE_MAX_SPLITS, next_power_of_2(-(-SPLIT_TARGET_WAVES * sms // rows)))
+    while splits > 1 and vocab // splits < SAMPLE_BLOCK_V:
+        splits //= 2
+    return splits

@@ -8,8 +8,9 @@ Encodings (row r of a batch of R rows; every tensor lives on the logits' device)
 - `min_p[r]` float32 in [0, 1]: 0.0 disables min-p.
 - `all_greedy` / `all_random` / `no_top_p` / `no_top_k` / `no_min_p` are host-side summaries that let
   the sampler skip whole stages; they must agree with the tensors (`build` keeps them so).
-- `generators[r]`: the row's own torch.Generator (seeded requests only, on the logits' device); it is
-  advanced by exactly one draw of V exponentials per sampled token, whatever else is in the batch.
+- `generators[r]`: the row's own torch.Generator (seeded requests only, on the logits' device). Per
+  sampled token it is advanced by exactly one draw, whatever else is in the batch: on CUDA one
+  Philox seed (the race's q are -log u of Philox uniforms keyed by it); on CPU V exponentials.
 - `max_num_logprobs`: the largest `logprobs` any row asked for; None when no row asked.
 - `min_tokens_masks[r]`: token ids to forbid in row r (rows still short of `min_tokens`: EOS and the
   stop token ids); rows not listed are unrestricted. `bad_words_masks[r]` likewise, for bad words.

@@ -1,20 +1,28 @@
 """The batched sampler: one token per row from [R, V] logits, with vLLM's semantics.
 
-Order of work (all in float32, the input logits are never modified):
+Order of work (the input logits are never modified):
 1. logprobs of the raw logits, when any row asked (see logprobs.py);
 2. per-request logits processing (logits_processors.py): user callables, then the static bias
    (allowed_token_ids, logit_bias), then bans (bad words; EOS/stop ids of rows short of `min_tokens`);
 3. penalties (penalties.py): repetition over prompt + output, frequency and presence over output;
-4. greedy rows: argmax (ties go to the lowest id, as torch.argmax);
-5. random rows: logits / temperature, then min-p, top-k, top-p (the sort-based version: the kept
-   set includes the token whose cumulative probability crosses p), then softmax and the
-   exponential race argmax(probs / q), q ~ Exp(1); without top-k/top-p the race runs on the
-   logits as argmax(logits - log q), the same winner without a softmax.
-Stages 2-3 cost nothing when no row of the batch uses them.
+   stages 2-3 run in float32 on a copy, and cost nothing (no copy either) when no row uses them;
+4. fused path (CUDA, no row with top-k, top-p or min-p): one Triton kernel (kernels/sample.py) reads
+   the logits as they are (bf16 included) and does the greedy argmax and the exponential race
+   argmax(logits / T - log q) of every row at once, q = -log u with u from Philox keyed by a per-row
+   seed; the seeds of a step are one draw per row (see `race_seeds`);
+5. torch path (CPU, or a batch with top-k/top-p/min-p), in float32: greedy rows argmax (ties go to
+   the lowest id, as torch.argmax); random rows logits / temperature, then min-p, top-k, top-p (the
+   sort-based version: the kept set includes the token whose cumulative probability crosses p), then
+   softmax and the exponential race argmax(probs / q), q ~ Exp(1); without top-k/top-p the race runs
+   on the logits as argmax(logits - log q), the same winner without a softmax. On CUDA its q are the
+   fused path's (-log u of the same per-row Philox seeds); on CPU they come from torch's generators.
 
 Invariants:
-- A seeded row draws its q from its own generator, V values per step, so its tokens do not depend
-  on the other rows of the batch; unseeded rows share torch's default generator.
+- A seeded row draws from its own generator only, so its tokens do not depend on the other rows of
+  the batch: on CUDA one Philox seed per step, whichever path the batch takes (both race with the
+  same q; a batch gaining a top-k row only changes the float rounding of the race); on CPU its V
+  values of q per step. Unseeded rows share torch's default generator.
+- Greedy rows take no random numbers and give the same ids on both paths.
 - No host sync on the hot path and no Python loop over rows, except the loop over seeded rows.
 - Every row keeps at least one token: top-k keeps >= k, top-p keeps the most likely token, min-p
   keeps every token at the maximum probability.
@@ -33,6 +41,8 @@ from pagoda.sample.penalties import apply_penalties
 
 # Smallest q of the exponential race: a 0 draw would make probs / q a NaN or an infinity.
 _MIN_Q = 1e-20
+# Per-row Philox seeds of the fused path are drawn in [0, 2**62).
+_SEED_BOUND = 2**62
 
 
 @dataclass
@@ -60,7 +70,10 @@ class Sampler(torch.nn.Module):
 
     @staticmethod
     def process_logits(logits: torch.Tensor, metadata: SamplingMetadata) -> torch.Tensor:
-        """Stages 2-3: float32 logits with every per-request rule applied (a new tensor when any applies)."""
+        """Stages 2-3: float32 logits with every per-request rule applied (a new tensor) when any rule
+        applies; otherwise the logits as given (any float dtype, not copied)."""
+        if not _has_logits_rules(metadata):
+            return logits
         if metadata.logits_processors:
             logits = apply_user_processors(logits.to(torch.float32, copy=True), metadata.logits_processors)
         else:
@@ -72,7 +85,12 @@ class Sampler(torch.nn.Module):
         return logits
 
     def sample(self, logits: torch.Tensor, metadata: SamplingMetadata) -> torch.Tensor:
-        """Token ids [R] int64 from float32 logits (already masked)."""
+        """Token ids [R] int64 from processed logits (already masked; any float dtype)."""
+        if logits.is_cuda and metadata.no_top_k and metadata.no_top_p and metadata.no_min_p and _fused_sampling():
+            from pagoda.kernels.sample import race_sample  # Triton: imported on the CUDA path only
+
+            return race_sample(logits, metadata.temperature, race_seeds(metadata, logits.device))
+        logits = logits.to(torch.float32)
         greedy = None if metadata.all_random else logits.argmax(dim=-1)
         if metadata.all_greedy:
             return greedy
@@ -81,15 +99,51 @@ class Sampler(torch.nn.Module):
         logits = logits / temperature.unsqueeze(1)
         if not metadata.no_min_p:
             logits = apply_min_p(logits, metadata.min_p)
+        q = None
+        if logits.is_cuda:  # the fused path's draws, so a seeded row's q never depends on the path
+            from pagoda.kernels.sample import race_uniforms
+
+            q = -torch.log(race_uniforms(race_seeds(metadata, logits.device), logits.shape[1]))
         if metadata.no_top_k and metadata.no_top_p:
-            random = exponential_race(logits, metadata.generators, log_domain=True)  # no softmax needed
+            random = exponential_race(logits, metadata.generators, log_domain=True, q=q)  # no softmax needed
         else:
             logits = apply_top_k_top_p(logits, None if metadata.no_top_k else metadata.top_k,
                                        None if metadata.no_top_p else metadata.top_p)
-            random = exponential_race(torch.softmax(logits, dim=-1), metadata.generators)
+            random = exponential_race(torch.softmax(logits, dim=-1), metadata.generators, q=q)
         if greedy is None:
             return random
         return torch.where(is_greedy, greedy, random)
+
+
+def _fused_sampling() -> bool:
+    from pagoda.kernels import tuning
+
+    return tuning.FUSED_SAMPLING
+
+
+def _has_logits_rules(metadata: SamplingMetadata) -> bool:
+    """Whether stages 2-3 change any row (the conditions under which their functions do work)."""
+    return bool(metadata.logits_processors
+                or (metadata.bias_rows is not None and metadata.bias is not None)
+                or any(metadata.bad_words_masks.values()) or any(metadata.min_tokens_masks.values())
+                or metadata.penalties is not None)
+
+
+def race_seeds(metadata: SamplingMetadata, device: torch.device | str) -> torch.Tensor:
+    """Philox seeds [R] int64 of the fused path for one step: unseeded rows draw theirs from torch's
+    default generator (one launch); each seeded row overwrites its own with one draw from its
+    generator, so the generator advances once per sampled token whatever else is in the batch.
+    An all-greedy batch draws nothing (greedy rows take no random numbers): zeros."""
+    rows = metadata.num_rows
+    if metadata.all_greedy:
+        return torch.zeros(rows, dtype=torch.int64, device=device)
+    if len(metadata.generators) < rows:
+        seeds = torch.randint(0, _SEED_BOUND, (rows,), dtype=torch.int64, device=device)
+    else:
+        seeds = torch.empty(rows, dtype=torch.int64, device=device)
+    for row, generator in metadata.generators.items():
+        seeds[row:row + 1].random_(0, _SEED_BOUND, generator=generator)
+    return seeds
 
 
 def apply_min_p(logits: torch.Tensor, min_p: torch.Tensor) -> torch.Tensor:
@@ -119,15 +173,18 @@ def apply_top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor | None,
 
 
 def exponential_race(scores: torch.Tensor, generators: dict[int, torch.Generator],
-                     log_domain: bool = False) -> torch.Tensor:
+                     log_domain: bool = False, q: torch.Tensor | None = None) -> torch.Tensor:
     """A draw from each row's categorical distribution: argmax(scores / q), q ~ Exp(1), where scores
     are probabilities; with `log_domain` they are logits and the race is argmax(scores - log q), the
-    same winner since probs = exp(logits) / Z, without the softmax (two passes over [R, V] less)."""
-    q = torch.empty_like(scores)
-    if len(generators) < scores.shape[0]:
-        q.exponential_()
-    for row, generator in generators.items():
-        q[row].exponential_(generator=generator)
+    same winner since probs = exp(logits) / Z, without the softmax (two passes over [R, V] less).
+    `q` [R, V] gives the exponentials (modified in place); otherwise they are drawn here, each seeded
+    row's from its own generator."""
+    if q is None:
+        q = torch.empty_like(scores)
+        if len(generators) < scores.shape[0]:
+            q.exponential_()
+        for row, generator in generators.items():
+            q[row].exponential_(generator=generator)
     q.clamp_min_(_MIN_Q)
     if log_domain:
         return (scores - q.log_()).argmax(dim=-1)

@@ -8,15 +8,17 @@ stride). The memory-profiling step compiles one big prefill and CUDA-graph captu
 decode steps it captures; the batches below cover the shapes a real workload adds on top:
 prefill and mixed prefill+decode batches whose request counts and block-table widths are 1, a
 multiple of 16 or neither, eager decode batches beyond the largest CUDA graph (or, without graphs,
-decode batches of 1, 7 and 16), and the LM head on 1 and on an odd number of rows. The sampler is
-torch code and compiles nothing, so it is not run.
+decode batches of 1, 7 and 16), and the LM head on 1 and on an odd number of rows. The fused
+sampling kernels (kernels/sample.py) compile once per vocab split count: each count the batch sizes
+up to max_num_seqs can pick runs once on one dummy row, plus the uniforms kernel of the torch path.
 
 Invariants:
 - The KV cache is never written: every dummy token's slot is -1, which every attention backend skips
   (attention/triton_backend.py, attention/torch_backend.py). Block tables are all block 0, so the
   attention reads real cache contents but its outputs are thrown away.
 - The runner's request state (InputBatch, sampling inputs, generators, the step in flight) and the
-  torch RNG are untouched: only `runner.model` is called, and forwards and logits draw no random numbers.
+  torch RNG are untouched: only `runner.model` and the sampling kernels are called, with fixed seeds
+  that they are given (they draw nothing from torch's generators).
 - Every dummy batch fits the scheduler's limits: at most max_num_seqs requests, at most
   max_num_batched_tokens tokens, sequences of at most max_model_len; at most 8 forwards in all.
 - Pooling models run only the prefill batches (their requests are never chunked or decoded) and no
@@ -139,6 +141,22 @@ def _run_batch(runner, b: DummyBatch, logits: bool) -> None:
         runner.model.compute_logits(hidden[last_tokens[:rows]])
 
 
+def _warm_sampler(runner) -> None:
+    """One dummy row through the fused sampling kernels at every vocab split count a batch can pick."""
+    from pagoda.kernels import tuning
+    from pagoda.kernels.sample import race_sample, race_uniforms
+
+    vocab, device = runner.vocab_size, runner.device
+    logits = torch.zeros(1, vocab, dtype=runner.config.model.torch_dtype, device=device)
+    temperature = torch.ones(1, dtype=torch.float32, device=device)
+    seeds = torch.zeros(1, dtype=torch.int64, device=device)
+    sms = tuning.sm_count(device.index)
+    for splits in sorted({tuning.sample_splits(rows, vocab, sms)
+                          for rows in range(1, runner.config.scheduler.max_num_seqs + 1)}):
+        race_sample(logits, temperature, seeds, num_splits=splits)
+    race_uniforms(seeds, vocab)
+
+
 @torch.inference_mode()
 def warm_up_kernels(runner, graph_max_size: int | None = None, *, force: bool = False) -> int:
     """Run the dummy batches of `plan_batches` through `runner.model` (a ModelRunner's); returns how
@@ -153,6 +171,8 @@ def warm_up_kernels(runner, graph_max_size: int | None = None, *, force: bool = 
     batches = plan_batches(runner.config, graph_max_size)
     for b in batches:
         _run_batch(runner, b, logits)
+    if logits and runner.device.type == "cuda":
+        _warm_sampler(runner)
     if runner.device.type == "cuda":
         torch.cuda.synchronize(runner.device)
         torch.cuda.empty_cache()  # give the activations back before CUDA-graph pools are allocated

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from pagoda.sample import Sampler, SamplingMetadata
+from pagoda.sample.sampler import race_seeds
 from pagoda.sampling_params import SamplingParams
 
 V = 64
@@ -196,3 +197,61 @@ def test_metadata_encodings():
         SamplingMetadata.build(params, vocab_size=V, num_output_tokens=[0])
     with pytest.raises(ValueError, match="logits"):
         Sampler()(torch.zeros(2, V), meta)
+
+
+def test_process_logits_converts_only_when_a_rule_applies():
+    """No rule: the logits come back as given (no float32 copy); the torch path then samples exactly
+    as it did on float32 logits. A rule (here a min_tokens ban): a new float32 tensor."""
+    logits = _logits(4).to(torch.bfloat16)
+    params = [SamplingParams(temperature=0.0), SamplingParams(temperature=0.8, seed=7),
+              SamplingParams(temperature=1.2, seed=8, top_k=5), SamplingParams(temperature=0.5, seed=9, min_p=0.1)]
+    assert Sampler.process_logits(logits, _meta(params)) is logits
+    as_bf16 = Sampler()(logits, _meta(params)).sampled_token_ids
+    as_fp32 = Sampler()(logits.float(), _meta(params)).sampled_token_ids  # the conversion the sampler used to do
+    assert torch.equal(as_bf16, as_fp32)
+    banned = SamplingParams(temperature=0.0, min_tokens=1, stop_token_ids=[3])
+    processed = Sampler.process_logits(logits, _meta([banned] * 4))
+    assert processed.dtype == torch.float32 and processed.data_ptr() != logits.data_ptr()
+    assert torch.isinf(processed[:, 3]).all()
+
+
+def test_race_seeds_one_draw_per_seeded_row():
+    """The fused path's seeds: a seeded row's is the next draw of its own generator whatever the batch,
+    and its generator advances by that one draw per step; an all-greedy batch draws nothing."""
+    seeded = SamplingParams(temperature=1.0, seed=1234)
+    mine = torch.Generator().manual_seed(1234)
+    expected = [torch.empty(1, dtype=torch.int64).random_(0, 2**62, generator=mine).item() for _ in range(2)]
+    for batch, row in (([seeded], 0), ([SamplingParams(temperature=1.0), SamplingParams(temperature=0.0), seeded], 2)):
+        meta = _meta(batch)
+        steps = [race_seeds(meta, "cpu") for _ in range(2)]
+        assert [s[row].item() for s in steps] == expected
+        assert all(s.dtype == torch.int64 and s.shape == (len(batch),) for s in steps)
+    greedy = _meta([SamplingParams(temperature=0.0)] * 3)
+    assert torch.equal(race_seeds(greedy, "cpu"), torch.zeros(3, dtype=torch.int64))
+
+
+def test_fused_path_seeded_row_does_not_depend_on_batch():
+    """What the sampler runs on CUDA without top-k/top-p/min-p (race_seeds, then the kernel; through
+    Triton's interpreter when there is no GPU): a seeded row's tokens alone equal its tokens in a
+    mixed batch, and greedy rows are exact."""
+    from pagoda.kernels.sample import race_sample
+
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+
+    seeded = SamplingParams(temperature=1.0, seed=99)
+
+    def tokens(batch, row, steps=4):
+        meta = _meta(batch, device=dev)
+        logits = torch.zeros(len(batch), V, device=dev)  # flat: every draw is decided by the RNG
+        logits[:, 5] = 0.5
+        return [race_sample(logits, meta.temperature, race_seeds(meta, dev))[row].item() for _ in range(steps)]
+
+    alone = tokens([seeded], 0)
+    torch.manual_seed(1)
+    in_batch = tokens([SamplingParams(temperature=0.0), SamplingParams(temperature=0.7), seeded], 2)
+    assert alone == in_batch and len(set(alone)) > 1
+    logits = _logits(3).to(dev)
+    meta = _meta([SamplingParams(temperature=0.0), SamplingParams(temperature=1.0), SamplingParams(temperature=0.0)],
+                 device=dev)
+    out = race_sample(logits, meta.temperature, race_seeds(meta, dev))
+    assert out[0] == logits[0].argmax() and out[2] == logits[2].argmax()
