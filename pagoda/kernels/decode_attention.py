@@ -71,6 +71,7 @@ def _decode_attn_kernel(
     stride_cb, stride_cs, stride_ch, stride_bt,
     HEAD_SIZE: tl.constexpr, HEAD_PAD: tl.constexpr, GROUP: tl.constexpr, BLOCK_M: tl.constexpr,
     TILE_N: tl.constexpr, BLOCK_SIZE: tl.constexpr, NUM_SPLITS: tl.constexpr, SPLITS_PAD: tl.constexpr,
+    GROUP_PAD: tl.constexpr,
     ROTARY: tl.constexpr, HALF: tl.constexpr, IS_NEOX: tl.constexpr, IEEE_DOT: tl.constexpr,
 ):
     req = tl.program_id(0)
@@ -171,22 +172,40 @@ def _decode_attn_kernel(
         tl.debug_barrier()  # every thread's partial is stored before the counter says so
         counter = counter_ptr + req64 * num_kv_heads + kv_head
         if tl.atomic_add(counter, 1, sem="acq_rel") == NUM_SPLITS - 1:
-            # Last to arrive: combine the splits of each of the GROUP heads in split order.
+            # Last to arrive: combine the splits of the GROUP heads in split order, all heads' partials
+            # loaded at once when they fit in registers (a loop over heads waits on each load in turn).
             offs_s = tl.arange(0, SPLITS_PAD)
             s_mask = offs_s < NUM_SPLITS
-            for g in tl.static_range(GROUP):
-                base = (req64 * num_heads + kv_head * GROUP + g) * NUM_SPLITS
-                m = tl.load(part_m_ptr + base + offs_s, mask=s_mask, other=float("-inf"), cache_modifier=".cg")
-                l = tl.load(part_l_ptr + base + offs_s, mask=s_mask, other=0.0, cache_modifier=".cg")
-                w = tl.exp2(m - tl.max(m, 0))
-                denom = tl.sum(w * l, 0)
+            if GROUP_PAD * SPLITS_PAD * HEAD_PAD <= 16384:
+                offs_g = tl.arange(0, GROUP_PAD)
+                g_mask = offs_g < GROUP
+                idx = ((req64 * num_heads + kv_head * GROUP + offs_g) * NUM_SPLITS)[:, None] + offs_s[None, :]
+                gs_mask = g_mask[:, None] & s_mask[None, :]
+                m = tl.load(part_m_ptr + idx, mask=gs_mask, other=float("-inf"), cache_modifier=".cg")
+                l = tl.load(part_l_ptr + idx, mask=gs_mask, other=0.0, cache_modifier=".cg")
                 part_acc = tl.load(
-                    part_acc_ptr + (base + offs_s)[:, None] * HEAD_PAD + offs_d[None, :],
-                    mask=s_mask[:, None] & d_mask[None, :], other=0.0, cache_modifier=".cg",
+                    part_acc_ptr + idx[:, :, None] * HEAD_PAD + offs_d[None, None, :],
+                    mask=gs_mask[:, :, None] & d_mask[None, None, :], other=0.0, cache_modifier=".cg",
                 )
-                o = tl.sum(part_acc * w[:, None], 0) / tl.where(denom > 0, denom, 1.0)
-                tl.store(out_ptr + req64 * stride_ot + (kv_head * GROUP + g) * stride_oh + offs_d,
-                         o.to(out_ptr.dtype.element_ty), mask=d_mask)
+                w = tl.exp2(m - tl.where(g_mask, tl.max(m, 1), 0.0)[:, None])
+                denom = tl.sum(w * l, 1)
+                o = tl.sum(part_acc * w[:, :, None], 1) / tl.where(denom > 0, denom, 1.0)[:, None]
+                tl.store(out_ptr + req64 * stride_ot + (kv_head * GROUP + offs_g)[:, None] * stride_oh
+                         + offs_d[None, :], o.to(out_ptr.dtype.element_ty), mask=g_mask[:, None] & d_mask[None, :])
+            else:
+                for g in tl.static_range(GROUP):
+                    base = (req64 * num_heads + kv_head * GROUP + g) * NUM_SPLITS
+                    m = tl.load(part_m_ptr + base + offs_s, mask=s_mask, other=float("-inf"), cache_modifier=".cg")
+                    l = tl.load(part_l_ptr + base + offs_s, mask=s_mask, other=0.0, cache_modifier=".cg")
+                    w = tl.exp2(m - tl.max(m, 0))
+                    denom = tl.sum(w * l, 0)
+                    part_acc = tl.load(
+                        part_acc_ptr + (base + offs_s)[:, None] * HEAD_PAD + offs_d[None, :],
+                        mask=s_mask[:, None] & d_mask[None, :], other=0.0, cache_modifier=".cg",
+                    )
+                    o = tl.sum(part_acc * w[:, None], 0) / tl.where(denom > 0, denom, 1.0)
+                    tl.store(out_ptr + req64 * stride_ot + (kv_head * GROUP + g) * stride_oh + offs_d,
+                             o.to(out_ptr.dtype.element_ty), mask=d_mask)
             tl.atomic_xchg(counter, 0)
 
 
@@ -263,6 +282,7 @@ def decode_attention(
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), block_tables.stride(0),
         HEAD_SIZE=head_size, HEAD_PAD=head_pad, GROUP=group, BLOCK_M=block_m, TILE_N=tile_n,
         BLOCK_SIZE=block_size, NUM_SPLITS=splits, SPLITS_PAD=tuning.next_power_of_2(splits),
+        GROUP_PAD=tuning.next_power_of_2(group),
         ROTARY=rotary, HALF=cos_sin_cache.shape[-1] // 2 if rotary else 1, IS_NEOX=is_neox,
         IEEE_DOT=query.dtype == torch.float32,
         num_warps=8 if head_pad >= 256 else 4, num_stages=2,

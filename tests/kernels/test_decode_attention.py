@@ -98,3 +98,15 @@ def test_decode_attention_rejects_prefill(device):
                            dtype=torch.float32, device=device)
     with pytest.raises(ValueError, match="decode-only"):
         decode_attention(q, q[:, :1], q[:, :1], kv, md, 0.1, 1)
+
+
+@pytest.mark.parametrize("num_splits", [4, 33])  # 33: partials too many for registers, reduced head by head
+def test_decode_attention_odd_group_and_head_size(num_splits, device):
+    """Group 3 (padded to 4 rows) and head size 80 (padded to 128), against the unfused kernels."""
+    query, key, value, kv, md, positions = decode_batch([70, 5], 6, 2, 80, 16, torch.float32, device, seed=7)
+    cos_sin = build_cos_sin_cache(10000.0, 80, 128, device=device)
+    kv_fused, kv_ref = kv.clone(), kv.clone()
+    out = decode_attention(query, key, value, kv_fused, md, 0.1, num_splits, positions=positions, cos_sin_cache=cos_sin)
+    ref, _ = unfused(query, key, value, kv_ref, md, positions, cos_sin, True, 0.1, num_splits)
+    torch.testing.assert_close(kv_fused, kv_ref, equal_nan=True, atol=TOL[torch.float32], rtol=TOL[torch.float32])
+    torch.testing.assert_close(out, ref, atol=TOL[torch.float32], rtol=TOL[torch.float32])
