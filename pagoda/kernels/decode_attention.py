@@ -36,6 +36,7 @@ import triton
 import triton.language as tl
 
 from pagoda.kernels import tuning
+from pagoda.kernels.paged_attention import attend_tile
 
 _LOG2E = 1.4426950408889634
 _counters: dict[tuple[str, int | None], torch.Tensor] = {}
@@ -130,35 +131,9 @@ def _decode_attn_kernel(
     for t in range(tile_lo, tile_hi):
         offs_n = t * TILE_N + tl.arange(0, TILE_N)
         n_valid = offs_n < cached_len
-        blk = tl.load(bt_row + offs_n // BLOCK_SIZE, mask=n_valid, other=0).to(tl.int64)
-        slot_n = (offs_n % BLOCK_SIZE).to(tl.int64)
-        k = tl.load(
-            k_cache_ptr + blk[None, :] * stride_cb + slot_n[None, :] * stride_cs + kv_head64 * stride_ch
-            + offs_d[:, None],
-            mask=n_valid[None, :] & d_mask[:, None],
-            other=0.0,
-        )
-        if IEEE_DOT:
-            qk = tl.dot(q, k, input_precision="ieee")
-        else:
-            qk = tl.dot(q, k)
-        qk = tl.where(n_valid[None, :], qk * scale_log2, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(qk, 1))
-        p = tl.exp2(qk - m_new[:, None])
-        alpha = tl.exp2(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(
-            v_cache_ptr + blk[:, None] * stride_cb + slot_n[:, None] * stride_cs + kv_head64 * stride_ch
-            + offs_d[None, :],
-            mask=n_valid[:, None] & d_mask[None, :],
-            other=0.0,
-        )
-        if IEEE_DOT:
-            pv = tl.dot(p.to(v.dtype), v, input_precision="ieee")
-        else:
-            pv = tl.dot(p.to(v.dtype), v)
-        acc = acc * alpha[:, None] + pv
-        m_i = m_new
+        m_i, l_i, acc = attend_tile(q, m_i, l_i, acc, k_cache_ptr, v_cache_ptr, bt_row, offs_n, n_valid,
+                                    n_valid[None, :], kv_head64, offs_d, d_mask, stride_cb, stride_cs, stride_ch,
+                                    stride_cb, stride_cs, stride_ch, scale_log2, BLOCK_SIZE, IEEE_DOT)
 
     out_rows = out_ptr + req64 * stride_ot + head[:, None] * stride_oh + offs_d[None, :]
     if NUM_SPLITS == 1:

@@ -54,6 +54,44 @@ def _find_seq_idx(query_start_loc_ptr, target, num_reqs, BLOCK_Q: tl.constexpr):
 
 
 @triton.jit
+def attend_tile(q, m_i, l_i, acc, k_cache_ptr, v_cache_ptr, bt_row, offs_n, n_valid, visible, kv_head64,
+                offs_d, d_mask, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, scale_log2,
+                BLOCK_SIZE: tl.constexpr, IEEE_DOT: tl.constexpr):
+    """One step of the online softmax over the KV positions `offs_n` (gathered through the block-table
+    row `bt_row`; `n_valid` masks the loads, `visible` [rows, positions] the scores): returns the
+    updated running max (base 2), sum and unnormalised output."""
+    blk = tl.load(bt_row + offs_n // BLOCK_SIZE, mask=n_valid, other=0).to(tl.int64)
+    slot = (offs_n % BLOCK_SIZE).to(tl.int64)
+    k = tl.load(
+        k_cache_ptr + blk[None, :] * stride_kb + slot[None, :] * stride_ks + kv_head64 * stride_kh
+        + offs_d[:, None],
+        mask=n_valid[None, :] & d_mask[:, None],
+        other=0.0,
+    )
+    if IEEE_DOT:
+        qk = tl.dot(q, k, input_precision="ieee")
+    else:
+        qk = tl.dot(q, k)
+    qk = qk * scale_log2
+    qk = tl.where(visible, qk, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(qk, 1))
+    p = tl.exp2(qk - m_new[:, None])
+    alpha = tl.exp2(m_i - m_new)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    v = tl.load(
+        v_cache_ptr + blk[:, None] * stride_vb + slot[:, None] * stride_vs + kv_head64 * stride_vh
+        + offs_d[None, :],
+        mask=n_valid[:, None] & d_mask[None, :],
+        other=0.0,
+    )
+    if IEEE_DOT:
+        pv = tl.dot(p.to(v.dtype), v, input_precision="ieee")
+    else:
+        pv = tl.dot(p.to(v.dtype), v)
+    return m_new, l_i, acc * alpha[:, None] + pv
+
+
+@triton.jit
 def _paged_attn_kernel(
     out_ptr, q_ptr, k_cache_ptr, v_cache_ptr,
     block_tables_ptr, seq_lens_ptr, query_start_loc_ptr,
@@ -114,37 +152,10 @@ def _paged_attn_kernel(
     for t in range(tile_lo, tile_hi):
         offs_n = t * TILE_N + tl.arange(0, TILE_N)
         n_valid = offs_n < kv_end
-        blk = tl.load(bt_row + offs_n // BLOCK_SIZE, mask=n_valid, other=0).to(tl.int64)
-        slot = (offs_n % BLOCK_SIZE).to(tl.int64)
-        k = tl.load(
-            k_cache_ptr + blk[None, :] * stride_kb + slot[None, :] * stride_ks + kv_head64 * stride_kh
-            + offs_d[:, None],
-            mask=n_valid[None, :] & d_mask[:, None],
-            other=0.0,
-        )
-        if IEEE_DOT:
-            qk = tl.dot(q, k, input_precision="ieee")
-        else:
-            qk = tl.dot(q, k)
-        qk = qk * scale_log2
         visible = (offs_n[None, :] <= q_pos[:, None]) & n_valid[None, :]
-        qk = tl.where(visible, qk, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(qk, 1))
-        p = tl.exp2(qk - m_new[:, None])
-        alpha = tl.exp2(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(
-            v_cache_ptr + blk[:, None] * stride_vb + slot[:, None] * stride_vs + kv_head64 * stride_vh
-            + offs_d[None, :],
-            mask=n_valid[:, None] & d_mask[None, :],
-            other=0.0,
-        )
-        if IEEE_DOT:
-            pv = tl.dot(p.to(v.dtype), v, input_precision="ieee")
-        else:
-            pv = tl.dot(p.to(v.dtype), v)
-        acc = acc * alpha[:, None] + pv
-        m_i = m_new
+        m_i, l_i, acc = attend_tile(q, m_i, l_i, acc, k_cache_ptr, v_cache_ptr, bt_row, offs_n, n_valid, visible,
+                                    kv_head64, offs_d, d_mask, stride_kb, stride_ks, stride_kh,
+                                    stride_vb, stride_vs, stride_vh, scale_log2, BLOCK_SIZE, IEEE_DOT)
 
     if NUM_SPLITS == 1:
         l_safe = tl.where(l_i > 0, l_i, 1.0)

@@ -16,6 +16,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
+from bench_gemv import graph_seconds  # noqa: E402
 from test_decode_attention import decode_batch, unfused  # noqa: E402
 
 from pagoda.kernels.decode_attention import decode_attention  # noqa: E402
@@ -33,20 +34,7 @@ CASES = {  # name: (seq_lens, splits): the W4 and W2 decode shapes, and two in b
 
 
 def per_layer_us(body, reps: int = 20) -> float:
-    body()
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        body()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    times = []
-    for _ in range(reps):
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1e3 / LAYERS)
-    return sorted(times)[len(times) // 2]
+    return graph_seconds(body, reps) * 1e6 / LAYERS
 
 
 def main() -> None:

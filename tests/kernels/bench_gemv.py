@@ -28,14 +28,14 @@ SHAPES = {  # name: (N, K) of Llama-3-8B's weights
 COPIES = 32
 
 
-def time_graph(fn, xs, weights, reps: int = 20) -> float:
-    """Seconds per product: one graph of len(weights) products, replayed `reps` times."""
-    fn(xs, weights[0])  # compile outside the capture
+def graph_seconds(body, reps: int = 20) -> float:
+    """Median seconds of one replay of a CUDA graph of `body()` (run once eagerly first, so Triton
+    compiles outside the capture); shared by the kernel benchmarks here."""
+    body()
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        for w in weights:
-            fn(xs, w)
+        body()
     graph.replay()
     torch.cuda.synchronize()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -45,8 +45,18 @@ def time_graph(fn, xs, weights, reps: int = 20) -> float:
         graph.replay()
         end.record()
         end.synchronize()
-        times.append(start.elapsed_time(end) / 1e3 / len(weights))
+        times.append(start.elapsed_time(end) / 1e3)
     return sorted(times)[len(times) // 2]
+
+
+def time_graph(fn, xs, weights, reps: int = 20) -> float:
+    """Seconds per product: one graph of len(weights) products, replayed `reps` times."""
+
+    def body():
+        for w in weights:
+            fn(xs, w)
+
+    return graph_seconds(body, reps) / len(weights)
 
 
 def main() -> None:
