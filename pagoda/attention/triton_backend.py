@@ -5,9 +5,10 @@ request's cached prefix plus its own causal chunk); launch heuristics live in pa
 Slots < 0 in slot_mapping are padding (e.g. CUDA-graph padded decode batches) and are not written.
 Decode-only batches (one new token per request) of at most tuning.FUSED_DECODE_MAX_REQS requests run
 one kernel, pagoda.kernels.decode_attention, that rotates, writes the KV cache, attends and reduces its
-splits (the choice depends on the request count only, so eager and CUDA-graph runs agree). Other batches run the KV write (with `rotary`: pagoda.kernels.rotary_kv, which rotates query in
-place and writes the rotated keys and the values; `key` itself stays unrotated, since attention reads
-keys only from the cache), then pagoda.kernels.paged_attention.
+splits (the choice depends on the request count only, so eager and CUDA-graph runs agree). Other
+batches run the KV write (with `rotary`: pagoda.kernels.rotary_kv, which rotates query in place and
+writes the rotated keys and the values; `key` itself stays unrotated, since attention reads keys only
+from the cache), then pagoda.kernels.paged_attention.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ class TritonAttentionBackend(AttentionBackend):
         scale: float,
         rotary: RotaryArgs | None = None,
     ) -> torch.Tensor:
-        if (tuning.FUSED_DECODE_ATTENTION and metadata.max_query_len == 1 and metadata.num_tokens == metadata.num_reqs
+        if (tuning.FUSED_DECODE_ATTENTION and metadata.is_all_decode and metadata.num_tokens == metadata.num_reqs
                 and metadata.num_reqs <= tuning.FUSED_DECODE_MAX_REQS):
             return self._decode(query, key, value, kv_cache, metadata, scale, rotary)
         if rotary is None:
@@ -47,14 +48,7 @@ class TritonAttentionBackend(AttentionBackend):
 
     @staticmethod
     def _decode(query, key, value, kv_cache, metadata, scale, rotary):
-        splits = metadata.num_splits
-        if splits is None:
-            splits = tuning.attention_launch(
-                num_reqs=metadata.num_reqs, num_tokens=metadata.num_tokens, max_query_len=1,
-                max_seq_len=metadata.max_seq_len, num_heads=query.shape[1], num_kv_heads=key.shape[1],
-                head_size=query.shape[2], device=query.device,
-            ).num_splits
         if rotary is None:
-            return decode_attention(query, key, value, kv_cache, metadata, scale, splits)
-        return decode_attention(query, key, value, kv_cache, metadata, scale, splits, positions=rotary.positions,
-                                cos_sin_cache=rotary.cos_sin_cache, is_neox=rotary.is_neox)
+            return decode_attention(query, key, value, kv_cache, metadata, scale, metadata.num_splits)
+        return decode_attention(query, key, value, kv_cache, metadata, scale, metadata.num_splits,
+                                positions=rotary.positions, cos_sin_cache=rotary.cos_sin_cache, is_neox=rotary.is_neox)

@@ -17,7 +17,7 @@ Triton's interpreter and on CUDA).
 - rotary_kv: `rotary_and_write_kv(positions, q, k, v, cos_sin_cache, kv_cache, slot_mapping, is_neox)`,
   rotary fused with the KV-cache write (q rotated in place, rotated k and v stored at the slots; bitwise
   = apply_rotary + write_kv_cache). Reference: `rotary_and_write_kv_ref(...)`.
-- decode_attention: `decode_attention(query, key, value, kv_cache, metadata, scale, num_splits,
+- decode_attention: `decode_attention(query, key, value, kv_cache, metadata, scale, num_splits=None,
   positions=None, cos_sin_cache=None, is_neox=True)`, a decode-only batch's rotary + KV write + paged
   attention + split-KV reduce in one launch. Reference: `rotary_and_write_kv` then `paged_attention`
   (and their references).

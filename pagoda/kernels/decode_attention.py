@@ -204,7 +204,7 @@ def decode_attention(
     kv_cache: torch.Tensor,
     metadata,
     scale: float,
-    num_splits: int,
+    num_splits: int | None = None,
     positions: torch.Tensor | None = None,
     cos_sin_cache: torch.Tensor | None = None,
     is_neox: bool = True,
@@ -212,7 +212,9 @@ def decode_attention(
 ) -> torch.Tensor:
     """Attention of request r's one new token (row r) over its paged cache, after storing its key and
     value (rotated by `positions` through `cos_sin_cache` when given) at slot_mapping[r]. `metadata` is
-    an AttentionMetadata of a decode-only batch (num_tokens == num_reqs, max_query_len == 1)."""
+    an AttentionMetadata of a decode-only batch (num_tokens == num_reqs, max_query_len == 1). Tiles,
+    warps and (unless `num_splits` forces it) the split count are paged_attention's decode choices
+    (`tuning.attention_launch`)."""
     num_tokens, num_heads, head_size = query.shape
     _, _, block_size, num_kv_heads, cache_head_size = kv_cache.shape
     if metadata.num_tokens != metadata.num_reqs or metadata.max_query_len > 1:
@@ -231,10 +233,12 @@ def decode_attention(
     if num_reqs == 0:
         return out
     group = num_heads // num_kv_heads
-    head_pad = max(16, tuning.next_power_of_2(head_size))
-    block_m = max(tuning.ATTN_DECODE_BLOCK_M, tuning.next_power_of_2(group))
-    tile_n = 32 if head_pad >= 256 else 64
-    splits = max(1, int(num_splits))
+    launch = tuning.attention_launch(
+        num_reqs=num_reqs, num_tokens=num_reqs, max_query_len=1, max_seq_len=int(metadata.max_seq_len),
+        num_heads=num_heads, num_kv_heads=num_kv_heads, head_size=head_size, device=query.device,
+        num_splits=num_splits,
+    )
+    head_pad, splits = launch.head_pad, launch.num_splits
     if splits > 1:
         n_part = num_reqs * num_heads * splits
         part_acc = torch.empty(n_part * head_pad, dtype=torch.float32, device=query.device)
@@ -255,11 +259,11 @@ def decode_attention(
         query.stride(0), query.stride(1), key.stride(0), key.stride(1), value.stride(0), value.stride(1),
         out.stride(0), out.stride(1), cos_sin.stride(0),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), block_tables.stride(0),
-        HEAD_SIZE=head_size, HEAD_PAD=head_pad, GROUP=group, BLOCK_M=block_m, TILE_N=tile_n,
+        HEAD_SIZE=head_size, HEAD_PAD=head_pad, GROUP=group, BLOCK_M=launch.block_m, TILE_N=launch.tile_n,
         BLOCK_SIZE=block_size, NUM_SPLITS=splits, SPLITS_PAD=tuning.next_power_of_2(splits),
         GROUP_PAD=tuning.next_power_of_2(group),
         ROTARY=rotary, HALF=cos_sin_cache.shape[-1] // 2 if rotary else 1, IS_NEOX=is_neox,
         IEEE_DOT=query.dtype == torch.float32,
-        num_warps=8 if head_pad >= 256 else 4, num_stages=2,
+        num_warps=launch.num_warps, num_stages=launch.num_stages,
     )
     return out

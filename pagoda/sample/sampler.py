@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 import torch
 
+from pagoda.kernels import tuning
 from pagoda.sample.logits_processors import apply_bans, apply_bias, apply_user_processors
 from pagoda.sample.logprobs import gather_logprobs
 from pagoda.sample.metadata import SamplingMetadata
@@ -86,7 +87,7 @@ class Sampler(torch.nn.Module):
 
     def sample(self, logits: torch.Tensor, metadata: SamplingMetadata) -> torch.Tensor:
         """Token ids [R] int64 from processed logits (already masked; any float dtype)."""
-        if logits.is_cuda and metadata.no_top_k and metadata.no_top_p and metadata.no_min_p and _fused_sampling():
+        if logits.is_cuda and metadata.no_top_k and metadata.no_top_p and metadata.no_min_p and tuning.FUSED_SAMPLING:
             from pagoda.kernels.sample import race_sample  # Triton: imported on the CUDA path only
 
             return race_sample(logits, metadata.temperature, race_seeds(metadata, logits.device))
@@ -113,12 +114,6 @@ class Sampler(torch.nn.Module):
         if greedy is None:
             return random
         return torch.where(is_greedy, greedy, random)
-
-
-def _fused_sampling() -> bool:
-    from pagoda.kernels import tuning
-
-    return tuning.FUSED_SAMPLING
 
 
 def _has_logits_rules(metadata: SamplingMetadata) -> bool:
