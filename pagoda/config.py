@@ -36,7 +36,7 @@ class ModelConfig:
     model: str  # the path or hub id the user gave
     model_path: str  # the local folder it resolved to
     tokenizer_path: str
-    hf_config: Any  # transformers.PretrainedConfig
+    hf_config: Any  # hf_config_reader.PlainHFConfig, or a transformers PretrainedConfig (same attributes)
     architecture: str
     dtype_name: str  # "float16" | "bfloat16" | "float32"
     max_model_len: int
