@@ -17,7 +17,8 @@ with them from registers (score q·k, weight 1), so no load waits on a store of 
 its unnormalised partial (max, sum, acc) and bumps a per-(request, KV head) counter with an acq_rel
 atomic; the program that arrives last combines the splits in split order, writes the output and resets
 the counter to 0 for the next launch (so the counters stay zero between launches, CUDA-graph replays
-included).
+included). Only the `active` splits that hold tiles of the request take part (count, store, combine);
+the rest exit at once, so a graph sized for max_model_len costs little at short contexts.
 
 Invariants:
 - Numerics follow paged_attention after rotary_and_write_kv: rotation in fp32 rounded once to the
@@ -82,106 +83,113 @@ def _decode_attn_kernel(
     kv_head64 = kv_head.to(tl.int64)
     seq_len = tl.load(seq_lens_ptr + req)
 
-    offs_m = tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, HEAD_PAD)
-    d_mask = offs_d < HEAD_SIZE
-    head = kv_head * GROUP + offs_m
-    row_valid = offs_m < GROUP
-    q_mask = row_valid[:, None] & d_mask[None, :]
-    q_rows = q_ptr + req64 * stride_qt + head[:, None] * stride_qh
-    q = tl.load(q_rows + offs_d[None, :], mask=q_mask, other=0.0)
-    if ROTARY:
-        pos = tl.load(positions_ptr + req).to(tl.int64)
-        partner, sign, cos, sin = _rotary_operands(cos_sin_ptr, pos, stride_c, offs_d, HALF, IS_NEOX)
-        q_partner = tl.load(q_rows + partner[None, :], mask=q_mask, other=0.0).to(tl.float32)
-        q = (q.to(tl.float32) * cos[None, :] + sign[None, :] * q_partner * sin[None, :]).to(q_ptr.dtype.element_ty)
-
     num_tiles = tl.cdiv(seq_len, TILE_N)
     per_split = tl.cdiv(num_tiles, NUM_SPLITS)
-    tile_lo = split * per_split
-    tile_hi = tl.minimum(tile_lo + per_split, num_tiles)
-    bt_row = block_tables_ptr + req64 * stride_bt
-
-    # The split whose range holds the new token's position takes its key and value from registers:
-    # it stores them in the cache for later steps and starts its softmax with them (p = 1), so no
-    # program reads the slot written in this launch. Every split reads the cache up to seq_len - 1.
-    m_i = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)
-    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, HEAD_PAD], dtype=tl.float32)
-    if (num_tiles - 1) // per_split == split:
-        k_row = k_ptr + req64 * stride_kt + kv_head64 * stride_kh
-        k_new = tl.load(k_row + offs_d, mask=d_mask, other=0.0)
+    # Splits past the last tile have nothing to do and leave at once: only the `active` ones store
+    # partials, count in and are combined (a graph sized for max_model_len runs 32 splits where a
+    # short context fills a few).
+    active = tl.cdiv(num_tiles, per_split)
+    if split < active:
+        offs_m = tl.arange(0, BLOCK_M)
+        offs_d = tl.arange(0, HEAD_PAD)
+        d_mask = offs_d < HEAD_SIZE
+        head = kv_head * GROUP + offs_m
+        row_valid = offs_m < GROUP
+        q_mask = row_valid[:, None] & d_mask[None, :]
+        q_rows = q_ptr + req64 * stride_qt + head[:, None] * stride_qh
+        q = tl.load(q_rows + offs_d[None, :], mask=q_mask, other=0.0)
         if ROTARY:
-            k_partner = tl.load(k_row + partner, mask=d_mask, other=0.0).to(tl.float32)
-            k_new = (k_new.to(tl.float32) * cos + sign * k_partner * sin).to(k_ptr.dtype.element_ty)
-        v_new = tl.load(v_ptr + req64 * stride_vt + kv_head64 * stride_vh + offs_d, mask=d_mask, other=0.0)
-        slot = tl.load(slot_mapping_ptr + req).to(tl.int64)
-        if slot >= 0:
-            dst = (slot // BLOCK_SIZE) * stride_cb + (slot % BLOCK_SIZE) * stride_cs + kv_head64 * stride_ch
-            tl.store(k_cache_ptr + dst + offs_d, k_new.to(k_cache_ptr.dtype.element_ty), mask=d_mask)
-            tl.store(v_cache_ptr + dst + offs_d, v_new.to(v_cache_ptr.dtype.element_ty), mask=d_mask)
-        # Scores and values as the cache holds them (its dtype), products in fp32.
-        k_new = k_new.to(k_cache_ptr.dtype.element_ty).to(tl.float32)
-        m_i = tl.sum(q.to(tl.float32) * k_new[None, :], 1) * scale_log2
-        l_i = tl.full([BLOCK_M], 1.0, dtype=tl.float32)
-        acc = tl.zeros([BLOCK_M, HEAD_PAD], dtype=tl.float32) + \
-            v_new.to(v_cache_ptr.dtype.element_ty).to(tl.float32)[None, :]
+            pos = tl.load(positions_ptr + req).to(tl.int64)
+            partner, sign, cos, sin = _rotary_operands(cos_sin_ptr, pos, stride_c, offs_d, HALF, IS_NEOX)
+            q_partner = tl.load(q_rows + partner[None, :], mask=q_mask, other=0.0).to(tl.float32)
+            q = (q.to(tl.float32) * cos[None, :] + sign[None, :] * q_partner * sin[None, :]).to(q_ptr.dtype.element_ty)
 
-    cached_len = seq_len - 1
-    for t in range(tile_lo, tile_hi):
-        offs_n = t * TILE_N + tl.arange(0, TILE_N)
-        n_valid = offs_n < cached_len
-        m_i, l_i, acc = attend_tile(q, m_i, l_i, acc, k_cache_ptr, v_cache_ptr, bt_row, offs_n, n_valid,
-                                    n_valid[None, :], kv_head64, offs_d, d_mask, stride_cb, stride_cs, stride_ch,
-                                    stride_cb, stride_cs, stride_ch, scale_log2, BLOCK_SIZE, IEEE_DOT)
+        tile_lo = split * per_split
+        tile_hi = tl.minimum(tile_lo + per_split, num_tiles)
+        bt_row = block_tables_ptr + req64 * stride_bt
 
-    out_rows = out_ptr + req64 * stride_ot + head[:, None] * stride_oh + offs_d[None, :]
-    if NUM_SPLITS == 1:
-        l_safe = tl.where(l_i > 0, l_i, 1.0)
-        tl.store(out_rows, (acc / l_safe[:, None]).to(out_ptr.dtype.element_ty), mask=q_mask)
-    else:
-        part = (req64 * num_heads + head) * NUM_SPLITS + split  # [BLOCK_M]
-        tl.store(part_m_ptr + part, m_i, mask=row_valid)
-        tl.store(part_l_ptr + part, l_i, mask=row_valid)
-        tl.store(part_acc_ptr + part[:, None] * HEAD_PAD + offs_d[None, :], acc, mask=row_valid[:, None])
-        tl.debug_barrier()  # every thread's partial is stored before the counter says so
-        counter = counter_ptr + req64 * num_kv_heads + kv_head
-        if tl.atomic_add(counter, 1, sem="acq_rel") == NUM_SPLITS - 1:
-            # Last to arrive: combine the splits of the GROUP heads in split order, all heads' partials
-            # loaded at once when they fit in registers (a loop over heads waits on each load in turn).
-            offs_s = tl.arange(0, SPLITS_PAD)
-            s_mask = offs_s < NUM_SPLITS
-            if GROUP_PAD * SPLITS_PAD * HEAD_PAD <= 16384:
-                offs_g = tl.arange(0, GROUP_PAD)
-                g_mask = offs_g < GROUP
-                idx = ((req64 * num_heads + kv_head * GROUP + offs_g) * NUM_SPLITS)[:, None] + offs_s[None, :]
-                gs_mask = g_mask[:, None] & s_mask[None, :]
-                m = tl.load(part_m_ptr + idx, mask=gs_mask, other=float("-inf"), cache_modifier=".cg")
-                l = tl.load(part_l_ptr + idx, mask=gs_mask, other=0.0, cache_modifier=".cg")
-                part_acc = tl.load(
-                    part_acc_ptr + idx[:, :, None] * HEAD_PAD + offs_d[None, None, :],
-                    mask=gs_mask[:, :, None] & d_mask[None, None, :], other=0.0, cache_modifier=".cg",
-                )
-                w = tl.exp2(m - tl.where(g_mask, tl.max(m, 1), 0.0)[:, None])
-                denom = tl.sum(w * l, 1)
-                o = tl.sum(part_acc * w[:, :, None], 1) / tl.where(denom > 0, denom, 1.0)[:, None]
-                tl.store(out_ptr + req64 * stride_ot + (kv_head * GROUP + offs_g)[:, None] * stride_oh
-                         + offs_d[None, :], o.to(out_ptr.dtype.element_ty), mask=g_mask[:, None] & d_mask[None, :])
-            else:
-                for g in tl.static_range(GROUP):
-                    base = (req64 * num_heads + kv_head * GROUP + g) * NUM_SPLITS
-                    m = tl.load(part_m_ptr + base + offs_s, mask=s_mask, other=float("-inf"), cache_modifier=".cg")
-                    l = tl.load(part_l_ptr + base + offs_s, mask=s_mask, other=0.0, cache_modifier=".cg")
-                    w = tl.exp2(m - tl.max(m, 0))
-                    denom = tl.sum(w * l, 0)
+        # The split whose range holds the new token's position takes its key and value from registers:
+        # it stores them in the cache for later steps and starts its softmax with them (p = 1), so no
+        # program reads the slot written in this launch. Every split reads the cache up to seq_len - 1.
+        m_i = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)
+        l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+        acc = tl.zeros([BLOCK_M, HEAD_PAD], dtype=tl.float32)
+        if (num_tiles - 1) // per_split == split:
+            k_row = k_ptr + req64 * stride_kt + kv_head64 * stride_kh
+            k_new = tl.load(k_row + offs_d, mask=d_mask, other=0.0)
+            if ROTARY:
+                k_partner = tl.load(k_row + partner, mask=d_mask, other=0.0).to(tl.float32)
+                k_new = (k_new.to(tl.float32) * cos + sign * k_partner * sin).to(k_ptr.dtype.element_ty)
+            v_new = tl.load(v_ptr + req64 * stride_vt + kv_head64 * stride_vh + offs_d, mask=d_mask, other=0.0)
+            slot = tl.load(slot_mapping_ptr + req).to(tl.int64)
+            if slot >= 0:
+                dst = (slot // BLOCK_SIZE) * stride_cb + (slot % BLOCK_SIZE) * stride_cs + kv_head64 * stride_ch
+                tl.store(k_cache_ptr + dst + offs_d, k_new.to(k_cache_ptr.dtype.element_ty), mask=d_mask)
+                tl.store(v_cache_ptr + dst + offs_d, v_new.to(v_cache_ptr.dtype.element_ty), mask=d_mask)
+            # Scores and values as the cache holds them (its dtype), products in fp32.
+            k_new = k_new.to(k_cache_ptr.dtype.element_ty).to(tl.float32)
+            m_i = tl.sum(q.to(tl.float32) * k_new[None, :], 1) * scale_log2
+            l_i = tl.full([BLOCK_M], 1.0, dtype=tl.float32)
+            acc = tl.zeros([BLOCK_M, HEAD_PAD], dtype=tl.float32) + \
+                v_new.to(v_cache_ptr.dtype.element_ty).to(tl.float32)[None, :]
+
+        cached_len = seq_len - 1
+        for t in range(tile_lo, tile_hi):
+            offs_n = t * TILE_N + tl.arange(0, TILE_N)
+            n_valid = offs_n < cached_len
+            m_i, l_i, acc = attend_tile(q, m_i, l_i, acc, k_cache_ptr, v_cache_ptr, bt_row, offs_n, n_valid,
+                                        n_valid[None, :], kv_head64, offs_d, d_mask, stride_cb, stride_cs, stride_ch,
+                                        stride_cb, stride_cs, stride_ch, scale_log2, BLOCK_SIZE, IEEE_DOT)
+
+        out_rows = out_ptr + req64 * stride_ot + head[:, None] * stride_oh + offs_d[None, :]
+        if NUM_SPLITS == 1:
+            l_safe = tl.where(l_i > 0, l_i, 1.0)
+            tl.store(out_rows, (acc / l_safe[:, None]).to(out_ptr.dtype.element_ty), mask=q_mask)
+        else:
+            part = (req64 * num_heads + head) * NUM_SPLITS + split  # [BLOCK_M]
+            tl.store(part_m_ptr + part, m_i, mask=row_valid)
+            tl.store(part_l_ptr + part, l_i, mask=row_valid)
+            tl.store(part_acc_ptr + part[:, None] * HEAD_PAD + offs_d[None, :], acc, mask=row_valid[:, None])
+            tl.debug_barrier()  # every thread's partial is stored before the counter says so
+            counter = counter_ptr + req64 * num_kv_heads + kv_head
+            if tl.atomic_add(counter, 1, sem="acq_rel") == active - 1:
+                # Last to arrive: combine the splits of the GROUP heads in split order, all heads' partials
+                # loaded at once when they fit in registers (a loop over heads waits on each load in turn).
+                offs_s = tl.arange(0, SPLITS_PAD)
+                s_mask = offs_s < active
+                if GROUP_PAD * SPLITS_PAD * HEAD_PAD <= 16384:
+                    offs_g = tl.arange(0, GROUP_PAD)
+                    g_mask = offs_g < GROUP
+                    idx = ((req64 * num_heads + kv_head * GROUP + offs_g) * NUM_SPLITS)[:, None] + offs_s[None, :]
+                    gs_mask = g_mask[:, None] & s_mask[None, :]
+                    m = tl.load(part_m_ptr + idx, mask=gs_mask, other=float("-inf"), cache_modifier=".cg")
+                    l = tl.load(part_l_ptr + idx, mask=gs_mask, other=0.0, cache_modifier=".cg")
                     part_acc = tl.load(
-                        part_acc_ptr + (base + offs_s)[:, None] * HEAD_PAD + offs_d[None, :],
-                        mask=s_mask[:, None] & d_mask[None, :], other=0.0, cache_modifier=".cg",
+                        part_acc_ptr + idx[:, :, None] * HEAD_PAD + offs_d[None, None, :],
+                        mask=gs_mask[:, :, None] & d_mask[None, None, :], other=0.0, cache_modifier=".cg",
                     )
-                    o = tl.sum(part_acc * w[:, None], 0) / tl.where(denom > 0, denom, 1.0)
-                    tl.store(out_ptr + req64 * stride_ot + (kv_head * GROUP + g) * stride_oh + offs_d,
-                             o.to(out_ptr.dtype.element_ty), mask=d_mask)
-            tl.atomic_xchg(counter, 0)
+                    w = tl.exp2(m - tl.where(g_mask, tl.max(m, 1), 0.0)[:, None])
+                    denom = tl.sum(w * l, 1)
+                    o = tl.sum(part_acc * w[:, :, None], 1) / tl.where(denom > 0, denom, 1.0)[:, None]
+                    tl.store(out_ptr + req64 * stride_ot + (kv_head * GROUP + offs_g)[:, None] * stride_oh
+                             + offs_d[None, :], o.to(out_ptr.dtype.element_ty), mask=g_mask[:, None] & d_mask[None, :])
+                else:
+                    for g in tl.static_range(GROUP):
+                        base = (req64 * num_heads + kv_head * GROUP + g) * NUM_SPLITS
+                        m = tl.load(part_m_ptr + base + offs_s, mask=s_mask, other=float("-inf"), cache_modifier=".cg")
+                        l = tl.load(part_l_ptr + base + offs_s, mask=s_mask, other=0.0, cache_modifier=".cg")
+                        w = tl.exp2(m - tl.max(m, 0))
+                        denom = tl.sum(w * l, 0)
+                        part_acc = tl.load(
+                            part_acc_ptr + (base + offs_s)[:, None] * HEAD_PAD + offs_d[None, :],
+                            mask=s_mask[:, None] & d_mask[None, :], other=0.0, cache_modifier=".cg",
+                        )
+                        o = tl.sum(part_acc * w[:, None], 0) / tl.where(denom > 0, denom, 1.0)
+                        tl.store(out_ptr + req64 * stride_ot + (kv_head * GROUP + g) * stride_oh + offs_d,
+                                 o.to(out_ptr.dtype.element_ty), mask=d_mask)
+                tl.atomic_xchg(counter, 0)
+
+
 
 
 def _counter_buffer(device: torch.device, needed: int) -> torch.Tensor:

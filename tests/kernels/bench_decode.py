@@ -30,6 +30,8 @@ CASES = {  # name: (seq_lens, splits): the W4 and W2 decode shapes, and two in b
     "b8 ctx3000": ([3000] * 8, 4),
     "b64 ctx1024": ([1024] * 64, 1),
     "b1000 ctx192 (W2)": ([192] * 1000, 1),
+    # batch 1 at W4's mean context, by split count (CUDA graphs take 32, from max_model_len 8192)
+    **{f"b1 ctx256 {s} splits": ([256], s) for s in (1, 2, 4, 8, 32)},
 }
 
 

@@ -82,14 +82,18 @@ def test_decode_attention_matches_unfused(num_splits, rotary, dtype, device):
     torch.testing.assert_close(out[:n].float().cpu(), ref32.float(), atol=TOL[dtype], rtol=TOL[dtype])
 
 
-def test_decode_attention_counters_reset_between_calls(device):
-    """The split counters return to zero, so repeated launches (as CUDA-graph replays) stay right."""
+@pytest.mark.parametrize("num_splits", [4, 32])  # 32: most splits idle, as in a graph sized for max_model_len
+def test_decode_attention_counters_reset_between_calls(num_splits, device):
+    """The split counters return to zero, so repeated launches (as CUDA-graph replays) stay right,
+    and idle splits (past the request's last tile) change nothing."""
     from pagoda.kernels import decode_attention as module
 
-    query, key, value, kv, md, positions = decode_batch([40, 17], 4, 1, 32, 8, torch.float32, device, seed=3)
-    first = decode_attention(query, key, value, kv.clone(), md, 0.3, 4)
-    second = decode_attention(query, key, value, kv.clone(), md, 0.3, 4)
+    query, key, value, kv, md, positions = decode_batch([140, 17], 4, 1, 32, 8, torch.float32, device, seed=3)
+    first = decode_attention(query, key, value, kv.clone(), md, 0.3, num_splits)
+    second = decode_attention(query, key, value, kv.clone(), md, 0.3, num_splits)
     assert torch.equal(first, second)
+    ref, _ = unfused(query, key, value, kv.clone(), md, positions, None, True, 0.3, num_splits)
+    torch.testing.assert_close(first, ref, atol=TOL[torch.float32], rtol=TOL[torch.float32])
     assert int(module._counters[(query.device.type, query.device.index)].abs().sum()) == 0
 
 
