@@ -190,8 +190,6 @@ def _decode_attn_kernel(
                 tl.atomic_xchg(counter, 0)
 
 
-
-
 def _counter_buffer(device: torch.device, needed: int) -> torch.Tensor:
     """The device's zeroed split counters (grown outside CUDA-graph capture only)."""
     key = (device.type, device.index)
