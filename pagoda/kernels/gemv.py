@@ -28,6 +28,7 @@ import triton
 import triton.language as tl
 
 from pagoda.kernels import tuning
+from pagoda.kernels.tuning import gemv_applies  # noqa: F401  (re-exported; it lives in tuning so CPU code never imports triton)
 
 
 @triton.jit
@@ -109,13 +110,6 @@ def _gemv_reduce_kernel(
     if HAS_BIAS:
         total += tl.load(bias_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     tl.store(y_ptr + m * stride_ym + offs, total.to(y_ptr.dtype.element_ty), mask=mask)
-
-
-def gemv_applies(x: torch.Tensor) -> bool:
-    """Whether the model's products with input x run here rather than in cuBLAS: x is a CUDA
-    [M, K] tensor with 1 <= M <= tuning.GEMV_USE_MAX_M. It depends on shapes only, so CUDA-graph and
-    eager runs of the same batch compute identically."""
-    return x.is_cuda and x.dim() == 2 and 0 < x.shape[0] <= tuning.GEMV_USE_MAX_M
 
 
 def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,

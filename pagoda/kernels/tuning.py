@@ -118,6 +118,14 @@ GEMV_MAX_M = 4  # rows the gemv kernel takes; the linear layers use it up to GEM
 GEMV_USE_MAX_M = int(os.environ.get("PAGODA_GEMV_MAX_M", "1"))
 
 
+def gemv_applies(x: torch.Tensor) -> bool:
+    """Whether the model's products with input x run in the Triton GEMV rather than in cuBLAS: x is
+    a CUDA [M, K] tensor with 1 <= M <= GEMV_USE_MAX_M. It depends on shapes only, so CUDA-graph and
+    eager runs of the same batch compute identically; on CPU it is always False, so CPU code never
+    needs Triton."""
+    return x.is_cuda and x.dim() == 2 and 0 < x.shape[0] <= GEMV_USE_MAX_M
+
+
 @dataclass(frozen=True)
 class GemvLaunch:
     block_n: int  # output features per program

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pagoda.kernels.gemv import gemv_applies
+from pagoda.kernels.tuning import gemv_applies
 from pagoda.model_executor.layers.linear import default_weight_loader, set_weight_attrs
 from pagoda.model_executor.layers.pending_norm import PendingRMSNorm
 

@@ -21,11 +21,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pagoda.kernels.gemv import gemv, gemv_applies
+from pagoda.kernels.tuning import gemv_applies
 from pagoda.model_executor.layers.pending_norm import PendingRMSNorm
 from pagoda.model_executor.parallel_state import divide, get_tp_rank, get_tp_size, tp_all_gather, tp_all_reduce
 
 logger = logging.getLogger(__name__)
+
+
+def _gemv():
+    """The Triton GEMV, imported on first use: only CUDA inputs reach it (gemv_applies), so a CPU
+    install never needs Triton."""
+    from pagoda.kernels.gemv import gemv
+
+    return gemv
 
 
 def set_weight_attrs(param: torch.Tensor, attrs: dict) -> None:
@@ -107,7 +115,7 @@ class UnquantizedLinearMethod(LinearMethod):
         rows = pending.x if pending is not None else x
         if gemv_applies(rows) and layer.weight.is_contiguous():
             norm = pending.gemv_args() if pending is not None else {}
-            return gemv(rows, layer.weight, bias, silu_and_mul=act is not None, **norm)
+            return _gemv()(rows, layer.weight, bias, silu_and_mul=act is not None, **norm)
         out = F.linear(pending.materialize() if pending is not None else x, layer.weight, bias)
         return out if act is None else act(out)
 
@@ -116,7 +124,7 @@ def dense(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = Non
     """x @ weightᵀ (+ bias): Triton's decode GEMV where `gemv_applies` (it reads narrow weights faster
     than cuBLAS), F.linear otherwise."""
     if gemv_applies(x) and weight.is_contiguous():
-        return gemv(x, weight, bias)
+        return _gemv()(x, weight, bias)
     return F.linear(x, weight, bias)
 
 
