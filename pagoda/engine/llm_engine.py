@@ -30,7 +30,7 @@ class LLMEngine:
     def __init__(self, config: PagodaConfig, core: Any | None = None) -> None:
         self.config = config
         self.tokenizer = _load_tokenizer(config)
-        self.processor = Processor(config.model, self.tokenizer)
+        self.processor = Processor(config.model, self.tokenizer, config.scheduler.policy)
         self.output_processor = OutputProcessor(self.tokenizer)
         # `core`: an object with EngineCore's add_request/abort_requests living elsewhere (the
         # server's engine-core process, see engine/async_llm.py); in-process EngineCore otherwise.
@@ -72,6 +72,10 @@ class LLMEngine:
 
     def has_unfinished_requests(self) -> bool:
         return self.output_processor.has_unfinished()
+
+    def get_num_unfinished_requests(self) -> int:
+        """User requests (not n/best_of children) that have not finished, as vLLM's LLMEngine counts them."""
+        return len(self.output_processor.parents) + len(self.output_processor.pooling)
 
     def step(self) -> list[RequestOutput | PoolingRequestOutput]:
         outputs, to_abort = self.output_processor.process_outputs(self.core.step())

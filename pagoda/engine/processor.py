@@ -25,8 +25,9 @@ from pagoda.sampling_params import SamplingParams
 
 
 class Processor:
-    def __init__(self, model_config: ModelConfig, tokenizer: Any | None) -> None:
+    def __init__(self, model_config: ModelConfig, tokenizer: Any | None, scheduling_policy: str = "fcfs") -> None:
         self.model_config = model_config
+        self.scheduling_policy = scheduling_policy
         self.tokenizer = tokenizer
         self.eos_token_id = _eos_token_id(model_config, tokenizer)
         self.extra_eos_ids = _generation_config_eos_ids(model_config)
@@ -46,6 +47,7 @@ class Processor:
         if isinstance(prompt, str):
             return prompt, self._encode(prompt, keep)
         if isinstance(prompt, dict):
+            _check_prompt_keys(prompt)
             if "prompt_token_ids" in prompt:
                 ids = prompt["prompt_token_ids"]
                 if not isinstance(ids, (list, tuple)) or not all(isinstance(t, int) for t in ids):
@@ -94,6 +96,9 @@ class Processor:
         """A validated request. `check_logprobs_limit=False` lets the engine's own requests (beam
         search) ask for more logprobs than max_logprobs allows users."""
         arrival_time = arrival_time if arrival_time is not None else time.time()
+        if priority != 0 and self.scheduling_policy != "priority":
+            raise ValueError(f"priority={priority} needs scheduling_policy='priority' (--scheduling-policy priority); "
+                             f"with scheduling_policy={self.scheduling_policy!r} only priority 0 is allowed")
         if isinstance(params, PoolingParams):
             self._validate_pooling(prompt_token_ids, params)
             return EngineCoreRequest(request_id=request_id, prompt_token_ids=list(prompt_token_ids),
@@ -186,6 +191,28 @@ class Processor:
                 result.append(spaced)
         self._check_ids("bad_words", [t for word in result for t in word])
         return result
+
+
+# vLLM's prompt-dict keys (TextPrompt / TokensPrompt / EmbedsPrompt) that Pagoda does not implement yet.
+_UNSUPPORTED_PROMPT_KEYS = {
+    "multi_modal_data": "multimodal input is not supported yet",
+    "mm_processor_kwargs": "multimodal input is not supported yet",
+    "multi_modal_uuids": "multimodal input is not supported yet",
+    "prompt_embeds": "prompt embeddings are not supported yet",
+    "token_type_ids": "token_type_ids (cross-encoder inputs) are not supported yet",
+    "cache_salt": "cache_salt is not supported yet",
+}
+_PROMPT_KEYS = ("prompt", "prompt_token_ids")
+
+
+def _check_prompt_keys(prompt: dict) -> None:
+    """A prompt dict holds only keys that take effect: ValueError naming any other key."""
+    for key in prompt:
+        if key in _PROMPT_KEYS:
+            continue
+        if key in _UNSUPPORTED_PROMPT_KEYS:
+            raise ValueError(f"prompt key {key!r}: {_UNSUPPORTED_PROMPT_KEYS[key]}")
+        raise ValueError(f"unknown prompt key {key!r}; a prompt dict takes {list(_PROMPT_KEYS)}")
 
 
 def _truncate_left(ids: list[int], body: list[int], keep: int) -> list[int]:

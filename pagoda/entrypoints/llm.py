@@ -67,8 +67,10 @@ class LLM:
         prompts: Any,
         sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
         use_tqdm: bool = True,
+        lora_request: Any = None,
         priority: Sequence[int] | None = None,
     ) -> list[RequestOutput]:
+        _refuse_lora(lora_request)
         if self.model_config.runner_type != "generate":
             raise ValueError("LLM.generate() needs a generative model; this one runs task='embed' "
                              "(use LLM.embed / LLM.encode / LLM.score)")
@@ -85,36 +87,57 @@ class LLM:
         messages: list[dict] | list[list[dict]],
         sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
         use_tqdm: bool = True,
+        lora_request: Any = None,
         chat_template: str | None = None,
+        chat_template_content_format: str = "auto",
         add_generation_prompt: bool = True,
         continue_final_message: bool = False,
+        tools: list[dict] | None = None,
         chat_template_kwargs: dict | None = None,
+        mm_processor_kwargs: dict | None = None,
     ) -> list[RequestOutput]:
-        from pagoda.tokenizer import apply_chat_template
+        """vLLM's `LLM.chat`: OpenAI-style messages (string content or text parts) through the chat
+        template (the tokenizer's, or `chat_template`), `tools` handed to the template, then generate."""
+        from pagoda.entrypoints.openai.chat_utils import CONTENT_FORMATS, normalize_messages, resolve_content_format
+        from pagoda.entrypoints.openai.errors import APIError
+        from pagoda.tokenizer import apply_chat_template, load_chat_template
 
+        _refuse_lora(lora_request)
+        if mm_processor_kwargs is not None:
+            raise ValueError("mm_processor_kwargs: multimodal input is not supported yet")
+        if chat_template_content_format not in CONTENT_FORMATS:
+            raise ValueError(f"chat_template_content_format={chat_template_content_format!r} is not one of "
+                             f"{list(CONTENT_FORMATS)}")
         conversations = [messages] if messages and isinstance(messages[0], dict) else list(messages)
         tokenizer = self.get_tokenizer()
         if tokenizer is None:
             raise ValueError("chat needs a tokenizer, but skip_tokenizer_init=True")
+        content_format = resolve_content_format(chat_template_content_format,
+                                                load_chat_template(tokenizer, chat_template))
+        kwargs = dict(chat_template_kwargs or {})
+        if tools is not None:
+            kwargs["tools"] = tools
         prompts = []
         for conversation in conversations:
-            ids = apply_chat_template(
-                tokenizer,
-                conversation,
-                chat_template=chat_template,
-                add_generation_prompt=add_generation_prompt,
-                continue_final_message=continue_final_message,
-                **(chat_template_kwargs or {}),
-            )
+            if not isinstance(conversation, list) or not all(isinstance(m, dict) for m in conversation):
+                raise ValueError("messages must be a list of dicts with 'role' and 'content' (or a list of such lists)")
+            try:
+                conversation = normalize_messages(conversation, content_format)
+            except APIError as exc:
+                raise ValueError(exc.message) from None
+            ids = apply_chat_template(tokenizer, conversation, chat_template=chat_template,
+                                      add_generation_prompt=add_generation_prompt,
+                                      continue_final_message=continue_final_message, **kwargs)
             prompts.append({"prompt_token_ids": ids, "prompt": tokenizer.decode(ids)})
         return self.generate(prompts, sampling_params, use_tqdm=use_tqdm)
 
-    def beam_search(self, prompts: Any, params: BeamSearchParams, use_tqdm: bool = False,
+    def beam_search(self, prompts: Any, params: BeamSearchParams, lora_request: Any = None, use_tqdm: bool = False,
                     concurrency_limit: int | None = None) -> list[BeamSearchOutput]:
         """vLLM's beam search: the beam_width best sequences per prompt, best first (see engine/beam_search.py).
 
         `concurrency_limit`: at most this many prompts are searched at a time (all by default).
         """
+        _refuse_lora(lora_request)
         if not isinstance(params, BeamSearchParams):
             raise TypeError(f"params must be BeamSearchParams, got {type(params).__name__}")
         if concurrency_limit is not None and (not isinstance(concurrency_limit, int) or concurrency_limit < 1):
@@ -150,8 +173,10 @@ class LLM:
         *,
         truncate_prompt_tokens: int | None = None,
         use_tqdm: bool = True,
+        lora_request: Any = None,
     ) -> list[PoolingRequestOutput]:
         """One pooled vector per prompt (`.outputs.data`, a float32 tensor)."""
+        _refuse_lora(lora_request)
         if self.model_config.runner_type != "pooling":
             raise ValueError("LLM.encode() needs an embedding model; start the LLM with task='embed'")
         prompt_list = _prompt_list(prompts)
@@ -171,8 +196,10 @@ class LLM:
         truncate_prompt_tokens: int | None = None,
         use_tqdm: bool = True,
         pooling_params: PoolingParams | Sequence[PoolingParams] | None = None,
+        lora_request: Any = None,
     ) -> list[EmbeddingRequestOutput]:
         """One embedding per prompt (`.outputs.embedding`, a list of floats)."""
+        _refuse_lora(lora_request)
         if self.model_config.runner_type != "pooling":
             raise ValueError("LLM.embed() needs an embedding model; start the LLM with task='embed'")
         outputs = self.encode(prompts, pooling_params, truncate_prompt_tokens=truncate_prompt_tokens, use_tqdm=use_tqdm)
@@ -186,8 +213,10 @@ class LLM:
         truncate_prompt_tokens: int | None = None,
         use_tqdm: bool = True,
         pooling_params: PoolingParams | None = None,
+        lora_request: Any = None,
     ) -> list[ScoringRequestOutput]:
         """Cosine similarity of the embeddings of text pairs: 1:1, 1:N or N:N (vLLM's pairing rules)."""
+        _refuse_lora(lora_request)
         if self.model_config.runner_type != "pooling":
             raise ValueError("LLM.score() needs an embedding model; start the LLM with task='embed'")
         first = [text_1] if isinstance(text_1, (str, dict)) else list(text_1)
@@ -247,6 +276,11 @@ class LLM:
             engine.abort_request([r for r in added if r not in finished])
             raise
         return [finished[r] for r in request_ids]
+
+
+def _refuse_lora(lora_request: Any) -> None:
+    if lora_request is not None:
+        raise ValueError("lora_request: LoRA adapters are not supported yet")
 
 
 def _prompt_list(prompts: Any) -> list:

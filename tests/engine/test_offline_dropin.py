@@ -1,0 +1,87 @@
+"""vLLM's offline API surface: every prompt key and keyword takes effect or is refused by name."""
+
+import pytest
+
+from pagoda import LLM, SamplingParams
+
+GREEDY = SamplingParams(temperature=0, max_tokens=4, ignore_eos=True)
+
+
+@pytest.fixture(scope="module")
+def llm(llama_dir):
+    return LLM(llama_dir, max_model_len=128)
+
+
+@pytest.mark.parametrize("key", ["multi_modal_data", "mm_processor_kwargs", "prompt_embeds", "cache_salt"])
+def test_unimplemented_prompt_keys_are_refused(llm, key):
+    with pytest.raises(ValueError, match=f"'{key}'.*not supported yet"):
+        llm.generate({"prompt": "import os", key: {"image": None}}, GREEDY, use_tqdm=False)
+    with pytest.raises(ValueError, match=f"'{key}'"):
+        llm.generate([{"prompt_token_ids": [1, 2, 3], key: 1}], GREEDY, use_tqdm=False)
+
+
+def test_unknown_prompt_key_is_refused_with_the_allowed_keys(llm):
+    with pytest.raises(ValueError, match=r"unknown prompt key 'promt'.*\['prompt', 'prompt_token_ids'\]"):
+        llm.generate({"promt": "import os"}, GREEDY, use_tqdm=False)
+    # nothing of the refused call stays behind
+    assert llm.llm_engine.get_num_unfinished_requests() == 0
+
+
+def test_token_prompt_with_display_text_still_works(llm):
+    ids = llm.get_tokenizer().encode("import os")
+    by_ids = llm.generate({"prompt_token_ids": ids, "prompt": "import os"}, GREEDY, use_tqdm=False)[0]
+    by_text = llm.generate("import os", GREEDY, use_tqdm=False)[0]
+    assert by_ids.outputs[0].token_ids == by_text.outputs[0].token_ids
+    assert by_ids.prompt == "import os"
+
+
+def test_lora_request_is_refused_everywhere(llm):
+    from pagoda import BeamSearchParams
+
+    lora = object()
+    with pytest.raises(ValueError, match="lora_request.*not supported yet"):
+        llm.generate("import os", GREEDY, lora_request=lora, use_tqdm=False)
+    with pytest.raises(ValueError, match="lora_request.*not supported yet"):
+        llm.chat([{"role": "user", "content": "hi"}], GREEDY, lora_request=lora, use_tqdm=False)
+    with pytest.raises(ValueError, match="lora_request.*not supported yet"):
+        llm.beam_search(["import os"], BeamSearchParams(beam_width=2, max_tokens=2), lora_request=lora)
+    # None (the default) is fine
+    assert llm.generate("import os", GREEDY, lora_request=None, use_tqdm=False)[0].outputs[0].token_ids
+
+
+def test_priority_needs_the_priority_policy(llm, llama_dir):
+    with pytest.raises(ValueError, match="priority=1 needs scheduling_policy='priority'"):
+        llm.generate(["import os"], GREEDY, priority=[1], use_tqdm=False)
+    assert llm.llm_engine.get_num_unfinished_requests() == 0
+    assert llm.generate(["import os"], GREEDY, priority=[0], use_tqdm=False)[0].outputs[0].token_ids
+    ranked = LLM(llama_dir, max_model_len=128, scheduling_policy="priority")
+    outs = ranked.generate(["import os", "x = 1"], GREEDY, priority=[5, -3], use_tqdm=False)
+    assert [len(o.outputs[0].token_ids) for o in outs] == [4, 4]
+
+
+def test_chat_takes_text_parts_and_tools(llm):
+    tokenizer = llm.get_tokenizer()
+    plain = llm.chat([{"role": "user", "content": "hello there"}], GREEDY, use_tqdm=False)[0]
+    parts = llm.chat([{"role": "user", "content": [{"type": "text", "text": "hello there"}]}], GREEDY,
+                     use_tqdm=False)[0]
+    assert parts.prompt_token_ids == plain.prompt_token_ids
+    assert parts.outputs[0].token_ids == plain.outputs[0].token_ids
+    with pytest.raises(ValueError, match=r"messages\[0\]\.content\[0\]\.type 'image_url' is not supported"):
+        llm.chat([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}], GREEDY,
+                 use_tqdm=False)
+    with pytest.raises(ValueError, match="mm_processor_kwargs.*not supported yet"):
+        llm.chat([{"role": "user", "content": "hi"}], GREEDY, mm_processor_kwargs={"x": 1}, use_tqdm=False)
+    with pytest.raises(ValueError, match="chat_template_content_format='xml' is not one of"):
+        llm.chat([{"role": "user", "content": "hi"}], GREEDY, chat_template_content_format="xml", use_tqdm=False)
+    # tools reach the template
+    template = ("{% if tools %}TOOLS:{% for t in tools %}{{ t.function.name }};{% endfor %}{% endif %}"
+                "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}assistant:")
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+    out = llm.chat([{"role": "user", "content": "hi"}], GREEDY, chat_template=template, tools=tools,
+                   use_tqdm=False)[0]
+    assert tokenizer.decode(out.prompt_token_ids).startswith("TOOLS:get_weather;")
+    # the "openai" content format hands the template a list of parts
+    loop = "{% for m in messages %}{% for p in m.content %}[{{ p.text }}]{% endfor %}{% endfor %}"
+    out = llm.chat([{"role": "user", "content": "ab"}], GREEDY, chat_template=loop,
+                   chat_template_content_format="openai", use_tqdm=False)[0]
+    assert tokenizer.decode(out.prompt_token_ids) == "[ab]"
