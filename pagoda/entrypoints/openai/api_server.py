@@ -2,9 +2,13 @@
 
     python -m pagoda.entrypoints.openai.api_server --model MODEL [flags]      (or: pagoda serve MODEL)
 
-Start-up order: check every flag, bind the listening socket (so a taken port fails before the model
-loads), start the engine core and wait until it is ready, then serve. A failure at any point exits
-non-zero with the reason on stderr.
+Start-up order: check every flag, bind the socket (so a taken port fails before the model loads),
+start the engine core and wait until it is ready, then listen and serve. Until then the port refuses
+connections at once (nothing is queued in a backlog), so a Kubernetes probe fails fast instead of
+hanging. A failure at any point exits non-zero with the reason on stderr.
+
+`--root-path` is FastAPI's root_path only (as vLLM sets it), not uvicorn's: a request under the prefix
+(`/llm/v1/models`) and one a proxy already stripped (`/v1/models`) both reach the route.
 
 Invariants:
 - /health answers 200 while the engine core runs and 503 (with the reason) once it is dead; the
@@ -196,9 +200,8 @@ def bind_socket(host: str, port: int) -> socket.socket:
     except OSError as exc:
         sock.close()
         raise ValueError(f"cannot listen on {host}:{port} (--host/--port): {exc.strerror}") from None
-    sock.listen(2048)
     sock.setblocking(False)
-    return sock
+    return sock  # bound, not listening: connections are refused at once until `sock.listen()`
 
 
 def _server_class():
@@ -248,7 +251,7 @@ async def run_server(args: argparse.Namespace) -> None:
     engine_args = cli_args.engine_args_from(args)
     sock = bind_socket(args.host, args.port)
     host, port = sock.getsockname()[:2]
-    logger.info("Pagoda %s: listening on http://%s:%d once the engine is ready", pagoda.__version__, host, port)
+    logger.info("Pagoda %s: will listen on http://%s:%d once the engine is ready", pagoda.__version__, host, port)
     prometheus_client.disable_created_metrics()
     names = cli_args.served_model_names(args)
     engine = None
@@ -263,11 +266,12 @@ async def run_server(args: argparse.Namespace) -> None:
         app = build_app(args, engine, prometheus, stats_logger)
         config = uvicorn.Config(
             app, log_level=args.uvicorn_log_level, access_log=not args.disable_uvicorn_access_log,
-            root_path=args.root_path or "", ssl_keyfile=args.ssl_keyfile, ssl_certfile=args.ssl_certfile,
+            ssl_keyfile=args.ssl_keyfile, ssl_certfile=args.ssl_certfile,
             ssl_ca_certs=args.ssl_ca_certs, ssl_cert_reqs=args.ssl_cert_reqs, timeout_graceful_shutdown=5,
             lifespan="on")
         server = _server_class()(config)
         scheme = "https" if args.ssl_certfile else "http"
+        sock.listen(2048)  # only now: before the engine is ready a probe gets "connection refused", not a hang
         logger.info("Pagoda API server ready on %s://%s:%d (model %s)", scheme, host, port, ", ".join(names))
         await server.serve(sockets=[sock])
     finally:
