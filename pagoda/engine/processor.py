@@ -3,7 +3,9 @@
 Invariants:
 - Everything a user can get wrong is checked here, before the engine core sees the request, and
   raises ValueError naming the field and the allowed values: token ids of the prompt, logit_bias,
-  allowed_token_ids and bad_words inside the vocabulary; lengths against max_model_len.
+  allowed_token_ids, stop_token_ids and bad_words inside the vocabulary; lengths against
+  max_model_len; priority and seed within 64 bits; prompt dicts hold only the keys that take effect;
+  priority != 0 only under scheduling_policy="priority" (vLLM's rule).
 - The SamplingParams inside an EngineCoreRequest are the engine's own copy: `all_stop_token_ids`
   holds EOS (unless ignore_eos) and the model's generation-config EOS ids plus stop_token_ids, and
   `bad_words_token_ids` holds each bad word tokenized with and without a leading space (vLLM's rule).
@@ -22,6 +24,9 @@ from pagoda.config import ModelConfig
 from pagoda.core.request import EngineCoreRequest
 from pagoda.pooling_params import PoolingParams
 from pagoda.sampling_params import SamplingParams
+
+
+_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1  # what the engine-core messages (msgpack) can carry
 
 
 class Processor:
@@ -96,6 +101,8 @@ class Processor:
         """A validated request. `check_logprobs_limit=False` lets the engine's own requests (beam
         search) ask for more logprobs than max_logprobs allows users."""
         arrival_time = arrival_time if arrival_time is not None else time.time()
+        if not isinstance(priority, int) or not _INT64_MIN <= priority <= _INT64_MAX:
+            raise ValueError(f"priority must be a 64-bit integer in [{_INT64_MIN}, {_INT64_MAX}], got {priority!r}")
         if priority != 0 and self.scheduling_policy != "priority":
             raise ValueError(f"priority={priority} needs scheduling_policy='priority' (--scheduling-policy priority); "
                              f"with scheduling_policy={self.scheduling_policy!r} only priority 0 is allowed")
@@ -137,6 +144,9 @@ class Processor:
             )
         self._check_ids("logit_bias", list(params.logit_bias or ()))
         self._check_ids("allowed_token_ids", params.allowed_token_ids or [])
+        self._check_ids("stop_token_ids", params.stop_token_ids or [])
+        if params.seed is not None and not _INT64_MIN <= params.seed <= _INT64_MAX:
+            raise ValueError(f"seed must be a 64-bit integer in [{_INT64_MIN}, {_INT64_MAX}], got {params.seed}")
         if params.stop and self.tokenizer is None:
             raise ValueError("stop strings need a tokenizer, but skip_tokenizer_init=True")
         if params.bad_words and self.tokenizer is None:

@@ -55,6 +55,8 @@ def test_priority_needs_the_priority_policy(llm, llama_dir):
     assert llm.llm_engine.get_num_unfinished_requests() == 0
     assert llm.generate(["import os"], GREEDY, priority=[0], use_tqdm=False)[0].outputs[0].token_ids
     ranked = LLM(llama_dir, max_model_len=128, scheduling_policy="priority")
+    with pytest.raises(ValueError, match="priority must be a 64-bit integer"):
+        ranked.generate(["import os"], GREEDY, priority=[2**70], use_tqdm=False)
     outs = ranked.generate(["import os", "x = 1"], GREEDY, priority=[5, -3], use_tqdm=False)
     assert [len(o.outputs[0].token_ids) for o in outs] == [4, 4]
 
@@ -85,3 +87,16 @@ def test_chat_takes_text_parts_and_tools(llm):
     out = llm.chat([{"role": "user", "content": "ab"}], GREEDY, chat_template=loop,
                    chat_template_content_format="openai", use_tqdm=False)[0]
     assert tokenizer.decode(out.prompt_token_ids) == "[ab]"
+
+
+@pytest.mark.parametrize("params, field", [
+    (dict(stop_token_ids=[99999], min_tokens=2, max_tokens=3), "stop_token_ids"),
+    (dict(stop_token_ids=[-1]), "stop_token_ids"),
+    (dict(seed=2**70), "seed"),
+])
+def test_out_of_range_ids_are_refused_before_admission(llm, params, field):
+    with pytest.raises(ValueError, match=field):
+        llm.generate("import os", SamplingParams(**params), use_tqdm=False)
+    assert llm.llm_engine.get_num_unfinished_requests() == 0
+    # the engine carries on
+    assert len(llm.generate("import os", GREEDY, use_tqdm=False)[0].outputs[0].token_ids) == 4
