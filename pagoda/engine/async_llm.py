@@ -29,6 +29,7 @@ from typing import Any, AsyncIterator, Sequence
 
 from pagoda.engine.core_client import EngineCoreClient, EngineDeadError, EngineStartError
 from pagoda.engine.llm_engine import LLMEngine
+from pagoda.engine.output_processor import child_request_id
 from pagoda.engine_args import EngineArgs
 from pagoda.metrics.stats import StatsTracker
 from pagoda.outputs import RequestOutput
@@ -157,6 +158,7 @@ class AsyncLLM:
             self.client.shutdown()
             raise
         self.config.cache.num_blocks = info["num_blocks"]
+        self.stats.cache_config = self.config.cache  # for vllm:cache_config_info
         self._slots: dict[str, _Slot] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._output_task: asyncio.Task | None = None
@@ -203,6 +205,10 @@ class AsyncLLM:
             )
         self._ensure_output_task()
         self.engine.add_request(request_id, prompt, params, priority)
+        num_sequences = getattr(params, "num_sequences", 1)
+        if num_sequences > 1:  # the children share one user request's n / longest-output stats
+            self.stats.on_user_request([child_request_id(i, request_id, num_sequences) for i in range(num_sequences)],
+                                       params.n)
         kind = getattr(params, "output_kind", None)
         slot = self._slots[request_id] = _Slot(delta=kind is not None and kind.name == "DELTA")
         return RequestStream(self, request_id, slot)

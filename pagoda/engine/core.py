@@ -41,6 +41,7 @@ class EngineCore:
         self.executor.initialize_cache(num_blocks)
         self.scheduler = Scheduler(config.scheduler, config.cache)
         self.in_flight = None  # (SchedulerOutput, StepOutput) of the step launched last, unresolved
+        self.num_scheduled_tokens = 0  # tokens of the step the last step() call launched (metrics)
         logger.info(
             "engine ready in %.1f s: %d KV blocks, max concurrency %.1fx at max_model_len %d",
             time.perf_counter() - started, num_blocks, num_blocks * block_size / max_len, max_len,
@@ -57,8 +58,10 @@ class EngineCore:
 
     def step(self) -> list[EngineCoreOutput]:
         launched = None
+        self.num_scheduled_tokens = 0
         if self.scheduler.has_unfinished_requests():
             sched = self.scheduler.schedule()
+            self.num_scheduled_tokens = sched.total_num_scheduled_tokens
             launched = (sched, self.executor.execute_model(sched))
         outputs: list[EngineCoreOutput] = []
         if self.in_flight is not None:

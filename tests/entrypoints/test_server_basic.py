@@ -25,7 +25,7 @@ def test_open_endpoints_need_no_key(server):
     version = httpx.get(server.url + "/version", timeout=10)
     assert version.status_code == 200 and version.json()["version"]
     metrics = httpx.get(server.url + "/metrics", timeout=10)
-    assert metrics.status_code == 200 and "pagoda:num_requests_running" in metrics.text
+    assert metrics.status_code == 200 and "vllm:num_requests_running" in metrics.text
 
 
 def test_every_other_endpoint_needs_the_key(server):
@@ -88,22 +88,22 @@ def test_cached_prompt_tokens_are_reported(client):
 
 
 def test_metrics_after_requests(server, client):
-    gen_before = server.metric("pagoda:generation_tokens_total", model_name=MODEL_NAME)
-    ok_before = server.metric("pagoda:request_success_total", model_name=MODEL_NAME, finished_reason="length")
+    gen_before = server.metric("vllm:generation_tokens_total", model_name=MODEL_NAME)
+    ok_before = server.metric("vllm:request_success_total", model_name=MODEL_NAME, finished_reason="length")
     client.completions.create(model=MODEL_NAME, prompt="for i in range(3):", max_tokens=5, extra_body={"ignore_eos": True})
     deadline = time.monotonic() + 10
-    while server.metric("pagoda:generation_tokens_total", model_name=MODEL_NAME) < gen_before + 5:
+    while server.metric("vllm:generation_tokens_total", model_name=MODEL_NAME) < gen_before + 5:
         assert time.monotonic() < deadline, "generation_tokens_total did not grow"
         time.sleep(0.1)
-    assert server.metric("pagoda:request_success_total", model_name=MODEL_NAME, finished_reason="length") >= ok_before + 1
+    assert server.metric("vllm:request_success_total", model_name=MODEL_NAME, finished_reason="length") >= ok_before + 1
     text = server.get("/metrics").text
     for name in ("num_requests_running", "num_requests_waiting", "kv_cache_usage_perc", "prefix_cache_queries_total",
                  "prefix_cache_hits_total", "prompt_tokens_total", "generation_tokens_total", "num_preemptions_total",
                  "time_to_first_token_seconds_bucket", "inter_token_latency_seconds_bucket",
                  "e2e_request_latency_seconds_bucket", "request_queue_time_seconds_bucket"):
-        assert f"pagoda:{name}{{" in text, name
-    assert server.metric("pagoda:time_to_first_token_seconds_count", model_name=MODEL_NAME) >= 1
-    assert server.metric("pagoda:request_queue_time_seconds_count", model_name=MODEL_NAME) >= 1
+        assert f"vllm:{name}{{" in text, name
+    assert server.metric("vllm:time_to_first_token_seconds_count", model_name=MODEL_NAME) >= 1
+    assert server.metric("vllm:request_queue_time_seconds_count", model_name=MODEL_NAME) >= 1
 
 
 def test_periodic_stats_log_line(server, client):

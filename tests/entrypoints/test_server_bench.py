@@ -25,6 +25,6 @@ def test_bench_serve_against_live_server(server, model_dir, monkeypatch, capsys)
     assert m["total_output_tokens"] == 12 * 6  # ignore_eos: every request runs to max_tokens
     assert 0 < m["median_ttft_ms"] < m["median_e2el_ms"]
     deadline = time.monotonic() + 10  # stats reach the frontend with the engine's next report
-    while server.metric("pagoda:num_requests_running", model_name=MODEL_NAME) != 0:
+    while server.metric("vllm:num_requests_running", model_name=MODEL_NAME) != 0:
         assert time.monotonic() < deadline, "requests still running after the benchmark finished"
         time.sleep(0.1)

@@ -42,12 +42,12 @@ def test_200_concurrent_streams(server, client):
     for i, (text, usage) in enumerate(results):
         assert text == expected[i % len(PROMPTS)], i
         assert usage.completion_tokens == 8
-    wait_for(lambda: server.metric("pagoda:num_requests_running", model_name=MODEL_NAME) == 0, 10,
+    wait_for(lambda: server.metric("vllm:num_requests_running", model_name=MODEL_NAME) == 0, 10,
              "requests still running after every stream finished")
 
 
 def _abort_count(server) -> float:
-    return server.metric("pagoda:request_success_total", model_name=MODEL_NAME, finished_reason="abort")
+    return server.metric("vllm:request_success_total", model_name=MODEL_NAME, finished_reason="abort")
 
 
 def test_disconnect_mid_stream_aborts(server):
@@ -62,12 +62,12 @@ def test_disconnect_mid_stream_aborts(server):
                 received += 1
             if received == 3:
                 break
-        assert server.metric("pagoda:num_requests_running", model_name=MODEL_NAME) == 1
+        assert server.metric("vllm:num_requests_running", model_name=MODEL_NAME) == 1
     # Leaving the block closed the connection mid-stream.
     wait_for(lambda: _abort_count(server) >= aborted + 1, 10, "the departed stream was not aborted")
-    wait_for(lambda: server.metric("pagoda:num_requests_running", model_name=MODEL_NAME) == 0, 10,
+    wait_for(lambda: server.metric("vllm:num_requests_running", model_name=MODEL_NAME) == 0, 10,
              "num_requests_running did not return to 0")
-    assert server.metric("pagoda:kv_cache_usage_perc", model_name=MODEL_NAME) == 0.0
+    assert server.metric("vllm:kv_cache_usage_perc", model_name=MODEL_NAME) == 0.0
 
 
 def test_disconnect_while_waiting_for_a_full_response_aborts(server):
@@ -78,5 +78,5 @@ def test_disconnect_while_waiting_for_a_full_response_aborts(server):
     except httpx.TimeoutException:
         pass
     wait_for(lambda: _abort_count(server) >= aborted + 1, 10, "the departed request was not aborted")
-    wait_for(lambda: server.metric("pagoda:num_requests_running", model_name=MODEL_NAME) == 0, 10,
+    wait_for(lambda: server.metric("vllm:num_requests_running", model_name=MODEL_NAME) == 0, 10,
              "num_requests_running did not return to 0")

@@ -66,7 +66,9 @@ def test_root_path_serves_under_the_prefix_and_bare(start_server, model_dir):
                                                              "max_tokens": 2, "temperature": 0})
         assert reply.status_code == 200, reply.text
         assert reply.json()["usage"]["completion_tokens"] == 2
-    client = server.client(base_url=server.url + "/llm/v1")
+    import openai
+
+    client = openai.OpenAI(base_url=server.url + "/llm/v1", api_key="none", max_retries=0, timeout=60)
     assert client.completions.create(model="rooted", prompt="x", max_tokens=1).choices[0].text is not None
     assert server.get("/llm/nothing-here").status_code == 404
     assert re.search(r"ready on http://127\.0\.0\.1:\d+", server.log())
