@@ -11,8 +11,10 @@ Invariants:
 - Once the process is gone (crash, kill, OOM), `dead_error` is set within about a second by a
   monitor thread waiting on the process sentinel, and `get_output()` raises EngineDeadError no later
   than one poll interval after it has returned every message the core sent before dying.
-- The sockets live in a private temporary folder that `shutdown()` removes; `shutdown()` is
-  idempotent and always leaves no engine-core process behind (SHUTDOWN, then terminate, then kill).
+- The sockets live in a private temporary folder (`pagoda-ipc-<frontend pid>-*`) that `shutdown()`
+  removes; if the frontend is killed outright, its core removes it as it exits, and the next server
+  to start removes any folder whose frontend pid is dead. `shutdown()` is idempotent and always
+  leaves no engine-core process behind (SHUTDOWN, then terminate, then kill).
 """
 
 from __future__ import annotations
@@ -36,6 +38,37 @@ from pagoda.engine.core_proc import ABORT, ADD, OUTPUTS, READY, SHUTDOWN, Engine
 logger = logging.getLogger(__name__)
 
 _POLL_MS = 500
+IPC_PREFIX = "pagoda-ipc-"  # + the frontend's pid + "-" + a random suffix, in the temp folder
+
+
+def remove_stale_ipc_dirs(root: str | None = None) -> list[str]:
+    """Remove socket folders left by frontends that are gone (e.g. killed with SIGKILL before their core
+    could clean up); a folder whose pid is alive, or whose name carries no pid, is left alone."""
+    root = root or tempfile.gettempdir()
+    removed = []
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return removed
+    for name in names:
+        pid_text = name[len(IPC_PREFIX):].split("-", 1)[0] if name.startswith(IPC_PREFIX) else ""
+        if not pid_text.isdigit() or _pid_alive(int(pid_text)):
+            continue
+        shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+        removed.append(name)
+    if removed:
+        logger.info("removed %d stale engine socket folder(s) of dead servers: %s", len(removed), ", ".join(removed))
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
 
 
 class EngineDeadError(RuntimeError):
@@ -53,7 +86,8 @@ class EngineCoreClient:
         self.dead_error: str | None = None
         self._closing = False
         self._dead_callbacks: list[Callable[[], None]] = []
-        self._ipc_dir = tempfile.mkdtemp(prefix="pagoda-ipc-")
+        remove_stale_ipc_dirs()
+        self._ipc_dir = tempfile.mkdtemp(prefix=f"{IPC_PREFIX}{os.getpid()}-")
         self._error_path = os.path.join(self._ipc_dir, "core_error.txt")
         self.ctx = zmq.Context()
         self.input_sock = self.ctx.socket(zmq.PUSH)

@@ -16,9 +16,12 @@ Invariants:
   whatever input has arrived and runs one `EngineCore.step()`.
 - After any step or abort an OUTPUTS message goes out, carrying the scheduler's stats, so the
   frontend's gauges (running, waiting, KV-cache usage) are never stale while anything changes.
+  The message after a step also carries the number of tokens that step scheduled (each launched
+  step is counted in exactly one message), for the tokens-per-step histogram.
 - A failure (at start-up or later) is logged with its traceback and its one-line reason is written
   to `error_path` before the process exits with a non-zero code; the frontend reads it from there.
-- The process exits when its parent (the frontend) dies, so a killed server leaves no orphan.
+- The process exits when its parent (the frontend) dies, so a killed server leaves no orphan, and
+  removes the frontend's socket folder on the way out.
 - On CPU the core runs torch with one thread fewer than the CPUs it may use (unless OMP_NUM_THREADS
   says otherwise), so the frontend always has a core to stream on.
 """
@@ -54,6 +57,7 @@ class EngineCoreOutputs:
     stats: dict = field(default_factory=dict)  # Scheduler.stats()
     queue_times: dict = field(default_factory=dict)  # request id -> seconds it waited before first scheduled
     timestamp: float = 0.0
+    num_scheduled_tokens: int = 0  # tokens of the step launched just before this message (0: none)
 
 
 def run_engine_core(engine_args: Any, input_addr: str, output_addr: str, error_path: str, log_level: int,
@@ -64,7 +68,7 @@ def run_engine_core(engine_args: Any, input_addr: str, output_addr: str, error_p
     entered = time.time()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the frontend stops us
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    _exit_with_parent()
+    _exit_with_parent(os.path.dirname(error_path))
     try:
         from pagoda.engine.core import EngineCore
 
@@ -119,8 +123,10 @@ def _fail(error_path: str, what: str, exc: BaseException) -> None:
     os._exit(1)
 
 
-def _exit_with_parent() -> None:
+def _exit_with_parent(ipc_dir: str) -> None:
+    """Exit as soon as the frontend is gone, removing its socket folder (it could not: it was killed)."""
     import multiprocessing
+    import shutil
     from multiprocessing.connection import wait
 
     parent = multiprocessing.parent_process()
@@ -129,6 +135,7 @@ def _exit_with_parent() -> None:
 
     def watch() -> None:
         wait([parent.sentinel])
+        shutil.rmtree(ipc_dir, ignore_errors=True)
         os._exit(0)
 
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
@@ -199,7 +206,7 @@ class EngineCoreProc:
                     started = time.time()
                     outputs = core.step()
                     idle_gc.worked()
-                    self.output_queue.put(self._message(outputs, started))
+                    self.output_queue.put(self._message(outputs, started, core.num_scheduled_tokens))
                 elif changed:
                     self.output_queue.put(self._message([], time.time()))
 
@@ -239,7 +246,7 @@ class EngineCoreProc:
             return
         self.unscheduled[request.request_id] = request.arrival_time
 
-    def _message(self, outputs: list, step_started: float) -> EngineCoreOutputs:
+    def _message(self, outputs: list, step_started: float, num_scheduled_tokens: int = 0) -> EngineCoreOutputs:
         scheduler = self.core.scheduler
         queue_times = {}
         if self.unscheduled:
@@ -252,7 +259,7 @@ class EngineCoreProc:
                 if arrival is not None:
                     queue_times[out.request_id] = max(0.0, step_started - arrival)
         return EngineCoreOutputs(outputs=outputs, stats=scheduler.stats(), queue_times=queue_times,
-                                 timestamp=time.time())
+                                 timestamp=time.time(), num_scheduled_tokens=num_scheduled_tokens)
 
     def close(self) -> None:
         """Flush pending output, then end the context (the input thread closes its own socket)."""

@@ -259,7 +259,7 @@ async def run_server(args: argparse.Namespace) -> None:
         stats_logger = None if args.disable_log_stats else LoggingStatLogger()
         engine = AsyncLLM(engine_args, start_timeout_s=args.engine_start_timeout,
                           max_pending_requests=args.max_pending_requests)
-        prometheus = PrometheusStatLogger(names[0], engine.model_config.max_model_len)
+        prometheus = PrometheusStatLogger(names[0], engine.model_config.max_model_len, cache_config=engine.config.cache)
         engine.stat_loggers.append(prometheus)
         if stats_logger is not None:
             engine.stat_loggers.append(stats_logger)
