@@ -7,6 +7,8 @@ tokens (MEAN), optionally cut to `dimensions` (Matryoshka models) and L2-normali
 Invariants:
 - A constructed PoolingParams is valid on its own; checks that need the model (dimensions the
   model supports) are the Processor's. Errors are ValueError naming the field.
+- `use_activation` is vLLM's current name of `normalize` for embeddings: after construction
+  `normalize` holds the decision (both given must agree), so the pooler reads `normalize` only.
 - `PoolerConfig` is resolved once per model, in this order: `override_pooler_config`, then the
   sentence-transformers files (`modules.json` → the Pooling module's `config.json`, a Normalize
   module), then the architecture's default (BertModel: CLS + normalize; decoders: LAST + normalize).
@@ -41,6 +43,7 @@ class PoolingParams:
     truncate_prompt_tokens: int | None = None
     dimensions: int | None = None
     normalize: bool | None = None
+    use_activation: bool | None = None
     task: str | None = None
     output_kind: RequestOutputKind = RequestOutputKind.FINAL_ONLY
 
@@ -57,6 +60,13 @@ class PoolingParams:
                 raise ValueError(f"dimensions must be None or an integer >= 1, got {d!r}")
         if self.normalize is not None and not isinstance(self.normalize, bool):
             raise ValueError(f"normalize must be None, True or False, got {self.normalize!r}")
+        if self.use_activation is not None:
+            if not isinstance(self.use_activation, bool):
+                raise ValueError(f"use_activation must be None, True or False, got {self.use_activation!r}")
+            if self.normalize is not None and self.normalize != self.use_activation:
+                raise ValueError(f"use_activation={self.use_activation} contradicts normalize={self.normalize} "
+                                 "(for embeddings both say whether to L2-normalize); give one of them")
+            self.normalize = self.use_activation
         if self.task is not None and self.task not in POOLING_TASKS:
             raise ValueError(f"task must be None or one of {list(POOLING_TASKS)}, got {self.task!r}")
 

@@ -3,13 +3,21 @@
 Invariants:
 - The prompt is the rendered template tokenized with `add_special_tokens` (False by default: the
   template writes BOS itself); its length plus max_completion_tokens (or max_tokens) must fit in
-  max_model_len, else 400 with both numbers.
+  max_model_len, else 400 with both numbers. `reasoning_effort` reaches the template as a keyword
+  (with `enable_thinking`, unless chat_template_kwargs sets them), as vLLM passes it.
+- Tools reach the chat template, but tool calls are not parsed: as vLLM without
+  --enable-auto-tool-choice, tools with tool_choice 'auto' (their default) are a 400; 'none' runs.
 - The response role is `--response-role` when a generation prompt is added, else the role of the
   last message (vLLM's rule). With `echo`, a last message of that role is repeated in front of
   the generated content.
 - Streaming: per choice, a first chunk with the role, content deltas that join to exactly the
   non-streamed content, and a chunk with the finish_reason; with include_usage every chunk has
-  `usage: null` and one last chunk with `choices: []` carries the usage; then `data: [DONE]`.
+  `usage: null` and one last chunk with `choices: []` carries the usage; with continuous_usage_stats
+  too, every chunk (the role chunk included: completion_tokens 0) carries the usage so far of its
+  choice instead; then `data: [DONE]`. Beam search streams its final beams as one chunk per choice.
+- `return_token_ids` (vLLM): `prompt_token_ids` at the response level (in a stream, on the role
+  chunks) and `token_ids` per choice (in a stream, the new ids of each chunk); full responses carry
+  them as null when not asked, as vLLM's do. `return_prompt_text` adds the rendered `prompt_text`.
 """
 
 from __future__ import annotations
@@ -19,10 +27,10 @@ from typing import Any, AsyncIterator
 
 from fastapi import Request
 
-from pagoda.engine.async_llm import RequestStream
 from pagoda.entrypoints.openai.chat_utils import ChatRenderer, message_text
 from pagoda.entrypoints.openai.errors import APIError, error_body
 from pagoda.entrypoints.openai.protocol import ChatCompletionRequest
+from pagoda.entrypoints.openai.serving_beam_search import BeamSearchStream, beam_search_params, check_beam_logprobs
 from pagoda.entrypoints.openai.serving_completion import merge_streams, stream_error_status
 from pagoda.entrypoints.openai.serving_engine import (
     SSE_DONE,
@@ -35,8 +43,6 @@ from pagoda.entrypoints.openai.serving_engine import (
 )
 from pagoda.outputs import RequestOutput
 
-_MAX_TOP_LOGPROBS = 20
-
 
 class OpenAIServingChat(OpenAIServing):
     def __init__(self, engine: Any, config: ServingConfig) -> None:
@@ -45,19 +51,23 @@ class OpenAIServingChat(OpenAIServing):
 
     def render_prompt(self, request: Any) -> tuple[str, list[int]]:
         """(prompt text, token ids) of a chat request (also used by /tokenize)."""
+        template_kwargs = dict(request.chat_template_kwargs or {})
+        effort = getattr(request, "reasoning_effort", None)
+        if effort is not None:
+            template_kwargs.setdefault("reasoning_effort", effort)
+            template_kwargs.setdefault("enable_thinking", effort != "none")
         text = self.renderer.render(
             request.messages, add_generation_prompt=request.add_generation_prompt,
             continue_final_message=request.continue_final_message, chat_template=request.chat_template,
-            chat_template_kwargs=request.chat_template_kwargs, documents=getattr(request, "documents", None),
+            chat_template_kwargs=template_kwargs, documents=getattr(request, "documents", None),
             tools=request.tools)
         add_special = request.add_special_tokens
         ids = self.encode(text, bool(add_special), getattr(request, "truncate_prompt_tokens", None))
         return text, ids
 
     async def create_chat_completion(self, request: ChatCompletionRequest, raw_request: Request | None) -> Any:
-        self.check_model(request.model)
-        self.check_generative()
-        self._check_request(request)
+        self.check_generation_request(request)
+        top_k = self._check_request(request)
         request_id = self.request_id(raw_request, request.request_id, "chatcmpl")
         text, ids = self.render_prompt(request)
         max_tokens = request.max_completion_tokens if request.max_completion_tokens is not None else request.max_tokens
@@ -65,36 +75,43 @@ class OpenAIServingChat(OpenAIServing):
         if max_tokens is None:
             max_tokens = self.default_sampling.get("max_tokens")
         max_tokens = self.check_length(len(ids), max_tokens, field, "messages")
-        logprobs = (request.top_logprobs or 0) if request.logprobs else None
-        params = self.sampling_params(request, {"max_tokens": max_tokens, "logprobs": logprobs}, bool(request.stream))
-        stream = self.add_request(request_id, {"prompt": text, "prompt_token_ids": ids}, params, request.priority)
+        if request.use_beam_search:
+            check_beam_logprobs(top_k, request, "top_logprobs")
+            stream: Any = BeamSearchStream(self, request_id, text, ids, beam_search_params(self, request, max_tokens),
+                                           request, top_k)
+        else:
+            params = self.sampling_params(request, {"max_tokens": max_tokens, "logprobs": top_k}, bool(request.stream))
+            stream = self.add_request(request_id, {"prompt": text, "prompt_token_ids": ids}, params, request.priority)
         role = self.config.response_role if request.add_generation_prompt else request.messages[-1].role
         echo = ""
         if request.echo and request.messages and request.messages[-1].role == role:
             echo = message_text(request.messages[-1].content)
+        reply = _Reply(request_id, now(), role, echo, text, ids, top_k)
         if request.stream:
-            return self._stream(request, request_id, now(), stream, role, echo)
-        return await self._full(request, request_id, now(), stream, role, echo)
+            return self._stream(request, reply, stream)
+        return await self._full(request, reply, stream)
 
-    def _check_request(self, request: ChatCompletionRequest) -> None:
-        if request.stream_options is not None and not request.stream:
-            raise APIError("stream_options can only be set when stream is true", 400, "stream_options")
+    def _check_request(self, request: ChatCompletionRequest) -> int | None:
+        """The chat-only checks; the number of top logprobs per token (None: no logprobs)."""
         if request.top_logprobs and not request.logprobs:
             raise APIError("top_logprobs needs logprobs to be true", 400, "top_logprobs")
-        if request.top_logprobs is not None and not 0 <= request.top_logprobs <= _MAX_TOP_LOGPROBS:
-            raise APIError(f"top_logprobs must be in [0, {_MAX_TOP_LOGPROBS}], got {request.top_logprobs}", 400,
-                           "top_logprobs")
-        if request.response_format is not None and request.response_format.type != "text":
-            raise APIError(f"response_format type {request.response_format.type!r} is not supported yet "
-                           "(structured output); use 'text'", 400, "response_format")
         choice = request.tool_choice
+        if request.tools == []:
+            raise APIError("tools must not be an empty list: give at least one tool or leave tools out (as vLLM "
+                           "and OpenAI)", 400, "tools")
         if choice is not None and choice not in ("none", "auto"):
             raise APIError("tool_choice other than 'none' or 'auto' needs tool-call parsing, which this server "
                            "does not do yet", 400, "tool_choice")
+        if request.tools and choice in (None, "auto"):
+            raise APIError("tool_choice 'auto' (the default when tools are given) needs tool-call parsing, which "
+                           "this server does not do yet (vLLM: --enable-auto-tool-choice); allowed with tools: "
+                           "tool_choice 'none' (the tools still reach the chat template)", 400, "tool_choice")
+        if not request.logprobs:
+            return None
+        return self.resolve_logprobs(request.top_logprobs or 0, "top_logprobs")
 
     # ---- non-streaming ------------------------------------------------------------------------
-    async def _full(self, request: ChatCompletionRequest, request_id: str, created: int, stream: RequestStream,
-                    role: str, echo: str) -> dict:
+    async def _full(self, request: ChatCompletionRequest, reply: "_Reply", stream: Any) -> dict:
         final: RequestOutput | None = None
         try:
             async for final in stream:
@@ -106,21 +123,26 @@ class OpenAIServingChat(OpenAIServing):
             num_completion += len(completion.token_ids)
             choices.append({
                 "index": completion.index,
-                "message": {"role": role, "content": echo + completion.text, "tool_calls": []},
-                "logprobs": self._logprobs(completion.token_ids, completion.logprobs, request)
+                "message": {"role": reply.role, "content": reply.echo + completion.text, "tool_calls": []},
+                "logprobs": self._logprobs(completion.token_ids, completion.logprobs, request, reply.top_k)
                 if request.logprobs else None,
                 "finish_reason": completion.finish_reason,
                 "stop_reason": completion.stop_reason,
+                "token_ids": list(completion.token_ids) if request.return_token_ids else None,
             })
-        return {"id": request_id, "object": "chat.completion", "created": created, "model": self.model_name,
-                "choices": choices,
-                "usage": self.usage(len(final.prompt_token_ids), num_completion, final.num_cached_tokens),
+        return {"id": reply.request_id, "object": "chat.completion", "created": reply.created,
+                "model": self.model_name, "choices": choices,
+                "usage": self.usage(len(final.prompt_token_ids), num_completion, final.num_cached_tokens,
+                                    full_response=True),
                 "prompt_logprobs": prompt_logprobs_json(final.prompt_logprobs)
-                if request.prompt_logprobs is not None else None}
+                if request.prompt_logprobs is not None else None,
+                "prompt_token_ids": list(final.prompt_token_ids) if request.return_token_ids else None,
+                "prompt_text": reply.prompt_text if request.return_prompt_text else None}
 
-    def _logprobs(self, token_ids: list[int], positions: list | None, request: ChatCompletionRequest) -> dict:
+    def _logprobs(self, token_ids: list[int], positions: list | None, request: ChatCompletionRequest,
+                  k: int | None) -> dict:
         as_ids = self.as_token_ids(request)
-        k = request.top_logprobs or 0
+        k = k or 0
         content = []
         for token_id, position in zip(token_ids, positions or []):
             chosen = position.get(token_id) if position else None
@@ -138,28 +160,25 @@ class OpenAIServingChat(OpenAIServing):
         return {"content": content}
 
     # ---- streaming ----------------------------------------------------------------------------
-    async def _stream(self, request: ChatCompletionRequest, request_id: str, created: int, stream: RequestStream,
-                      role: str, echo: str) -> AsyncIterator[bytes]:
+    async def _stream(self, request: ChatCompletionRequest, reply: "_Reply", stream: Any) -> AsyncIterator[bytes]:
         include_usage = bool(request.stream_options and request.stream_options.include_usage)
-        continuous = bool(request.stream_options and request.stream_options.continuous_usage_stats)
-        sent: dict[int, list[int]] = {}  # index -> [chars sent, tokens sent]
+        continuous = include_usage and bool(request.stream_options.continuous_usage_stats)
+        num_prompt, num_cached = len(reply.prompt_ids), None
+        sent: dict[int, list[int]] = {i: [0, 0] for i in range(request.n)}  # index -> [chars sent, tokens sent]
         finished: set[int] = set()
-        num_prompt = num_completion = 0
 
-        def chunk(choices: list[dict], usage: dict | None = None) -> bytes:
-            body = {"id": request_id, "object": "chat.completion.chunk", "created": created,
-                    "model": self.model_name, "choices": choices}
-            if include_usage or continuous:
-                body["usage"] = usage if continuous else None
+        def chunk(choices: list[dict], index: int, extras: dict | None = None) -> bytes:
+            body = {"id": reply.request_id, "object": "chat.completion.chunk", "created": reply.created,
+                    "model": self.model_name, "choices": choices, **(extras or {})}
+            if continuous:
+                body["usage"] = self.usage(num_prompt, sent[index][1])
+            elif include_usage:
+                body["usage"] = None
             return sse(body)
 
         try:
-            for i in range(request.n):
-                sent[i] = [0, 0]
-                yield chunk([{"index": i, "delta": {"role": role, "content": ""}, "logprobs": None,
-                              "finish_reason": None}])
-                if echo:
-                    yield chunk([{"index": i, "delta": {"content": echo}, "logprobs": None, "finish_reason": None}])
+            for choices, index, extras in self._opening_chunks(request, reply):
+                yield chunk(choices, index, extras)
             failed = False
             async with aclosing(merge_streams([stream])) as merged:
                 async for _, output in merged:
@@ -167,37 +186,66 @@ class OpenAIServingChat(OpenAIServing):
                         yield sse(error_body(str(output), stream_error_status(output)))
                         failed = True
                         break
-                    num_prompt = len(output.prompt_token_ids)
-                    num_completion = sum(len(c.token_ids) for c in output.outputs)
+                    num_prompt, num_cached = len(output.prompt_token_ids), output.num_cached_tokens
                     for completion in output.outputs:
                         if completion.index in finished:
                             continue
-                        choice = self._delta(request, completion, sent.setdefault(completion.index, [0, 0]))
+                        choice = self._delta(request, completion, sent.setdefault(completion.index, [0, 0]),
+                                             reply.top_k)
                         if choice is None:
                             continue
                         if completion.finish_reason is not None:
                             finished.add(completion.index)
-                        usage = self.usage(num_prompt, num_completion) if continuous else None
-                        yield chunk([choice], usage)
+                        yield chunk([choice], completion.index)
             if include_usage and not failed:
-                body = {"id": request_id, "object": "chat.completion.chunk", "created": created,
-                        "model": self.model_name, "choices": [],
-                        "usage": self.usage(num_prompt, num_completion)}
-                yield sse(body)
+                usage = self.usage(num_prompt, sum(tokens for _, tokens in sent.values()), num_cached)
+                yield sse({"id": reply.request_id, "object": "chat.completion.chunk", "created": reply.created,
+                           "model": self.model_name, "choices": [], "usage": usage})
             yield SSE_DONE
         finally:
             stream.abort()
 
-    def _delta(self, request: ChatCompletionRequest, completion: Any, sent: list[int]) -> dict | None:
+    def _opening_chunks(self, request: ChatCompletionRequest, reply: "_Reply") -> list[tuple]:
+        """(choices, index, response-level extras) of the role chunk (and the echo chunk) of each choice."""
+        extras: dict[str, Any] = {}
+        if request.return_token_ids:
+            extras["prompt_token_ids"] = list(reply.prompt_ids)
+        if request.return_prompt_text:
+            extras["prompt_text"] = reply.prompt_text
+        bodies = []
+        for i in range(request.n):
+            bodies.append(([{"index": i, "delta": {"role": reply.role, "content": ""}, "logprobs": None,
+                             "finish_reason": None}], i, extras))
+            if reply.echo:
+                bodies.append(([{"index": i, "delta": {"content": reply.echo}, "logprobs": None,
+                                 "finish_reason": None}], i, {}))
+        return bodies
+
+    def _delta(self, request: ChatCompletionRequest, completion: Any, sent: list[int], k: int | None) -> dict | None:
         text = completion.text
         delta = text[sent[0]:] if len(text) > sent[0] else ""
         sent[0] = max(sent[0], len(text))
         new_ids = completion.token_ids[sent[1]:]
         positions = completion.logprobs[sent[1]:] if completion.logprobs is not None else None
         sent[1] = len(completion.token_ids)
-        if not delta and completion.finish_reason is None and not (request.logprobs and new_ids):
+        if not delta and completion.finish_reason is None and not ((request.logprobs or request.return_token_ids)
+                                                                   and new_ids):
             return None
-        return {"index": completion.index, "delta": {"content": delta} if delta or completion.finish_reason is None
-                else {},
-                "logprobs": self._logprobs(new_ids, positions, request) if request.logprobs else None,
-                "finish_reason": completion.finish_reason, "stop_reason": completion.stop_reason}
+        choice = {"index": completion.index,
+                  "delta": {"content": delta} if delta or completion.finish_reason is None else {},
+                  "logprobs": self._logprobs(new_ids, positions, request, k) if request.logprobs else None,
+                  "finish_reason": completion.finish_reason, "stop_reason": completion.stop_reason}
+        if request.return_token_ids:
+            choice["token_ids"] = list(new_ids)
+        return choice
+
+
+class _Reply:
+    """What every chunk or choice of one chat response shares."""
+
+    __slots__ = ("request_id", "created", "role", "echo", "prompt_text", "prompt_ids", "top_k")
+
+    def __init__(self, request_id: str, created: int, role: str, echo: str, prompt_text: str,
+                 prompt_ids: list[int], top_k: int | None) -> None:
+        self.request_id, self.created, self.role, self.echo = request_id, created, role, echo
+        self.prompt_text, self.prompt_ids, self.top_k = prompt_text, prompt_ids, top_k

@@ -1,15 +1,19 @@
 """POST /v1/completions: one or many prompts (text or token ids), n choices each, optional streaming.
 
 Choice `index` is `prompt_index * n + i`, as in vLLM. Every prompt runs as its own engine request
-`{request_id}-{prompt_index}`; they run concurrently and their choices are merged.
+`{request_id}-{prompt_index}` (or its own beam search, `use_beam_search`); they run concurrently and
+their choices are merged.
 
 Invariants:
 - All prompts are tokenized, length-checked and validated before the first is sent to the engine,
   so a bad prompt anywhere answers 400 and leaves nothing running.
 - Streaming sends, per choice, text deltas that join to exactly the non-streamed text, then a chunk
   with its finish_reason; `stream_options.include_usage` adds one last chunk with `choices: []`
-  and the usage; the stream always ends with `data: [DONE]`. An engine failure mid-stream is sent
-  as an `{"error": ...}` event before `[DONE]`.
+  and the usage (with `continuous_usage_stats` also every chunk carries that prompt's and choice's
+  usage so far, as in vLLM); the stream always ends with `data: [DONE]`. An engine failure
+  mid-stream is sent as an `{"error": ...}` event before `[DONE]`. Beam search is not streamed (vLLM).
+- `return_token_ids`: full choices carry `prompt_token_ids` and `token_ids` (null otherwise, as vLLM's
+  do); streamed chunks carry the new `token_ids`, and a choice's first chunk its `prompt_token_ids`.
 - Leaving (client disconnect, cancellation) aborts every engine request of the call.
 """
 
@@ -25,6 +29,7 @@ from fastapi import Request
 from pagoda.engine.async_llm import RequestStream
 from pagoda.entrypoints.openai.errors import APIError, error_body
 from pagoda.entrypoints.openai.protocol import CompletionRequest
+from pagoda.entrypoints.openai.serving_beam_search import BeamSearchStream, beam_search_params, check_beam_logprobs
 from pagoda.entrypoints.openai.serving_engine import (
     SSE_DONE,
     OpenAIServing,
@@ -38,29 +43,38 @@ from pagoda.outputs import RequestOutput
 
 class OpenAIServingCompletion(OpenAIServing):
     async def create_completion(self, request: CompletionRequest, raw_request: Request | None) -> Any:
-        self.check_model(request.model)
-        self.check_generative()
+        self.check_generation_request(request)
         if request.suffix is not None:
             raise APIError("suffix is not supported", 400, "suffix")
-        if request.stream_options is not None and not request.stream:
-            raise APIError("stream_options can only be set when stream is true", 400, "stream_options")
+        if request.use_beam_search and request.stream:
+            raise APIError("stream is not supported with use_beam_search (as in vLLM): the beams are known only "
+                           "at the end; allowed: stream false", 400, "stream")
         request_id = self.request_id(raw_request, request.request_id, "cmpl")
         prompts = self._prompts(request)
-        logprobs = request.logprobs
-        jobs = []
+        logprobs = self.resolve_logprobs(request.logprobs, "logprobs")
+        prompt_logprobs = self.resolve_logprobs(request.prompt_logprobs, "prompt_logprobs")
         # echo with max_tokens=0 returns just the prompt (and its logprobs), as vLLM does: scoring a text.
         echo_only = bool(request.echo) and request.max_tokens == 0
+        jobs = []
         for i, (text, ids) in enumerate(prompts):
             max_tokens = self.check_length(len(ids), 1 if echo_only else request.max_tokens, "max_tokens", "prompt")
-            overrides: dict[str, Any] = {"max_tokens": max_tokens, "logprobs": logprobs}
-            if request.echo and logprobs is not None:
-                overrides["prompt_logprobs"] = max(logprobs, request.prompt_logprobs or 0)
-            params = self.sampling_params(request, overrides, bool(request.stream))
-            jobs.append((f"{request_id}-{i}", {"prompt": text, "prompt_token_ids": ids}, params))
-        streams: list[RequestStream] = []
+            if request.use_beam_search:
+                check_beam_logprobs(logprobs, request, "logprobs")
+                params: Any = beam_search_params(self, request, max_tokens)
+            else:
+                overrides: dict[str, Any] = {"max_tokens": max_tokens, "logprobs": logprobs}
+                if request.echo and logprobs is not None:
+                    overrides["prompt_logprobs"] = max(logprobs, prompt_logprobs or 0)
+                params = self.sampling_params(request, overrides, bool(request.stream))
+            jobs.append((f"{request_id}-{i}", text, ids, params))
+        streams: list[Any] = []
         try:
-            for engine_id, prompt, params in jobs:
-                streams.append(self.add_request(engine_id, prompt, params, request.priority))
+            for engine_id, text, ids, params in jobs:
+                if request.use_beam_search:
+                    streams.append(BeamSearchStream(self, engine_id, text, ids, params, request, logprobs))
+                else:
+                    streams.append(self.add_request(engine_id, {"prompt": text, "prompt_token_ids": ids}, params,
+                                                    request.priority))
         except BaseException:
             for stream in streams:
                 stream.abort()
@@ -86,8 +100,8 @@ class OpenAIServingCompletion(OpenAIServing):
 
     # ---- non-streaming ------------------------------------------------------------------------
     async def _full(self, request: CompletionRequest, request_id: str, created: int,
-                    streams: list[RequestStream], echo_only: bool) -> dict:
-        async def last(stream: RequestStream) -> RequestOutput:
+                    streams: list[Any], echo_only: bool) -> dict:
+        async def last(stream: Any) -> RequestOutput:
             final = None
             async for final in stream:
                 pass
@@ -126,12 +140,14 @@ class OpenAIServingCompletion(OpenAIServing):
                     else None,
                     "finish_reason": completion.finish_reason,
                     "stop_reason": completion.stop_reason,
+                    "token_ids": list(completion.token_ids) if request.return_token_ids else None,
                     "prompt_logprobs": prompt_logprobs_json(output.prompt_logprobs)
                     if request.prompt_logprobs is not None else None,
+                    "prompt_token_ids": list(output.prompt_token_ids) if request.return_token_ids else None,
                 })
         choices.sort(key=lambda c: c["index"])
         return {"id": request_id, "object": "text_completion", "created": created, "model": self.model_name,
-                "choices": choices, "usage": self.usage(num_prompt, num_completion, num_cached)}
+                "choices": choices, "usage": self.usage(num_prompt, num_completion, num_cached, full_response=True)}
 
     def _prompt_text(self, output: RequestOutput) -> str:
         if output.prompt is not None:
@@ -163,9 +179,10 @@ class OpenAIServingCompletion(OpenAIServing):
     async def _stream(self, request: CompletionRequest, request_id: str, created: int,
                       streams: list[RequestStream], echo_only: bool) -> AsyncIterator[bytes]:
         include_usage = bool(request.stream_options and request.stream_options.include_usage)
-        continuous = bool(request.stream_options and request.stream_options.continuous_usage_stats)
+        continuous = include_usage and bool(request.stream_options.continuous_usage_stats)
         choices: dict[int, _ChoiceState] = {}
         num_prompt: dict[int, int] = {}
+        num_cached: dict[int, int] = {}
         failed = False
         try:
             async with aclosing(merge_streams(streams)) as merged:
@@ -175,6 +192,7 @@ class OpenAIServingCompletion(OpenAIServing):
                         failed = True
                         break
                     num_prompt[prompt_index] = len(item.prompt_token_ids)
+                    num_cached[prompt_index] = item.num_cached_tokens
                     for completion in item.outputs:
                         if echo_only:
                             if completion.finish_reason is None:
@@ -188,13 +206,13 @@ class OpenAIServingCompletion(OpenAIServing):
                         body = {"id": request_id, "object": "text_completion", "created": created,
                                 "model": self.model_name, "choices": [chunk]}
                         if continuous:
-                            body["usage"] = self.usage(sum(num_prompt.values()),
-                                                       sum(c.num_tokens for c in choices.values()))
+                            body["usage"] = self.usage(num_prompt[prompt_index], state.num_tokens)
                         yield sse(body)
             if include_usage and not failed:
+                usage = self.usage(sum(num_prompt.values()), sum(c.num_tokens for c in choices.values()),
+                                   sum(num_cached.values()))
                 yield sse({"id": request_id, "object": "text_completion", "created": created,
-                           "model": self.model_name, "choices": [],
-                           "usage": self.usage(sum(num_prompt.values()), sum(c.num_tokens for c in choices.values()))})
+                           "model": self.model_name, "choices": [], "usage": usage})
             yield SSE_DONE
         finally:
             for stream in streams:
@@ -218,10 +236,17 @@ class OpenAIServingCompletion(OpenAIServing):
         if first and request.echo:
             delta_text = self._prompt_text(output) + delta_text
         state.finished = completion.finish_reason is not None
-        if not delta_text and not state.finished and not (logprobs and logprobs["tokens"]):
+        if not delta_text and not state.finished and not (logprobs and logprobs["tokens"]) and not (
+                request.return_token_ids and new_ids):
             return None
-        return {"index": index, "text": delta_text, "logprobs": logprobs,
-                "finish_reason": completion.finish_reason, "stop_reason": completion.stop_reason}
+        chunk = {"index": index, "text": delta_text, "logprobs": logprobs,
+                 "finish_reason": completion.finish_reason, "stop_reason": completion.stop_reason}
+        if request.return_token_ids:
+            chunk["token_ids"] = list(new_ids)
+            if not state.sent_prompt_ids:
+                chunk["prompt_token_ids"] = list(output.prompt_token_ids)
+                state.sent_prompt_ids = True
+        return chunk
 
 
 def _prompt_only(completion: Any) -> Any:
@@ -233,10 +258,10 @@ def _prompt_only(completion: Any) -> Any:
 class _ChoiceState:
     """What one streamed choice has sent so far (outputs are cumulative; chunks carry the difference)."""
 
-    __slots__ = ("started", "finished", "chars", "num_tokens", "text_offset")
+    __slots__ = ("started", "finished", "sent_prompt_ids", "chars", "num_tokens", "text_offset")
 
     def __init__(self) -> None:
-        self.started = self.finished = False
+        self.started = self.finished = self.sent_prompt_ids = False
         self.chars = self.num_tokens = self.text_offset = 0
 
     def advance(self, completion: Any) -> tuple[str, list[int], list | None]:
@@ -287,4 +312,6 @@ async def merge_streams(streams: list[RequestStream]) -> AsyncIterator[tuple[int
 def stream_error_status(exc: Exception) -> int:
     from pagoda.engine.async_llm import EngineDeadError
 
+    if isinstance(exc, APIError):
+        return exc.status
     return 503 if isinstance(exc, EngineDeadError) else 500

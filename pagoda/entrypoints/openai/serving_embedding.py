@@ -1,7 +1,11 @@
 """POST /v1/embeddings: one vector per input, from a model served with task "embed".
 
-`encoding_format` "float" gives lists of floats; "base64" gives the little-endian float32 bytes,
-base64-encoded (what the official `openai` client asks for by default and decodes itself).
+`encoding_format` "float" gives lists of floats; "base64" gives the vector's bytes, base64-encoded:
+float32 in the machine's byte order by default (what the official `openai` client asks for and
+decodes), or vLLM's `embed_dtype` (float32, float16, bfloat16) and `endianness` (native, little, big).
+
+`use_activation` (vLLM's current name) and `normalize` (its older one) both say whether the vector
+is L2-normalized; unset, the model's pooler config decides (sentence-transformers' Normalize module).
 
 Invariants:
 - Every input is tokenized and length-checked before any is sent; a request to a model that does
@@ -39,15 +43,16 @@ class OpenAIServingEmbedding(OpenAIServing):
 
     async def create_embedding(self, request: EmbeddingRequest, raw_request: Request | None) -> dict:
         self.check_model(request.model)
+        self.check_fields(request)
         if not self.supported:
             raise APIError("this model does not produce embeddings; serve an embedding model (e.g. a BertModel "
                            "folder, or --task embed)", 400, "model")
-        request_id = self.request_id(raw_request, None, "embd")
+        request_id = self.request_id(raw_request, request.request_id, "embd")
         inputs = self._inputs(request)
         pooling_cls = _pooling_params_class()
         try:
-            params = pooling_cls(truncate_prompt_tokens=request.truncate_prompt_tokens,
-                                 dimensions=request.dimensions, normalize=request.normalize)
+            params = pooling_cls(truncate_prompt_tokens=request.truncate_prompt_tokens, dimensions=request.dimensions,
+                                 normalize=request.normalize, use_activation=request.use_activation)
         except (ValueError, TypeError) as exc:
             raise APIError(str(exc), 400, _param(str(exc))) from None
         streams = []
@@ -55,8 +60,7 @@ class OpenAIServingEmbedding(OpenAIServing):
             for i, (text, ids) in enumerate(inputs):
                 streams.append(self.add_request(f"{request_id}-{i}", {"prompt": text, "prompt_token_ids": ids},
                                                 params, request.priority,
-                                                params_fields=frozenset({"dimensions", "normalize",
-                                                                         "truncate_prompt_tokens"})))
+                                                params_fields=frozenset(_PARAMS)))
 
             async def final(stream: Any) -> Any:
                 result = None
@@ -73,10 +77,8 @@ class OpenAIServingEmbedding(OpenAIServing):
             num_prompt += len(output.prompt_token_ids)
             vector = output.outputs.data
             if request.encoding_format == "base64":
-                import numpy as np
-
-                array = np.asarray(vector.float().numpy() if hasattr(vector, "float") else vector, dtype="<f4")
-                embedding: Any = base64.b64encode(array.tobytes()).decode("ascii")
+                embedding: Any = base64.b64encode(_vector_bytes(vector, request.embed_dtype, request.endianness))
+                embedding = embedding.decode("ascii")
             else:
                 embedding = vector.tolist()
             data.append({"index": i, "object": "embedding", "embedding": embedding})
@@ -85,6 +87,8 @@ class OpenAIServingEmbedding(OpenAIServing):
 
     def _inputs(self, request: EmbeddingRequest) -> list[tuple[str | None, list[int]]]:
         value, truncate = request.input, request.truncate_prompt_tokens
+        if value is None:
+            raise APIError("input is required: a string, a list of strings, or token ids", 400, "input")
         if isinstance(value, str):
             items: list = [value]
         elif not value:
@@ -107,8 +111,24 @@ class OpenAIServingEmbedding(OpenAIServing):
         return result
 
 
+_PARAMS = ("truncate_prompt_tokens", "dimensions", "normalize", "use_activation")
+
+
 def _param(message: str) -> str | None:
-    for name in ("truncate_prompt_tokens", "dimensions", "normalize"):
+    for name in _PARAMS:
         if message.startswith(name):
             return name
     return None
+
+
+def _vector_bytes(vector: Any, embed_dtype: str, endianness: str) -> bytes:
+    """The vector's bytes as `embed_dtype` in `endianness` byte order (vLLM's base64 payload)."""
+    import torch
+
+    tensor = vector if isinstance(vector, torch.Tensor) else torch.as_tensor(vector)
+    order = {"native": "=", "little": "<", "big": ">"}[endianness]
+    if embed_dtype == "bfloat16":  # numpy has no bfloat16: send its 16-bit patterns
+        array = tensor.to(torch.bfloat16).view(torch.int16).numpy().astype(order + "i2")
+    else:
+        array = tensor.float().numpy().astype(order + ("f4" if embed_dtype == "float32" else "f2"))
+    return array.tobytes()

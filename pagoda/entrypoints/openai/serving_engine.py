@@ -1,10 +1,18 @@
-"""What every OpenAI endpoint shares: model names, request ids, tokenizing, length checks, the
-request → SamplingParams mapping, logprob rendering and SSE framing.
+"""What every OpenAI endpoint shares: model names, request ids, field checks, tokenizing, length checks,
+the request → SamplingParams mapping, logprob rendering, usage and SSE framing.
 
 Invariants:
+- `check_fields()` runs first on every request: a known field Pagoda does not implement
+  (protocol.py's `not_supported` tables) set to anything but a neutral value is a 400 naming it and
+  saying "not supported yet"; an unknown key is ignored with a warning naming it (vLLM's rule).
 - `sampling_params()` maps every request field whose name is a SamplingParams field, so fields the
   engine gains later are passed through without a change here; a field the engine lacks is refused
   with a 400 naming it unless its value is the neutral one (e.g. presence_penalty=0).
+- logprobs / prompt_logprobs of -1 mean the whole vocabulary and are resolved to the vocabulary size
+  here, checked against max_logprobs (-1 there: no limit), as vLLM does; the engine never sees -1.
+- `usage.prompt_tokens_details` is sent only with --enable-prompt-tokens-details (vLLM): in full
+  responses and the final usage chunk of a stream, with cached_tokens possibly 0; full responses
+  without the flag carry `"prompt_tokens_details": null`, as vLLM's do.
 - Unset fields take the model's generation-config defaults (`ModelConfig.get_diff_sampling_param`),
   then SamplingParams' own defaults.
 - Every check that can fail on user input raises APIError(400, param=<field>) before anything is
@@ -19,14 +27,16 @@ import importlib
 import logging
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 import msgspec
 from fastapi import Request
 
 from pagoda.engine.async_llm import AsyncLLM, EngineDeadError, EngineOverloadedError, RequestStream
 from pagoda.entrypoints.openai.errors import APIError, param_from_message
+from pagoda.entrypoints.openai.protocol import NO_EFFECT
 from pagoda.outputs import Logprob
 from pagoda.sampling_params import SamplingParams
 
@@ -35,10 +45,11 @@ logger = logging.getLogger(__name__)
 _SP_FIELDS = frozenset(f.name for f in dataclasses.fields(SamplingParams) if f.init) - {
     "all_stop_token_ids", "bad_words_token_ids", "logits_processors", "output_kind"}
 # Fields the API accepts that an older engine may lack, with the value that means "off".
-_NEUTRAL = {"presence_penalty": 0.0, "frequency_penalty": 0.0, "repetition_penalty": 1.0, "length_penalty": 1.0,
+_NEUTRAL = {"presence_penalty": 0.0, "frequency_penalty": 0.0, "repetition_penalty": 1.0,
             "logit_bias": {}, "allowed_token_ids": None, "bad_words": [], "truncate_prompt_tokens": None}
 _GENERATION_DEFAULTS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "max_tokens")
 _OUTPUT_KIND = getattr(importlib.import_module("pagoda.sampling_params"), "RequestOutputKind", None)
+_RESPONSE_FORMAT_TYPES = ("text", "json_object", "json_schema", "structural_tag")
 _JSON = msgspec.json.Encoder()
 _MIN_LOGPROB = -9999.0
 
@@ -68,6 +79,7 @@ class OpenAIServing:
         model_config = engine.model_config
         self.max_model_len = model_config.max_model_len
         self.max_logprobs = model_config.max_logprobs
+        self.vocab_size = model_config.vocab_size
         getter = getattr(model_config, "get_diff_sampling_param", None)
         diff = getter() if callable(getter) else {}
         self.default_sampling = {k: v for k, v in diff.items() if k in _GENERATION_DEFAULTS}
@@ -76,6 +88,56 @@ class OpenAIServing:
     def check_model(self, model: str | None) -> None:
         if model is not None and model not in self.config.served_model_names:
             raise APIError(f"The model `{model}` does not exist.", 404, "model")
+
+    def check_fields(self, request: Any) -> None:
+        """400 for a known-but-unimplemented field set to a non-neutral value; a warning naming unknown keys."""
+        unknown = []
+        for name, value in (request.model_extra or {}).items():
+            if name in request.not_supported:
+                neutral, what = request.not_supported[name]
+                if not any(value == n and type(value) is type(n) for n in neutral):
+                    allowed = " or ".join("omitted" if n is None else repr(n) for n in neutral)
+                    raise APIError(f"{name} is not supported yet ({what}); allowed: {allowed}, got "
+                                   f"{_short(value)}", 400, name)
+            elif name not in NO_EFFECT:
+                unknown.append(name)
+        if unknown:
+            logger.warning("The following fields were present in the request but ignored: %s", sorted(unknown))
+
+    def check_generation_request(self, request: Any) -> None:
+        """The checks /v1/completions and /v1/chat/completions share, before tokenizing."""
+        self.check_model(request.model)
+        self.check_generative()
+        self.check_fields(request)
+        response_format = request.response_format
+        if response_format is not None and response_format.type != "text":
+            if response_format.type in _RESPONSE_FORMAT_TYPES:
+                raise APIError(f"response_format type {response_format.type!r} is not supported yet (structured "
+                               "output); allowed: 'text'", 400, "response_format")
+            raise APIError(f"response_format type must be one of {list(_RESPONSE_FORMAT_TYPES)}, got "
+                           f"{response_format.type!r}", 400, "response_format")
+        if request.stream_options is not None and not request.stream:
+            raise APIError("stream_options can only be set when stream is true", 400, "stream_options")
+        if request.stream and request.prompt_logprobs is not None:
+            raise APIError("prompt_logprobs are not available when stream is true (as in vLLM); allowed with "
+                           "stream: omitted", 400, "prompt_logprobs")
+        if request.length_penalty != 1.0 and not request.use_beam_search:
+            raise APIError(f"length_penalty applies to beam search only: set use_beam_search to true, or leave "
+                           f"length_penalty at 1.0 (got {request.length_penalty})", 400, "length_penalty")
+
+    def resolve_logprobs(self, value: Any, name: str) -> int | None:
+        """A logprobs count as the engine takes it: -1 is the whole vocabulary; at most max_logprobs."""
+        if value is None:
+            return None
+        if not isinstance(value, int) or isinstance(value, bool) or value < -1:
+            raise APIError(f"{name} must be -1 (the whole vocabulary) or an integer >= 0, got {value!r}", 400, name)
+        count = self.vocab_size if value == -1 else min(value, self.vocab_size)
+        limit = self.vocab_size if self.max_logprobs == -1 else self.max_logprobs
+        if count > limit:
+            asked = f"{name}=-1 (the whole vocabulary, {count} tokens)" if value == -1 else f"{name}={value}"
+            raise APIError(f"{asked} is more than the server's max_logprobs={self.max_logprobs} (--max-logprobs; "
+                           f"allowed: 0 to {limit})", 400, name)
+        return count
 
     def check_generative(self) -> None:
         if getattr(self.engine.model_config, "runner_type", "generate") == "pooling":
@@ -162,9 +224,8 @@ class OpenAIServing:
             raise APIError("best_of > n cannot be streamed: the best sequences are known only at the end", 400,
                            "best_of")
         for name in ("logprobs", "prompt_logprobs"):
-            value = kwargs.get(name)
-            if isinstance(value, int) and value > self.max_logprobs:
-                raise APIError(f"{name}={value} is more than the server's max_logprobs={self.max_logprobs}", 400, name)
+            if name in kwargs:
+                kwargs[name] = self.resolve_logprobs(kwargs[name], name)
         if _OUTPUT_KIND is not None:  # streams diff cumulative outputs; a full response needs only the last
             kwargs["output_kind"] = _OUTPUT_KIND.CUMULATIVE if stream else _OUTPUT_KIND.FINAL_ONLY
         try:
@@ -174,17 +235,12 @@ class OpenAIServing:
 
     def add_request(self, request_id: str, prompt: dict, params: Any, priority: int, params_fields=_SP_FIELDS
                     ) -> RequestStream:
+        """Send one request; the engine's ValueError/TypeError (bad ids, priority without --scheduling-policy
+        priority, ...) becomes a 400 naming the field its message starts with."""
         if self.config.log_requests:
             self._log_request(request_id, prompt, params)
-        try:
+        with engine_errors(params_fields):
             return self.engine.add_request(request_id, prompt, params, priority)
-        except EngineOverloadedError as exc:
-            raise APIError(str(exc), 503, headers={"Retry-After": "1"}) from None
-        except EngineDeadError as exc:
-            raise APIError(f"the engine is not running: {exc}", 503) from None
-        except (ValueError, TypeError) as exc:
-            param = param_from_message(str(exc), params_fields | {"prompt", "prompt_token_ids"})
-            raise APIError(str(exc), 400, "prompt" if param == "prompt_token_ids" else param) from None
 
     def _log_request(self, request_id: str, prompt: dict, params: Any) -> None:
         limit = self.config.max_log_len
@@ -195,11 +251,15 @@ class OpenAIServing:
         logger.info("Received request %s: prompt: %r, params: %s, prompt_token_ids: %s", request_id, text, params, ids)
 
     # ---- responses ----------------------------------------------------------------------------
-    def usage(self, num_prompt: int, num_completion: int, num_cached: int | None = None) -> dict:
-        usage = {"prompt_tokens": num_prompt, "completion_tokens": num_completion,
-                 "total_tokens": num_prompt + num_completion}
+    def usage(self, num_prompt: int, num_completion: int, num_cached: int | None = None,
+              full_response: bool = False) -> dict:
+        """OpenAI's usage object; `num_cached` for a full response or a stream's final usage chunk."""
+        usage: dict[str, Any] = {"prompt_tokens": num_prompt, "completion_tokens": num_completion,
+                                 "total_tokens": num_prompt + num_completion}
         if self.config.enable_prompt_tokens_details and num_cached is not None:
             usage["prompt_tokens_details"] = {"cached_tokens": num_cached}
+        elif full_response:
+            usage["prompt_tokens_details"] = None
         return usage
 
     def token_text(self, token_id: int, logprob: Logprob | None, as_ids: bool) -> str:
@@ -212,6 +272,21 @@ class OpenAIServing:
     def as_token_ids(self, request: Any) -> bool:
         flag = getattr(request, "return_tokens_as_token_ids", None)
         return self.config.return_tokens_as_token_ids if flag is None else bool(flag)
+
+
+@contextmanager
+def engine_errors(params_fields: frozenset[str] = _SP_FIELDS) -> Iterator[None]:
+    """The engine's refusals as HTTP answers: overloaded or dead → 503, ValueError/TypeError → 400 naming
+    the field the message starts with."""
+    try:
+        yield
+    except EngineOverloadedError as exc:
+        raise APIError(str(exc), 503, headers={"Retry-After": "1"}) from None
+    except EngineDeadError as exc:
+        raise APIError(f"the engine is not running: {exc}", 503) from None
+    except (ValueError, TypeError) as exc:
+        param = param_from_message(str(exc), params_fields | {"prompt", "prompt_token_ids", "priority"})
+        raise APIError(str(exc), 400, "prompt" if param == "prompt_token_ids" else param) from None
 
 
 def prompt_logprobs_json(positions: list | None) -> list | None:
@@ -236,6 +311,11 @@ SSE_DONE = b"data: [DONE]\n\n"
 
 def now() -> int:
     return int(time.time())
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _int_keys(bias: dict) -> dict[int, float]:

@@ -5,6 +5,8 @@ Invariants:
   (default True) like /v1/completions, `messages` through the chat template with add_special_tokens
   (default False) like /v1/chat/completions. So `count` is the prompt length those endpoints use.
 - /detokenize of /tokenize's tokens gives back the text (special tokens kept, as vLLM does).
+- The /tokenize answer has vLLM's four keys: count, max_model_len, tokens, and token_strs (the
+  tokenizer's token strings with `return_token_strs`, else null).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ class OpenAIServingTokenization:
     def tokenize(self, request: TokenizeRequest) -> dict:
         serving = self.chat
         serving.check_model(request.model)
+        serving.check_fields(request)
         if (request.prompt is None) == (request.messages is None):
             raise APIError("give exactly one of prompt (text) or messages (a chat)", 400,
                            "prompt" if request.prompt is None else "messages")
@@ -31,14 +34,13 @@ class OpenAIServingTokenization:
         else:
             add_special = True if request.add_special_tokens is None else request.add_special_tokens
             ids = serving.encode(request.prompt, add_special)
-        result = {"count": len(ids), "max_model_len": serving.max_model_len, "tokens": ids}
-        if request.return_token_strs:
-            result["token_strs"] = serving.tokenizer.convert_ids_to_tokens(ids)
-        return result
+        token_strs = serving.tokenizer.convert_ids_to_tokens(ids) if request.return_token_strs else None
+        return {"count": len(ids), "max_model_len": serving.max_model_len, "tokens": ids, "token_strs": token_strs}
 
     def detokenize(self, request: DetokenizeRequest) -> dict:
         serving = self.chat
         serving.check_model(request.model)
+        serving.check_fields(request)
         tokenizer = serving.require_tokenizer("detokenize")
         vocab = serving.engine.model_config.vocab_size
         bad = [t for t in request.tokens if not 0 <= t < max(vocab, len(tokenizer))]
