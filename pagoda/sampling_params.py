@@ -154,7 +154,8 @@ class SamplingParams:
                    f"<= max_tokens ({self.max_tokens})")
         for name in ("logprobs", "prompt_logprobs"):
             value = getattr(self, name)
-            _check(value is None or (_is_int(value) and value >= 0), name, value, "None or an integer >= 0")
+            _check(value is None or (_is_int(value) and value >= -1), name, value,
+                   "None, -1 (the whole vocabulary) or an integer >= 0")
         _check(all(isinstance(s, str) and s for s in self.stop), "stop", self.stop, "non-empty strings")
         _check(all(_is_int(t) and t >= 0 for t in self.stop_token_ids), "stop_token_ids",
                self.stop_token_ids, "non-negative token ids")

@@ -5,7 +5,9 @@ Invariants:
   raises ValueError naming the field and the allowed values: token ids of the prompt, logit_bias,
   allowed_token_ids, stop_token_ids and bad_words inside the vocabulary; lengths against
   max_model_len; priority and seed within 64 bits; prompt dicts hold only the keys that take effect;
-  priority != 0 only under scheduling_policy="priority" (vLLM's rule).
+  priority != 0 only under scheduling_policy="priority" (vLLM's rule). logprobs / prompt_logprobs
+  of -1 mean the whole vocabulary (checked against max_logprobs, itself -1 for no limit) and reach
+  the engine as the vocabulary size.
 - The SamplingParams inside an EngineCoreRequest are the engine's own copy: `all_stop_token_ids`
   holds EOS (unless ignore_eos) and the model's generation-config EOS ids plus stop_token_ids, and
   `bad_words_token_ids` holds each bad word tokenized with and without a leading space (vLLM's rule).
@@ -116,6 +118,9 @@ class Processor:
                              "not SamplingParams")
         self._validate(prompt_token_ids, params, check_logprobs_limit)
         params = params.clone()
+        for name in ("logprobs", "prompt_logprobs"):  # -1: the whole vocabulary (vLLM)
+            if getattr(params, name) == -1:
+                setattr(params, name, self.model_config.vocab_size)
         params.all_stop_token_ids = set(params.stop_token_ids) | (set() if params.ignore_eos else self.stop_token_ids)
         params.bad_words_token_ids = self._bad_words_token_ids(params.bad_words)
         return EngineCoreRequest(
@@ -131,10 +136,13 @@ class Processor:
         if not isinstance(params, SamplingParams):
             raise TypeError(f"sampling_params must be SamplingParams, got {type(params).__name__}")
         max_logprobs, max_len = self.model_config.max_logprobs, self.model_config.max_model_len
+        vocab = self.model_config.vocab_size
+        limit = vocab if max_logprobs == -1 else max_logprobs
         for name in ("logprobs", "prompt_logprobs") if check_logprobs_limit else ("prompt_logprobs",):
             value = getattr(params, name)
-            if value is not None and value > max_logprobs:
-                raise ValueError(f"{name}={value} is more than max_logprobs={max_logprobs} (an engine argument)")
+            if value is not None and (vocab if value == -1 else value) > limit:
+                shown = f"-1 (the whole vocabulary, {vocab})" if value == -1 else str(value)
+                raise ValueError(f"{name}={shown} is more than max_logprobs={max_logprobs} (an engine argument)")
         self._validate_prompt(prompt_token_ids)
         if len(prompt_token_ids) >= max_len:
             raise ValueError(

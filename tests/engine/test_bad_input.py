@@ -27,7 +27,7 @@ def llm(llama_dir):
         (dict(max_tokens=0), "max_tokens"),
         (dict(min_p=2.0), "min_p"),
         (dict(min_tokens=5, max_tokens=2), "min_tokens"),
-        (dict(logprobs=-1), "logprobs"),
+        (dict(logprobs=-2), "logprobs"),
         (dict(presence_penalty=2.5), "presence_penalty"),
         (dict(presence_penalty=-2.1), "presence_penalty"),
         (dict(frequency_penalty=-3.0), "frequency_penalty"),

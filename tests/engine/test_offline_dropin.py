@@ -100,3 +100,15 @@ def test_out_of_range_ids_are_refused_before_admission(llm, params, field):
     assert llm.llm_engine.get_num_unfinished_requests() == 0
     # the engine carries on
     assert len(llm.generate("import os", GREEDY, use_tqdm=False)[0].outputs[0].token_ids) == 4
+
+
+def test_logprobs_minus_one_means_the_whole_vocabulary(llama_dir):
+    llm = LLM(llama_dir, max_model_len=128, max_logprobs=100000)
+    vocab = llm.model_config.vocab_size
+    out = llm.generate("import os", SamplingParams(temperature=0, max_tokens=2, logprobs=-1, prompt_logprobs=-1),
+                       use_tqdm=False)[0]
+    assert all(len(position) == vocab for position in out.outputs[0].logprobs)
+    assert all(len(position) == vocab for position in out.prompt_logprobs[1:])
+    small = LLM(llama_dir, max_model_len=128, max_logprobs=5)
+    with pytest.raises(ValueError, match=r"logprobs=-1 \(the whole vocabulary"):
+        small.generate("import os", SamplingParams(logprobs=-1), use_tqdm=False)
