@@ -2,25 +2,30 @@
 
 Each option is one dataclass field with vLLM's name and default; its `help` (and `choices`) metadata
 become the `--kebab-case` CLI flag, the same field is the `LLM(...)` keyword, and `create_config()`
-validates everything once and builds the config dataclasses in `pagoda.config`.
+validates everything once and builds the config dataclasses in `pagoda.config`. The vLLM options Pagoda
+does not implement (yet) are fields too, inherited from `engine_args_compat.VllmCompatArgs`, where each
+is declared once with its kind ("not supported yet" or "no effect").
 
 Invariants:
-- An option is declared here and nowhere else; the CLI and `LLM` never list options themselves.
-- `create_config()` raises ValueError naming the field and the allowed values for any bad input.
+- An option is declared here or in engine_args_compat and nowhere else; the CLI and `LLM` never list
+  options themselves. Field metadata drives the flag: `flags` (vLLM's short aliases), `cli_kind` /
+  `cli_type` (the value parser), `choices`, `not_yet_values` (vLLM values refused as not supported yet)
+  and `aliases` (vLLM spellings of a Pagoda value).
+- `create_config()` raises ValueError naming the field and the allowed values for any bad input; a "no
+  effect" option given a non-default value is logged once, when the EngineArgs is built.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import difflib
-import json
 import logging
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
 from pagoda import config as cfg
+from pagoda import engine_args_compat as compat
 from pagoda import hf_utils
 from pagoda.pooling_params import (
     PoolerConfig,
@@ -33,6 +38,12 @@ logger = logging.getLogger(__name__)
 
 
 USAGE_CONTEXTS = ("llm", "server")
+RUNNERS = ("auto", "generate", "pooling")  # vLLM's --runner; "pooling" is Pagoda's task "embed"
+CONVERTS = ("auto", "none", "embed")  # vLLM's --convert
+VLLM_LOAD_FORMATS = ("npcache", "tensorizer", "sharded_state", "gguf", "bitsandbytes", "mistral", "runai_streamer",
+                     "runai_streamer_sharded", "fastsafetensors")
+LOAD_FORMATS_REASON = "only safetensors / PyTorch .bin weights are read (quantized formats come with quantization)"
+VLLM_TOKENIZER_MODES = ("mistral", "deepseek_v32", "qwen_vl", "custom")
 BIG_GPU_BYTES = 70 << 30  # vLLM's threshold for its larger batch defaults (H100/H200 class)
 
 
@@ -46,6 +57,7 @@ def _big_gpu(device: str) -> bool:
 
 
 def _opt(default: Any, help: str, choices: tuple | None = None, **extra: Any) -> Any:
+    """A field whose metadata makes its flag: help, choices, and the extras listed in the module docstring."""
     metadata = {"help": help, "choices": choices, **extra}
     if isinstance(default, (dict, list)):
         return field(default_factory=lambda: type(default)(default), metadata=metadata)
@@ -53,43 +65,60 @@ def _opt(default: Any, help: str, choices: tuple | None = None, **extra: Any) ->
 
 
 @dataclass
-class EngineArgs:
-    """Every engine option, with vLLM's names and defaults."""
+class EngineArgs(compat.VllmCompatArgs):
+    """Every engine option, with vLLM's names and defaults (the unimplemented ones inherited)."""
 
     model: str = _opt("", "Model folder, or a hub id already in the local Hugging Face cache.")
     tokenizer: str | None = _opt(None, "Tokenizer folder or hub id; defaults to the model's.")
     revision: str | None = _opt(None, "Revision of the model in the Hugging Face cache.")
-    tokenizer_mode: str = _opt("auto", "'auto' uses the fast tokenizer; 'slow' the Python one.", cfg.TOKENIZER_MODES)
+    tokenizer_revision: str | None = _opt(None, "Revision of the tokenizer in the Hugging Face cache; defaults to --revision.")
+    download_dir: str | None = _opt(None, "The Hugging Face cache folder a hub id is looked up in (offline; default: HF_HUB_CACHE or ~/.cache/huggingface/hub).")
+    tokenizer_mode: str = _opt("auto", "'auto' (or vLLM's 'hf') uses the fast tokenizer; 'slow' the Python one.", cfg.TOKENIZER_MODES,
+                               aliases={"hf": "auto"}, not_yet_values=VLLM_TOKENIZER_MODES,
+                               not_yet_reason="only Hugging Face tokenizers are loaded")
     skip_tokenizer_init: bool = _opt(False, "Do not load a tokenizer; prompts must be token ids and outputs are ids only.")
     trust_remote_code: bool = _opt(False, "Allow custom code from the model folder (configs and tokenizers).")
     dtype: str = _opt("auto", "Weight and activation dtype; 'auto' takes the checkpoint's (float32 checkpoints: bfloat16 on GPU, float32 on CPU).", cfg.DTYPE_CHOICES)
     seed: int | None = _opt(0, "Seed for random sampling of requests that give no seed of their own.")
-    max_model_len: int | None = _opt(None, "Longest prompt plus output, in tokens; defaults to the model's limit.")
+    max_model_len: int | None = _opt(None, "Longest prompt plus output, in tokens (4096, 32k, 32K); defaults to the model's limit (also -1 or 'auto').",
+                                     cli_type=compat.human_readable_int_or_auto)
     hf_overrides: dict = _opt({}, "JSON dict of attributes set on the Hugging Face config, e.g. '{\"architectures\": [\"LlamaForCausalLM\"]}'.", json_arg=True)
-    load_format: str = _opt("auto", "How weights are read: 'auto' (safetensors, else .bin), 'safetensors', 'pt', or 'dummy' (random weights).", cfg.LOAD_FORMATS)
+    rope_scaling: dict = _opt({}, "JSON dict replacing the model's rope scaling, e.g. '{\"rope_type\": \"linear\", \"factor\": 2.0}' (rope types default, linear, llama3).", json_arg=True)
+    rope_theta: float | None = _opt(None, "Rope base frequency, overriding the model's.")
+    load_format: str = _opt("auto", "How weights are read: 'auto' (safetensors, else .bin), 'safetensors', 'pt', or 'dummy' (random weights).", cfg.LOAD_FORMATS,
+                            not_yet_values=VLLM_LOAD_FORMATS, not_yet_reason=LOAD_FORMATS_REASON)
     served_model_name: str | None = _opt(None, "The model name in API responses; defaults to --model.")
     device: str = _opt("auto", "Where the model runs; 'auto' picks cuda when a GPU is visible.", cfg.DEVICE_CHOICES)
     block_size: int = _opt(16, "Tokens per KV-cache block.", cfg.BLOCK_SIZES)
     gpu_memory_utilization: float = _opt(0.9, "Share of GPU memory (0, 1] the engine may use: weights, activations and KV cache.")
-    swap_space: float = _opt(4.0, "CPU swap space per GPU, in GiB.")
     num_gpu_blocks_override: int | None = _opt(None, "Use exactly this many KV-cache blocks (tests and experiments).")
-    kv_cache_memory_bytes: int | None = _opt(None, "KV-cache size in bytes; on CPU it defaults to 4 GiB.")
+    kv_cache_memory_bytes: int | None = _opt(None, "KV-cache size in bytes (also 4G, 4096M); on CPU it defaults to 4 GiB.",
+                                             cli_type=compat.human_readable_int)
     enable_prefix_caching: bool = _opt(True, "Reuse the KV cache of identical prompt prefixes.", negatable=True)
     max_num_seqs: int | None = _opt(None, "Most requests in one step; defaults to 1024 on a GPU with at least 70 GiB (H100/H200 class), else 256, as vLLM does.")
-    max_num_batched_tokens: int | None = _opt(None, "Most tokens in one step; with chunked prefill it defaults to 16384 for `LLM` and 8192 for `pagoda serve` on a GPU with at least 70 GiB, else 8192; without it max(max_model_len, 8192).")
+    max_num_batched_tokens: int | None = _opt(None, "Most tokens in one step (8192, 8k); with chunked prefill it defaults to 16384 for `LLM` and 8192 for `pagoda serve` on a GPU with at least 70 GiB, else 8192; without it max(max_model_len, 8192).",
+                                              cli_type=compat.human_readable_int)
     enable_chunked_prefill: bool = _opt(True, "Split long prompts over several steps so decodes keep running.", negatable=True)
     scheduling_policy: str = _opt("fcfs", "Which waiting request goes first: arrival order, or lowest `priority` value.", cfg.SCHEDULING_POLICIES)
     max_logprobs: int = _opt(20, "Most logprobs a request may ask for (logprobs and prompt_logprobs).")
     enforce_eager: bool = _opt(False, "Never capture CUDA graphs.")
     max_cudagraph_capture_size: int | None = _opt(None, "Largest decode batch run from a CUDA graph (larger batches run eagerly); defaults to max_num_seqs for `LLM` (offline throughput gains most from graphs at large batches) and min(max_num_seqs, 512) for `pagoda serve`, as vLLM, to keep start-up short.")
     async_scheduling: bool = _opt(True, "Schedule and prepare step n+1 while step n runs on the device (outputs are identical either way).", negatable=True)
-    tensor_parallel_size: int = _opt(1, "GPUs a layer is split over (only 1 is implemented today).")
-    pipeline_parallel_size: int = _opt(1, "Pipeline stages (only 1 is implemented today).")
-    task: str = _opt("auto", "What the model does: 'generate' text, or 'embed' prompts into vectors; 'auto' picks from the architecture (BertModel, *Model: embed).", cfg.TASK_CHOICES)
+    task: str = _opt("auto", "What the model does: 'generate' text, or 'embed' prompts into vectors; 'auto' picks from the architecture (BertModel, *Model: embed).", cfg.TASK_CHOICES,
+                     aliases={"embedding": "embed"}, not_yet_values=("classify", "score", "reward", "transcription"),
+                     not_yet_reason="only generation and embedding models run")
+    runner: str = _opt("auto", "vLLM's spelling of --task: 'generate', or 'pooling' (= task 'embed').", RUNNERS,
+                       not_yet_values=("draft",), not_yet_reason="draft models come with speculative decoding")
+    convert: str = _opt("auto", "vLLM's model adapter: 'embed' runs a generative checkpoint as an embedding model (= task 'embed').", CONVERTS,
+                        not_yet_values=("classify", "reward"), not_yet_reason="only the embedding adapter exists")
     generation_config: str = _opt("auto", "Where default sampling settings come from: 'auto' reads the model's generation_config.json (temperature, top_p, top_k, min_p, repetition_penalty, max_new_tokens, EOS ids), a folder reads that folder's, 'vllm' uses only its EOS ids, 'none' ignores it.")
     override_generation_config: dict = _opt({}, "JSON dict of default sampling settings over the generation config, e.g. '{\"temperature\": 0.5}'.", json_arg=True)
     usage_context: str = _opt("llm", "Who drives the engine: the offline `LLM` class or `pagoda serve` (set by the server, not a flag); picks the step-budget default.", USAGE_CONTEXTS, cli=False)
     override_pooler_config: dict = _opt({}, "JSON dict over an embedding model's pooling: '{\"pooling_type\": \"MEAN\", \"normalize\": false}' (pooling_type LAST, CLS or MEAN).", json_arg=True)
+    pooler_config: dict = _opt({}, "vLLM's newer name of --override-pooler-config (the same JSON dict).", json_arg=True)
+
+    def __post_init__(self) -> None:
+        compat.log_no_effect(vars(self), compat.ENGINE_OPTIONS)
 
     # ---- construction from the two front doors -------------------------------------------
     @classmethod
@@ -98,31 +127,32 @@ class EngineArgs:
         names = {f.name for f in dataclasses.fields(cls)}
         for key in kwargs:
             if key not in names:
-                close = difflib.get_close_matches(key, names, n=1)
-                hint = f" Did you mean {close[0]!r}?" if close else ""
+                close = compat.closest_name(key, names)
+                hint = f" Did you mean {close!r}?" if close else ""
                 raise TypeError(f"Unknown engine argument {key!r}.{hint}")
         return cls(**kwargs)
 
     @classmethod
     def add_cli_args(cls, parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
-        """Add one `--kebab-case` flag per field."""
+        """Add one `--kebab-case` flag per field (plus vLLM's short aliases); unimplemented ones in their own group."""
         group = parser.add_argument_group("engine arguments")
+        later = parser.add_argument_group(
+            "vLLM engine arguments Pagoda accepts without implementing them",
+            "Their defaults are fine; other values stop with 'not supported yet', or are logged as having no effect.")
         for f in dataclasses.fields(cls):
             if f.name in skip or f.metadata.get("cli") is False:
                 continue
-            flag = "--" + f.name.replace("_", "-")
-            meta, default = f.metadata, _field_default(f)
-            if meta.get("json_arg"):
-                group.add_argument(flag, type=json.loads, default=default, help=meta["help"])
-            elif isinstance(default, bool):
-                group.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=meta["help"])
-            else:
-                group.add_argument(flag, type=_cli_type(f), default=default, choices=meta.get("choices"), help=meta["help"])
+            flags = ("--" + f.name.replace("_", "-"), *f.metadata.get("flags", ()))
+            (later if compat.compat_of(f) else group).add_argument(*flags, **_cli_kwargs(f))
 
     @classmethod
     def from_cli_args(cls, namespace: argparse.Namespace) -> "EngineArgs":
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in vars(namespace).items() if k in names})
+
+    def check_options(self) -> None:
+        """Every check that needs no model folder (choices, ranges, types, not-supported-yet options)."""
+        self._check_choices()
 
     # ---- validation and config building ----------------------------------------------------
     def create_config(self) -> cfg.PagodaConfig:
@@ -180,10 +210,14 @@ class EngineArgs:
 
     def _check_choices(self) -> None:
         for f in dataclasses.fields(self):
-            choices = f.metadata.get("choices")
-            value = getattr(self, f.name)
-            if choices and value not in choices:
-                raise ValueError(f"{f.name}={value!r} is not one of {list(choices)}")
+            choices, value = f.metadata.get("choices"), getattr(self, f.name)
+            if not choices or value in choices or (isinstance(value, str) and value in f.metadata.get("aliases", {})):
+                continue
+            flag = "--" + f.name.replace("_", "-")
+            if isinstance(value, str) and value in f.metadata.get("not_yet_values", ()):
+                raise ValueError(f"{f.name}={value!r} ({flag}) is not supported yet: {f.metadata['not_yet_reason']} "
+                                 f"(supported: {list(choices)})")
+            raise ValueError(f"{f.name}={value!r} is not one of {list(choices)}")
         if not self.model:
             raise ValueError("model is required: a model folder or a cached hub id")
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
@@ -197,14 +231,13 @@ class EngineArgs:
             raise ValueError(f"num_gpu_blocks_override must be >= 1, got {self.num_gpu_blocks_override}")
         if self.kv_cache_memory_bytes is not None and self.kv_cache_memory_bytes < 1:
             raise ValueError(f"kv_cache_memory_bytes must be >= 1, got {self.kv_cache_memory_bytes}")
-        if self.tensor_parallel_size != 1 or self.pipeline_parallel_size != 1:
-            raise ValueError(
-                "tensor_parallel_size and pipeline_parallel_size must be 1 in this version "
-                f"(got {self.tensor_parallel_size} and {self.pipeline_parallel_size})"
-            )
-        for name in ("hf_overrides", "override_generation_config", "override_pooler_config"):
+        for name in ("hf_overrides", "override_generation_config", "override_pooler_config", "pooler_config",
+                     "rope_scaling"):
             if not isinstance(getattr(self, name), dict):
                 raise TypeError(f"{name} must be a dict, got {type(getattr(self, name)).__name__}")
+        if self.override_pooler_config and self.pooler_config and self.override_pooler_config != self.pooler_config:
+            raise ValueError("pooler_config and override_pooler_config are two names of one option; give one")
+        compat.check(vars(self), compat.ENGINE_OPTIONS)
 
     def _resolve_device(self) -> str:
         import torch
@@ -216,11 +249,14 @@ class EngineArgs:
         return self.device
 
     def _model_config(self, device: str) -> cfg.ModelConfig:
-        model_path = hf_utils.resolve_model_path(self.model, self.revision, "model")
-        tokenizer_path = (
-            hf_utils.resolve_model_path(self.tokenizer, self.revision, "tokenizer") if self.tokenizer else model_path
-        )
-        hf_config = hf_utils.load_hf_config(model_path, self.trust_remote_code, self.hf_overrides)
+        model_path = hf_utils.resolve_model_path(self.model, self.revision, "model", self.download_dir)
+        tokenizer_path = model_path
+        if self.tokenizer or self.tokenizer_revision not in (None, self.revision):
+            tokenizer_path = hf_utils.resolve_model_path(self.tokenizer or self.model,
+                                                         self.tokenizer_revision or self.revision, "tokenizer",
+                                                         self.download_dir)
+        hf_config = hf_utils.load_hf_config(model_path, self.trust_remote_code, self.hf_overrides,
+                                            self.rope_scaling, self.rope_theta)
         architectures = getattr(hf_config, "architectures", None) or []
         if not architectures:
             raise ValueError(f"model={self.model!r}: config.json names no architectures; set hf_overrides={{'architectures': [...]}}")
@@ -236,7 +272,7 @@ class EngineArgs:
             st_limit = read_sentence_transformers_max_len(model_path)
             if st_limit is not None and st_limit < limit:
                 limit = st_limit  # sentence-transformers' max_seq_length, as vLLM does
-        max_len = self.max_model_len or limit
+        max_len = limit if self.max_model_len in (None, -1) else self.max_model_len  # -1: vLLM's "auto"
         if max_len < 1:
             raise ValueError(f"max_model_len must be >= 1, got {max_len}")
         if max_len > limit:
@@ -253,7 +289,7 @@ class EngineArgs:
             served_model_name=self.served_model_name or self.model,
             max_logprobs=self.max_logprobs,
             revision=self.revision,
-            tokenizer_mode=self.tokenizer_mode,
+            tokenizer_mode=self._resolved("tokenizer_mode"),
             skip_tokenizer_init=self.skip_tokenizer_init,
             trust_remote_code=self.trust_remote_code,
             generation_config=self._generation_config(model_path),
@@ -269,21 +305,38 @@ class EngineArgs:
         from pagoda.model_executor.models import ModelRegistry
 
         pooling_only = ModelRegistry.is_pooling_only(architectures)
-        task = self.task
+        task = self._requested_task()
         if task == "auto":
             task = "embed" if pooling_only else "generate"
         elif task == "generate" and pooling_only:
             raise ValueError(f"task='generate' is not possible: {architectures[0]} is an embedding model "
                              "without an LM head; use task='embed' (or 'auto')")
-        if not isinstance(self.override_pooler_config, dict):
-            raise TypeError(f"override_pooler_config must be a dict, got {type(self.override_pooler_config).__name__}")
+        overrides = self.pooler_config or self.override_pooler_config
         if task != "embed":
-            if self.override_pooler_config:
-                raise ValueError("override_pooler_config applies only to task='embed'")
+            if overrides:
+                raise ValueError("override_pooler_config (pooler_config) applies only to task='embed'")
             return task, None
         pooling_type, normalize = ModelRegistry.pooling_defaults(architectures)
         default = PoolerConfig(pooling_type=pooling_type, normalize=normalize)
-        return task, resolve_pooler_config(model_path, default, self.override_pooler_config)
+        return task, resolve_pooler_config(model_path, default, overrides)
+
+    def _requested_task(self) -> str:
+        """task, or what vLLM's runner / convert ask for: 'generate', 'embed' or 'auto'."""
+        if self.convert == "embed" and self.runner == "generate":
+            raise ValueError("convert='embed' makes an embedding (pooling) model; it needs runner='pooling' or 'auto'")
+        implied = "embed" if self.convert == "embed" or self.runner == "pooling" else (
+            "generate" if self.runner == "generate" else "auto")
+        task = self._resolved("task")
+        if "auto" not in (task, implied) and task != implied:
+            raise ValueError(f"task={self.task!r} contradicts runner={self.runner!r} / convert={self.convert!r}; "
+                             "give one of them")
+        return implied if task == "auto" else task
+
+    def _resolved(self, name: str) -> Any:
+        """The field's value with a vLLM spelling (its `aliases` metadata) turned into Pagoda's."""
+        aliases = next(f for f in dataclasses.fields(self) if f.name == name).metadata.get("aliases", {})
+        value = getattr(self, name)
+        return aliases.get(value, value)
 
     def _generation_config(self, model_path: str) -> dict:
         mode = self.generation_config
@@ -313,10 +366,22 @@ def _field_default(f: dataclasses.Field) -> Any:
     return f.default
 
 
-def _cli_type(f: dataclasses.Field):
-    annotation = str(f.type)
-    if "float" in annotation:
-        return float
-    if "int" in annotation:
-        return int
-    return str
+def _cli_kwargs(f: dataclasses.Field) -> dict[str, Any]:
+    """argparse keywords of a field's flag, from its metadata (cli_kind / cli_type), default and annotation."""
+    meta, default = f.metadata, _field_default(f)
+    choices = meta.get("choices")
+    if choices:  # vLLM spellings parse; _check_choices turns the not-yet ones into a clear error
+        choices = (*choices, *meta.get("aliases", {}), *meta.get("not_yet_values", ()))
+    if "cli_kind" in meta:
+        kind = meta["cli_kind"]
+    elif meta.get("json_arg"):
+        kind = compat.JSON
+    elif isinstance(default, bool):
+        kind = compat.BOOL
+    else:
+        annotation = str(f.type)
+        kind = compat.FLOAT if "float" in annotation else compat.INT if "int" in annotation else compat.STR
+    kwargs = compat.cli_kwargs(kind, default, meta["help"], choices)
+    if "cli_type" in meta:
+        kwargs["type"] = meta["cli_type"]
+    return kwargs

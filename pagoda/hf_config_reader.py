@@ -116,6 +116,7 @@ _ATTRIBUTE_MAPS = {"gpt2": {"hidden_size": "n_embd", "max_position_embeddings": 
 # Rope types Pagoda implements, with the keys transformers' validator requires of each.
 _ROPE_REQUIRED = {"default": (), "linear": ("factor",),
                   "llama3": ("factor", "original_max_position_embeddings", "low_freq_factor", "high_freq_factor")}
+ROPE_TYPE_FIELDS = _ROPE_REQUIRED  # public: hf_utils checks --rope-scaling overrides against it
 _LAYER_TYPES = ("full_attention", "sliding_attention")
 # GenerationConfig._get_default_generation_params(): PreTrainedConfig drops these keys.
 _GENERATION_KEYS = frozenset((

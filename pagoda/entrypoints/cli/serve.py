@@ -18,7 +18,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     subparsers._parser_class = PagodaArgumentParser
     try:
         parser = subparsers.add_parser(
-            "serve", help="Start the OpenAI-compatible server.",
+            "serve", help="Start the OpenAI-compatible server.", usage="pagoda serve [MODEL] [options]",
             description="Start the OpenAI-compatible server: pagoda serve MODEL [flags].")
     finally:
         subparsers._parser_class = default_class

@@ -2,35 +2,48 @@
 
 Invariants:
 - Engine flags come only from `EngineArgs.add_cli_args` (one declaration of every option);
-  `--served-model-name` is the one engine option redeclared, to take several names (vLLM's nargs).
-- Unknown, misspelled or abbreviated flags stop the program with a message that names the closest
-  real flag; `validate_args` checks every server flag before anything is loaded and names the flag.
+  `--served-model-name` is the one engine option redeclared, to take several names (vLLM's nargs). vLLM
+  server flags Pagoda does not implement are declared once, in vllm_flags.py.
+- vLLM's spellings parse as in vLLM: `--flag_name` for `--flag-name`, `--json-flag.key value` for a JSON
+  key, `--config FILE.yaml` (its keys are flags; the command line wins over the file).
+- Unknown, misspelled or abbreviated flags stop the program; the message names a real flag only when one
+  is genuinely close (engine_args_compat.closest_name). `validate_args` checks every server flag, and every
+  engine option that needs no model folder, before anything is loaded, and names the flag.
+- The API key is --api-key, else PAGODA_API_KEY, else VLLM_API_KEY (vLLM: the flag wins over the variable).
 """
 
 from __future__ import annotations
 
 import argparse
-import difflib
 import json
+import logging
 import os
+import sys
 
 from pagoda.engine_args import EngineArgs
+from pagoda.engine_args_compat import closest_name, human_readable_int, parse_json
+from pagoda.entrypoints.openai import vllm_flags
+
+logger = logging.getLogger(__name__)
 
 API_KEY_ENV = "PAGODA_API_KEY"
+VLLM_API_KEY_ENV = "VLLM_API_KEY"
 CONTENT_FORMATS = ("auto", "string", "openai")
 UVICORN_LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 DEFAULT_MAX_PENDING = 10_000
 DEFAULT_MAX_BODY = 32 * 1024 * 1024
+BOOL = argparse.BooleanOptionalAction  # --flag / --no-flag, as vLLM's boolean server flags
 
 
 class PagodaArgumentParser(argparse.ArgumentParser):
-    """argparse that refuses abbreviations and suggests the closest flag for an unknown one."""
+    """argparse that reads vLLM's spellings, refuses abbreviations and suggests only a genuinely close flag."""
 
     def __init__(self, *args, **kwargs) -> None:
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
 
     def parse_known_args(self, args=None, namespace=None):  # noqa: D102 - argparse's signature
+        args = self._vllm_spellings(list(sys.argv[1:] if args is None else args))
         namespace, extras = super().parse_known_args(args, namespace)
         if extras:
             self.error(self.unknown_message(extras))
@@ -41,9 +54,120 @@ class PagodaArgumentParser(argparse.ArgumentParser):
         parts = []
         for extra in extras:
             name = extra.split("=", 1)[0]
-            close = difflib.get_close_matches(name, flags, n=1, cutoff=0.6) if name.startswith("-") else []
-            parts.append(f"{extra} (did you mean {close[0]}?)" if close else extra)
+            close = closest_name(name, flags) if name.startswith("-") else None
+            parts.append(f"{extra} (did you mean {close}?)" if close else extra)
         return "unrecognized arguments: " + ", ".join(parts) + f". See `{self.prog} --help` for every flag."
+
+    # ---- vLLM's spellings -----------------------------------------------------------------------------
+    def _vllm_spellings(self, args: list[str]) -> list[str]:
+        """--config FILE expanded, --flag_name → --flag-name, --json-flag.key value → --json-flag '{"key": ...}'."""
+        args = [self._dashed(a) for a in self._expand_config(args)]
+        nested: dict[str, dict] = {}
+        out: list[str] = []
+        i = 0
+        while i < len(args):
+            arg = args[i]
+            name, eq, value = arg.partition("=")
+            base, dot, path = name.partition(".")
+            action = self._option_string_actions.get(base) if arg.startswith("--") and dot else None
+            if action is None or action.type is not parse_json or not path:
+                out.append(arg)
+                i += 1
+                continue
+            if not eq:
+                if i + 1 >= len(args):
+                    self.error(f"argument {name}: expected one argument")
+                value, i = args[i + 1], i + 1
+            _set_nested(nested.setdefault(base, {}), path, value)
+            i += 1
+        for base, tree in nested.items():
+            out += [base, json.dumps(tree)]
+        return out
+
+    def _dashed(self, arg: str) -> str:
+        if not arg.startswith("--") or "_" not in arg:
+            return arg
+        name, eq, value = arg.partition("=")
+        base, dot, path = name.partition(".")
+        dashed = "--" + base[2:].replace("_", "-")
+        if base in self._option_string_actions or dashed not in self._option_string_actions:
+            return arg
+        return dashed + dot + path + eq + value
+
+    def _expand_config(self, args: list[str]) -> list[str]:
+        """vLLM's --config FILE.yaml: the file's flags go first (after a positional model), then the command line's."""
+        at = [i for i, a in enumerate(args) if a == "--config" or a.startswith("--config=")]
+        if not at:
+            return args
+        if len(at) > 1:
+            self.error("argument --config: give one config file")
+        i = at[0]
+        if args[i] == "--config":
+            if i + 1 >= len(args):
+                self.error("argument --config: expected one argument")
+            path, rest = args[i + 1], args[:i] + args[i + 2:]
+        else:
+            path, rest = args[i].split("=", 1)[1], args[:i] + args[i + 1:]
+        head = rest[:1] if rest and not rest[0].startswith("-") else []
+        return head + self._config_file_args(path) + rest[len(head):]
+
+    def _config_file_args(self, path: str) -> list[str]:
+        import yaml  # PyYAML: a dependency of transformers and huggingface-hub
+
+        if not path.endswith((".yaml", ".yml")):
+            self.error(f"argument --config: {path!r} must be a .yaml or .yml file")
+        try:
+            with open(os.path.expanduser(path), encoding="utf-8") as f:
+                data = yaml.safe_load(f)
+        except OSError as exc:
+            self.error(f"argument --config: cannot read {path!r}: {exc.strerror or exc}")
+        except yaml.YAMLError as exc:
+            self.error(f"argument --config: {path!r} is not valid YAML: {exc}")
+        if data is None:
+            return []
+        if not isinstance(data, dict):
+            self.error(f"argument --config: {path!r} must map flag names to values, e.g. 'max-model-len: 4096'")
+        out: list[str] = []
+        for key, value in data.items():
+            flag = "--" + str(key).lstrip("-")
+            if value is None:
+                continue
+            if isinstance(value, bool):
+                no_flag = "--no-" + flag[2:]
+                if value:
+                    out.append(flag)
+                elif self._dashed(no_flag) in self._option_string_actions:
+                    out.append(no_flag)
+            elif isinstance(value, list):
+                items = [json.dumps(v) if isinstance(v, (dict, list)) else str(v) for v in value]
+                out += [flag, *items] if items else []
+            elif isinstance(value, dict):
+                out += [flag, json.dumps(value)]
+            else:
+                out += [flag, str(value)]
+        return out
+
+
+def _set_nested(tree: dict, path: str, text: str) -> None:
+    """tree[a][b] = value for path 'a.b'; value parsed as JSON, else a human-readable int, else the text;
+    'a.b+' appends the comma-separated items to a list (vLLM's dotted JSON flags)."""
+    append = path.endswith("+")
+    keys = path.rstrip("+").split(".")
+    for key in keys[:-1]:
+        tree = tree.setdefault(key, {})
+        if not isinstance(tree, dict):
+            raise argparse.ArgumentTypeError(f"{path}: {key} is not an object")
+    if append:
+        tree.setdefault(keys[-1], []).extend(text.split(","))
+        return
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        try:
+            value = human_readable_int(text)
+        except (ValueError, argparse.ArgumentTypeError):
+            value = text
+    tree[keys[-1]] = value
 
 
 def _json_or_csv_list(value: str) -> list[str]:
@@ -66,15 +190,17 @@ def make_arg_parser(parser: argparse.ArgumentParser, model_positional: bool = Fa
     server.add_argument("--port", type=int, default=8000, help="Port to listen on (0 picks a free one).")
     server.add_argument("--uvicorn-log-level", default="info", choices=UVICORN_LOG_LEVELS,
                         help="Log level of uvicorn.")
-    server.add_argument("--disable-uvicorn-access-log", action="store_true", help="Do not log every HTTP request.")
-    server.add_argument("--allow-credentials", action="store_true", help="CORS: allow credentials.")
+    server.add_argument("--disable-uvicorn-access-log", action=BOOL, default=False,
+                        help="Do not log every HTTP request.")
+    server.add_argument("--allow-credentials", action=BOOL, default=False, help="CORS: allow credentials.")
     server.add_argument("--allowed-origins", type=_json_or_csv_list, default=["*"],
                         help="CORS: allowed origins, a JSON list or comma-separated.")
     server.add_argument("--allowed-methods", type=_json_or_csv_list, default=["*"], help="CORS: allowed methods.")
     server.add_argument("--allowed-headers", type=_json_or_csv_list, default=["*"], help="CORS: allowed headers.")
-    server.add_argument("--api-key", default=None,
-                        help=f"If set (or {API_KEY_ENV} is), every endpoint but /health, /version and /metrics "
-                             "needs `Authorization: Bearer <key>`.")
+    server.add_argument("--api-key", nargs="+", default=None,
+                        help=f"If set (else {API_KEY_ENV}, else {VLLM_API_KEY_ENV}), every endpoint but /health, "
+                             "/version and /metrics needs `Authorization: Bearer <key>`. (vLLM takes several keys; "
+                             "one works here.)")
     server.add_argument("--served-model-name", nargs="+", default=None,
                         help="Model name(s) the API answers to; the first is used in responses. Default: --model.")
     server.add_argument("--chat-template", default=None,
@@ -90,17 +216,21 @@ def make_arg_parser(parser: argparse.ArgumentParser, model_positional: bool = Fa
     server.add_argument("--ssl-cert-reqs", type=int, default=0,
                         help="Whether client certificates are required (ssl.CERT_NONE=0, OPTIONAL=1, REQUIRED=2).")
     server.add_argument("--root-path", default=None, help="Path prefix the server sits under behind a proxy.")
-    server.add_argument("--enable-request-id-headers", action="store_true",
+    server.add_argument("--enable-request-id-headers", action=BOOL, default=False,
                         help="Send X-Request-Id in every response (the client's, or a new one).")
-    server.add_argument("--disable-log-requests", action="store_true", help="Do not log each request's prompt and params.")
+    server.add_argument("--disable-log-requests", action=BOOL, default=False,
+                        help="Do not log each request's prompt and params.")
+    server.add_argument("--enable-log-requests", action=BOOL, default=None,
+                        help="vLLM's spelling: --no-enable-log-requests is --disable-log-requests. Default: log them.")
     server.add_argument("--max-log-len", type=int, default=None,
                         help="Most prompt characters / token ids printed per logged request.")
-    server.add_argument("--disable-log-stats", action="store_true",
+    server.add_argument("--disable-log-stats", action=BOOL, default=False,
                         help="Do not print the periodic throughput / queue / cache-usage line.")
-    server.add_argument("--disable-fastapi-docs", action="store_true", help="Turn off /docs, /redoc and /openapi.json.")
-    server.add_argument("--return-tokens-as-token-ids", action="store_true",
+    server.add_argument("--disable-fastapi-docs", action=BOOL, default=False,
+                        help="Turn off /docs, /redoc and /openapi.json.")
+    server.add_argument("--return-tokens-as-token-ids", action=BOOL, default=False,
                         help="Write logprob tokens as 'token_id:<id>' (for tokens that are not valid UTF-8).")
-    server.add_argument("--enable-prompt-tokens-details", action="store_true",
+    server.add_argument("--enable-prompt-tokens-details", action=BOOL, default=False,
                         help="Report usage.prompt_tokens_details.cached_tokens (prefix-cache hits).")
     server.add_argument("--max-pending-requests", type=int, default=DEFAULT_MAX_PENDING,
                         help="Most unfinished engine requests (n per user request); beyond it new requests get "
@@ -109,7 +239,11 @@ def make_arg_parser(parser: argparse.ArgumentParser, model_positional: bool = Fa
                         help="Largest request body accepted; larger ones get 413.")
     server.add_argument("--engine-start-timeout", type=float, default=1800.0,
                         help="Seconds to wait for the engine core to load the model.")
+    server.add_argument("--config", default=None,
+                        help="A YAML file of flags (vLLM's --config): 'max-model-len: 4096', 'enforce-eager: true', "
+                             "...; flags on the command line win over the file.")
     EngineArgs.add_cli_args(parser, skip=("served_model_name",))
+    vllm_flags.add_server_flags(parser)
     return parser
 
 
@@ -133,8 +267,8 @@ def validate_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--max-pending-requests must be >= 1, got {args.max_pending_requests}")
     if args.max_request_body_bytes < 1024:
         raise ValueError(f"--max-request-body-bytes must be >= 1024, got {args.max_request_body_bytes}")
-    if args.api_key is None:
-        args.api_key = os.environ.get(API_KEY_ENV) or None
+    args.api_key = _api_key(args.api_key)
+    _resolve_log_requests(args)
     if args.served_model_name is not None and not all(args.served_model_name):
         raise ValueError("--served-model-name names must be non-empty")
     template = args.chat_template
@@ -143,6 +277,31 @@ def validate_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--chat-template {template!r} is neither an existing file nor a Jinja template")
     if args.root_path is not None and args.root_path and not args.root_path.startswith("/"):
         raise ValueError(f"--root-path must start with '/', got {args.root_path!r}")
+    vllm_flags.check_server_flags(args)
+    engine_args_from(args).check_options()  # an engine option not supported yet stops here, before any loading
+
+
+def _api_key(given: list[str] | str | None) -> str | None:
+    """--api-key (vLLM: a list of keys), else PAGODA_API_KEY, else VLLM_API_KEY; empty values count as unset."""
+    keys = [given] if isinstance(given, str) else [k for k in (given or []) if k]
+    if len(keys) > 1:
+        raise ValueError(f"--api-key with {len(keys)} keys is not supported yet: give one key")
+    if keys:
+        return keys[0]
+    pagoda_key, vllm_key = os.environ.get(API_KEY_ENV) or None, os.environ.get(VLLM_API_KEY_ENV) or None
+    if pagoda_key and vllm_key and pagoda_key != vllm_key:
+        logger.warning("%s and %s differ; the server takes %s", API_KEY_ENV, VLLM_API_KEY_ENV, API_KEY_ENV)
+    return pagoda_key or vllm_key
+
+
+def _resolve_log_requests(args: argparse.Namespace) -> None:
+    """vLLM's --[no-]enable-log-requests onto Pagoda's --disable-log-requests (both given: they must agree)."""
+    enable = getattr(args, "enable_log_requests", None)
+    if enable is None:
+        return
+    if args.disable_log_requests and enable:
+        raise ValueError("--enable-log-requests contradicts --disable-log-requests; give one")
+    args.disable_log_requests = not enable
 
 
 def engine_args_from(args: argparse.Namespace) -> EngineArgs:
