@@ -6,6 +6,9 @@ Invariants:
 - A logprobs entry is one dict per generated (or prompt) position, from token id to `Logprob`;
   it always holds the chosen token, plus the top-k; `rank` is 1 for the most likely token.
 - prompt_logprobs[0] is None: the first prompt token has no predecessor to score it.
+- finish_reason "error" (vLLM V1's FinishReason.ERROR) means the engine failed that completion on its
+  own (e.g. a user logits processor raised); `CompletionOutput.error` says why. Other requests are
+  unaffected.
 - Pooling outputs: `PoolingRequestOutput.outputs.data` is the raw pooled float32 tensor (CPU);
   `EmbeddingRequestOutput.outputs.embedding` is the same vector as a list of floats, and
   `ScoringRequestOutput.outputs.score` a float. This module never imports torch.
@@ -34,8 +37,9 @@ class CompletionOutput:
     token_ids: list[int]
     cumulative_logprob: float | None
     logprobs: list[PositionLogprobs] | None
-    finish_reason: str | None = None  # "stop" | "length" | "abort" | None while running
+    finish_reason: str | None = None  # "stop" | "length" | "abort" | "error" | None while running
     stop_reason: int | str | None = None  # the stop string or stop token id that ended it
+    error: str | None = None  # Pagoda only: with finish_reason "error", what failed (naming the request)
 
     def finished(self) -> bool:
         return self.finish_reason is not None

@@ -5,6 +5,8 @@ Invariants:
 - `num_computed_tokens <= num_tokens`; tokens in [num_computed_tokens, num_tokens) still need a
   forward pass. There are no prefill/decode phases: a decode is simply one token to catch up on.
 - `status` only moves forward through RequestStatus, except RUNNING <-> PREEMPTED (recompute).
+  FINISHED_ERROR (finish_reason "error", vLLM V1's FinishReason.ERROR) marks a request the engine
+  failed on its own (an exception while preparing, sampling or post-processing it); the engine goes on.
 - `block_hashes[i]` is the chained hash of full block i of `all_token_ids` (kept current by
   KVCacheManager); it never covers a partial block.
 - A pooling request (`pooling_params` set, `sampling_params` None) is scheduled only whole, never
@@ -29,6 +31,7 @@ class RequestStatus(IntEnum):
     FINISHED_STOPPED = 3
     FINISHED_LENGTH_CAPPED = 4
     FINISHED_ABORTED = 5
+    FINISHED_ERROR = 6
 
     @property
     def is_finished(self) -> bool:
@@ -43,6 +46,7 @@ _FINISH_REASONS = {
     RequestStatus.FINISHED_STOPPED: "stop",
     RequestStatus.FINISHED_LENGTH_CAPPED: "length",
     RequestStatus.FINISHED_ABORTED: "abort",
+    RequestStatus.FINISHED_ERROR: "error",
 }
 
 

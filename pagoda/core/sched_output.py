@@ -8,6 +8,9 @@ Invariants:
   `total_num_scheduled_tokens`.
 - Ids in `finished_req_ids` and `preempted_req_ids` were dropped by the scheduler before this
   step; the runner drops its state for them before preparing the step.
+- `ModelRunnerOutput.failed` names the requests the runner could not serve (an exception while adding,
+  preparing or sampling that one request); the scheduler finishes them with "error" before anything
+  else of the step. An `EngineCoreOutput` with finish_reason "error" carries the reason in `error`.
 """
 
 from __future__ import annotations
@@ -64,6 +67,8 @@ class ModelRunnerOutput:
     # Pooling requests whose prompt finished this step: one float32 CPU tensor each (torch, but the
     # scheduler only passes it along).
     pooler_output: dict[str, Any] = field(default_factory=dict)
+    # Requests that failed in the runner this step: request id -> reason (usually empty).
+    failed: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -74,10 +79,11 @@ class EngineCoreOutput:
     new_token_ids: list[int]
     new_logprobs: list[PositionLogprobs] | None = None
     new_prompt_logprobs: list[PositionLogprobs] | None = None
-    finish_reason: str | None = None  # "stop" | "length" | "abort"
+    finish_reason: str | None = None  # "stop" | "length" | "abort" | "error"
     stop_reason: int | str | None = None
     num_cached_tokens: int = 0
     pooling_output: Any = None  # a pooling request's vector (float32 CPU tensor), with finish_reason "stop"
+    error: str | None = None  # with finish_reason "error": what went wrong, naming the request
 
     @property
     def finished(self) -> bool:

@@ -19,6 +19,12 @@ Invariants:
   arrives for a request preempted meanwhile is still appended; one for a finished request is dropped.
 - A pooling request is admitted only when its whole prompt fits the step's budget (never chunked),
   and finishes in `update_from_output()` of that step with the runner's pooled vector.
+- Request isolation: `fail_requests()` finishes requests with status FINISHED_ERROR (finish_reason
+  "error" and the reason in the output), frees their blocks (forgetting the prefix-cache hashes of
+  those no one else holds: they may never have been written) and reports them in the next step's
+  `finished_req_ids` like any finished request, so the runner drops their rows. An exception while
+  updating one request in `update_from_output()` (appending, stop checks) fails that request only;
+  the rest of the step is applied as usual.
 """
 
 from __future__ import annotations
@@ -88,6 +94,40 @@ class Scheduler:
             self._free(request, RequestStatus.FINISHED_ABORTED)
             aborted.append(request_id)
         return aborted
+
+    def fail_requests(self, errors: dict[str, str]) -> list[EngineCoreOutput]:
+        """Finish requests (id -> reason) with "error" and free their blocks; one output per request that
+        was still unfinished (unknown ids are skipped: a request can finish while its failure is reported)."""
+        outputs = []
+        for request_id, reason in errors.items():
+            request = self.requests.get(request_id)
+            if request is None:
+                continue
+            if request in self.running:  # by identity first; a failure may have left any status behind
+                self.running.remove(request)
+            else:
+                try:
+                    self.waiting.remove(request)
+                except ValueError:
+                    pass  # in neither queue (its update failed half-way): only its blocks are left
+            blocks = self.kv.req_to_blocks.get(request_id, ())
+            self._free(request, RequestStatus.FINISHED_ERROR)
+            self._uncache(blocks)
+            logger.error("request %s failed: %s", request_id, reason)
+            outputs.append(EngineCoreOutput(request_id=request_id, new_token_ids=[], finish_reason="error",
+                                            num_cached_tokens=request.num_cached_tokens, error=reason))
+        return outputs
+
+    def _uncache(self, blocks) -> None:
+        """Forget the prefix-cache hashes of a failed request's blocks that no one holds any more: they
+        were hashed at allocation and may never have been written (the step that was to fill them
+        failed). Blocks still held by others keep theirs (their holders computed or shared them)."""
+        cached = self.kv.pool.cached
+        for block in blocks:
+            if block.ref_cnt == 0 and block.block_hash is not None:
+                if cached.get(block.block_hash) is block:
+                    del cached[block.block_hash]
+                block.block_hash = None
 
     def has_unfinished_requests(self) -> bool:
         return bool(self.requests)
@@ -203,55 +243,65 @@ class Scheduler:
         return budget
 
     def update_from_output(self, sched: SchedulerOutput, result: ModelRunnerOutput) -> list[EngineCoreOutput]:
-        """Append sampled tokens, apply stop rules, free what finished; one output per changed request."""
-        outputs: list[EngineCoreOutput] = []
+        """Append sampled tokens, apply stop rules, free what finished; one output per changed request.
+
+        Requests the runner failed come first (finished with "error"); an exception while updating one
+        request fails that request only (the try costs nothing while nothing raises)."""
+        outputs: list[EngineCoreOutput] = self.fail_requests(result.failed) if result.failed else []
+        errors: dict[str, str] = {}
         any_finished = False
         for request_id in sched.num_scheduled_tokens:
             request = self.requests.get(request_id)
             if request is None:
-                continue  # finished or aborted while the step ran
-            sampled = result.sampled_token_ids.get(request_id, ())
-            request.num_pending_tokens -= len(sampled)
-            if request.status != RequestStatus.RUNNING and not sampled:
-                continue
-            if request.is_pooling:
-                pooled = result.pooler_output.get(request_id)
-                if pooled is not None:
-                    outputs.append(EngineCoreOutput(request_id=request_id, new_token_ids=[], finish_reason="stop",
-                                                    pooling_output=pooled))
-                    self._free(request, RequestStatus.FINISHED_STOPPED)
-                    any_finished = True
-                continue
-            new_token_ids: list[int] = []
-            status = None
-            for token_id in sampled:
-                request.append_output_token(token_id)
-                new_token_ids.append(token_id)
-                status = request.check_stop()
-                if status is not None:
-                    break
-            prompt_logprobs = result.prompt_logprobs.get(request_id)
-            if not new_token_ids and prompt_logprobs is None:
-                continue
-            logprobs = result.logprobs.get(request_id)
-            outputs.append(
-                EngineCoreOutput(
-                    request_id=request_id,
-                    new_token_ids=new_token_ids,
-                    new_logprobs=logprobs[: len(new_token_ids)] if logprobs is not None else None,
-                    new_prompt_logprobs=prompt_logprobs,
-                    finish_reason=status.finish_reason if status is not None else None,
-                    stop_reason=request.stop_reason,
-                    num_cached_tokens=request.num_cached_tokens,
+                continue  # finished, aborted or failed while the step ran
+            try:
+                sampled = result.sampled_token_ids.get(request_id, ())
+                request.num_pending_tokens -= len(sampled)
+                if request.status != RequestStatus.RUNNING and not sampled:
+                    continue
+                if request.is_pooling:
+                    pooled = result.pooler_output.get(request_id)
+                    if pooled is not None:
+                        outputs.append(EngineCoreOutput(request_id=request_id, new_token_ids=[], finish_reason="stop",
+                                                        pooling_output=pooled))
+                        self._free(request, RequestStatus.FINISHED_STOPPED)
+                        any_finished = True
+                    continue
+                new_token_ids: list[int] = []
+                status = None
+                for token_id in sampled:
+                    request.append_output_token(token_id)
+                    new_token_ids.append(token_id)
+                    status = request.check_stop()
+                    if status is not None:
+                        break
+                prompt_logprobs = result.prompt_logprobs.get(request_id)
+                if not new_token_ids and prompt_logprobs is None:
+                    continue
+                logprobs = result.logprobs.get(request_id)
+                outputs.append(
+                    EngineCoreOutput(
+                        request_id=request_id,
+                        new_token_ids=new_token_ids,
+                        new_logprobs=logprobs[: len(new_token_ids)] if logprobs is not None else None,
+                        new_prompt_logprobs=prompt_logprobs,
+                        finish_reason=status.finish_reason if status is not None else None,
+                        stop_reason=request.stop_reason,
+                        num_cached_tokens=request.num_cached_tokens,
+                    )
                 )
-            )
-            if status is not None:
-                if request.status != RequestStatus.RUNNING:
-                    self.waiting.remove(request)  # preempted while its last token was in flight
-                self._free(request, status)
-                any_finished = True
+                if status is not None:
+                    if request.status != RequestStatus.RUNNING:
+                        self.waiting.remove(request)  # preempted while its last token was in flight
+                    self._free(request, status)
+                    any_finished = True
+            except Exception as exc:  # noqa: BLE001 - one request's bookkeeping must not stop the engine
+                logger.exception("updating request %s after its step failed", request_id)
+                errors[request_id] = f"updating request {request_id} after a step failed: {type(exc).__name__}: {exc}"
         if any_finished:
             self.running = [r for r in self.running if r.status == RequestStatus.RUNNING]
+        if errors:
+            outputs += self.fail_requests(errors)
         return outputs
 
     def _free(self, request: Request, status: RequestStatus) -> None:

@@ -1,20 +1,36 @@
 """AsyncLLM: the server's engine — asyncio frontend here, EngineCore in its own process.
 
 The frontend half of LLMEngine (Processor: tokenize and validate; OutputProcessor: detokenize, stop
-strings, n > 1 fan-in) runs in this process on top of an EngineCoreClient, which stands in for the
-in-process EngineCore. One asyncio task reads EngineCoreOutputs from the core and pushes each
-request's latest RequestOutput into that request's slot; `generate()` reads its slot.
+strings, n > 1 fan-in) runs in this process on top of a CoreSupervisor (engine/core_supervisor.py),
+which stands in for the in-process EngineCore and restarts the core process when it dies. One
+asyncio task reads EngineCoreOutputs from the core and pushes each request's latest RequestOutput
+into that request's slot (engine/request_stream.py); `generate()` reads its slot.
 
 Invariants:
-- Every request added ends for its consumer in exactly one of three ways: a finished RequestOutput,
-  an exception (EngineDeadError when the core dies, RequestAbortedError when someone else aborted
-  it), or the consumer leaving (cancellation, `aclose()`, or dropping the stream), which aborts it
-  in the core so its KV blocks return to the pool.
+- Every request added ends for its consumer in exactly one of these ways: a finished RequestOutput;
+  an exception (EngineDeadError when the core died after the request produced output or cannot be
+  restarted, RequestFailedError when the engine failed this request alone, RequestTimeoutError past
+  `request_timeout_s`, RequestCrashedEngineError for a request in flight at two crashes,
+  RequestAbortedError when someone else aborted it); or the consumer leaving (cancellation,
+  `aclose()`, or dropping the stream), which aborts it in the core so its KV blocks return to the pool.
 - A slot holds at most one unread RequestOutput: a newer CUMULATIVE/FINAL_ONLY output replaces it and
   a DELTA one is merged into it, so a slow consumer costs one object per request, never a growing
   queue, and still sees every token exactly once.
-- Once the core is dead every open request fails within about a second and every new one raises
-  EngineDeadError at once; nothing waits forever.
+- When the core dies (crash, kill, or declared unhealthy by the heartbeat watchdog), every message it
+  sent is processed first; then each open request either fails with EngineDeadError (it has produced
+  output), or is parked and resubmitted, with its own ids and stats timing, to the restarted core
+  (it has produced nothing, so a replay is invisible); a request parked at a second crash in a row is
+  refused with RequestCrashedEngineError. Requests failed this way leave the OutputProcessor and the
+  StatsTracker at once; parked ones stay in both and keep counting against `max_pending_requests`.
+  Without self-healing (`max_engine_restarts=0`) or once the restarts are used up, every open request
+  fails within about a second; nothing waits forever.
+- While the core is not READY (dead, unhealthy, restarting), or once `begin_drain()` was called
+  (graceful shutdown), `dead_error` says why (what /health shows) and every new request raises
+  EngineDeadError (EngineRestartingError during a restart) at once.
+- The stat loggers hear of the engine going down (running, waiting and KV usage 0, engine_healthy 0)
+  and coming back (engine_healthy 1, the restart count) from the output task, in order with the
+  engine's own stats; the task runs from construction when there is a running event loop, else from
+  the first request.
 - At most `max_pending_requests` engine requests (n per user request) are unfinished at a time;
   beyond that `add_request` raises EngineOverloadedError and registers nothing.
 """
@@ -27,142 +43,84 @@ import logging
 import time
 from typing import Any, AsyncIterator, Sequence
 
-from pagoda.engine.core_client import EngineCoreClient, EngineDeadError, EngineStartError
+from pagoda.engine.core_client import (
+    DEFAULT_HEARTBEAT_TIMEOUT_S,
+    DEFAULT_STALL_TIMEOUT_S,
+    EngineDeadError,
+    EngineStartError,
+)
+from pagoda.engine.core_supervisor import CoreSupervisor, EngineRestartingError, SupervisorState
 from pagoda.engine.llm_engine import LLMEngine
 from pagoda.engine.output_processor import child_request_id
+from pagoda.engine.request_stream import (
+    EngineOverloadedError,
+    RequestAbortedError,
+    RequestCrashedEngineError,
+    RequestFailedError,
+    RequestStream,
+    RequestTimeoutError,
+    Slot,
+)
 from pagoda.engine_args import EngineArgs
 from pagoda.metrics.stats import StatsTracker
 from pagoda.outputs import RequestOutput
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["AsyncLLM", "EngineDeadError", "EngineStartError", "EngineOverloadedError", "RequestAbortedError"]
+__all__ = ["AsyncLLM", "EngineDeadError", "EngineRestartingError", "EngineStartError", "EngineOverloadedError",
+           "RequestAbortedError", "RequestFailedError", "RequestTimeoutError", "RequestCrashedEngineError",
+           "RequestStream"]
 
 _OUTPUT_CHUNK = 512  # outputs processed between yields to the event loop
-
-
-class EngineOverloadedError(RuntimeError):
-    """Too many unfinished requests: the caller should retry later (HTTP 503 + Retry-After)."""
-
-
-class RequestAbortedError(RuntimeError):
-    """The request was aborted by someone other than its consumer."""
-
-
-class _Slot:
-    """The unread output of one request (a RequestOutput or an exception) and an event to wait on.
-
-    CUMULATIVE / FINAL_ONLY outputs replace an unread one (the newer holds everything); DELTA outputs
-    are merged into it, so a slow consumer still receives every piece exactly once.
-    """
-
-    __slots__ = ("item", "event", "delta")
-
-    def __init__(self, delta: bool) -> None:
-        self.item: Any = None
-        self.event = asyncio.Event()
-        self.delta = delta
-
-    def put(self, item: Any) -> None:
-        if isinstance(self.item, BaseException):
-            return  # an error is final
-        if self.delta and isinstance(self.item, RequestOutput) and isinstance(item, RequestOutput):
-            item = _merge_delta(self.item, item)
-        self.item = item
-        self.event.set()
-
-    async def get(self) -> Any:
-        await self.event.wait()
-        item, self.item = self.item, None
-        self.event.clear()
-        return item
-
-
-def _merge_delta(old: RequestOutput, new: RequestOutput) -> RequestOutput:
-    """`old` followed by `new`, both DELTA outputs of one request, as one DELTA output (vLLM's add())."""
-    by_index = {c.index: c for c in old.outputs}
-    for c in new.outputs:
-        prev = by_index.get(c.index)
-        if prev is None:
-            old.outputs.append(c)
-            by_index[c.index] = c
-            continue
-        prev.text += c.text
-        prev.token_ids = list(prev.token_ids) + list(c.token_ids)
-        if c.logprobs is not None:
-            prev.logprobs = list(prev.logprobs or []) + list(c.logprobs)
-        prev.cumulative_logprob, prev.finish_reason, prev.stop_reason = (
-            c.cumulative_logprob, c.finish_reason, c.stop_reason)
-    old.outputs.sort(key=lambda c: c.index)
-    if new.prompt_logprobs:
-        old.prompt_logprobs = list(old.prompt_logprobs or []) + list(new.prompt_logprobs)
-    old.finished, old.num_cached_tokens = new.finished, new.num_cached_tokens
-    return old
-
-
-class RequestStream:
-    """Async iterator over one request's RequestOutputs; aborts the request if dropped unfinished."""
-
-    def __init__(self, engine: "AsyncLLM", request_id: str, slot: _Slot) -> None:
-        self.engine, self.request_id, self._slot = engine, request_id, slot
-        self.finished = False
-
-    def __aiter__(self) -> "RequestStream":
-        return self
-
-    async def __anext__(self) -> RequestOutput:
-        if self.finished:
-            raise StopAsyncIteration
-        try:
-            item = await self._slot.get()
-        except BaseException:  # cancelled: the consumer is gone
-            self.abort()
-            raise
-        if isinstance(item, BaseException):
-            self.finished = True
-            raise item
-        if item.finished:
-            self.finished = True
-        return item
-
-    def abort(self) -> None:
-        """Abort the request unless it already finished (idempotent)."""
-        if not self.finished:
-            self.finished = True
-            self.engine.abort(self.request_id)
-
-    def __del__(self) -> None:
-        if not self.finished and self.engine._loop is not None and not self.engine._loop.is_closed():
-            try:
-                self.engine._loop.call_soon_threadsafe(self.engine.abort, self.request_id)
-            except RuntimeError:
-                pass
+_RESTART_POLL_S = 0.1
+_POISON_CRASHES = 2  # a request in flight at this many crashes in a row is refused, not replayed
+_DOWN_STATS = {"num_running": 0, "num_waiting": 0, "kv_cache_usage": 0.0}
 
 
 class AsyncLLM:
     def __init__(self, engine_args: EngineArgs, *, start_timeout_s: float = 600.0,
-                 max_pending_requests: int | None = None, stat_loggers: Sequence[Any] = ()) -> None:
+                 max_pending_requests: int | None = None, stat_loggers: Sequence[Any] = (),
+                 request_timeout_s: float | None = None,
+                 heartbeat_timeout_s: float = DEFAULT_HEARTBEAT_TIMEOUT_S,
+                 engine_stall_timeout_s: float | None = DEFAULT_STALL_TIMEOUT_S,
+                 max_engine_restarts: int = 5, engine_restart_window_s: float = 300.0,
+                 engine_restart_backoff_s: float = 1.0, engine_restart_backoff_max_s: float = 30.0) -> None:
+        if request_timeout_s is not None and not request_timeout_s > 0:
+            raise ValueError(f"request_timeout_s must be > 0 or None (no deadline), got {request_timeout_s}")
         engine_args = dataclasses.replace(engine_args, usage_context="server")  # the server's step-budget default
         self.engine_args = engine_args
         self.max_pending_requests = max_pending_requests
+        self.request_timeout_s = request_timeout_s
         self.stat_loggers = list(stat_loggers)
         self.stats = StatsTracker()
+        self._sent: list | None = None  # engine requests sent by the add_request in progress
         # The core starts first: its imports, config, CUDA set-up and model load (the critical path of
         # start-up) overlap the frontend's own config and tokenizer loading below.
-        self.client = EngineCoreClient(engine_args, on_add=self.stats.on_add, on_abort=self.stats.on_abort)
+        self.core = CoreSupervisor(
+            engine_args, on_add=self._on_core_add, on_abort=self.stats.on_abort, max_restarts=max_engine_restarts,
+            restart_window_s=engine_restart_window_s, backoff_initial_s=engine_restart_backoff_s,
+            backoff_max_s=engine_restart_backoff_max_s, start_timeout_s=start_timeout_s,
+            client_kwargs={"heartbeat_timeout_s": heartbeat_timeout_s, "stall_timeout_s": engine_stall_timeout_s})
         try:
             self.config = engine_args.create_config()  # a bad option raises here; the core is stopped
-            self.engine = LLMEngine(self.config, core=self.client)  # loads the tokenizer while the core loads
-            info = self.client.wait_ready(start_timeout_s)
+            self.engine = LLMEngine(self.config, core=self.core)  # loads the tokenizer while the core loads
+            info = self.core.wait_ready(start_timeout_s)
         except BaseException:
-            self.client.shutdown()
+            self.core.shutdown()
             raise
         self.config.cache.num_blocks = info["num_blocks"]
         self.stats.cache_config = self.config.cache  # for vllm:cache_config_info
-        self._slots: dict[str, _Slot] = {}
+        self._slots: dict[str, Slot] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._output_task: asyncio.Task | None = None
+        self._restarts_reported = 0
         self.errored_reason: str | None = None
+        self.draining_reason: str | None = None  # set by begin_drain (graceful shutdown)
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no event loop yet: the output task starts with the first request
+        self._ensure_output_task()
 
     @classmethod
     def from_engine_args(cls, engine_args: EngineArgs, **kwargs: Any) -> "AsyncLLM":
@@ -178,20 +136,31 @@ class AsyncLLM:
         return self.config.model
 
     @property
+    def client(self) -> Any:
+        """The current engine-core client (a new one after each restart)."""
+        return self.core.client
+
+    @property
     def dead_error(self) -> str | None:
-        return self.errored_reason or self.client.dead_error or (None if self.client.proc.is_alive() else
-                                                                  "engine core process is not running")
+        return self.errored_reason or self.draining_reason or self.core.dead_error
 
     @property
     def num_unfinished_requests(self) -> int:
         return len(self.stats.requests)
 
     def check_health(self) -> None:
-        reason = self.dead_error
+        if self.errored_reason is not None or self.draining_reason is not None:
+            raise EngineDeadError(self.errored_reason or self.draining_reason)
+        reason = self.core.dead_error
         if reason is not None:
-            raise EngineDeadError(reason)
+            raise (EngineRestartingError if self.core.state == SupervisorState.RESTARTING else EngineDeadError)(reason)
 
     # ---- requests -----------------------------------------------------------------------------
+    def _on_core_add(self, core_request: Any) -> None:
+        self.stats.on_add(core_request)
+        if self._sent is not None:
+            self._sent.append(core_request)
+
     def add_request(self, request_id: str, prompt: Any, params: Any, priority: int = 0) -> RequestStream:
         """Validate and send one request; ValueError/TypeError for bad input, nothing registered then."""
         self.check_health()
@@ -204,13 +173,23 @@ class AsyncLLM:
                 f"{self.max_pending_requests}; retry later"
             )
         self._ensure_output_task()
-        self.engine.add_request(request_id, prompt, params, priority)
+        self._sent = [] if self.core.restarts_enabled else None
+        try:
+            self.engine.add_request(request_id, prompt, params, priority)
+        except BaseException:
+            self.engine.abort_request(request_id)  # children registered before the failure are forgotten
+            raise
+        finally:
+            sent, self._sent = self._sent, None
         num_sequences = getattr(params, "num_sequences", 1)
         if num_sequences > 1:  # the children share one user request's n / longest-output stats
             self.stats.on_user_request([child_request_id(i, request_id, num_sequences) for i in range(num_sequences)],
                                        params.n)
         kind = getattr(params, "output_kind", None)
-        slot = self._slots[request_id] = _Slot(delta=kind is not None and kind.name == "DELTA")
+        slot = self._slots[request_id] = Slot(delta=kind is not None and kind.name == "DELTA")
+        slot.core_requests = sent
+        if self.request_timeout_s is not None:
+            slot.timer = self._loop.call_later(self.request_timeout_s, self._expire, request_id, slot)
         return RequestStream(self, request_id, slot)
 
     async def generate(self, prompt: Any, sampling_params: Any, request_id: str,
@@ -227,12 +206,30 @@ class AsyncLLM:
 
     def abort(self, request_id: str) -> None:
         """Abort a request (no-op if it is unknown or finished); its consumer gets RequestAbortedError."""
+        if self._end(request_id, RequestAbortedError(f"request {request_id} was aborted")):
+            logger.debug("aborted request %s", request_id)
+
+    def _expire(self, request_id: str, slot: Slot) -> None:
+        if self._slots.get(request_id) is not slot:
+            return
+        slot.timer = None
+        logger.warning("request %s timed out after %g s (request_timeout_s); aborting it", request_id,
+                       self.request_timeout_s)
+        self._end(request_id, RequestTimeoutError(
+            f"request {request_id} did not finish within the server's request timeout of {self.request_timeout_s:g} s "
+            "and was aborted"))
+
+    def _end(self, request_id: str, error: BaseException, in_core: bool = True) -> bool:
+        """End a request for its consumer with `error`; forget it here and (`in_core`) abort it in the core."""
         slot = self._slots.pop(request_id, None)
         if slot is None:
-            return
-        slot.put(RequestAbortedError(f"request {request_id} was aborted"))
-        self.engine.abort_request(request_id)
-        logger.debug("aborted request %s", request_id)
+            return False
+        slot.close(error)
+        if in_core:
+            self.engine.abort_request(request_id)
+        else:  # the core is gone: only the frontend's books change
+            self.stats.fail(self.engine.output_processor.abort_request(request_id))
+        return True
 
     # ---- the output loop ----------------------------------------------------------------------
     def _ensure_output_task(self) -> None:
@@ -243,10 +240,13 @@ class AsyncLLM:
     async def _output_loop(self) -> None:
         try:
             while True:
-                message = await self.client.get_output()
+                try:
+                    message = await self.core.get_output()
+                except EngineDeadError as exc:
+                    if not await self._recover(str(exc), getattr(exc, "generation", self.core.generation)):
+                        return
+                    continue
                 await self._process(message)
-        except EngineDeadError as exc:
-            self._fail_all(str(exc))
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # noqa: BLE001 - a bug here must not leave requests hanging
@@ -265,30 +265,136 @@ class AsyncLLM:
             request_outputs, to_abort = processor.process_outputs(outputs[start:start + _OUTPUT_CHUNK])
             if to_abort:
                 self.stats.finish_by_stop_string(to_abort, now)
-                self.client.abort_requests(to_abort)
+                self.core.abort_requests(to_abort)
+            if processor.failed:
+                self._fail_requests(processor.take_failed())
             for output in request_outputs:
                 slot = self._slots.get(output.request_id)
                 if slot is not None:
                     slot.put(output)
                     if output.finished:
                         del self._slots[output.request_id]
-        stats = self.stats.take()
+                        if slot.timer is not None:
+                            slot.close()
+        self._record(self.stats.take())
+
+    def _record(self, stats: Any) -> None:
         for stat_logger in self.stat_loggers:
             stat_logger.record(stats)
+
+    def _fail_requests(self, failed: list) -> None:
+        """Requests with a child the engine failed: the whole user request ends with RequestFailedError."""
+        still_running = [f.child_id for f in failed if f.running_in_core]
+        if still_running:  # failed while processing its output here: the core still runs it
+            self.stats.fail(still_running)
+            self.core.abort_requests(still_running)
+        for f in failed:
+            if self._end(f.request_id, RequestFailedError(f"request {f.request_id} failed: {f.reason}")):
+                logger.warning("request %s failed: %s", f.request_id, f.reason)
 
     def _fail_all(self, reason: str) -> None:
         error = EngineDeadError(reason)
         slots, self._slots = self._slots, {}
         for request_id, slot in slots.items():
-            slot.put(error)
-            self.engine.output_processor.abort_request(request_id)
+            slot.close(error)
+            self.stats.fail(self.engine.output_processor.abort_request(request_id))
         self.stats.clear()
         if slots:
             logger.error("failed %d open requests: %s", len(slots), reason)
 
+    # ---- engine-core death and restart --------------------------------------------------------
+    async def _recover(self, reason: str, generation: int) -> bool:
+        """After every message of dead core `generation`: sort out its requests, wait for a restarted core
+        (or the end of the restarts), resubmit the parked requests. False when there is no core to go on with."""
+        self._report_health(False)
+        if not self.core.restarts_enabled:
+            self._fail_all(reason)
+            return False
+        parked = self._park_or_fail(reason)
+        while not (self.core.state == SupervisorState.READY and self.core.generation != generation):
+            if self.core.state == SupervisorState.FAILED or self.core.closing:
+                self._fail_all(self.core.dead_error or reason)
+                self._report_health(False)
+                return False
+            if self.core.num_restarts != self._restarts_reported:
+                self._report_health(False)
+            await asyncio.sleep(_RESTART_POLL_S)
+        resent = self._resubmit(parked)
+        self._report_health(True)
+        if parked:
+            logger.info("resubmitted %d of %d requests that had produced nothing to the restarted engine core",
+                        resent, len(parked))
+        return True
+
+    def _park_or_fail(self, reason: str) -> list[str]:
+        """Fail the open requests that produced output (or crashed the core twice); the ids of the rest."""
+        parked, failed = [], 0
+        for request_id, slot in list(self._slots.items()):
+            if slot.core_requests and not self._has_output(request_id):
+                slot.crashes += 1
+                if slot.crashes < _POISON_CRASHES:
+                    parked.append(request_id)
+                    continue
+                error: BaseException = RequestCrashedEngineError(
+                    f"request {request_id} was in flight at {slot.crashes} engine-core crashes in a row and is "
+                    f"refused, not replayed (it may be what crashes the engine); last crash: {reason}")
+                logger.error("refusing request %s: in flight at %d engine-core crashes", request_id, slot.crashes)
+            else:
+                error = EngineDeadError(reason)
+            self._end(request_id, error, in_core=False)
+            failed += 1
+        if failed or parked:
+            logger.error("engine core died (%s): %d requests failed, %d will be resubmitted", reason, failed,
+                         len(parked))
+        return parked
+
+    def _has_output(self, request_id: str) -> bool:
+        """Whether the request produced anything its consumer may have seen (tokens, prompt logprobs)."""
+        processor = self.engine.output_processor
+        parent = processor.parents.get(request_id)
+        if parent is None:
+            return request_id not in processor.pooling  # a pooling request shows nothing before its vector
+        if parent.prompt_logprobs is not None and len(parent.prompt_logprobs) > 1:
+            return True
+        return any(c.token_ids or c.finish_reason is not None for c in parent.children)
+
+    def _resubmit(self, parked: list[str]) -> int:
+        resent = 0
+        for request_id in parked:
+            slot = self._slots.get(request_id)
+            if slot is None:
+                continue  # its consumer left, or it timed out, during the restart
+            try:
+                for core_request in slot.core_requests:
+                    self.core.add_request(core_request, notify=False)
+            except EngineDeadError:
+                break  # the new core died already: the next recovery deals with what is left
+            resent += 1
+        return resent
+
+    def _report_health(self, healthy: bool) -> None:
+        stats = self.stats.take()
+        stats.engine_healthy = healthy
+        stats.engine_restarts = self._restarts_reported = self.core.num_restarts
+        if not healthy:
+            stats.scheduler_stats = dict(_DOWN_STATS)
+        self._record(stats)
+
     # ---- shutdown -----------------------------------------------------------------------------
+    def begin_drain(self, reason: str) -> None:
+        """Stop admitting (graceful shutdown): new requests raise EngineDeadError(reason) and `dead_error`
+        (so /health) says `reason`; the requests in flight run on."""
+        self.draining_reason = reason
+
+    def fail_all_requests(self, reason: str) -> int:
+        """End every open request now with EngineDeadError(reason), aborting it in the core; how many."""
+        request_ids = list(self._slots)
+        for request_id in request_ids:
+            self._end(request_id, EngineDeadError(reason))
+        return len(request_ids)
+
     def shutdown(self) -> None:
         if self._output_task is not None and not self._output_task.done():
             self._output_task.cancel()
-        self.client.shutdown()
+        self.core.shutdown()
         self._fail_all("the engine was shut down")

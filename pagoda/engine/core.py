@@ -8,20 +8,63 @@ Invariants:
   later. Without it, each call launches and resolves the same step.
 - The KV cache can hold at least one max_model_len sequence, so a request running alone always
   fits and preemption can always make progress (checked at start-up).
+- Request isolation. A failure that belongs to one request (adding it to the runner, building or
+  applying its own sampling rules, its bookkeeping after the step) fails that request only, with
+  finish_reason "error" and the reason in `EngineCoreOutput.error` (see ModelRunner and Scheduler).
+  A failure of a batched operation that cannot be attributed (launching or resolving a step, e.g.
+  the forward pass raising) fails every request of that step, the same way, and the engine goes on.
+  After either, the state is consistent: a failed request is finished in the scheduler (its blocks
+  back in the pool) and listed in the next step's `finished_req_ids`, so the runner drops its row;
+  a step in flight is either resolved normally (its outputs for a failed request are ignored, as
+  for any finished one) or itself failed; `in_flight` never refers to a step that failed to launch.
+- Only a failure that corrupts the device or the process (`is_fatal`: CUDA/accelerator errors, device
+  out-of-memory, MemoryError) propagates out of `step()`: the engine core then stops, and the server
+  restarts it (engine/core_supervisor.py).
+
+Test fault hook (off unless set; read once when an EngineCore is built, costing nothing per step):
+`PAGODA_TEST_FAULT="<action>:<seed>[,<action>:<seed>...]"` gives every request added with that
+`SamplingParams.seed` (children of n > 1 have seed + i) one extra logits processor, so the fault runs
+inside that request's sampling, on the real isolation path: `raise` raises RuntimeError (the request
+fails alone), `crash` kills the core process with SIGKILL (a hard crash while it is in flight), `hang`
+blocks the engine loop forever (a stall while the process stays alive). Used by the reliability tests
+of the server, which cannot send Python callables.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import sys
 import time
+from typing import Callable
 
 from pagoda.config import PagodaConfig
 from pagoda.core.request import EngineCoreRequest
-from pagoda.core.sched_output import EngineCoreOutput
+from pagoda.core.sched_output import EngineCoreOutput, SchedulerOutput
 from pagoda.core.scheduler import Scheduler
 from pagoda.executor.uniproc import UniProcExecutor
 
 logger = logging.getLogger(__name__)
+
+FAULT_ENV = "PAGODA_TEST_FAULT"
+# Substrings of the messages of device errors that leave the device (or the process) unusable.
+_FATAL_MESSAGES = ("CUDA error", "CUDA out of memory", "CUBLAS_STATUS", "CUDNN_STATUS", "cuDNN error",
+                   "device-side assert", "NCCL error", "illegal memory access", "HIP error")
+
+
+def is_fatal(exc: BaseException) -> bool:
+    """Whether an exception from a step means the device or process can no longer be trusted."""
+    if isinstance(exc, MemoryError):
+        return True
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        fatal_types = tuple(t for t in (getattr(torch, "AcceleratorError", None),
+                                        getattr(torch, "OutOfMemoryError", None)) if isinstance(t, type))
+        if fatal_types and isinstance(exc, fatal_types):
+            return True
+    message = str(exc)
+    return any(text in message for text in _FATAL_MESSAGES)
 
 
 class EngineCore:
@@ -42,12 +85,15 @@ class EngineCore:
         self.scheduler = Scheduler(config.scheduler, config.cache)
         self.in_flight = None  # (SchedulerOutput, StepOutput) of the step launched last, unresolved
         self.num_scheduled_tokens = 0  # tokens of the step the last step() call launched (metrics)
+        self._faults = parse_faults(os.environ.get(FAULT_ENV, ""))
         logger.info(
             "engine ready in %.1f s: %d KV blocks, max concurrency %.1fx at max_model_len %d",
             time.perf_counter() - started, num_blocks, num_blocks * block_size / max_len, max_len,
         )
 
     def add_request(self, request: EngineCoreRequest) -> None:
+        if self._faults:
+            _inject_fault(self._faults, request)
         self.scheduler.add_request(request)
 
     def abort_requests(self, request_ids: list[str]) -> list[str]:
@@ -58,17 +104,81 @@ class EngineCore:
 
     def step(self) -> list[EngineCoreOutput]:
         launched = None
+        failed: list[EngineCoreOutput] = []
         self.num_scheduled_tokens = 0
         if self.scheduler.has_unfinished_requests():
             sched = self.scheduler.schedule()
             self.num_scheduled_tokens = sched.total_num_scheduled_tokens
-            launched = (sched, self.executor.execute_model(sched))
+            try:
+                launched = (sched, self.executor.execute_model(sched))
+            except Exception as exc:  # noqa: BLE001 - see _fail_step: fatal errors are re-raised
+                failed = self._fail_step(sched, exc, "running")
         outputs: list[EngineCoreOutput] = []
         if self.in_flight is not None:
-            sched, result = self.in_flight
-            outputs = self.scheduler.update_from_output(sched, result.get())
+            in_flight, self.in_flight = self.in_flight, None
+            outputs = self._resolve(*in_flight)
         self.in_flight = launched
         if launched is not None and not self.config.scheduler.async_scheduling:
-            outputs += self.scheduler.update_from_output(launched[0], launched[1].get())
             self.in_flight = None
-        return outputs
+            outputs += self._resolve(*launched)
+        return outputs + failed if failed else outputs
+
+    def _resolve(self, sched: SchedulerOutput, result) -> list[EngineCoreOutput]:
+        """Wait for a launched step and apply it; a failure there fails the step's requests."""
+        try:
+            return self.scheduler.update_from_output(sched, result.get())
+        except Exception as exc:  # noqa: BLE001
+            return self._fail_step(sched, exc, "finishing")
+
+    def _fail_step(self, sched: SchedulerOutput, exc: Exception, stage: str) -> list[EngineCoreOutput]:
+        """Fail every request of a step that failed as a whole; re-raise what makes the engine unusable."""
+        if is_fatal(exc):
+            raise exc
+        logger.exception("%s an engine step of %d requests failed; failing those requests (the engine goes on)",
+                         stage, len(sched.num_scheduled_tokens))
+        reason = f"{stage} the engine step that served this request failed: {type(exc).__name__}: {exc}"
+        return self.scheduler.fail_requests({request_id: reason for request_id in sched.num_scheduled_tokens})
+
+
+# ---- the test fault hook (see the module docstring) -----------------------------------------------
+_FAULT_ACTIONS = ("raise", "crash", "hang")
+
+
+def parse_faults(spec: str) -> dict[int, str]:
+    """`"raise:7,crash:9"` -> {7: "raise", 9: "crash"}; "" -> {} (the hook is off)."""
+    faults: dict[int, str] = {}
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        action, _, seed = item.partition(":")
+        if action not in _FAULT_ACTIONS or not seed.strip().lstrip("-").isdigit():
+            raise ValueError(f"{FAULT_ENV}: each item must be <action>:<seed> with action one of "
+                             f"{list(_FAULT_ACTIONS)}, got {item!r}")
+        faults[int(seed)] = action
+    if faults:
+        logger.warning("%s is set: requests with seeds %s get injected faults (a test hook)", FAULT_ENV, faults)
+    return faults
+
+
+def _inject_fault(faults: dict[int, str], request: EngineCoreRequest) -> None:
+    params = request.sampling_params
+    action = faults.get(params.seed) if params is not None and params.seed is not None else None
+    if action is None:
+        return
+    params.logits_processors = list(params.logits_processors or ()) + [_FAULTS[action]]
+
+
+def _fault_raise(output_ids: list[int], logits):
+    raise RuntimeError(f"{FAULT_ENV}: injected failure while sampling")
+
+
+def _fault_crash(output_ids: list[int], logits):
+    logger.error("%s: killing the engine core process (injected crash)", FAULT_ENV)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _fault_hang(output_ids: list[int], logits):
+    logger.error("%s: the engine loop hangs from now on (injected stall)", FAULT_ENV)
+    while True:
+        time.sleep(3600)
+
+
+_FAULTS: dict[str, Callable] = {"raise": _fault_raise, "crash": _fault_crash, "hang": _fault_hang}

@@ -11,10 +11,17 @@ Invariants:
 - Once the process is gone (crash, kill, OOM), `dead_error` is set within about a second by a
   monitor thread waiting on the process sentinel, and `get_output()` raises EngineDeadError no later
   than one poll interval after it has returned every message the core sent before dying.
+- Once READY, a watchdog thread reads the core's heartbeats (core_proc.py) and declares the core
+  unhealthy when (a) no heartbeat came for `heartbeat_timeout_s` (stopped, hung, deadlocked process)
+  or (b) the core says it has work but its step counter has not moved for `stall_timeout_s` (stuck
+  inside a step; 0 or None turns this check off). Declaring it unhealthy sets `dead_error` to the reason
+  and kills the process (SIGKILL), so from then on it is handled exactly like a crash, whose death
+  callbacks run once the process is gone. Only the watchdog thread uses the heartbeat socket.
 - The sockets live in a private temporary folder (`pagoda-ipc-<frontend pid>-*`) that `shutdown()`
   removes; if the frontend is killed outright, its core removes it as it exits, and the next server
   to start removes any folder whose frontend pid is dead. `shutdown()` is idempotent and always
-  leaves no engine-core process behind (SHUTDOWN, then terminate, then kill).
+  leaves no engine-core process behind (SHUTDOWN, then terminate, then kill). A ZMQ socket is only
+  ever closed by the thread that polls it, or once nothing polls it (`close_sockets()`).
 """
 
 from __future__ import annotations
@@ -33,11 +40,27 @@ import zmq
 import zmq.asyncio
 
 from pagoda.engine import serial
-from pagoda.engine.core_proc import ABORT, ADD, OUTPUTS, READY, SHUTDOWN, EngineCoreOutputs, run_engine_core
+from pagoda.engine.core_proc import (
+    ABORT,
+    ADD,
+    HEARTBEAT,
+    HEARTBEAT_INTERVAL_S,
+    OUTPUTS,
+    READY,
+    SHUTDOWN,
+    EngineCoreOutputs,
+    run_engine_core,
+)
 
 logger = logging.getLogger(__name__)
 
 _POLL_MS = 500
+_WATCHDOG_POLL_MS = 250
+DEFAULT_HEARTBEAT_TIMEOUT_S = 5.0
+# vLLM's VLLM_ENGINE_ITERATION_TIMEOUT_S is 60 s too. Start-up work (model load, Triton compiles, CUDA
+# graph capture) happens before READY, so it never counts; a single step longer than this would be
+# a prefill of max_num_batched_tokens on a very slow (CPU) device.
+DEFAULT_STALL_TIMEOUT_S = 60.0
 IPC_PREFIX = "pagoda-ipc-"  # + the frontend's pid + "-" + a random suffix, in the temp folder
 
 
@@ -81,11 +104,25 @@ class EngineStartError(RuntimeError):
 
 class EngineCoreClient:
     def __init__(self, engine_args: Any, on_add: Callable[[Any], None] | None = None,
-                 on_abort: Callable[[list[str]], None] | None = None) -> None:
+                 on_abort: Callable[[list[str]], None] | None = None, *,
+                 heartbeat_timeout_s: float = DEFAULT_HEARTBEAT_TIMEOUT_S,
+                 stall_timeout_s: float | None = DEFAULT_STALL_TIMEOUT_S) -> None:
+        if not heartbeat_timeout_s > 2 * HEARTBEAT_INTERVAL_S:
+            raise ValueError(f"heartbeat_timeout_s must be more than twice the core's heartbeat interval "
+                             f"({HEARTBEAT_INTERVAL_S:g} s), got {heartbeat_timeout_s}")
+        if stall_timeout_s is not None and not stall_timeout_s >= 0:
+            raise ValueError(f"stall_timeout_s must be > 0, or 0 / None (off), got {stall_timeout_s}")
         self.on_add, self.on_abort = on_add, on_abort
+        self.heartbeat_timeout_s, self.stall_timeout_s = heartbeat_timeout_s, stall_timeout_s or None
         self.dead_error: str | None = None
+        self.unhealthy_reason: str | None = None  # set by the watchdog before it kills the core
+        self.last_heartbeat: dict | None = None
+        self._cancel_start = False
         self._closing = False
         self._dead_callbacks: list[Callable[[], None]] = []
+        self._callback_lock = threading.Lock()
+        self._died = False  # the monitor has seen an unexpected death and run the callbacks
+        self._sockets_closed = False
         remove_stale_ipc_dirs()
         self._ipc_dir = tempfile.mkdtemp(prefix=f"{IPC_PREFIX}{os.getpid()}-")
         self._error_path = os.path.join(self._ipc_dir, "core_error.txt")
@@ -97,12 +134,17 @@ class EngineCoreClient:
         self.output_sock = self.ctx.socket(zmq.PULL)
         self.output_sock.setsockopt(zmq.RCVHWM, 0)
         self.output_sock.bind(f"ipc://{self._ipc_dir}/output")
+        self.heartbeat_sock = self.ctx.socket(zmq.PULL)
+        self.heartbeat_sock.setsockopt(zmq.LINGER, 0)
+        self.heartbeat_sock.bind(f"ipc://{self._ipc_dir}/heartbeat")
+        self._watchdog: threading.Thread | None = None
         self._async_output: zmq.asyncio.Socket | None = None
         spawn = multiprocessing.get_context("spawn")
         self.proc = spawn.Process(
             target=run_engine_core,
             args=(engine_args, f"ipc://{self._ipc_dir}/input", f"ipc://{self._ipc_dir}/output",
-                  self._error_path, logging.getLogger().getEffectiveLevel(), time.time()),
+                  self._error_path, logging.getLogger().getEffectiveLevel(), time.time(),
+                  f"ipc://{self._ipc_dir}/heartbeat"),
             name="PagodaEngineCore",
         )
         self.proc.start()
@@ -118,7 +160,13 @@ class EngineCoreClient:
             self.shutdown()
             raise
         logger.info("engine core ready (pid %d, %d KV blocks)", self.proc.pid, self.ready_info["num_blocks"])
+        self._watchdog = threading.Thread(target=self._watch_heartbeats, name="engine-core-watchdog", daemon=True)
+        self._watchdog.start()
         return self.ready_info
+
+    def cancel_start(self) -> None:
+        """Make a `wait_ready()` running in another thread give up within ~0.2 s (it then shuts down)."""
+        self._cancel_start = True
 
     def _wait_ready(self, timeout_s: float) -> dict:
         deadline = time.monotonic() + timeout_s
@@ -131,7 +179,60 @@ class EngineCoreClient:
             if self.dead_error is not None or not self.proc.is_alive():
                 self.proc.join(timeout=5)
                 raise EngineStartError(self._death_reason())
+            if self._cancel_start:
+                raise EngineStartError("the engine core's start was cancelled (the engine is shutting down)")
         raise EngineStartError(f"engine core did not become ready within {timeout_s:.0f} s")
+
+    def _watch_heartbeats(self) -> None:
+        """The watchdog: judge the core's heartbeats; declare it unhealthy (and kill it) when they say so."""
+        sock = self.heartbeat_sock
+        last_beat = progress_at = time.monotonic()
+        steps, busy = -1, False
+        try:
+            while not self._closing and self.dead_error is None:
+                if sock.poll(_WATCHDOG_POLL_MS):
+                    while True:  # everything queued first, so a frontend that was itself paused judges fairly
+                        try:
+                            kind, payload = sock.recv_multipart(flags=zmq.NOBLOCK)
+                        except zmq.Again:
+                            break
+                        if kind != HEARTBEAT:
+                            continue
+                        beat = self.last_heartbeat = serial.decode(payload)
+                        last_beat = time.monotonic()
+                        if beat["steps"] != steps or not beat["busy"]:
+                            progress_at = last_beat
+                        steps, busy = beat["steps"], beat["busy"]
+                reason = self._judge(time.monotonic(), last_beat, progress_at, busy)
+                if reason is not None:
+                    self._declare_unhealthy(reason)
+                    return
+        except zmq.ZMQError:
+            if not self._closing:
+                logger.exception("the engine-core watchdog stopped")
+        finally:
+            sock.close(linger=0)
+
+    def _judge(self, now: float, last_beat: float, progress_at: float, busy: bool) -> str | None:
+        silent = now - last_beat
+        if silent > self.heartbeat_timeout_s:
+            return (f"engine core (pid {self.proc.pid}) sent no heartbeat for {silent:.1f} s (the process is "
+                    f"stopped or hung; heartbeat timeout {self.heartbeat_timeout_s:g} s)")
+        stalled = now - progress_at
+        if busy and self.stall_timeout_s is not None and stalled > self.stall_timeout_s:
+            return (f"engine core (pid {self.proc.pid}) has work but ran no step for {stalled:.1f} s (stuck in a "
+                    f"step; stall timeout {self.stall_timeout_s:g} s)")
+        return None
+
+    def _declare_unhealthy(self, reason: str) -> None:
+        if self._closing or self.dead_error is not None:
+            return
+        self.unhealthy_reason = self.dead_error = f"engine core declared unhealthy: {reason}"
+        logger.error("%s; killing it", self.dead_error)
+        try:
+            self.proc.kill()  # SIGKILL also ends a stopped (SIGSTOP) process; the monitor does the rest
+        except (OSError, ValueError):
+            pass
 
     def _monitor(self) -> None:
         wait([self.proc.sentinel])
@@ -139,13 +240,20 @@ class EngineCoreClient:
             self.dead_error = "the engine was shut down"
             return
         self.proc.join(timeout=1)
-        self.dead_error = self._death_reason()
+        self.dead_error = self.unhealthy_reason or self._death_reason()
         logger.error("engine core process died: %s", self.dead_error)
-        for callback in list(self._dead_callbacks):
-            try:
-                callback()
-            except Exception:  # noqa: BLE001 - a closed event loop must not hide the death
-                logger.exception("engine-death callback failed")
+        with self._callback_lock:
+            self._died = True
+            callbacks = list(self._dead_callbacks)
+        for callback in callbacks:
+            self._run_dead_callback(callback)
+
+    @staticmethod
+    def _run_dead_callback(callback: Callable[[], None]) -> None:
+        try:
+            callback()
+        except Exception:  # noqa: BLE001 - a closed event loop must not hide the death
+            logger.exception("engine-death callback failed")
 
     def _death_reason(self) -> str:
         try:
@@ -167,8 +275,13 @@ class EngineCoreClient:
         return f"engine core process (pid {self.proc.pid}) exited with code {code}"
 
     def add_dead_callback(self, callback: Callable[[], None]) -> None:
-        """`callback()` runs (in the monitor thread) when the core dies unexpectedly."""
-        self._dead_callbacks.append(callback)
+        """`callback()` runs (in the monitor thread) when the core dies unexpectedly — at once, in this
+        thread, if it has died already, so no death goes unnoticed."""
+        with self._callback_lock:
+            self._dead_callbacks.append(callback)
+            died = self._died
+        if died:
+            self._run_dead_callback(callback)
 
     def is_alive(self) -> bool:
         return self.dead_error is None and self.proc.is_alive()
@@ -178,11 +291,13 @@ class EngineCoreClient:
             raise EngineDeadError(self.dead_error)
 
     # ---- EngineCore's interface ---------------------------------------------------------------
-    def add_request(self, request: Any) -> None:
+    def add_request(self, request: Any, notify: bool = True) -> None:
+        """Send one request; `notify=False` skips `on_add` (a request resent to a restarted core)."""
         self._check_alive()
-        if self.on_add is not None:
+        data = serial.encode(request)  # before on_add: a request that cannot be encoded registers nothing
+        if notify and self.on_add is not None:
             self.on_add(request)
-        self.input_sock.send_multipart((ADD, serial.encode(request)), copy=False)
+        self.input_sock.send_multipart((ADD, data), copy=False)
 
     def abort_requests(self, request_ids: list[str]) -> list[str]:
         if not request_ids:
@@ -210,23 +325,39 @@ class EngineCoreClient:
                 raise EngineDeadError("the engine was shut down")
 
     # ---- shutdown -----------------------------------------------------------------------------
-    def shutdown(self, timeout_s: float = 5.0) -> None:
-        if self._closing:
-            return
-        self._closing = True
-        proc = self.proc
-        if proc.is_alive() and self.ready_info is not None:  # a core still starting reads no messages
-            try:
-                self.input_sock.send_multipart((SHUTDOWN, serial.encode(None)), flags=zmq.NOBLOCK)
-            except zmq.ZMQError:
-                pass
-            proc.join(timeout_s)
-        if proc.is_alive():
-            proc.terminate()
-            proc.join(timeout_s)
-        if proc.is_alive():
-            proc.kill()
-            proc.join(timeout_s)
+    def shutdown(self, timeout_s: float = 5.0, close_sockets: bool = True) -> None:
+        """Stop the core (SHUTDOWN, then terminate, then kill) and remove the socket folder; idempotent.
+
+        `close_sockets=False` leaves the ZMQ sockets open for the thread that still reads them to close
+        with `close_sockets()` (a socket must not be closed under another thread's poll)."""
+        if not self._closing:
+            self._closing = True
+            if self._watchdog is not None and self._watchdog is not threading.current_thread():
+                self._watchdog.join(timeout=2)  # it closes the heartbeat socket itself
+            proc = self.proc
+            if proc.is_alive() and self.ready_info is not None:  # a core still starting reads no messages
+                try:
+                    self.input_sock.send_multipart((SHUTDOWN, serial.encode(None)), flags=zmq.NOBLOCK)
+                except zmq.ZMQError:
+                    pass
+                proc.join(timeout_s)
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(timeout_s)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(timeout_s)
+            shutil.rmtree(self._ipc_dir, ignore_errors=True)
+            logger.info("engine core stopped (exit code %s)", proc.exitcode)
+        if close_sockets:
+            self.close_sockets()
+
+    def close_sockets(self) -> None:
+        """End the ZMQ context (idempotent); only once nothing polls the sockets any more."""
+        with self._callback_lock:
+            if self._sockets_closed:
+                return
+            self._sockets_closed = True
+        if self._watchdog is not None and self._watchdog is not threading.current_thread():
+            self._watchdog.join(timeout=2)
         self.ctx.destroy(linger=0)
-        shutil.rmtree(self._ipc_dir, ignore_errors=True)
-        logger.info("engine core stopped (exit code %s)", proc.exitcode)

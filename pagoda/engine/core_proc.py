@@ -7,9 +7,10 @@ Wire protocol (every message is a multipart [kind, payload], payload encoded by 
                       SHUTDOWN None
     core → frontend   READY    {"num_blocks": int, "pid": int}          (once, after the model loads)
                       OUTPUTS  EngineCoreOutputs                         (after every step or abort)
+    core → frontend   HEARTBEAT {"steps": int, "busy": bool}             (third socket, every ~1 s)
 
-Threads: one thread receives and decodes input, one encodes and sends output, and the main thread
-runs the busy loop, so (de)serialization overlaps the forward pass.
+Threads: one thread receives and decodes input, one encodes and sends output, one sends the
+heartbeat, and the main thread runs the busy loop, so (de)serialization overlaps the forward pass.
 
 Invariants:
 - The main loop blocks on input only when the core has no unfinished request; otherwise it drains
@@ -24,6 +25,13 @@ Invariants:
   removes the frontend's socket folder on the way out.
 - On CPU the core runs torch with one thread fewer than the CPUs it may use (unless OMP_NUM_THREADS
   says otherwise), so the frontend always has a core to stream on.
+- Heartbeat: from READY on, a thread of its own sends `steps` (engine steps run so far, an int the
+  busy loop bumps once per step: the only per-step cost) and `busy` (whether the core has work) on
+  its own socket about every HEARTBEAT_INTERVAL_S, whatever the main loop is doing. No heartbeat
+  means the whole process is stopped or hung; heartbeats with `busy` and a still `steps` mean the
+  loop is stuck inside a step. The frontend's watchdog (core_client.py) judges both.
+- A request the core cannot take (a duplicate id, anything `add_request` raises) is answered with an
+  output of finish_reason "error" naming the reason; the engine carries on.
 """
 
 from __future__ import annotations
@@ -45,8 +53,9 @@ from pagoda.engine.gc_control import IdleCollector, deferred_full_collections
 logger = logging.getLogger(__name__)
 
 ADD, ABORT, SHUTDOWN = b"A", b"X", b"S"
-READY, OUTPUTS = b"R", b"O"
+READY, OUTPUTS, HEARTBEAT = b"R", b"O", b"H"
 _IDLE_WAIT_S = 1.0
+HEARTBEAT_INTERVAL_S = 1.0
 
 
 @dataclass
@@ -61,7 +70,7 @@ class EngineCoreOutputs:
 
 
 def run_engine_core(engine_args: Any, input_addr: str, output_addr: str, error_path: str, log_level: int,
-                    spawned_at: float | None = None) -> None:
+                    spawned_at: float | None = None, heartbeat_addr: str | None = None) -> None:
     """Entry point of the spawned process; `spawned_at` (time.time() in the frontend) dates the start-up log."""
     logging.basicConfig(level=log_level, format="%(levelname)s %(asctime)s.%(msecs)03d [core] %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
@@ -84,9 +93,10 @@ def run_engine_core(engine_args: Any, input_addr: str, output_addr: str, error_p
     except BaseException as exc:  # noqa: BLE001 - every start-up failure must reach the frontend
         _fail(error_path, "engine core failed to start", exc)
         return
-    proc = EngineCoreProc(core, input_addr, output_addr)
+    proc = EngineCoreProc(core, input_addr, output_addr, heartbeat_addr)
     try:
         proc.send(READY, {"num_blocks": config.cache.num_blocks, "pid": os.getpid()})
+        proc.start_heartbeat()
         proc.run_busy_loop()
     except BaseException as exc:  # noqa: BLE001
         if isinstance(exc, SystemExit) and not exc.code:
@@ -142,7 +152,7 @@ def _exit_with_parent(ipc_dir: str) -> None:
 
 
 class EngineCoreProc:
-    def __init__(self, core: Any, input_addr: str, output_addr: str) -> None:
+    def __init__(self, core: Any, input_addr: str, output_addr: str, heartbeat_addr: str | None = None) -> None:
         import zmq
 
         from pagoda.engine import serial
@@ -161,6 +171,10 @@ class EngineCoreProc:
         self.output_queue: queue.Queue = queue.Queue()
         self.unscheduled: dict[str, float] = {}  # request id -> arrival time, until first scheduled
         self.shutdown_requested = False
+        self.num_steps = 0  # engine steps run so far (the heartbeat's progress counter)
+        self._heartbeat_addr = heartbeat_addr
+        self._heartbeat_thread: threading.Thread | None = None
+        self._stop_heartbeat = threading.Event()
         self._send_lock = threading.Lock()
         threading.Thread(target=self._input_thread, name="core-input", daemon=True).start()
         self._output_thread = threading.Thread(target=self._output_loop, name="core-output", daemon=True)
@@ -187,6 +201,34 @@ class EngineCoreProc:
                 return
             self.send(OUTPUTS, item)
 
+    def start_heartbeat(self) -> None:
+        if self._heartbeat_addr is None:
+            return
+        self._heartbeat_thread = threading.Thread(target=self._heartbeat_loop, name="core-heartbeat", daemon=True)
+        self._heartbeat_thread.start()
+
+    def _heartbeat_loop(self) -> None:
+        """Every HEARTBEAT_INTERVAL_S: the step counter and whether there is work, on a socket of its own."""
+        import zmq
+
+        sock = self.ctx.socket(zmq.PUSH)
+        sock.setsockopt(zmq.SNDHWM, 8)  # a frontend that stopped reading gets at most a few stale beats
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(self._heartbeat_addr)
+        core = self.core
+        try:
+            while True:
+                busy = bool(core.scheduler.requests) or core.in_flight is not None
+                try:
+                    sock.send_multipart((HEARTBEAT, self.serial.encode({"steps": self.num_steps, "busy": busy})),
+                                        flags=zmq.NOBLOCK)
+                except zmq.Again:
+                    pass
+                if self._stop_heartbeat.wait(HEARTBEAT_INTERVAL_S):
+                    return
+        finally:
+            sock.close(linger=0)
+
     def send(self, kind: bytes, payload: Any) -> None:
         data = self.serial.encode(payload)
         with self._send_lock:
@@ -205,6 +247,7 @@ class EngineCoreProc:
                 if core.has_unfinished_requests():
                     started = time.time()
                     outputs = core.step()
+                    self.num_steps += 1
                     idle_gc.worked()
                     self.output_queue.put(self._message(outputs, started, core.num_scheduled_tokens))
                 elif changed:
@@ -237,11 +280,13 @@ class EngineCoreProc:
     def _add(self, request: Any) -> None:
         try:
             self.core.add_request(request)
-        except ValueError as exc:  # e.g. a duplicate id: that request fails, the engine lives on
+        except Exception as exc:  # noqa: BLE001 - e.g. a duplicate id: that request fails, the engine lives on
             from pagoda.core.sched_output import EngineCoreOutput
 
-            logger.warning("request %s refused by the engine core: %s", request.request_id, exc)
-            self.output_queue.put(self._message([EngineCoreOutput(request.request_id, [], finish_reason="abort")],
+            request_id = getattr(request, "request_id", "?")
+            logger.warning("request %s refused by the engine core: %s", request_id, exc)
+            reason = f"the engine core refused request {request_id}: {type(exc).__name__}: {exc}"
+            self.output_queue.put(self._message([EngineCoreOutput(request_id, [], finish_reason="error", error=reason)],
                                                 time.time()))
             return
         self.unscheduled[request.request_id] = request.arrival_time
@@ -262,7 +307,10 @@ class EngineCoreProc:
                                  timestamp=time.time(), num_scheduled_tokens=num_scheduled_tokens)
 
     def close(self) -> None:
-        """Flush pending output, then end the context (the input thread closes its own socket)."""
+        """Flush pending output, then end the context (the input and heartbeat threads close their own sockets)."""
+        self._stop_heartbeat.set()
+        if self._heartbeat_thread is not None:
+            self._heartbeat_thread.join(timeout=5)
         self.output_queue.put(None)
         self._output_thread.join(timeout=5)
         self.output_sock.close(linger=1000)

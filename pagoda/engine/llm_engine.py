@@ -2,7 +2,9 @@
 
 Invariants:
 - Every request added ends in exactly one finished RequestOutput from `step()` (finish_reason
-  stop/length), or is aborted by `abort_request` — none is lost.
+  stop/length, or "error" for a completion the engine failed on its own, with
+  `CompletionOutput.error` saying why), or is aborted by `abort_request` — none is lost. A failed
+  pooling request raises RuntimeError from `step()` naming it (it has no vector to return).
 - A user request id maps to best_of (default n) engine requests (parallel sampling); child i of a
   seeded request samples with seed + i, as vLLM does. best_of > n children always carry their
   sampled tokens' logprobs, so the n best can be chosen by cumulative logprob.
@@ -81,7 +83,18 @@ class LLMEngine:
         outputs, to_abort = self.output_processor.process_outputs(self.core.step())
         if to_abort:
             self.core.abort_requests(to_abort)
+        if self.output_processor.failed:
+            self._handle_failed()
         return outputs
+
+    def _handle_failed(self) -> None:
+        failed = self.output_processor.take_failed()
+        running = [f.child_id for f in failed if f.running_in_core]
+        if running:  # failed while post-processing here: the core still runs them
+            self.core.abort_requests(running)
+        for f in failed:
+            if f.pooling:
+                raise RuntimeError(f"embedding request {f.request_id} failed: {f.reason}")
 
     def get_tokenizer(self) -> Any:
         return self.tokenizer

@@ -22,6 +22,11 @@ Invariants:
   including EOS or stop tokens. With detokenize=False the text stays "".
 - best_of > n: only the final output is made; it holds the n children with the highest cumulative
   logprob, best first, re-indexed 0..n-1.
+- A child that ends in error — finish_reason "error" from the core, or an exception while processing
+  its own output here (detokenizing, stop strings, logprobs) — is finished with finish_reason "error"
+  and the reason in `CompletionOutput.error`, and is listed once in `failed` (a FailedRequest) for
+  the engine to act on (LLMEngine frees it in the core if it still runs there; AsyncLLM fails the
+  whole user request). Other requests of the same step are processed as usual.
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ class ChildState:
     text: str = ""
     finish_reason: str | None = None
     stop_reason: int | str | None = None
+    error: str | None = None  # with finish_reason "error"
     sent_tokens: int = 0  # DELTA: what earlier outputs already carried
     sent_chars: int = 0
 
@@ -73,6 +79,7 @@ class ChildState:
             logprobs=list(logprobs) if logprobs is not None else None,
             finish_reason=self.finish_reason,
             stop_reason=self.stop_reason,
+            error=self.error,
         )
 
 
@@ -131,6 +138,17 @@ class PoolingState:
     params: PoolingParams
 
 
+@dataclass
+class FailedRequest:
+    """An engine request (child) that ended in error, for the engine to act on."""
+
+    child_id: str
+    request_id: str  # the user request it belongs to
+    reason: str
+    running_in_core: bool  # the core still runs it (the failure happened here): abort it there
+    pooling: bool = False
+
+
 def child_request_id(index: int, request_id: str, num_sequences: int) -> str:
     return request_id if num_sequences == 1 else f"{index}_{request_id}"
 
@@ -141,7 +159,12 @@ class OutputProcessor:
         self.parents: dict[str, ParentState] = {}
         self.children: dict[str, ChildState] = {}
         self.pooling: dict[str, PoolingState] = {}
+        self.failed: list[FailedRequest] = []  # children that ended in error since take_failed()
         self._token_text: dict[int, str] = {}
+
+    def take_failed(self) -> list[FailedRequest]:
+        failed, self.failed = self.failed, []
+        return failed
 
     def add_request(self, request_id: str, prompt: str | None, prompt_token_ids: list[int],
                     params: SamplingParams | PoolingParams) -> list[str]:
@@ -201,6 +224,9 @@ class OutputProcessor:
             if pooling is not None:
                 if out.finish_reason is not None:
                     del self.pooling[out.request_id]
+                    if out.finish_reason == "error":
+                        self.failed.append(FailedRequest(out.request_id, out.request_id, _reason(out), False, True))
+                        continue
                     results.append(PoolingRequestOutput(out.request_id, PoolingOutput(out.pooling_output),
                                                         pooling.prompt_token_ids, finished=True))
                 continue
@@ -208,14 +234,22 @@ class OutputProcessor:
             if child is None:
                 continue  # aborted by the user meanwhile
             parent = child.parent
-            if out.new_prompt_logprobs and parent.prompt_logprobs is not None and child.index == 0:
-                parent.prompt_logprobs.extend(self._logprob_dict(p, parent.params) for p in out.new_prompt_logprobs)
-            parent.num_cached_tokens = out.num_cached_tokens
-            stopped_by_string = self._append(child, out)
-            if stopped_by_string and out.finish_reason is None:
-                to_abort.append(out.request_id)
-            elif not stopped_by_string and out.finish_reason is not None:
-                child.finish_reason, child.stop_reason = out.finish_reason, out.stop_reason
+            try:
+                if out.new_prompt_logprobs and parent.prompt_logprobs is not None and child.index == 0:
+                    parent.prompt_logprobs.extend(self._logprob_dict(p, parent.params) for p in out.new_prompt_logprobs)
+                parent.num_cached_tokens = out.num_cached_tokens
+                stopped_by_string = self._append(child, out)
+                if stopped_by_string and out.finish_reason is None:
+                    to_abort.append(out.request_id)
+                elif not stopped_by_string and out.finish_reason is not None:
+                    child.finish_reason, child.stop_reason = out.finish_reason, out.stop_reason
+                    if out.finish_reason == "error":
+                        child.error = _reason(out)
+                        self.failed.append(FailedRequest(out.request_id, parent.request_id, child.error, False))
+            except Exception as exc:  # noqa: BLE001 - one request's post-processing fails that request only
+                child.finish_reason, child.stop_reason = "error", None
+                child.error = f"processing the output of request {out.request_id} failed: {type(exc).__name__}: {exc}"
+                self.failed.append(FailedRequest(out.request_id, parent.request_id, child.error, not out.finished))
             if child.finish_reason is not None:
                 del self.children[out.request_id]
             touched.setdefault(parent.request_id, (parent, {}))[1][child.index] = child
@@ -272,3 +306,7 @@ class OutputProcessor:
         if text is None:
             text = self._token_text[token_id] = decode_token(self.tokenizer, token_id)
         return text
+
+
+def _reason(out: EngineCoreOutput) -> str:
+    return out.error or f"request {out.request_id} failed in the engine core"

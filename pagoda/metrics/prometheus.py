@@ -2,8 +2,10 @@
 
 Every family is exported once, under the name vLLM's `vllm/v1/metrics/loggers.py` gives it
 (`vllm:*`; counters gain `_total` when rendered), labelled `model_name` (the first served name) and
-`engine` ("0": Pagoda runs one engine core per server), with vLLM's bucket boundaries. A metric only
-Pagoda had would be named `pagoda:*`; there is none today. `vllm:cache_config_info` is vLLM's
+`engine` ("0": Pagoda runs one engine core per server), with vLLM's bucket boundaries. Metrics only
+Pagoda has are named `pagoda:*`: `pagoda:engine_healthy` (1 while the engine core is READY and
+healthy, 0 from its death or unhealthy verdict until a restarted core is READY) and
+`pagoda:engine_restarts_total` (engine-core restarts attempted). `vllm:cache_config_info` is vLLM's
 info-style gauge: always 1, the cache config in its labels (vLLM's field names) plus `engine`.
 
 Invariants:
@@ -17,6 +19,9 @@ Invariants:
   (vLLM: LoRA budget, KV transfer, grammar compilation) stays 0.
 - Every labelled series vLLM pre-creates (each finished_reason, waiting reason, prompt-token
   source) exists from start-up, at 0 until it happens.
+- When the engine is down the scheduler gauges (running, waiting, KV usage) read 0, never the dead
+  core's last values; when a restarted core starts, its cumulative counters start from 0 again and are
+  applied as growth from there (the last values seen are forgotten at each restart).
 """
 
 from __future__ import annotations
@@ -133,8 +138,19 @@ class PrometheusStatLogger:
                                       "Seconds from first scheduled to the first token (prefill).", _LATENCY_BUCKETS)
         self.decode_time = histogram("request_decode_time_seconds",
                                      "Seconds from the first to the last token (decode).", _LATENCY_BUCKETS)
+        self._add_engine_health(labels, values)
         if cache_config is not None:
             self.set_cache_config(cache_config)
+
+    def _add_engine_health(self, labels: list[str], values: tuple[str, str]) -> None:
+        """Pagoda only: the engine core's health and self-healing."""
+        self.engine_healthy = Gauge("pagoda:engine_healthy", "1 while the engine core is ready and healthy, 0 while "
+                                    "it is dead, unhealthy or restarting.", labels,
+                                    registry=self.registry).labels(*values)
+        self.engine_healthy.set(1)
+        self.engine_restarts = Counter("pagoda:engine_restarts", "Engine-core restarts attempted after the core died "
+                                       "or was declared unhealthy.", labels, registry=self.registry).labels(*values)
+        self._restarts_seen = 0
 
     def set_cache_config(self, cache_config: Any) -> None:
         """Export `vllm:cache_config_info` (once; later calls change nothing)."""
@@ -149,6 +165,8 @@ class PrometheusStatLogger:
     def record(self, stats: IterationStats) -> None:
         if self._cache_info is None and stats.cache_config is not None:
             self.set_cache_config(stats.cache_config)
+        if stats.engine_healthy is not None:
+            self._record_health(stats)
         sched = stats.scheduler_stats
         if sched is not None:
             waiting, deferred = sched.get("num_waiting", 0), sched.get("num_waiting_deferred", 0)
@@ -182,6 +200,14 @@ class PrometheusStatLogger:
             self.prefill_kv_computed.observe(max(0, r.num_prompt_tokens - r.num_cached_tokens))
             if r.max_tokens:
                 self.params_max_tokens.observe(r.max_tokens)
+
+    def _record_health(self, stats: IterationStats) -> None:
+        self.engine_healthy.set(1 if stats.engine_healthy else 0)
+        restarts = stats.engine_restarts or 0
+        if restarts > self._restarts_seen:
+            self.engine_restarts.inc(restarts - self._restarts_seen)
+            self._restarts_seen = restarts
+            self._last = {}  # a new core: its cumulative counters start from 0
 
     def _record_tokens(self, stats: IterationStats) -> None:
         if stats.num_prompt_tokens:

@@ -24,6 +24,12 @@ Invariants:
   its first token arrives), so throughput adds up across n > 1.
 - A user request's `n` and its children's largest generation length are observed once, when its
   last child finishes, and never for a user request that was aborted (vLLM does the same).
+- A request that ends in error (finish_reason "error" from the core, failed by the frontend, or lost
+  with a core that died) counts only as a finish reason, like an abort: no per-request histograms.
+- Across an engine-core restart the tracker keeps the requests that are resubmitted (their timings
+  run on from their first arrival) and drops the failed ones through `fail()`, so `requests` stays
+  exactly the set of unfinished engine requests. `IterationStats.engine_healthy` /
+  `engine_restarts` carry the engine's health to the stat loggers (None: unchanged).
 """
 
 from __future__ import annotations
@@ -87,10 +93,12 @@ class IterationStats:
     max_num_generation_tokens: list[int] = field(default_factory=list)  # per finished user request
     scheduler_stats: dict | None = None
     cache_config: Any = None  # the engine's CacheConfig (for the info metric), once known
+    engine_healthy: bool | None = None  # set when the engine core's health changes (None: no news)
+    engine_restarts: int | None = None  # engine-core restarts so far, with engine_healthy
 
     def empty(self) -> bool:
         return not (self.num_prompt_tokens or self.num_generation_tokens or self.finished_reasons
-                    or self.scheduler_stats or self.num_scheduled_tokens)
+                    or self.scheduler_stats or self.num_scheduled_tokens or self.engine_healthy is not None)
 
 
 class StatsTracker:
@@ -157,7 +165,7 @@ class StatsTracker:
         stats = self.pending
         stats.finished_reasons.append(reason)
         parent = timing.parent
-        if reason == "abort" or now is None:
+        if reason in ("abort", "error") or now is None:
             if parent is not None:
                 parent.aborted = True  # an aborted user request observes no n / max length
             return
@@ -178,6 +186,13 @@ class StatsTracker:
             timing = self.requests.pop(request_id, None)
             if timing is not None:
                 self._finish(timing, "stop", now)
+
+    def fail(self, request_ids: list[str]) -> None:
+        """Engine requests that ended in error outside the core's outputs (e.g. lost with a dead core)."""
+        for request_id in request_ids:
+            timing = self.requests.pop(request_id, None)
+            if timing is not None:
+                self._finish(timing, "error", now=None)
 
     def clear(self) -> None:
         self.requests.clear()

@@ -13,6 +13,9 @@ first, as in vLLM V0):
 Invariants:
 - Every function here is out of place except stage 1, which writes into the tensor it is given
   (the Sampler hands it its own copy).
+- Stage 1 is isolated per row: a callable that raises (or returns something that is not a tensor of
+  the row's shape) leaves that row's logits as they were, and the error, naming the processor, is
+  put in `errors[row]`; the other rows are processed as usual.
 - Host work is proportional to the rows that use a stage; rows without one cost nothing.
 """
 
@@ -40,21 +43,34 @@ class RowProcessors:
                    prompt_token_ids, output_token_ids)
 
 
-def apply_user_processors(logits: torch.Tensor, rows: dict[int, RowProcessors]) -> torch.Tensor:
-    """Run each row's callables on logits[row] (in place on `logits`, which the caller owns)."""
+def apply_user_processors(logits: torch.Tensor, rows: dict[int, RowProcessors],
+                          errors: dict[int, str] | None = None) -> torch.Tensor:
+    """Run each row's callables on logits[row] (in place on `logits`, which the caller owns).
+
+    A row whose callable fails keeps its logits and gets its reason in `errors` (raised when None)."""
     for row, spec in rows.items():
         values = logits[row]
-        for arity, processor in spec.processors:
-            if arity == 3:
-                result = processor(list(spec.prompt_token_ids), list(spec.output_token_ids), values)
-            else:
-                result = processor(list(spec.output_token_ids), values)
-            if not isinstance(result, torch.Tensor) or result.shape != values.shape:
-                raise ValueError(f"a logits processor must return a tensor of shape {tuple(values.shape)}, "
-                                 f"got {type(result).__name__}")
-            values = result.to(logits.dtype)
+        try:
+            for arity, processor in spec.processors:
+                if arity == 3:
+                    result = processor(list(spec.prompt_token_ids), list(spec.output_token_ids), values)
+                else:
+                    result = processor(list(spec.output_token_ids), values)
+                if not isinstance(result, torch.Tensor) or result.shape != values.shape:
+                    raise ValueError(f"a logits processor must return a tensor of shape {tuple(values.shape)}, "
+                                     f"got {type(result).__name__}")
+                values = result.to(logits.dtype)
+        except Exception as exc:  # noqa: BLE001 - user code: its failure is its request's alone
+            if errors is None:
+                raise
+            errors[row] = f"logits processor {_name(processor)} raised {type(exc).__name__}: {exc}"
+            continue
         logits[row] = values
     return logits
+
+
+def _name(processor: Callable) -> str:
+    return getattr(processor, "__qualname__", None) or type(processor).__name__
 
 
 def static_bias_vector(params: SamplingParams, vocab_size: int, device: torch.device | str) -> torch.Tensor | None:

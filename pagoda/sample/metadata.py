@@ -19,6 +19,10 @@ Encodings (row r of a batch of R rows; every tensor lives on the logits' device)
   (allowed_token_ids, logit_bias); both None when no row has one.
 - `penalties`: the rows with a repetition/frequency/presence penalty and their tokens; None when no
   row has one (the `no_penalties` fast path).
+- `row_errors[r]`: why row r's own rules failed (building its bans, or one of its user logits
+  processors raising): filled while the metadata is built and while the Sampler applies stage 1; such
+  a row is still sampled (its logits as they were before the failing rule), and the caller fails its
+  request. Empty in a healthy batch.
 
 The model runner builds the metadata per step from its persistent InputBatch and per-request device
 tensors (worker/sampling_inputs.py); `build` is the simple path that makes it from scratch (tests,
@@ -57,6 +61,7 @@ class SamplingMetadata:
     bias_rows: torch.Tensor | None = None
     bias: torch.Tensor | None = None
     penalties: PenaltyInputs | None = None
+    row_errors: dict[int, str] = field(default_factory=dict)
 
     @property
     def num_rows(self) -> int:

@@ -26,6 +26,8 @@ Invariants:
 - No host sync on the hot path and no Python loop over rows, except the loop over seeded rows.
 - Every row keeps at least one token: top-k keeps >= k, top-p keeps the most likely token, min-p
   keeps every token at the maximum probability.
+- A row whose user logits processor raises is still sampled from its unprocessed logits; the error
+  goes to `metadata.row_errors` for the caller to fail that row's request (see logits_processors.py).
 """
 
 from __future__ import annotations
@@ -76,7 +78,8 @@ class Sampler(torch.nn.Module):
         if not _has_logits_rules(metadata):
             return logits
         if metadata.logits_processors:
-            logits = apply_user_processors(logits.to(torch.float32, copy=True), metadata.logits_processors)
+            logits = apply_user_processors(logits.to(torch.float32, copy=True), metadata.logits_processors,
+                                           metadata.row_errors)
         else:
             logits = logits.to(torch.float32)
         logits = apply_bias(logits, metadata.bias_rows, metadata.bias)

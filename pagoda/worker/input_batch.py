@@ -12,6 +12,8 @@ Invariants:
   num_computed[r] <= num_tokens[r].
 - A pooling request's row has `is_pooling[r]` set, `params[r]` None and `pooling_params[r]` set;
   its sampling settings are neutral and never read.
+- A row is owned (`row_of`, `req_ids`) from the start of `add()`: if filling it raises, `remove()`
+  returns it to the free rows.
 - `epoch[r]` changes whenever row r changes hands, so (row, epoch) names one request's tenure of a
   row; per-row flags (`needs_history`, `has_row_rules`, `wants_prompt_logprobs`) let a step test a
   whole batch with numpy instead of looping over its requests.
@@ -65,6 +67,11 @@ class InputBatch:
         if not self._free_rows:
             raise RuntimeError("input batch is full; the scheduler admitted more than max_num_seqs")
         row = self._free_rows.pop()
+        # The row belongs to the request before anything is written, so a failure below (a bad request)
+        # leaves a row that remove() gives back, never a lost one.
+        self.req_ids[row] = new.req_id
+        self.row_of[new.req_id] = row
+        self.epoch[row] += 1
         count = len(new.token_ids)
         self.token_ids[row, :count] = new.token_ids
         self.num_tokens[row] = count
@@ -92,9 +99,6 @@ class InputBatch:
         self.needs_history[row] = params.has_penalties or bool(params.bad_words_token_ids or params.logits_processors)
         self.wants_prompt_logprobs[row] = params.prompt_logprobs is not None
         self.num_logprobs[row] = -1 if params.logprobs is None else params.logprobs
-        self.epoch[row] += 1
-        self.req_ids[row] = new.req_id
-        self.row_of[new.req_id] = row
         return row
 
     def update(self, cached: CachedRequestData) -> None:

@@ -16,6 +16,14 @@ Invariants:
   depend on what else is in the batch.
 - A pooling request never samples: in the step that computes its (whole) prompt, the Pooler turns its
   hidden states into one vector in `ModelRunnerOutput.pooler_output`.
+- Request isolation: an exception while adding one request (InputBatch row, static bias, generator)
+  or while building or applying its own sampling rules (bad words, min_tokens, user logits
+  processors) fails that request only: its row and per-request state are dropped at once, it is named
+  in `ModelRunnerOutput.failed` of that step, and it stays in `failed` (left out of every later step
+  the scheduler already planned) until the scheduler lists it in `finished_req_ids`; a request given
+  cached prefix blocks it was to compute fails with it (worker/failed_requests.py). Any other
+  exception fails the step as a whole (the engine core fails the step's requests); the runner's state
+  stays valid for the next step because a row is only ever read for requests scheduled again.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ from pagoda.core.sched_output import ModelRunnerOutput, PositionLogprobs, Schedu
 from pagoda.sample.logprobs import compute_prompt_logprobs
 from pagoda.sample.sampler import Sampler
 from pagoda.sampling_params import SamplingType
+from pagoda.worker.failed_requests import FailedRequests
 from pagoda.worker.input_batch import InputBatch, to_device
 from pagoda.worker.sampling_inputs import SamplingInputs
 from pagoda.worker.step_output import PLACEHOLDER, StepOutput
@@ -60,31 +69,72 @@ class ModelRunner:
         self.last_sampled: torch.Tensor | None = None
         self.pending_src = np.full(config.scheduler.max_num_seqs, -1, dtype=np.int64)  # row -> index in last_sampled
         self.in_flight: StepOutput | None = None
+        self.failed = FailedRequests(self.block_size)  # failed here, not yet in the scheduler's finished_req_ids
 
     # ---- state diff -------------------------------------------------------------------------------
-    def _apply_diff(self, sched: SchedulerOutput) -> None:
+    def _apply_diff(self, sched: SchedulerOutput, output: ModelRunnerOutput) -> None:
+        failed = self.failed
         for req_id in sched.finished_req_ids | sched.preempted_req_ids:
-            self.batch.remove(req_id)
-            self.generators.pop(req_id, None)
-            self.sampling_inputs.remove(req_id)
-        for cached in sched.cached_reqs:
+            self._drop(req_id)
+        cached_reqs, new_reqs = sched.cached_reqs, sched.new_reqs
+        if failed:  # requests failed here that the scheduler still schedules (see failed_requests.py)
+            failed.forget(sched.finished_req_ids)
+            cached_reqs = failed.split_cached(cached_reqs)
+            new_reqs = [n for n in new_reqs if n.req_id not in failed]
+        for cached in cached_reqs:
             self.batch.update(cached)
-        for new in sched.new_reqs:
-            self.batch.add(new)
-            params = new.sampling_params
-            if params is None:
-                continue  # a pooling request
-            self.sampling_inputs.add(new.req_id, params)
-            if params.sampling_type == SamplingType.RANDOM_SEED and new.req_id not in self.generators:
-                self.generators[new.req_id] = torch.Generator(device=self.device).manual_seed(params.seed)
+        for new in new_reqs:
+            owner = failed.shares_unwritten(new) if failed else None
+            if owner is not None:
+                self.fail(new.req_id, f"request {new.req_id} was given cached prefix blocks that request {owner} "
+                          "was to compute, but that request failed first", output, new)
+                continue
+            try:
+                self._add(new)
+            except Exception as exc:  # noqa: BLE001 - one bad request fails alone
+                self.fail(new.req_id, f"adding request {new.req_id} to the batch failed: {type(exc).__name__}: {exc}",
+                          output, new)
+
+    def _add(self, new) -> None:
+        self.batch.add(new)
+        params = new.sampling_params
+        if params is None:
+            return  # a pooling request
+        self.sampling_inputs.add(new.req_id, params)
+        if params.sampling_type == SamplingType.RANDOM_SEED and new.req_id not in self.generators:
+            self.generators[new.req_id] = torch.Generator(device=self.device).manual_seed(params.seed)
+
+    def _drop(self, req_id: str) -> None:
+        self.batch.remove(req_id)
+        self.generators.pop(req_id, None)
+        self.sampling_inputs.remove(req_id)
+
+    def fail(self, req_id: str, reason: str, output: ModelRunnerOutput, new=None) -> None:
+        """Fail one request: drop its state now, report it in `output`, skip it until the scheduler drops it.
+        `new`: its NewRequestData when it failed on arrival (it may have no row then)."""
+        row = self.batch.row_of.get(req_id)
+        if new is not None:
+            self.failed.add(req_id, new.block_ids, new.num_computed_tokens)
+        elif row is not None:
+            batch = self.batch
+            self.failed.add(req_id, batch.block_table[row, : batch.num_blocks[row]], int(batch.num_computed[row]))
+        else:
+            self.failed.add(req_id, (), 0)
+        self._drop(req_id)
+        output.failed[req_id] = reason
 
     # ---- one step ---------------------------------------------------------------------------------
     @torch.inference_mode()
     def execute_model(self, sched: SchedulerOutput) -> StepOutput:
-        self._apply_diff(sched)
+        output = ModelRunnerOutput(sampled_token_ids={})
+        self._apply_diff(sched, output)
         if sched.is_empty:
-            return StepOutput.ready(ModelRunnerOutput(sampled_token_ids={}))
+            return StepOutput.ready(output)
         req_ids = list(sched.num_scheduled_tokens)
+        if self.failed:
+            req_ids = [r for r in req_ids if r not in self.failed]
+            if not req_ids:
+                return StepOutput.ready(output)
         rows = np.array([self.batch.row_of[r] for r in req_ids], dtype=np.int64)
         counts = np.array([sched.num_scheduled_tokens[r] for r in req_ids], dtype=np.int64)
         if self.in_flight is not None and self.batch.needs_history[rows].any():
@@ -97,7 +147,6 @@ class ModelRunner:
         done = ends == self.batch.num_tokens[rows]
         pooling = self.batch.is_pooling[rows]
         samples = done & ~pooling
-        output = ModelRunnerOutput(sampled_token_ids={})
         if (done & pooling).any():
             self._pool(req_ids, rows, np.nonzero(done & pooling)[0], inputs["query_start"], counts, hidden, output)
         if pooling.all():
@@ -201,7 +250,12 @@ class ModelRunner:
         logprobs = None
         if result.logprobs is not None:
             logprobs = (result.logprob_token_ids, result.logprobs, result.sampled_ranks)
-        return StepOutput(output, self.batch, sample_ids, sample_rows, positions, result.sampled_token_ids, logprobs)
+        step = StepOutput(output, self.batch, sample_ids, sample_rows, positions, result.sampled_token_ids, logprobs)
+        # Rows whose own sampling rules raised (usually none); failed after the StepOutput is made, so
+        # the new row epoch tells its get() to leave the dropped row alone.
+        for j, reason in metadata.row_errors.items():
+            self.fail(sample_ids[j], f"sampling request {sample_ids[j]} failed: {reason}", output)
+        return step
 
     def _prompt_logprobs(self, req_ids, rows, starts, ends, query_start, hidden) -> dict[str, list[PositionLogprobs]]:
         """Logprobs of prompt tokens 1.. given their prefixes, for the positions computed this step."""

@@ -7,6 +7,8 @@ Invariants:
 - Penalty token tensors are cut from the InputBatch's persistent token array for the rows that have a
   penalty only; bad words and user logits processors read output ids for their rows only. A batch
   without any of these builds exactly what the plain sampler needs (the free fast path).
+- A row whose rules cannot be built (min_tokens, bad words, logits processors) gets no rules and its
+  reason in `SamplingMetadata.row_errors`; the runner fails that request, the others are unaffected.
 """
 
 from __future__ import annotations
@@ -46,17 +48,23 @@ class SamplingInputs:
         masks: dict[int, list[int]] = {}
         bad_words: dict[int, list[int]] = {}
         processors: dict[int, RowProcessors] = {}
+        errors: dict[int, str] = {}
         for j in np.flatnonzero(batch.has_row_rules[rows]).tolist():
             row = int(rows[j])
             p = batch.params[row]
-            if p.min_tokens and batch.num_output_tokens(row) < p.min_tokens and p.all_stop_token_ids:
-                masks[j] = sorted(p.all_stop_token_ids)
-            if p.bad_words_token_ids:
-                banned = bad_words_bans(p.bad_words_token_ids, batch.output_ids(row))
-                if banned:
-                    bad_words[j] = banned
-            if p.logits_processors:
-                processors[j] = RowProcessors.of(p, batch.prompt_ids(row), batch.output_ids(row))
+            try:
+                if p.min_tokens and batch.num_output_tokens(row) < p.min_tokens and p.all_stop_token_ids:
+                    masks[j] = sorted(p.all_stop_token_ids)
+                if p.bad_words_token_ids:
+                    banned = bad_words_bans(p.bad_words_token_ids, batch.output_ids(row))
+                    if banned:
+                        bad_words[j] = banned
+                if p.logits_processors:
+                    processors[j] = RowProcessors.of(p, batch.prompt_ids(row), batch.output_ids(row))
+            except Exception as exc:  # noqa: BLE001 - one request's rules fail that request only
+                masks.pop(j, None)
+                bad_words.pop(j, None)
+                errors[j] = f"building its sampling rules raised {type(exc).__name__}: {exc}"
         biased = [j for j, r in enumerate(req_ids) if r in self.bias] if self.bias else []
         requested = int(batch.num_logprobs[rows].max(initial=-1))
         return SamplingMetadata(
@@ -77,6 +85,7 @@ class SamplingInputs:
             bias_rows=torch.tensor(biased, dtype=torch.int64, device=device) if biased else None,
             bias=torch.stack([self.bias[req_ids[j]] for j in biased]) if biased else None,
             penalties=self._penalties(rows),
+            row_errors=errors,
         )
 
     def _penalties(self, rows: np.ndarray) -> PenaltyInputs | None:
