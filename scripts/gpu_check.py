@@ -143,6 +143,7 @@ def main() -> int:
             record(f"{arch} {size} chunked prefill (16-token budget) == whole (fp32)", chunked == ours32, "")
         print(f"   ({arch} {size}: {time.perf_counter() - started:.0f} s)", flush=True)
 
+    os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "gpu_check.json"), "w") as f:
         json.dump({"gpu": torch.cuda.get_device_name(), "rows": rows}, f, indent=1)
     print("\n| check | result | detail |\n| --- | --- | --- |")
