@@ -166,7 +166,7 @@ class AsyncLLM:
         self.check_health()
         if request_id in self._slots:
             raise ValueError(f"request_id {request_id!r} is already in use")
-        n = getattr(params, "n", 1) or 1
+        n = getattr(params, "num_sequences", None) or getattr(params, "n", 1) or 1  # best_of children count too
         if self.max_pending_requests is not None and self.num_unfinished_requests + n > self.max_pending_requests:
             raise EngineOverloadedError(
                 f"the server has {self.num_unfinished_requests} unfinished requests, its limit is "

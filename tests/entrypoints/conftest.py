@@ -37,11 +37,13 @@ def start_server(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def server(start_server, model_dir) -> RemoteServer:
-    """The shared server: tiny Llama, API key, two model names, request-id headers, cached-token details."""
+    """The shared server: tiny Llama, API key, two model names, request-id headers, cached-token details,
+    request chat templates trusted (rendered in the template sandbox)."""
     return start_server([
         "--model", model_dir, "--served-model-name", MODEL_NAME, "alias-name", "--max-model-len", str(MAX_MODEL_LEN),
         "--enable-request-id-headers", "--enable-prompt-tokens-details", "--disable-uvicorn-access-log",
         "--disable-log-requests", "--max-request-body-bytes", str(1024 * 1024), "--max-logprobs", "5",
+        "--trust-request-chat-template",
     ], api_key=API_KEY)
 
 

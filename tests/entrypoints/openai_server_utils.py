@@ -10,6 +10,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 try:
@@ -106,3 +107,34 @@ class RemoteServer:
         self._log.close()
 
 
+class HealthPoller:
+    """Polls /health on its own thread while a test runs; records the slowest answer (bounded in count)."""
+
+    def __init__(self, server, interval_s: float = 0.2, max_polls: int = 500, bound_s: float = 3.0) -> None:
+        self.server, self.interval_s, self.max_polls, self.bound_s = server, interval_s, max_polls, bound_s
+        self.slowest, self.failures, self.polls = 0.0, [], 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set() and self.polls < self.max_polls:
+            started = time.monotonic()
+            try:
+                status = httpx.get(self.server.url + "/health", timeout=30).status_code
+            except httpx.HTTPError as exc:
+                status = repr(exc)
+            self.slowest = max(self.slowest, time.monotonic() - started)
+            self.polls += 1
+            if status != 200:
+                self.failures.append(status)
+            self._stop.wait(self.interval_s)
+
+    def __enter__(self) -> "HealthPoller":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=60)
+        assert self.polls > 0 and not self.failures, self.failures
+        assert self.slowest < self.bound_s, f"/health took {self.slowest:.1f} s"

@@ -21,7 +21,7 @@ def small_server(start_server, model_dir, tmp_path_factory):
 
     long_model = make_checkpoint("LlamaForCausalLM", str(tmp_path_factory.mktemp("long-llama")), model_dir,
                                  max_position_embeddings=4096)
-    return start_server(["--model", long_model, "--max-pending-requests", "3",
+    return start_server(["--model", long_model, "--max-pending-requests", "3", "--max-engine-restarts", "0",
                          "--disable-log-requests", "--disable-uvicorn-access-log"])
 
 

@@ -16,19 +16,22 @@ Invariants:
 - A non-streaming handler is cancelled when its client disconnects, and a streaming one stops at
   once (SSEResponse), so a departed client never keeps an engine request running.
 - Every error is OpenAI's error object (errors.py); unknown paths are 404 in the same shape.
+- Slow or numerous clients cannot hold the server: request headers have a deadline and open
+  connections a cap (http_protocol.py, --header-read-timeout, --limit-concurrency), bodies a deadline
+  and a size limit (middleware.py); large tokenizer and template work runs off the event loop
+  (offload.py, template_sandbox.py), so /health keeps answering.
+- Defaults as vLLM's (kept on purpose, KServe runs `pagoda serve --port 8080`): listen on 0.0.0.0, CORS
+  allows every origin, method and header.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import os
-import signal
 import socket
 import sys
-import threading
 import time
 from contextlib import asynccontextmanager
 from typing import Any, Awaitable
@@ -49,7 +52,12 @@ from pagoda.entrypoints.openai.errors import (
     unhandled_error_handler,
     validation_error_handler,
 )
+from pagoda.entrypoints.openai.graceful import graceful_server
+from pagoda.entrypoints.openai.http_protocol import PagodaH11Protocol
+from pagoda.entrypoints.openai.http_protocol import configure as configure_http
+from pagoda.entrypoints.openai.limits import RequestLimits
 from pagoda.entrypoints.openai.middleware import ServerMiddleware, SSEResponse
+from pagoda.entrypoints.openai.offload import Offloader
 from pagoda.entrypoints.openai.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -100,19 +108,34 @@ def _respond(result: Any) -> Any:
     return result
 
 
-def build_app(args: argparse.Namespace, engine: AsyncLLM, prometheus: PrometheusStatLogger,
-              stats_logger: LoggingStatLogger | None) -> FastAPI:
-    names = cli_args.served_model_names(args)
-    config = ServingConfig(
-        served_model_names=names, response_role=args.response_role, chat_template=args.chat_template,
-        chat_template_content_format=args.chat_template_content_format,
+def serving_config(args: argparse.Namespace, engine: AsyncLLM) -> ServingConfig:
+    """The endpoints' settings from the flags, with the automatic limits resolved against the model."""
+    model_config = engine.model_config
+    limits = RequestLimits.resolve(
+        max_n_sequences=args.max_n_sequences, max_prompt_chars=args.max_prompt_chars,
+        max_response_logprobs=args.max_response_logprobs, max_model_len=model_config.max_model_len,
+        max_logprobs=model_config.max_logprobs, vocab_size=model_config.vocab_size, tokenizer=engine.tokenizer)
+    logger.info("request limits: n/best_of <= %d, prompt <= %s characters, response <= %s logprob entries",
+                limits.max_n_sequences, limits.max_prompt_chars or "any", limits.max_response_logprobs or "any")
+    return ServingConfig(
+        served_model_names=cli_args.served_model_names(args), response_role=args.response_role,
+        chat_template=args.chat_template, chat_template_content_format=args.chat_template_content_format,
         return_tokens_as_token_ids=args.return_tokens_as_token_ids,
         enable_prompt_tokens_details=args.enable_prompt_tokens_details,
         enable_request_id_headers=args.enable_request_id_headers,
-        log_requests=not args.disable_log_requests, max_log_len=args.max_log_len)
-    completion = OpenAIServingCompletion(engine, config)
-    chat = OpenAIServingChat(engine, config)
-    embedding = OpenAIServingEmbedding(engine, config)
+        log_requests=not args.disable_log_requests, max_log_len=args.max_log_len, limits=limits,
+        trust_request_chat_template=args.trust_request_chat_template,
+        chat_template_render_timeout=args.chat_template_render_timeout)
+
+
+def build_app(args: argparse.Namespace, engine: AsyncLLM, prometheus: PrometheusStatLogger,
+              stats_logger: LoggingStatLogger | None) -> FastAPI:
+    names = cli_args.served_model_names(args)
+    config = serving_config(args, engine)
+    offload = Offloader()  # one pool of tokenizer threads for every endpoint
+    completion = OpenAIServingCompletion(engine, config, offload)
+    chat = OpenAIServingChat(engine, config, offload)
+    embedding = OpenAIServingEmbedding(engine, config, offload)
     tokenization = OpenAIServingTokenization(chat)
     started = int(time.time())
 
@@ -178,14 +201,15 @@ def build_app(args: argparse.Namespace, engine: AsyncLLM, prometheus: Prometheus
 
     @app.post("/tokenize")
     async def tokenize(request: TokenizeRequest) -> Any:
-        return tokenization.tokenize(request)
+        return await tokenization.tokenize(request)
 
     @app.post("/detokenize")
     async def detokenize(request: DetokenizeRequest) -> Any:
-        return tokenization.detokenize(request)
+        return await tokenization.detokenize(request)
 
     app.add_middleware(ServerMiddleware, api_key=args.api_key, max_body_bytes=args.max_request_body_bytes,
-                       request_id_headers=args.enable_request_id_headers, root_path=args.root_path)
+                       request_id_headers=args.enable_request_id_headers, root_path=args.root_path,
+                       body_timeout_s=args.body_read_timeout or None, body_min_rate=args.body_read_min_rate)
     app.add_middleware(CORSMiddleware, allow_origins=args.allowed_origins, allow_credentials=args.allow_credentials,
                        allow_methods=args.allowed_methods, allow_headers=args.allowed_headers)
     return app
@@ -204,26 +228,13 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock  # bound, not listening: connections are refused at once until `sock.listen()`
 
 
-def _server_class():
-    import uvicorn
-
-    class Server(uvicorn.Server):
-        """uvicorn's server, minus re-raising SIGTERM/SIGINT after a graceful stop: that would kill this
-        process before the engine core is shut down; we shut it down and exit 0 instead."""
-
-        @contextlib.contextmanager
-        def capture_signals(self):
-            if threading.current_thread() is not threading.main_thread():
-                yield
-                return
-            original = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
-            try:
-                yield
-            finally:
-                for sig, handler in original.items():
-                    signal.signal(sig, handler)
-
-    return Server
+def _keep_alive_s() -> int:
+    """Seconds an idle keep-alive connection stays open: VLLM_HTTP_TIMEOUT_KEEP_ALIVE, as vLLM reads it (5)."""
+    value = os.environ.get("VLLM_HTTP_TIMEOUT_KEEP_ALIVE") or "5"
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"VLLM_HTTP_TIMEOUT_KEEP_ALIVE must be an integer (seconds), got {value!r}") from None
 
 
 def raise_open_file_limit() -> None:
@@ -258,7 +269,13 @@ async def run_server(args: argparse.Namespace) -> None:
     try:
         stats_logger = None if args.disable_log_stats else LoggingStatLogger()
         engine = AsyncLLM(engine_args, start_timeout_s=args.engine_start_timeout,
-                          max_pending_requests=args.max_pending_requests)
+                          max_pending_requests=args.max_pending_requests, request_timeout_s=args.request_timeout,
+                          heartbeat_timeout_s=args.engine_heartbeat_timeout,
+                          engine_stall_timeout_s=args.engine_stall_timeout or None,
+                          max_engine_restarts=args.max_engine_restarts,
+                          engine_restart_window_s=args.engine_restart_window,
+                          engine_restart_backoff_s=args.engine_restart_backoff,
+                          engine_restart_backoff_max_s=args.engine_restart_backoff_max)
         prometheus = PrometheusStatLogger(names[0], engine.model_config.max_model_len, cache_config=engine.config.cache)
         engine.stat_loggers.append(prometheus)
         if stats_logger is not None:
@@ -268,8 +285,10 @@ async def run_server(args: argparse.Namespace) -> None:
             app, log_level=args.uvicorn_log_level, access_log=not args.disable_uvicorn_access_log,
             ssl_keyfile=args.ssl_keyfile, ssl_certfile=args.ssl_certfile,
             ssl_ca_certs=args.ssl_ca_certs, ssl_cert_reqs=args.ssl_cert_reqs, timeout_graceful_shutdown=5,
-            lifespan="on")
-        server = _server_class()(config)
+            lifespan="on", http=PagodaH11Protocol, timeout_keep_alive=_keep_alive_s())
+        configure_http(config, header_timeout_s=args.header_read_timeout or None,
+                       limit_concurrency=args.limit_concurrency)
+        server = graceful_server(config, engine, args.shutdown_timeout)
         scheme = "https" if args.ssl_certfile else "http"
         sock.listen(2048)  # only now: before the engine is ready a probe gets "connection refused", not a hang
         logger.info("Pagoda API server ready on %s://%s:%d (model %s)", scheme, host, port, ", ".join(names))

@@ -10,11 +10,16 @@ Invariants:
   tool_call_id, ...), `content` normalized per the content format.
 - A template that fails to render (a Jinja error or `raise_exception(...)` in the template) is a 400
   carrying the template's message, never a 500.
+- `prepare()` does every check and builds the job without rendering; `render_local()` renders a job
+  with the server's own (trusted) template in this process. A request's own template is never
+  rendered here: serving_chat.py sends its job to the template sandbox (template_sandbox.py), or
+  refuses it without --trust-request-chat-template.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Any
 
 from pagoda.entrypoints.openai.errors import APIError
@@ -69,17 +74,38 @@ def normalize_messages(messages: list[Any], content_format: str) -> list[dict[st
     return result
 
 
+@dataclass
+class RenderJob:
+    """One conversation ready to render: what `apply_chat_template` (or the sandbox worker) is given."""
+
+    template: str
+    messages: list[dict[str, Any]]
+    add_generation_prompt: bool
+    continue_final_message: bool
+    kwargs: dict[str, Any]  # tools, documents and the request's chat_template_kwargs
+    from_request: bool  # the request's own template (untrusted), not the server's
+    size: int  # characters of message text: how much work rendering is
+
+    def sandbox_job(self, special_tokens: dict[str, Any]) -> dict[str, Any]:
+        """The job as template_worker.py takes it (the tokenizer's special tokens first, as transformers)."""
+        kwargs = dict(self.kwargs)
+        tools, documents = kwargs.pop("tools", None), kwargs.pop("documents", None)
+        return {"template": self.template, "messages": self.messages, "tools": tools, "documents": documents,
+                "add_generation_prompt": self.add_generation_prompt,
+                "continue_final_message": self.continue_final_message, "kwargs": {**special_tokens, **kwargs}}
+
+
 class ChatRenderer:
-    """Renders conversations with the server's template (or a request's own)."""
+    """Renders conversations with the server's template (or prepares a request's own for the sandbox)."""
 
     def __init__(self, tokenizer: Any, chat_template: str | None, content_format: str) -> None:
         self.tokenizer = tokenizer
         self.template = load_chat_template(tokenizer, chat_template) if tokenizer is not None else None
         self.content_format = content_format
 
-    def render(self, messages: list[Any], *, add_generation_prompt: bool, continue_final_message: bool,
-               chat_template: str | None = None, chat_template_kwargs: dict | None = None,
-               documents: list | None = None, tools: list | None = None) -> str:
+    def prepare(self, messages: list[Any], *, add_generation_prompt: bool, continue_final_message: bool,
+                chat_template: str | None = None, chat_template_kwargs: dict | None = None,
+                documents: list | None = None, tools: list | None = None) -> RenderJob:
         if self.tokenizer is None:
             raise APIError("chat needs a tokenizer, but the server runs with --skip-tokenizer-init", 400)
         if add_generation_prompt and continue_final_message:
@@ -101,12 +127,19 @@ class ChatRenderer:
             kwargs["documents"] = documents
         if tools is not None:
             kwargs["tools"] = tools
+        size = sum(len(message_text(m.get("content"))) for m in conversation)
+        return RenderJob(template, conversation, add_generation_prompt, continue_final_message, kwargs,
+                         from_request=bool(chat_template), size=size)
+
+    def render_local(self, job: RenderJob) -> str:
+        """Render in this process: for the server's own template only (a request's goes to the sandbox)."""
         try:
-            # The template is already text (loaded once at start-up, or the request's own), so it goes to
-            # transformers as is: loading it again would re-read escape sequences.
-            return self.tokenizer.apply_chat_template(conversation, chat_template=template, tokenize=False,
-                                                      add_generation_prompt=add_generation_prompt,
-                                                      continue_final_message=continue_final_message, **kwargs)
+            # The template is already text (loaded once at start-up), so it goes to transformers as is:
+            # loading it again would re-read escape sequences.
+            return self.tokenizer.apply_chat_template(job.messages, chat_template=job.template, tokenize=False,
+                                                      add_generation_prompt=job.add_generation_prompt,
+                                                      continue_final_message=job.continue_final_message,
+                                                      **job.kwargs)
         except APIError:
             raise
         except ValueError as exc:

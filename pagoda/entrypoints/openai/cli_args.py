@@ -10,6 +10,9 @@ Invariants:
   is genuinely close (engine_args_compat.closest_name). `validate_args` checks every server flag, and every
   engine option that needs no model folder, before anything is loaded, and names the flag.
 - The API key is --api-key, else PAGODA_API_KEY, else VLLM_API_KEY (vLLM: the flag wins over the variable).
+- The request limits (`_add_limit_flags`: per-request caps, slow-client timeouts, the connection cap,
+  request chat templates) are validated in `validate_args` too (`_validate_limits`); their automatic
+  defaults (None) are resolved against the model at start-up (limits.py, api_server.py).
 """
 
 from __future__ import annotations
@@ -19,10 +22,12 @@ import json
 import logging
 import os
 import sys
+from typing import Any
 
 from pagoda.engine_args import EngineArgs
 from pagoda.engine_args_compat import closest_name, human_readable_int, parse_json
 from pagoda.entrypoints.openai import vllm_flags
+from pagoda.entrypoints.openai.limits import DEFAULT_MAX_N_SEQUENCES, MAX_N_SEQUENCES_ENV
 
 logger = logging.getLogger(__name__)
 
@@ -233,10 +238,36 @@ def make_arg_parser(parser: argparse.ArgumentParser, model_positional: bool = Fa
     server.add_argument("--enable-prompt-tokens-details", action=BOOL, default=False,
                         help="Report usage.prompt_tokens_details.cached_tokens (prefix-cache hits).")
     server.add_argument("--max-pending-requests", type=int, default=DEFAULT_MAX_PENDING,
-                        help="Most unfinished engine requests (n per user request); beyond it new requests get "
-                             "503 with Retry-After.")
+                        help="Most unfinished engine requests (max(n, best_of) per prompt of a user request); "
+                             "beyond it new requests get 503 with Retry-After, and one request that alone needs "
+                             "more gets a 400.")
     server.add_argument("--max-request-body-bytes", type=int, default=DEFAULT_MAX_BODY,
                         help="Largest request body accepted; larger ones get 413.")
+    _add_limit_flags(server)
+    server.add_argument("--shutdown-timeout", type=float, default=0.0,
+                        help="On SIGTERM/SIGINT, seconds to let in-flight requests finish before the rest are ended "
+                             "with an error (streams: an error event and [DONE]; others: 503). 0 (vLLM's default): "
+                             "end them at once. New requests get 503 meanwhile.")
+    health = parser.add_argument_group("engine health and self-healing (Pagoda's own)")
+    health.add_argument("--request-timeout", type=float, default=None,
+                        help="Abort a request not finished this many seconds after it arrived; its caller gets 504 "
+                             "(streams: an error event). Default: no deadline, as vLLM.")
+    health.add_argument("--engine-heartbeat-timeout", type=float, default=5.0,
+                        help="Declare the engine core unhealthy (and restart it) after this many seconds without "
+                             "its once-a-second heartbeat (a stopped or hung process). Must be > 2.")
+    health.add_argument("--engine-stall-timeout", type=float, default=60.0,
+                        help="Declare the engine core unhealthy when it has work but has run no step for this many "
+                             "seconds (vLLM's VLLM_ENGINE_ITERATION_TIMEOUT_S is 60); 0 turns the check off.")
+    health.add_argument("--max-engine-restarts", type=int, default=5,
+                        help="Restart a dead engine core by itself at most this many times within "
+                             "--engine-restart-window; 0 turns self-healing off (a dead core then stays dead, "
+                             "/health 503).")
+    health.add_argument("--engine-restart-window", type=float, default=300.0,
+                        help="Seconds over which --max-engine-restarts is counted.")
+    health.add_argument("--engine-restart-backoff", type=float, default=1.0,
+                        help="Seconds before the first restart; each further one in the window waits twice as long.")
+    health.add_argument("--engine-restart-backoff-max", type=float, default=30.0,
+                        help="Longest wait before a restart, in seconds.")
     server.add_argument("--engine-start-timeout", type=float, default=1800.0,
                         help="Seconds to wait for the engine core to load the model.")
     server.add_argument("--config", default=None,
@@ -245,6 +276,72 @@ def make_arg_parser(parser: argparse.ArgumentParser, model_positional: bool = Fa
     EngineArgs.add_cli_args(parser, skip=("served_model_name",))
     vllm_flags.add_server_flags(parser)
     return parser
+
+
+def _add_limit_flags(server: Any) -> None:
+    """Per-request caps, slow-client timeouts, the connection cap and request chat templates (issue 16)."""
+    server.add_argument("--max-n-sequences", type=int, default=None,
+                        help="Most sequences one request may sample, max(n, best_of); more is a 400 (also when it "
+                             f"exceeds --max-pending-requests). Default: ${MAX_N_SEQUENCES_ENV} when set (vLLM's "
+                             f"variable for the same cap), else {DEFAULT_MAX_N_SEQUENCES} (OpenAI's limit on n).")
+    server.add_argument("--max-prompt-chars", type=int, default=None,
+                        help="Longest text prompt (or rendered chat) in characters; longer ones are refused with a "
+                             "400 before they are tokenized. Default: max-model-len times the longest vocabulary "
+                             "token in characters (no longer text can fit). -1: no limit.")
+    server.add_argument("--max-response-logprobs", type=int, default=None,
+                        help="Most logprob entries one response may carry: choices x token positions (generated, "
+                             "plus the prompt with echo or prompt_logprobs) x (1 + top logprobs); a request that "
+                             "could exceed it is a 400. Default: twice max-model-len x (1 + max-logprobs). "
+                             "-1: no limit.")
+    server.add_argument("--trust-request-chat-template", action=BOOL, default=False,
+                        help="Render a chat_template sent in a request (vLLM's flag; without it such requests get a "
+                             "400). Request templates render in a separate process, stopped after "
+                             "--chat-template-render-timeout seconds, with 1 GiB of memory.")
+    server.add_argument("--chat-template-render-timeout", type=float, default=5.0,
+                        help="Seconds a request's own chat template may take to render before it is stopped and "
+                             "the request gets a 400.")
+    server.add_argument("--header-read-timeout", type=float, default=30.0,
+                        help="Seconds a client has to send a request's headers, from connecting (or from the first "
+                             "byte of a further request on a kept-alive connection); then it is disconnected. "
+                             "0: no limit.")
+    server.add_argument("--body-read-timeout", type=float, default=60.0,
+                        help="Seconds a request body may take, plus one second per --body-read-min-rate bytes "
+                             "received, so a slow but steady upload is never cut; past it the answer is 408. "
+                             "0: no limit.")
+    server.add_argument("--body-read-min-rate", type=int, default=64 * 1024,
+                        help="Bytes per second that extend the body deadline (a 32 MB body may take ~9 minutes at "
+                             "the default 64 KiB/s); 0: a fixed --body-read-timeout.")
+    server.add_argument("--limit-concurrency", type=int, default=None,
+                        help="Most open HTTP connections; beyond it requests get 503 + Retry-After (uvicorn's "
+                             "setting, answered in OpenAI's error JSON; /health, /version and /metrics are still "
+                             "served). Default: --max-pending-requests + 256.")
+
+
+def _validate_limits(args: argparse.Namespace) -> None:
+    if args.max_n_sequences is None:
+        value = os.environ.get(MAX_N_SEQUENCES_ENV) or str(DEFAULT_MAX_N_SEQUENCES)
+        try:
+            args.max_n_sequences = int(value)
+        except ValueError:
+            raise ValueError(f"{MAX_N_SEQUENCES_ENV} must be an integer, got {value!r}") from None
+    if args.max_n_sequences < 1:
+        raise ValueError(f"--max-n-sequences must be >= 1, got {args.max_n_sequences}")
+    for flag in ("max_prompt_chars", "max_response_logprobs"):
+        value = getattr(args, flag)
+        if value is not None and value != -1 and value < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} must be -1 (no limit) or >= 1, got {value}")
+    if not args.chat_template_render_timeout > 0:
+        raise ValueError(f"--chat-template-render-timeout must be > 0 seconds, got {args.chat_template_render_timeout}")
+    for flag in ("header_read_timeout", "body_read_timeout"):
+        value = getattr(args, flag)
+        if not value >= 0:
+            raise ValueError(f"--{flag.replace('_', '-')} must be >= 0 seconds (0: no limit), got {value}")
+    if args.body_read_min_rate < 0:
+        raise ValueError(f"--body-read-min-rate must be >= 0 bytes/s, got {args.body_read_min_rate}")
+    if args.limit_concurrency is None:
+        args.limit_concurrency = args.max_pending_requests + 256
+    elif args.limit_concurrency < 1:
+        raise ValueError(f"--limit-concurrency must be >= 1, got {args.limit_concurrency}")
 
 
 def validate_args(args: argparse.Namespace) -> None:
@@ -263,10 +360,25 @@ def validate_args(args: argparse.Namespace) -> None:
             raise ValueError(f"--{flag.replace('_', '-')} {path!r} is not a file")
     if args.max_log_len is not None and args.max_log_len < 0:
         raise ValueError(f"--max-log-len must be >= 0, got {args.max_log_len}")
+    if not args.shutdown_timeout >= 0:
+        raise ValueError(f"--shutdown-timeout must be >= 0 seconds, got {args.shutdown_timeout}")
+    if args.request_timeout is not None and not args.request_timeout > 0:
+        raise ValueError(f"--request-timeout must be > 0 seconds, got {args.request_timeout}")
+    if not args.engine_heartbeat_timeout > 2:
+        raise ValueError(f"--engine-heartbeat-timeout must be > 2 seconds (the heartbeat is sent every second), "
+                         f"got {args.engine_heartbeat_timeout}")
+    if not args.engine_stall_timeout >= 0:
+        raise ValueError(f"--engine-stall-timeout must be >= 0 seconds (0: off), got {args.engine_stall_timeout}")
+    if args.max_engine_restarts < 0:
+        raise ValueError(f"--max-engine-restarts must be >= 0, got {args.max_engine_restarts}")
+    for flag in ("engine_restart_window", "engine_restart_backoff", "engine_restart_backoff_max"):
+        if not getattr(args, flag) > 0:
+            raise ValueError(f"--{flag.replace('_', '-')} must be > 0 seconds, got {getattr(args, flag)}")
     if args.max_pending_requests < 1:
         raise ValueError(f"--max-pending-requests must be >= 1, got {args.max_pending_requests}")
     if args.max_request_body_bytes < 1024:
         raise ValueError(f"--max-request-body-bytes must be >= 1024, got {args.max_request_body_bytes}")
+    _validate_limits(args)
     args.api_key = _api_key(args.api_key)
     _resolve_log_requests(args)
     if args.served_model_name is not None and not all(args.served_model_name):

@@ -12,13 +12,22 @@ Invariants:
   `NO_EFFECT` (metadata that changes no output, accepted as vLLM accepts it).
 - Any other key is unknown: accepted and ignored as vLLM does, with a warning naming it in the log.
   Wrong types are rejected by pydantic and answered as a 400 naming the field (errors.py).
+- Nothing out of range gets past parsing: every integer field (and list of integers) holds a 64-bit
+  value at most (`Int64`; token ids also >= 0), every float is finite (no NaN/Infinity, which
+  Python's JSON parser accepts), and no string anywhere in a body, nested ones included, holds a
+  lone surrogate ("\\ud800", valid JSON but not valid Unicode, which a tokenizer cannot encode).
+  Each is a 400 naming the field, raised before a request is tokenized or sent to the engine.
+- `request_id` matches `REQUEST_ID_PATTERN` (letters, digits, `._:-`, 1 to 128 characters), so it
+  can be echoed in responses and headers and written to logs as it is; middleware.py applies the same
+  rule to the X-Request-Id header.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal, Optional, Union
+import re
+from typing import Annotated, Any, ClassVar, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 _STRUCTURED = "structured output (guided decoding)"
 _MULTIMODAL = "multimodal input"
@@ -79,10 +88,46 @@ TOKENIZE_NOT_SUPPORTED: dict[str, tuple[tuple, str]] = {
 NO_EFFECT = frozenset({"user", "safety_identifier", "session_id", "metadata", "prompt_cache_key"})
 
 
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1  # what the engine's msgpack messages can carry
+Int64 = Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)]
+TokenId = Annotated[int, Field(ge=0, le=INT64_MAX)]  # the vocabulary check comes later (Processor)
+REQUEST_ID_MAX_LEN = 128
+REQUEST_ID_PATTERN = r"^[A-Za-z0-9._:-]+$"
+REQUEST_ID_RE = re.compile(REQUEST_ID_PATTERN)
+RequestId = Annotated[str, Field(min_length=1, max_length=REQUEST_ID_MAX_LEN, pattern=REQUEST_ID_PATTERN)]
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def lone_surrogate(value: Any) -> str | None:
+    """Where a string inside `value` (str, list, dict keys and values) holds a lone surrogate, else None."""
+    if isinstance(value, str):
+        match = _SURROGATE.search(value)
+        return None if match is None else f"at character {match.start()} (\\u{ord(match.group()):04x})"
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            where = lone_surrogate(item)
+            if where is not None:
+                return f"in item {i}, {where}"
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            where = lone_surrogate(key) or lone_surrogate(item)
+            if where is not None:
+                return f"in key {ascii(key)}, {where}"
+    return None
+
+
 class OpenAIBaseModel(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
     not_supported: ClassVar[dict[str, tuple[tuple, str]]] = {}
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _valid_unicode(cls, value: Any) -> Any:
+        where = lone_surrogate(value)
+        if where is not None:
+            raise ValueError(f"holds a lone surrogate {where}: strings must be valid Unicode (UTF-8 encodable)")
+        return value
 
 
 class StreamOptions(OpenAIBaseModel):
@@ -103,44 +148,45 @@ class SamplingFields(OpenAIBaseModel):
     not_supported: ClassVar[dict[str, tuple[tuple, str]]] = GENERATION_NOT_SUPPORTED
 
     model: Optional[str] = None
-    n: int = 1
-    best_of: Optional[int] = None
+    n: Int64 = 1
+    best_of: Optional[Int64] = None
     temperature: Optional[float] = None
     top_p: Optional[float] = None
-    top_k: Optional[int] = None
+    top_k: Optional[Int64] = None
     min_p: Optional[float] = None
-    seed: Optional[int] = Field(None, ge=-(2**63), le=2**63 - 1)
+    seed: Optional[Int64] = None
     stop: Optional[Union[str, list[str]]] = None
-    stop_token_ids: Optional[list[int]] = None
+    stop_token_ids: Optional[list[TokenId]] = None
     include_stop_str_in_output: bool = False
     ignore_eos: bool = False
-    min_tokens: int = 0
+    min_tokens: Int64 = 0
     presence_penalty: Optional[float] = None
     frequency_penalty: Optional[float] = None
     repetition_penalty: Optional[float] = None
     use_beam_search: bool = False
     length_penalty: float = 1.0  # beam search only
-    logit_bias: Optional[dict[str, float]] = None
-    allowed_token_ids: Optional[list[int]] = None
+    logit_bias: Optional[dict[str, float]] = None  # keys: token ids, checked in serving_engine._int_keys
+    allowed_token_ids: Optional[list[TokenId]] = None
     bad_words: Optional[list[str]] = None
     skip_special_tokens: bool = True
     spaces_between_special_tokens: bool = True
-    prompt_logprobs: Optional[int] = None
-    truncate_prompt_tokens: Optional[int] = None
+    prompt_logprobs: Optional[Int64] = None
+    truncate_prompt_tokens: Optional[Int64] = None
     stream: Optional[bool] = False
     stream_options: Optional[StreamOptions] = None
     user: Optional[str] = None
-    priority: int = 0
-    request_id: Optional[str] = None
+    priority: Int64 = 0
+    request_id: Optional[RequestId] = None
     return_tokens_as_token_ids: Optional[bool] = None
     return_token_ids: Optional[bool] = None
     response_format: Optional[ResponseFormat] = None
 
 
 class CompletionRequest(SamplingFields):
+    # Token ids are checked against the vocabulary before anything is registered (Processor).
     prompt: Union[list[int], list[list[int]], str, list[str]]
-    max_tokens: Optional[int] = 16
-    logprobs: Optional[int] = None
+    max_tokens: Optional[Int64] = 16
+    logprobs: Optional[Int64] = None
     echo: Optional[bool] = False
     suffix: Optional[str] = None
     add_special_tokens: bool = True
@@ -154,10 +200,10 @@ class ChatMessage(OpenAIBaseModel):
 
 class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage]
-    max_tokens: Optional[int] = None  # deprecated by OpenAI in favour of max_completion_tokens
-    max_completion_tokens: Optional[int] = None
+    max_tokens: Optional[Int64] = None  # deprecated by OpenAI in favour of max_completion_tokens
+    max_completion_tokens: Optional[Int64] = None
     logprobs: Optional[bool] = False
-    top_logprobs: Optional[int] = 0
+    top_logprobs: Optional[Int64] = 0
     echo: bool = False
     add_generation_prompt: bool = True
     continue_final_message: bool = False
@@ -181,12 +227,12 @@ class EmbeddingRequest(OpenAIBaseModel):
     encoding_format: Literal["float", "base64"] = "float"
     embed_dtype: Literal["float32", "float16", "bfloat16"] = "float32"  # of base64 output
     endianness: Literal["native", "little", "big"] = "native"  # of base64 output
-    dimensions: Optional[int] = None
+    dimensions: Optional[Int64] = None
     user: Optional[str] = None
-    truncate_prompt_tokens: Optional[int] = None
+    truncate_prompt_tokens: Optional[Int64] = None
     add_special_tokens: bool = True
-    priority: int = 0
-    request_id: Optional[str] = None
+    priority: Int64 = 0
+    request_id: Optional[RequestId] = None
     normalize: Optional[bool] = None  # older vLLM's name for use_activation
     use_activation: Optional[bool] = None  # embeddings: L2-normalize (vLLM's current name)
     cache_salt: Optional[str] = None  # no effect: pooling requests never read the prefix cache
@@ -211,4 +257,4 @@ class TokenizeRequest(OpenAIBaseModel):
 
 class DetokenizeRequest(OpenAIBaseModel):
     model: Optional[str] = None
-    tokens: list[int]
+    tokens: list[TokenId]

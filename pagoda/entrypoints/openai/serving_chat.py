@@ -5,6 +5,11 @@ Invariants:
   template writes BOS itself); its length plus max_completion_tokens (or max_tokens) must fit in
   max_model_len, else 400 with both numbers. `reasoning_effort` reaches the template as a keyword
   (with `enable_thinking`, unless chat_template_kwargs sets them), as vLLM passes it.
+- Rendering: the server's own template renders in this process (on a worker thread for large chats);
+  a request's own `chat_template` (or `chat_template_kwargs.chat_template`) is refused with vLLM's
+  400 unless the server runs with --trust-request-chat-template, and then renders in the template
+  sandbox (a separate process with a time, memory and size limit, template_sandbox.py). The rendered
+  text is size-checked, then tokenized off the loop when large, before anything is registered.
 - Tools reach the chat template, but tool calls are not parsed: as vLLM without
   --enable-auto-tool-choice, tools with tool_choice 'auto' (their default) are a 400; 'none' runs.
 - The response role is `--response-role` when a generation prompt is added, else the role of the
@@ -35,60 +40,93 @@ from pagoda.entrypoints.openai.serving_completion import merge_streams, stream_e
 from pagoda.entrypoints.openai.serving_engine import (
     SSE_DONE,
     OpenAIServing,
+    ResponseStream,
     ServingConfig,
     clamp_logprob,
+    engine_errors,
     now,
     prompt_logprobs_json,
     sse,
 )
+from pagoda.entrypoints.openai.template_sandbox import TemplateSandbox
 from pagoda.outputs import RequestOutput
+
+# vLLM's answer to a request template without --trust-request-chat-template (a 400), word for word.
+UNTRUSTED_TEMPLATE = ("Chat template is passed with request, but --trust-request-chat-template is not set. "
+                      "Refused request with untrusted chat template.")
+_MAX_SANDBOX_OUTPUT = 32 * 1024 * 1024  # characters, when no prompt-size limit applies
 
 
 class OpenAIServingChat(OpenAIServing):
-    def __init__(self, engine: Any, config: ServingConfig) -> None:
-        super().__init__(engine, config)
+    def __init__(self, engine: Any, config: ServingConfig, offload: Any = None) -> None:
+        super().__init__(engine, config, offload)
         self.renderer = ChatRenderer(self.tokenizer, config.chat_template, config.chat_template_content_format)
+        self._sandbox: TemplateSandbox | None = None
 
-    def render_prompt(self, request: Any) -> tuple[str, list[int]]:
+    @property
+    def sandbox(self) -> TemplateSandbox:
+        if self._sandbox is None:
+            self._sandbox = TemplateSandbox(timeout_s=self.config.chat_template_render_timeout,
+                                            max_output_chars=self.limits.max_prompt_chars or _MAX_SANDBOX_OUTPUT)
+        return self._sandbox
+
+    async def render_prompt(self, request: Any) -> tuple[str, list[int]]:
         """(prompt text, token ids) of a chat request (also used by /tokenize)."""
         template_kwargs = dict(request.chat_template_kwargs or {})
         effort = getattr(request, "reasoning_effort", None)
         if effort is not None:
             template_kwargs.setdefault("reasoning_effort", effort)
             template_kwargs.setdefault("enable_thinking", effort != "none")
-        text = self.renderer.render(
+        own_template = request.chat_template if request.chat_template is not None else template_kwargs.get(
+            "chat_template")
+        if own_template is not None and not self.config.trust_request_chat_template:
+            raise APIError(UNTRUSTED_TEMPLATE, 400, "chat_template")
+        if own_template is not None and (not isinstance(own_template, str) or not own_template):
+            raise APIError("chat_template must be a non-empty string (a Jinja template)", 400, "chat_template")
+        job = self.renderer.prepare(
             request.messages, add_generation_prompt=request.add_generation_prompt,
-            continue_final_message=request.continue_final_message, chat_template=request.chat_template,
+            continue_final_message=request.continue_final_message, chat_template=own_template,
             chat_template_kwargs=template_kwargs, documents=getattr(request, "documents", None),
             tools=request.tools)
-        add_special = request.add_special_tokens
-        ids = self.encode(text, bool(add_special), getattr(request, "truncate_prompt_tokens", None))
+        if job.from_request:
+            text = await self.sandbox.render(job.sandbox_job(_special_tokens(self.tokenizer)))
+        else:
+            text = await self.offload.run(job.size, self.renderer.render_local, job)
+        ids = await self.tokenize_prompt(text, bool(request.add_special_tokens),
+                                         getattr(request, "truncate_prompt_tokens", None), "messages")
         return text, ids
 
     async def create_chat_completion(self, request: ChatCompletionRequest, raw_request: Request | None) -> Any:
         self.check_generation_request(request)
         top_k = self._check_request(request)
         request_id = self.request_id(raw_request, request.request_id, "chatcmpl")
-        text, ids = self.render_prompt(request)
+        engine_id = self.internal_id(request_id)
+        sequences = self.sequences(request)  # caps and capacity, before rendering or tokenizing
+        text, ids = await self.render_prompt(request)
         max_tokens = request.max_completion_tokens if request.max_completion_tokens is not None else request.max_tokens
         field = "max_completion_tokens" if request.max_completion_tokens is not None else "max_tokens"
         if max_tokens is None:
             max_tokens = self.default_sampling.get("max_tokens")
         max_tokens = self.check_length(len(ids), max_tokens, field, "messages")
-        if request.use_beam_search:
-            check_beam_logprobs(top_k, request, "top_logprobs")
-            stream: Any = BeamSearchStream(self, request_id, text, ids, beam_search_params(self, request, max_tokens),
-                                           request, top_k)
-        else:
-            params = self.sampling_params(request, {"max_tokens": max_tokens, "logprobs": top_k}, bool(request.stream))
-            stream = self.add_request(request_id, {"prompt": text, "prompt_token_ids": ids}, params, request.priority)
+        prompt_logprobs = self.resolve_logprobs(request.prompt_logprobs, "prompt_logprobs")
+        self.limits.check_response_logprobs([(request.n, max_tokens, top_k), (1, len(ids), prompt_logprobs)],
+                                            "top_logprobs" if top_k is not None else "prompt_logprobs")
         role = self.config.response_role if request.add_generation_prompt else request.messages[-1].role
         echo = ""
         if request.echo and request.messages and request.messages[-1].role == role:
             echo = message_text(request.messages[-1].content)
         reply = _Reply(request_id, now(), role, echo, text, ids, top_k)
+        if request.use_beam_search:
+            check_beam_logprobs(top_k, request, "top_logprobs")
+            stream: Any = BeamSearchStream(self, engine_id, text, ids, beam_search_params(self, request, max_tokens),
+                                           request, top_k)
+        else:
+            params = self.sampling_params(request, {"max_tokens": max_tokens, "logprobs": top_k}, bool(request.stream))
+            self.limits.check_capacity(self.engine, sequences)  # again: rendering and tokenizing awaited
+            stream = self.add_request(engine_id, {"prompt": text, "prompt_token_ids": ids}, params, request.priority)
+        # From here on every exit aborts the request: the stream's aclose(), or _full's finally.
         if request.stream:
-            return self._stream(request, reply, stream)
+            return ResponseStream(self._stream(request, reply, stream), [stream])
         return await self._full(request, reply, stream)
 
     def _check_request(self, request: ChatCompletionRequest) -> int | None:
@@ -114,8 +152,9 @@ class OpenAIServingChat(OpenAIServing):
     async def _full(self, request: ChatCompletionRequest, reply: "_Reply", stream: Any) -> dict:
         final: RequestOutput | None = None
         try:
-            async for final in stream:
-                pass
+            with engine_errors(user_errors=False):  # the engine dying meanwhile: its answer, not a 500
+                async for final in stream:
+                    pass
         finally:
             stream.abort()
         choices, num_completion = [], 0
@@ -238,6 +277,14 @@ class OpenAIServingChat(OpenAIServing):
         if request.return_token_ids:
             choice["token_ids"] = list(new_ids)
         return choice
+
+
+def _special_tokens(tokenizer: Any) -> dict[str, Any]:
+    """The tokenizer's special tokens as plain strings (what apply_chat_template hands every template)."""
+    tokens = {}
+    for key, value in (getattr(tokenizer, "special_tokens_map", None) or {}).items():
+        tokens[key] = [str(v) for v in value] if isinstance(value, (list, tuple)) else str(value)
+    return tokens
 
 
 class _Reply:

@@ -5,8 +5,10 @@ Choice `index` is `prompt_index * n + i`, as in vLLM. Every prompt runs as its o
 their choices are merged.
 
 Invariants:
-- All prompts are tokenized, length-checked and validated before the first is sent to the engine,
-  so a bad prompt anywhere answers 400 and leaves nothing running.
+- All prompts are size-checked, tokenized (large ones on a worker thread), length-checked and
+  validated before the first is sent to the engine, so a bad prompt anywhere answers 400 and leaves
+  nothing running; the sequences of all prompts (len(prompts) * max(n, best_of)) are counted against
+  the caps and the pending limit before anything is tokenized (limits.py).
 - Streaming sends, per choice, text deltas that join to exactly the non-streamed text, then a chunk
   with its finish_reason; `stream_options.include_usage` adds one last chunk with `choices: []`
   and the usage (with `continuous_usage_stats` also every chunk carries that prompt's and choice's
@@ -27,13 +29,15 @@ from typing import Any, AsyncIterator
 from fastapi import Request
 
 from pagoda.engine.async_llm import RequestStream
-from pagoda.entrypoints.openai.errors import APIError, error_body
+from pagoda.entrypoints.openai.errors import APIError, engine_status, error_body
 from pagoda.entrypoints.openai.protocol import CompletionRequest
 from pagoda.entrypoints.openai.serving_beam_search import BeamSearchStream, beam_search_params, check_beam_logprobs
 from pagoda.entrypoints.openai.serving_engine import (
     SSE_DONE,
     OpenAIServing,
+    ResponseStream,
     clamp_logprob,
+    engine_errors,
     now,
     prompt_logprobs_json,
     sse,
@@ -50,12 +54,16 @@ class OpenAIServingCompletion(OpenAIServing):
             raise APIError("stream is not supported with use_beam_search (as in vLLM): the beams are known only "
                            "at the end; allowed: stream false", 400, "stream")
         request_id = self.request_id(raw_request, request.request_id, "cmpl")
-        prompts = self._prompts(request)
+        engine_id = self.internal_id(request_id)
+        sources = self._prompt_sources(request)
+        sequences = self.sequences(request, len(sources))  # caps and capacity, before any tokenizing
         logprobs = self.resolve_logprobs(request.logprobs, "logprobs")
         prompt_logprobs = self.resolve_logprobs(request.prompt_logprobs, "prompt_logprobs")
+        prompts = [(text, ids if text is None else await self.tokenize_prompt(
+            text, request.add_special_tokens, request.truncate_prompt_tokens)) for text, ids in sources]
         # echo with max_tokens=0 returns just the prompt (and its logprobs), as vLLM does: scoring a text.
         echo_only = bool(request.echo) and request.max_tokens == 0
-        jobs = []
+        jobs, parts = [], []
         for i, (text, ids) in enumerate(prompts):
             max_tokens = self.check_length(len(ids), 1 if echo_only else request.max_tokens, "max_tokens", "prompt")
             if request.use_beam_search:
@@ -66,7 +74,20 @@ class OpenAIServingCompletion(OpenAIServing):
                 if request.echo and logprobs is not None:
                     overrides["prompt_logprobs"] = max(logprobs, prompt_logprobs or 0)
                 params = self.sampling_params(request, overrides, bool(request.stream))
-            jobs.append((f"{request_id}-{i}", text, ids, params))
+            parts += [(request.n, max_tokens + (len(ids) if request.echo else 0), logprobs),
+                      (request.n, len(ids), prompt_logprobs)]
+            jobs.append((f"{engine_id}-{i}", text, ids, params))
+        self.limits.check_response_logprobs(parts, "logprobs")
+        echo_texts = [await self._prompt_text(text, ids) for text, ids in prompts] if request.echo else None
+        self.limits.check_capacity(self.engine, sequences * len(jobs))  # again: the awaits above let others in
+        streams = self._register(request, jobs, logprobs)  # no await from the check to here
+        created = now()
+        if request.stream:
+            return ResponseStream(self._stream(request, request_id, created, streams, echo_only, echo_texts), streams)
+        return await self._full(request, request_id, created, streams, echo_only, echo_texts)
+
+    def _register(self, request: CompletionRequest, jobs: list[tuple], logprobs: int | None) -> list[Any]:
+        """Every prompt's engine request (or beam search); if one fails, those already sent are aborted."""
         streams: list[Any] = []
         try:
             for engine_id, text, ids, params in jobs:
@@ -79,28 +100,25 @@ class OpenAIServingCompletion(OpenAIServing):
             for stream in streams:
                 stream.abort()
             raise
-        created = now()
-        if request.stream:
-            return self._stream(request, request_id, created, streams, echo_only)
-        return await self._full(request, request_id, created, streams, echo_only)
+        return streams
 
-    def _prompts(self, request: CompletionRequest) -> list[tuple[str | None, list[int]]]:
-        """(text or None, token ids) per prompt, tokenized and truncated."""
+    def _prompt_sources(self, request: CompletionRequest) -> list[tuple[str | None, list[int] | None]]:
+        """(text, None) or (None, token ids, truncated) per prompt, before any tokenizing."""
         prompt = request.prompt
         truncate = request.truncate_prompt_tokens
         if isinstance(prompt, str):
-            return [(prompt, self.encode(prompt, request.add_special_tokens, truncate))]
+            return [(prompt, None)]
         if not prompt:
             raise APIError("prompt must not be empty", 400, "prompt")
         if isinstance(prompt[0], int):
             return [(None, self.truncate(list(prompt), truncate))]
         if isinstance(prompt[0], str):
-            return [(p, self.encode(p, request.add_special_tokens, truncate)) for p in prompt]
+            return [(p, None) for p in prompt]
         return [(None, self.truncate(list(p), truncate)) for p in prompt]
 
     # ---- non-streaming ------------------------------------------------------------------------
     async def _full(self, request: CompletionRequest, request_id: str, created: int,
-                    streams: list[Any], echo_only: bool) -> dict:
+                    streams: list[Any], echo_only: bool, echo_texts: list[str] | None) -> dict:
         async def last(stream: Any) -> RequestOutput:
             final = None
             async for final in stream:
@@ -109,7 +127,8 @@ class OpenAIServingCompletion(OpenAIServing):
 
         tasks = [asyncio.ensure_future(last(s)) for s in streams]
         try:
-            finals = await asyncio.gather(*tasks)
+            with engine_errors(user_errors=False):  # the engine dying meanwhile: its answer, not a 500
+                finals = await asyncio.gather(*tasks)
         except BaseException:
             for task in tasks:
                 task.cancel()
@@ -121,7 +140,7 @@ class OpenAIServingCompletion(OpenAIServing):
         for prompt_index, output in enumerate(finals):
             num_prompt += len(output.prompt_token_ids)
             num_cached += output.num_cached_tokens
-            prompt_text = self._prompt_text(output)
+            prompt_text = echo_texts[prompt_index] if echo_texts is not None else ""
             for completion in output.outputs:
                 if echo_only:
                     completion = _prompt_only(completion)
@@ -149,10 +168,11 @@ class OpenAIServingCompletion(OpenAIServing):
         return {"id": request_id, "object": "text_completion", "created": created, "model": self.model_name,
                 "choices": choices, "usage": self.usage(num_prompt, num_completion, num_cached, full_response=True)}
 
-    def _prompt_text(self, output: RequestOutput) -> str:
-        if output.prompt is not None:
-            return output.prompt
-        return self.tokenizer.decode(output.prompt_token_ids) if self.tokenizer is not None else ""
+    async def _prompt_text(self, text: str | None, ids: list[int]) -> str:
+        """The prompt as echoed: its text, or its token ids decoded (off the loop when long)."""
+        if text is not None:
+            return text
+        return await self.offload.run(len(ids), self.tokenizer.decode, ids) if self.tokenizer is not None else ""
 
     def _logprobs(self, token_ids: list[int], positions: list | None, request: CompletionRequest,
                   initial_offset: int = 0) -> dict:
@@ -177,7 +197,8 @@ class OpenAIServingCompletion(OpenAIServing):
 
     # ---- streaming ----------------------------------------------------------------------------
     async def _stream(self, request: CompletionRequest, request_id: str, created: int,
-                      streams: list[RequestStream], echo_only: bool) -> AsyncIterator[bytes]:
+                      streams: list[RequestStream], echo_only: bool,
+                      echo_texts: list[str] | None) -> AsyncIterator[bytes]:
         include_usage = bool(request.stream_options and request.stream_options.include_usage)
         continuous = include_usage and bool(request.stream_options.continuous_usage_stats)
         choices: dict[int, _ChoiceState] = {}
@@ -200,7 +221,8 @@ class OpenAIServingCompletion(OpenAIServing):
                             completion = _prompt_only(completion)
                         index = prompt_index * request.n + completion.index
                         state = choices.setdefault(index, _ChoiceState())
-                        chunk = self._delta_choice(request, item, completion, index, state)
+                        echo_text = echo_texts[prompt_index] if echo_texts is not None else ""
+                        chunk = self._delta_choice(request, item, completion, index, state, echo_text)
                         if chunk is None:
                             continue
                         body = {"id": request_id, "object": "text_completion", "created": created,
@@ -219,7 +241,7 @@ class OpenAIServingCompletion(OpenAIServing):
                 stream.abort()
 
     def _delta_choice(self, request: CompletionRequest, output: RequestOutput, completion: Any, index: int,
-                      state: "_ChoiceState") -> dict | None:
+                      state: "_ChoiceState", echo_text: str) -> dict | None:
         if state.finished:
             return None
         first = not state.started
@@ -234,7 +256,7 @@ class OpenAIServingCompletion(OpenAIServing):
             logprobs = self._logprobs(ids, positions, request, state.text_offset)
             state.text_offset += sum(len(t) for t in logprobs["tokens"])
         if first and request.echo:
-            delta_text = self._prompt_text(output) + delta_text
+            delta_text = echo_text + delta_text
         state.finished = completion.finish_reason is not None
         if not delta_text and not state.finished and not (logprobs and logprobs["tokens"]) and not (
                 request.return_token_ids and new_ids):
@@ -310,8 +332,9 @@ async def merge_streams(streams: list[RequestStream]) -> AsyncIterator[tuple[int
 
 
 def stream_error_status(exc: Exception) -> int:
-    from pagoda.engine.async_llm import EngineDeadError
-
+    """The status an error event of a stream carries: an APIError's, an engine error's (errors.ENGINE_ERRORS),
+    else 500."""
     if isinstance(exc, APIError):
         return exc.status
-    return 503 if isinstance(exc, EngineDeadError) else 500
+    status = engine_status(exc)
+    return status[0] if status is not None else 500

@@ -8,8 +8,10 @@ decodes), or vLLM's `embed_dtype` (float32, float16, bfloat16) and `endianness` 
 is L2-normalized; unset, the model's pooler config decides (sentence-transformers' Normalize module).
 
 Invariants:
-- Every input is tokenized and length-checked before any is sent; a request to a model that does
-  not embed is a 400 saying how to start one that does.
+- Every input is size-checked, tokenized (large ones on a worker thread) and length-checked before
+  any is sent, and the number of inputs is checked against --max-pending-requests first (more than
+  it: 400 naming `input`; more than fit now: 503); a request to a model that does not embed is a
+  400 saying how to start one that does.
 - Inputs run concurrently as engine requests `{request_id}-{i}`; `data[i]` answers `input[i]`.
 - Usage counts prompt tokens only (completion_tokens 0), as vLLM does.
 """
@@ -24,7 +26,7 @@ from fastapi import Request
 
 from pagoda.entrypoints.openai.errors import APIError
 from pagoda.entrypoints.openai.protocol import EmbeddingRequest
-from pagoda.entrypoints.openai.serving_engine import OpenAIServing, now
+from pagoda.entrypoints.openai.serving_engine import OpenAIServing, engine_errors, now
 
 
 def _pooling_params_class() -> Any:
@@ -48,7 +50,8 @@ class OpenAIServingEmbedding(OpenAIServing):
             raise APIError("this model does not produce embeddings; serve an embedding model (e.g. a BertModel "
                            "folder, or --task embed)", 400, "model")
         request_id = self.request_id(raw_request, request.request_id, "embd")
-        inputs = self._inputs(request)
+        engine_id = self.internal_id(request_id)
+        inputs = await self._inputs(request)
         pooling_cls = _pooling_params_class()
         try:
             params = pooling_cls(truncate_prompt_tokens=request.truncate_prompt_tokens, dimensions=request.dimensions,
@@ -56,9 +59,10 @@ class OpenAIServingEmbedding(OpenAIServing):
         except (ValueError, TypeError) as exc:
             raise APIError(str(exc), 400, _param(str(exc))) from None
         streams = []
+        self.limits.check_capacity(self.engine, len(inputs))  # again: tokenizing awaited
         try:
-            for i, (text, ids) in enumerate(inputs):
-                streams.append(self.add_request(f"{request_id}-{i}", {"prompt": text, "prompt_token_ids": ids},
+            for i, (text, ids) in enumerate(inputs):  # no await until all are registered
+                streams.append(self.add_request(f"{engine_id}-{i}", {"prompt": text, "prompt_token_ids": ids},
                                                 params, request.priority,
                                                 params_fields=frozenset(_PARAMS)))
 
@@ -68,7 +72,8 @@ class OpenAIServingEmbedding(OpenAIServing):
                     pass
                 return result
 
-            outputs = await asyncio.gather(*(final(s) for s in streams))
+            with engine_errors(user_errors=False):
+                outputs = await asyncio.gather(*(final(s) for s in streams))
         finally:
             for stream in streams:
                 stream.abort()
@@ -85,7 +90,7 @@ class OpenAIServingEmbedding(OpenAIServing):
         return {"id": request_id, "object": "list", "created": now(), "model": self.model_name, "data": data,
                 "usage": {"prompt_tokens": num_prompt, "completion_tokens": 0, "total_tokens": num_prompt}}
 
-    def _inputs(self, request: EmbeddingRequest) -> list[tuple[str | None, list[int]]]:
+    async def _inputs(self, request: EmbeddingRequest) -> list[tuple[str | None, list[int]]]:
         value, truncate = request.input, request.truncate_prompt_tokens
         if value is None:
             raise APIError("input is required: a string, a list of strings, or token ids", 400, "input")
@@ -97,10 +102,15 @@ class OpenAIServingEmbedding(OpenAIServing):
             items = [list(value)]
         else:
             items = list(value)
+        limit = getattr(self.engine, "max_pending_requests", None)
+        if limit is not None and len(items) > limit:
+            raise APIError(f"input has {len(items)} items, more than the server ever runs at once ({limit}, "
+                           f"--max-pending-requests); allowed: at most {limit}", 400, "input")
+        self.limits.check_capacity(self.engine, len(items))
         result = []
         for item in items:
-            ids = self.encode(item, request.add_special_tokens, truncate) if isinstance(item, str) else \
-                self.truncate(list(item), truncate)
+            ids = await self.tokenize_prompt(item, request.add_special_tokens, truncate, "input") \
+                if isinstance(item, str) else self.truncate(list(item), truncate)
             if not ids:
                 raise APIError("input is empty: it must have at least one token", 400, "input")
             if len(ids) > self.max_model_len:

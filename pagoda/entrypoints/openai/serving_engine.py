@@ -17,6 +17,17 @@ Invariants:
   then SamplingParams' own defaults.
 - Every check that can fail on user input raises APIError(400, param=<field>) before anything is
   sent to the engine; `add_request()` turns the engine's own ValueError/TypeError into the same.
+- Admission order of every endpoint: cheap field checks and the limits of limits.py (n/best_of, the
+  pending-request capacity) first, then the prompt-size check, then tokenizing (`tokenize_prompt`:
+  on a worker thread for large texts, offload.py), then length and response-size checks, then the
+  capacity once more and the registration of all its engine requests with no await in between, so a
+  request is either registered whole or not at all. After registration, every exit (error, client
+  gone, a stream never iterated) aborts what was registered (`ResponseStream`, the handlers' finally).
+- Engine exceptions become the answers of errors.ENGINE_ERRORS wherever they surface (`engine_errors`);
+  engine request ids are the response id plus a random suffix (`internal_id`), so two clients
+  sending the same request_id never collide in the engine.
+- What reaches the log from a request is safe to print: the request id matches REQUEST_ID_PATTERN,
+  prompts and params are written with repr (escaped), unknown field names as a repr'd list.
 - Logprob values are finite in JSON: -inf is written as -9999.0, as vLLM does.
 """
 
@@ -25,6 +36,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import logging
+import secrets
 import time
 import uuid
 from contextlib import contextmanager
@@ -34,9 +46,11 @@ from typing import Any, Iterator
 import msgspec
 from fastapi import Request
 
-from pagoda.engine.async_llm import AsyncLLM, EngineDeadError, EngineOverloadedError, RequestStream
-from pagoda.entrypoints.openai.errors import APIError, param_from_message
-from pagoda.entrypoints.openai.protocol import NO_EFFECT
+from pagoda.engine.async_llm import AsyncLLM, RequestStream
+from pagoda.entrypoints.openai.errors import APIError, engine_error, param_from_message
+from pagoda.entrypoints.openai.limits import RequestLimits
+from pagoda.entrypoints.openai.offload import Offloader
+from pagoda.entrypoints.openai.protocol import NO_EFFECT, lone_surrogate
 from pagoda.outputs import Logprob
 from pagoda.sampling_params import SamplingParams
 
@@ -52,6 +66,7 @@ _OUTPUT_KIND = getattr(importlib.import_module("pagoda.sampling_params"), "Reque
 _RESPONSE_FORMAT_TYPES = ("text", "json_object", "json_schema", "structural_tag")
 _JSON = msgspec.json.Encoder()
 _MIN_LOGPROB = -9999.0
+_LOGGED_FIELDS = 20
 
 
 @dataclass
@@ -67,13 +82,22 @@ class ServingConfig:
     enable_request_id_headers: bool = False
     log_requests: bool = True
     max_log_len: int | None = None
+    limits: RequestLimits = field(default_factory=RequestLimits)
+    trust_request_chat_template: bool = False
+    chat_template_render_timeout: float = 5.0
     extra: dict = field(default_factory=dict)
 
 
 class OpenAIServing:
-    def __init__(self, engine: AsyncLLM, config: ServingConfig) -> None:
+    def __init__(self, engine: AsyncLLM, config: ServingConfig, offload: Offloader | None = None) -> None:
         self.engine = engine
         self.config = config
+        self.limits = config.limits
+        self.offload = offload if offload is not None else Offloader()
+        if engine.tokenizer is not None:
+            # transformers resets a fast tokenizer's truncation/padding state on its first encode; doing
+            # that here, once, leaves later encodes (on the loop and the offload threads) only reading it.
+            engine.tokenizer.encode("warm-up", add_special_tokens=False)
         self.model_name = config.served_model_names[0]
         self.tokenizer = engine.tokenizer
         model_config = engine.model_config
@@ -101,8 +125,12 @@ class OpenAIServing:
                                    f"{_short(value)}", 400, name)
             elif name not in NO_EFFECT:
                 unknown.append(name)
-        if unknown:
-            logger.warning("The following fields were present in the request but ignored: %s", sorted(unknown))
+        if unknown:  # repr'd, at most _LOGGED_FIELDS names of at most 60 characters: one bounded, escaped line
+            names = sorted(unknown)
+            shown = [_short(n, 60) for n in names[:_LOGGED_FIELDS]]
+            more = f" (and {len(names) - _LOGGED_FIELDS} more)" if len(names) > _LOGGED_FIELDS else ""
+            logger.warning("The following fields were present in the request but ignored: [%s]%s", ", ".join(shown),
+                           more)
 
     def check_generation_request(self, request: Any) -> None:
         """The checks /v1/completions and /v1/chat/completions share, before tokenizing."""
@@ -145,8 +173,31 @@ class OpenAIServing:
                            "model")
 
     def request_id(self, raw_request: Request | None, given: str | None, prefix: str) -> str:
+        """The response id: `prefix-` + the body's request_id, else X-Request-Id, else a random one (both
+        given ones are checked against REQUEST_ID_PATTERN, protocol.py / middleware.py)."""
         header = raw_request.headers.get("x-request-id") if raw_request is not None else None
         return f"{prefix}-{given or header or uuid.uuid4().hex}"
+
+    @staticmethod
+    def internal_id(response_id: str) -> str:
+        """The engine's id for a response's requests: unique even when clients reuse a request_id."""
+        return f"{response_id}-{secrets.token_hex(4)}"
+
+    def sequences(self, request: Any, num_prompts: int = 1) -> int:
+        """Engine requests per prompt (max(n, best_of)) within the caps; 503 if they do not fit now."""
+        count = self.limits.num_sequences(request, getattr(self.engine, "max_pending_requests", None), num_prompts)
+        self.limits.check_capacity(self.engine, count * num_prompts)
+        return count
+
+    async def tokenize_prompt(self, text: str, add_special_tokens: bool, truncate: int | None = None,
+                              field: str = "prompt") -> list[int]:
+        """`encode()` after the size check, off the event loop for large texts."""
+        self.require_tokenizer("text input")
+        self.limits.check_prompt_chars(text, field, self.max_model_len)
+        where = lone_surrogate(text)
+        if where is not None:  # a rendered template can produce one even though no input held one
+            raise APIError(f"{field} holds a lone surrogate {where}: it cannot be tokenized", 400, field)
+        return await self.offload.run(len(text), self.encode, text, add_special_tokens, truncate)
 
     def require_tokenizer(self, what: str) -> Any:
         if self.tokenizer is None:
@@ -158,14 +209,19 @@ class OpenAIServing:
         """Token ids of `text`, as the offline engine makes them (lower-casing, truncation keeping specials)."""
         tokenizer = self.require_tokenizer("text input")
         self._keep(truncate)
-        if add_special_tokens:
-            try:
+        try:
+            if add_special_tokens:
                 return list(self.engine.engine.processor.parse_prompt(text, truncate)[1])
-            except ValueError as exc:
-                raise APIError(str(exc), 400, "truncate_prompt_tokens" if "truncate" in str(exc) else "prompt") from None
-        if getattr(self.engine.model_config, "do_lower_case", False):
-            text = text.lower()
-        return self.truncate(list(tokenizer.encode(text, add_special_tokens=False)), truncate)
+            if getattr(self.engine.model_config, "do_lower_case", False):
+                text = text.lower()
+            ids = list(tokenizer.encode(text, add_special_tokens=False))
+        except ValueError as exc:
+            raise APIError(str(exc), 400, "truncate_prompt_tokens" if "truncate" in str(exc) else "prompt") from None
+        except APIError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the tokenizer refused this text: a bad input, not a crash
+            raise APIError(f"the prompt could not be tokenized: {type(exc).__name__}: {exc}", 400, "prompt") from None
+        return self.truncate(ids, truncate)
 
     def truncate(self, ids: list[int], truncate: int | None) -> list[int]:
         keep = self._keep(truncate)
@@ -275,18 +331,43 @@ class OpenAIServing:
 
 
 @contextmanager
-def engine_errors(params_fields: frozenset[str] = _SP_FIELDS) -> Iterator[None]:
-    """The engine's refusals as HTTP answers: overloaded or dead → 503, ValueError/TypeError → 400 naming
-    the field the message starts with."""
+def engine_errors(params_fields: frozenset[str] = _SP_FIELDS, user_errors: bool = True) -> Iterator[None]:
+    """The engine's refusals and failures as HTTP answers: the exceptions of errors.ENGINE_ERRORS (overloaded,
+    dead, deadline, ...) as listed there; with `user_errors` (around add_request, where the engine validates),
+    ValueError/TypeError → 400 naming the field the message starts with."""
     try:
         yield
-    except EngineOverloadedError as exc:
-        raise APIError(str(exc), 503, headers={"Retry-After": "1"}) from None
-    except EngineDeadError as exc:
-        raise APIError(f"the engine is not running: {exc}", 503) from None
-    except (ValueError, TypeError) as exc:
+    except APIError:
+        raise
+    except Exception as exc:
+        mapped = engine_error(exc)
+        if mapped is not None:
+            raise mapped from None
+        if not user_errors or not isinstance(exc, (ValueError, TypeError)):
+            raise
         param = param_from_message(str(exc), params_fields | {"prompt", "prompt_token_ids", "priority"})
         raise APIError(str(exc), 400, "prompt" if param == "prompt_token_ids" else param) from None
+
+
+class ResponseStream:
+    """The body of a streamed response: `body`'s chunks; `aclose()` also aborts `streams`, even when the
+    body was never iterated (an async generator that never started runs no `finally` when closed)."""
+
+    def __init__(self, body: Any, streams: list[Any]) -> None:
+        self.body, self.streams = body, streams
+
+    def __aiter__(self) -> "ResponseStream":
+        return self
+
+    async def __anext__(self) -> bytes:
+        return await self.body.__anext__()
+
+    async def aclose(self) -> None:
+        try:
+            await self.body.aclose()
+        finally:
+            for stream in self.streams:
+                stream.abort()
 
 
 def prompt_logprobs_json(positions: list | None) -> list | None:
@@ -313,17 +394,21 @@ def now() -> int:
     return int(time.time())
 
 
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value[:limit] if isinstance(value, str) else value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _int_keys(bias: dict) -> dict[int, float]:
     result = {}
     for key, value in bias.items():
         try:
-            result[int(key)] = float(value)
+            token = int(key)
+            result[token] = float(value)
         except (TypeError, ValueError):
-            raise APIError(f"logit_bias keys must be token ids (integers as strings), got {key!r}", 400,
+            raise APIError(f"logit_bias keys must be token ids (integers as strings), got {_short(key)}", 400,
                            "logit_bias") from None
+        if not 0 <= token < 1 << 63:
+            raise APIError(f"logit_bias keys must be token ids (0 <= id < 2**63, then within the vocabulary), got "
+                           f"{_short(key)}", 400, "logit_bias")
     return result

@@ -12,8 +12,8 @@ Sources: vllm/entrypoints/openai/cli_args.py (BaseFrontendArgs, FrontendArgs, ma
 `vllm serve --help` of vLLM 0.17.1 (Frontend and options groups).
 
 Invariants: a flag is declared here once, with nothing about it elsewhere; `check_server_flags` only reads
-the parsed values; the flags Pagoda implements (--host, --api-key, --chat-template, ...) are declared in
-cli_args.py and never here.
+the parsed values; the flags Pagoda implements (--host, --api-key, --chat-template,
+--trust-request-chat-template, ...) are declared in cli_args.py and never here.
 """
 
 from __future__ import annotations
@@ -73,8 +73,6 @@ SERVER_OPTIONS: tuple[Compat, ...] = (
            "the HTTP frontend always runs in its own process, apart from the engine core"),
     Compat("enable_log_deltas", BOOL, True, NO_EFFECT, "outputs are not logged (--enable-log-outputs), so neither "
                                                        "are their deltas"),
-    Compat("trust_request_chat_template", BOOL, False, NO_EFFECT,
-           "a request's chat_template is always rendered when one is given"),
     Compat("fail_on_environ_validation", BOOL, False, NO_EFFECT, "Pagoda reads no VLLM_* variables to validate "
                                                                  "(VLLM_API_KEY only)"),
     Compat("use_gpu_for_pooling_score", BOOL, False, NO_EFFECT, LATE),
