@@ -185,13 +185,18 @@ def test_chat_role_chunk_carries_usage(client, server):
 
 # ---- prompt_tokens_details -----------------------------------------------------------------------
 def test_prompt_tokens_details_with_the_flag(server):
-    """--enable-prompt-tokens-details (the shared server): in full responses and the final usage chunk."""
-    full = completion(server, prompt="import json\nimport os\n", max_tokens=1).json()
-    assert full["usage"]["prompt_tokens_details"]["cached_tokens"] >= 0
-    chunks = events(completion(server, stream=True, stream_options={"include_usage": True}))
-    assert chunks[-1]["usage"]["prompt_tokens_details"]["cached_tokens"] >= 0
-    chat_chunks = events(chat(server, stream=True, stream_options={"include_usage": True}))
-    assert chat_chunks[-1]["usage"]["prompt_tokens_details"]["cached_tokens"] >= 0
+    """--enable-prompt-tokens-details (the shared server): only when tokens came from the prefix cache
+    (vLLM's truthiness rule), in full responses and the final usage chunk of a stream."""
+    fresh = completion(server, prompt="import json\nimport os\n", max_tokens=1).json()
+    assert fresh["usage"]["prompt_tokens_details"] is None  # under one KV block: nothing cached
+    prompt = "import json\nimport os\nimport re\n" * 6  # several full KV blocks
+    completion(server, prompt=prompt, max_tokens=1)
+    full = completion(server, prompt=prompt, max_tokens=1).json()
+    assert full["usage"]["prompt_tokens_details"]["cached_tokens"] >= 16
+    chunks = events(completion(server, prompt=prompt, stream=True, stream_options={"include_usage": True}))
+    assert chunks[-1]["usage"]["prompt_tokens_details"]["cached_tokens"] >= 16
+    short = events(completion(server, prompt="x", stream=True, stream_options={"include_usage": True}))
+    assert "prompt_tokens_details" not in short[-1]["usage"]
 
 
 @pytest.fixture(scope="module")

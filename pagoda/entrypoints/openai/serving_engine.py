@@ -10,9 +10,10 @@ Invariants:
   with a 400 naming it unless its value is the neutral one (e.g. presence_penalty=0).
 - logprobs / prompt_logprobs of -1 mean the whole vocabulary and are resolved to the vocabulary size
   here, checked against max_logprobs (-1 there: no limit), as vLLM does; the engine never sees -1.
-- `usage.prompt_tokens_details` is sent only with --enable-prompt-tokens-details (vLLM): in full
-  responses and the final usage chunk of a stream, with cached_tokens possibly 0; full responses
-  without the flag carry `"prompt_tokens_details": null`, as vLLM's do.
+- `usage.prompt_tokens_details` is sent only with --enable-prompt-tokens-details and only when some
+  prompt tokens came from the prefix cache (vLLM's `if enable_prompt_tokens_details and
+  num_cached_tokens`): in full responses and the final usage chunk of a stream; full responses
+  otherwise carry `"prompt_tokens_details": null`, as vLLM's do.
 - Unset fields take the model's generation-config defaults (`ModelConfig.get_diff_sampling_param`),
   then SamplingParams' own defaults.
 - Every check that can fail on user input raises APIError(400, param=<field>) before anything is
@@ -312,7 +313,7 @@ class OpenAIServing:
         """OpenAI's usage object; `num_cached` for a full response or a stream's final usage chunk."""
         usage: dict[str, Any] = {"prompt_tokens": num_prompt, "completion_tokens": num_completion,
                                  "total_tokens": num_prompt + num_completion}
-        if self.config.enable_prompt_tokens_details and num_cached is not None:
+        if self.config.enable_prompt_tokens_details and num_cached:  # vLLM: only when something was cached
             usage["prompt_tokens_details"] = {"cached_tokens": num_cached}
         elif full_response:
             usage["prompt_tokens_details"] = None
