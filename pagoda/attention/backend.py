@@ -15,13 +15,20 @@ Layout and conventions every backend shares (the Triton kernels use exactly thes
   holds rotated keys), so a backend may fuse rotary with the KV write. It may do so in place: the
   caller must not read query or key after `forward` (whether they were rotated is unspecified).
 
-Invariant: metadata tensors live on the model's device; the `*_cpu` lists mirror them for host code.
+Invariants:
+- Metadata tensors live on the model's device; the `*_cpu` lists mirror them for host code.
+- Launch choices that must not depend on a step's actual lengths belong to the backend: every
+  AttentionMetadata of a model runner (eager steps, CUDA-graph capture, warm-up) is made by the
+  runner's AttentionMetadataBuilder, which asks the backend for the split-KV count of a decode-only
+  batch of n requests from the batch bucket of n and max_model_len only (`decode_num_splits`), once
+  per n. So a graph captured at bucket size s and an eager decode of any n in that bucket reduce in
+  the same order, and bf16 results are bitwise identical with graphs on and off.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -39,8 +46,8 @@ class AttentionMetadata:
     slot_mapping: torch.Tensor  # int64 [num_tokens]
     query_start_loc_cpu: list[int]
     seq_lens_cpu: list[int]
-    # Split-KV count for decode steps, fixed by the runner from the (bucketed) batch size so that
-    # eager and CUDA-graph runs reduce in the same order; None lets the backend choose.
+    # Split-KV count for decode steps, fixed by AttentionMetadataBuilder from the (bucketed) batch
+    # size so that eager and CUDA-graph runs reduce in the same order; None lets the kernel choose.
     num_splits: int | None = None
 
     @property
@@ -81,6 +88,58 @@ class AttentionBackend(ABC):
         rotary: RotaryArgs | None = None,  # rotate query and key first (see the module docstring)
     ) -> torch.Tensor:  # [num_tokens, num_heads, head_size]
         ...
+
+    def decode_num_splits(self, *, num_reqs: int, max_seq_len: int, num_heads: int, num_kv_heads: int,
+                          head_size: int, device: torch.device) -> int | None:
+        """Split-KV count for a decode-only batch padded to `num_reqs` requests, for sequences of up
+        to `max_seq_len` (a host-side choice on ints, never on a step's lengths); None: the backend
+        does not split (the default)."""
+        return None
+
+    def metadata_builder(self, *, batch_buckets: Sequence[int], max_model_len: int, num_heads: int,
+                         num_kv_heads: int, head_size: int, device: torch.device) -> "AttentionMetadataBuilder":
+        """The builder every AttentionMetadata of one model runner comes from (see the module docstring)."""
+        return AttentionMetadataBuilder(self, batch_buckets=batch_buckets, max_model_len=max_model_len,
+                                        num_heads=num_heads, num_kv_heads=num_kv_heads, head_size=head_size,
+                                        device=device)
+
+
+class AttentionMetadataBuilder:
+    """Makes a step's AttentionMetadata with the backend's launch choices filled in.
+
+    A decode-only batch (max_query_len == 1) of n requests gets `num_splits` = the backend's
+    `decode_num_splits` for the smallest of `batch_buckets` >= n (n itself past the largest) and
+    max_model_len; the count is computed once per n and cached (no per-step recomputation).
+    """
+
+    def __init__(self, backend: AttentionBackend, *, batch_buckets: Sequence[int], max_model_len: int,
+                 num_heads: int, num_kv_heads: int, head_size: int, device: torch.device) -> None:
+        self.backend = backend
+        self.batch_buckets = sorted(batch_buckets)
+        self.max_model_len = max_model_len
+        self.num_heads, self.num_kv_heads, self.head_size = num_heads, num_kv_heads, head_size
+        self.device = device
+        self._decode_splits: dict[int, int | None] = {}  # decode batch size -> split-KV count
+
+    def decode_splits(self, num_reqs: int) -> int | None:
+        """Split-KV count of a decode step of `num_reqs` requests: decided by the bucket the batch
+        falls in and max_model_len, never by the step's actual lengths."""
+        if num_reqs not in self._decode_splits:
+            size = next((s for s in self.batch_buckets if s >= num_reqs), num_reqs)
+            self._decode_splits[num_reqs] = self.backend.decode_num_splits(
+                num_reqs=size, max_seq_len=self.max_model_len, num_heads=self.num_heads,
+                num_kv_heads=self.num_kv_heads, head_size=self.head_size, device=self.device)
+        return self._decode_splits[num_reqs]
+
+    def build(self, *, num_reqs: int, num_tokens: int, max_query_len: int, max_seq_len: int,
+              query_start_loc: torch.Tensor, seq_lens: torch.Tensor, block_tables: torch.Tensor,
+              slot_mapping: torch.Tensor, query_start_loc_cpu: list[int], seq_lens_cpu: list[int]) -> AttentionMetadata:
+        return AttentionMetadata(
+            num_reqs=num_reqs, num_tokens=num_tokens, max_query_len=max_query_len, max_seq_len=max_seq_len,
+            query_start_loc=query_start_loc, seq_lens=seq_lens, block_tables=block_tables,
+            slot_mapping=slot_mapping, query_start_loc_cpu=query_start_loc_cpu, seq_lens_cpu=seq_lens_cpu,
+            num_splits=self.decode_splits(num_reqs) if max_query_len == 1 else None,
+        )
 
 
 def get_attention_backend(device: str) -> AttentionBackend:

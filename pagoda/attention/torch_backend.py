@@ -5,6 +5,7 @@ with keys and values gathered from the paged cache after this step's tokens were
 Slots < 0 in slot_mapping are padding and are not written (the Triton backend's contract).
 With `rotary`, query and key are rotated by the model's own unfused rotary (`rotary.rotate`) before
 the write, so this backend's numerics are exactly the model's rotary followed by attention.
+It does not split KV: `decode_num_splits` is the base class's None and `num_splits` is ignored.
 """
 
 from __future__ import annotations

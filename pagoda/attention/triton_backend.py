@@ -2,6 +2,9 @@
 
 Invariant: same numerics contract as the torch reference backend (softmax in fp32 over each
 request's cached prefix plus its own causal chunk); launch heuristics live in pagoda.kernels.tuning.
+The split-KV count of a decode step comes with the metadata (`decode_num_splits`, asked by the
+runner's AttentionMetadataBuilder: tuning.attention_launch for the batch bucket and max_model_len),
+so eager and CUDA-graph runs of a batch split alike; None (off CUDA) lets the kernel choose.
 Slots < 0 in slot_mapping are padding (e.g. CUDA-graph padded decode batches) and are not written.
 Decode-only batches (one new token per request) of at most tuning.FUSED_DECODE_MAX_REQS requests run
 one kernel, pagoda.kernels.decode_attention, that rotates, writes the KV cache, attends and reduces its
@@ -45,6 +48,15 @@ class TritonAttentionBackend(AttentionBackend):
             rotary_and_write_kv(rotary.positions, query, key, value, rotary.cos_sin_cache, kv_cache,
                                 metadata.slot_mapping, rotary.is_neox)
         return paged_attention(query, kv_cache, metadata, scale, num_splits=metadata.num_splits)
+
+    def decode_num_splits(self, *, num_reqs: int, max_seq_len: int, num_heads: int, num_kv_heads: int,
+                          head_size: int, device: torch.device) -> int | None:
+        if device.type != "cuda":
+            return None
+        return tuning.attention_launch(
+            num_reqs=num_reqs, num_tokens=num_reqs, max_query_len=1, max_seq_len=max_seq_len,
+            num_heads=num_heads, num_kv_heads=num_kv_heads, head_size=head_size, device=device,
+        ).num_splits
 
     @staticmethod
     def _decode(query, key, value, kv_cache, metadata, scale, rotary):

@@ -90,7 +90,7 @@ class Sampler(torch.nn.Module):
 
     def sample(self, logits: torch.Tensor, metadata: SamplingMetadata) -> torch.Tensor:
         """Token ids [R] int64 from processed logits (already masked; any float dtype)."""
-        if logits.is_cuda and metadata.no_top_k and metadata.no_top_p and metadata.no_min_p and tuning.FUSED_SAMPLING:
+        if logits.is_cuda and fused_sampling_eligible(metadata):
             from pagoda.kernels.sample import race_sample  # Triton: imported on the CUDA path only
 
             return race_sample(logits, metadata.temperature, race_seeds(metadata, logits.device))
@@ -117,6 +117,12 @@ class Sampler(torch.nn.Module):
         if greedy is None:
             return random
         return torch.where(is_greedy, greedy, random)
+
+
+def fused_sampling_eligible(metadata: SamplingMetadata) -> bool:
+    """Whether the batch may take the fused path on CUDA (stage 4): no row with top-k (a k >= V is
+    written as "no top-k", see metadata.py), top-p or min-p, and PAGODA_FUSED_SAMPLING not off."""
+    return tuning.FUSED_SAMPLING and metadata.no_top_k and metadata.no_top_p and metadata.no_min_p
 
 
 def _has_logits_rules(metadata: SamplingMetadata) -> bool:

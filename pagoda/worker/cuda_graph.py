@@ -9,9 +9,10 @@ Invariants:
   returns a view of the graph's output rows [0, n).
 - Sizes are captured largest first in one shared memory pool, after an eager warm-up at the same
   size (which also compiles the Triton kernels outside the capture).
-- The split-KV count of a graph is the runner's `decode_splits(size)`, the same rule eager decode
-  steps use, so graphs on and off give bitwise-identical results; kernels read real lengths from
-  the buffers, so results are exact for any length.
+- A graph's attention metadata comes from the runner's AttentionMetadataBuilder (attention/backend.py),
+  the same builder eager decode steps use, so its split-KV count for size s is the one an eager decode
+  of any batch in bucket s gets, and graphs on and off give bitwise-identical results; kernels read
+  real lengths from the buffers, so results are exact for any length.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import time
 
 import torch
 
-from pagoda.attention.backend import AttentionMetadata
+from pagoda.attention.backend import AttentionMetadata, AttentionMetadataBuilder
 
 logger = logging.getLogger(__name__)
 
@@ -38,9 +39,9 @@ def capture_sizes(max_size: int) -> list[int]:
 
 class CudaGraphRunner:
     def __init__(self, model, kv_caches, max_capture_size: int, max_model_len: int, block_size: int, device,
-                 decode_splits) -> None:
+                 attn_metadata: AttentionMetadataBuilder) -> None:
         self.model = model
-        self.decode_splits = decode_splits  # batch size -> split-KV count (the runner's rule)
+        self.attn_metadata = attn_metadata  # the runner's builder: the backend's launch choices, as eager
         self.kv_caches = kv_caches
         self.sizes = capture_sizes(max_capture_size)
         self.max_model_len = max_model_len
@@ -56,7 +57,7 @@ class CudaGraphRunner:
         self.outputs: dict[int, torch.Tensor] = {}
 
     def _metadata(self, size: int) -> AttentionMetadata:
-        return AttentionMetadata(
+        return self.attn_metadata.build(
             num_reqs=size,
             num_tokens=size,
             max_query_len=1,
@@ -67,7 +68,6 @@ class CudaGraphRunner:
             slot_mapping=self.slot_mapping[:size],
             query_start_loc_cpu=list(range(size + 1)),
             seq_lens_cpu=[1] * size,
-            num_splits=self.decode_splits(size),
         )
 
     def _forward(self, size: int) -> torch.Tensor:

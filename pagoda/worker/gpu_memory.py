@@ -121,16 +121,16 @@ def profile_num_blocks(worker: "Worker") -> int:
 
 def _profile_sampler(worker: "Worker", hidden: torch.Tensor) -> None:
     """Logits and sampling for max_num_seqs rows, with the costly stages (top-k/top-p, logprobs) on."""
-    from pagoda.sample.metadata import SamplingMetadata
     from pagoda.sample.sampler import Sampler
     from pagoda.sampling_params import SamplingParams
+    from pagoda.worker.sampling_inputs import build_sampling_metadata
 
     if worker.config.model.runner_type == "pooling":
         return  # embedding models never compute logits or sample
     rows = min(worker.config.scheduler.max_num_seqs, hidden.shape[0])
     logits = worker.model.compute_logits(hidden[:rows])
     params = [SamplingParams(temperature=1.0, top_p=0.9, top_k=50, logprobs=worker.config.model.max_logprobs)] * rows
-    metadata = SamplingMetadata.build(params, logits.shape[-1], device=logits.device)
+    metadata = build_sampling_metadata(params, logits.shape[-1], device=logits.device)
     Sampler().forward(logits, metadata)
 
 

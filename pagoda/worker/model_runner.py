@@ -31,12 +31,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pagoda.attention.backend import AttentionMetadata
+from pagoda.attention.backend import AttentionBackend, AttentionMetadata
 from pagoda.config import PagodaConfig
 from pagoda.core.sched_output import ModelRunnerOutput, PositionLogprobs, SchedulerOutput
 from pagoda.sample.logprobs import compute_prompt_logprobs
 from pagoda.sample.sampler import Sampler
 from pagoda.sampling_params import SamplingType
+from pagoda.worker.cuda_graph import capture_sizes
 from pagoda.worker.failed_requests import FailedRequests
 from pagoda.worker.input_batch import InputBatch, to_device
 from pagoda.worker.sampling_inputs import SamplingInputs
@@ -44,7 +45,8 @@ from pagoda.worker.step_output import PLACEHOLDER, StepOutput
 
 
 class ModelRunner:
-    def __init__(self, config: PagodaConfig, model: torch.nn.Module, kv_caches: list[torch.Tensor], device: torch.device) -> None:
+    def __init__(self, config: PagodaConfig, model: torch.nn.Module, kv_caches: list[torch.Tensor], device: torch.device,
+                 attn_backend: AttentionBackend) -> None:
         self.config = config
         self.model = model
         self.kv_caches = kv_caches
@@ -59,7 +61,13 @@ class ModelRunner:
             from pagoda.model_executor.layers.pooler import Pooler
 
             self.pooler = Pooler(config.model.pooler_config)
-        self._decode_splits: dict[int, int] = {}  # decode batch size -> split-KV count (see decode_splits)
+        # Every AttentionMetadata of this runner (eager steps, CUDA-graph capture, warm-up) comes from
+        # here; the backend fixes its launch choices (decode split-KV count per CUDA-graph bucket).
+        self.attn_metadata = attn_backend.metadata_builder(
+            batch_buckets=capture_sizes(config.scheduler.max_num_seqs), max_model_len=config.model.max_model_len,
+            num_heads=config.model.hf_config.num_attention_heads, num_kv_heads=model.kv_cache_spec.num_kv_heads,
+            head_size=model.kv_cache_spec.head_size, device=device,
+        )
         self.cuda_graphs = None  # a CudaGraphRunner, set by the worker on CUDA unless enforce_eager
         # Seeded requests get their own generator; the rest share torch's default one, which the
         # worker seeds with the engine's `seed` at start-up.
@@ -173,28 +181,6 @@ class ModelRunner:
             return self.cuda_graphs.run(input_ids, positions, metadata)
         return self.model(input_ids, positions, self.kv_caches, metadata)
 
-    def decode_splits(self, num_reqs: int) -> int | None:
-        """Split-KV count for a decode step of `num_reqs` requests: decided by the CUDA-graph bucket the
-        batch falls in and max_model_len, never by the step's actual lengths, so eager and graph runs of
-        the same batch reduce identically (bf16 results would otherwise differ in the last bit)."""
-        if self.device.type != "cuda":
-            return None
-        if num_reqs not in self._decode_splits:
-            self._decode_splits[num_reqs] = self._compute_decode_splits(num_reqs)
-        return self._decode_splits[num_reqs]
-
-    def _compute_decode_splits(self, num_reqs: int) -> int:
-        from pagoda.kernels import tuning
-        from pagoda.worker.cuda_graph import capture_sizes
-
-        size = next((s for s in capture_sizes(self.config.scheduler.max_num_seqs) if s >= num_reqs), num_reqs)
-        hf = self.config.model.hf_config
-        return tuning.attention_launch(
-            num_reqs=size, num_tokens=size, max_query_len=1, max_seq_len=self.config.model.max_model_len,
-            num_heads=hf.num_attention_heads, num_kv_heads=self.model.kv_cache_spec.num_kv_heads,
-            head_size=self.model.kv_cache_spec.head_size, device=self.device,
-        ).num_splits
-
     def _prepare_inputs(self, rows: np.ndarray, counts: np.ndarray) -> dict:
         batch, block_size = self.batch, self.block_size
         starts = batch.num_computed[rows]
@@ -209,7 +195,7 @@ class ModelRunner:
         slot_mapping = block_ids * block_size + positions % block_size
         max_blocks = int(-(-ends.max() // block_size))
         device = self.device
-        metadata = AttentionMetadata(
+        metadata = self.attn_metadata.build(
             num_reqs=len(rows),
             num_tokens=total,
             max_query_len=int(counts.max()),
@@ -221,8 +207,6 @@ class ModelRunner:
             query_start_loc_cpu=query_start.tolist(),
             seq_lens_cpu=ends.tolist(),
         )
-        if metadata.max_query_len == 1:
-            metadata.num_splits = self.decode_splits(len(rows))
         input_ids_dev = to_device(input_ids, device)
         holes = np.flatnonzero(input_ids == PLACEHOLDER)
         if holes.size:  # tokens sampled by the step still in flight: take them from the device

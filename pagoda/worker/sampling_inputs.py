@@ -1,6 +1,14 @@
 """The runner's sampling inputs: SamplingMetadata for a step's sampling rows, from the InputBatch.
 
+This is the one place per-request SamplingParams become sampler tensors: `SamplingInputs.build` per
+step, and `build_sampling_metadata` (tests, one-shot use such as memory profiling), which adds its
+params to a fresh InputBatch exactly as the model runner adds requests and calls the same `build`.
+
 Invariants:
+- A row's settings use SamplingMetadata's encodings (sample/metadata.py) from the request's arrival:
+  InputBatch.add writes them, and `add` here rewrites the one InputBatch cannot know without the
+  vocabulary, a top_k >= vocab_size, as 0 ("no top-k", as vLLM), so such a row keeps its batch on
+  the fused sampling path. Per step, rows are only gathered, never re-encoded.
 - Nothing here is rebuilt per step that could live across steps: a request's static bias vector
   (allowed_token_ids, logit_bias) is made once when the request arrives and kept on the device
   until it leaves; per step, only the rows that use it are stacked.
@@ -13,13 +21,16 @@ Invariants:
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 import torch
 
+from pagoda.core.sched_output import NewRequestData
 from pagoda.sample.logits_processors import RowProcessors, bad_words_bans, static_bias_vector
 from pagoda.sample.metadata import SamplingMetadata
 from pagoda.sample.penalties import PenaltyInputs
-from pagoda.sampling_params import SamplingParams
+from pagoda.sampling_params import SamplingParams, SamplingType
 from pagoda.worker.input_batch import InputBatch, to_device
 
 
@@ -31,7 +42,12 @@ class SamplingInputs:
         self.bias: dict[str, torch.Tensor] = {}  # req_id -> [V] float32 on device
 
     def add(self, req_id: str, params: SamplingParams | None) -> None:
-        if params is None or req_id in self.bias:
+        """Per-request state made once on arrival, after InputBatch.add filled the request's row."""
+        if params is None:
+            return
+        if params.top_k >= self.vocab_size:  # keeps every token: "no top-k" (see the module docstring)
+            self.batch.top_k[self.batch.row_of[req_id]] = 0
+        if req_id in self.bias:
             return
         bias = static_bias_vector(params, self.vocab_size, self.device)
         if bias is not None:
@@ -101,3 +117,41 @@ class SamplingInputs:
             batch.presence_penalty[penalty_rows], batch.frequency_penalty[penalty_rows],
             batch.repetition_penalty[penalty_rows], self.device,
         )
+
+
+def build_sampling_metadata(
+    params: Sequence[SamplingParams],
+    vocab_size: int,
+    device: torch.device | str = "cpu",
+    generators: dict[int, torch.Generator] | None = None,
+    prompt_token_ids: Sequence[Sequence[int]] | None = None,
+    output_token_ids: Sequence[Sequence[int]] | None = None,
+) -> SamplingMetadata:
+    """Metadata for rows sampled with `params` (one SamplingParams per row), through the runner's path.
+
+    `generators`: per-row generators for seeded rows, carried over from earlier steps; rows with a
+    seed and no entry get a fresh generator seeded with `SamplingParams.seed` (right for a first step
+    only: pass `metadata.generators` back on later steps). `prompt_token_ids` / `output_token_ids`
+    (one list per row, default empty) feed penalties, bad words, logits processors and min_tokens
+    (a row has generated len(output_token_ids[r]) tokens so far).
+    """
+    if vocab_size < 1:
+        raise ValueError(f"vocab_size must be >= 1, got {vocab_size}")
+    rows = len(params)
+    prompts = [list(p) for p in prompt_token_ids] if prompt_token_ids is not None else [[] for _ in params]
+    outputs = [list(o) for o in output_token_ids] if output_token_ids is not None else [[] for _ in params]
+    if len(prompts) != rows or len(outputs) != rows:
+        raise ValueError(f"prompt_token_ids and output_token_ids must have one entry per row ({rows})")
+    device = torch.device(device)
+    max_len = max([len(p) + len(o) for p, o in zip(prompts, outputs)] + [1])
+    batch = InputBatch(max(rows, 1), max_len, block_size=max_len)
+    inputs = SamplingInputs(batch, vocab_size, device)
+    req_ids = [str(row) for row in range(rows)]
+    gens = {req_ids[row]: g for row, g in (generators or {}).items()}
+    for req_id, p, prompt, output in zip(req_ids, params, prompts, outputs):
+        batch.add(NewRequestData(req_id=req_id, token_ids=prompt + output, num_prompt_tokens=len(prompt),
+                                 sampling_params=p, block_ids=[], num_computed_tokens=0))
+        inputs.add(req_id, p)
+        if p.sampling_type == SamplingType.RANDOM_SEED and req_id not in gens:
+            gens[req_id] = torch.Generator(device=device).manual_seed(p.seed)
+    return inputs.build(np.arange(rows, dtype=np.int64), req_ids, gens)

@@ -112,7 +112,7 @@ def _metadata(runner, b: DummyBatch) -> tuple[torch.Tensor, AttentionMetadata]:
     query_start = np.zeros(b.num_reqs + 1, dtype=np.int64)
     np.cumsum(query_lens, out=query_start[1:])
     positions = np.concatenate([np.arange(s - q, s) for q, s in zip(query_lens, seq_lens)])
-    metadata = AttentionMetadata(
+    metadata = runner.attn_metadata.build(  # the runner's builder: the same launch choices as real steps
         num_reqs=b.num_reqs,
         num_tokens=b.num_tokens,
         max_query_len=int(query_lens.max()),
@@ -124,8 +124,6 @@ def _metadata(runner, b: DummyBatch) -> tuple[torch.Tensor, AttentionMetadata]:
         query_start_loc_cpu=query_start.tolist(),
         seq_lens_cpu=seq_lens.tolist(),
     )
-    if metadata.max_query_len == 1:
-        metadata.num_splits = runner.decode_splits(b.num_reqs)
     return torch.tensor(positions, dtype=torch.long, device=device), metadata
 
 

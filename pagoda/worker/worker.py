@@ -68,7 +68,7 @@ class Worker:
             "KV cache: %d blocks of %d tokens (%.2f GiB) on %s",
             num_blocks, cache.block_size, num_blocks * self.bytes_per_block() / (1 << 30), self.device,
         )
-        self.runner = ModelRunner(self.config, self.model, kv_caches, self.device)
+        self.runner = ModelRunner(self.config, self.model, kv_caches, self.device, self.attn_backend)
         if self.device.type != "cuda":
             return
         use_graphs = not self.config.enforce_eager and self.config.model.runner_type == "generate"
@@ -81,7 +81,7 @@ class Worker:
 
             graphs = CudaGraphRunner(self.model, kv_caches, self.config.max_cudagraph_capture_size,
                                      self.config.model.max_model_len, cache.block_size, self.device,
-                                     self.runner.decode_splits)
+                                     self.runner.attn_metadata)
             graphs.capture()
             self.runner.cuda_graphs = graphs
 

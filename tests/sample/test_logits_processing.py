@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from pagoda.sample import Sampler, SamplingMetadata
+from pagoda.sample import Sampler
 from pagoda.sample.logits_processors import bad_words_bans, static_bias_vector
 from pagoda.sample.penalties import PenaltyInputs, apply_penalties
 from pagoda.sampling_params import SamplingParams
+from pagoda.worker.sampling_inputs import build_sampling_metadata
 
 V = 50
 
@@ -80,7 +81,7 @@ def test_sampler_applies_every_stage_to_greedy_rows():
     params[1].bad_words_token_ids = [[8, 17]]  # the engine fills this from bad_words
     prompts = [[1], [1], [1, 2], [top[3]]]
     outputs = [[], [8], [5], []]
-    meta = SamplingMetadata.build(params, V, prompt_token_ids=prompts, output_token_ids=outputs)
+    meta = build_sampling_metadata(params, V, prompt_token_ids=prompts, output_token_ids=outputs)
     sampled = Sampler()(logits, meta).sampled_token_ids.tolist()
     assert sampled[0] in (2, 3)
     assert sampled[1] != 17  # biased up, but banned after 8
@@ -90,7 +91,7 @@ def test_sampler_applies_every_stage_to_greedy_rows():
 
 
 def test_plain_batches_take_the_fast_path():
-    meta = SamplingMetadata.build([SamplingParams(), SamplingParams(temperature=0)], V)
+    meta = build_sampling_metadata([SamplingParams(), SamplingParams(temperature=0)], V)
     assert meta.no_penalties and meta.bias is None and not meta.bad_words_masks and not meta.logits_processors
 
 

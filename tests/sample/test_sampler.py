@@ -3,15 +3,16 @@
 import pytest
 import torch
 
-from pagoda.sample import Sampler, SamplingMetadata
+from pagoda.sample import Sampler
 from pagoda.sample.sampler import race_seeds
 from pagoda.sampling_params import SamplingParams
+from pagoda.worker.sampling_inputs import build_sampling_metadata
 
 V = 64
 
 
 def _meta(params, vocab=V, **kwargs):
-    return SamplingMetadata.build(params, vocab_size=vocab, **kwargs)
+    return build_sampling_metadata(params, vocab_size=vocab, **kwargs)
 
 
 def _logits(rows, vocab=V, seed=0, scale=3.0):
@@ -169,13 +170,13 @@ def test_min_tokens_masks_eos_until_reached():
     random = SamplingParams(temperature=1.0, min_tokens=2, stop_token_ids=[9])
     greedy.all_stop_token_ids.add(eos)  # the engine adds EOS
     random.all_stop_token_ids.add(eos)
-    meta = _meta([greedy, random], num_output_tokens=[1, 0])
+    meta = _meta([greedy, random], output_token_ids=[[3], []])
     assert meta.min_tokens_masks == {0: [eos], 1: [eos, 9]}
     for _ in range(20):
         out = Sampler()(logits, meta).sampled_token_ids
         assert out[0].item() == 9
         assert out[1].item() not in (eos, 9)
-    done = _meta([greedy, random], num_output_tokens=[2, 5])
+    done = _meta([greedy, random], output_token_ids=[[3, 4], [1, 2, 3, 4, 5]])
     assert done.min_tokens_masks == {}
     assert Sampler()(logits, done).sampled_token_ids.tolist() == [eos, eos]
 
@@ -192,9 +193,9 @@ def test_metadata_encodings():
     plain = _meta([SamplingParams(), SamplingParams(temperature=0.0)])
     assert plain.no_top_k and plain.no_top_p and plain.max_num_logprobs is None
     with pytest.raises(ValueError, match="vocab_size"):
-        SamplingMetadata.build(params, vocab_size=0)
-    with pytest.raises(ValueError, match="num_output_tokens"):
-        SamplingMetadata.build(params, vocab_size=V, num_output_tokens=[0])
+        build_sampling_metadata(params, vocab_size=0)
+    with pytest.raises(ValueError, match="output_token_ids"):
+        build_sampling_metadata(params, vocab_size=V, output_token_ids=[[]])
     with pytest.raises(ValueError, match="logits"):
         Sampler()(torch.zeros(2, V), meta)
 
