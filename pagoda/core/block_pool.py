@@ -112,6 +112,13 @@ class BlockPool:
             if block.ref_cnt == 0:
                 self.free_queue.append(block)
 
+    def forget_unused_hashes(self, blocks: list[KVCacheBlock]) -> None:
+        """Drop the cached prefix of each block no one holds (ref_cnt == 0); used for the blocks of a
+        request whose step failed: they were hashed at allocation but may never have been written."""
+        for block in blocks:
+            if block.ref_cnt == 0:
+                self._evict(block)
+
     def _evict(self, block: KVCacheBlock) -> None:
         if block.block_hash is not None:
             if self.cached.get(block.block_hash) is block:

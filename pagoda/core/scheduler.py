@@ -110,24 +110,14 @@ class Scheduler:
                     self.waiting.remove(request)
                 except ValueError:
                     pass  # in neither queue (its update failed half-way): only its blocks are left
-            blocks = self.kv.req_to_blocks.get(request_id, ())
+            blocks = self.kv.req_to_blocks.get(request_id, [])
             self._free(request, RequestStatus.FINISHED_ERROR)
-            self._uncache(blocks)
+            # Hashed at allocation, maybe never written: blocks others still hold keep their hashes.
+            self.kv.pool.forget_unused_hashes(blocks)
             logger.error("request %s failed: %s", request_id, reason)
             outputs.append(EngineCoreOutput(request_id=request_id, new_token_ids=[], finish_reason="error",
                                             num_cached_tokens=request.num_cached_tokens, error=reason))
         return outputs
-
-    def _uncache(self, blocks) -> None:
-        """Forget the prefix-cache hashes of a failed request's blocks that no one holds any more: they
-        were hashed at allocation and may never have been written (the step that was to fill them
-        failed). Blocks still held by others keep theirs (their holders computed or shared them)."""
-        cached = self.kv.pool.cached
-        for block in blocks:
-            if block.ref_cnt == 0 and block.block_hash is not None:
-                if cached.get(block.block_hash) is block:
-                    del cached[block.block_hash]
-                block.block_hash = None
 
     def has_unfinished_requests(self) -> bool:
         return bool(self.requests)
