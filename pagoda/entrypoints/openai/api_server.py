@@ -11,8 +11,9 @@ hanging. A failure at any point exits non-zero with the reason on stderr.
 (`/llm/v1/models`) and one a proxy already stripped (`/v1/models`) both reach the route.
 
 Invariants:
-- /health answers 200 while the engine core runs and 503 (with the reason) once it is dead; the
-  server keeps answering, so a supervisor (KServe, Kubernetes) sees the failure and restarts it.
+- /health answers 200 while the engine core is healthy and 503 (with the reason) while it is dead,
+  silent, stalled, restarting (the server restarts it itself, engine/core_supervisor.py) or while the
+  server drains on SIGTERM (graceful.py: streams then end with an error event and [DONE], exit 0).
 - A non-streaming handler is cancelled when its client disconnects, and a streaming one stops at
   once (SSEResponse), so a departed client never keeps an engine request running.
 - Every error is OpenAI's error object (errors.py); unknown paths are 404 in the same shape.
