@@ -2,8 +2,13 @@
 
 Invariants:
 - `all_token_ids == prompt_token_ids + output_token_ids`, always.
-- `num_computed_tokens <= num_tokens`; tokens in [num_computed_tokens, num_tokens) still need a
-  forward pass. There are no prefill/decode phases: a decode is simply one token to catch up on.
+- `num_computed_tokens <= num_tokens` between steps; tokens in [num_computed_tokens, num_tokens) still
+  need a forward pass. There are no prefill/decode phases: a decode is simply one token to catch up
+  on. While a step is in flight, num_computed_tokens already counts that step's scheduled tokens,
+  which include the draft tokens it verifies (speculative decoding); when its output arrives, the
+  scheduler takes back the rejected positions, so the inequality holds again.
+- `spec_token_ids` are the drafts proposed for the request's next step (empty without speculative
+  decoding, after preemption, and once finished); they are never part of `all_token_ids`.
 - `status` only moves forward through RequestStatus, except RUNNING <-> PREEMPTED (recompute).
   FINISHED_ERROR (finish_reason "error", vLLM V1's FinishReason.ERROR) marks a request the engine
   failed on its own (an exception while preparing, sampling or post-processing it); the engine goes on.
@@ -82,9 +87,10 @@ class Request:
         self.num_computed_tokens = 0
         self.num_cached_tokens = 0  # prompt tokens served from the prefix cache at first schedule
         self.num_preemptions = 0
-        # Tokens sampled by steps still in flight (async scheduling): already computed in the
-        # forward pass that samples them, not yet known here. At most two (depth-1 pipelining).
+        # Sampling steps still in flight (async scheduling), one pending token each: already computed in
+        # the forward pass that samples it, not yet known here. At most two (depth-1 pipelining).
         self.num_pending_tokens = 0
+        self.spec_token_ids: list[int] = []  # drafts for the next step (speculative decoding)
         self.status = RequestStatus.WAITING
         self.stop_reason: int | str | None = None
         self.block_hashes: list[bytes] = []

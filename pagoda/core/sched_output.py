@@ -5,7 +5,13 @@ Invariants:
   New (or resumed-after-preemption) requests carry all their tokens; running ones carry only
   their new block ids, since the runner keeps its own copy of every running request's tokens.
 - `num_scheduled_tokens` has one entry per request in the step, and they sum to
-  `total_num_scheduled_tokens`.
+  `total_num_scheduled_tokens`. A request with draft tokens in `scheduled_spec_decode_tokens` (k of
+  them) has its missing known tokens plus its k drafts scheduled: the step verifies the drafts and
+  samples at each of the last k + 1 positions.
+- `ModelRunnerOutput.sampled_token_ids[r]` is ragged: the tokens request r gained in the step, in
+  order (none for a prefill chunk that samples nothing, one for a plain decode, 1 + the accepted
+  drafts for a verify step); `logprobs[r]`, when asked, has one entry per token.
+  `draft_token_ids[r]` are drafts proposed for r's next step (speculative decoding only).
 - Ids in `finished_req_ids` and `preempted_req_ids` were dropped by the scheduler before this
   step; the runner drops its state for them before preparing the step.
 - `ModelRunnerOutput.failed` names the requests the runner could not serve (an exception while adding,
@@ -51,6 +57,8 @@ class SchedulerOutput:
     total_num_scheduled_tokens: int
     finished_req_ids: set[str] = field(default_factory=set)
     preempted_req_ids: set[str] = field(default_factory=set)
+    # Draft tokens to verify this step, per request that has any (speculative decoding).
+    scheduled_spec_decode_tokens: dict[str, list[int]] = field(default_factory=dict)
 
     @property
     def is_empty(self) -> bool:
@@ -59,7 +67,7 @@ class SchedulerOutput:
 
 @dataclass
 class ModelRunnerOutput:
-    """Sampled tokens per request of the step (an empty list for a prefill chunk that samples nothing)."""
+    """Tokens gained per request of the step (see the module docstring: ragged under speculation)."""
 
     sampled_token_ids: dict[str, list[int]]
     logprobs: dict[str, list[PositionLogprobs]] = field(default_factory=dict)
@@ -69,6 +77,8 @@ class ModelRunnerOutput:
     pooler_output: dict[str, Any] = field(default_factory=dict)
     # Requests that failed in the runner this step: request id -> reason (usually empty).
     failed: dict[str, str] = field(default_factory=dict)
+    # Speculative decoding: drafts proposed for each request's next step (empty when none).
+    draft_token_ids: dict[str, list[int]] = field(default_factory=dict)
 
 
 @dataclass

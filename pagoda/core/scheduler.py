@@ -14,9 +14,19 @@ Invariants:
 - After `schedule()`, each scheduled request's num_computed_tokens already counts its scheduled
   tokens; `update_from_output()` then appends the sampled tokens and finishes requests.
 - Async scheduling: step n+1 may be scheduled before step n's sampled tokens are known. A request
-  that samples in a step counts one more `num_pending_tokens` until its token arrives; the next
-  step can already compute that pending token (the runner takes it from the device). A token that
-  arrives for a request preempted meanwhile is still appended; one for a finished request is dropped.
+  that samples in a step counts one more `num_pending_tokens` until that step's output arrives; the
+  next step can already compute that pending token (the runner takes it from the device). A token
+  that arrives for a request preempted meanwhile is still appended; one for a finished request is
+  dropped.
+- Speculative decoding (`speculative_config`; async scheduling is off with it): a running request
+  whose whole remainder fits gets its `spec_token_ids` (the runner's drafts from its last step) as
+  `scheduled_spec_decode_tokens`, capped by the step's budget, by its remaining max_tokens (the
+  verify step yields at most k + 1 tokens, so nothing overshoots max_tokens or max_model_len), by
+  `max_model_len` of the speculative config, and dropped entirely while `disable_by_batch_size` or
+  more requests run. Its scheduled tokens count the drafts; when the output arrives with n tokens
+  (1 <= n <= k + 1), the k + 1 - n rejected positions are taken back from num_computed_tokens, so
+  `num_computed_tokens <= num_tokens` holds again (the KV written at rejected positions is garbage
+  that the next step overwrites; prefix-cache hashes only ever cover known tokens).
 - A pooling request is admitted only when its whole prompt fits the step's budget (never chunked),
   and finishes in `update_from_output()` of that step with the runner's pooled vector.
 - Request isolation: `fail_requests()` finishes requests with status FINISHED_ERROR (finish_reason
@@ -35,6 +45,7 @@ from pagoda.config import CacheConfig, SchedulerConfig
 from pagoda.core.kv_cache_manager import KVCacheManager
 from pagoda.core.request import EngineCoreRequest, Request, RequestStatus
 from pagoda.core.request_queue import RequestQueue
+from pagoda.core.spec_decode_stats import SpecDecodeStats
 from pagoda.core.sched_output import (
     CachedRequestData,
     EngineCoreOutput,
@@ -47,7 +58,8 @@ logger = logging.getLogger(__name__)
 
 
 class Scheduler:
-    def __init__(self, scheduler_config: SchedulerConfig, cache_config: CacheConfig) -> None:
+    def __init__(self, scheduler_config: SchedulerConfig, cache_config: CacheConfig,
+                 speculative_config=None) -> None:
         if cache_config.num_blocks is None:
             raise ValueError("cache_config.num_blocks must be set (the worker sizes the cache) before scheduling")
         self.config = scheduler_config
@@ -59,6 +71,8 @@ class Scheduler:
         self.running: list[Request] = []
         self.finished_req_ids: set[str] = set()
         self.num_preemptions_total = 0
+        self.speculative = speculative_config  # a config.SpeculativeConfig, or None
+        self.spec_stats = SpecDecodeStats(speculative_config.num_speculative_tokens) if speculative_config else None
 
     # ---- requests in and out ------------------------------------------------------------------
     def add_request(self, core_request: EngineCoreRequest) -> None:
@@ -129,14 +143,21 @@ class Scheduler:
         new_reqs: list[NewRequestData] = []
         cached_reqs: list[CachedRequestData] = []
         preempted: list[Request] = []
+        drafts: dict[str, list[int]] = {}
+        spec_off = self.speculative is not None and self.speculative.disable_by_batch_size is not None and \
+            len(self.running) >= self.speculative.disable_by_batch_size
 
         index = 0
         while index < len(self.running) and budget > 0:
             request = self.running[index]
-            num_new = min(request.num_tokens + request.num_pending_tokens - request.num_computed_tokens, budget)
+            missing = request.num_tokens + request.num_pending_tokens - request.num_computed_tokens
+            num_new = min(missing, budget)
             if num_new <= 0 or request.pending_tokens_finish_it:
                 index += 1
                 continue
+            request_drafts = self._drafts(request, budget - num_new) if request.spec_token_ids and not spec_off \
+                and num_new == missing else []
+            num_new += len(request_drafts)
             num_preempted = len(preempted)
             new_blocks = self._allocate_or_preempt(request, num_new, num_scheduled, preempted)
             if new_blocks is None:
@@ -146,6 +167,8 @@ class Scheduler:
                 budget = self.config.max_num_batched_tokens - sum(num_scheduled.values())
                 index = self.running.index(request)
             num_scheduled[request.request_id] = num_new
+            if request_drafts:
+                drafts[request.request_id] = request_drafts
             budget -= num_new
             cached_reqs.append(CachedRequestData(request.request_id, [b.block_id for b in new_blocks], request.num_computed_tokens))
             index += 1
@@ -154,11 +177,13 @@ class Scheduler:
         if not preempted:
             budget = self._admit_waiting(budget, num_scheduled, new_reqs)
 
+        drafts = {r: d for r, d in drafts.items() if r in num_scheduled}  # preempted ones lost theirs
         for request_id, count in num_scheduled.items():
             request = self.requests[request_id]
             request.num_computed_tokens += count
-            if not request.is_pooling and request.num_computed_tokens == request.num_tokens + request.num_pending_tokens:
-                request.num_pending_tokens += 1  # this step samples its next token
+            known_end = request.num_tokens + request.num_pending_tokens + len(drafts.get(request_id, ()))
+            if not request.is_pooling and request.num_computed_tokens == known_end:
+                request.num_pending_tokens += 1  # this step samples its next token(s)
         output = SchedulerOutput(
             new_reqs=new_reqs,
             cached_reqs=cached_reqs,
@@ -166,9 +191,19 @@ class Scheduler:
             total_num_scheduled_tokens=sum(num_scheduled.values()),
             finished_req_ids=self.finished_req_ids,
             preempted_req_ids={r.request_id for r in preempted},
+            scheduled_spec_decode_tokens=drafts,
         )
         self.finished_req_ids = set()
         return output
+
+    def _drafts(self, request: Request, budget_left: int) -> list[int]:
+        """The drafts `request` verifies this step: its proposed ones, capped (see the module docstring)."""
+        if request.num_pending_tokens:
+            return []
+        cap = min(len(request.spec_token_ids), budget_left, request.max_tokens - request.num_output_tokens - 1)
+        if self.speculative.max_model_len is not None:
+            cap = min(cap, self.speculative.max_model_len - request.num_tokens)
+        return request.spec_token_ids[:cap] if cap > 0 else []
 
     def _allocate_or_preempt(self, request, num_new, num_scheduled, preempted):
         """Blocks for `request`'s next tokens, preempting others (or itself) until they fit."""
@@ -193,6 +228,7 @@ class Scheduler:
         self.kv.free(request)
         request.status = RequestStatus.PREEMPTED
         request.num_computed_tokens = 0
+        request.spec_token_ids = []
         request.num_preemptions += 1
         self.num_preemptions_total += 1
         self.waiting.add_front(request)
@@ -246,7 +282,13 @@ class Scheduler:
                 continue  # finished, aborted or failed while the step ran
             try:
                 sampled = result.sampled_token_ids.get(request_id, ())
-                request.num_pending_tokens -= len(sampled)
+                if sampled:
+                    request.num_pending_tokens -= 1
+                verified = sched.scheduled_spec_decode_tokens.get(request_id)
+                if verified and sampled:
+                    self.spec_stats.observe(len(verified), len(sampled) - 1)
+                    if request.status == RequestStatus.RUNNING:
+                        request.num_computed_tokens -= len(verified) + 1 - len(sampled)  # rejected positions
                 if request.status != RequestStatus.RUNNING and not sampled:
                     continue
                 if request.is_pooling:
@@ -265,6 +307,8 @@ class Scheduler:
                     status = request.check_stop()
                     if status is not None:
                         break
+                if status is None and request.status == RequestStatus.RUNNING:
+                    request.spec_token_ids = result.draft_token_ids.get(request_id, [])
                 prompt_logprobs = result.prompt_logprobs.get(request_id)
                 if not new_token_ids and prompt_logprobs is None:
                     continue
@@ -309,4 +353,5 @@ class Scheduler:
             "prefix_cache_queries": self.kv.prefix_queries,
             "prefix_cache_hits": self.kv.prefix_hits,
             "num_preemptions": self.num_preemptions_total,
+            **(self.spec_stats.as_dict() if self.spec_stats is not None else {}),
         }

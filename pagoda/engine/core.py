@@ -82,7 +82,7 @@ class EngineCore:
             )
         config.cache.num_blocks = num_blocks
         self.executor.initialize_cache(num_blocks)
-        self.scheduler = Scheduler(config.scheduler, config.cache)
+        self.scheduler = Scheduler(config.scheduler, config.cache, getattr(config, "speculative", None))
         self.in_flight = None  # (SchedulerOutput, StepOutput) of the step launched last, unresolved
         self.num_scheduled_tokens = 0  # tokens of the step the last step() call launched (metrics)
         self._faults = parse_faults(os.environ.get(FAULT_ENV, ""))

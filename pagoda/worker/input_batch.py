@@ -15,8 +15,10 @@ Invariants:
 - A row is owned (`row_of`, `req_ids`) from the start of `add()`: if filling it raises, `remove()`
   returns it to the free rows.
 - `epoch[r]` changes whenever row r changes hands, so (row, epoch) names one request's tenure of a
-  row; per-row flags (`needs_history`, `has_row_rules`, `wants_prompt_logprobs`) let a step test a
-  whole batch with numpy instead of looping over its requests.
+  row; per-row flags (`needs_history`, `has_row_rules`, `wants_prompt_logprobs`, `can_speculate`) let a
+  step test a whole batch with numpy instead of looping over its requests.
+- Under speculative decoding, token_ids[r, num_tokens[r]:] may hold the drafts of the step being
+  verified (worker/spec_decode.py); they are never counted in num_tokens[r].
 """
 
 from __future__ import annotations
@@ -55,6 +57,8 @@ class InputBatch:
         # Rows with per-row sampling rules built on the host each step (min_tokens, bad words, processors).
         self.has_row_rules = np.zeros(max_num_reqs, dtype=bool)
         self.wants_prompt_logprobs = np.zeros(max_num_reqs, dtype=bool)
+        # Rows whose sampling does not depend on the position inside a run of drafts (speculative decoding).
+        self.can_speculate = np.zeros(max_num_reqs, dtype=bool)
         self.num_logprobs = np.full(max_num_reqs, -1, dtype=np.int64)  # SamplingParams.logprobs, -1 for None
         self.epoch = np.zeros(max_num_reqs, dtype=np.int64)
         self.params: list[SamplingParams | None] = [None] * max_num_reqs
@@ -99,6 +103,8 @@ class InputBatch:
         self.needs_history[row] = params.has_penalties or bool(params.bad_words_token_ids or params.logits_processors)
         self.wants_prompt_logprobs[row] = params.prompt_logprobs is not None
         self.num_logprobs[row] = -1 if params.logprobs is None else params.logprobs
+        self.can_speculate[row] = not (self.is_pooling[row] or rules or self.needs_history[row]
+                                       or params.logit_bias or params.allowed_token_ids is not None)
         return row
 
     def update(self, cached: CachedRequestData) -> None:
@@ -117,6 +123,7 @@ class InputBatch:
         self.is_pooling[row] = False
         self.has_penalty[row] = False
         self.needs_history[row] = self.has_row_rules[row] = self.wants_prompt_logprobs[row] = False
+        self.can_speculate[row] = False
         self.num_logprobs[row] = -1
         self.epoch[row] += 1
         self._free_rows.append(row)

@@ -5,13 +5,17 @@ Invariants:
   Request i's tokens are rows query_start_loc[i]:query_start_loc[i+1], in the order of
   SchedulerOutput.num_scheduled_tokens.
 - Logits are computed only for rows that sample (a request whose scheduled tokens reach the end
-  of its known tokens) and for prompt positions whose prompt_logprobs were asked for.
+  of its known tokens, plus its drafts under speculative decoding: then at each of its last k + 1
+  positions, see worker/spec_decode.py) and for prompt positions whose prompt_logprobs were asked for.
 - Per-request state lives in InputBatch and is updated by the step's diff; the runner appends each
   sampled token to its own copy of the request's tokens, so the scheduler never resends them.
-- A step returns before its sampled ids reach the host (StepOutput): the runner appends a
-  placeholder instead, and the next step takes those tokens from the device tensor of the last
-  sampling step. Steps whose sampling reads token history on the host (penalties, bad words,
-  logits processors) first wait for the step in flight.
+- A step returns before its sampled ids reach the host (StepOutput, a handle the engine reads): the
+  runner appends a placeholder instead, and the next step takes those tokens from the device tensor
+  of the last sampling step. Only the runner fills its placeholders (`_fill_placeholders`), at the
+  start of a later step: those of every finished copy, and all of them (waiting) when the step's
+  sampling reads token history on the host (penalties, bad words, logits processors). A speculative
+  step syncs before it returns (its token counts are only known after verification) and hands over
+  a ready output.
 - A seeded request's generator advances only when that request samples, so its tokens do not
   depend on what else is in the batch.
 - A pooling request never samples: in the step that computes its (whole) prompt, the Pooler turns its
@@ -41,7 +45,7 @@ from pagoda.worker.cuda_graph import capture_sizes
 from pagoda.worker.failed_requests import FailedRequests
 from pagoda.worker.input_batch import InputBatch, to_device
 from pagoda.worker.sampling_inputs import SamplingInputs
-from pagoda.worker.step_output import PLACEHOLDER, StepOutput
+from pagoda.worker.step_output import PLACEHOLDER, SampledTokens, StepOutput
 
 
 class ModelRunner:
@@ -72,11 +76,17 @@ class ModelRunner:
         # Seeded requests get their own generator; the rest share torch's default one, which the
         # worker seeds with the engine's `seed` at start-up.
         self.generators: dict[str, torch.Generator] = {}
-        # The last sampling step, still on its way to the host: its sampled ids (on the device), the
-        # index of each row in them, and its StepOutput.
+        # The last sampling step, still on its way to the host: its sampled ids (on the device) and the
+        # index of each row in them; `unfilled`: sampling steps whose placeholders are still in the batch.
         self.last_sampled: torch.Tensor | None = None
         self.pending_src = np.full(config.scheduler.max_num_seqs, -1, dtype=np.int64)  # row -> index in last_sampled
-        self.in_flight: StepOutput | None = None
+        self.unfilled: list[SampledTokens] = []
+        speculative = getattr(config, "speculative", None)
+        self.spec = None  # the speculative-decoding step (worker/spec_decode.py) when configured
+        if speculative is not None:
+            from pagoda.worker.spec_decode import SpecDecodeStep
+
+            self.spec = SpecDecodeStep(speculative, self)
         self.failed = FailedRequests(self.block_size)  # failed here, not yet in the scheduler's finished_req_ids
 
     # ---- state diff -------------------------------------------------------------------------------
@@ -145,14 +155,16 @@ class ModelRunner:
                 return StepOutput.ready(output)
         rows = np.array([self.batch.row_of[r] for r in req_ids], dtype=np.int64)
         counts = np.array([sched.num_scheduled_tokens[r] for r in req_ids], dtype=np.int64)
-        if self.in_flight is not None and self.batch.needs_history[rows].any():
-            self.in_flight.get()  # this step's sampling reads the in-flight tokens on the host
+        if self.unfilled:
+            self._fill_placeholders(wait=bool(self.batch.needs_history[rows].any()))
+        drafts = sched.scheduled_spec_decode_tokens
+        num_drafts = self.spec.write_drafts(req_ids, rows, drafts) if drafts else 0
         inputs = self._prepare_inputs(rows, counts)
         hidden = self._forward(inputs["input_ids"], inputs["positions"], inputs["attn_metadata"])
 
         starts, ends = inputs["starts"], inputs["ends"]
         self.batch.num_computed[rows] = ends
-        done = ends == self.batch.num_tokens[rows]
+        done = ends == self.batch.num_tokens[rows] + num_drafts
         pooling = self.batch.is_pooling[rows]
         samples = done & ~pooling
         if (done & pooling).any():
@@ -163,8 +175,22 @@ class ModelRunner:
         output.prompt_logprobs = prompt_logprobs
         if not samples.any():
             return StepOutput.ready(output)
-        self.in_flight = self._sample(req_ids, rows, samples, inputs["query_start"] + counts - 1, hidden, output)
-        return self.in_flight
+        if self.spec is not None:
+            num_drafts = num_drafts if drafts else np.zeros(len(req_ids), dtype=np.int64)
+            self.spec.sample(req_ids, rows, np.nonzero(samples)[0], inputs["query_start"] + counts, num_drafts,
+                             drafts, hidden, output)
+            return StepOutput.ready(output)
+        return self._sample(req_ids, rows, samples, inputs["query_start"] + counts - 1, hidden, output)
+
+    def _fill_placeholders(self, wait: bool) -> None:
+        """Write the sampled ids of earlier steps over their placeholders: every step's whose copy has
+        arrived (all but the newest have: the engine resolved them before scheduling this step), and,
+        with `wait`, the newest too."""
+        newest = self.unfilled[-1]
+        for sampled in self.unfilled:
+            if wait or sampled is not newest or sampled.is_ready():
+                sampled.fill(self.batch)
+        self.unfilled = [s for s in self.unfilled if not s.filled]
 
     def _pool(self, req_ids, rows, pool_at, query_start, counts, hidden, output: ModelRunnerOutput) -> None:
         """One vector per pooling request of `pool_at`, whose whole prompt is in this step's batch."""
@@ -234,9 +260,11 @@ class ModelRunner:
         logprobs = None
         if result.logprobs is not None:
             logprobs = (result.logprob_token_ids, result.logprobs, result.sampled_ranks)
-        step = StepOutput(output, self.batch, sample_ids, sample_rows, positions, result.sampled_token_ids, logprobs)
-        # Rows whose own sampling rules raised (usually none); failed after the StepOutput is made, so
-        # the new row epoch tells its get() to leave the dropped row alone.
+        sampled = SampledTokens(self.batch, sample_ids, sample_rows, positions, result.sampled_token_ids, logprobs)
+        self.unfilled.append(sampled)
+        step = StepOutput(output, sampled)
+        # Rows whose own sampling rules raised (usually none); failed after SampledTokens is made, so
+        # the new row epoch tells its fill() to leave the dropped row alone.
         for j, reason in metadata.row_errors.items():
             self.fail(sample_ids[j], f"sampling request {sample_ids[j]} failed: {reason}", output)
         return step

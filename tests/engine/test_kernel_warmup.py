@@ -54,7 +54,7 @@ def test_warm_up_writes_nothing_and_keeps_outputs(llama_dir, reference, graph_ma
     assert ran == len(plan_batches(runner.config, graph_max_size)) >= 7
     assert all(torch.equal(a, b.view(torch.uint8)) for a, b in zip(before, runner.kv_caches))
     assert runner.batch.row_of == {} and all(r is None for r in runner.batch.req_ids)
-    assert runner.in_flight is None and runner.last_sampled is None
+    assert not runner.unfilled and runner.last_sampled is None
     assert torch.equal(torch.get_rng_state(), rng_state)
     for kv in runner.kv_caches:
         kv.zero_()  # as allocated, so the run below matches the reference engine's bit for bit

@@ -1,0 +1,121 @@
+"""The scheduler under speculative decoding: drafts scheduled, capped, rejected positions taken back."""
+
+import random
+from types import SimpleNamespace
+
+from pagoda.config import CacheConfig, SchedulerConfig
+from pagoda.core.sched_output import ModelRunnerOutput
+from pagoda.core.scheduler import Scheduler
+from tests.core.conftest import check_pool_invariants, make_request
+
+
+def spec_scheduler(k=4, budget=32, max_model_len=64, disable_by_batch_size=None, spec_max_len=None, **cache):
+    config = SimpleNamespace(num_speculative_tokens=k, disable_by_batch_size=disable_by_batch_size,
+                             max_model_len=spec_max_len)
+    cache_config = CacheConfig(block_size=cache.get("block_size", 4), enable_prefix_caching=True,
+                               num_blocks=cache.get("num_blocks", 64))
+    sched = SchedulerConfig(max_num_seqs=8, max_num_batched_tokens=budget, max_model_len=max_model_len,
+                            enable_chunked_prefill=True, policy="fcfs", async_scheduling=False)
+    return Scheduler(sched, cache_config, config)
+
+
+def step(s, accept: dict[str, int] | None = None, propose: dict[str, list[int]] | None = None):
+    """One step: a request that samples gets its accepted drafts plus one new token (7)."""
+    out = s.schedule()
+    sampled = {}
+    for req_id, count in out.num_scheduled_tokens.items():
+        req = s.requests[req_id]
+        drafts = out.scheduled_spec_decode_tokens.get(req_id, [])
+        if req.num_computed_tokens == req.num_tokens + len(drafts):
+            n = (accept or {}).get(req_id, 0)
+            sampled[req_id] = drafts[:n] + [7]
+    result = ModelRunnerOutput(sampled_token_ids=sampled, draft_token_ids=dict(propose or {}))
+    return out, s.update_from_output(out, result)
+
+
+def test_drafts_are_scheduled_and_rejected_positions_taken_back():
+    s = spec_scheduler(k=4)
+    s.add_request(make_request("a", range(1, 6), max_tokens=20))
+    out, _ = step(s, propose={"a": [11, 12, 13, 14]})
+    assert out.num_scheduled_tokens == {"a": 5}
+    req = s.requests["a"]
+    assert req.spec_token_ids == [11, 12, 13, 14] and req.num_computed_tokens == 5 and req.num_tokens == 6
+    out, _ = step(s, accept={"a": 2}, propose={"a": [21, 22]})
+    assert out.num_scheduled_tokens == {"a": 5} and out.scheduled_spec_decode_tokens == {"a": [11, 12, 13, 14]}
+    assert req.output_token_ids == [7, 11, 12, 7]
+    assert req.num_computed_tokens == req.num_tokens - 1 == 8  # the last token's KV is not computed yet
+    assert req.num_pending_tokens == 0
+    out, _ = step(s, accept={"a": 2})
+    assert out.num_scheduled_tokens == {"a": 3}
+    assert req.num_computed_tokens == req.num_tokens - 1
+    stats = s.stats()
+    assert stats["spec_decode_num_drafts"] == 2
+    assert stats["spec_decode_num_draft_tokens"] == 6
+    assert stats["spec_decode_num_accepted_tokens"] == 4
+    assert stats["spec_decode_num_accepted_tokens_per_pos"] == [2, 2, 0, 0]
+    check_pool_invariants(s)
+
+
+def test_drafts_capped_by_max_tokens_budget_and_spec_max_len():
+    s = spec_scheduler(k=4)
+    s.add_request(make_request("a", range(1, 6), max_tokens=3))
+    step(s, propose={"a": [1, 2, 3, 4]})
+    out, outputs = step(s, accept={"a": 1})
+    assert out.scheduled_spec_decode_tokens == {"a": [1]}  # 1 output so far: at most 2 more, 1 + 1 draft
+    assert outputs[0].finish_reason == "length" and outputs[0].new_token_ids == [1, 7]
+
+    s = spec_scheduler(k=4, budget=3)
+    s.add_request(make_request("a", range(1, 3), max_tokens=20))
+    step(s, propose={"a": [1, 2, 3, 4]})
+    out, _ = step(s)
+    assert out.scheduled_spec_decode_tokens == {"a": [1, 2]} and out.num_scheduled_tokens == {"a": 3}
+
+    s = spec_scheduler(k=4, spec_max_len=8)
+    s.add_request(make_request("a", range(1, 6), max_tokens=20))  # 6 tokens after the first step
+    step(s, propose={"a": [1, 2, 3, 4]})
+    out, _ = step(s, propose={"a": [1, 2, 3, 4]})
+    assert out.scheduled_spec_decode_tokens == {"a": [1, 2]}
+    out, _ = step(s)  # 7 tokens now: one more draft would pass the draft length limit
+    assert out.scheduled_spec_decode_tokens == {"a": [1]}
+
+
+def test_no_drafts_while_the_batch_is_large():
+    s = spec_scheduler(k=2, disable_by_batch_size=2)
+    for name in "ab":
+        s.add_request(make_request(name, range(1, 6), max_tokens=20))
+    step(s, propose={"a": [1, 2], "b": [1, 2]})
+    out, _ = step(s, propose={"a": [1, 2], "b": [1, 2]})
+    assert out.scheduled_spec_decode_tokens == {}
+    s.abort_requests(["b"])
+    out, _ = step(s)
+    assert out.scheduled_spec_decode_tokens == {"a": [1, 2]}
+
+
+def test_stop_token_inside_an_accepted_run_finishes_there():
+    s = spec_scheduler(k=4)
+    s.add_request(make_request("a", range(1, 6), max_tokens=20, eos=12))
+    step(s, propose={"a": [11, 12, 13, 14]})
+    _, outputs = step(s, accept={"a": 4})
+    assert outputs[0].new_token_ids == [11, 12] and outputs[0].finish_reason == "stop"
+    assert not s.requests and s.kv.pool.num_free_blocks == s.kv.pool.num_blocks
+
+
+def test_preemption_drops_drafts_and_random_runs_keep_the_pool_consistent():
+    rng = random.Random(0)
+    s = spec_scheduler(k=3, budget=16, num_blocks=14)
+    for i in range(5):
+        s.add_request(make_request(str(i), range(1, 8 + i), max_tokens=12))
+    for _ in range(200):
+        if not s.has_unfinished_requests():
+            break
+        accept = {r: rng.randrange(4) for r in s.requests}
+        propose = {r: [rng.randrange(50) for _ in range(rng.randrange(4))] for r in s.requests}
+        step(s, accept, propose)
+        check_pool_invariants(s)
+        for req in s.requests.values():
+            assert req.num_computed_tokens <= req.num_tokens
+            if req.status.name == "WAITING" or req.status.name == "PREEMPTED":
+                assert req.spec_token_ids == []
+    assert not s.has_unfinished_requests()
+    assert s.num_preemptions_total > 0
+    assert s.kv.pool.num_free_blocks == s.kv.pool.num_blocks
