@@ -5,11 +5,14 @@ Invariants:
   user input, and never reads options from anywhere else.
 - `core/` imports this module but needs nothing from torch; the torch dtype lives on ModelConfig
   as a string name (`dtype_name`) plus the resolved `torch.dtype` built lazily by `torch_dtype`.
+- `PagodaConfig.speculative` is None unless speculative decoding was asked for; when it is set, the
+  scheduler's `async_scheduling` is False (speculative steps do not overlap yet).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +30,7 @@ GENERATION_CONFIG_MODES = ("auto", "vllm", "none")  # or a folder holding genera
 # transformers writes by default, which vLLM's `to_diff_dict()` drops (so top_k=50 is not a default).
 GENERATION_DEFAULT_KEYS = ("repetition_penalty", "temperature", "top_k", "top_p", "min_p", "max_new_tokens")
 _HF_GENERATION_DEFAULTS = {"repetition_penalty": 1.0, "temperature": 1.0, "top_k": 50, "top_p": 1.0}
+SPECULATIVE_METHODS = ("ngram",)  # built; "draft_model" comes next
 
 
 @dataclass
@@ -136,6 +140,49 @@ class ParallelConfig:
 
 
 @dataclass
+class SpeculativeConfig:
+    """Speculative decoding: each step a running request may carry up to `num_speculative_tokens` drafts,
+    verified in the same forward pass (vLLM's `speculative_config`; built by EngineArgs)."""
+
+    method: str  # "ngram": prompt lookup, drafts copied from the request's own earlier tokens
+    num_speculative_tokens: int  # most drafts per request per step, >= 1
+    prompt_lookup_max: int  # ngram: the longest suffix looked up, >= prompt_lookup_min
+    prompt_lookup_min: int  # ngram: the shortest suffix that counts as a match, >= 1
+    model: str | None = None  # the draft model (method "draft_model", not built yet); None for ngram
+    disable_by_batch_size: int | None = None  # no drafts while this many requests (>= 2) or more are running
+    max_model_len: int | None = None  # no drafts that would take a request past this many tokens
+    draft_tensor_parallel_size: int = 1
+
+    def __post_init__(self) -> None:
+        check_speculative_values(vars(self), str)
+
+
+def check_speculative_values(values: Mapping[str, Any], name: Callable[[str], str]) -> None:
+    """ValueError/TypeError for a SpeculativeConfig value that is missing or out of range; `name(field)` is how
+    a message names the field (EngineArgs passes the user's key or flag)."""
+    if values.get("method") not in SPECULATIVE_METHODS:
+        raise ValueError(f"{name('method')}: {values.get('method')!r} is not one of {list(SPECULATIVE_METHODS)}")
+    for key in ("num_speculative_tokens", "prompt_lookup_max", "prompt_lookup_min"):
+        if values.get(key) is None:
+            raise ValueError(f"{name(key)} is required with method {values['method']!r}")
+    for key, low in (("num_speculative_tokens", 1), ("prompt_lookup_max", 1), ("prompt_lookup_min", 1),
+                     ("disable_by_batch_size", 2), ("max_model_len", 1), ("draft_tensor_parallel_size", 1)):
+        value = values.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{name(key)} must be an integer, got {value!r}")
+        if value < low:
+            raise ValueError(f"{name(key)} must be >= {low}, got {value}")
+    if values["prompt_lookup_min"] > values["prompt_lookup_max"]:
+        raise ValueError(f"{name('prompt_lookup_min')} must be <= {name('prompt_lookup_max')}, got "
+                         f"{values['prompt_lookup_min']} > {values['prompt_lookup_max']}")
+    if values.get("draft_tensor_parallel_size") not in (None, 1):
+        raise ValueError(f"{name('draft_tensor_parallel_size')}: {values['draft_tensor_parallel_size']} is not "
+                         "supported yet: parallelism comes in a later issue (allowed: 1)")
+
+
+@dataclass
 class PagodaConfig:
     """Everything the engine needs, grouped."""
 
@@ -147,3 +194,4 @@ class PagodaConfig:
     parallel: ParallelConfig
     enforce_eager: bool = False
     max_cudagraph_capture_size: int = 512  # decode batches up to this size replay CUDA graphs
+    speculative: SpeculativeConfig | None = None  # speculative decoding, when asked for

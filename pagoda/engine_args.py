@@ -13,6 +13,10 @@ Invariants:
   and `aliases` (vLLM spellings of a Pagoda value).
 - `create_config()` raises ValueError naming the field and the allowed values for any bad input; a "no
   effect" option given a non-default value is logged once, when the EngineArgs is built.
+- Speculative decoding is asked for one way or the other: vLLM's `speculative_config` dict or vLLM 0.6's
+  flags (LEGACY_SPECULATIVE_FLAGS), never both; `build_speculative_config` (spec_decode/args.py) turns either into a
+  `config.SpeculativeConfig` (None when off) without a model folder, and with one `create_config()` turns
+  async scheduling off.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from typing import Any
 
 from pagoda import config as cfg
 from pagoda import engine_args_compat as compat
+from pagoda.spec_decode.args import LEGACY_SPECULATIVE_FLAGS, SPECULATIVE_KEYS, build_speculative_config
 from pagoda import hf_utils
 from pagoda.pooling_params import (
     PoolerConfig,
@@ -92,7 +97,7 @@ class EngineArgs(compat.VllmCompatArgs):
     block_size: int = _opt(16, "Tokens per KV-cache block.", cfg.BLOCK_SIZES)
     gpu_memory_utilization: float = _opt(0.9, "Share of GPU memory (0, 1] the engine may use: weights, activations and KV cache.")
     num_gpu_blocks_override: int | None = _opt(None, "Use exactly this many KV-cache blocks (tests and experiments).")
-    kv_cache_memory_bytes: int | None = _opt(None, "KV-cache size in bytes (also 4G, 4096M); on CPU it defaults to 4 GiB.",
+    kv_cache_memory_bytes: int | None = _opt(None, "KV-cache size in bytes (also 4G, 4096M); on a GPU it replaces the gpu_memory_utilization sizing (as vLLM); on CPU it defaults to 4 GiB.",
                                              cli_type=compat.human_readable_int)
     enable_prefix_caching: bool = _opt(True, "Reuse the KV cache of identical prompt prefixes.", negatable=True)
     max_num_seqs: int | None = _opt(None, "Most requests in one step; defaults to 1024 on a GPU with at least 70 GiB (H100/H200 class), else 256, as vLLM does.")
@@ -108,7 +113,7 @@ class EngineArgs(compat.VllmCompatArgs):
                      aliases={"embedding": "embed"}, not_yet_values=("classify", "score", "reward", "transcription"),
                      not_yet_reason="only generation and embedding models run")
     runner: str = _opt("auto", "vLLM's spelling of --task: 'generate', or 'pooling' (= task 'embed').", RUNNERS,
-                       not_yet_values=("draft",), not_yet_reason="draft models come with speculative decoding")
+                       not_yet_values=("draft",), not_yet_reason="draft models come with draft-model speculative decoding")
     convert: str = _opt("auto", "vLLM's model adapter: 'embed' runs a generative checkpoint as an embedding model (= task 'embed').", CONVERTS,
                         not_yet_values=("classify", "reward"), not_yet_reason="only the embedding adapter exists")
     generation_config: str = _opt("auto", "Where default sampling settings come from: 'auto' reads the model's generation_config.json (temperature, top_p, top_k, min_p, repetition_penalty, max_new_tokens, EOS ids), a folder reads that folder's, 'vllm' uses only its EOS ids, 'none' ignores it.")
@@ -116,6 +121,15 @@ class EngineArgs(compat.VllmCompatArgs):
     usage_context: str = _opt("llm", "Who drives the engine: the offline `LLM` class or `pagoda serve` (set by the server, not a flag); picks the step-budget default.", USAGE_CONTEXTS, cli=False)
     override_pooler_config: dict = _opt({}, "JSON dict over an embedding model's pooling: '{\"pooling_type\": \"MEAN\", \"normalize\": false}' (pooling_type LAST, CLS or MEAN).", json_arg=True)
     pooler_config: dict = _opt({}, "vLLM's newer name of --override-pooler-config (the same JSON dict).", json_arg=True)
+    # speculative decoding: vLLM's speculative_config, or (one or the other) vLLM 0.6's flags
+    speculative_config: dict | None = _opt(None, "JSON dict of speculative decoding with vLLM's keys, e.g. '{\"method\": \"ngram\", \"num_speculative_tokens\": 4, \"prompt_lookup_max\": 4}'; keys: " + ", ".join(SPECULATIVE_KEYS) + "; the lookup bounds default to 5, or to each other when one is given. Turns async scheduling off.", json_arg=True)
+    speculative_model: str | None = _opt(None, "vLLM 0.6's spelling: '[ngram]' turns on n-gram speculative decoding (with --num-speculative-tokens and --ngram-prompt-lookup-max); a draft model is not supported yet.")
+    num_speculative_tokens: int | None = _opt(None, "vLLM 0.6's spelling: most draft tokens per request per step (with --speculative-model).")
+    ngram_prompt_lookup_max: int | None = _opt(None, "vLLM 0.6's spelling: the longest n-gram looked up (required with --speculative-model [ngram]).")
+    ngram_prompt_lookup_min: int | None = _opt(None, "vLLM 0.6's spelling: the shortest n-gram looked up (default 1).")
+    speculative_disable_by_batch_size: int | None = _opt(None, "vLLM 0.6's spelling: no drafts while this many requests (>= 2) or more are running.")
+    speculative_max_model_len: int | None = _opt(None, "vLLM 0.6's spelling: no drafts that would take a request past this length.")
+    speculative_draft_tensor_parallel_size: int | None = _opt(None, "vLLM 0.6's spelling: the draft model's tensor parallel size (only 1).", flags=("-spec-draft-tp",))
 
     def __post_init__(self) -> None:
         compat.log_no_effect(vars(self), compat.ENGINE_OPTIONS)
@@ -153,6 +167,13 @@ class EngineArgs(compat.VllmCompatArgs):
     def check_options(self) -> None:
         """Every check that needs no model folder (choices, ranges, types, not-supported-yet options)."""
         self._check_choices()
+        self.create_speculative_config()
+
+    def create_speculative_config(self, max_model_len: int | None = None) -> cfg.SpeculativeConfig | None:
+        """The SpeculativeConfig these arguments ask for, None when speculation is off (no model folder needed;
+        `max_model_len`, the target's when known, bounds the speculative one)."""
+        legacy = {name: getattr(self, name) for name in LEGACY_SPECULATIVE_FLAGS}
+        return build_speculative_config(self.speculative_config, legacy, max_model_len)
 
     # ---- validation and config building ----------------------------------------------------
     def create_config(self) -> cfg.PagodaConfig:
@@ -188,13 +209,21 @@ class EngineArgs(compat.VllmCompatArgs):
                 f"max_num_batched_tokens ({batched}) is smaller than max_model_len ({max_len}); "
                 "without chunked prefill a whole prompt must fit in one step"
             )
+        speculative = self.create_speculative_config(max_len)
+        if speculative is not None and pooling:
+            raise ValueError("speculative decoding (--speculative-config, --speculative-model) is not supported for "
+                             "pooling (embedding) models")
+        async_scheduling = self.async_scheduling
+        if speculative is not None and async_scheduling:
+            logger.info("async scheduling is off: speculative decoding does not support it yet")
+            async_scheduling = False
         scheduler = cfg.SchedulerConfig(
             max_num_seqs=max_num_seqs,
             max_num_batched_tokens=batched,
             max_model_len=max_len,
             enable_chunked_prefill=self.enable_chunked_prefill,
             policy=self.scheduling_policy,
-            async_scheduling=self.async_scheduling,
+            async_scheduling=async_scheduling,
         )
         return cfg.PagodaConfig(
             model=model_config,
@@ -206,6 +235,7 @@ class EngineArgs(compat.VllmCompatArgs):
             enforce_eager=self.enforce_eager,
             max_cudagraph_capture_size=min(self.max_cudagraph_capture_size
                                            or (max_num_seqs if self.usage_context == "llm" else 512), max_num_seqs),
+            speculative=speculative,
         )
 
     def _check_choices(self) -> None:

@@ -5,8 +5,8 @@ every engine option, one field that is both an `LLM(...)` keyword and a `--kebab
 name, short aliases and value type. The server's own vLLM flags (tools, LoRA modules, ...) are declared
 the same way in `entrypoints/openai/vllm_flags.py`. Every option is one of two kinds:
 
-- NOT_YET: a feature a later issue adds (quantization, LoRA, speculative decoding, multimodal input,
-  parallelism, structured output, ...). Its default, or a value listed in `accepts`, is fine; anything
+- NOT_YET: a feature a later issue adds (quantization, LoRA, draft-model speculative decoding, multimodal
+  input, parallelism, structured output, ...). Its default, or a value listed in `accepts`, is fine; anything
   else is a ValueError naming the keyword and the flag and saying "not supported yet".
 - NO_EFFECT: what it tunes does not exist in Pagoda, or Pagoda always does what it asks. Any value is
   accepted; a non-default one is logged once per process, with the reason. Options vLLM has dropped
@@ -14,12 +14,19 @@ the same way in `entrypoints/openai/vllm_flags.py`. Every option is one of two k
 
 Sources: `vllm serve --help` of vLLM 0.17.1 (groups ModelConfig ... VllmConfig) and
 vllm/engine/arg_utils.py; a few options of older releases that scripts still pass (--use-v2-block-manager,
---guided-decoding-backend, --speculative-model, --num-scheduler-steps, ...) are kept too.
+--guided-decoding-backend, --num-scheduler-steps, vLLM 0.6's speculative-decoding flags, ...) are kept too.
+N-gram speculative decoding is implemented: --speculative-config and vLLM 0.6's --speculative-model,
+--num-speculative-tokens, --ngram-prompt-lookup-max/-min, --speculative-disable-by-batch-size,
+--speculative-max-model-len and --speculative-draft-tensor-parallel-size are EngineArgs fields; the keys and
+methods of vLLM's speculative_config that Pagoda does not implement are listed here (SPECULATIVE_CONFIG_NOT_YET,
+SPECULATIVE_METHODS_NOT_YET).
 
 Invariants:
 - An option's kind, reason, default and value type live in its `Compat` record and nowhere else.
 - `check` raises for the first NOT_YET option that holds a value it does not allow; `log_no_effect` logs a
   NO_EFFECT option's non-default value at most once per process. Neither reads anything but the values.
+- `check_speculative_keys` accepts a speculative_config key only if EngineArgs implements it, or if
+  SPECULATIVE_CONFIG_NOT_YET lists it and it holds a value listed there (vLLM's default first).
 - Nothing here imports torch or transformers.
 """
 
@@ -44,7 +51,9 @@ BOOL, INT, FLOAT, STR, JSON, STRS, INTS, HINT, OPTSTR, APPEND = (
 
 QUANT = "quantized models come with the quantization issue"
 KV_DTYPE = "the KV cache is kept in the model's dtype until the quantization issue"
-SPEC = "speculative decoding comes in a later issue"
+SPEC_DRAFT = "draft-model speculative decoding comes in a later issue (method 'ngram' works now)"
+SPEC_TYPICAL = ("only the typical acceptance sampler reads it, and Pagoda verifies drafts by rejection sampling "
+                "(vLLM V1 has no typical acceptance sampler either)")
 LORA = "LoRA adapters come in a later issue"
 MM = "multimodal input comes in a later issue"
 PARALLEL = "parallelism comes in a later issue; Pagoda runs one engine on one device"
@@ -169,10 +178,17 @@ ENGINE_OPTIONS: tuple[Compat, ...] = (
     _c("guided_decoding_disable_additional_properties", BOOL, False, NOT_YET, STRUCT),
     _c("reasoning_parser", STR, "", NOT_YET, REASONING),
     _c("reasoning_parser_plugin", STR, "", NOT_YET, REASONING),
-    # speculative decoding (speculative_model, num_speculative_tokens: vLLM < 0.8)
-    _c("speculative_config", JSON, None, NOT_YET, SPEC),
-    _c("speculative_model", STR, None, NOT_YET, SPEC),
-    _c("num_speculative_tokens", INT, None, NOT_YET, SPEC),
+    # speculative decoding: vLLM 0.6's flags that EngineArgs does not implement (vLLM V1 dropped them all)
+    _c("speculative_model_quantization", STR, None, NOT_YET, SPEC_DRAFT),
+    _c("spec_decoding_acceptance_method", STR, None, NOT_YET,
+       "drafts are verified by rejection sampling only (typical_acceptance_sampler is not implemented)",
+       accepts=("rejection_sampler",)),
+    _c("typical_acceptance_sampler_posterior_threshold", FLOAT, None, NO_EFFECT, SPEC_TYPICAL),
+    _c("typical_acceptance_sampler_posterior_alpha", FLOAT, None, NO_EFFECT, SPEC_TYPICAL),
+    _c("disable_logprobs_during_spec_decoding", OPTSTR, None, NO_EFFECT,
+       "logprobs follow each request's SamplingParams, with or without speculation (as in vLLM V1)"),
+    _c("speculative_disable_mqa_scorer", BOOL, None, NO_EFFECT,
+       "drafts are scored in the step's one forward pass; there is no MQA scorer or batch expansion"),
     # ParallelConfig
     _c("tensor_parallel_size", INT, 1, NOT_YET, PARALLEL, "-tp"),
     _c("pipeline_parallel_size", INT, 1, NOT_YET, PARALLEL, "-pp"),
@@ -292,6 +308,56 @@ ENGINE_OPTIONS: tuple[Compat, ...] = (
     _c("disable_async_output_proc", BOOL, None, NO_EFFECT, V1),
     _c("use_v2_block_manager", BOOL, None, NO_EFFECT, "vLLM ignores it too since 0.6.2 (one block manager)"),
 )
+
+# vLLM's speculative_config keys that Pagoda does not implement yet -> the values it can honour (vLLM's default
+# first); any other value is "not supported yet". From vllm/config/speculative.py (0.8 ... 0.17 and later) and
+# the keys vLLM 0.8 had (acceptance_method, posterior_*, disable_mqa_scorer, disable_logprobs, disable_log_stats).
+SPECULATIVE_CONFIG_NOT_YET: dict[str, tuple] = {
+    "quantization": (None,), "revision": (None,), "code_revision": (None,), "enforce_eager": (None,),
+    "tensor_parallel_size": (None,), "kv_cache_dtype": (None,), "moe_backend": (None,),
+    "attention_backend": (None,), "draft_load_config": (None,), "speculative_token_tree": (None,),
+    "parallel_drafting": (False,), "disable_padded_drafter_batch": (False,),
+    "disable_eagle_block_drop": (False,), "use_local_argmax_reduction": (False,),
+    "use_heterogeneous_vocab": (False,), "index_share_for_mtp_iteration": (None,),
+    "num_speculative_tokens_per_batch_size": (None,), "suffix_decoding_max_tree_depth": (24,),
+    "suffix_decoding_max_cached_requests": (10000,), "suffix_decoding_max_spec_factor": (1.0,),
+    "suffix_decoding_min_token_prob": (0.1,), "rejection_sample_method": ("standard",),
+    "synthetic_acceptance_rates": (None,), "synthetic_acceptance_length": (None,),
+    "draft_sample_method": ("greedy",), "enable_adaptive_verification": (False,), "dspark_draft_topk": (None,),
+    "acceptance_method": ("rejection_sampler",), "posterior_threshold": (None,), "posterior_alpha": (None,),
+    "disable_mqa_scorer": (False, True), "disable_logprobs": (True, False), "disable_log_stats": (None, False, True),
+    "target_model_config": (None,), "target_parallel_config": (None,), "draft_model_config": (None,),
+    "draft_parallel_config": (None,),
+}
+# vLLM's speculative methods Pagoda does not implement yet (also any "*_mtp" one); "ngram" is implemented.
+SPECULATIVE_METHODS_NOT_YET = ("draft_model", "eagle", "eagle3", "medusa", "mlp_speculator", "mtp", "suffix",
+                               "ngram_gpu", "ngram-eagle", "dflash", "dspark", "extract_hidden_states",
+                               "custom_class")
+
+
+
+def check_speculative_keys(spec: Mapping[str, Any], implemented: Iterable[str]) -> None:
+    """ValueError for a speculative_config key that is unknown (naming a close one and the allowed keys), or
+    that SPECULATIVE_CONFIG_NOT_YET lists and holds a value Pagoda cannot honour."""
+    implemented = list(implemented)
+    unknown = [key for key in spec if key not in implemented and key not in SPECULATIVE_CONFIG_NOT_YET]
+    if unknown:
+        close = [c for c in (closest_name(key, implemented) for key in unknown) if c]
+        hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
+        raise ValueError(f"speculative_config (--speculative-config) has unknown key(s) {unknown}{hint}; "
+                         f"allowed keys: {implemented}")
+    not_yet = sorted(key for key, value in spec.items() if key in SPECULATIVE_CONFIG_NOT_YET
+                     and not any(_same(value, ok) for ok in SPECULATIVE_CONFIG_NOT_YET[key]))
+    if not_yet:
+        defaults = {key: SPECULATIVE_CONFIG_NOT_YET[key][0] for key in not_yet}
+        raise ValueError(f"speculative_config (--speculative-config) key(s) {not_yet} are not supported yet (allowed: "
+                         f"vLLM's defaults {defaults}); Pagoda implements the keys {implemented}")
+
+
+def speculative_method_not_yet(method: Any) -> bool:
+    """Whether `method` is one of vLLM's speculative methods that Pagoda does not implement yet."""
+    return method in SPECULATIVE_METHODS_NOT_YET or (isinstance(method, str) and method.endswith("_mtp"))
+
 
 VllmCompatArgs = dataclasses.make_dataclass(
     "VllmCompatArgs", [(o.name, Any, o.field()) for o in ENGINE_OPTIONS], kw_only=True)

@@ -53,7 +53,9 @@ def test_not_supported_yet_names_keyword_and_flag(opt, llama_dir):
 @pytest.mark.parametrize("kwargs, flag", [
     ({"enable_lora": True}, "--enable-lora"),
     ({"quantization": "awq"}, "--quantization"),
-    ({"speculative_config": {"method": "ngram", "num_speculative_tokens": 3}}, "--speculative-config"),
+    ({"speculative_config": {"method": "eagle3", "model": "some/eagle", "num_speculative_tokens": 3}},
+     "--speculative-config"),
+    ({"speculative_model": "/models/draft", "num_speculative_tokens": 3}, "--speculative-model"),
     ({"tensor_parallel_size": 2}, "-tp"),
     ({"distributed_executor_backend": "ray"}, "--distributed-executor-backend"),
     ({"kv_cache_dtype": "fp8"}, "--kv-cache-dtype"),
