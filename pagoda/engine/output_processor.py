@@ -17,6 +17,9 @@ Invariants:
 - Every user request has one state here until all its children have finished; then it is gone.
 - A child that hits a stop string is finished here (text cut per include_stop_str_in_output) and
   its id is returned in `to_abort`, so the engine core frees it: the core never sees stop strings.
+- Several new tokens in one output (speculative decoding) give exactly the output that one token per
+  output would: with stop strings they are added one at a time, and the child ends at the token whose
+  text completes a stop string; the later tokens are dropped (token_ids, logprobs, cumulative_logprob).
 - `CompletionOutput.text` is always the detokenized text of its token_ids (minus what a stop
   string cut off, minus the held-back tail while streaming); token_ids keep every generated token,
   including EOS or stop tokens. With detokenize=False the text stays "".
@@ -263,18 +266,34 @@ class OutputProcessor:
 
     def _append(self, child: ChildState, out: EngineCoreOutput) -> bool:
         """Add new tokens to a child; True when a stop string finished it."""
+        new_ids = out.new_token_ids
+        if len(new_ids) > 1 and child.parent.params.stop and child.detokenizer is not None:
+            # Several tokens at once (speculative decoding): one at a time, so that a stop string ends the
+            # output at the token whose text completes it, exactly as one token per step would; the
+            # tokens after it are dropped (from token_ids, logprobs and cumulative_logprob too).
+            positions, last = out.new_logprobs, len(new_ids) - 1
+            for i in range(len(new_ids)):
+                if self._add(child, new_ids[i:i + 1], positions[i:i + 1] if positions is not None else None,
+                             out.finish_reason if i == last else None):
+                    return True
+            return False
+        return self._add(child, new_ids, out.new_logprobs, out.finish_reason)
+
+    def _add(self, child: ChildState, new_ids: list[int], positions: list[PositionLogprobs] | None,
+             finish_reason: str | None) -> bool:
+        """Add tokens that end with the core's `finish_reason` (None: not the output's last); True on a stop string."""
         params = child.parent.params
-        child.token_ids.extend(out.new_token_ids)
-        if out.new_logprobs is not None:
-            for position in out.new_logprobs:
+        child.token_ids.extend(new_ids)
+        if positions is not None:
+            for position in positions:
                 if child.logprobs is not None:
                     child.logprobs.append(self._logprob_dict(position, params))
                 if child.cumulative_logprob is not None:
                     child.cumulative_logprob += position[1][0]
         if child.detokenizer is None:
             return False
-        text_ids = out.new_token_ids
-        if out.finish_reason == "stop" and not params.include_stop_str_in_output:
+        text_ids = new_ids
+        if finish_reason == "stop" and not params.include_stop_str_in_output:
             text_ids = text_ids[:-1]  # EOS / a stop token ends the text without appearing in it (vLLM)
         before = len(child.detokenizer.output_text)
         child.detokenizer.add_tokens(text_ids)

@@ -8,11 +8,18 @@ healthy, 0 from its death or unhealthy verdict until a restarted core is READY) 
 `pagoda:engine_restarts_total` (engine-core restarts attempted). `vllm:cache_config_info` is vLLM's
 info-style gauge: always 1, the cache config in its labels (vLLM's field names) plus `engine`.
 
+Speculative decoding (vLLM's `SpecDecodingProm`): `vllm:spec_decode_num_drafts`,
+`vllm:spec_decode_num_draft_tokens`, `vllm:spec_decode_num_accepted_tokens` and
+`vllm:spec_decode_num_accepted_tokens_per_pos` (one more label, `position`: "0" .. "k-1") exist only
+when speculative decoding is configured, as in vLLM: they are created on the first scheduler stats that
+carry the core's cumulative `spec_decode_*` keys, every position at 0 until it happens. Acceptance rate
+= rate(accepted) / rate(draft tokens); mean acceptance length = 1 + rate(accepted) / rate(drafts).
+
 Invariants:
 - Every collector lives in this logger's own CollectorRegistry (so several servers or tests in one
   process never collide); `/metrics` renders exactly that registry.
-- Counters only ever grow: cumulative engine counters (prefix-cache queries/hits, preemptions) are
-  applied as the difference from the last value seen.
+- Counters only ever grow: cumulative engine counters (prefix-cache queries/hits, preemptions,
+  speculative-decoding drafts/tokens) are applied as the difference from the last value seen.
 - `vllm:kv_cache_usage_perc` is a fraction in [0, 1], as vLLM's is despite the name.
 - `vllm:num_requests_waiting_by_reason` sums to `vllm:num_requests_waiting`. Pagoda's scheduler holds
   a waiting request back only for capacity (token budget, sequence slots, KV blocks), so `deferred`
@@ -46,6 +53,13 @@ _LATENCY_BUCKETS = [0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30
                     240.0, 480.0, 960.0, 1920.0, 7680.0]
 _ITERATION_TOKEN_BUCKETS = [1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384]
 _N_BUCKETS = [1, 2, 5, 10, 20]
+# The core's cumulative speculative-decoding counters: scheduler-stats key (the vLLM name less `vllm:`) -> help.
+SPEC_DECODE_COUNTERS = {
+    "spec_decode_num_drafts": "Number of spec decoding drafts.",
+    "spec_decode_num_draft_tokens": "Number of draft tokens.",
+    "spec_decode_num_accepted_tokens": "Number of accepted tokens.",
+}
+SPEC_DECODE_PER_POS = "spec_decode_num_accepted_tokens_per_pos"
 # vllm:cache_config_info label -> Pagoda CacheConfig attribute (None: a constant, see _cache_info).
 _CACHE_INFO_FIELDS = {
     "block_size": "block_size", "cache_dtype": None, "enable_prefix_caching": "enable_prefix_caching",
@@ -74,6 +88,10 @@ class PrometheusStatLogger:
         reg, labels, values = self.registry, ["model_name", "engine"], (model_name, self.engine)
         self._last: dict[str, int] = {}
         self._cache_info: Gauge | None = None
+        self._labels, self._label_values = labels, values
+        self.spec_decode: dict[str, Counter] | None = None  # created with the first spec-decoding stats
+        self._spec_per_pos_family: Counter | None = None
+        self.spec_decode_per_pos: list[Counter] = []
 
         def gauge(name: str, doc: str) -> Gauge:
             return Gauge(f"vllm:{name}", doc, labels, registry=reg).labels(*values)
@@ -178,6 +196,8 @@ class PrometheusStatLogger:
             self._grow(self.prefix_queries, "prefix_cache_queries", sched)
             self._grow(self.prefix_hits, "prefix_cache_hits", sched)
             self._grow(self.preemptions, "num_preemptions", sched)
+            if "spec_decode_num_drafts" in sched:
+                self._record_spec_decode(sched)
         self._record_tokens(stats)
         for reason in stats.finished_reasons:
             counter = self.request_success.get(reason)
@@ -222,12 +242,32 @@ class PrometheusStatLogger:
         if stats.num_scheduled_tokens:
             self.iteration_tokens.observe(stats.num_scheduled_tokens)
 
+    def _record_spec_decode(self, sched: dict) -> None:
+        """vLLM's spec-decoding counters, created on the first stats that carry them."""
+        if self.spec_decode is None:
+            labels, values = self._labels, self._label_values
+            self.spec_decode = {key: Counter(f"vllm:{key}", doc, labels, registry=self.registry).labels(*values)
+                                for key, doc in SPEC_DECODE_COUNTERS.items()}
+            self._spec_per_pos_family = Counter(f"vllm:{SPEC_DECODE_PER_POS}", "Accepted tokens per draft position.",
+                                                labels + ["position"], registry=self.registry)
+        for key, counter in self.spec_decode.items():
+            self._grow(counter, key, sched)
+        per_pos = sched.get(SPEC_DECODE_PER_POS) or ()
+        while len(self.spec_decode_per_pos) < len(per_pos):  # every position exists from the start, at 0
+            position = str(len(self.spec_decode_per_pos))
+            self.spec_decode_per_pos.append(self._spec_per_pos_family.labels(*self._label_values, position))
+        for position, value in enumerate(per_pos):
+            self._grow_to(self.spec_decode_per_pos[position], f"{SPEC_DECODE_PER_POS}:{position}", value)
+
     def _grow(self, counter: Counter, key: str, sched: dict) -> None:
-        value = int(sched.get(key, 0))
-        delta = value - self._last.get(key, 0)
-        if delta > 0:
-            counter.inc(delta)
-        self._last[key] = max(value, self._last.get(key, 0))
+        self._grow_to(counter, key, sched.get(key, 0))
+
+    def _grow_to(self, counter: Counter, key: str, value: int) -> None:
+        value = int(value)
+        last = self._last.get(key, 0)
+        if value > last:
+            counter.inc(value - last)
+        self._last[key] = max(value, last)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
