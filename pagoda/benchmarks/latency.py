@@ -4,6 +4,10 @@ Invariants:
 - Every iteration (warm-up included) gets fresh random prompts, so the prefix cache never turns a
   later iteration's prefill into a cache hit; the prompts differ from each other too.
 - The timed region is one `generate` call over the whole batch; engine start-up is outside it.
+- `--spec-oracle` (with speculative decoding configured) measures the speculative machinery at
+  acceptance 1: each iteration first runs its batch untimed without drafts, then replays those tokens
+  as drafts (spec_decode/oracle_proposer.py) in the timed run. Sampling is greedy, so the timed run's
+  tokens equal the untimed run's and every draft is accepted.
 """
 
 from __future__ import annotations
@@ -34,6 +38,10 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-iters", type=int, default=30, help="Timed iterations.")
     parser.add_argument("--backend", default="pagoda", choices=["pagoda", "hf"], help="Engine to measure.")
     parser.add_argument("--output-json", default=None, help="Write the results to this JSON file.")
+    parser.add_argument("--temperature", type=float, default=1.0, help="Sampling temperature (0: greedy).")
+    parser.add_argument("--spec-oracle", action="store_true",
+                        help="Benchmark only: with --speculative-config, drafts replay an untimed run's tokens "
+                             "(acceptance 1; greedy).")
     add_sol_args(parser)
     EngineArgs.add_cli_args(parser)
 
@@ -41,6 +49,8 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
 def _runner(args: argparse.Namespace, path: str) -> Callable[[list[list[int]]], None]:
     """A function that generates `output_len` tokens for each prompt of a batch."""
     if args.backend == "hf":
+        if args.spec_oracle:
+            raise SystemExit("error: --spec-oracle measures Pagoda's speculative decoding; not with --backend hf")
         from pagoda.benchmarks import hf_backend
 
         model, device = hf_backend.load_model(path, args.dtype, args.device, args.trust_remote_code)
@@ -57,11 +67,29 @@ def _runner(args: argparse.Namespace, path: str) -> Callable[[list[list[int]]], 
     from pagoda import LLM, SamplingParams
 
     llm = LLM(**common.engine_kwargs(args))
-    params = SamplingParams(n=args.n, temperature=1.0, top_p=1.0, ignore_eos=True, max_tokens=args.output_len)
+    temperature = 0.0 if args.spec_oracle else args.temperature
+    params = SamplingParams(n=args.n, temperature=temperature, top_p=1.0, ignore_eos=True, max_tokens=args.output_len)
 
     def run_pagoda(prompts: list[list[int]]) -> None:
         llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
 
+    if not args.spec_oracle:
+        return run_pagoda
+    from pagoda.spec_decode.oracle_proposer import OracleProposer
+
+    spec = llm.llm_engine.core.executor.worker.runner.spec
+    if spec is None:
+        raise SystemExit("error: --spec-oracle needs speculative decoding (--speculative-config ...)")
+
+    def prepare_oracle(prompts: list[list[int]]) -> None:
+        spec.proposer = OracleProposer(spec.num_speculative_tokens)  # proposes nothing: plain decoding
+        outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+        spec.proposer = OracleProposer(spec.num_speculative_tokens,
+                                       [list(o.prompt_token_ids) + list(c.token_ids) for o in outs for c in o.outputs],
+                                       key_len=min(16, min(len(p) for p in prompts)))
+
+    run_pagoda.prepare = prepare_oracle  # type: ignore[attr-defined]
+    run_pagoda.stats = llm.llm_engine.stats  # type: ignore[attr-defined]
     return run_pagoda
 
 
@@ -89,15 +117,23 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         return [r.prompt_token_ids for r in reqs]
 
     run = _runner(args, path)
+    prepare = getattr(run, "prepare", None)  # untimed work before an iteration (--spec-oracle)
     for i in tqdm(range(args.num_iters_warmup), desc="warm-up iterations"):
+        if prepare is not None:
+            prepare(batch(i))
         run(batch(i))
     latencies = []
     for i in tqdm(range(args.num_iters), desc="timed iterations"):
         prompts = batch(args.num_iters_warmup + i)
+        if prepare is not None:
+            prepare(prompts)
         start = time.perf_counter()
         run(prompts)
         latencies.append(time.perf_counter() - start)
     result = {**common.run_header(), "backend": args.backend, **summarize(latencies, args.output_len)}
+    if prepare is not None:
+        result["spec_decode"] = {k: v for k, v in run.stats().items() if k.startswith("spec_decode")}
+        print(f"Speculative decoding (oracle): {result['spec_decode']}")
     print(f"Avg latency: {result['avg_latency']} seconds")
     for p, v in result["percentiles"].items():
         print(f"{p}% percentile latency: {v} seconds")

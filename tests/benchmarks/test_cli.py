@@ -98,3 +98,23 @@ def test_pagoda_latency(tiny_llama, capsys):
                   "--output-len", "4", "--num-iters-warmup", "1", "--num-iters", "2"])
     result = run_bench(args)
     assert "Avg latency: " in capsys.readouterr().out and len(result["latencies"]) == 2
+
+
+def test_pagoda_latency_spec_oracle_accepts_every_draft(tiny_llama, capsys):
+    args = parse(["latency", "--model", tiny_llama, "--device", "cpu", "--batch-size", "2", "--input-len", "8",
+                  "--output-len", "11", "--num-iters-warmup", "1", "--num-iters", "2", "--spec-oracle",
+                  "--speculative-config", '{"method": "ngram", "num_speculative_tokens": 4}'])
+    result = run_bench(args)
+    spec = result["spec_decode"]
+    # 3 iterations (warm-up included) x 2 requests, each 11 tokens = 1 from the prefill + two verify steps
+    # of 4 accepted drafts + 1 token each; the untimed reference runs propose nothing
+    assert spec["spec_decode_num_draft_tokens"] == spec["spec_decode_num_accepted_tokens"] == 3 * 2 * 8
+    assert spec["spec_decode_num_accepted_tokens_per_pos"] == [3 * 2 * 2] * 4
+    assert "Speculative decoding (oracle)" in capsys.readouterr().out
+
+
+def test_spec_oracle_needs_speculative_decoding(tiny_llama):
+    args = parse(["latency", "--model", tiny_llama, "--device", "cpu", "--batch-size", "1", "--input-len", "8",
+                  "--output-len", "2", "--num-iters-warmup", "1", "--num-iters", "1", "--spec-oracle"])
+    with pytest.raises(SystemExit, match="needs speculative decoding"):
+        run_bench(args)

@@ -1,0 +1,137 @@
+"""The runner's speculative-decoding step: verify each request's drafts, append what was accepted,
+propose the next drafts.
+
+A verify step schedules request r's missing token plus its k_r drafts; the forward pass gives logits
+at its last k_r + 1 positions. Requests without drafts in the step (k_r = 0) go through the ordinary
+Sampler with all their rules; requests with drafts go through the rejection sampler
+(sample/rejection_sampler.py): greedy ones keep the longest prefix the target's argmax agrees with
+plus the target's next token (token-identical to decoding without speculation), random ones use
+rejection sampling (the output distribution is exactly the target's). Then the step syncs: the
+n-gram proposer reads every request's tokens on the host.
+
+Invariants:
+- Only rows with `InputBatch.can_speculate` get drafts: requests whose sampling needs nothing that
+  depends on the position inside a run of drafts (no penalties, bad words, min_tokens, logits
+  processors, allowed_token_ids or logit_bias). Other requests decode one token per step, exactly
+  as without speculation ("served without speculation, never served wrong").
+- After the step, every sampled request's tokens are on the host in the InputBatch (no placeholder),
+  its `num_computed` excludes its rejected positions, and the output carries its tokens (1 + accepted
+  drafts), their logprobs (the target's raw logprobs, as without speculation) and its next drafts.
+- Drafts are written into the InputBatch past a row's known tokens, so the step's input ids read
+  them like any token; they never count in `num_tokens` and are overwritten by what is accepted.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from pagoda.core.sched_output import ModelRunnerOutput
+from pagoda.sample.logprobs import gather_logprobs
+from pagoda.sample.rejection_sampler import rejection_sample
+from pagoda.spec_decode.ngram_proposer import NgramProposer
+from pagoda.worker.input_batch import to_device
+
+
+class SpecDecodeStep:
+    def __init__(self, speculative_config, runner) -> None:
+        self.num_speculative_tokens = speculative_config.num_speculative_tokens
+        self.proposer = NgramProposer(speculative_config.num_speculative_tokens,
+                                      speculative_config.prompt_lookup_min, speculative_config.prompt_lookup_max)
+        self.runner = runner
+
+    def write_drafts(self, req_ids: list[str], rows: np.ndarray, drafts: dict[str, list[int]]) -> np.ndarray:
+        """Put each request's drafts after its known tokens; returns the draft count per request."""
+        batch = self.runner.batch
+        num_drafts = np.zeros(len(req_ids), dtype=np.int64)
+        for i, req_id in enumerate(req_ids):
+            tokens = drafts.get(req_id)
+            if tokens:
+                row, start = int(rows[i]), int(batch.num_tokens[rows[i]])
+                batch.token_ids[row, start:start + len(tokens)] = tokens
+                num_drafts[i] = len(tokens)
+        return num_drafts
+
+    def sample(self, req_ids: list[str], rows: np.ndarray, sample_at: np.ndarray, query_end: np.ndarray,
+               num_drafts: np.ndarray, drafts: dict[str, list[int]], hidden: torch.Tensor,
+               output: ModelRunnerOutput) -> None:
+        """Sample the requests `sample_at` of the step (indices into req_ids), fill `output`, propose."""
+        runner = self.runner
+        batch, device = runner.batch, runner.device
+        k = num_drafts[sample_at]
+        counts = k + 1
+        first = query_end[sample_at] - counts  # each request's first sampled position in `hidden`
+        offsets = np.cumsum(counts) - counts
+        index = np.repeat(first, counts) + (np.arange(int(counts.sum())) - np.repeat(offsets, counts))
+        logits = runner.model.compute_logits(hidden[to_device(index, device)])
+        sample_rows = rows[sample_at]
+        sample_ids = [req_ids[i] for i in sample_at]
+        tokens: list[list[int]] = [[] for _ in sample_ids]
+        logprobs: list[list | None] = [None] * len(sample_ids)
+
+        plain = np.flatnonzero(k == 0)
+        if plain.size:
+            metadata = runner.sampling_inputs.build(sample_rows[plain], [sample_ids[j] for j in plain],
+                                                    runner.generators)
+            result = runner.sampler.forward(logits[to_device(offsets[plain], device)], metadata)
+            ids = result.sampled_token_ids.tolist()
+            wanted = batch.num_logprobs[sample_rows[plain]]
+            host = None if result.logprobs is None else (result.logprob_token_ids.tolist(),
+                                                         result.logprobs.tolist(), result.sampled_ranks.tolist())
+            for n, j in enumerate(plain.tolist()):
+                tokens[j] = [ids[n]]
+                if host is not None and wanted[n] >= 0:
+                    width = int(wanted[n]) + 1
+                    logprobs[j] = [(host[0][n][:width], host[1][n][:width], host[2][n])]
+            for n, reason in metadata.row_errors.items():
+                runner.fail(sample_ids[plain[n]], f"sampling request {sample_ids[plain[n]]} failed: {reason}", output)
+
+        verify = np.flatnonzero(k > 0)
+        if verify.size:
+            self._verify(verify, k, offsets, counts, logits, sample_rows, sample_ids, drafts, tokens, logprobs)
+
+        for j, req_id in enumerate(sample_ids):
+            if req_id in output.failed:
+                continue
+            row, new = int(sample_rows[j]), tokens[j]
+            start = int(batch.num_tokens[row])
+            batch.token_ids[row, start:start + len(new)] = new
+            batch.num_tokens[row] = start + len(new)
+            batch.num_computed[row] -= int(k[j]) + 1 - len(new)  # the rejected draft positions
+            output.sampled_token_ids[req_id] = new
+            if logprobs[j] is not None:
+                output.logprobs[req_id] = logprobs[j]
+            if batch.can_speculate[row]:
+                proposed = self.proposer.propose(batch.token_ids[row, : start + len(new)])
+                if proposed:
+                    output.draft_token_ids[req_id] = proposed
+
+    def _verify(self, verify, k, offsets, counts, logits, sample_rows, sample_ids, drafts, tokens, logprobs) -> None:
+        runner = self.runner
+        batch, device = runner.batch, runner.device
+        positions = np.concatenate([offsets[j] + np.arange(counts[j]) for j in verify])
+        verify_logits = logits[to_device(positions, device)]
+        verify_ids = [sample_ids[j] for j in verify]
+        metadata = runner.sampling_inputs.build(sample_rows[verify], verify_ids, runner.generators)
+        draft_ids = torch.tensor([t for r in verify_ids for t in drafts[r]], dtype=torch.int64, device=device)
+        verify_k = [int(k[j]) for j in verify]
+        out = rejection_sample(verify_logits, verify_k, draft_ids, metadata)  # [Rv, max_k + 1], -1 padded
+        wanted = batch.num_logprobs[sample_rows[verify]]
+        host_lp = None
+        if (wanted >= 0).any():
+            # The token output at each verified position (0 past the first rejection: never reported).
+            owner = torch.tensor(np.repeat(np.arange(len(verify)), counts[verify]), device=device)
+            within = torch.tensor(np.concatenate([np.arange(counts[j]) for j in verify]), device=device)
+            chosen = out[owner, within].clamp_min(0)
+            raw = torch.log_softmax(verify_logits.to(torch.float32), dim=-1)
+            host_lp = tuple(t.tolist() for t in gather_logprobs(raw, int(wanted.max()), chosen))
+        out_host = out.tolist()
+        cursor = 0
+        for n, j in enumerate(verify.tolist()):
+            new = [t for t in out_host[n] if t >= 0]
+            tokens[j] = new
+            if host_lp is not None and wanted[n] >= 0:
+                width = int(wanted[n]) + 1
+                logprobs[j] = [(host_lp[0][p][:width], host_lp[1][p][:width], host_lp[2][p])
+                               for p in range(cursor, cursor + len(new))]
+            cursor += int(counts[j])
