@@ -4,7 +4,9 @@ Invariants:
 - The KV cache is allocated once, after the model, as one tensor per layer of shape
   [2, num_blocks, block_size, num_kv_heads, head_size] (attention/backend.py's layout).
 - On CPU the cache size comes from kv_cache_memory_bytes (default 4 GiB), capped at what
-  max_num_seqs sequences of max_model_len can use; num_gpu_blocks_override wins over both.
+  max_num_seqs sequences of max_model_len can use; num_gpu_blocks_override wins over both. On CUDA,
+  kv_cache_memory_bytes when given sets the size alone (as vLLM: gpu_memory_utilization is then not
+  used), else a profiled step and gpu_memory_utilization do (worker/gpu_memory.py).
 - On CUDA, kernels are warmed up (worker/warmup.py) after the cache is allocated and before any
   CUDA graph is captured; the warm-up writes nothing into the cache.
 """
@@ -51,12 +53,14 @@ class Worker:
             return cache.num_gpu_blocks_override
         if self.kv_spec.num_layers == 0:  # no KV cache (BERT): blocks are only the scheduler's bookkeeping
             return -(-self.config.model.max_model_len // cache.block_size) * self.config.scheduler.max_num_seqs
-        if self.device.type == "cuda":
+        if self.device.type == "cuda" and cache.kv_cache_memory_bytes is None:
             from pagoda.worker.gpu_memory import profile_num_blocks
 
             return profile_num_blocks(self)
         budget = cache.kv_cache_memory_bytes or CPU_DEFAULT_KV_BYTES
         num_blocks = budget // self.bytes_per_block()
+        if self.device.type == "cuda":
+            return int(num_blocks)
         blocks_per_seq = -(-self.config.model.max_model_len // cache.block_size)
         return int(min(num_blocks, blocks_per_seq * self.config.scheduler.max_num_seqs + 1))
 
