@@ -1,8 +1,11 @@
-"""CUDA graphs for decode steps: capture the model forward once per bucketed batch size, replay it.
+"""CUDA graphs for decode and verify steps: capture the model forward once per bucketed batch size
+and query length, replay it.
 
-A decode-only step (every request has exactly one new token) of n requests runs the graph of the
-smallest captured size >= n; rows past n are padding (slot -1: the KV write skips them; sequence
-length 1 over block 0: harmless reads) and their outputs are dropped.
+A uniform step (every request has exactly q new tokens: q = 1 for decode, q = k + 1 for a speculative
+verify step whose requests all carry k drafts) of n requests runs the graph of q and the smallest
+captured size >= n; requests past n are padding (slots -1: the KV write skips them; sequence length q
+over block 0: harmless reads) and their outputs are dropped. Verify graphs exist only with speculative
+decoding (`verify_query_len`).
 
 Invariants:
 - Graphs read only the static buffers below; `run` copies a step's inputs into them, replays, and
@@ -39,7 +42,7 @@ def capture_sizes(max_size: int) -> list[int]:
 
 class CudaGraphRunner:
     def __init__(self, model, kv_caches, max_capture_size: int, max_model_len: int, block_size: int, device,
-                 attn_metadata: AttentionMetadataBuilder) -> None:
+                 attn_metadata: AttentionMetadataBuilder, verify_query_len: int | None = None) -> None:
         self.model = model
         self.attn_metadata = attn_metadata  # the runner's builder: the backend's launch choices, as eager
         self.kv_caches = kv_caches
@@ -47,61 +50,73 @@ class CudaGraphRunner:
         self.max_model_len = max_model_len
         max_bs = self.sizes[-1]
         max_blocks = -(-max_model_len // block_size)
-        self.input_ids = torch.zeros(max_bs, dtype=torch.long, device=device)
-        self.positions = torch.zeros(max_bs, dtype=torch.long, device=device)
-        self.slot_mapping = torch.full((max_bs,), -1, dtype=torch.long, device=device)
-        self.query_start_loc = torch.arange(max_bs + 1, dtype=torch.int32, device=device)
+        self.query_lens = (1,) if verify_query_len is None else (1, verify_query_len)
+        max_tokens = max_bs * max(self.query_lens)
+        self.input_ids = torch.zeros(max_tokens, dtype=torch.long, device=device)
+        self.positions = torch.zeros(max_tokens, dtype=torch.long, device=device)
+        self.slot_mapping = torch.full((max_tokens,), -1, dtype=torch.long, device=device)
+        # Request i's tokens are rows [i * q, (i + 1) * q): one static query_start_loc per query length.
+        self.query_start_loc = {q: torch.arange(0, (max_bs + 1) * q, q, dtype=torch.int32, device=device)
+                                for q in self.query_lens}
         self.seq_lens = torch.ones(max_bs, dtype=torch.int32, device=device)
         self.block_tables = torch.zeros(max_bs, max_blocks, dtype=torch.int32, device=device)
-        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
-        self.outputs: dict[int, torch.Tensor] = {}
+        self.graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}  # (batch size, query length) -> graph
+        self.outputs: dict[tuple[int, int], torch.Tensor] = {}
+        self.num_replays = dict.fromkeys(self.query_lens, 0)  # steps served from graphs, per query length
 
-    def _metadata(self, size: int) -> AttentionMetadata:
+    def _metadata(self, size: int, q: int) -> AttentionMetadata:
         return self.attn_metadata.build(
             num_reqs=size,
-            num_tokens=size,
-            max_query_len=1,
+            num_tokens=size * q,
+            max_query_len=q,
             max_seq_len=self.max_model_len,
-            query_start_loc=self.query_start_loc[: size + 1],
+            query_start_loc=self.query_start_loc[q][: size + 1],
             seq_lens=self.seq_lens[:size],
             block_tables=self.block_tables[:size],
-            slot_mapping=self.slot_mapping[:size],
-            query_start_loc_cpu=list(range(size + 1)),
-            seq_lens_cpu=[1] * size,
+            slot_mapping=self.slot_mapping[: size * q],
+            query_start_loc_cpu=list(range(0, (size + 1) * q, q)),
+            seq_lens_cpu=[q] * size,
         )
 
-    def _forward(self, size: int) -> torch.Tensor:
-        return self.model(self.input_ids[:size], self.positions[:size], self.kv_caches, self._metadata(size))
+    def _forward(self, size: int, q: int) -> torch.Tensor:
+        tokens = size * q
+        return self.model(self.input_ids[:tokens], self.positions[:tokens], self.kv_caches, self._metadata(size, q))
 
     @torch.inference_mode()
     def capture(self) -> None:
         started = time.perf_counter()
         pool = None
-        for size in reversed(self.sizes):
-            self._forward(size)  # warm-up: compiles kernels, settles allocator state
-            torch.cuda.synchronize()
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool):
-                self.outputs[size] = self._forward(size)
-            pool = graph.pool() if pool is None else pool
-            self.graphs[size] = graph
+        for q in self.query_lens:
+            self.seq_lens.fill_(q)  # a padding request's q queries attend to its q (garbage) keys
+            for size in reversed(self.sizes):
+                self._forward(size, q)  # warm-up: compiles kernels, settles allocator state
+                torch.cuda.synchronize()
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, pool=pool):
+                    self.outputs[size, q] = self._forward(size, q)
+                pool = graph.pool() if pool is None else pool
+                self.graphs[size, q] = graph
         torch.cuda.synchronize()
-        logger.info("captured %d CUDA graphs (decode batch sizes 1..%d) in %.1f s",
-                    len(self.sizes), self.sizes[-1], time.perf_counter() - started)
+        logger.info("captured %d CUDA graphs (batch sizes 1..%d, query lengths %s) in %.1f s",
+                    len(self.graphs), self.sizes[-1], list(self.query_lens), time.perf_counter() - started)
 
     def can_run(self, metadata: AttentionMetadata) -> bool:
-        return metadata.max_query_len == 1 and metadata.num_tokens == metadata.num_reqs and metadata.num_reqs <= self.sizes[-1]
+        q = metadata.max_query_len
+        return (q in self.query_lens and metadata.num_tokens == metadata.num_reqs * q
+                and metadata.num_reqs <= self.sizes[-1])
 
     def run(self, input_ids: torch.Tensor, positions: torch.Tensor, metadata: AttentionMetadata) -> torch.Tensor:
-        n = metadata.num_reqs
+        n, q = metadata.num_reqs, metadata.max_query_len
         size = next(s for s in self.sizes if s >= n)
-        self.input_ids[:n].copy_(input_ids)
-        self.positions[:n].copy_(positions)
-        self.slot_mapping[:n].copy_(metadata.slot_mapping)
-        self.slot_mapping[n:size].fill_(-1)
+        tokens = n * q
+        self.input_ids[:tokens].copy_(input_ids)
+        self.positions[:tokens].copy_(positions)
+        self.slot_mapping[:tokens].copy_(metadata.slot_mapping)
+        self.slot_mapping[tokens:size * q].fill_(-1)
         self.seq_lens[:n].copy_(metadata.seq_lens)
-        self.seq_lens[n:size].fill_(1)
+        self.seq_lens[n:size].fill_(q)
         width = metadata.block_tables.shape[1]
         self.block_tables[:n, :width].copy_(metadata.block_tables)
-        self.graphs[size].replay()
-        return self.outputs[size][:n]
+        self.graphs[size, q].replay()
+        self.num_replays[q] += 1
+        return self.outputs[size, q][:tokens]

@@ -96,7 +96,10 @@ def profile_num_blocks(worker: "Worker") -> int:
     free, total = torch.cuda.mem_get_info(device)
     outside_torch = max(0, (total - free) - torch.cuda.memory_reserved(device))
     budget = total * config.cache.gpu_memory_utilization
-    used = peak + outside_torch + CUDA_GRAPH_MARGIN_BYTES
+    speculative = getattr(config, "speculative", None)
+    # Verify-step graphs (speculative decoding) hold k + 1 tokens per request: their pool grows with it.
+    graph_margin = CUDA_GRAPH_MARGIN_BYTES * (speculative.num_speculative_tokens + 1 if speculative else 1)
+    used = peak + outside_torch + graph_margin
     bytes_per_block = worker.bytes_per_block()
     num_blocks = int((budget - used) // bytes_per_block)
     needed_for_one_seq = -(-max_len // block_size) * bytes_per_block

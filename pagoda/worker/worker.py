@@ -83,9 +83,11 @@ class Worker:
         if use_graphs:
             from pagoda.worker.cuda_graph import CudaGraphRunner
 
+            speculative = self.config.speculative
             graphs = CudaGraphRunner(self.model, kv_caches, self.config.max_cudagraph_capture_size,
                                      self.config.model.max_model_len, cache.block_size, self.device,
-                                     self.runner.attn_metadata)
+                                     self.runner.attn_metadata,
+                                     verify_query_len=speculative.num_speculative_tokens + 1 if speculative else None)
             graphs.capture()
             self.runner.cuda_graphs = graphs
 

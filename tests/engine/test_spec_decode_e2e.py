@@ -9,6 +9,7 @@ server test and below, where its drafts must be verified and change nothing.
 
 import numpy as np
 import pytest
+import torch
 
 from pagoda import LLM, SamplingParams
 from tests.engine.conftest import ARCHS, PROMPTS
@@ -188,3 +189,16 @@ def test_mixed_batch_and_seeded_sampling_is_reproducible(llama_dir, reference):
     again = spec.generate(prompts, seeded, use_tqdm=False)
     assert [o.outputs[0].token_ids for o in again] == [o.outputs[0].token_ids for o in outs[n:2 * n]]
     assert all(len(o.outputs[0].token_ids) == 24 for o in outs)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_verify_steps_replay_cuda_graphs_and_match_eager(llama_dir, reference_outputs, reference):
+    graphs = _with_oracle(_llm(llama_dir, speculative_config=NGRAM), reference_outputs)
+    eager = _with_oracle(_llm(llama_dir, speculative_config=NGRAM, enforce_eager=True), reference_outputs)
+    params = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True, logprobs=3)
+    got, want = _generate(graphs, params), _generate(eager, params)
+    for g, w in zip(got, want):
+        _same_completion(g, w)
+    assert [o.token_ids for o in got] == reference
+    replays = graphs.llm_engine.core.executor.worker.runner.cuda_graphs.num_replays
+    assert replays[NGRAM["num_speculative_tokens"] + 1] > 0, replays
