@@ -6,7 +6,10 @@ Invariants:
 - `core/` imports this module but needs nothing from torch; the torch dtype lives on ModelConfig
   as a string name (`dtype_name`) plus the resolved `torch.dtype` built lazily by `torch_dtype`.
 - `PagodaConfig.speculative` is None unless speculative decoding was asked for; when it is set, the
-  scheduler's `async_scheduling` is False (speculative steps do not overlap yet).
+  scheduler's `async_scheduling` is False (speculative steps do not overlap yet). Method "ngram" carries
+  both prompt-lookup bounds and no model; method "draft_model" carries the draft's resolved folder, no
+  prompt-lookup bounds, and (once built by `EngineArgs.create_config`) `draft_model_config`, a ModelConfig
+  of the draft with the target's dtype and vocabulary size.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ GENERATION_CONFIG_MODES = ("auto", "vllm", "none")  # or a folder holding genera
 # transformers writes by default, which vLLM's `to_diff_dict()` drops (so top_k=50 is not a default).
 GENERATION_DEFAULT_KEYS = ("repetition_penalty", "temperature", "top_k", "top_p", "min_p", "max_new_tokens")
 _HF_GENERATION_DEFAULTS = {"repetition_penalty": 1.0, "temperature": 1.0, "top_k": 50, "top_p": 1.0}
-SPECULATIVE_METHODS = ("ngram",)  # built; "draft_model" comes next
+SPECULATIVE_METHODS = ("ngram", "draft_model")  # prompt lookup; a smaller model of the same vocabulary
 
 
 @dataclass
@@ -144,27 +147,44 @@ class SpeculativeConfig:
     """Speculative decoding: each step a running request may carry up to `num_speculative_tokens` drafts,
     verified in the same forward pass (vLLM's `speculative_config`; built by EngineArgs)."""
 
-    method: str  # "ngram": prompt lookup, drafts copied from the request's own earlier tokens
+    method: str  # "ngram": drafts copied from the request's own earlier tokens; "draft_model": a smaller model's
     num_speculative_tokens: int  # most drafts per request per step, >= 1
-    prompt_lookup_max: int  # ngram: the longest suffix looked up, >= prompt_lookup_min
-    prompt_lookup_min: int  # ngram: the shortest suffix that counts as a match, >= 1
-    model: str | None = None  # the draft model (method "draft_model", not built yet); None for ngram
+    prompt_lookup_max: int | None = None  # ngram (required): the longest suffix looked up, >= prompt_lookup_min
+    prompt_lookup_min: int | None = None  # ngram (required): the shortest suffix that counts as a match, >= 1
+    model: str | None = None  # draft_model (required): the draft's folder (resolved by create_config); ngram: None
     disable_by_batch_size: int | None = None  # no drafts while this many requests (>= 2) or more are running
     max_model_len: int | None = None  # no drafts that would take a request past this many tokens
     draft_tensor_parallel_size: int = 1
+    # draft_model: the draft's ModelConfig, set by EngineArgs.create_config (None before, and for ngram); derived
+    # from `model`, so it takes no part in == and repr
+    draft_model_config: Any = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         check_speculative_values(vars(self), str)
 
 
+NGRAM_ONLY_KEYS = ("prompt_lookup_max", "prompt_lookup_min")
+
+
 def check_speculative_values(values: Mapping[str, Any], name: Callable[[str], str]) -> None:
-    """ValueError/TypeError for a SpeculativeConfig value that is missing or out of range; `name(field)` is how
-    a message names the field (EngineArgs passes the user's key or flag)."""
-    if values.get("method") not in SPECULATIVE_METHODS:
-        raise ValueError(f"{name('method')}: {values.get('method')!r} is not one of {list(SPECULATIVE_METHODS)}")
-    for key in ("num_speculative_tokens", "prompt_lookup_max", "prompt_lookup_min"):
+    """ValueError/TypeError for a SpeculativeConfig value that is missing, out of range or of the other method;
+    `name(field)` is how a message names the field (EngineArgs passes the user's key or flag)."""
+    method = values.get("method")
+    if method not in SPECULATIVE_METHODS:
+        raise ValueError(f"{name('method')}: {method!r} is not one of {list(SPECULATIVE_METHODS)}")
+    required = ("num_speculative_tokens", *NGRAM_ONLY_KEYS) if method == "ngram" else ("num_speculative_tokens",
+                                                                                        "model")
+    for key in required:
         if values.get(key) is None:
-            raise ValueError(f"{name(key)} is required with method {values['method']!r}")
+            raise ValueError(f"{name(key)} is required with method {method!r}")
+    if method == "draft_model":
+        for key in NGRAM_ONLY_KEYS:
+            if values.get(key) is not None:
+                raise ValueError(f"{name(key)} is an n-gram (prompt lookup) option; it does not apply to method "
+                                 f"'draft_model' (a draft model {values['model']!r} was given)")
+        if not isinstance(values["model"], str) or not values["model"] or values["model"] in ("ngram", "[ngram]"):
+            raise ValueError(f"{name('model')}: method 'draft_model' needs a draft model folder or cached hub id, "
+                             f"got {values['model']!r}")
     for key, low in (("num_speculative_tokens", 1), ("prompt_lookup_max", 1), ("prompt_lookup_min", 1),
                      ("disable_by_batch_size", 2), ("max_model_len", 1), ("draft_tensor_parallel_size", 1)):
         value = values.get(key)
@@ -174,7 +194,7 @@ def check_speculative_values(values: Mapping[str, Any], name: Callable[[str], st
             raise TypeError(f"{name(key)} must be an integer, got {value!r}")
         if value < low:
             raise ValueError(f"{name(key)} must be >= {low}, got {value}")
-    if values["prompt_lookup_min"] > values["prompt_lookup_max"]:
+    if method == "ngram" and values["prompt_lookup_min"] > values["prompt_lookup_max"]:
         raise ValueError(f"{name('prompt_lookup_min')} must be <= {name('prompt_lookup_max')}, got "
                          f"{values['prompt_lookup_min']} > {values['prompt_lookup_max']}")
     if values.get("draft_tensor_parallel_size") not in (None, 1):

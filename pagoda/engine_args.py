@@ -16,7 +16,11 @@ Invariants:
 - Speculative decoding is asked for one way or the other: vLLM's `speculative_config` dict or vLLM 0.6's
   flags (LEGACY_SPECULATIVE_FLAGS), never both; `build_speculative_config` (spec_decode/args.py) turns either into a
   `config.SpeculativeConfig` (None when off) without a model folder, and with one `create_config()` turns
-  async scheduling off.
+  async scheduling off. For method "draft_model" `create_config()` also builds the draft's ModelConfig with the
+  target's machinery (`_model_config` of a copy of these arguments: offline folder / cache resolution, the
+  target's resolved dtype) and checks it: a generative model Pagoda runs, the target's vocabulary size, and a
+  max_model_len within the draft's own position limit (SpeculativeConfig.max_model_len is lowered to that limit
+  when it is below the target's, so that no draft is asked past it).
 """
 
 from __future__ import annotations
@@ -30,7 +34,12 @@ from typing import Any
 
 from pagoda import config as cfg
 from pagoda import engine_args_compat as compat
-from pagoda.spec_decode.args import LEGACY_SPECULATIVE_FLAGS, SPECULATIVE_KEYS, build_speculative_config
+from pagoda.spec_decode.args import (
+    LEGACY_SPECULATIVE_FLAGS,
+    SPECULATIVE_KEYS,
+    build_speculative_config,
+    option_namer,
+)
 from pagoda import hf_utils
 from pagoda.pooling_params import (
     PoolerConfig,
@@ -113,7 +122,7 @@ class EngineArgs(compat.VllmCompatArgs):
                      aliases={"embedding": "embed"}, not_yet_values=("classify", "score", "reward", "transcription"),
                      not_yet_reason="only generation and embedding models run")
     runner: str = _opt("auto", "vLLM's spelling of --task: 'generate', or 'pooling' (= task 'embed').", RUNNERS,
-                       not_yet_values=("draft",), not_yet_reason="draft models come with draft-model speculative decoding")
+                       not_yet_values=("draft",), not_yet_reason="a draft model is given with speculative_config's 'model' (--speculative-config) or --speculative-model, next to the served model")
     convert: str = _opt("auto", "vLLM's model adapter: 'embed' runs a generative checkpoint as an embedding model (= task 'embed').", CONVERTS,
                         not_yet_values=("classify", "reward"), not_yet_reason="only the embedding adapter exists")
     generation_config: str = _opt("auto", "Where default sampling settings come from: 'auto' reads the model's generation_config.json (temperature, top_p, top_k, min_p, repetition_penalty, max_new_tokens, EOS ids), a folder reads that folder's, 'vllm' uses only its EOS ids, 'none' ignores it.")
@@ -122,13 +131,13 @@ class EngineArgs(compat.VllmCompatArgs):
     override_pooler_config: dict = _opt({}, "JSON dict over an embedding model's pooling: '{\"pooling_type\": \"MEAN\", \"normalize\": false}' (pooling_type LAST, CLS or MEAN).", json_arg=True)
     pooler_config: dict = _opt({}, "vLLM's newer name of --override-pooler-config (the same JSON dict).", json_arg=True)
     # speculative decoding: vLLM's speculative_config, or (one or the other) vLLM 0.6's flags
-    speculative_config: dict | None = _opt(None, "JSON dict of speculative decoding with vLLM's keys, e.g. '{\"method\": \"ngram\", \"num_speculative_tokens\": 4, \"prompt_lookup_max\": 4}'; keys: " + ", ".join(SPECULATIVE_KEYS) + "; the lookup bounds default to 5, or to each other when one is given. Turns async scheduling off.", json_arg=True)
-    speculative_model: str | None = _opt(None, "vLLM 0.6's spelling: '[ngram]' turns on n-gram speculative decoding (with --num-speculative-tokens and --ngram-prompt-lookup-max); a draft model is not supported yet.")
+    speculative_config: dict | None = _opt(None, "JSON dict of speculative decoding with vLLM's keys, e.g. '{\"method\": \"ngram\", \"num_speculative_tokens\": 4, \"prompt_lookup_max\": 4}' or, with a draft model (a smaller model of the same vocabulary), '{\"model\": \"/models/draft\", \"num_speculative_tokens\": 4}'; keys: " + ", ".join(SPECULATIVE_KEYS) + "; methods: ngram, draft_model (the default when 'model' is a folder or hub id); the n-gram lookup bounds default to 5, or to each other when one is given. Turns async scheduling off.", json_arg=True)
+    speculative_model: str | None = _opt(None, "vLLM 0.6's spelling: '[ngram]' turns on n-gram speculative decoding (with --num-speculative-tokens and --ngram-prompt-lookup-max); a model folder or cached hub id is a draft model of the same vocabulary (with --num-speculative-tokens).")
     num_speculative_tokens: int | None = _opt(None, "vLLM 0.6's spelling: most draft tokens per request per step (with --speculative-model).")
-    ngram_prompt_lookup_max: int | None = _opt(None, "vLLM 0.6's spelling: the longest n-gram looked up (required with --speculative-model [ngram]).")
-    ngram_prompt_lookup_min: int | None = _opt(None, "vLLM 0.6's spelling: the shortest n-gram looked up (default 1).")
+    ngram_prompt_lookup_max: int | None = _opt(None, "vLLM 0.6's spelling: the longest n-gram looked up (required with --speculative-model [ngram]; an error with a draft model).")
+    ngram_prompt_lookup_min: int | None = _opt(None, "vLLM 0.6's spelling: the shortest n-gram looked up (default 1; an error with a draft model).")
     speculative_disable_by_batch_size: int | None = _opt(None, "vLLM 0.6's spelling: no drafts while this many requests (>= 2) or more are running.")
-    speculative_max_model_len: int | None = _opt(None, "vLLM 0.6's spelling: no drafts that would take a request past this length.")
+    speculative_max_model_len: int | None = _opt(None, "vLLM 0.6's spelling: no drafts that would take a request past this length (at most --max-model-len; a draft model's own limit lowers it).")
     speculative_draft_tensor_parallel_size: int | None = _opt(None, "vLLM 0.6's spelling: the draft model's tensor parallel size (only 1).", flags=("-spec-draft-tp",))
 
     def __post_init__(self) -> None:
@@ -213,6 +222,8 @@ class EngineArgs(compat.VllmCompatArgs):
         if speculative is not None and pooling:
             raise ValueError("speculative decoding (--speculative-config, --speculative-model) is not supported for "
                              "pooling (embedding) models")
+        if speculative is not None and speculative.method == "draft_model":
+            speculative = self._with_draft_model(speculative, model_config, device)
         async_scheduling = self.async_scheduling
         if speculative is not None and async_scheduling:
             logger.info("async scheduling is off: speculative decoding does not support it yet")
@@ -237,6 +248,46 @@ class EngineArgs(compat.VllmCompatArgs):
                                            or (max_num_seqs if self.usage_context == "llm" else 512), max_num_seqs),
             speculative=speculative,
         )
+
+    def _with_draft_model(self, speculative: cfg.SpeculativeConfig, target: cfg.ModelConfig,
+                          device: str) -> cfg.SpeculativeConfig:
+        """`speculative` (method "draft_model") with the draft's folder resolved, its ModelConfig built the way the
+        target's is (offline, the target's dtype) and checked against the target (ValueError naming the option)."""
+        name = option_namer(self.speculative_config)
+        given = speculative.model
+        draft_args = dataclasses.replace(
+            self, model=given, tokenizer=given, revision=None, tokenizer_revision=None, dtype=target.dtype_name,
+            max_model_len=None, served_model_name=None, hf_overrides={}, rope_scaling={}, rope_theta=None,
+            task="auto", runner="auto", convert="auto", generation_config="none", override_generation_config={},
+            override_pooler_config={}, pooler_config={}, speculative_config=None,
+            **{flag: None for flag in LEGACY_SPECULATIVE_FLAGS})
+        try:
+            draft = draft_args._model_config(device)
+        except ValueError as exc:
+            raise ValueError(f"the draft model of {name('model')}: {exc}") from None
+        from pagoda.model_executor.models import ModelRegistry
+
+        architectures = list(getattr(draft.hf_config, "architectures", None) or [])
+        if not any(ModelRegistry.is_supported(arch) for arch in architectures):
+            raise ValueError(f"{name('model')}: the draft model {given!r} has architectures {architectures}, which "
+                             f"Pagoda does not run; supported: {ModelRegistry.get_supported_archs()}")
+        if draft.runner_type != "generate":
+            raise ValueError(f"{name('model')}: the draft model {given!r} ({draft.architecture}) is an embedding "
+                             "(pooling) model; a draft model must be a generative decoder with an LM head")
+        draft_vocab, target_vocab = getattr(draft.hf_config, "vocab_size", None), getattr(target.hf_config,
+                                                                                        "vocab_size", None)
+        if draft_vocab != target_vocab:
+            raise ValueError(f"{name('model')}: the draft model {given} has a vocabulary of {draft_vocab} tokens, the "
+                             f"target model {target_vocab}; speculative decoding needs the same vocabulary (tokenizer)")
+        limit = speculative.max_model_len or target.max_model_len  # the user's is <= the target's (checked)
+        draft_len = min(limit, draft.max_model_len)  # draft.max_model_len: the draft's own position limit
+        if draft_len < limit:
+            logger.info("speculative decoding: no drafts past %d tokens, the draft model's limit (the target "
+                        "serves up to %d)", draft_len, target.max_model_len)
+        draft = dataclasses.replace(draft, max_model_len=draft_len)
+        spec_len = draft_len if draft_len < target.max_model_len else speculative.max_model_len
+        return dataclasses.replace(speculative, model=draft.model_path, max_model_len=spec_len,
+                                   draft_model_config=draft)
 
     def _check_choices(self) -> None:
         for f in dataclasses.fields(self):

@@ -5,8 +5,8 @@ every engine option, one field that is both an `LLM(...)` keyword and a `--kebab
 name, short aliases and value type. The server's own vLLM flags (tools, LoRA modules, ...) are declared
 the same way in `entrypoints/openai/vllm_flags.py`. Every option is one of two kinds:
 
-- NOT_YET: a feature a later issue adds (quantization, LoRA, draft-model speculative decoding, multimodal
-  input, parallelism, structured output, ...). Its default, or a value listed in `accepts`, is fine; anything
+- NOT_YET: a feature a later issue adds (quantization, LoRA, multimodal input, parallelism, structured
+  output, ...). Its default, or a value listed in `accepts`, is fine; anything
   else is a ValueError naming the keyword and the flag and saying "not supported yet".
 - NO_EFFECT: what it tunes does not exist in Pagoda, or Pagoda always does what it asks. Any value is
   accepted; a non-default one is logged once per process, with the reason. Options vLLM has dropped
@@ -15,7 +15,7 @@ the same way in `entrypoints/openai/vllm_flags.py`. Every option is one of two k
 Sources: `vllm serve --help` of vLLM 0.17.1 (groups ModelConfig ... VllmConfig) and
 vllm/engine/arg_utils.py; a few options of older releases that scripts still pass (--use-v2-block-manager,
 --guided-decoding-backend, --num-scheduler-steps, vLLM 0.6's speculative-decoding flags, ...) are kept too.
-N-gram speculative decoding is implemented: --speculative-config and vLLM 0.6's --speculative-model,
+N-gram and draft-model speculative decoding are implemented: --speculative-config and vLLM 0.6's --speculative-model,
 --num-speculative-tokens, --ngram-prompt-lookup-max/-min, --speculative-disable-by-batch-size,
 --speculative-max-model-len and --speculative-draft-tensor-parallel-size are EngineArgs fields; the keys and
 methods of vLLM's speculative_config that Pagoda does not implement are listed here (SPECULATIVE_CONFIG_NOT_YET,
@@ -51,7 +51,7 @@ BOOL, INT, FLOAT, STR, JSON, STRS, INTS, HINT, OPTSTR, APPEND = (
 
 QUANT = "quantized models come with the quantization issue"
 KV_DTYPE = "the KV cache is kept in the model's dtype until the quantization issue"
-SPEC_DRAFT = "draft-model speculative decoding comes in a later issue (method 'ngram' works now)"
+SPEC_DRAFT = "a quantized draft model comes with the quantization issue (an unquantized draft model works)"
 SPEC_TYPICAL = ("only the typical acceptance sampler reads it, and Pagoda verifies drafts by rejection sampling "
                 "(vLLM V1 has no typical acceptance sampler either)")
 LORA = "LoRA adapters come in a later issue"
@@ -206,7 +206,9 @@ ENGINE_OPTIONS: tuple[Compat, ...] = (
     _c("prefill_context_parallel_size", INT, 1, NOT_YET, PARALLEL, "-pcp"),
     _c("dcp_kv_cache_interleave_size", INT, 1, NOT_YET, PARALLEL),
     _c("cp_kv_cache_interleave_size", INT, 1, NOT_YET, PARALLEL),
-    _c("distributed_executor_backend", STR, None, NOT_YET, PARALLEL, accepts=("uni",)),
+    _c("distributed_executor_backend", STR, None, NOT_YET,
+       "at world size 1 the worker runs in the engine-core process ('uni' and 'mp' both mean that, as vLLM's mp "
+       "backend runs one worker then); multi-GPU executors come with the parallelism issue", accepts=("uni", "mp")),
     _c("nnodes", INT, 1, NOT_YET, PARALLEL, "-n"),
     _c("node_rank", INT, 0, NOT_YET, PARALLEL, "-r"),
     _c("master_addr", STR, "127.0.0.1", NOT_YET, PARALLEL),
@@ -329,8 +331,9 @@ SPECULATIVE_CONFIG_NOT_YET: dict[str, tuple] = {
     "target_model_config": (None,), "target_parallel_config": (None,), "draft_model_config": (None,),
     "draft_parallel_config": (None,),
 }
-# vLLM's speculative methods Pagoda does not implement yet (also any "*_mtp" one); "ngram" is implemented.
-SPECULATIVE_METHODS_NOT_YET = ("draft_model", "eagle", "eagle3", "medusa", "mlp_speculator", "mtp", "suffix",
+# vLLM's speculative methods Pagoda does not implement yet (also any "*_mtp" one); "ngram" and "draft_model" are
+# implemented.
+SPECULATIVE_METHODS_NOT_YET = ("eagle", "eagle3", "medusa", "mlp_speculator", "mtp", "suffix",
                                "ngram_gpu", "ngram-eagle", "dflash", "dspark", "extract_hidden_states",
                                "custom_class")
 

@@ -39,6 +39,9 @@ SHAPES = {
         "dtype": "bfloat16",
     },
 }
+# Llama-3.2-1B's shape (the usual draft model of an 8B target: same vocabulary), positions capped like the 8B's.
+SHAPES["llama3.2-1b"] = {**SHAPES["llama3-8b"], "hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16,
+                         "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 64, "tie_word_embeddings": True}
 
 
 def write_tokenizer(folder: str, vocab_size: int, bos: int, eos: int) -> None:

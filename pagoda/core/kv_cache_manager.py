@@ -3,6 +3,8 @@
 Invariants:
 - `req_to_blocks[r]` holds exactly ceil(slots allocated / block_size) blocks, in position order;
   each is referenced once by r (a shared prefix block has ref_cnt == number of requests using it).
+  Slots allocated may run `num_lookahead_tokens` past the step's tokens: room for a draft model's
+  k tokens after them (speculative decoding), never hashed (they hold no known token yet).
 - A block's hash is the hash of (previous block's hash, this block's token ids): equal hashes mean
   equal whole prefixes. Only full blocks are hashed.
 - Blocks are hashed (and so become findable) when they are allocated for a step that fills them,
@@ -73,12 +75,14 @@ class KVCacheManager:
         num_new_tokens: int,
         new_computed_blocks: list[KVCacheBlock] | None = None,
         num_new_computed_tokens: int = 0,
+        num_lookahead_tokens: int = 0,
     ) -> list[KVCacheBlock] | None:
-        """Reserve room for `num_new_tokens` more tokens; None (and no change) when it won't fit."""
+        """Reserve room for `num_new_tokens` more tokens (plus `num_lookahead_tokens` slots after them);
+        None (and no change) when it won't fit."""
         new_computed_blocks = new_computed_blocks or []
         blocks = self.req_to_blocks.setdefault(request.request_id, [])
         total_tokens = request.num_computed_tokens + num_new_computed_tokens + num_new_tokens
-        num_required = -(-total_tokens // self.block_size)
+        num_required = -(-(total_tokens + num_lookahead_tokens) // self.block_size)
         num_new_blocks = num_required - len(blocks) - len(new_computed_blocks)
         if num_new_blocks <= 0 and not new_computed_blocks:  # the common decode step: room already there
             if self.enable_caching:

@@ -26,7 +26,9 @@ Invariants:
   more requests run. Its scheduled tokens count the drafts; when the output arrives with n tokens
   (1 <= n <= k + 1), the k + 1 - n rejected positions are taken back from num_computed_tokens, so
   `num_computed_tokens <= num_tokens` holds again (the KV written at rejected positions is garbage
-  that the next step overwrites; prefix-cache hashes only ever cover known tokens).
+  that the next step overwrites; prefix-cache hashes only ever cover known tokens). With a draft model
+  (method "draft_model"), every allocation also reserves k lookahead slots (capped at max_model_len),
+  where the runner's draft model writes the KV of the tokens it drafts after the step.
 - A pooling request is admitted only when its whole prompt fits the step's budget (never chunked),
   and finishes in `update_from_output()` of that step with the runner's pooled vector.
 - Request isolation: `fail_requests()` finishes requests with status FINISHED_ERROR (finish_reason
@@ -73,6 +75,8 @@ class Scheduler:
         self.num_preemptions_total = 0
         self.speculative = speculative_config  # a config.SpeculativeConfig, or None
         self.spec_stats = SpecDecodeStats(speculative_config.num_speculative_tokens) if speculative_config else None
+        draft_model = speculative_config is not None and speculative_config.method == "draft_model"
+        self.num_lookahead_tokens = speculative_config.num_speculative_tokens if draft_model else 0
 
     # ---- requests in and out ------------------------------------------------------------------
     def add_request(self, core_request: EngineCoreRequest) -> None:
@@ -205,10 +209,15 @@ class Scheduler:
             cap = min(cap, self.speculative.max_model_len - request.num_tokens)
         return request.spec_token_ids[:cap] if cap > 0 else []
 
+    def _lookahead(self, num_tokens_after_step: int) -> int:
+        """Slots a draft model needs after a step that ends at `num_tokens_after_step` (0 without one)."""
+        return max(0, min(self.num_lookahead_tokens, self.max_model_len - num_tokens_after_step))
+
     def _allocate_or_preempt(self, request, num_new, num_scheduled, preempted):
         """Blocks for `request`'s next tokens, preempting others (or itself) until they fit."""
         while True:
-            new_blocks = self.kv.allocate_slots(request, num_new)
+            new_blocks = self.kv.allocate_slots(request, num_new,
+                                                num_lookahead_tokens=self._lookahead(request.num_computed_tokens + num_new))
             if new_blocks is not None:
                 return new_blocks
             victim = self._pick_victim()
@@ -244,7 +253,8 @@ class Scheduler:
                 if not self.config.enable_chunked_prefill or request.is_pooling:
                     break  # a pooling prompt runs whole (add_request checked that it fits a step)
                 num_new = budget
-            new_blocks = self.kv.allocate_slots(request, num_new, computed_blocks, num_computed)
+            new_blocks = self.kv.allocate_slots(request, num_new, computed_blocks, num_computed,
+                                                self._lookahead(num_computed + num_new))
             if new_blocks is None:
                 break
             self.waiting.pop()

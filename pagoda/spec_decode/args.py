@@ -2,23 +2,30 @@
 
 Two interfaces, never both at once: vLLM's `speculative_config` dict (`LLM(speculative_config=...)`,
 `--speculative-config JSON`) and vLLM 0.6's flags that KServe seeds still pass
-(`--speculative-model [ngram] --num-speculative-tokens N --ngram-prompt-lookup-max M`, ...).
+(`--speculative-model [ngram] --num-speculative-tokens N --ngram-prompt-lookup-max M`, or
+`--speculative-model /mnt/models/<draft> --num-speculative-tokens N`, ...).
+
+Two methods: "ngram" (prompt lookup) and "draft_model" (a smaller model with the target's vocabulary). As in
+vLLM, `{"model": X}` without a method means "ngram" when X is "ngram" / "[ngram]", else a draft model; so does
+`--speculative-model X`.
 
 Invariants:
 - `build_speculative_config` needs no model folder (the server checks it before loading anything);
-  it returns None when speculation is off, else a validated SpeculativeConfig.
+  it returns None when speculation is off, else a validated SpeculativeConfig. For a draft model its `model`
+  is the name as given and `draft_model_config` None: `EngineArgs.create_config` resolves the folder (offline),
+  builds the draft's ModelConfig and checks it against the target's.
 - Every bad value is a ValueError/TypeError naming the user's own key or flag; vLLM keys and methods
-  Pagoda does not implement yet say "not supported yet" (engine_args_compat.py lists them); a draft
-  model says so too until draft-model speculation is built.
+  Pagoda does not implement yet say "not supported yet" (engine_args_compat.py lists them).
+- num_speculative_tokens is required with either method; the prompt-lookup bounds are n-gram options, an error
+  with a draft model.
 - Defaults follow vLLM: with the dict, both lookup bounds 5 when neither is given, else each defaults
   to the other; with vLLM 0.6's flags, prompt_lookup_max is required and prompt_lookup_min defaults to 1.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from pagoda import config as cfg
@@ -38,7 +45,6 @@ LEGACY_SPECULATIVE_FLAGS = {"speculative_model": "model", "num_speculative_token
                             "speculative_disable_by_batch_size": "disable_by_batch_size",
                             "speculative_max_model_len": "max_model_len",
                             "speculative_draft_tensor_parallel_size": "draft_tensor_parallel_size"}
-DRAFT_MODEL_NOT_YET = "draft-model speculative decoding is not supported yet; use method 'ngram'"
 
 
 # ---- speculative decoding: vLLM's speculative_config, or vLLM 0.6's flags -> SpeculativeConfig ---------------
@@ -54,8 +60,8 @@ def build_speculative_config(speculative_config: Any, legacy: Mapping[str, Any],
     if speculative_config and given:
         raise ValueError(f"speculative_config (--speculative-config) and vLLM 0.6's flags ({_flags(given)}) both "
                          "configure speculative decoding; give one of them")
-    if isinstance(speculative_config, cfg.SpeculativeConfig):
-        values, name = dataclasses.asdict(speculative_config), _config_key
+    if isinstance(speculative_config, cfg.SpeculativeConfig):  # its draft_model_config is built again
+        values, name = {key: getattr(speculative_config, key) for key in SPECULATIVE_KEYS}, _config_key
     elif speculative_config:
         values, name = _from_speculative_dict(speculative_config), _config_key
     elif given:
@@ -84,15 +90,15 @@ def _from_speculative_dict(spec: dict) -> dict:
     if method is None:  # vLLM infers the method from the model: "ngram" / "[ngram]", else a draft model
         method = "ngram" if model in NGRAM_NAMES else "draft_model"
     method = "ngram" if method in NGRAM_NAMES else method
-    if method == "draft_model":
-        where = f"model={model!r}" if model is not None else "method='draft_model'"
-        raise ValueError(f"speculative_config {where} (--speculative-config): {DRAFT_MODEL_NOT_YET}")
     if compat.speculative_method_not_yet(method):
-        raise ValueError(f"{_config_key('method')}: {method!r} is not supported yet: only method 'ngram' "
-                         "(prompt lookup) is implemented")
+        raise ValueError(f"{_config_key('method')}: {method!r} is not supported yet: only methods 'ngram' "
+                         "(prompt lookup) and 'draft_model' are implemented")
     if method not in cfg.SPECULATIVE_METHODS:
         raise ValueError(f"{_config_key('method')}: {method!r} is not a speculative method; supported: "
                          f"{list(cfg.SPECULATIVE_METHODS)}")
+    if method == "draft_model":  # the model and the absence of lookup bounds are checked with the other values
+        values["method"] = method
+        return values
     if model not in (None, *NGRAM_NAMES):  # as vLLM: method 'ngram' reads no model
         _warn_once(f"speculative_config: method 'ngram' uses no draft model; model={model!r} is ignored")
     low, high = values["prompt_lookup_min"], values["prompt_lookup_max"]
@@ -112,20 +118,27 @@ def _from_legacy_flags(given: dict) -> dict | None:
     if model is None:
         if "num_speculative_tokens" in given:
             raise ValueError("num_speculative_tokens (--num-speculative-tokens) was given without speculative_model "
-                             "(--speculative-model); add --speculative-model '[ngram]', or use --speculative-config")
+                             "(--speculative-model); add --speculative-model '[ngram]' or a draft model folder, or use "
+                             "--speculative-config")
         _warn_once(f"{_flags(given)} {'has' if len(given) == 1 else 'have'} no effect without --speculative-model "
                    "(as in vLLM 0.6)")
         return None
-    if model not in NGRAM_NAMES:
-        raise ValueError(f"speculative_model={model!r} (--speculative-model): {DRAFT_MODEL_NOT_YET} "
-                         "(--speculative-model '[ngram]')")
+    values = {LEGACY_SPECULATIVE_FLAGS[name]: value for name, value in given.items()}
+    if model not in NGRAM_NAMES:  # a draft model (vLLM 0.6): the lookup flags are an error, checked with the rest
+        values.update(method="draft_model", model=model)
+        return values
     if given.get("ngram_prompt_lookup_max") is None:
         raise ValueError("ngram_prompt_lookup_max (--ngram-prompt-lookup-max) is required with --speculative-model "
                          "'[ngram]' (as in vLLM 0.6), e.g. --ngram-prompt-lookup-max 4")
-    values = {LEGACY_SPECULATIVE_FLAGS[name]: value for name, value in given.items()}
     values.update(method="ngram", model=None)
     values.setdefault("prompt_lookup_min", 1)  # vLLM 0.6's default
     return values
+
+
+def option_namer(speculative_config: Any) -> Callable[[str], str]:
+    """How messages name a SpeculativeConfig field: as the speculative_config key when that dict (or a
+    SpeculativeConfig) was given, else as vLLM 0.6's flag."""
+    return _config_key if speculative_config else _legacy_flag
 
 
 def _config_key(key: str) -> str:

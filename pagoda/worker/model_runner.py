@@ -161,6 +161,8 @@ class ModelRunner:
         num_drafts = self.spec.write_drafts(req_ids, rows, drafts) if drafts else 0
         inputs = self._prepare_inputs(rows, counts)
         hidden = self._forward(inputs["input_ids"], inputs["positions"], inputs["attn_metadata"])
+        if self.spec is not None:
+            self.spec.catch_up(inputs["input_ids"], inputs["positions"], inputs["attn_metadata"])
 
         starts, ends = inputs["starts"], inputs["ends"]
         self.batch.num_computed[rows] = ends

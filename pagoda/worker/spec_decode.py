@@ -6,8 +6,10 @@ at its last k_r + 1 positions. Requests without drafts in the step (k_r = 0) go 
 Sampler with all their rules; requests with drafts go through the rejection sampler
 (sample/rejection_sampler.py): greedy ones keep the longest prefix the target's argmax agrees with
 plus the target's next token (token-identical to decoding without speculation), random ones use
-rejection sampling (the output distribution is exactly the target's). Then the step syncs: the
-n-gram proposer reads every request's tokens on the host.
+rejection sampling (the output distribution is exactly the target's). Then the step syncs, and the
+proposer drafts each request's next tokens: the n-gram proposer (spec_decode/ngram_proposer.py) from
+its tokens on the host, or the draft model (worker/draft_proposer.py), which also runs a forward over
+every step's batch (`catch_up`) so that its cache mirrors the target's.
 
 Invariants:
 - Only rows with `InputBatch.can_speculate` get drafts: requests whose sampling needs nothing that
@@ -36,9 +38,23 @@ from pagoda.worker.input_batch import to_device
 class SpecDecodeStep:
     def __init__(self, speculative_config, runner) -> None:
         self.num_speculative_tokens = speculative_config.num_speculative_tokens
-        self.proposer = NgramProposer(speculative_config.num_speculative_tokens,
-                                      speculative_config.prompt_lookup_min, speculative_config.prompt_lookup_max)
+        self.proposer = None  # proposes from one request's tokens: the n-gram one (or a benchmark's oracle)
+        if speculative_config.method == "ngram":
+            self.proposer = NgramProposer(speculative_config.num_speculative_tokens,
+                                          speculative_config.prompt_lookup_min, speculative_config.prompt_lookup_max)
+        self.draft = None  # a DraftModelProposer (method "draft_model"), attached by the worker
         self.runner = runner
+
+    def attach_draft_model(self, model, kv_caches) -> None:
+        from pagoda.worker.draft_proposer import DraftModelProposer
+
+        self.draft = DraftModelProposer(model, kv_caches, self.runner, self.num_speculative_tokens,
+                                        self.runner.config.model.max_model_len)
+
+    def catch_up(self, input_ids, positions, metadata) -> None:
+        """After every target forward: the draft model's forward over the same batch (no-op for n-gram)."""
+        if self.draft is not None:
+            self.draft.catch_up(input_ids, positions, metadata)
 
     def write_drafts(self, req_ids: list[str], rows: np.ndarray, drafts: dict[str, list[int]]) -> np.ndarray:
         """Put each request's drafts after its known tokens; returns the draft count per request."""
@@ -90,6 +106,7 @@ class SpecDecodeStep:
         if verify.size:
             self._verify(verify, k, offsets, counts, logits, sample_rows, sample_ids, drafts, tokens, logprobs)
 
+        proposing = []
         for j, req_id in enumerate(sample_ids):
             if req_id in output.failed:
                 continue
@@ -102,9 +119,18 @@ class SpecDecodeStep:
             if logprobs[j] is not None:
                 output.logprobs[req_id] = logprobs[j]
             if batch.can_speculate[row]:
-                proposed = self.proposer.propose(batch.token_ids[row, : start + len(new)])
-                if proposed:
-                    output.draft_token_ids[req_id] = proposed
+                proposing.append((req_id, row))
+        self._propose(proposing, output)
+
+    def _propose(self, proposing: list[tuple[str, int]], output: ModelRunnerOutput) -> None:
+        batch = self.runner.batch
+        if self.proposer is not None:
+            drafts = [self.proposer.propose(batch.token_ids[row, : batch.num_tokens[row]]) for _, row in proposing]
+        else:
+            drafts = self.draft.propose(np.array([row for _, row in proposing], dtype=np.int64))
+        for (req_id, _), proposed in zip(proposing, drafts):
+            if proposed:
+                output.draft_token_ids[req_id] = proposed
 
     def _verify(self, verify, k, offsets, counts, logits, sample_rows, sample_ids, drafts, tokens, logprobs) -> None:
         runner = self.runner

@@ -3,6 +3,9 @@
 Invariants:
 - The KV cache is allocated once, after the model, as one tensor per layer of shape
   [2, num_blocks, block_size, num_kv_heads, head_size] (attention/backend.py's layout).
+- With a draft model (speculative decoding, method "draft_model"), the draft is loaded after the
+  target and has its own cache of the same num_blocks and block_size, indexed by the target's block
+  tables: a block's bytes are the target's plus the draft's, so sizing counts both.
 - On CPU the cache size comes from kv_cache_memory_bytes (default 4 GiB), capped at what
   max_num_seqs sequences of max_model_len can use; num_gpu_blocks_override wins over both. On CUDA,
   kv_cache_memory_bytes when given sets the size alone (as vLLM: gpu_memory_utilization is then not
@@ -41,11 +44,20 @@ class Worker:
             check_weights_fit(self)
         self.model = get_model(config.model, config.load, config.device.device, self.attn_backend)
         self.kv_spec = self.model.kv_cache_spec
+        self.draft_model = None
+        speculative = config.speculative
+        if speculative is not None and speculative.method == "draft_model":
+            self.draft_model = get_model(speculative.draft_model_config, config.load, config.device.device,
+                                         self.attn_backend)
         self.runner: ModelRunner | None = None
 
     def bytes_per_block(self) -> int:
+        """Bytes of one block of every cache this worker keeps (the target's, and the draft model's)."""
         dtype_size = torch.empty((), dtype=self.config.model.torch_dtype).element_size()
-        return self.kv_spec.bytes_per_block(self.config.cache.block_size, dtype_size)
+        size = self.kv_spec.bytes_per_block(self.config.cache.block_size, dtype_size)
+        if self.draft_model is not None:
+            size += self.draft_model.kv_cache_spec.bytes_per_block(self.config.cache.block_size, dtype_size)
+        return size
 
     def determine_num_blocks(self) -> int:
         cache = self.config.cache
@@ -68,11 +80,20 @@ class Worker:
         spec, cache = self.kv_spec, self.config.cache
         shape = self.attn_backend.kv_cache_shape(num_blocks, cache.block_size, spec.num_kv_heads, spec.head_size)
         kv_caches = [torch.zeros(shape, dtype=self.config.model.torch_dtype, device=self.device) for _ in range(spec.num_layers)]
+        draft_kv_caches = None
+        if self.draft_model is not None:
+            draft_spec = self.draft_model.kv_cache_spec
+            draft_shape = self.attn_backend.kv_cache_shape(num_blocks, cache.block_size, draft_spec.num_kv_heads,
+                                                           draft_spec.head_size)
+            draft_kv_caches = [torch.zeros(draft_shape, dtype=self.config.model.torch_dtype, device=self.device)
+                               for _ in range(draft_spec.num_layers)]
         logger.info(
             "KV cache: %d blocks of %d tokens (%.2f GiB) on %s",
             num_blocks, cache.block_size, num_blocks * self.bytes_per_block() / (1 << 30), self.device,
         )
         self.runner = ModelRunner(self.config, self.model, kv_caches, self.device, self.attn_backend)
+        if self.draft_model is not None:
+            self.runner.spec.attach_draft_model(self.draft_model, draft_kv_caches)
         if self.device.type != "cuda":
             return
         use_graphs = not self.config.enforce_eager and self.config.model.runner_type == "generate"

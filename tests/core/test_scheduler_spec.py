@@ -9,8 +9,9 @@ from pagoda.core.scheduler import Scheduler
 from tests.core.conftest import check_pool_invariants, make_request
 
 
-def spec_scheduler(k=4, budget=32, max_model_len=64, disable_by_batch_size=None, spec_max_len=None, **cache):
-    config = SimpleNamespace(num_speculative_tokens=k, disable_by_batch_size=disable_by_batch_size,
+def spec_scheduler(k=4, budget=32, max_model_len=64, disable_by_batch_size=None, spec_max_len=None, method="ngram",
+                   **cache):
+    config = SimpleNamespace(method=method, num_speculative_tokens=k, disable_by_batch_size=disable_by_batch_size,
                              max_model_len=spec_max_len)
     cache_config = CacheConfig(block_size=cache.get("block_size", 4), enable_prefix_caching=True,
                                num_blocks=cache.get("num_blocks", 64))
@@ -119,3 +120,13 @@ def test_preemption_drops_drafts_and_random_runs_keep_the_pool_consistent():
     assert not s.has_unfinished_requests()
     assert s.num_preemptions_total > 0
     assert s.kv.pool.num_free_blocks == s.kv.pool.num_blocks
+
+
+def test_draft_model_reserves_lookahead_slots_capped_at_max_model_len():
+    s = spec_scheduler(k=4, max_model_len=12, method="draft_model")
+    s.add_request(make_request("a", range(1, 6), max_tokens=6))
+    step(s)
+    assert len(s.kv.req_to_blocks["a"]) == 3  # 5 prompt tokens + 4 lookahead slots, blocks of 4
+    step(s, propose={"a": [1, 2, 3]})  # 6 known tokens; verify 3 drafts: 9 tokens + 4 lookahead, capped at 12
+    assert len(s.kv.req_to_blocks["a"]) == 3
+    check_pool_invariants(s)

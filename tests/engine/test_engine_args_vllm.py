@@ -39,6 +39,7 @@ def test_every_vllm_option_is_a_keyword_and_its_default_is_fine(llama_dir):
                           model_impl="vllm", config_format="hf", kv_cache_dtype="auto", cpu_offload_gb=0,
                           enable_lora=False, max_loras=1, tensor_parallel_size=1, ignore_patterns=["original/**/*"])
     accepted.check_options()
+    EngineArgs(model=llama_dir, distributed_executor_backend="mp", tensor_parallel_size=1).check_options()  # 1 worker
 
 
 @pytest.mark.parametrize("opt", NOT_YET, ids=lambda o: o.name)
@@ -55,7 +56,8 @@ def test_not_supported_yet_names_keyword_and_flag(opt, llama_dir):
     ({"quantization": "awq"}, "--quantization"),
     ({"speculative_config": {"method": "eagle3", "model": "some/eagle", "num_speculative_tokens": 3}},
      "--speculative-config"),
-    ({"speculative_model": "/models/draft", "num_speculative_tokens": 3}, "--speculative-model"),
+    ({"speculative_model": "/models/draft", "num_speculative_tokens": 3, "speculative_model_quantization": "awq"},
+     "--speculative-model-quantization"),
     ({"tensor_parallel_size": 2}, "-tp"),
     ({"distributed_executor_backend": "ray"}, "--distributed-executor-backend"),
     ({"kv_cache_dtype": "fp8"}, "--kv-cache-dtype"),

@@ -1,10 +1,15 @@
 """Speculative decoding options as vLLM spells them: the `speculative_config` dict (`LLM(...)`), its JSON
 flag (`--speculative-config`, also dotted), vLLM 0.6's flags that KServe seeds still pass, parsed by the real
-`pagoda serve` parser; vLLM's defaults and method inference; a clear error for everything Pagoda cannot do
-yet (draft models, other methods, vLLM keys it does not implement); async scheduling off with speculation."""
+`pagoda serve` parser; vLLM's defaults and method inference (n-gram, or a draft model); the draft model's
+ModelConfig built like the target's and checked against it (vocabulary, generative, position limit, offline
+resolution); a clear error for everything Pagoda cannot do yet (other methods, vLLM keys it does not
+implement); async scheduling off with speculation."""
 
+import json
 import logging
+import os
 import shlex
+import shutil
 
 import pytest
 
@@ -17,6 +22,8 @@ from pagoda.entrypoints.openai import cli_args
 
 # a KServe seed's vLLM flags, verbatim
 SEED_FLAGS = "--speculative-model=[ngram] --num-speculative-tokens=5 --ngram-prompt-lookup-max=4 --use-v2-block-manager"
+# a KServe seed's vLLM flags for a draft model ({draft}: the folder mounted at /mnt/models/<draft>)
+DRAFT_SEED_FLAGS = "--speculative-model={draft} --num-speculative-tokens=4 --distributed-executor-backend=mp"
 
 
 def spec(**kwargs):
@@ -123,9 +130,58 @@ def test_other_old_spec_flags_are_recognised(monkeypatch, caplog):
         assert flag in str(info.value)
 
 
-# ---- errors -----------------------------------------------------------------------------------------------------
-DRAFT = "draft-model speculative decoding is not supported yet; use method 'ngram'"
+# ---- a draft model, without its folder (the server's early check) --------------------------------------------
+def draft(k, model="/models/tiny-draft", **rest):
+    return SpeculativeConfig(method="draft_model", num_speculative_tokens=k, model=model, **rest)
 
+
+@pytest.mark.parametrize("kwargs, expected", [
+    ({"speculative_config": {"model": "/models/tiny-draft", "num_speculative_tokens": 4}}, draft(4)),  # inferred
+    ({"speculative_config": {"method": "draft_model", "model": "/models/tiny-draft", "num_speculative_tokens": 3,
+                             "max_model_len": 100, "disable_by_batch_size": 4, "draft_tensor_parallel_size": 1}},
+     draft(3, max_model_len=100, disable_by_batch_size=4)),
+    ({"speculative_config": {"model": "some-org/draft", "num_speculative_tokens": 2}}, draft(2, "some-org/draft")),
+    ({"speculative_model": "/models/tiny-draft", "num_speculative_tokens": 5}, draft(5)),  # vLLM 0.6's keywords
+    ({"speculative_model": "/models/tiny-draft", "num_speculative_tokens": 5, "speculative_max_model_len": 64,
+      "speculative_disable_by_batch_size": 8, "speculative_draft_tensor_parallel_size": 1},
+     draft(5, max_model_len=64, disable_by_batch_size=8)),
+], ids=["inferred", "method", "hub-id", "old-flags", "every-old-flag"])
+def test_draft_model_without_its_folder(kwargs, expected):
+    config = spec(**kwargs)
+    assert config == expected
+    assert config.prompt_lookup_max is None and config.prompt_lookup_min is None
+    assert config.draft_model_config is None  # built by create_config, with the folder
+    assert spec(speculative_config=expected) == expected  # a SpeculativeConfig passes through
+
+
+def test_draft_model_seed_flags_parse_verbatim():
+    args = serve_args(shlex.split(DRAFT_SEED_FLAGS.format(draft="/mnt/models/tiny-draft")))
+    assert (args.speculative_model, args.num_speculative_tokens) == ("/mnt/models/tiny-draft", 4)
+    assert args.distributed_executor_backend == "mp"
+    assert args.create_speculative_config() == draft(4, "/mnt/models/tiny-draft")
+    args = serve_args(["--speculative-config", '{"model": "/mnt/models/tiny-draft", "num_speculative_tokens": 3}'])
+    assert args.create_speculative_config() == draft(3, "/mnt/models/tiny-draft")
+
+
+@pytest.mark.parametrize("backend", ["uni", "mp"])
+def test_single_worker_executor_backends_are_accepted(backend):
+    args = serve_args(["--distributed-executor-backend", backend])
+    args.check_options()
+    assert args.distributed_executor_backend == backend
+
+
+@pytest.mark.parametrize("backend", ["ray", "external_launcher"])
+def test_multi_gpu_executor_backends_are_not_supported_yet(backend):
+    with pytest.raises(ValueError) as info:
+        serve_args(["--distributed-executor-backend", backend])
+    message = str(info.value)
+    for word in (f"distributed_executor_backend={backend!r}", "--distributed-executor-backend",
+                 "not supported yet", "at world size 1 the worker runs in the engine-core process",
+                 "multi-GPU executors come with the parallelism issue", "allowed: None, 'uni', 'mp'"):
+        assert word in message, (word, message)
+
+
+# ---- errors -----------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kwargs, error, words", [
     ({"speculative_config": {"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_maxx": 4}}, ValueError,
@@ -149,14 +205,35 @@ DRAFT = "draft-model speculative decoding is not supported yet; use method 'ngra
      ["'deepseek_mtp' is not supported yet"]),
     ({"speculative_config": {"method": "suffix", "num_speculative_tokens": 3}}, ValueError,
      ["'suffix' is not supported yet"]),
+    ({"speculative_config": {"method": "eagle", "num_speculative_tokens": 3}}, ValueError,
+     ["only methods 'ngram' (prompt lookup) and 'draft_model' are implemented"]),
     ({"speculative_config": {"method": "magic", "num_speculative_tokens": 3}}, ValueError,
-     ["'magic' is not a speculative method", "['ngram']"]),
-    ({"speculative_config": {"model": "/models/tiny-draft", "num_speculative_tokens": 3}}, ValueError,
-     [DRAFT, "/models/tiny-draft", "--speculative-config"]),
-    ({"speculative_config": {"method": "draft_model", "model": "/models/tiny-draft", "num_speculative_tokens": 3}},
-     ValueError, [DRAFT]),
-    ({"speculative_model": "/models/tiny-draft", "num_speculative_tokens": 3}, ValueError,
-     [DRAFT, "--speculative-model"]),
+     ["'magic' is not a speculative method", "['ngram', 'draft_model']"]),
+    # a draft model
+    ({"speculative_config": {"model": "/models/tiny-draft"}}, ValueError,
+     ["speculative_config['num_speculative_tokens'] (--speculative-config) is required with method 'draft_model'"]),
+    ({"speculative_config": {"method": "draft_model", "num_speculative_tokens": 3}}, ValueError,
+     ["speculative_config['model'] (--speculative-config) is required with method 'draft_model'"]),
+    ({"speculative_config": {"method": "draft_model", "model": "[ngram]", "num_speculative_tokens": 3}}, ValueError,
+     ["speculative_config['model'] (--speculative-config): method 'draft_model' needs a draft model folder"]),
+    ({"speculative_config": {"model": "/models/tiny-draft", "num_speculative_tokens": 3, "prompt_lookup_max": 4}},
+     ValueError, ["speculative_config['prompt_lookup_max'] (--speculative-config) is an n-gram (prompt lookup) "
+                  "option; it does not apply to method 'draft_model'", "'/models/tiny-draft'"]),
+    ({"speculative_config": {"method": "draft_model", "model": "/models/tiny-draft", "num_speculative_tokens": 3,
+                             "prompt_lookup_min": 1}}, ValueError,
+     ["speculative_config['prompt_lookup_min'] (--speculative-config) is an n-gram (prompt lookup) option"]),
+    ({"speculative_config": {"model": "/models/tiny-draft", "num_speculative_tokens": 3,
+                             "draft_tensor_parallel_size": 2}}, ValueError,
+     ["speculative_config['draft_tensor_parallel_size']", "2 is not supported yet", "allowed: 1"]),
+    ({"speculative_model": "/models/tiny-draft"}, ValueError,
+     ["num_speculative_tokens (--num-speculative-tokens) is required with method 'draft_model'"]),
+    ({"speculative_model": "/models/tiny-draft", "num_speculative_tokens": 3, "ngram_prompt_lookup_max": 4},
+     ValueError, ["ngram_prompt_lookup_max (--ngram-prompt-lookup-max) is an n-gram (prompt lookup) option"]),
+    ({"speculative_model": "/models/tiny-draft", "num_speculative_tokens": 3, "ngram_prompt_lookup_min": 1},
+     ValueError, ["ngram_prompt_lookup_min (--ngram-prompt-lookup-min) is an n-gram (prompt lookup) option"]),
+    ({"speculative_model": "/models/tiny-draft", "num_speculative_tokens": 3,
+      "speculative_draft_tensor_parallel_size": 2}, ValueError,
+     ["speculative_draft_tensor_parallel_size (--speculative-draft-tensor-parallel-size): 2 is not supported yet"]),
     ({"speculative_config": {"method": "ngram", "num_speculative_tokens": 3}, "speculative_model": "[ngram]",
       "num_speculative_tokens": 3}, ValueError, ["--speculative-config", "--speculative-model",
                                                  "--num-speculative-tokens", "give one of them"]),
@@ -164,7 +241,8 @@ DRAFT = "draft-model speculative decoding is not supported yet; use method 'ngra
      ValueError, ["--ngram-prompt-lookup-max", "give one of them"]),
     ({"speculative_config": {"method": "ngram"}}, ValueError,
      ["speculative_config['num_speculative_tokens']", "is required"]),
-    ({"speculative_config": {"num_speculative_tokens": 3}}, ValueError, ["needs 'method'", "['ngram']"]),
+    ({"speculative_config": {"num_speculative_tokens": 3}}, ValueError, ["needs 'method'",
+                                                                         "['ngram', 'draft_model']"]),
     ({"speculative_config": {"method": "ngram", "num_speculative_tokens": 0}}, ValueError,
      ["speculative_config['num_speculative_tokens']", "must be >= 1, got 0"]),
     ({"speculative_config": {"method": "ngram", "num_speculative_tokens": "4"}}, TypeError,
@@ -182,7 +260,8 @@ DRAFT = "draft-model speculative decoding is not supported yet; use method 'ngra
     ({"speculative_config": {"method": "ngram", "num_speculative_tokens": 3, "draft_tensor_parallel_size": 2}},
      ValueError, ["speculative_config['draft_tensor_parallel_size']", "2 is not supported yet", "allowed: 1"]),
     ({"speculative_config": '{"method": "ngram"}'}, TypeError, ["speculative_config must be a dict"]),
-    ({"num_speculative_tokens": 3}, ValueError, ["without speculative_model (--speculative-model)"]),
+    ({"num_speculative_tokens": 3}, ValueError, ["without speculative_model (--speculative-model)",
+                                                 "'[ngram]' or a draft model folder"]),
     ({"speculative_model": "[ngram]", "num_speculative_tokens": 3}, ValueError,
      ["ngram_prompt_lookup_max (--ngram-prompt-lookup-max) is required"]),
     ({"speculative_model": "[ngram]", "ngram_prompt_lookup_max": 3}, ValueError,
@@ -207,12 +286,12 @@ def test_errors_name_the_key_or_flag(kwargs, error, words):
         assert word in message, (word, message)
 
 
-def test_draft_model_flag_stops_the_server_before_loading():
-    with pytest.raises(ValueError, match="--speculative-model") as info:
-        serve_args(["--speculative-model", "/models/tiny-draft", "--num-speculative-tokens", "3"])
-    assert DRAFT in str(info.value)
-    with pytest.raises(ValueError, match=DRAFT):
-        serve_args(["--speculative-config", '{"model": "/models/tiny-draft", "num_speculative_tokens": 3}'])
+def test_draft_model_errors_stop_the_server_before_loading():
+    with pytest.raises(ValueError, match=r"ngram_prompt_lookup_max \(--ngram-prompt-lookup-max\) is an n-gram"):
+        serve_args(["--speculative-model", "/models/tiny-draft", "--num-speculative-tokens", "3",
+                    "--ngram-prompt-lookup-max", "4"])
+    with pytest.raises(ValueError, match=r"num_speculative_tokens'\] \(--speculative-config\) is required"):
+        serve_args(["--speculative-config", '{"model": "/models/tiny-draft"}'])
 
 
 @pytest.mark.parametrize("kwargs, error", [
@@ -220,7 +299,11 @@ def test_draft_model_flag_stops_the_server_before_loading():
      "num_speculative_tokens must be >= 1"),
     ({"num_speculative_tokens": 1, "prompt_lookup_min": 3, "prompt_lookup_max": 2}, "prompt_lookup_min must be <= "),
     ({"num_speculative_tokens": 1, "prompt_lookup_min": 1, "prompt_lookup_max": 1, "method": "eagle"},
-     "method: 'eagle' is not one of ['ngram']"),
+     "method: 'eagle' is not one of ['ngram', 'draft_model']"),
+    ({"num_speculative_tokens": 1}, "prompt_lookup_max is required with method 'ngram'"),
+    ({"method": "draft_model", "num_speculative_tokens": 2}, "model is required with method 'draft_model'"),
+    ({"method": "draft_model", "num_speculative_tokens": 2, "model": "/d", "prompt_lookup_max": 3},
+     "prompt_lookup_max is an n-gram (prompt lookup) option"),
 ])
 def test_speculative_config_validates_itself(kwargs, error):
     with pytest.raises(ValueError) as info:
@@ -258,3 +341,159 @@ def test_pooling_model_with_speculation_is_an_error(llama_dir):
     with pytest.raises(ValueError, match="not supported for pooling"):
         EngineArgs(model=llama_dir, runner="pooling",
                    speculative_config={"method": "ngram", "num_speculative_tokens": 3}).create_config()
+
+
+# ---- a draft model, with its folder: the draft's ModelConfig -------------------------------------------------
+@pytest.fixture(scope="module")
+def draft_dir(checkpoint):
+    """A smaller Llama of the target's vocabulary, saved in bfloat16 (the target's dtype must win)."""
+    return checkpoint("LlamaForCausalLM", num_hidden_layers=1, hidden_size=32, intermediate_size=64,
+                      dtype="bfloat16")
+
+
+def _draft_config(target, draft_folder, **kwargs):
+    return EngineArgs(model=target, device="cpu", speculative_config={"model": draft_folder,
+                                                                      "num_speculative_tokens": 4},
+                      **kwargs).create_config()
+
+
+@pytest.mark.parametrize("how", ["dict", "method", "old-keywords"])
+def test_draft_model_config_is_built_like_the_targets(llama_dir, draft_dir, how):
+    given = {"dict": {"speculative_config": {"model": draft_dir, "num_speculative_tokens": 4}},
+             "method": {"speculative_config": {"method": "draft_model", "model": draft_dir,
+                                               "num_speculative_tokens": 4}},
+             "old-keywords": {"speculative_model": draft_dir, "num_speculative_tokens": 4}}[how]
+    config = EngineArgs(model=llama_dir, device="cpu", dtype="float16", seed=7, **given).create_config()
+    speculative = config.speculative
+    assert speculative == draft(4, os.path.abspath(draft_dir))  # model: the resolved folder
+    assert (speculative.method, speculative.prompt_lookup_max, speculative.prompt_lookup_min) == (
+        "draft_model", None, None)
+    assert speculative.max_model_len is None  # the draft reaches as far as the target (512 positions each)
+    draft_config = speculative.draft_model_config
+    assert draft_config.model_path == os.path.abspath(draft_dir) == draft_config.tokenizer_path
+    assert draft_config.architecture == "LlamaForCausalLM" and draft_config.runner_type == "generate"
+    assert draft_config.hf_config.num_hidden_layers == 1 and draft_config.hf_config.hidden_size == 32
+    assert draft_config.hf_config.vocab_size == config.model.hf_config.vocab_size
+    assert draft_config.dtype_name == config.model.dtype_name == "float16"  # the target's, not the draft's bf16
+    assert draft_config.max_model_len == config.model.max_model_len == 512
+    assert (draft_config.seed, draft_config.revision) == (7, None)
+    assert config.scheduler.async_scheduling is False
+    assert config.model.model_path == os.path.abspath(llama_dir)  # the target is untouched
+
+
+def test_draft_model_takes_the_targets_resolved_dtype(llama_dir, draft_dir):
+    config = _draft_config(llama_dir, draft_dir)  # auto: the float32 target checkpoint on CPU
+    assert config.model.dtype_name == config.speculative.draft_model_config.dtype_name == "float32"
+
+
+def test_kserve_draft_seed_through_the_server_parser(llama_dir, draft_dir, caplog):
+    with caplog.at_level(logging.INFO, logger="pagoda.engine_args"):
+        args = serve_args(shlex.split(DRAFT_SEED_FLAGS.format(draft=draft_dir)), model=llama_dir)
+        config = args.create_config()
+    assert args.distributed_executor_backend == "mp"
+    assert config.speculative == draft(4, os.path.abspath(draft_dir))
+    assert config.speculative.draft_model_config.model_path == os.path.abspath(draft_dir)
+    assert config.parallel.world_size == 1
+    assert config.scheduler.async_scheduling is False
+    assert "async scheduling is off: speculative decoding does not support it yet" in caplog.text
+
+
+def test_draft_model_from_the_hub_cache(llama_dir, draft_dir, tmp_path, monkeypatch):
+    hub = tmp_path / "hub"
+    snapshot = hub / "models--tiny-org--tiny-draft" / "snapshots" / "abc123"
+    shutil.copytree(draft_dir, snapshot)
+    (hub / "models--tiny-org--tiny-draft" / "refs").mkdir()
+    (hub / "models--tiny-org--tiny-draft" / "refs" / "main").write_text("abc123")
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    config = _draft_config(llama_dir, "tiny-org/tiny-draft")
+    assert config.speculative.model == str(snapshot) == config.speculative.draft_model_config.model_path
+
+
+def test_missing_draft_model_says_offline(llama_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(ValueError) as info:
+        EngineArgs(model=llama_dir, speculative_model=str(tmp_path / "no-draft"),
+                   num_speculative_tokens=3).create_config()
+    message = str(info.value)
+    for word in ("the draft model of speculative_model (--speculative-model)", str(tmp_path / "no-draft"),
+                 "is neither a local folder nor in the Hugging Face cache", "Pagoda works offline"):
+        assert word in message, (word, message)
+    with pytest.raises(ValueError, match=r"the draft model of speculative_config\['model'\] \(--speculative-config\)"
+                                         r": model='some-org/not-here' is neither a local folder"):
+        _draft_config(llama_dir, "some-org/not-here")
+
+
+def test_draft_model_vocabulary_must_match(llama_dir, checkpoint):
+    other = checkpoint("LlamaForCausalLM", num_hidden_layers=1, hidden_size=32, intermediate_size=64,
+                       vocab_size=2048)
+    target_vocab = EngineArgs(model=llama_dir).create_config().model.hf_config.vocab_size
+    assert target_vocab != 2048
+    with pytest.raises(ValueError) as info:
+        _draft_config(llama_dir, other)
+    assert str(info.value) == (f"speculative_config['model'] (--speculative-config): the draft model {other} has a "
+                               f"vocabulary of 2048 tokens, the target model {target_vocab}; speculative decoding "
+                               "needs the same vocabulary (tokenizer)")
+
+
+def _config_only_copy(folder, tmp_path, architectures):
+    """`folder`'s config.json (and tokenizer) with other architectures: the draft checks read no weights."""
+    shutil.copytree(folder, tmp_path, dirs_exist_ok=True)
+    with open(tmp_path / "config.json") as f:
+        hf = json.load(f)
+    hf["architectures"] = architectures
+    (tmp_path / "config.json").write_text(json.dumps(hf))
+    return str(tmp_path)
+
+
+def test_pooling_draft_model_is_an_error(llama_dir, tmp_path):
+    headless = _config_only_copy(llama_dir, tmp_path, ["LlamaModel"])  # a decoder saved without its LM head
+    with pytest.raises(ValueError) as info:
+        _draft_config(llama_dir, headless)
+    message = str(info.value)
+    for word in ("speculative_config['model'] (--speculative-config)", headless, "(LlamaModel) is an embedding "
+                 "(pooling) model", "a draft model must be a generative decoder"):
+        assert word in message, (word, message)
+
+
+def test_unknown_draft_architecture_is_an_error(llama_dir, tmp_path):
+    odd = _config_only_copy(llama_dir, tmp_path, ["MysteryForCausalLM"])
+    with pytest.raises(ValueError, match=r"has architectures \['MysteryForCausalLM'\], which Pagoda does not run"):
+        EngineArgs(model=llama_dir, speculative_model=odd, num_speculative_tokens=2).create_config()
+
+
+def test_draft_model_position_limit_bounds_the_speculative_max_model_len(llama_dir, checkpoint):
+    short = checkpoint("LlamaForCausalLM", num_hidden_layers=1, hidden_size=32, intermediate_size=64,
+                       max_position_embeddings=128)
+    # the draft reaches 128 positions, the target 512: no drafts past 128
+    config = _draft_config(llama_dir, short)
+    assert config.model.max_model_len == 512
+    assert config.speculative.max_model_len == config.speculative.draft_model_config.max_model_len == 128
+    # the user's speculative limit below the draft's: kept
+    config = EngineArgs(model=llama_dir, speculative_model=short, num_speculative_tokens=2,
+                        speculative_max_model_len=100).create_config()
+    assert config.speculative.max_model_len == config.speculative.draft_model_config.max_model_len == 100
+    # above the draft's: the draft's limit
+    config = EngineArgs(model=llama_dir, speculative_config={"model": short, "num_speculative_tokens": 2,
+                                                             "max_model_len": 300}).create_config()
+    assert config.speculative.max_model_len == config.speculative.draft_model_config.max_model_len == 128
+    # a target served shorter than the draft's limit: the draft follows it, no speculative limit needed
+    config = _draft_config(llama_dir, short, max_model_len=64)
+    assert config.speculative.max_model_len is None and config.speculative.draft_model_config.max_model_len == 64
+    # still bounded by the target's
+    with pytest.raises(ValueError, match=r"speculative_config\['max_model_len'\] \(--speculative-config\) cannot "
+                                         r"be larger than the model's max_model_len \(64\), got 100"):
+        EngineArgs(model=llama_dir, max_model_len=64, speculative_config={
+            "model": short, "num_speculative_tokens": 2, "max_model_len": 100}).create_config()
+
+
+def test_user_speculative_limit_equal_to_the_targets_is_kept(llama_dir, draft_dir):
+    config = EngineArgs(model=llama_dir, speculative_config={"model": draft_dir, "num_speculative_tokens": 2,
+                                                             "max_model_len": 512}).create_config()
+    assert config.speculative.max_model_len == 512 == config.speculative.draft_model_config.max_model_len
+
+
+def test_draft_model_for_a_pooling_target_is_an_error(llama_dir, draft_dir):
+    with pytest.raises(ValueError, match="not supported for pooling"):
+        EngineArgs(model=llama_dir, task="embed", speculative_model=draft_dir,
+                   num_speculative_tokens=2).create_config()

@@ -141,6 +141,7 @@ def test_default_values_of_unimplemented_flags_are_fine(model_dir):
              "None", "--limit-mm-per-prompt", '{"image": 0}', "--api-server-count", "1", "--model-impl", "vllm"]
     args = validated([model_dir, *argv])
     assert args.tensor_parallel_size == 1 and args.enable_lora is False and args.kv_cache_dtype == "auto"
+    assert validated([model_dir, "--distributed-executor-backend", "mp"]).distributed_executor_backend == "mp"
 
 
 @pytest.mark.parametrize("argv, flag", [
@@ -152,7 +153,8 @@ def test_default_values_of_unimplemented_flags_are_fine(model_dir):
     (["--cpu-offload-gb", "8"], "--cpu-offload-gb"),
     (["--speculative-config", '{"method": "eagle", "model": "some/eagle", "num_speculative_tokens": 4}'],
      "--speculative-config"),
-    (["--speculative-model", "/models/draft", "--num-speculative-tokens", "4"], "--speculative-model"),
+    (["--speculative-model", "/models/draft", "--num-speculative-tokens", "4", "--speculative-model-quantization",
+      "awq"], "--speculative-model-quantization"),
     (["--enable-auto-tool-choice", "--tool-call-parser", "hermes"], "--enable-auto-tool-choice"),
     (["--tool-call-parser", "hermes"], "--tool-call-parser"),
     (["--reasoning-parser", "deepseek_r1"], "--reasoning-parser"),

@@ -56,3 +56,24 @@ def test_seed_arguments_serve_and_report_spec_metrics(spec_server):
     while "SpecDecoding metrics: Mean acceptance length" not in spec_server.log():
         assert time.monotonic() < deadline, "no SpecDecoding log line"
         time.sleep(0.2)
+
+
+def test_seed_draft_model_arguments_serve_and_accept(start_server, model_dir):
+    """The seed's draft-model form: the draft beside the target (here the target itself: near-total acceptance)."""
+    server = start_server(["--model", model_dir, "--served-model-name", MODEL_NAME, "--max-model-len",
+                           str(MAX_MODEL_LEN), "--disable-uvicorn-access-log", f"--speculative-model={model_dir}",
+                           "--num-speculative-tokens=3", "--distributed-executor-backend=mp"])
+    client = server.client()
+    out = client.completions.create(model=MODEL_NAME, prompt=COPY_HEAVY, max_tokens=24, temperature=0.0)
+    assert out.usage.completion_tokens == 24
+    deadline = time.monotonic() + 10
+    while True:  # the stats of the last step may reach /metrics just after the response
+        families = {f.name: f for f in text_string_to_metric_families(server.get("/metrics").text)}
+        if _counter(families, "vllm:spec_decode_num_draft_tokens") > 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    drafted = _counter(families, "vllm:spec_decode_num_draft_tokens")
+    accepted = _counter(families, "vllm:spec_decode_num_accepted_tokens")
+    assert drafted > 0 and accepted >= 0.9 * drafted
+    assert {s.labels["position"] for s in families["vllm:spec_decode_num_accepted_tokens_per_pos"].samples} == \
+        {"0", "1", "2"}

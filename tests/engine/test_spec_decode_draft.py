@@ -1,0 +1,99 @@
+"""Draft-model speculative decoding end to end: greedy outputs are token-identical to decoding without
+it, for every architecture and under prefix caching, chunked prefill and preemption; a draft identical
+to the target accepts (nearly) every draft.
+
+A draft identical to the target makes runs of accepted drafts (multi-token steps, lookahead slots,
+the draft's cache mirroring the target's across chunks and preemption); a smaller random draft with
+the same tokenizer makes rejections at every position.
+"""
+
+import pytest
+
+from pagoda import LLM, SamplingParams
+from tests.engine.conftest import ARCHS, PROMPTS
+
+GREEDY = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True)
+K = 4
+
+
+def _llm(folder, **kwargs):
+    kwargs.setdefault("kv_cache_memory_bytes", 64 << 20)  # engines of one test process fit side by side on a GPU
+    return LLM(folder, dtype="float32", max_model_len=256, **kwargs)
+
+
+def _tokens(llm, params=GREEDY, prompts=PROMPTS):
+    return [o.outputs[0].token_ids for o in llm.generate(prompts, params, use_tqdm=False)]
+
+
+def _draft(folder):
+    return {"model": folder, "num_speculative_tokens": K}
+
+
+@pytest.fixture(scope="module")
+def small_draft(checkpoint):
+    return checkpoint("LlamaForCausalLM", num_hidden_layers=1, hidden_size=32, intermediate_size=64,
+                      num_attention_heads=2, num_key_value_heads=1, seed=7)
+
+
+@pytest.fixture(scope="module")
+def reference(llama_dir):
+    return _tokens(_llm(llama_dir))
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_draft_identical_to_target_accepts_nearly_everything(checkpoint, arch):
+    folder = checkpoint(arch)
+    expected = _tokens(_llm(folder))
+    llm = _llm(folder, speculative_config=_draft(folder))
+    assert _tokens(llm) == expected
+    stats = llm.llm_engine.stats()
+    assert stats["spec_decode_num_draft_tokens"] > 0
+    assert stats["spec_decode_num_accepted_tokens"] >= 0.9 * stats["spec_decode_num_draft_tokens"]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(enable_prefix_caching=True, block_size=8),
+        dict(enable_prefix_caching=True, block_size=8, max_num_batched_tokens=7),
+        dict(enable_prefix_caching=False, block_size=8, num_gpu_blocks_override=40),
+    ],
+    ids=["prefix-cache", "chunked-7", "preemption"],
+)
+@pytest.mark.parametrize("which", ["same", "small"])
+def test_draft_greedy_invariant_under_engine_settings(llama_dir, small_draft, reference, kwargs, which):
+    draft = llama_dir if which == "same" else small_draft
+    llm = _llm(llama_dir, speculative_config=_draft(draft), **kwargs)
+    prompts = PROMPTS + PROMPTS[:3]  # repeated prompts: prefix-cache hits on the draft's cache too
+    assert _tokens(llm, prompts=prompts) == reference + reference[:3]
+    stats = llm.llm_engine.stats()
+    assert stats["spec_decode_num_draft_tokens"] > 0
+    if which == "same":
+        assert stats["spec_decode_num_accepted_tokens"] >= 0.9 * stats["spec_decode_num_draft_tokens"]
+    else:
+        assert stats["spec_decode_num_accepted_tokens"] < stats["spec_decode_num_draft_tokens"]
+    if "num_gpu_blocks_override" in kwargs:
+        assert stats["num_preemptions"] > 0
+    if kwargs.get("enable_prefix_caching"):
+        assert stats["prefix_cache_hits"] > 0
+    pool = llm.llm_engine.core.scheduler.kv.pool
+    assert pool.num_free_blocks == pool.num_blocks
+
+
+def test_draft_sampling_is_seeded_and_stops_exactly(llama_dir):
+    llm = _llm(llama_dir, speculative_config=_draft(llama_dir))
+    seeded = [SamplingParams(temperature=0.8, top_k=20, seed=i, max_tokens=21, ignore_eos=True)
+              for i in range(len(PROMPTS))]
+    first = [o.outputs[0].token_ids for o in llm.generate(PROMPTS, seeded, use_tqdm=False)]
+    again = [o.outputs[0].token_ids for o in llm.generate(PROMPTS[::-1], seeded[::-1], use_tqdm=False)][::-1]
+    assert first == again and all(len(t) == 21 for t in first)
+    plain = _llm(llama_dir)
+    full = _tokens(plain)
+    stop_ids = sorted({t[5] for t in full})
+    params = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True, stop_token_ids=stop_ids, logprobs=2)
+    want = plain.generate(PROMPTS, params, use_tqdm=False)
+    got = llm.generate(PROMPTS, params, use_tqdm=False)
+    for g, w in zip(got, want):
+        assert g.outputs[0].token_ids == w.outputs[0].token_ids
+        assert g.outputs[0].finish_reason == w.outputs[0].finish_reason
+        assert [list(p) for p in g.outputs[0].logprobs] == [list(p) for p in w.outputs[0].logprobs]
