@@ -73,6 +73,7 @@ def _runner(args: argparse.Namespace, path: str) -> Callable[[list[list[int]]], 
     def run_pagoda(prompts: list[list[int]]) -> None:
         llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
 
+    run_pagoda.stats = llm.llm_engine.stats  # type: ignore[attr-defined]
     if not args.spec_oracle:
         return run_pagoda
     from pagoda.spec_decode.oracle_proposer import OracleProposer
@@ -89,7 +90,6 @@ def _runner(args: argparse.Namespace, path: str) -> Callable[[list[list[int]]], 
                                        key_len=min(16, min(len(p) for p in prompts)))
 
     run_pagoda.prepare = prepare_oracle  # type: ignore[attr-defined]
-    run_pagoda.stats = llm.llm_engine.stats  # type: ignore[attr-defined]
     return run_pagoda
 
 
@@ -131,9 +131,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         run(prompts)
         latencies.append(time.perf_counter() - start)
     result = {**common.run_header(), "backend": args.backend, **summarize(latencies, args.output_len)}
-    if prepare is not None:
-        result["spec_decode"] = {k: v for k, v in run.stats().items() if k.startswith("spec_decode")}
-        print(f"Speculative decoding (oracle): {result['spec_decode']}")
+    stats = run.stats() if hasattr(run, "stats") else {}
+    if "spec_decode_num_drafts" in stats:  # cumulative over warm-up and timed iterations
+        result["spec_decode"] = {k: v for k, v in stats.items() if k.startswith("spec_decode")}
+        print(f"Speculative decoding{' (oracle)' if prepare is not None else ''}: {result['spec_decode']}")
     print(f"Avg latency: {result['avg_latency']} seconds")
     for p, v in result["percentiles"].items():
         print(f"{p}% percentile latency: {v} seconds")

@@ -17,6 +17,8 @@ Invariants:
 - A request gets at most k drafts and never one whose position would need a slot the scheduler did
   not allocate (its block table's capacity) or pass max_model_len.
 - One host sync per `propose` call (the drafts), none inside the k steps.
+- On CUDA the draft's forwards replay its own CUDA graphs (`cuda_graphs`, captured by the worker at
+  the target's buckets for q = 1 and q = k + 1) whenever the batch is uniform, as the target's do.
 """
 
 from __future__ import annotations
@@ -35,10 +37,16 @@ class DraftModelProposer:
         self.runner = runner
         self.k = num_speculative_tokens
         self.max_model_len = max_model_len
+        self.cuda_graphs = None  # a CudaGraphRunner of the draft model (CUDA, unless enforce_eager)
+
+    def _forward(self, input_ids: torch.Tensor, positions: torch.Tensor, metadata) -> torch.Tensor:
+        if self.cuda_graphs is not None and self.cuda_graphs.can_run(metadata):
+            return self.cuda_graphs.run(input_ids, positions, metadata)
+        return self.model(input_ids, positions, self.kv_caches, metadata)
 
     def catch_up(self, input_ids: torch.Tensor, positions: torch.Tensor, metadata) -> None:
         """The draft's forward over the target's step (writes the draft's KV for the same slots)."""
-        self.model(input_ids, positions, self.kv_caches, metadata)
+        self._forward(input_ids, positions, metadata)
 
     def propose(self, rows: np.ndarray) -> list[list[int]]:
         """Up to k drafts for each InputBatch row of `rows` (their tokens are on the host)."""
@@ -63,8 +71,7 @@ class DraftModelProposer:
             if active.size == 0:
                 break
             positions = num_tokens[active] - 1 + step
-            hidden = self.model(last, to_device(positions, device), self.kv_caches,
-                                self._decode_metadata(rows[active], positions))
+            hidden = self._forward(last, to_device(positions, device), self._decode_metadata(rows[active], positions))
             last = self.model.compute_logits(hidden).argmax(dim=-1)
             drafted.append((active, last))
         drafts: list[list[int]] = [[] for _ in rows]

@@ -5,7 +5,8 @@ Invariants:
   [2, num_blocks, block_size, num_kv_heads, head_size] (attention/backend.py's layout).
 - With a draft model (speculative decoding, method "draft_model"), the draft is loaded after the
   target and has its own cache of the same num_blocks and block_size, indexed by the target's block
-  tables: a block's bytes are the target's plus the draft's, so sizing counts both.
+  tables: a block's bytes are the target's plus the draft's, so sizing counts both. On CUDA the draft
+  gets CUDA graphs of its own at the same buckets (decode and verify query lengths).
 - On CPU the cache size comes from kv_cache_memory_bytes (default 4 GiB), capped at what
   max_num_seqs sequences of max_model_len can use; num_gpu_blocks_override wins over both. On CUDA,
   kv_cache_memory_bytes when given sets the size alone (as vLLM: gpu_memory_utilization is then not
@@ -111,6 +112,14 @@ class Worker:
                                      verify_query_len=speculative.num_speculative_tokens + 1 if speculative else None)
             graphs.capture()
             self.runner.cuda_graphs = graphs
+            if self.draft_model is not None:  # the draft's decode steps and its catch-up over verify steps
+                draft = self.runner.spec.draft
+                draft.cuda_graphs = CudaGraphRunner(self.draft_model, draft.kv_caches,
+                                                    self.config.max_cudagraph_capture_size,
+                                                    self.config.model.max_model_len, cache.block_size, self.device,
+                                                    self.runner.attn_metadata,
+                                                    verify_query_len=speculative.num_speculative_tokens + 1)
+                draft.cuda_graphs.capture()
 
     def execute_model(self, sched: SchedulerOutput) -> ModelRunnerOutput:
         if self.runner is None:

@@ -8,6 +8,7 @@ the same tokenizer makes rejections at every position.
 """
 
 import pytest
+import torch
 
 from pagoda import LLM, SamplingParams
 from tests.engine.conftest import ARCHS, PROMPTS
@@ -41,7 +42,7 @@ def reference(llama_dir):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_draft_identical_to_target_accepts_nearly_everything(checkpoint, arch):
+def test_draft_identical_to_target_accepts_nearly_everything(checkpoint, small_draft, arch):
     folder = checkpoint(arch)
     expected = _tokens(_llm(folder))
     llm = _llm(folder, speculative_config=_draft(folder))
@@ -49,6 +50,10 @@ def test_draft_identical_to_target_accepts_nearly_everything(checkpoint, arch):
     stats = llm.llm_engine.stats()
     assert stats["spec_decode_num_draft_tokens"] > 0
     assert stats["spec_decode_num_accepted_tokens"] >= 0.9 * stats["spec_decode_num_draft_tokens"]
+    # A smaller draft of another architecture with the same tokenizer: rejections, the same tokens.
+    small = _llm(folder, speculative_config=_draft(small_draft))
+    assert _tokens(small) == expected
+    assert small.llm_engine.stats()["spec_decode_num_draft_tokens"] > 0
 
 
 @pytest.mark.parametrize(
@@ -97,3 +102,11 @@ def test_draft_sampling_is_seeded_and_stops_exactly(llama_dir):
         assert g.outputs[0].token_ids == w.outputs[0].token_ids
         assert g.outputs[0].finish_reason == w.outputs[0].finish_reason
         assert [list(p) for p in g.outputs[0].logprobs] == [list(p) for p in w.outputs[0].logprobs]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_draft_forwards_replay_their_own_cuda_graphs(llama_dir, reference):
+    llm = _llm(llama_dir, speculative_config=_draft(llama_dir))
+    assert _tokens(llm) == reference
+    replays = llm.llm_engine.core.executor.worker.runner.spec.draft.cuda_graphs.num_replays
+    assert replays[1] > 0 and replays[K + 1] > 0, replays
