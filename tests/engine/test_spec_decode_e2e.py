@@ -202,3 +202,21 @@ def test_verify_steps_replay_cuda_graphs_and_match_eager(llama_dir, reference_ou
     assert [o.token_ids for o in got] == reference
     replays = graphs.llm_engine.core.executor.worker.runner.cuda_graphs.num_replays
     assert replays[NGRAM["num_speculative_tokens"] + 1] > 0, replays
+
+
+def test_prompt_logprobs_n_and_beam_search_unchanged_by_speculation(llama_dir, reference_outputs):
+    from pagoda.sampling_params import BeamSearchParams
+
+    plain = _llm(llama_dir)
+    spec = _with_oracle(_llm(llama_dir, speculative_config=NGRAM), reference_outputs, noise=0.3)
+    params = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True, prompt_logprobs=2, n=2)
+    want, got = plain.generate(PROMPTS, params, use_tqdm=False), spec.generate(PROMPTS, params, use_tqdm=False)
+    for g, w in zip(got, want):
+        assert [c.token_ids for c in g.outputs] == [c.token_ids for c in w.outputs]
+        assert len(g.prompt_logprobs) == len(w.prompt_logprobs)
+        for a, b in zip(g.prompt_logprobs[1:], w.prompt_logprobs[1:]):
+            assert a.keys() == b.keys()
+    beams = BeamSearchParams(beam_width=2, max_tokens=6)
+    prompts = [{"prompt": p} for p in PROMPTS[:3]]
+    assert [[s.tokens for s in r.sequences] for r in spec.beam_search(prompts, beams)] == \
+        [[s.tokens for s in r.sequences] for r in plain.beam_search(prompts, beams)]
