@@ -15,7 +15,10 @@ Invariants:
 - The draft's KV at a position is valid wherever the target's is (positions < num_computed); at the
   positions past it, what `propose` wrote is overwritten by the next catch-up before it is read.
 - A request gets at most k drafts and never one whose position would need a slot the scheduler did
-  not allocate (its block table's capacity) or pass max_model_len.
+  not allocate (its block table's capacity) or pass the draft's max_model_len (its own position limit,
+  at most the target's). Past that limit the catch-up still runs, with positions clamped to the
+  limit: the KV it writes there is garbage that no draft ever reads (the scheduler stops drafting
+  for a request past the limit: SpeculativeConfig.max_model_len).
 - One host sync per `propose` call (the drafts), none inside the k steps.
 - On CUDA the draft's forwards replay its own CUDA graphs (`cuda_graphs`, captured by the worker at
   the target's buckets for q = 1 and q = k + 1) whenever the batch is uniform, as the target's do.
@@ -46,6 +49,8 @@ class DraftModelProposer:
 
     def catch_up(self, input_ids: torch.Tensor, positions: torch.Tensor, metadata) -> None:
         """The draft's forward over the target's step (writes the draft's KV for the same slots)."""
+        if metadata.max_seq_len > self.max_model_len:  # past the draft's positions (see the module docstring)
+            positions = positions.clamp(max=self.max_model_len - 1)
         self._forward(input_ids, positions, metadata)
 
     def propose(self, rows: np.ndarray) -> list[list[int]]:

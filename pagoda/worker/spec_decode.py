@@ -48,8 +48,9 @@ class SpecDecodeStep:
     def attach_draft_model(self, model, kv_caches) -> None:
         from pagoda.worker.draft_proposer import DraftModelProposer
 
+        draft_config = self.runner.config.speculative.draft_model_config
         self.draft = DraftModelProposer(model, kv_caches, self.runner, self.num_speculative_tokens,
-                                        self.runner.config.model.max_model_len)
+                                        draft_config.max_model_len)
 
     def catch_up(self, input_ids, positions, metadata) -> None:
         """After every target forward: the draft model's forward over the same batch (no-op for n-gram)."""

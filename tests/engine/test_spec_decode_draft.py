@@ -110,3 +110,14 @@ def test_draft_forwards_replay_their_own_cuda_graphs(llama_dir, reference):
     assert _tokens(llm) == reference
     replays = llm.llm_engine.core.executor.worker.runner.spec.draft.cuda_graphs.num_replays
     assert replays[1] > 0 and replays[K + 1] > 0, replays
+
+
+def test_a_draft_with_fewer_positions_stops_drafting_at_its_limit(checkpoint, llama_dir, reference):
+    short = checkpoint("LlamaForCausalLM", num_hidden_layers=1, hidden_size=32, intermediate_size=64,
+                       num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=40, seed=3)
+    llm = _llm(llama_dir, speculative_config=_draft(short))
+    assert llm.llm_engine.config.speculative.max_model_len == 40
+    outs = llm.generate(PROMPTS, GREEDY, use_tqdm=False)
+    assert [o.outputs[0].token_ids for o in outs] == reference
+    assert all(o.outputs[0].finish_reason == "length" for o in outs)
+    assert max(len(o.prompt_token_ids) for o in outs) + 24 > 40  # some requests run past the draft's limit
