@@ -59,6 +59,8 @@ class SchedulerOutput:
     preempted_req_ids: set[str] = field(default_factory=set)
     # Draft tokens to verify this step, per request that has any (speculative decoding).
     scheduled_spec_decode_tokens: dict[str, list[int]] = field(default_factory=dict)
+    # Whether the runner proposes drafts for the next step (False while disable_by_batch_size holds).
+    propose_drafts: bool = False
 
     @property
     def is_empty(self) -> bool:

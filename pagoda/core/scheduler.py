@@ -23,7 +23,8 @@ Invariants:
   `scheduled_spec_decode_tokens`, capped by the step's budget, by its remaining max_tokens (the
   verify step yields at most k + 1 tokens, so nothing overshoots max_tokens or max_model_len), by
   `max_model_len` of the speculative config, and dropped entirely while `disable_by_batch_size` or
-  more requests run. Its scheduled tokens count the drafts; when the output arrives with n tokens
+  more requests run (then the step also tells the runner not to propose: `propose_drafts`). Its
+  scheduled tokens count the drafts; when the output arrives with n tokens
   (1 <= n <= k + 1), the k + 1 - n rejected positions are taken back from num_computed_tokens, so
   `num_computed_tokens <= num_tokens` holds again (the KV written at rejected positions is garbage
   that the next step overwrites; prefix-cache hashes only ever cover known tokens). With a draft model
@@ -196,6 +197,7 @@ class Scheduler:
             finished_req_ids=self.finished_req_ids,
             preempted_req_ids={r.request_id for r in preempted},
             scheduled_spec_decode_tokens=drafts,
+            propose_drafts=self.speculative is not None and not spec_off,
         )
         self.finished_req_ids = set()
         return output

@@ -180,7 +180,7 @@ class ModelRunner:
         if self.spec is not None:
             num_drafts = num_drafts if drafts else np.zeros(len(req_ids), dtype=np.int64)
             self.spec.sample(req_ids, rows, np.nonzero(samples)[0], inputs["query_start"] + counts, num_drafts,
-                             drafts, hidden, output)
+                             drafts, hidden, output, propose=sched.propose_drafts)
             return StepOutput.ready(output)
         return self._sample(req_ids, rows, samples, inputs["query_start"] + counts - 1, hidden, output)
 

@@ -71,8 +71,9 @@ class SpecDecodeStep:
 
     def sample(self, req_ids: list[str], rows: np.ndarray, sample_at: np.ndarray, query_end: np.ndarray,
                num_drafts: np.ndarray, drafts: dict[str, list[int]], hidden: torch.Tensor,
-               output: ModelRunnerOutput) -> None:
-        """Sample the requests `sample_at` of the step (indices into req_ids), fill `output`, propose."""
+               output: ModelRunnerOutput, propose: bool = True) -> None:
+        """Sample the requests `sample_at` of the step (indices into req_ids), fill `output`, and (with
+        `propose`: the scheduler will use drafts) propose the next drafts."""
         runner = self.runner
         batch, device = runner.batch, runner.device
         k = num_drafts[sample_at]
@@ -119,9 +120,10 @@ class SpecDecodeStep:
             output.sampled_token_ids[req_id] = new
             if logprobs[j] is not None:
                 output.logprobs[req_id] = logprobs[j]
-            if batch.can_speculate[row]:
+            if propose and batch.can_speculate[row]:
                 proposing.append((req_id, row))
-        self._propose(proposing, output)
+        if proposing:
+            self._propose(proposing, output)
 
     def _propose(self, proposing: list[tuple[str, int]], output: ModelRunnerOutput) -> None:
         batch = self.runner.batch

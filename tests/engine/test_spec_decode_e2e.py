@@ -220,3 +220,14 @@ def test_prompt_logprobs_n_and_beam_search_unchanged_by_speculation(llama_dir, r
     prompts = [{"prompt": p} for p in PROMPTS[:3]]
     assert [[s.tokens for s in r.sequences] for r in spec.beam_search(prompts, beams)] == \
         [[s.tokens for s in r.sequences] for r in plain.beam_search(prompts, beams)]
+
+
+def test_disable_by_batch_size_stops_proposing_while_the_batch_is_large(llama_dir, reference_outputs, reference):
+    config = {**NGRAM, "disable_by_batch_size": 4}
+    llm = _with_oracle(_llm(llama_dir, speculative_config=config), reference_outputs)
+    assert [o.token_ids for o in _generate(llm)] == reference
+    drafted = _spec_stats(llm)["spec_decode_num_drafts"]
+    full = _with_oracle(_llm(llama_dir, speculative_config=NGRAM), reference_outputs)
+    _generate(full)
+    # drafts only once fewer than 4 of the 11 requests run (they finish together, so barely)
+    assert drafted < _spec_stats(full)["spec_decode_num_drafts"]
