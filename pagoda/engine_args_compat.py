@@ -19,7 +19,9 @@ N-gram and draft-model speculative decoding are implemented: --speculative-confi
 --num-speculative-tokens, --ngram-prompt-lookup-max/-min, --speculative-disable-by-batch-size,
 --speculative-max-model-len and --speculative-draft-tensor-parallel-size are EngineArgs fields; the keys and
 methods of vLLM's speculative_config that Pagoda does not implement are listed here (SPECULATIVE_CONFIG_NOT_YET,
-SPECULATIVE_METHODS_NOT_YET).
+SPECULATIVE_METHODS_NOT_YET). vLLM's engine options --reasoning-parser and --reasoning-parser-plugin are server
+flags in Pagoda (entrypoints/openai/cli_args.py, where only the chat endpoint reads them); as `LLM(...)` keywords
+they are accepted with no effect (offline outputs are not split), so vLLM code that passes them still runs.
 
 Invariants:
 - An option's kind, reason, default and value type live in its `Compat` record and nowhere else.
@@ -58,7 +60,8 @@ LORA = "LoRA adapters come in a later issue"
 MM = "multimodal input comes in a later issue"
 PARALLEL = "parallelism comes in a later issue; Pagoda runs one engine on one device"
 STRUCT = "structured output (guided decoding) comes in a later issue"
-REASONING = "reasoning parsers come in a later issue"
+REASONING_OFFLINE = ("offline outputs are not split into reasoning and content (the server's --reasoning-parser "
+                     "splits chat responses; vLLM reads it offline only to guide structured output)")
 OFFLOAD = "CPU offloading comes in a later issue"
 TRACE = "tracing and profiling come in a later issue"
 METRICS = "this metric is not collected yet"
@@ -176,8 +179,8 @@ ENGINE_OPTIONS: tuple[Compat, ...] = (
     _c("guided_decoding_disable_fallback", BOOL, False, NOT_YET, STRUCT),
     _c("guided_decoding_disable_any_whitespace", BOOL, False, NOT_YET, STRUCT),
     _c("guided_decoding_disable_additional_properties", BOOL, False, NOT_YET, STRUCT),
-    _c("reasoning_parser", STR, "", NOT_YET, REASONING),
-    _c("reasoning_parser_plugin", STR, "", NOT_YET, REASONING),
+    _c("reasoning_parser", STR, "", NO_EFFECT, REASONING_OFFLINE),
+    _c("reasoning_parser_plugin", STR, "", NO_EFFECT, REASONING_OFFLINE),
     # speculative decoding: vLLM 0.6's flags that EngineArgs does not implement (vLLM V1 dropped them all)
     _c("speculative_model_quantization", STR, None, NOT_YET, SPEC_DRAFT),
     _c("spec_decoding_acceptance_method", STR, None, NOT_YET,

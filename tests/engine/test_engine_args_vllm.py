@@ -244,3 +244,13 @@ def test_llama3_rope_override_equals_transformers(llama_dir):
     ours, _ = _pagoda_greedy(llama_dir, prompt_ids, 8, rope_scaling=scaling)
     theirs, _ = _hf_greedy_with_rope(llama_dir, {**scaling, "rope_theta": 10000.0}, prompt_ids, 8)
     assert ours == theirs
+
+
+def test_reasoning_parser_is_accepted_offline_with_no_effect(caplog):
+    """vLLM code passes reasoning_parser to LLM(...); offline it changes nothing (the server's flag splits chat)."""
+    import logging
+
+    with caplog.at_level(logging.INFO):
+        args = EngineArgs.from_kwargs(model="m", reasoning_parser="deepseek_r1")
+    assert args.reasoning_parser == "deepseek_r1"
+    assert "reasoning_parser" in caplog.text and "no effect" in caplog.text

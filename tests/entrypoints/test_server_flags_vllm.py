@@ -82,7 +82,7 @@ VLLM_SERVE_FLAGS = """
 --num-speculative-tokens --num-scheduler-steps --max-seq-len-to-capture --disable-log-requests --preemption-mode
 --num-lookahead-slots --cuda-graph-sizes --disable-mm-preprocessor-cache --lora-extra-vocab-size
 --enable-lora-bias --scheduler-delay-factor --disable-async-output-proc --multi-step-stream-outputs
---logits-processor-pattern --task
+--logits-processor-pattern --task --enable-reasoning
 """.split()
 ALL_OPTIONS = compat.ENGINE_OPTIONS + vllm_flags.SERVER_OPTIONS
 
@@ -157,7 +157,6 @@ def test_default_values_of_unimplemented_flags_are_fine(model_dir):
       "awq"], "--speculative-model-quantization"),
     (["--enable-auto-tool-choice", "--tool-call-parser", "hermes"], "--enable-auto-tool-choice"),
     (["--tool-call-parser", "hermes"], "--tool-call-parser"),
-    (["--reasoning-parser", "deepseek_r1"], "--reasoning-parser"),
     (["--limit-mm-per-prompt", '{"image": 2}'], "--limit-mm-per-prompt"),
     (["--limit-mm-per-prompt.image", "2"], "--limit-mm-per-prompt"),
     (["-tp", "2"], "--tensor-parallel-size"),

@@ -126,7 +126,8 @@ def serving_config(args: argparse.Namespace, engine: AsyncLLM) -> ServingConfig:
         enable_request_id_headers=args.enable_request_id_headers,
         log_requests=not args.disable_log_requests, max_log_len=args.max_log_len, limits=limits,
         trust_request_chat_template=args.trust_request_chat_template,
-        chat_template_render_timeout=args.chat_template_render_timeout)
+        chat_template_render_timeout=args.chat_template_render_timeout,
+        reasoning_parser=args.reasoning_parser)
 
 
 def build_app(args: argparse.Namespace, engine: AsyncLLM, prometheus: PrometheusStatLogger,

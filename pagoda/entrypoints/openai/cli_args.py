@@ -13,6 +13,9 @@ Invariants:
 - The request limits (`_add_limit_flags`: per-request caps, slow-client timeouts, the connection cap,
   request chat templates) are validated in `validate_args` too (`_validate_limits`); their automatic
   defaults (None) are resolved against the model at start-up (limits.py, api_server.py).
+- --reasoning-parser names a parser registered by then: the built-ins, or one --reasoning-parser-plugin's file
+  registered (run in `validate_args`, before the name is checked); anything else stops the server listing the
+  registered names. vLLM's old --enable-reasoning needs --reasoning-parser and changes nothing.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from pagoda.engine_args import EngineArgs
 from pagoda.engine_args_compat import closest_name, human_readable_int, parse_json
 from pagoda.entrypoints.openai import vllm_flags
 from pagoda.entrypoints.openai.limits import DEFAULT_MAX_N_SEQUENCES, MAX_N_SEQUENCES_ENV
+from pagoda.entrypoints.openai.reasoning import ReasoningParserManager, import_reasoning_parser
 
 logger = logging.getLogger(__name__)
 
@@ -153,6 +157,10 @@ class PagodaArgumentParser(argparse.ArgumentParser):
         return out
 
 
+# EngineArgs options whose flags the server declares itself: one served name per engine (the server takes
+# several), and the reasoning parser, which the chat endpoint applies (an offline LLM accepts it, no effect).
+SERVER_OWNED_ENGINE_OPTIONS = ("served_model_name", "reasoning_parser", "reasoning_parser_plugin")
+
 def _set_nested(tree: dict, path: str, text: str) -> None:
     """tree[a][b] = value for path 'a.b'; value parsed as JSON, else a human-readable int, else the text;
     'a.b+' appends the comma-separated items to a list (vLLM's dotted JSON flags)."""
@@ -244,6 +252,7 @@ def make_arg_parser(parser: argparse.ArgumentParser, model_positional: bool = Fa
     server.add_argument("--max-request-body-bytes", type=int, default=DEFAULT_MAX_BODY,
                         help="Largest request body accepted; larger ones get 413.")
     _add_limit_flags(server)
+    _add_reasoning_flags(server)
     server.add_argument("--shutdown-timeout", type=float, default=0.0,
                         help="On SIGTERM/SIGINT, seconds to let in-flight requests finish before the rest are ended "
                              "with an error (streams: an error event and [DONE]; others: 503). 0 (vLLM's default): "
@@ -273,7 +282,7 @@ def make_arg_parser(parser: argparse.ArgumentParser, model_positional: bool = Fa
     server.add_argument("--config", default=None,
                         help="A YAML file of flags (vLLM's --config): 'max-model-len: 4096', 'enforce-eager: true', "
                              "...; flags on the command line win over the file.")
-    EngineArgs.add_cli_args(parser, skip=("served_model_name",))
+    EngineArgs.add_cli_args(parser, skip=SERVER_OWNED_ENGINE_OPTIONS)
     vllm_flags.add_server_flags(parser)
     return parser
 
@@ -315,6 +324,40 @@ def _add_limit_flags(server: Any) -> None:
                         help="Most open HTTP connections; beyond it requests get 503 + Retry-After (uvicorn's "
                              "setting, answered in OpenAI's error JSON; /health, /version and /metrics are still "
                              "served). Default: --max-pending-requests + 256.")
+
+
+def _add_reasoning_flags(server: Any) -> None:
+    """vLLM's reasoning flags (issue 18): the chat endpoint splits reasoning from content."""
+    names = ", ".join(ReasoningParserManager.names())
+    server.add_argument("--reasoning-parser", default="", metavar="NAME",
+                        help=f"Split chat responses into `reasoning` (also as `reasoning_content`) and `content` "
+                             f"with this parser: {names}, or one a --reasoning-parser-plugin registers. Default: "
+                             "none (chat responses carry neither field).")
+    server.add_argument("--reasoning-parser-plugin", default="", metavar="FILE",
+                        help="A Python file that registers reasoning parsers with "
+                             "pagoda.entrypoints.openai.reasoning.ReasoningParserManager.register_module(NAME), "
+                             "run at start-up; name one with --reasoning-parser.")
+    server.add_argument("--enable-reasoning", action="store_true", default=False,
+                        help="vLLM < 0.10's switch, needed there with --reasoning-parser; --reasoning-parser alone "
+                             "turns reasoning on now, so it is accepted with it, logged as having no effect, and an "
+                             "error without it.")
+
+
+def _validate_reasoning(args: argparse.Namespace) -> None:
+    """Run --reasoning-parser-plugin, then check --reasoning-parser against the registered names."""
+    if args.reasoning_parser_plugin:
+        import_reasoning_parser(args.reasoning_parser_plugin)
+    if args.enable_reasoning:
+        if not args.reasoning_parser:
+            raise ValueError("--enable-reasoning needs --reasoning-parser NAME (as in vLLM < 0.10); "
+                             "--reasoning-parser alone turns reasoning on, so --enable-reasoning can be dropped")
+        logger.warning("--enable-reasoning has no effect: --reasoning-parser %s turns reasoning on (vLLM deprecated "
+                       "the flag in 0.9 and dropped it in 0.10)", args.reasoning_parser)
+    if args.reasoning_parser and args.reasoning_parser not in ReasoningParserManager.reasoning_parsers:
+        raise ValueError(f"--reasoning-parser {args.reasoning_parser!r} is not a registered reasoning parser; "
+                         f"choose one of: {', '.join(ReasoningParserManager.names())}"
+                         + ("" if args.reasoning_parser_plugin else
+                            " (or register one with --reasoning-parser-plugin FILE)"))
 
 
 def _validate_limits(args: argparse.Namespace) -> None:
@@ -389,6 +432,7 @@ def validate_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--chat-template {template!r} is neither an existing file nor a Jinja template")
     if args.root_path is not None and args.root_path and not args.root_path.startswith("/"):
         raise ValueError(f"--root-path must start with '/', got {args.root_path!r}")
+    _validate_reasoning(args)
     vllm_flags.check_server_flags(args)
     engine_args_from(args).check_options()  # an engine option not supported yet stops here, before any loading
 
@@ -417,7 +461,9 @@ def _resolve_log_requests(args: argparse.Namespace) -> None:
 
 
 def engine_args_from(args: argparse.Namespace) -> EngineArgs:
-    engine_args = EngineArgs.from_cli_args(args)
+    # The server's own flags of the same names are not the engine's (see SERVER_OWNED_ENGINE_OPTIONS).
+    engine_args = EngineArgs.from_cli_args(argparse.Namespace(
+        **{k: v for k, v in vars(args).items() if k not in SERVER_OWNED_ENGINE_OPTIONS}))
     engine_args.served_model_name = args.served_model_name[0] if args.served_model_name else None
     return engine_args
 

@@ -215,7 +215,7 @@ class ChatCompletionRequest(SamplingFields):
     tool_choice: Optional[Union[str, dict[str, Any]]] = None
     parallel_tool_calls: Optional[bool] = None  # no effect: tool calls are not parsed
     reasoning_effort: Optional[str] = None  # handed to the chat template, as vLLM does
-    include_reasoning: bool = True  # no effect without a reasoning parser (vLLM: the same)
+    include_reasoning: bool = True  # false drops the reasoning (--reasoning-parser); no effect without one (vLLM)
     return_prompt_text: Optional[bool] = None
 
 

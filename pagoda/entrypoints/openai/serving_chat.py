@@ -20,6 +20,13 @@ Invariants:
   `usage: null` and one last chunk with `choices: []` carries the usage; with continuous_usage_stats
   too, every chunk (the role chunk included: completion_tokens 0) carries the usage so far of its
   choice instead; then `data: [DONE]`. Beam search streams its final beams as one chunk per choice.
+- With --reasoning-parser, each choice's text is split by its own parser instance (reasoning/): full responses
+  carry `message.reasoning` and its older name `message.reasoning_content` (null when the output has no
+  reasoning) and `content` the rest (null when empty; an echo goes in front of it); stream deltas carry
+  `reasoning` and `reasoning_content` while in the reasoning, then `content`, joining to exactly the full
+  response's fields (text a parser holds back, a marker split across deltas, comes later, at the latest with
+  the finish_reason). `include_reasoning: false` drops the reasoning (vLLM), never moving it into `content`.
+  Without a parser neither field appears.
 - `return_token_ids` (vLLM): `prompt_token_ids` at the response level (in a stream, on the role
   chunks) and `token_ids` per choice (in a stream, the new ids of each chunk); full responses carry
   them as null when not asked, as vLLM's do. `return_prompt_text` adds the rendered `prompt_text`.
@@ -35,6 +42,7 @@ from fastapi import Request
 from pagoda.entrypoints.openai.chat_utils import ChatRenderer, message_text
 from pagoda.entrypoints.openai.errors import APIError, error_body
 from pagoda.entrypoints.openai.protocol import ChatCompletionRequest
+from pagoda.entrypoints.openai.reasoning import ReasoningParser, ReasoningParserManager
 from pagoda.entrypoints.openai.serving_beam_search import BeamSearchStream, beam_search_params, check_beam_logprobs
 from pagoda.entrypoints.openai.serving_completion import merge_streams, stream_error_status
 from pagoda.entrypoints.openai.serving_engine import (
@@ -62,6 +70,8 @@ class OpenAIServingChat(OpenAIServing):
         super().__init__(engine, config, offload)
         self.renderer = ChatRenderer(self.tokenizer, config.chat_template, config.chat_template_content_format)
         self._sandbox: TemplateSandbox | None = None
+        self.reasoning_parser: type[ReasoningParser] | None = (
+            ReasoningParserManager.get_reasoning_parser(config.reasoning_parser) if config.reasoning_parser else None)
 
     @property
     def sandbox(self) -> TemplateSandbox:
@@ -162,7 +172,7 @@ class OpenAIServingChat(OpenAIServing):
             num_completion += len(completion.token_ids)
             choices.append({
                 "index": completion.index,
-                "message": {"role": reply.role, "content": reply.echo + completion.text, "tool_calls": []},
+                "message": self._message(request, reply, completion.text),
                 "logprobs": self._logprobs(completion.token_ids, completion.logprobs, request, reply.top_k)
                 if request.logprobs else None,
                 "finish_reason": completion.finish_reason,
@@ -177,6 +187,15 @@ class OpenAIServingChat(OpenAIServing):
                 if request.prompt_logprobs is not None else None,
                 "prompt_token_ids": list(final.prompt_token_ids) if request.return_token_ids else None,
                 "prompt_text": reply.prompt_text if request.return_prompt_text else None}
+
+    def _message(self, request: ChatCompletionRequest, reply: "_Reply", text: str) -> dict:
+        if self.reasoning_parser is None:
+            return {"role": reply.role, "content": reply.echo + text, "tool_calls": []}
+        reasoning, content = self.reasoning_parser(self.tokenizer, reply.prompt_text).extract_reasoning(text)
+        if not request.include_reasoning:
+            reasoning = None
+        return {"role": reply.role, "content": (reply.echo + (content or "")) or None, "reasoning": reasoning,
+                "reasoning_content": reasoning, "tool_calls": []}
 
     def _logprobs(self, token_ids: list[int], positions: list | None, request: ChatCompletionRequest,
                   k: int | None) -> dict:
@@ -204,6 +223,7 @@ class OpenAIServingChat(OpenAIServing):
         continuous = include_usage and bool(request.stream_options.continuous_usage_stats)
         num_prompt, num_cached = len(reply.prompt_ids), None
         sent: dict[int, list[int]] = {i: [0, 0] for i in range(request.n)}  # index -> [chars sent, tokens sent]
+        parsers: dict[int, ReasoningParser] = {}  # index -> its reasoning parser (with the stream's state)
         finished: set[int] = set()
 
         def chunk(choices: list[dict], index: int, extras: dict | None = None) -> bytes:
@@ -229,8 +249,14 @@ class OpenAIServingChat(OpenAIServing):
                     for completion in output.outputs:
                         if completion.index in finished:
                             continue
+                        parser = None
+                        if self.reasoning_parser is not None:
+                            parser = parsers.get(completion.index)
+                            if parser is None:
+                                parser = parsers[completion.index] = self.reasoning_parser(self.tokenizer,
+                                                                                           reply.prompt_text)
                         choice = self._delta(request, completion, sent.setdefault(completion.index, [0, 0]),
-                                             reply.top_k)
+                                             reply.top_k, parser)
                         if choice is None:
                             continue
                         if completion.finish_reason is not None:
@@ -260,23 +286,44 @@ class OpenAIServingChat(OpenAIServing):
                                  "finish_reason": None}], i, {}))
         return bodies
 
-    def _delta(self, request: ChatCompletionRequest, completion: Any, sent: list[int], k: int | None) -> dict | None:
+    def _delta(self, request: ChatCompletionRequest, completion: Any, sent: list[int], k: int | None,
+               parser: ReasoningParser | None = None) -> dict | None:
         text = completion.text
+        previous = text[:sent[0]]
         delta = text[sent[0]:] if len(text) > sent[0] else ""
         sent[0] = max(sent[0], len(text))
         new_ids = completion.token_ids[sent[1]:]
         positions = completion.logprobs[sent[1]:] if completion.logprobs is not None else None
         sent[1] = len(completion.token_ids)
-        if not delta and completion.finish_reason is None and not ((request.logprobs or request.return_token_ids)
-                                                                   and new_ids):
+        finished = completion.finish_reason is not None
+        wants_ids = bool((request.logprobs or request.return_token_ids) and new_ids)
+        if not delta and not finished and not wants_ids:
             return None
+        if parser is None:
+            message = {"content": delta} if delta or not finished else {}
+        else:
+            message = _reasoning_delta(request, parser, previous, text, delta, finished)
+            if not message and not finished and not wants_ids:
+                return None
         choice = {"index": completion.index,
-                  "delta": {"content": delta} if delta or completion.finish_reason is None else {},
+                  "delta": message,
                   "logprobs": self._logprobs(new_ids, positions, request, k) if request.logprobs else None,
                   "finish_reason": completion.finish_reason, "stop_reason": completion.stop_reason}
         if request.return_token_ids:
             choice["token_ids"] = list(new_ids)
         return choice
+
+
+def _reasoning_delta(request: ChatCompletionRequest, parser: ReasoningParser, previous: str, current: str,
+                     delta: str, finished: bool) -> dict:
+    """A stream delta split by the reasoning parser (what it holds back comes with a later one, or the last)."""
+    reasoning, content = parser.extract_reasoning_streaming(previous, current, delta, final=finished)
+    message: dict[str, str] = {}
+    if reasoning and request.include_reasoning:
+        message["reasoning"] = message["reasoning_content"] = reasoning
+    if content:
+        message["content"] = content
+    return message
 
 
 def _special_tokens(tokenizer: Any) -> dict[str, Any]:

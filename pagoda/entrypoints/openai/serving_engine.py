@@ -86,6 +86,7 @@ class ServingConfig:
     limits: RequestLimits = field(default_factory=RequestLimits)
     trust_request_chat_template: bool = False
     chat_template_render_timeout: float = 5.0
+    reasoning_parser: str = ""  # a ReasoningParserManager name; "" splits nothing
     extra: dict = field(default_factory=dict)
 
 
