@@ -155,8 +155,6 @@ def test_default_values_of_unimplemented_flags_are_fine(model_dir):
      "--speculative-config"),
     (["--speculative-model", "/models/draft", "--num-speculative-tokens", "4", "--speculative-model-quantization",
       "awq"], "--speculative-model-quantization"),
-    (["--enable-auto-tool-choice", "--tool-call-parser", "hermes"], "--enable-auto-tool-choice"),
-    (["--tool-call-parser", "hermes"], "--tool-call-parser"),
     (["--limit-mm-per-prompt", '{"image": 2}'], "--limit-mm-per-prompt"),
     (["--limit-mm-per-prompt.image", "2"], "--limit-mm-per-prompt"),
     (["-tp", "2"], "--tensor-parallel-size"),

@@ -127,7 +127,8 @@ def serving_config(args: argparse.Namespace, engine: AsyncLLM) -> ServingConfig:
         log_requests=not args.disable_log_requests, max_log_len=args.max_log_len, limits=limits,
         trust_request_chat_template=args.trust_request_chat_template,
         chat_template_render_timeout=args.chat_template_render_timeout,
-        reasoning_parser=args.reasoning_parser)
+        reasoning_parser=args.reasoning_parser,
+        tool_call_parser=(args.tool_call_parser or "") if args.enable_auto_tool_choice else "")
 
 
 def build_app(args: argparse.Namespace, engine: AsyncLLM, prometheus: PrometheusStatLogger,

@@ -213,7 +213,7 @@ class ChatCompletionRequest(SamplingFields):
     chat_template_kwargs: Optional[dict[str, Any]] = None
     tools: Optional[list[dict[str, Any]]] = None
     tool_choice: Optional[Union[str, dict[str, Any]]] = None
-    parallel_tool_calls: Optional[bool] = None  # no effect: tool calls are not parsed
+    parallel_tool_calls: Optional[bool] = None  # no effect yet: every call the tool parser finds is returned (vLLM: the same for most parsers)
     reasoning_effort: Optional[str] = None  # handed to the chat template, as vLLM does
     include_reasoning: bool = True  # false drops the reasoning (--reasoning-parser); no effect without one (vLLM)
     return_prompt_text: Optional[bool] = None

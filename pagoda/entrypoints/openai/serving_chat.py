@@ -10,8 +10,16 @@ Invariants:
   400 unless the server runs with --trust-request-chat-template, and then renders in the template
   sandbox (a separate process with a time, memory and size limit, template_sandbox.py). The rendered
   text is size-checked, then tokenized off the loop when large, before anything is registered.
-- Tools reach the chat template, but tool calls are not parsed: as vLLM without
-  --enable-auto-tool-choice, tools with tool_choice 'auto' (their default) are a 400; 'none' runs.
+- Tools reach the chat template. With --enable-auto-tool-choice --tool-call-parser NAME, a request with
+  `tools` and tool_choice 'auto' (their default) has each choice's generated text (its content part, when a
+  reasoning parser split it) parsed by its own tool parser instance (tool_parsers/): full responses carry
+  `message.tool_calls` (OpenAI tool calls) and `content` the rest (null when empty); stream deltas carry the
+  parser's `tool_calls` deltas (`index`, `id`, `type`, `function.name` once, then `function.arguments`
+  fragments) and its content, `finish_streaming()` output going with each choice's last delta. A choice
+  with calls has finish_reason "tool_calls" (vLLM: whatever the engine's reason was); one without is unchanged
+  (`tool_calls: []`, content as without a parser). Without the flags (as vLLM without
+  --enable-auto-tool-choice) tools with 'auto' are a 400; 'none' runs without parsing; 'required' and named
+  functions are a 400 ("not supported yet": they need structured output).
 - The response role is `--response-role` when a generation prompt is added, else the role of the
   last message (vLLM's rule). With `echo`, a last message of that role is repeated in front of
   the generated content.
@@ -57,6 +65,7 @@ from pagoda.entrypoints.openai.serving_engine import (
     sse,
 )
 from pagoda.entrypoints.openai.template_sandbox import TemplateSandbox
+from pagoda.entrypoints.openai.tool_parsers import DeltaMessage, ToolParser, ToolParserManager
 from pagoda.outputs import RequestOutput
 
 # vLLM's answer to a request template without --trust-request-chat-template (a 400), word for word.
@@ -72,6 +81,12 @@ class OpenAIServingChat(OpenAIServing):
         self._sandbox: TemplateSandbox | None = None
         self.reasoning_parser: type[ReasoningParser] | None = (
             ReasoningParserManager.get_reasoning_parser(config.reasoning_parser) if config.reasoning_parser else None)
+        self.tool_parser: type[ToolParser] | None = (
+            ToolParserManager.get_tool_parser(config.tool_call_parser) if config.tool_call_parser else None)
+
+    def parses_tools(self, request: ChatCompletionRequest) -> bool:
+        """True when this request's tool calls are parsed: a tool parser, tools, tool_choice 'auto' (or none)."""
+        return self.tool_parser is not None and bool(request.tools) and request.tool_choice in (None, "auto")
 
     @property
     def sandbox(self) -> TemplateSandbox:
@@ -126,6 +141,8 @@ class OpenAIServingChat(OpenAIServing):
         if request.echo and request.messages and request.messages[-1].role == role:
             echo = message_text(request.messages[-1].content)
         reply = _Reply(request_id, now(), role, echo, text, ids, top_k)
+        if self.parses_tools(request):
+            request = self.tool_parser(self.tokenizer).adjust_request(request)  # e.g. keep special-token markers
         if request.use_beam_search:
             check_beam_logprobs(top_k, request, "top_logprobs")
             stream: Any = BeamSearchStream(self, engine_id, text, ids, beam_search_params(self, request, max_tokens),
@@ -148,11 +165,12 @@ class OpenAIServingChat(OpenAIServing):
             raise APIError("tools must not be an empty list: give at least one tool or leave tools out (as vLLM "
                            "and OpenAI)", 400, "tools")
         if choice is not None and choice not in ("none", "auto"):
-            raise APIError("tool_choice other than 'none' or 'auto' needs tool-call parsing, which this server "
-                           "does not do yet", 400, "tool_choice")
-        if request.tools and choice in (None, "auto"):
+            raise APIError("tool_choice other than 'none' or 'auto' (\"required\" or a named function) needs "
+                           "structured output, which is not supported yet", 400, "tool_choice")
+        if request.tools and choice in (None, "auto") and self.tool_parser is None:
             raise APIError("tool_choice 'auto' (the default when tools are given) needs tool-call parsing, which "
-                           "this server does not do yet (vLLM: --enable-auto-tool-choice); allowed with tools: "
+                           "this server does not do without --enable-auto-tool-choice --tool-call-parser NAME "
+                           "(as vLLM); allowed with tools: "
                            "tool_choice 'none' (the tools still reach the chat template)", 400, "tool_choice")
         if not request.logprobs:
             return None
@@ -170,12 +188,13 @@ class OpenAIServingChat(OpenAIServing):
         choices, num_completion = [], 0
         for completion in final.outputs:
             num_completion += len(completion.token_ids)
+            message = self._message(request, reply, completion.text)
             choices.append({
                 "index": completion.index,
-                "message": self._message(request, reply, completion.text),
+                "message": message,
                 "logprobs": self._logprobs(completion.token_ids, completion.logprobs, request, reply.top_k)
                 if request.logprobs else None,
-                "finish_reason": completion.finish_reason,
+                "finish_reason": "tool_calls" if message["tool_calls"] else completion.finish_reason,
                 "stop_reason": completion.stop_reason,
                 "token_ids": list(completion.token_ids) if request.return_token_ids else None,
             })
@@ -190,12 +209,17 @@ class OpenAIServingChat(OpenAIServing):
 
     def _message(self, request: ChatCompletionRequest, reply: "_Reply", text: str) -> dict:
         if self.reasoning_parser is None:
-            return {"role": reply.role, "content": reply.echo + text, "tool_calls": []}
-        reasoning, content = self.reasoning_parser(self.tokenizer, reply.prompt_text).extract_reasoning(text)
-        if not request.include_reasoning:
-            reasoning = None
-        return {"role": reply.role, "content": (reply.echo + (content or "")) or None, "reasoning": reasoning,
-                "reasoning_content": reasoning, "tool_calls": []}
+            message = {"role": reply.role, "content": reply.echo + text, "tool_calls": []}
+            content: str | None = text
+        else:
+            reasoning, content = self.reasoning_parser(self.tokenizer, reply.prompt_text).extract_reasoning(text)
+            if not request.include_reasoning:
+                reasoning = None
+            message = {"role": reply.role, "content": (reply.echo + (content or "")) or None, "reasoning": reasoning,
+                       "reasoning_content": reasoning, "tool_calls": []}
+        if self.parses_tools(request):
+            apply_tool_calls(message, self.tool_parser(self.tokenizer), content or "", reply.echo, request)
+        return message
 
     def _logprobs(self, token_ids: list[int], positions: list | None, request: ChatCompletionRequest,
                   k: int | None) -> dict:
@@ -224,6 +248,8 @@ class OpenAIServingChat(OpenAIServing):
         num_prompt, num_cached = len(reply.prompt_ids), None
         sent: dict[int, list[int]] = {i: [0, 0] for i in range(request.n)}  # index -> [chars sent, tokens sent]
         parsers: dict[int, ReasoningParser] = {}  # index -> its reasoning parser (with the stream's state)
+        tool_streams: dict[int, ToolStream] = {}  # index -> its tool parser and content so far
+        parse_tools = self.parses_tools(request)
         finished: set[int] = set()
 
         def chunk(choices: list[dict], index: int, extras: dict | None = None) -> bytes:
@@ -255,8 +281,14 @@ class OpenAIServingChat(OpenAIServing):
                             if parser is None:
                                 parser = parsers[completion.index] = self.reasoning_parser(self.tokenizer,
                                                                                            reply.prompt_text)
+                        tools = None
+                        if parse_tools:
+                            tools = tool_streams.get(completion.index)
+                            if tools is None:
+                                tools = tool_streams[completion.index] = ToolStream(self.tool_parser(self.tokenizer),
+                                                                                    request)
                         choice = self._delta(request, completion, sent.setdefault(completion.index, [0, 0]),
-                                             reply.top_k, parser)
+                                             reply.top_k, parser, tools)
                         if choice is None:
                             continue
                         if completion.finish_reason is not None:
@@ -287,7 +319,7 @@ class OpenAIServingChat(OpenAIServing):
         return bodies
 
     def _delta(self, request: ChatCompletionRequest, completion: Any, sent: list[int], k: int | None,
-               parser: ReasoningParser | None = None) -> dict | None:
+               parser: ReasoningParser | None = None, tools: "ToolStream | None" = None) -> dict | None:
         text = completion.text
         previous = text[:sent[0]]
         delta = text[sent[0]:] if len(text) > sent[0] else ""
@@ -303,12 +335,17 @@ class OpenAIServingChat(OpenAIServing):
             message = {"content": delta} if delta or not finished else {}
         else:
             message = _reasoning_delta(request, parser, previous, text, delta, finished)
-            if not message and not finished and not wants_ids:
-                return None
+        if tools is not None:
+            message = tools.feed(message, finished)
+        if (parser is not None or tools is not None) and not message and not finished and not wants_ids:
+            return None
+        finish_reason = completion.finish_reason
+        if finished and tools is not None and tools.parser.tools_called_streaming:
+            finish_reason = "tool_calls"
         choice = {"index": completion.index,
                   "delta": message,
                   "logprobs": self._logprobs(new_ids, positions, request, k) if request.logprobs else None,
-                  "finish_reason": completion.finish_reason, "stop_reason": completion.stop_reason}
+                  "finish_reason": finish_reason, "stop_reason": completion.stop_reason}
         if request.return_token_ids:
             choice["token_ids"] = list(new_ids)
         return choice
@@ -324,6 +361,47 @@ def _reasoning_delta(request: ChatCompletionRequest, parser: ReasoningParser, pr
     if content:
         message["content"] = content
     return message
+
+
+def apply_tool_calls(message: dict, parser: ToolParser, content: str, echo: str, request: Any) -> None:
+    """Put the tool calls the parser finds in `content` (the generated content) into a full response message."""
+    info = parser.extract_tool_calls(content, request=request)
+    if not info.tools_called:
+        return
+    message["tool_calls"] = [call.to_dict() for call in info.tool_calls]
+    message["content"] = (echo + (info.content or "")) or None
+
+
+class ToolStream:
+    """One streamed choice's tool parser: turns each content delta into content and `tool_calls` deltas."""
+
+    __slots__ = ("parser", "request", "text")
+
+    def __init__(self, parser: ToolParser, request: Any) -> None:
+        self.parser, self.request, self.text = parser, request, ""
+
+    def feed(self, message: dict, finished: bool) -> dict:
+        """`message` (a chunk delta) with its `content` run through the parser; on the last one, what the
+        parser still held back (finish_streaming) too."""
+        message = dict(message)
+        delta = message.pop("content", None) or ""
+        out: list[DeltaMessage] = []
+        if delta:
+            previous, self.text = self.text, self.text + delta
+            got = self.parser.extract_tool_calls_streaming(previous, self.text, delta, request=self.request)
+            if got is not None:
+                out.append(got)
+        if finished:
+            got = self.parser.finish_streaming()
+            if got is not None:
+                out.append(got)
+        content = "".join(m.content or "" for m in out)
+        calls = [call.to_dict() for m in out for call in m.tool_calls]
+        if content:
+            message["content"] = content
+        if calls:
+            message["tool_calls"] = calls
+        return message
 
 
 def _special_tokens(tokenizer: Any) -> dict[str, Any]:

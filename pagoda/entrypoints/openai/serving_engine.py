@@ -87,6 +87,7 @@ class ServingConfig:
     trust_request_chat_template: bool = False
     chat_template_render_timeout: float = 5.0
     reasoning_parser: str = ""  # a ReasoningParserManager name; "" splits nothing
+    tool_call_parser: str = ""  # a ToolParserManager name (--enable-auto-tool-choice); "" parses no tool calls
     extra: dict = field(default_factory=dict)
 
 

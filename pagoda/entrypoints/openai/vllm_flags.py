@@ -13,7 +13,7 @@ Sources: vllm/entrypoints/openai/cli_args.py (BaseFrontendArgs, FrontendArgs, ma
 
 Invariants: a flag is declared here once, with nothing about it elsewhere; `check_server_flags` only reads
 the parsed values; the flags Pagoda implements (--host, --api-key, --chat-template,
---trust-request-chat-template, ...) are declared in cli_args.py and never here.
+--trust-request-chat-template, --enable-auto-tool-choice, --tool-call-parser, ...) are declared in cli_args.py and never here.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pagoda.engine_args_compat import (
     APPEND, BOOL, FLOAT, INT, JSON, NO_EFFECT, NOT_YET, STR, STRS, Compat, check, cli_kwargs, log_no_effect,
 )
 
-TOOLS = "tool calling comes in a later issue"
+TOOLS = "this tool-calling option is not implemented yet (--enable-auto-tool-choice is)"
 LORA = "LoRA adapters come in a later issue"
 PARALLEL = "data parallelism comes in a later issue"
 LOGGING = "this logging option is not implemented yet"
@@ -45,10 +45,7 @@ SERVER_OPTIONS: tuple[Compat, ...] = (
     Compat("dp_supervisor_probe_timeout_s", FLOAT, 5.0, NOT_YET, PARALLEL),
     Compat("dp_supervisor_probe_failure_threshold", INT, 3, NOT_YET, PARALLEL),
     Compat("lora_modules", STRS, None, NOT_YET, LORA),
-    Compat("enable_auto_tool_choice", BOOL, False, NOT_YET, TOOLS),
     Compat("exclude_tools_when_tool_choice_none", BOOL, False, NOT_YET, TOOLS),
-    Compat("tool_call_parser", STR, None, NOT_YET, TOOLS),
-    Compat("tool_parser_plugin", STR, "", NOT_YET, TOOLS),
     Compat("tool_server", STR, None, NOT_YET, TOOLS),
     Compat("default_chat_template_kwargs", JSON, None, NOT_YET,
            "server-wide chat-template kwargs are not implemented yet (requests' chat_template_kwargs work)"),
