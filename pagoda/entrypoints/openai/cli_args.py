@@ -14,8 +14,8 @@ Invariants:
   request chat templates) are validated in `validate_args` too (`_validate_limits`); their automatic
   defaults (None) are resolved against the model at start-up (limits.py, api_server.py).
 - --reasoning-parser names a parser registered by then: the built-ins, or one --reasoning-parser-plugin's file
-  registered (run in `validate_args`, before the name is checked); anything else stops the server listing the
-  registered names. vLLM's old --enable-reasoning needs --reasoning-parser and changes nothing.
+  registered (run in `validate_args`, before the name is checked; the flags and checks live in parser_flags.py);
+  anything else stops the server listing the registered names. vLLM's old --enable-reasoning needs --reasoning-parser and changes nothing.
 - --tool-call-parser likewise names a registered tool-call parser (built-ins, or one --tool-parser-plugin's
   file registered, run in `validate_args`); an unknown name stops the server listing the registered ones.
   --enable-auto-tool-choice needs --tool-call-parser (vLLM's error); the parser applies only with it.
@@ -34,8 +34,7 @@ from pagoda.engine_args import EngineArgs
 from pagoda.engine_args_compat import closest_name, human_readable_int, parse_json
 from pagoda.entrypoints.openai import vllm_flags
 from pagoda.entrypoints.openai.limits import DEFAULT_MAX_N_SEQUENCES, MAX_N_SEQUENCES_ENV
-from pagoda.entrypoints.openai.reasoning import ReasoningParserManager, import_reasoning_parser
-from pagoda.entrypoints.openai.tool_parsers import ToolParserManager
+from pagoda.entrypoints.openai.parser_flags import add_reasoning_flags, add_tool_flags, validate_reasoning, validate_tools
 
 logger = logging.getLogger(__name__)
 
@@ -256,8 +255,8 @@ def make_arg_parser(parser: argparse.ArgumentParser, model_positional: bool = Fa
     server.add_argument("--max-request-body-bytes", type=int, default=DEFAULT_MAX_BODY,
                         help="Largest request body accepted; larger ones get 413.")
     _add_limit_flags(server)
-    _add_reasoning_flags(server)
-    _add_tool_flags(server)
+    add_reasoning_flags(server)
+    add_tool_flags(server)
     server.add_argument("--shutdown-timeout", type=float, default=0.0,
                         help="On SIGTERM/SIGINT, seconds to let in-flight requests finish before the rest are ended "
                              "with an error (streams: an error event and [DONE]; others: 503). 0 (vLLM's default): "
@@ -329,75 +328,6 @@ def _add_limit_flags(server: Any) -> None:
                         help="Most open HTTP connections; beyond it requests get 503 + Retry-After (uvicorn's "
                              "setting, answered in OpenAI's error JSON; /health, /version and /metrics are still "
                              "served). Default: --max-pending-requests + 256.")
-
-
-def _add_reasoning_flags(server: Any) -> None:
-    """vLLM's reasoning flags (issue 18): the chat endpoint splits reasoning from content."""
-    names = ", ".join(ReasoningParserManager.names())
-    server.add_argument("--reasoning-parser", default="", metavar="NAME",
-                        help=f"Split chat responses into `reasoning` (also as `reasoning_content`) and `content` "
-                             f"with this parser: {names}, or one a --reasoning-parser-plugin registers. Default: "
-                             "none (chat responses carry neither field).")
-    server.add_argument("--reasoning-parser-plugin", default="", metavar="FILE",
-                        help="A Python file that registers reasoning parsers with "
-                             "pagoda.entrypoints.openai.reasoning.ReasoningParserManager.register_module(NAME), "
-                             "run at start-up; name one with --reasoning-parser.")
-    server.add_argument("--enable-reasoning", action="store_true", default=False,
-                        help="vLLM < 0.10's switch, needed there with --reasoning-parser; --reasoning-parser alone "
-                             "turns reasoning on now, so it is accepted with it, logged as having no effect, and an "
-                             "error without it.")
-
-
-def _add_tool_flags(server: Any) -> None:
-    """vLLM's tool-calling flags: the chat endpoint parses tool calls for tool_choice "auto"."""
-    names = ", ".join(ToolParserManager.list_tool_parsers())
-    server.add_argument("--enable-auto-tool-choice", action=BOOL, default=False,
-                        help="Parse tool calls out of chat responses when a request has `tools` and tool_choice "
-                             "'auto' (their default); needs --tool-call-parser. Without it such requests get a 400.")
-    server.add_argument("--tool-call-parser", default=None, metavar="NAME",
-                        help=f"The tool-call format of the model: {names}, or one a --tool-parser-plugin "
-                             "registers. Used with --enable-auto-tool-choice.")
-    server.add_argument("--tool-parser-plugin", default="", metavar="FILE",
-                        help="A Python file that registers tool-call parsers with "
-                             "pagoda.entrypoints.openai.tool_parsers.ToolParserManager.register_module(NAME), "
-                             "run at start-up; name one with --tool-call-parser.")
-
-
-def _validate_tools(args: argparse.Namespace) -> None:
-    """Run --tool-parser-plugin, then check --tool-call-parser against the registered names."""
-    if args.tool_parser_plugin:
-        if not os.path.isfile(os.path.expanduser(args.tool_parser_plugin)):
-            raise ValueError(f"--tool-parser-plugin {args.tool_parser_plugin!r} is not a file")
-        try:
-            ToolParserManager.import_tool_parser(args.tool_parser_plugin)
-        except ImportError as exc:
-            raise ValueError(f"--tool-parser-plugin: {exc}") from exc
-    if args.enable_auto_tool_choice and not args.tool_call_parser:
-        raise ValueError("--enable-auto-tool-choice requires --tool-call-parser NAME (as in vLLM); choose one of: "
-                         + ", ".join(ToolParserManager.list_tool_parsers()))
-    if args.tool_call_parser and args.tool_call_parser not in ToolParserManager.tool_parsers:
-        raise ValueError(f"--tool-call-parser {args.tool_call_parser!r} is not a registered tool call parser; "
-                         f"choose one of: {', '.join(ToolParserManager.list_tool_parsers())}"
-                         + ("" if args.tool_parser_plugin else " (or register one with --tool-parser-plugin FILE)"))
-    if args.tool_call_parser and not args.enable_auto_tool_choice:
-        logger.warning("--tool-call-parser %s has no effect without --enable-auto-tool-choice", args.tool_call_parser)
-
-
-def _validate_reasoning(args: argparse.Namespace) -> None:
-    """Run --reasoning-parser-plugin, then check --reasoning-parser against the registered names."""
-    if args.reasoning_parser_plugin:
-        import_reasoning_parser(args.reasoning_parser_plugin)
-    if args.enable_reasoning:
-        if not args.reasoning_parser:
-            raise ValueError("--enable-reasoning needs --reasoning-parser NAME (as in vLLM < 0.10); "
-                             "--reasoning-parser alone turns reasoning on, so --enable-reasoning can be dropped")
-        logger.warning("--enable-reasoning has no effect: --reasoning-parser %s turns reasoning on (vLLM deprecated "
-                       "the flag in 0.9 and dropped it in 0.10)", args.reasoning_parser)
-    if args.reasoning_parser and args.reasoning_parser not in ReasoningParserManager.reasoning_parsers:
-        raise ValueError(f"--reasoning-parser {args.reasoning_parser!r} is not a registered reasoning parser; "
-                         f"choose one of: {', '.join(ReasoningParserManager.names())}"
-                         + ("" if args.reasoning_parser_plugin else
-                            " (or register one with --reasoning-parser-plugin FILE)"))
 
 
 def _validate_limits(args: argparse.Namespace) -> None:
@@ -472,8 +402,8 @@ def validate_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--chat-template {template!r} is neither an existing file nor a Jinja template")
     if args.root_path is not None and args.root_path and not args.root_path.startswith("/"):
         raise ValueError(f"--root-path must start with '/', got {args.root_path!r}")
-    _validate_reasoning(args)
-    _validate_tools(args)
+    validate_reasoning(args)
+    validate_tools(args)
     vllm_flags.check_server_flags(args)
     engine_args_from(args).check_options()  # an engine option not supported yet stops here, before any loading
 
