@@ -202,6 +202,29 @@ def check_speculative_values(values: Mapping[str, Any], name: Callable[[str], st
                          "supported yet: parallelism comes in a later issue (allowed: 1)")
 
 
+STRUCTURED_OUTPUT_ENGINE_BACKENDS = ("auto", "xgrammar", "guidance", "outlines")
+
+
+@dataclass
+class StructuredOutputsConfig:
+    """How requests' output constraints are compiled (vLLM's `structured_outputs_config`; the
+    `guided_decoding_*` flags of vLLM < 0.12). A request's own StructuredOutputsParams.backend and
+    flags win over these."""
+
+    backend: str = "auto"  # "auto": xgrammar, falling back to guidance for what xgrammar cannot compile
+    disable_fallback: bool = False
+    disable_any_whitespace: bool = False
+    disable_additional_properties: bool = False
+
+    def __post_init__(self) -> None:
+        if self.backend == "lm-format-enforcer":
+            raise ValueError("structured output backend 'lm-format-enforcer' is not supported (it does not import "
+                             f"with transformers 5); allowed: {list(STRUCTURED_OUTPUT_ENGINE_BACKENDS)}")
+        if self.backend not in STRUCTURED_OUTPUT_ENGINE_BACKENDS:
+            raise ValueError(f"structured output backend must be one of {list(STRUCTURED_OUTPUT_ENGINE_BACKENDS)}, "
+                             f"got {self.backend!r}")
+
+
 @dataclass
 class PagodaConfig:
     """Everything the engine needs, grouped."""
@@ -215,3 +238,4 @@ class PagodaConfig:
     enforce_eager: bool = False
     max_cudagraph_capture_size: int = 512  # decode batches up to this size replay CUDA graphs
     speculative: SpeculativeConfig | None = None  # speculative decoding, when asked for
+    structured_outputs: StructuredOutputsConfig = field(default_factory=StructuredOutputsConfig)

@@ -15,6 +15,10 @@ Invariants:
   output_kind DELTA is refused there (as vLLM does).
 - `clone()` deep-copies everything except the logits processors, which are shared (or cloned with
   their own `clone()` when they have one), as vLLM does.
+- `structured_outputs` (vLLM's current name) and `guided_decoding` (its older one) are one field:
+  after construction `guided_decoding` is None and `structured_outputs` holds the constraint, a
+  StructuredOutputsParams with exactly one kind of constraint (json, regex, choice, grammar,
+  json_object or structural_tag). Whether a backend can compile it is the engine's check.
 """
 
 from __future__ import annotations
@@ -50,6 +54,69 @@ class RequestOutputKind(Enum):
     FINAL_ONLY = 2
 
 
+STRUCTURED_OUTPUT_BACKENDS = ("auto", "xgrammar", "guidance", "outlines", "lm-format-enforcer")
+STRUCTURED_OUTPUT_KINDS = ("json", "regex", "choice", "grammar", "json_object", "structural_tag")
+
+
+@dataclass
+class StructuredOutputsParams:
+    """One request's output constraint (vLLM's StructuredOutputsParams; GuidedDecodingParams is the same).
+
+    Exactly one of the constraint fields is set: `json` (a JSON schema, as a dict or its JSON text),
+    `regex`, `choice` (the output is exactly one of the strings), `grammar` (EBNF / Lark text),
+    `json_object=True` (any JSON object) or `structural_tag` (xgrammar's structural tag, JSON text).
+    The rest tune how it is compiled; `backend` picks a backend for this request (None: the engine's).
+    """
+
+    json: str | dict | None = None
+    regex: str | None = None
+    choice: list[str] | None = None
+    grammar: str | None = None
+    json_object: bool | None = None
+    structural_tag: str | None = None
+    disable_fallback: bool = False
+    disable_any_whitespace: bool = False
+    disable_additional_properties: bool = False
+    whitespace_pattern: str | None = None
+    backend: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.json_object is False:
+            self.json_object = None
+        given = [name for name in STRUCTURED_OUTPUT_KINDS if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError(f"structured_outputs must set exactly one of {list(STRUCTURED_OUTPUT_KINDS)}, "
+                             f"got {given or 'none'}")
+        _check(self.json is None or isinstance(self.json, (str, dict)), "structured_outputs.json", self.json,
+               "a JSON schema (a dict or its JSON text)")
+        for name in ("regex", "grammar", "structural_tag", "whitespace_pattern"):
+            value = getattr(self, name)
+            _check(value is None or isinstance(value, str), f"structured_outputs.{name}", value, "a string")
+        if self.choice is not None:
+            if isinstance(self.choice, tuple):
+                self.choice = list(self.choice)
+            _check(isinstance(self.choice, list) and bool(self.choice) and all(isinstance(c, str) for c in self.choice),
+                   "structured_outputs.choice", self.choice, "a non-empty list of strings")
+        _check(self.json_object in (None, True), "structured_outputs.json_object", self.json_object, "true or absent")
+        _check(self.backend is None or self.backend in STRUCTURED_OUTPUT_BACKENDS, "structured_outputs.backend",
+               self.backend, f"one of {list(STRUCTURED_OUTPUT_BACKENDS)}")
+
+    @property
+    def kind(self) -> str:
+        """Which constraint this is: one of STRUCTURED_OUTPUT_KINDS."""
+        return next(name for name in STRUCTURED_OUTPUT_KINDS if getattr(self, name) is not None)
+
+    @classmethod
+    def from_optional(cls, **kwargs: Any) -> "StructuredOutputsParams | None":
+        """The params from possibly-None keyword arguments; None when no constraint is given."""
+        if all(kwargs.get(name) in (None, False) for name in STRUCTURED_OUTPUT_KINDS):
+            return None
+        return cls(**{k: v for k, v in kwargs.items() if v is not None})
+
+
+GuidedDecodingParams = StructuredOutputsParams  # vLLM's name before 0.11
+
+
 @dataclass
 class SamplingParams:
     n: int = 1
@@ -79,12 +146,15 @@ class SamplingParams:
     detokenize: bool = True
     logits_processors: list[LogitsProcessor] | None = None
     output_kind: RequestOutputKind = RequestOutputKind.CUMULATIVE
+    structured_outputs: StructuredOutputsParams | None = None
+    guided_decoding: StructuredOutputsParams | None = None  # vLLM's older name of structured_outputs
     # Filled by the engine, not by users: every id that ends generation (EOS and generation_config's),
     # and the token sequences of `bad_words` (each word with and without a leading space).
     all_stop_token_ids: set[int] = field(default_factory=set, repr=False)
     bad_words_token_ids: list[list[int]] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
+        self._merge_structured_outputs()
         if self.stop is None:
             self.stop = []
         elif isinstance(self.stop, str):
@@ -129,6 +199,16 @@ class SamplingParams:
             _check(not math.isnan(value), "logit_bias", self.logit_bias, "a dict of token id to a number (not NaN)")
             normalized[token_id] = min(_MAX_ABS_LOGIT_BIAS, max(-_MAX_ABS_LOGIT_BIAS, value))
         self.logit_bias = normalized
+
+    def _merge_structured_outputs(self) -> None:
+        if self.guided_decoding is not None:
+            if self.structured_outputs is not None:
+                raise ValueError("give structured_outputs or guided_decoding (its older name), not both")
+            self.structured_outputs, self.guided_decoding = self.guided_decoding, None
+        if isinstance(self.structured_outputs, dict):
+            self.structured_outputs = StructuredOutputsParams(**self.structured_outputs)
+        _check(self.structured_outputs is None or isinstance(self.structured_outputs, StructuredOutputsParams),
+               "structured_outputs", self.structured_outputs, "a StructuredOutputsParams or None")
 
     def _verify(self) -> None:
         _check(_is_int(self.n) and self.n >= 1, "n", self.n, "an integer >= 1")
