@@ -34,6 +34,7 @@ from __future__ import annotations
 
 from itertools import accumulate
 
+import numpy as np
 import torch
 
 from pagoda.sample.metadata import SamplingMetadata
@@ -58,16 +59,19 @@ def rejection_sample(
     max_k = max(num_draft_tokens, default=0)
     draft_start = [s - k for s, k in zip(accumulate(num_draft_tokens), num_draft_tokens)]
 
-    # Index tensors from the host-side counts (a copy to the device, no sync).
-    k = torch.tensor(num_draft_tokens, dtype=torch.int64)
-    first_draft = torch.tensor(draft_start, dtype=torch.int64)
-    draft_row = torch.repeat_interleave(torch.arange(rows), k)
-    draft_col = torch.arange(num_drafts) - first_draft[draft_row]
-    draft_pos = torch.arange(num_drafts) + draft_row  # each earlier row adds its bonus position
-    position_row = torch.repeat_interleave(torch.arange(rows), k + 1)
-    row_start = torch.cumsum(k + 1, 0) - (k + 1)
-    k, first_draft, draft_row, draft_col, draft_pos, position_row, row_start = (
-        t.to(device) for t in (k, first_draft, draft_row, draft_col, draft_pos, position_row, row_start))
+    # Index tensors from the host-side counts, built with numpy and sent in one copy (no host sync).
+    k_host = np.asarray(num_draft_tokens, dtype=np.int64)
+    first_host = np.asarray(draft_start, dtype=np.int64)
+    draft_row_host = np.repeat(np.arange(rows), k_host)
+    indices = _to_device(np.concatenate([
+        k_host, first_host, draft_row_host,
+        np.arange(num_drafts) - first_host[draft_row_host],  # draft_col
+        np.arange(num_drafts) + draft_row_host,  # draft_pos: each earlier row adds its bonus position
+        np.repeat(np.arange(rows), k_host + 1),  # position_row
+        np.cumsum(k_host + 1) - (k_host + 1),  # row_start
+    ]), device)
+    k, first_draft, draft_row, draft_col, draft_pos, position_row, row_start = torch.split(
+        indices, [rows, rows, num_drafts, num_drafts, num_drafts, num_drafts + rows, rows])
     draft_ids = draft_token_ids.to(device=device, dtype=torch.int64)
 
     logits = target_logits.to(torch.float32)
@@ -103,6 +107,12 @@ def rejection_sample(
     columns = torch.arange(max_k + 1, device=device)
     out = out.masked_fill(columns >= num_accepted.unsqueeze(1), -1)
     return out.scatter_(1, num_accepted.unsqueeze(1), final.unsqueeze(1))
+
+
+def _to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A host array on `device` without making the host wait (pinned memory, non-blocking on CUDA)."""
+    tensor = torch.from_numpy(np.ascontiguousarray(array))
+    return tensor.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else tensor
 
 
 def _check_shapes(target_logits: torch.Tensor, num_draft_tokens: list[int], draft_token_ids: torch.Tensor,

@@ -87,11 +87,19 @@ class SpecDecodeStep:
         tokens: list[list[int]] = [[] for _ in sample_ids]
         logprobs: list[list | None] = [None] * len(sample_ids)
 
+        # Launch every sampling op first, then bring the results to the host (one sync for the step).
         plain = np.flatnonzero(k == 0)
+        plain_result = plain_metadata = None
         if plain.size:
-            metadata = runner.sampling_inputs.build(sample_rows[plain], [sample_ids[j] for j in plain],
-                                                    runner.generators)
-            result = runner.sampler.forward(logits[to_device(offsets[plain], device)], metadata)
+            plain_metadata = runner.sampling_inputs.build(sample_rows[plain], [sample_ids[j] for j in plain],
+                                                          runner.generators)
+            plain_result = runner.sampler.forward(logits[to_device(offsets[plain], device)], plain_metadata)
+        verify = np.flatnonzero(k > 0)
+        verified = self._launch_verify(verify, k, offsets, counts, logits, sample_rows, sample_ids, drafts) \
+            if verify.size else None
+
+        if plain_result is not None:
+            result = plain_result
             ids = result.sampled_token_ids.tolist()
             wanted = batch.num_logprobs[sample_rows[plain]]
             host = None if result.logprobs is None else (result.logprob_token_ids.tolist(),
@@ -101,12 +109,10 @@ class SpecDecodeStep:
                 if host is not None and wanted[n] >= 0:
                     width = int(wanted[n]) + 1
                     logprobs[j] = [(host[0][n][:width], host[1][n][:width], host[2][n])]
-            for n, reason in metadata.row_errors.items():
+            for n, reason in plain_metadata.row_errors.items():
                 runner.fail(sample_ids[plain[n]], f"sampling request {sample_ids[plain[n]]} failed: {reason}", output)
-
-        verify = np.flatnonzero(k > 0)
-        if verify.size:
-            self._verify(verify, k, offsets, counts, logits, sample_rows, sample_ids, drafts, tokens, logprobs)
+        if verified is not None:
+            self._finish_verify(verify, counts, sample_rows, verified, tokens, logprobs)
 
         proposing = []
         for j, req_id in enumerate(sample_ids):
@@ -135,26 +141,33 @@ class SpecDecodeStep:
             if proposed:
                 output.draft_token_ids[req_id] = proposed
 
-    def _verify(self, verify, k, offsets, counts, logits, sample_rows, sample_ids, drafts, tokens, logprobs) -> None:
+    def _launch_verify(self, verify, k, offsets, counts, logits, sample_rows, sample_ids, drafts):
+        """Launch the rejection sampler (and the logprobs it needs) for the rows `verify`; no host sync."""
         runner = self.runner
         batch, device = runner.batch, runner.device
         positions = np.concatenate([offsets[j] + np.arange(counts[j]) for j in verify])
         verify_logits = logits[to_device(positions, device)]
         verify_ids = [sample_ids[j] for j in verify]
         metadata = runner.sampling_inputs.build(sample_rows[verify], verify_ids, runner.generators)
-        draft_ids = torch.tensor([t for r in verify_ids for t in drafts[r]], dtype=torch.int64, device=device)
+        draft_ids = to_device(np.array([t for r in verify_ids for t in drafts[r]], dtype=np.int64), device)
         verify_k = [int(k[j]) for j in verify]
         out = rejection_sample(verify_logits, verify_k, draft_ids, metadata)  # [Rv, max_k + 1], -1 padded
         wanted = batch.num_logprobs[sample_rows[verify]]
-        host_lp = None
+        logprob_tensors = None
         if (wanted >= 0).any():
             # The token output at each verified position (0 past the first rejection: never reported).
-            owner = torch.tensor(np.repeat(np.arange(len(verify)), counts[verify]), device=device)
-            within = torch.tensor(np.concatenate([np.arange(counts[j]) for j in verify]), device=device)
-            chosen = out[owner, within].clamp_min(0)
+            index = to_device(np.stack([np.repeat(np.arange(len(verify)), counts[verify]),
+                                        np.concatenate([np.arange(counts[j]) for j in verify])]), device)
+            chosen = out[index[0], index[1]].clamp_min(0)
             raw = torch.log_softmax(verify_logits.to(torch.float32), dim=-1)
-            host_lp = tuple(t.tolist() for t in gather_logprobs(raw, int(wanted.max()), chosen))
+            logprob_tensors = gather_logprobs(raw, int(wanted.max()), chosen)
+        return out, wanted, logprob_tensors
+
+    def _finish_verify(self, verify, counts, sample_rows, verified, tokens, logprobs) -> None:
+        """The verified rows' tokens (1 + accepted drafts each) and logprobs, on the host."""
+        out, wanted, logprob_tensors = verified
         out_host = out.tolist()
+        host_lp = None if logprob_tensors is None else tuple(t.tolist() for t in logprob_tensors)
         cursor = 0
         for n, j in enumerate(verify.tolist()):
             new = [t for t in out_host[n] if t >= 0]
