@@ -27,6 +27,8 @@ Triton's interpreter and on CUDA).
   (temperature <= 0) or the exponential race on softmax(logits / T) with Philox uniforms keyed by a
   per-row seed, in one read of the logits (the sampler's fused CUDA path). Reference:
   `race_sample_ref(logits, temperature, uniforms)`, with the kernel's uniforms from `race_uniforms(seeds, V)`.
+- token_bitmask: `apply_token_bitmask_triton(logits, bitmask, row_indices=None)`, -inf where a structured-output
+  bitmask bit (int32 words, xgrammar's layout) is cleared. Reference: `pagoda.sample.token_bitmask.apply_token_bitmask_ref`.
 
 Launch heuristics (tile sizes, warps, split-KV count) live in `pagoda.kernels.tuning`;
 `tests/kernels/bench_kernels.py [--sweep]` checks and times them on a GPU.
