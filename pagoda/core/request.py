@@ -91,6 +91,9 @@ class Request:
         # the forward pass that samples it, not yet known here. At most two (depth-1 pipelining).
         self.num_pending_tokens = 0
         self.spec_token_ids: list[int] = []  # drafts for the next step (speculative decoding)
+        # Structured output: the request's grammar state (structured_output.RequestGrammar), set by the
+        # engine core once compiled; it has accepted exactly the output tokens appended so far.
+        self.grammar = None
         self.status = RequestStatus.WAITING
         self.stop_reason: int | str | None = None
         self.block_hashes: list[bytes] = []

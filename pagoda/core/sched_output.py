@@ -14,6 +14,9 @@ Invariants:
   `draft_token_ids[r]` are drafts proposed for r's next step (speculative decoding only).
 - Ids in `finished_req_ids` and `preempted_req_ids` were dropped by the scheduler before this
   step; the runner drops its state for them before preparing the step.
+- `structured_output_request_ids` lists every request of the step that samples (its scheduled tokens
+  reach its last known token) and has a grammar; the grammar bitmask's rows follow that order, 1 + k
+  rows for a request verifying k drafts.
 - `ModelRunnerOutput.failed` names the requests the runner could not serve (an exception while adding,
   preparing or sampling that one request); the scheduler finishes them with "error" before anything
   else of the step. An `EngineCoreOutput` with finish_reason "error" carries the reason in `error`.
@@ -61,6 +64,10 @@ class SchedulerOutput:
     scheduled_spec_decode_tokens: dict[str, list[int]] = field(default_factory=dict)
     # Whether the runner proposes drafts for the next step (False while disable_by_batch_size holds).
     propose_drafts: bool = False
+    # Structured output: the requests that sample in this step under a grammar, in step order. The
+    # runner then samples only once the engine hands it their token bitmask (one row per sampled
+    # position: 1 + the request's drafts), built after the previous step's tokens reached the grammars.
+    structured_output_request_ids: list[str] = field(default_factory=list)
 
     @property
     def is_empty(self) -> bool:

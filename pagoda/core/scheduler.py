@@ -30,6 +30,10 @@ Invariants:
   that the next step overwrites; prefix-cache hashes only ever cover known tokens). With a draft model
   (method "draft_model"), every allocation also reserves k lookahead slots (capped at max_model_len),
   where the runner's draft model writes the KV of the tokens it drafts after the step.
+- Structured output: a request with a grammar (`Request.grammar`, compiled before the engine core adds
+  it) feeds it every output token as it is appended, before the stop checks; a token the grammar
+  refuses fails the request. Its drafts are cut to the prefix the grammar accepts. Each step lists the
+  grammar requests that sample in it (`structured_output_request_ids`).
 - A pooling request is admitted only when its whole prompt fits the step's budget (never chunked),
   and finishes in `update_from_output()` of that step with the runner's pooled vector.
 - Request isolation: `fail_requests()` finishes requests with status FINISHED_ERROR (finish_reason
@@ -183,12 +187,15 @@ class Scheduler:
             budget = self._admit_waiting(budget, num_scheduled, new_reqs)
 
         drafts = {r: d for r, d in drafts.items() if r in num_scheduled}  # preempted ones lost theirs
+        structured: list[str] = []
         for request_id, count in num_scheduled.items():
             request = self.requests[request_id]
             request.num_computed_tokens += count
             known_end = request.num_tokens + request.num_pending_tokens + len(drafts.get(request_id, ()))
             if not request.is_pooling and request.num_computed_tokens == known_end:
                 request.num_pending_tokens += 1  # this step samples its next token(s)
+                if request.grammar is not None:
+                    structured.append(request_id)
         output = SchedulerOutput(
             new_reqs=new_reqs,
             cached_reqs=cached_reqs,
@@ -198,6 +205,7 @@ class Scheduler:
             preempted_req_ids={r.request_id for r in preempted},
             scheduled_spec_decode_tokens=drafts,
             propose_drafts=self.speculative is not None and not spec_off,
+            structured_output_request_ids=structured,
         )
         self.finished_req_ids = set()
         return output
@@ -314,13 +322,18 @@ class Scheduler:
                 new_token_ids: list[int] = []
                 status = None
                 for token_id in sampled:
+                    if request.grammar is not None and not request.grammar.accept_tokens([token_id]):
+                        raise ValueError(f"token {token_id} is not allowed by the request's grammar")
                     request.append_output_token(token_id)
                     new_token_ids.append(token_id)
                     status = request.check_stop()
                     if status is not None:
                         break
                 if status is None and request.status == RequestStatus.RUNNING:
-                    request.spec_token_ids = result.draft_token_ids.get(request_id, [])
+                    drafts = result.draft_token_ids.get(request_id, [])
+                    if drafts and request.grammar is not None:  # only drafts the grammar allows
+                        drafts = drafts[:request.grammar.validate_tokens(drafts)]
+                    request.spec_token_ids = drafts
                 prompt_logprobs = result.prompt_logprobs.get(request_id)
                 if not new_token_ids and prompt_logprobs is None:
                     continue

@@ -6,6 +6,11 @@ Invariants:
 - With async scheduling, step n+1 is scheduled and launched before step n's results are resolved
   (`in_flight`), so the device never waits for the host's bookkeeping; results come one call
   later. Without it, each call launches and resolves the same step.
+- Structured output: a request with `structured_outputs` waits in `structured` (engine/structured_requests.py)
+  until its grammar compiled, then enters the scheduler. A step with grammar requests is launched in two
+  parts: the forward pass first; while it runs, the step in flight is resolved (its tokens reach the
+  grammars) and the step's bitmask is built; then its sampling (`sample_tokens`). So the bitmask always
+  reflects every earlier token, with async scheduling too.
 - The KV cache can hold at least one max_model_len sequence, so a request running alone always
   fits and preemption can always make progress (checked at start-up).
 - Request isolation. A failure that belongs to one request (adding it to the runner, building or
@@ -43,6 +48,7 @@ from pagoda.config import PagodaConfig
 from pagoda.core.request import EngineCoreRequest
 from pagoda.core.sched_output import EngineCoreOutput, SchedulerOutput
 from pagoda.core.scheduler import Scheduler
+from pagoda.engine.structured_requests import StructuredRequests
 from pagoda.executor.uniproc import UniProcExecutor
 
 logger = logging.getLogger(__name__)
@@ -83,6 +89,7 @@ class EngineCore:
         config.cache.num_blocks = num_blocks
         self.executor.initialize_cache(num_blocks)
         self.scheduler = Scheduler(config.scheduler, config.cache, getattr(config, "speculative", None))
+        self.structured = StructuredRequests(config)  # structured-output requests whose grammar compiles
         self.in_flight = None  # (SchedulerOutput, StepOutput) of the step launched last, unresolved
         self.num_scheduled_tokens = 0  # tokens of the step the last step() call launched (metrics)
         self._faults = parse_faults(os.environ.get(FAULT_ENV, ""))
@@ -94,34 +101,49 @@ class EngineCore:
     def add_request(self, request: EngineCoreRequest) -> None:
         if self._faults:
             _inject_fault(self._faults, request)
-        self.scheduler.add_request(request)
+        if request.request_id in self.scheduler.requests:
+            raise ValueError(f"request_id {request.request_id!r} is already in use")
+        if not self.structured.park(request):  # a structured one enters the scheduler once compiled
+            self.scheduler.add_request(request)
 
     def abort_requests(self, request_ids: list[str]) -> list[str]:
-        return self.scheduler.abort_requests(request_ids)
+        parked = self.structured.abort(request_ids)
+        return parked + self.scheduler.abort_requests([r for r in request_ids if r not in parked])
 
     def has_unfinished_requests(self) -> bool:
-        return self.scheduler.has_unfinished_requests() or self.in_flight is not None
+        return self.scheduler.has_unfinished_requests() or self.in_flight is not None or bool(self.structured.parked)
 
     def step(self) -> list[EngineCoreOutput]:
         launched = None
         failed: list[EngineCoreOutput] = []
+        outputs: list[EngineCoreOutput] = []
         self.num_scheduled_tokens = 0
+        if self.structured.parked:
+            idle = not self.scheduler.has_unfinished_requests() and self.in_flight is None
+            outputs = self.structured.admit(self.scheduler, wait=idle)
         if self.scheduler.has_unfinished_requests():
             sched = self.scheduler.schedule()
             self.num_scheduled_tokens = sched.total_num_scheduled_tokens
             try:
-                launched = (sched, self.executor.execute_model(sched))
+                step = self.executor.execute_model(sched)
+                if step is None:  # its sampling waits for the grammars' bitmask, after the step in flight
+                    outputs += self._resolve_in_flight()
+                    step = self.executor.sample_tokens(self.structured.bitmask(self.scheduler, sched))
+                launched = (sched, step)
             except Exception as exc:  # noqa: BLE001 - see _fail_step: fatal errors are re-raised
                 failed = self._fail_step(sched, exc, "running")
-        outputs: list[EngineCoreOutput] = []
-        if self.in_flight is not None:
-            in_flight, self.in_flight = self.in_flight, None
-            outputs = self._resolve(*in_flight)
+        outputs += self._resolve_in_flight()
         self.in_flight = launched
         if launched is not None and not self.config.scheduler.async_scheduling:
             self.in_flight = None
             outputs += self._resolve(*launched)
         return outputs + failed if failed else outputs
+
+    def _resolve_in_flight(self) -> list[EngineCoreOutput]:
+        if self.in_flight is None:
+            return []
+        in_flight, self.in_flight = self.in_flight, None
+        return self._resolve(*in_flight)
 
     def _resolve(self, sched: SchedulerOutput, result) -> list[EngineCoreOutput]:
         """Wait for a launched step and apply it; a failure there fails the step's requests."""

@@ -32,7 +32,7 @@ class LLMEngine:
     def __init__(self, config: PagodaConfig, core: Any | None = None) -> None:
         self.config = config
         self.tokenizer = _load_tokenizer(config)
-        self.processor = Processor(config.model, self.tokenizer, config.scheduler.policy)
+        self.processor = Processor(config.model, self.tokenizer, config.scheduler.policy, config.structured_outputs)
         self.output_processor = OutputProcessor(self.tokenizer)
         # `core`: an object with EngineCore's add_request/abort_requests living elsewhere (the
         # server's engine-core process, see engine/async_llm.py); in-process EngineCore otherwise.

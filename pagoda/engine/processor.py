@@ -22,7 +22,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from pagoda.config import ModelConfig
+from pagoda.config import ModelConfig, StructuredOutputsConfig
 from pagoda.core.request import EngineCoreRequest
 from pagoda.pooling_params import PoolingParams
 from pagoda.sampling_params import SamplingParams
@@ -32,8 +32,10 @@ _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1  # what the engine-core messa
 
 
 class Processor:
-    def __init__(self, model_config: ModelConfig, tokenizer: Any | None, scheduling_policy: str = "fcfs") -> None:
+    def __init__(self, model_config: ModelConfig, tokenizer: Any | None, scheduling_policy: str = "fcfs",
+                 structured_outputs_config: StructuredOutputsConfig | None = None) -> None:
         self.model_config = model_config
+        self.structured_outputs_config = structured_outputs_config or StructuredOutputsConfig()
         self.scheduling_policy = scheduling_policy
         self.tokenizer = tokenizer
         self.eos_token_id = _eos_token_id(model_config, tokenizer)
@@ -159,6 +161,18 @@ class Processor:
             raise ValueError("stop strings need a tokenizer, but skip_tokenizer_init=True")
         if params.bad_words and self.tokenizer is None:
             raise ValueError("bad_words need a tokenizer, but skip_tokenizer_init=True")
+        if params.structured_outputs is not None:
+            self._validate_structured_outputs(params.structured_outputs)
+
+    def _validate_structured_outputs(self, structured) -> None:
+        """Check the constraint compiles (the frontend's cheap check) and fix the backend that serves it."""
+        if self.tokenizer is None:
+            raise ValueError("structured_outputs needs a tokenizer, but skip_tokenizer_init=True")
+        if self.model_config.runner_type != "generate":
+            raise ValueError("structured_outputs needs a generative model")
+        from pagoda.structured_output import resolve_backend
+
+        structured.backend = resolve_backend(structured, self.structured_outputs_config)
 
     def _validate_pooling(self, prompt_token_ids: list[int], params: PoolingParams) -> None:
         config = self.model_config

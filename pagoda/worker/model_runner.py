@@ -88,6 +88,9 @@ class ModelRunner:
 
             self.spec = SpecDecodeStep(speculative, self)
         self.failed = FailedRequests(self.block_size)  # failed here, not yet in the scheduler's finished_req_ids
+        # A step launched without sampling yet (it has structured-output requests): (the sampling to run,
+        # [(request id, bitmask rows)] of its structured_output_request_ids); see sample_tokens().
+        self.deferred_sampling = None
 
     # ---- state diff -------------------------------------------------------------------------------
     def _apply_diff(self, sched: SchedulerOutput, output: ModelRunnerOutput) -> None:
@@ -179,10 +182,62 @@ class ModelRunner:
             return StepOutput.ready(output)
         if self.spec is not None:
             num_drafts = num_drafts if drafts else np.zeros(len(req_ids), dtype=np.int64)
-            self.spec.sample(req_ids, rows, np.nonzero(samples)[0], inputs["query_start"] + counts, num_drafts,
-                             drafts, hidden, output, propose=sched.propose_drafts)
-            return StepOutput.ready(output)
-        return self._sample(req_ids, rows, samples, inputs["query_start"] + counts - 1, hidden, output)
+
+            def sample(grammar):
+                self.spec.sample(req_ids, rows, np.nonzero(samples)[0], inputs["query_start"] + counts, num_drafts,
+                                 drafts, hidden, output, propose=sched.propose_drafts, grammar=grammar)
+                return StepOutput.ready(output)
+        else:
+            def sample(grammar):
+                return self._sample(req_ids, rows, samples, inputs["query_start"] + counts - 1, hidden, output,
+                                    grammar)
+        if sched.structured_output_request_ids:  # sample_tokens() runs `sample` with the grammars' bitmask
+            spec_tokens = sched.scheduled_spec_decode_tokens
+            self.deferred_sampling = (sample, [(r, 1 + len(spec_tokens.get(r, ())))
+                                               for r in sched.structured_output_request_ids])
+            return None
+        return sample(None)
+
+    @torch.inference_mode()
+    def sample_tokens(self, bitmask: np.ndarray | None) -> StepOutput:
+        """Finish a step whose execute_model returned None (it has structured-output requests): sample
+        under `bitmask`, the int32 [rows, ceil(vocab / 32)] token masks of the step's
+        structured_output_request_ids (1 + drafts rows each, in that order)."""
+        deferred, self.deferred_sampling = self.deferred_sampling, None
+        if deferred is None:
+            raise RuntimeError("sample_tokens() without a step waiting for its grammar bitmask")
+        sample, structured = deferred
+        return sample(None if bitmask is None else (structured, bitmask))
+
+    def apply_grammar(self, logits: torch.Tensor, sample_ids: list[str], first_row: np.ndarray,
+                      grammar: tuple[list[str], np.ndarray] | None) -> None:
+        """Mask `logits` in place: request sample_ids[j]'s sampled positions are logits rows first_row[j]..;
+        `grammar` = (the step's structured request ids, their bitmask rows in that order)."""
+        if grammar is None:
+            return
+        from pagoda.sample.token_bitmask import apply_token_bitmask_
+
+        structured, bitmask = grammar
+        num_rows = np.array([n for _, n in structured], dtype=np.int64)
+        if int(num_rows.sum()) != bitmask.shape[0]:
+            raise RuntimeError(f"grammar bitmask has {bitmask.shape[0]} rows, the step samples {int(num_rows.sum())} "
+                               "under grammars")
+        if bitmask.shape[0] == logits.shape[0] and [r for r, _ in structured] == sample_ids:
+            apply_token_bitmask_(logits, to_device(bitmask, self.device))  # every sampled row, in order
+            return
+        where = {req_id: j for j, req_id in enumerate(sample_ids)}
+        mask_rows, logit_rows = [], []
+        cursor = 0
+        for (req_id, count) in structured:
+            j = where.get(req_id)
+            if j is not None:  # not failed meanwhile
+                mask_rows.append(np.arange(cursor, cursor + count))
+                logit_rows.append(first_row[j] + np.arange(count))
+            cursor += count
+        if mask_rows:
+            masks = bitmask[np.concatenate(mask_rows)]
+            apply_token_bitmask_(logits, to_device(masks, self.device),
+                                 to_device(np.concatenate(logit_rows).astype(np.int64), self.device))
 
     def _fill_placeholders(self, wait: bool) -> None:
         """Write the sampled ids of earlier steps over their placeholders: every step's whose copy has
@@ -249,11 +304,13 @@ class ModelRunner:
             "query_start": query_start[:-1],
         }
 
-    def _sample(self, req_ids, rows, samples, last_token_index, hidden, output: ModelRunnerOutput) -> StepOutput:
+    def _sample(self, req_ids, rows, samples, last_token_index, hidden, output: ModelRunnerOutput,
+                grammar=None) -> StepOutput:
         """Sample on the device; returns before the ids reach the host (see StepOutput)."""
         sample_at = np.nonzero(samples)[0]
         logits = self.model.compute_logits(hidden[to_device(last_token_index[sample_at], self.device)])
         sample_rows, sample_ids = rows[sample_at], [req_ids[i] for i in sample_at]
+        self.apply_grammar(logits, sample_ids, np.arange(len(sample_ids)), grammar)
         metadata = self.sampling_inputs.build(sample_rows, sample_ids, self.generators)
         result = self.sampler.forward(logits, metadata)
         positions = self.batch.append_tokens(sample_rows, PLACEHOLDER)

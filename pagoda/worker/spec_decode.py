@@ -71,9 +71,10 @@ class SpecDecodeStep:
 
     def sample(self, req_ids: list[str], rows: np.ndarray, sample_at: np.ndarray, query_end: np.ndarray,
                num_drafts: np.ndarray, drafts: dict[str, list[int]], hidden: torch.Tensor,
-               output: ModelRunnerOutput, propose: bool = True) -> None:
+               output: ModelRunnerOutput, propose: bool = True, grammar=None) -> None:
         """Sample the requests `sample_at` of the step (indices into req_ids), fill `output`, and (with
-        `propose`: the scheduler will use drafts) propose the next drafts."""
+        `propose`: the scheduler will use drafts) propose the next drafts. `grammar`: the structured-output
+        masks of the step (ModelRunner.apply_grammar), applied at every sampled position."""
         runner = self.runner
         batch, device = runner.batch, runner.device
         k = num_drafts[sample_at]
@@ -84,6 +85,7 @@ class SpecDecodeStep:
         logits = runner.model.compute_logits(hidden[to_device(index, device)])
         sample_rows = rows[sample_at]
         sample_ids = [req_ids[i] for i in sample_at]
+        runner.apply_grammar(logits, sample_ids, offsets, grammar)
         tokens: list[list[int]] = [[] for _ in sample_ids]
         logprobs: list[list | None] = [None] * len(sample_ids)
 

@@ -23,7 +23,7 @@ import torch
 
 from pagoda.attention.backend import get_attention_backend
 from pagoda.config import PagodaConfig
-from pagoda.core.sched_output import ModelRunnerOutput, SchedulerOutput
+from pagoda.core.sched_output import SchedulerOutput
 from pagoda.model_executor.model_loader import get_model
 from pagoda.worker.model_runner import ModelRunner
 
@@ -121,7 +121,10 @@ class Worker:
                                                     verify_query_len=speculative.num_speculative_tokens + 1)
                 draft.cuda_graphs.capture()
 
-    def execute_model(self, sched: SchedulerOutput) -> ModelRunnerOutput:
+    def execute_model(self, sched: SchedulerOutput):
         if self.runner is None:
             raise RuntimeError("initialize_cache() must run before the first step")
         return self.runner.execute_model(sched)
+
+    def sample_tokens(self, bitmask):
+        return self.runner.sample_tokens(bitmask)

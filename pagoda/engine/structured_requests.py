@@ -1,0 +1,131 @@
+"""Structured-output requests in the engine core: their grammars on the way in, their bitmask each step.
+
+A request whose SamplingParams carry `structured_outputs` gets a grammar from the
+StructuredOutputManager (pagoda/structured_output/), which compiles it in the background (compiled
+grammars are cached and shared). The request waits here, parked, until its grammar is ready; then it
+enters the scheduler with `Request.grammar` set, and the scheduler feeds that grammar every token the
+request gains (core/scheduler.py).
+
+Invariants:
+- A structured request is in exactly one place: parked here (compiling) or in the scheduler. Parked
+  requests count as unfinished and can be aborted; none is ever dropped: a grammar that fails to compile
+  fails its request with finish_reason "error" and the compiler's reason.
+- The manager (and the tokenizer it needs) is built on the first structured request, so an engine that
+  never sees one never imports a grammar library.
+- `bitmask(sched)` is built after every earlier step's tokens reached the grammars (the engine core
+  resolves the step in flight first), so row r of a request is the mask for its next token given all of
+  its output so far; a request that finished meanwhile gets rows that allow every token (its tokens are
+  dropped anyway).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+
+from pagoda.config import PagodaConfig
+from pagoda.core.request import EngineCoreRequest
+from pagoda.core.sched_output import EngineCoreOutput, SchedulerOutput
+
+logger = logging.getLogger(__name__)
+
+_WAIT_S = 0.05  # how long an otherwise idle engine waits for a grammar before looking at its inputs again
+
+
+class StructuredRequests:
+    def __init__(self, config: PagodaConfig) -> None:
+        self.config = config
+        self.manager = None  # a StructuredOutputManager, built on first use
+        self.parked: dict[str, tuple[EngineCoreRequest, Any]] = {}  # request id -> (request, its RequestGrammar)
+
+    def _get_manager(self):
+        if self.manager is None:
+            from pagoda.structured_output import StructuredOutputManager
+            from pagoda.tokenizer import get_tokenizer
+
+            model = self.config.model
+            if model.skip_tokenizer_init:
+                raise ValueError("structured output needs the tokenizer, but skip_tokenizer_init=True")
+            tokenizer = get_tokenizer(model.tokenizer_path, tokenizer_mode=model.tokenizer_mode,
+                                      trust_remote_code=model.trust_remote_code, revision=model.revision)
+            self.manager = StructuredOutputManager(self.config.structured_outputs, tokenizer,
+                                                   model.vocab_size, _eos_token_ids(model, tokenizer))
+        return self.manager
+
+    def park(self, request: EngineCoreRequest) -> bool:
+        """Start compiling a structured request's grammar and keep the request until it is ready;
+        False (nothing done) for a request without structured output."""
+        params = request.sampling_params
+        if params is None or params.structured_outputs is None:
+            return False
+        if request.request_id in self.parked:
+            raise ValueError(f"request_id {request.request_id!r} is already in use")
+        grammar = self._get_manager().add_request(request.request_id, params.structured_outputs)
+        self.parked[request.request_id] = (request, grammar)
+        return True
+
+    def admit(self, scheduler, wait: bool = False) -> list[EngineCoreOutput]:
+        """Move every request whose grammar is ready into the scheduler; error outputs for those whose
+        grammar failed. `wait`: the engine has nothing else to do, so block briefly for one."""
+        if not self.parked:
+            return []
+        if wait and not any(grammar.is_ready() for _, grammar in self.parked.values()):
+            _, first = next(iter(self.parked.values()))
+            first.wait(_WAIT_S)
+        outputs: list[EngineCoreOutput] = []
+        for request_id, (request, grammar) in list(self.parked.items()):
+            if not grammar.is_ready():
+                continue
+            del self.parked[request_id]
+            if grammar.error is not None:
+                reason = f"compiling the structured output of request {request_id} failed: {grammar.error}"
+                logger.error("request %s failed: %s", request_id, reason)
+                outputs.append(EngineCoreOutput(request_id, [], finish_reason="error", error=reason))
+                continue
+            scheduler.add_request(request)
+            scheduler.requests[request_id].grammar = grammar
+        return outputs
+
+    def abort(self, request_ids: list[str]) -> list[str]:
+        """Drop parked requests among `request_ids`; returns those that were parked."""
+        return [request_id for request_id in request_ids if self.parked.pop(request_id, None) is not None]
+
+    def bitmask(self, scheduler, sched: SchedulerOutput) -> np.ndarray:
+        """The int32 token masks of the step's structured requests (1 + drafts rows each, in order)."""
+        manager = self._get_manager()
+        spec_tokens = sched.scheduled_spec_decode_tokens
+        live_rows, grammars, drafts = [], [], []
+        row = 0
+        for request_id in sched.structured_output_request_ids:
+            request_drafts = spec_tokens.get(request_id, ()) if spec_tokens else ()
+            num_rows = 1 + len(request_drafts)
+            request = scheduler.requests.get(request_id)
+            if request is not None and request.grammar is not None:
+                live_rows.append(np.arange(row, row + num_rows))
+                grammars.append(request.grammar)
+                drafts.append(list(request_drafts))
+            row += num_rows
+        if len(grammars) == len(sched.structured_output_request_ids):  # all alive (the usual case): no copy
+            return manager.fill_bitmask(grammars, drafts if spec_tokens else None)
+        bitmask = np.full((row, manager.bitmask_width()), -1, dtype=np.int32)  # every bit set: all allowed
+        if grammars:
+            bitmask[np.concatenate(live_rows)] = manager.fill_bitmask(grammars, drafts)
+        return bitmask
+
+    def shutdown(self) -> None:
+        if self.manager is not None:
+            self.manager.shutdown()
+
+
+def _eos_token_ids(model_config, tokenizer) -> list[int]:
+    """Every id that ends generation for this model: the tokenizer's EOS, config.json's and
+    generation_config.json's eos_token_id (a grammar allows them once it is complete)."""
+    ids: set[int] = set()
+    if tokenizer is not None and tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    for eos in (getattr(model_config.hf_config, "eos_token_id", None), model_config.generation_config.get("eos_token_id")):
+        if eos is not None:
+            ids.update(int(e) for e in (eos if isinstance(eos, list) else [eos]))
+    return sorted(ids)

@@ -1,0 +1,193 @@
+"""Structured output end to end through LLM.generate: every finished output satisfies its constraint.
+
+A tiny random-weight model samples (temperature 1, several seeds, n > 1) under a JSON schema, a regex,
+a choice list and a grammar, on each backend; whenever an output ends with finish_reason "stop" it
+must validate (jsonschema, re.fullmatch, membership). Greedy outputs under a grammar must not depend on
+how the engine ran them (async scheduling on or off, chunked prefill, forced preemption, prefix
+caching, n-gram speculative decoding), and hitting max_tokens inside a structure ends with "length".
+"""
+
+import json
+import re
+
+import jsonschema
+import pytest
+
+from pagoda import LLM, SamplingParams
+from pagoda.sampling_params import GuidedDecodingParams, StructuredOutputsParams
+
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "ok": {"type": "boolean"},
+        "color": {"enum": ["red", "green", "blue"]},
+        "n": {"type": "integer", "minimum": 0, "maximum": 99},
+    },
+    "required": ["ok", "color", "n"],
+    "additionalProperties": False,
+}
+# outlines does not enforce minimum / maximum (it refuses them), so it gets the schema without the range
+OUTLINES_SCHEMA = {**SCHEMA, "properties": {**SCHEMA["properties"], "n": {"type": "integer"}}}
+REGEX = r"[a-c]{2,4}-[0-9]{1,2}"
+CHOICES = ["positive", "negative", "neutral"]
+GRAMMARS = {  # the same language: "yes" or "no", a space, one to three digits
+    "xgrammar": 'root ::= ("yes" | "no") " " [0-9] [0-9]? [0-9]?',
+    "guidance": 'start: ("yes" | "no") " " /[0-9]{1,3}/',
+}
+GRAMMAR_RE = r"(yes|no) [0-9]{1,3}"
+PROMPTS = ["Answer in JSON:", "def f(x):", "The colour is", "a"]
+
+
+def _llm(folder, **kwargs):
+    kwargs.setdefault("kv_cache_memory_bytes", 64 << 20)
+    kwargs.setdefault("max_model_len", 256)
+    return LLM(folder, dtype="float32", **kwargs)
+
+
+def _check(kind, text, backend=None):
+    if kind == "json":
+        jsonschema.validate(json.loads(text), OUTLINES_SCHEMA if backend == "outlines" else SCHEMA)
+    elif kind == "regex":
+        assert re.fullmatch(REGEX, text), text
+    elif kind == "choice":
+        assert text in CHOICES, text
+    else:
+        assert re.fullmatch(GRAMMAR_RE, text), text
+
+
+def _params(kind, backend, **extra):
+    if kind == "json":
+        return StructuredOutputsParams(json=OUTLINES_SCHEMA if backend == "outlines" else SCHEMA, backend=backend,
+                                       disable_any_whitespace=True, **extra)
+    if kind == "regex":
+        return StructuredOutputsParams(regex=REGEX, backend=backend, **extra)
+    if kind == "choice":
+        return StructuredOutputsParams(choice=CHOICES, backend=backend, **extra)
+    return StructuredOutputsParams(grammar=GRAMMARS[backend], backend=backend, **extra)
+
+
+@pytest.fixture(scope="module")
+def llm(llama_dir):
+    return _llm(llama_dir)
+
+
+@pytest.mark.parametrize("backend,kind", [
+    ("xgrammar", "json"), ("xgrammar", "regex"), ("xgrammar", "choice"), ("xgrammar", "grammar"),
+    ("guidance", "json"), ("guidance", "regex"), ("guidance", "choice"), ("guidance", "grammar"),
+    ("outlines", "json"), ("outlines", "regex"), ("outlines", "choice"),
+])
+def test_sampled_outputs_satisfy_the_constraint(llm, backend, kind):
+    finished = 0
+    for seed in range(3):
+        params = SamplingParams(temperature=1.0, seed=seed, n=2, max_tokens=60,
+                                structured_outputs=_params(kind, backend))
+        for out in llm.generate(PROMPTS, params, use_tqdm=False):
+            for completion in out.outputs:
+                if completion.finish_reason == "stop":
+                    _check(kind, completion.text, backend)
+                    finished += 1
+                else:
+                    assert completion.finish_reason == "length"
+    assert finished >= 6, f"only {finished} of 24 outputs finished; the test checks too little"
+
+
+def test_guided_decoding_name_and_json_object(llm):
+    params = SamplingParams(temperature=0.0, max_tokens=40,
+                            guided_decoding=GuidedDecodingParams(choice=["yes", "no"]))
+    out = llm.generate(PROMPTS, params, use_tqdm=False)
+    assert all(o.outputs[0].text in ("yes", "no") and o.outputs[0].finish_reason == "stop" for o in out)
+    params = SamplingParams(temperature=1.0, seed=3, max_tokens=80,
+                            structured_outputs=StructuredOutputsParams(json_object=True, disable_any_whitespace=True))
+    for o in llm.generate(PROMPTS, params, use_tqdm=False):
+        if o.outputs[0].finish_reason == "stop":
+            assert isinstance(json.loads(o.outputs[0].text), dict)
+        else:
+            assert o.outputs[0].text.startswith("{")
+
+
+def test_mixed_batch_leaves_unconstrained_requests_alone(llm):
+    free = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
+    alone = [o.outputs[0].token_ids for o in llm.generate(PROMPTS, free, use_tqdm=False)]
+    constrained = SamplingParams(temperature=0.0, max_tokens=30,
+                                 structured_outputs=StructuredOutputsParams(regex=REGEX))
+    outs = llm.generate(PROMPTS * 2, [free] * len(PROMPTS) + [constrained] * len(PROMPTS), use_tqdm=False)
+    assert [o.outputs[0].token_ids for o in outs[:len(PROMPTS)]] == alone
+    for o in outs[len(PROMPTS):]:
+        assert re.fullmatch(REGEX, o.outputs[0].text), o.outputs[0].text
+
+
+def test_max_tokens_inside_a_structure_ends_with_length(llm):
+    params = SamplingParams(temperature=0.0, max_tokens=3, structured_outputs=StructuredOutputsParams(json=SCHEMA))
+    out = llm.generate(PROMPTS, params, use_tqdm=False)
+    for o in out:
+        assert o.outputs[0].finish_reason == "length"
+        assert len(o.outputs[0].token_ids) == 3
+        assert o.outputs[0].text.startswith("{")
+
+
+def test_bad_constraints_are_refused_naming_the_field(llm):
+    with pytest.raises(ValueError, match="structured_outputs"):
+        llm.generate("a", SamplingParams(structured_outputs=StructuredOutputsParams(json="{not json")),
+                     use_tqdm=False)
+    with pytest.raises(ValueError, match="regex"):
+        llm.generate("a", SamplingParams(structured_outputs=StructuredOutputsParams(regex="(unclosed")),
+                     use_tqdm=False)
+    with pytest.raises(ValueError, match="outlines does not enforce the JSON-schema keyword 'minimum'"):
+        llm.generate("a", SamplingParams(structured_outputs=StructuredOutputsParams(json=SCHEMA, backend="outlines")),
+                     use_tqdm=False)
+    with pytest.raises(ValueError, match="lm-format-enforcer"):
+        llm.generate("a", SamplingParams(structured_outputs=StructuredOutputsParams(
+            regex="a+", backend="lm-format-enforcer")), use_tqdm=False)
+    # the engine still serves afterwards
+    ok = llm.generate("a", SamplingParams(max_tokens=5, structured_outputs=StructuredOutputsParams(choice=["x"])),
+                      use_tqdm=False)
+    assert ok[0].outputs[0].text == "x"
+
+
+GREEDY_KINDS = ["json", "regex", "grammar"]
+
+
+@pytest.fixture(scope="module")
+def greedy_reference(llm):
+    return {kind: _greedy(llm, kind) for kind in GREEDY_KINDS}
+
+
+def _greedy(llm, kind):
+    params = SamplingParams(temperature=0.0, max_tokens=40, structured_outputs=_params(kind, "xgrammar"))
+    return [o.outputs[0].token_ids for o in llm.generate(PROMPTS, params, use_tqdm=False)]
+
+
+@pytest.mark.parametrize("engine", [
+    dict(async_scheduling=False),
+    dict(enable_prefix_caching=True, block_size=8, max_num_batched_tokens=5),  # chunked prefill
+    dict(enable_prefix_caching=False, block_size=8, num_gpu_blocks_override=12, max_num_seqs=4),  # preemption
+    dict(speculative_config={"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_max": 2,
+                             "prompt_lookup_min": 1}),
+], ids=["sync", "chunked", "preempt", "ngram"])
+def test_greedy_outputs_do_not_depend_on_how_the_engine_ran(llama_dir, greedy_reference, engine):
+    if "num_gpu_blocks_override" in engine:
+        engine = dict(engine, kv_cache_memory_bytes=None, max_model_len=96)
+    other = _llm(llama_dir, **engine)
+    for kind in GREEDY_KINDS:
+        assert _greedy(other, kind) == greedy_reference[kind], kind
+    stats = other.llm_engine.stats()
+    if "speculative_config" in engine:
+        assert stats["spec_decode_num_draft_tokens"] > 0  # drafts were checked against the grammars and verified
+    if "num_gpu_blocks_override" in engine:
+        assert stats["num_preemptions"] > 0
+
+
+def test_drafts_under_a_grammar_are_verified_with_its_masks(llama_dir):
+    """A draft the grammar allows is verified at its position under the mask of the tokens before it: with
+    drafts that are the constrained greedy continuation (acceptance 1), the output is unchanged."""
+    llm = _llm(llama_dir, speculative_config={"method": "ngram", "num_speculative_tokens": 4,
+                                              "prompt_lookup_max": 2, "prompt_lookup_min": 1})
+    reference = _greedy(_llm(llama_dir), "json")
+    spec = llm.llm_engine.core.executor.worker.runner.spec
+    from pagoda.spec_decode.oracle_proposer import OracleProposer
+
+    prompt_ids = [o.prompt_token_ids for o in llm.generate(PROMPTS, SamplingParams(max_tokens=1), use_tqdm=False)]
+    spec.proposer = OracleProposer(4, [list(p) + list(r) for p, r in zip(prompt_ids, reference)], key_len=1)
+    assert _greedy(llm, "json") == reference
+    stats = llm.llm_engine.stats()
+    assert stats["spec_decode_num_accepted_tokens"] > 0.5 * stats["spec_decode_num_draft_tokens"] > 0
