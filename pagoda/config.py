@@ -10,6 +10,10 @@ Invariants:
   both prompt-lookup bounds and no model; method "draft_model" carries the draft's resolved folder, no
   prompt-lookup bounds, and (once built by `EngineArgs.create_config`) `draft_model_config`, a ModelConfig
   of the draft with the target's dtype and vocabulary size.
+- `PagodaConfig.structured_outputs` is always set (StructuredOutputsConfig() when nothing was asked): its
+  backend is one of STRUCTURED_OUTPUT_ENGINE_BACKENDS and its flags are booleans. `build_structured_outputs_config`
+  makes it from vLLM's `structured_outputs_config` and its older `guided_decoding_*` flags (vLLM 0.8-0.9's
+  "BACKEND:option,..." spelling included); a setting given two ways must agree.
 """
 
 from __future__ import annotations
@@ -203,6 +207,19 @@ def check_speculative_values(values: Mapping[str, Any], name: Callable[[str], st
 
 
 STRUCTURED_OUTPUT_ENGINE_BACKENDS = ("auto", "xgrammar", "guidance", "outlines")
+# vLLM 0.8-0.9's "backend:option,option" spelling (--guided-decoding-backend, and a request's guided_decoding_backend).
+STRUCTURED_BACKEND_OPTIONS = {"no-fallback": "disable_fallback", "disable-any-whitespace": "disable_any_whitespace",
+                              "no-additional-properties": "disable_additional_properties"}
+# vLLM 0.8-0.11's flags of structured_outputs_config (--guided-decoding-*) -> the config field each sets.
+LEGACY_STRUCTURED_FLAGS = {"guided_decoding_backend": "backend",
+                           "guided_decoding_disable_fallback": "disable_fallback",
+                           "guided_decoding_disable_any_whitespace": "disable_any_whitespace",
+                           "guided_decoding_disable_additional_properties": "disable_additional_properties"}
+# vLLM's structured_outputs_config keys Pagoda does not implement -> the values it honours (vLLM's default first).
+# The grammar constrains every generated token (reasoning included: Pagoda's engine reads no reasoning parser), so
+# enable_in_reasoning holds either way; the reasoning parser is the server's --reasoning-parser flag.
+STRUCTURED_OUTPUTS_CONFIG_NOT_YET: dict[str, tuple] = {"reasoning_parser": ("",), "reasoning_parser_plugin": ("",),
+                                                       "enable_in_reasoning": (False, True)}
 
 
 @dataclass
@@ -223,6 +240,78 @@ class StructuredOutputsConfig:
         if self.backend not in STRUCTURED_OUTPUT_ENGINE_BACKENDS:
             raise ValueError(f"structured output backend must be one of {list(STRUCTURED_OUTPUT_ENGINE_BACKENDS)}, "
                              f"got {self.backend!r}")
+        for name in ("disable_fallback", "disable_any_whitespace", "disable_additional_properties"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"structured outputs {name} must be true or false, got {getattr(self, name)!r}")
+
+
+def split_backend_options(value: Any, name: str) -> tuple[str, dict[str, bool]]:
+    """('xgrammar', {}) for 'xgrammar'; vLLM 0.8-0.9's 'xgrammar:no-fallback,disable-any-whitespace' gives
+    ('xgrammar', {'disable_fallback': True, 'disable_any_whitespace': True}). TypeError / ValueError naming `name`."""
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a string (a backend name), got {type(value).__name__}")
+    backend, colon, options = value.partition(":")
+    flags: dict[str, bool] = {}
+    for option in (o.strip() for o in options.split(",")) if colon else ():
+        if option not in STRUCTURED_BACKEND_OPTIONS:
+            raise ValueError(f"{name}: unknown backend option {option!r} in {value!r}; allowed after 'BACKEND:' "
+                             f"(comma-separated): {list(STRUCTURED_BACKEND_OPTIONS)}")
+        flags[STRUCTURED_BACKEND_OPTIONS[option]] = True
+    return backend.strip(), flags
+
+
+def build_structured_outputs_config(given: Any, legacy: Mapping[str, Any]) -> StructuredOutputsConfig:
+    """The StructuredOutputsConfig of `structured_outputs_config` (None, a dict with vLLM's keys, or a
+    StructuredOutputsConfig) and vLLM's older flags (`legacy`: LEGACY_STRUCTURED_FLAGS' names -> values, None
+    or False meaning not given). A setting given both ways must agree; errors name the keyword and the flag."""
+    flag = "structured_outputs_config (--structured-outputs-config)"
+    known = list(StructuredOutputsConfig.__dataclass_fields__)
+    if isinstance(given, StructuredOutputsConfig):
+        given = {name: getattr(given, name) for name in known}
+    given = {} if given is None else given
+    if not isinstance(given, Mapping):
+        raise TypeError(f"{flag} must be a JSON object (dict) with keys {known}, got {type(given).__name__}")
+    unknown = [key for key in given if key not in known and key not in STRUCTURED_OUTPUTS_CONFIG_NOT_YET]
+    if unknown:
+        raise ValueError(f"{flag} has unknown key(s) {unknown}; allowed keys: "
+                         f"{known + list(STRUCTURED_OUTPUTS_CONFIG_NOT_YET)}")
+    for key, allowed in STRUCTURED_OUTPUTS_CONFIG_NOT_YET.items():
+        if key in given and not any(given[key] == ok and type(given[key]) is type(ok) for ok in allowed):
+            hint = "" if key == "enable_in_reasoning" else " (the reasoning parser is the server's --reasoning-parser)"
+            raise ValueError(f"{flag} key {key!r}={given[key]!r} is not supported yet{hint}; allowed: "
+                             f"{' or '.join(map(repr, allowed))}")
+    values: dict[str, tuple[Any, str]] = {}  # config field -> (value, where it was given)
+    for key in known:
+        if key in given:
+            _set(values, key, given[key], f"{flag} key {key!r}")
+    for name, key in LEGACY_STRUCTURED_FLAGS.items():
+        value = legacy.get(name)
+        if value is not None and value is not False:
+            _set(values, key, value, f"{name} (--{name.replace('_', '-')})")
+    for key, (value, where) in values.items():
+        if key != "backend" and not isinstance(value, bool):
+            raise TypeError(f"{where} must be true or false, got {value!r}")
+    return StructuredOutputsConfig(**{key: value for key, (value, _) in values.items()})
+
+
+def _set(values: dict[str, tuple[Any, str]], key: str, value: Any, where: str) -> None:
+    """values[key] = (value, where), the backend's ':options' spread to their own keys; a ValueError naming both
+    places when the key already holds a different value, and one naming `where` for a bad backend."""
+    if key == "backend":
+        value, options = split_backend_options(value, where)
+        for option, on in options.items():
+            _set(values, option, on, f"{where} (option of {value!r})")
+        if value == "lm-format-enforcer":
+            raise ValueError(f"{where}: backend 'lm-format-enforcer' is not supported: it does not import with "
+                             f"transformers 5; allowed: {list(STRUCTURED_OUTPUT_ENGINE_BACKENDS)}")
+        if value not in STRUCTURED_OUTPUT_ENGINE_BACKENDS:
+            raise ValueError(f"{where}: backend must be one of {list(STRUCTURED_OUTPUT_ENGINE_BACKENDS)}, got "
+                             f"{value!r}")
+    if key in values and values[key][0] != value:
+        old, old_where = values[key]
+        raise ValueError(f"{where} sets {key}={value!r} but {old_where} sets {old!r}: they are two spellings of one "
+                         "setting; give one (or the same value)")
+    values[key] = (value, where)
 
 
 @dataclass

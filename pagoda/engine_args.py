@@ -21,6 +21,10 @@ Invariants:
   target's resolved dtype) and checks it: a generative model Pagoda runs, the target's vocabulary size, and a
   max_model_len within the draft's own position limit (SpeculativeConfig.max_model_len is lowered to that limit
   when it is below the target's, so that no draft is asked past it).
+- Structured output is configured by vLLM's `structured_outputs_config` dict (or a StructuredOutputsConfig) and
+  vLLM 0.8-0.11's `guided_decoding_*` flags, which may be mixed but must agree (a setting given both ways with
+  different values is a ValueError naming both); `create_structured_outputs_config` builds the one
+  `PagodaConfig.structured_outputs` (config.build_structured_outputs_config), checked by `check_options` too.
 """
 
 from __future__ import annotations
@@ -139,6 +143,12 @@ class EngineArgs(compat.VllmCompatArgs):
     speculative_disable_by_batch_size: int | None = _opt(None, "vLLM 0.6's spelling: no drafts while this many requests (>= 2) or more are running.")
     speculative_max_model_len: int | None = _opt(None, "vLLM 0.6's spelling: no drafts that would take a request past this length (at most --max-model-len; a draft model's own limit lowers it).")
     speculative_draft_tensor_parallel_size: int | None = _opt(None, "vLLM 0.6's spelling: the draft model's tensor parallel size (only 1).", flags=("-spec-draft-tp",))
+    # structured output: vLLM's structured_outputs_config, or (agreeing with it) vLLM 0.8-0.11's guided_decoding_* flags
+    structured_outputs_config: Any = _opt(None, "JSON dict of how requests' output constraints (JSON schema, regex, choice, grammar, structural tag) are compiled, with vLLM's keys: backend ('auto' (default): xgrammar, falling back to guidance for what xgrammar cannot compile; 'xgrammar', 'guidance', 'outlines'), disable_fallback, disable_any_whitespace, disable_additional_properties, enable_in_reasoning (either value: constraints cover every generated token); e.g. '{\"backend\": \"guidance\"}'. `LLM` also takes a StructuredOutputsConfig.", json_arg=True)
+    guided_decoding_backend: str | None = _opt(None, "vLLM 0.8-0.11's spelling of structured_outputs_config's backend: auto, xgrammar, guidance or outlines, with vLLM 0.8-0.9's options after a colon: 'xgrammar:no-fallback,disable-any-whitespace,no-additional-properties'.")
+    guided_decoding_disable_fallback: bool = _opt(False, "vLLM 0.9-0.11's spelling of structured_outputs_config's disable_fallback: a constraint the chosen backend cannot compile fails its request instead of falling back to another backend.")
+    guided_decoding_disable_any_whitespace: bool = _opt(False, "vLLM 0.9-0.11's spelling of structured_outputs_config's disable_any_whitespace: JSON output has no whitespace between its tokens.")
+    guided_decoding_disable_additional_properties: bool = _opt(False, "vLLM 0.9-0.11's spelling of structured_outputs_config's disable_additional_properties: the guidance backend reads a JSON schema without additionalProperties as closing the object, as xgrammar and outlines do.")
 
     def __post_init__(self) -> None:
         compat.log_no_effect(vars(self), compat.ENGINE_OPTIONS)
@@ -177,12 +187,18 @@ class EngineArgs(compat.VllmCompatArgs):
         """Every check that needs no model folder (choices, ranges, types, not-supported-yet options)."""
         self._check_choices()
         self.create_speculative_config()
+        self.create_structured_outputs_config()
 
     def create_speculative_config(self, max_model_len: int | None = None) -> cfg.SpeculativeConfig | None:
         """The SpeculativeConfig these arguments ask for, None when speculation is off (no model folder needed;
         `max_model_len`, the target's when known, bounds the speculative one)."""
         legacy = {name: getattr(self, name) for name in LEGACY_SPECULATIVE_FLAGS}
         return build_speculative_config(self.speculative_config, legacy, max_model_len)
+
+    def create_structured_outputs_config(self) -> cfg.StructuredOutputsConfig:
+        """structured_outputs_config and the guided_decoding_* flags as one StructuredOutputsConfig."""
+        legacy = {name: getattr(self, name) for name in cfg.LEGACY_STRUCTURED_FLAGS}
+        return cfg.build_structured_outputs_config(self.structured_outputs_config, legacy)
 
     # ---- validation and config building ----------------------------------------------------
     def create_config(self) -> cfg.PagodaConfig:
@@ -247,6 +263,7 @@ class EngineArgs(compat.VllmCompatArgs):
             max_cudagraph_capture_size=min(self.max_cudagraph_capture_size
                                            or (max_num_seqs if self.usage_context == "llm" else 512), max_num_seqs),
             speculative=speculative,
+            structured_outputs=self.create_structured_outputs_config(),
         )
 
     def _with_draft_model(self, speculative: cfg.SpeculativeConfig, target: cfg.ModelConfig,

@@ -5,23 +5,26 @@ every engine option, one field that is both an `LLM(...)` keyword and a `--kebab
 name, short aliases and value type. The server's own vLLM flags (tools, LoRA modules, ...) are declared
 the same way in `entrypoints/openai/vllm_flags.py`. Every option is one of two kinds:
 
-- NOT_YET: a feature a later issue adds (quantization, LoRA, multimodal input, parallelism, structured
-  output, ...). Its default, or a value listed in `accepts`, is fine; anything
-  else is a ValueError naming the keyword and the flag and saying "not supported yet".
+- NOT_YET: a feature a later issue adds (quantization, LoRA, multimodal input, parallelism, ...). Its
+  default, or a value listed in `accepts`, is fine; anything else is a ValueError naming the keyword and
+  the flag and saying "not supported yet".
 - NO_EFFECT: what it tunes does not exist in Pagoda, or Pagoda always does what it asks. Any value is
   accepted; a non-default one is logged once per process, with the reason. Options vLLM has dropped
   default to None ("not given"), so that any value given is logged.
 
 Sources: `vllm serve --help` of vLLM 0.17.1 (groups ModelConfig ... VllmConfig) and
 vllm/engine/arg_utils.py; a few options of older releases that scripts still pass (--use-v2-block-manager,
---guided-decoding-backend, --num-scheduler-steps, vLLM 0.6's speculative-decoding flags, ...) are kept too.
+--num-scheduler-steps, vLLM 0.6's speculative-decoding flags, ...) are kept too.
 N-gram and draft-model speculative decoding are implemented: --speculative-config and vLLM 0.6's --speculative-model,
 --num-speculative-tokens, --ngram-prompt-lookup-max/-min, --speculative-disable-by-batch-size,
 --speculative-max-model-len and --speculative-draft-tensor-parallel-size are EngineArgs fields; the keys and
 methods of vLLM's speculative_config that Pagoda does not implement are listed here (SPECULATIVE_CONFIG_NOT_YET,
-SPECULATIVE_METHODS_NOT_YET). vLLM's engine options --reasoning-parser and --reasoning-parser-plugin are server
-flags in Pagoda (entrypoints/openai/cli_args.py, where only the chat endpoint reads them); as `LLM(...)` keywords
-they are accepted with no effect (offline outputs are not split), so vLLM code that passes them still runs.
+SPECULATIVE_METHODS_NOT_YET). Structured output's --structured-outputs-config and vLLM 0.8-0.11's
+--guided-decoding-backend and --guided-decoding-disable-* are EngineArgs fields too (config.py lists the
+structured_outputs_config keys not supported yet). vLLM's engine options --reasoning-parser and
+--reasoning-parser-plugin are server flags in Pagoda (entrypoints/openai/cli_args.py, where only the chat
+endpoint reads them); as `LLM(...)` keywords they are accepted with no effect (offline outputs are not
+split), so vLLM code that passes them still runs.
 
 Invariants:
 - An option's kind, reason, default and value type live in its `Compat` record and nowhere else.
@@ -59,9 +62,9 @@ SPEC_TYPICAL = ("only the typical acceptance sampler reads it, and Pagoda verifi
 LORA = "LoRA adapters come in a later issue"
 MM = "multimodal input comes in a later issue"
 PARALLEL = "parallelism comes in a later issue; Pagoda runs one engine on one device"
-STRUCT = "structured output (guided decoding) comes in a later issue"
 REASONING_OFFLINE = ("offline outputs are not split into reasoning and content (the server's --reasoning-parser "
-                     "splits chat responses; vLLM reads it offline only to guide structured output)")
+                     "splits chat responses; vLLM reads it offline only to start structured output after the "
+                     "reasoning, and Pagoda's output constraints apply from the first generated token)")
 OFFLOAD = "CPU offloading comes in a later issue"
 TRACE = "tracing and profiling come in a later issue"
 METRICS = "this metric is not collected yet"
@@ -173,12 +176,7 @@ ENGINE_OPTIONS: tuple[Compat, ...] = (
     _c("enable_flashinfer_autotune", BOOL, None, NO_EFFECT, "Pagoda uses no FlashInfer kernels"),
     _c("moe_backend", STR, "auto", NO_EFFECT, MOE),
     _c("additional_config", JSON, None, NO_EFFECT, "only vLLM platform plugins read it"),
-    # StructuredOutputsConfig (guided_decoding_*: vLLM < 0.12)
-    _c("structured_outputs_config", JSON, None, NOT_YET, STRUCT),
-    _c("guided_decoding_backend", STR, None, NOT_YET, STRUCT, accepts=("auto",)),  # vLLM 0.8-0.11's default
-    _c("guided_decoding_disable_fallback", BOOL, False, NOT_YET, STRUCT),
-    _c("guided_decoding_disable_any_whitespace", BOOL, False, NOT_YET, STRUCT),
-    _c("guided_decoding_disable_additional_properties", BOOL, False, NOT_YET, STRUCT),
+    # StructuredOutputsConfig: structured_outputs_config and guided_decoding_* are EngineArgs fields
     _c("reasoning_parser", STR, "", NO_EFFECT, REASONING_OFFLINE),
     _c("reasoning_parser_plugin", STR, "", NO_EFFECT, REASONING_OFFLINE),
     # speculative decoding: vLLM 0.6's flags that EngineArgs does not implement (vLLM V1 dropped them all)

@@ -29,19 +29,10 @@ from typing import Annotated, Any, ClassVar, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-_STRUCTURED = "structured output (guided decoding)"
 _MULTIMODAL = "multimodal input"
 
 # Fields the generation endpoints do not implement: name -> (values that mean "off", what it is).
 GENERATION_NOT_SUPPORTED: dict[str, tuple[tuple, str]] = {
-    "guided_json": ((None,), _STRUCTURED),
-    "guided_regex": ((None,), _STRUCTURED),
-    "guided_choice": ((None,), _STRUCTURED),
-    "guided_grammar": ((None,), _STRUCTURED),
-    "guided_decoding_backend": ((None,), _STRUCTURED),
-    "guided_whitespace_pattern": ((None,), _STRUCTURED),
-    "structural_tag": ((None,), _STRUCTURED),
-    "structured_outputs": ((None,), _STRUCTURED),
     "logits_processors": ((None, []), "per-request logits processors by qualified name"),
     "logprob_token_ids": ((None,), "logprobs of chosen token ids"),
     "prompt_embeds": ((None,), "prompt embeddings"),
@@ -136,8 +127,9 @@ class StreamOptions(OpenAIBaseModel):
 
 
 class ResponseFormat(OpenAIBaseModel):
-    # OpenAI's and vLLM's types are "text", "json_object", "json_schema" (and vLLM's "structural_tag");
-    # only "text" is implemented, the others are refused by name (serving_engine.check_response_format).
+    # OpenAI's and vLLM's types: "text", "json_object", "json_schema" ({"name", "schema", "strict",
+    # "description"}) and vLLM's "structural_tag" (its "structures"/"triggers" or "format" stay extra keys);
+    # checked and mapped to the output constraint by structured_request.py.
     type: str
     json_schema: Optional[dict[str, Any]] = None
 
@@ -180,6 +172,16 @@ class SamplingFields(OpenAIBaseModel):
     return_tokens_as_token_ids: Optional[bool] = None
     return_token_ids: Optional[bool] = None
     response_format: Optional[ResponseFormat] = None
+    # structured output (vLLM <= 0.11's guided_* fields and its newer structured_outputs object): mapped to
+    # SamplingParams.structured_outputs by structured_request.py, which checks their values
+    guided_json: Optional[Union[dict[str, Any], str]] = None
+    guided_regex: Optional[str] = None
+    guided_choice: Optional[list[str]] = None
+    guided_grammar: Optional[str] = None
+    guided_decoding_backend: Optional[str] = None
+    guided_whitespace_pattern: Optional[str] = None
+    structural_tag: Optional[str] = None
+    structured_outputs: Optional[dict[str, Any]] = None
 
 
 class CompletionRequest(SamplingFields):
@@ -213,7 +215,7 @@ class ChatCompletionRequest(SamplingFields):
     chat_template_kwargs: Optional[dict[str, Any]] = None
     tools: Optional[list[dict[str, Any]]] = None
     tool_choice: Optional[Union[str, dict[str, Any]]] = None
-    parallel_tool_calls: Optional[bool] = None  # no effect yet: every call the tool parser finds is returned (vLLM: the same for most parsers)
+    parallel_tool_calls: Optional[bool] = None  # false: at most one call for "required" (the schema allows one); "auto" returns every call its parser finds (vLLM: the same for most parsers)
     reasoning_effort: Optional[str] = None  # handed to the chat template, as vLLM does
     include_reasoning: bool = True  # false drops the reasoning (--reasoning-parser); no effect without one (vLLM)
     return_prompt_text: Optional[bool] = None

@@ -7,7 +7,11 @@ Invariants:
   saying "not supported yet"; an unknown key is ignored with a warning naming it (vLLM's rule).
 - `sampling_params()` maps every request field whose name is a SamplingParams field, so fields the
   engine gains later are passed through without a change here; a field the engine lacks is refused
-  with a 400 naming it unless its value is the neutral one (e.g. presence_penalty=0).
+  with a 400 naming it unless its value is the neutral one (e.g. presence_penalty=0). The structured-output
+  fields (guided_*, structural_tag, structured_outputs, response_format) become the one
+  `SamplingParams.structured_outputs` through structured_request.py, for both endpoints; they are checked
+  first in `check_generation_request` (a 400 naming the field, before tokenizing; with use_beam_search, which
+  applies no constraint, a 400 naming use_beam_search).
 - logprobs / prompt_logprobs of -1 mean the whole vocabulary and are resolved to the vocabulary size
   here, checked against max_logprobs (-1 there: no limit), as vLLM does; the engine never sees -1.
 - `usage.prompt_tokens_details` is sent only with --enable-prompt-tokens-details and only when some
@@ -52,8 +56,9 @@ from pagoda.entrypoints.openai.errors import APIError, engine_error, param_from_
 from pagoda.entrypoints.openai.limits import RequestLimits
 from pagoda.entrypoints.openai.offload import Offloader
 from pagoda.entrypoints.openai.protocol import NO_EFFECT, lone_surrogate
+from pagoda.entrypoints.openai.structured_request import STRUCTURED_FIELDS, structured_outputs_of
 from pagoda.outputs import Logprob
-from pagoda.sampling_params import SamplingParams
+from pagoda.sampling_params import SamplingParams, StructuredOutputsParams
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +69,6 @@ _NEUTRAL = {"presence_penalty": 0.0, "frequency_penalty": 0.0, "repetition_penal
             "logit_bias": {}, "allowed_token_ids": None, "bad_words": [], "truncate_prompt_tokens": None}
 _GENERATION_DEFAULTS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "max_tokens")
 _OUTPUT_KIND = getattr(importlib.import_module("pagoda.sampling_params"), "RequestOutputKind", None)
-_RESPONSE_FORMAT_TYPES = ("text", "json_object", "json_schema", "structural_tag")
 _JSON = msgspec.json.Encoder()
 _MIN_LOGPROB = -9999.0
 _LOGGED_FIELDS = 20
@@ -135,18 +139,17 @@ class OpenAIServing:
             logger.warning("The following fields were present in the request but ignored: [%s]%s", ", ".join(shown),
                            more)
 
-    def check_generation_request(self, request: Any) -> None:
-        """The checks /v1/completions and /v1/chat/completions share, before tokenizing."""
+    def check_generation_request(self, request: Any, forced: StructuredOutputsParams | None = None) -> None:
+        """The checks /v1/completions and /v1/chat/completions share, before tokenizing. `forced`: the output
+        constraint tool_choice implies (chat), which the request's structured-output fields may only tune."""
         self.check_model(request.model)
         self.check_generative()
         self.check_fields(request)
-        response_format = request.response_format
-        if response_format is not None and response_format.type != "text":
-            if response_format.type in _RESPONSE_FORMAT_TYPES:
-                raise APIError(f"response_format type {response_format.type!r} is not supported yet (structured "
-                               "output); allowed: 'text'", 400, "response_format")
-            raise APIError(f"response_format type must be one of {list(_RESPONSE_FORMAT_TYPES)}, got "
-                           f"{response_format.type!r}", 400, "response_format")
+        constraint = structured_outputs_of(request, None if forced is None else ("tool_choice", forced))
+        if constraint is not None and request.use_beam_search:  # structured_outputs_of checks the fields too
+            raise APIError("use_beam_search cannot be combined with structured output (guided_*, structured_outputs, "
+                           "response_format other than text): beam search applies no output constraint", 400,
+                           "use_beam_search")
         if request.stream_options is not None and not request.stream:
             raise APIError("stream_options can only be set when stream is true", 400, "stream_options")
         if request.stream and request.prompt_logprobs is not None:
@@ -260,8 +263,10 @@ class OpenAIServing:
         return max_tokens
 
     def sampling_params(self, request: Any, overrides: dict[str, Any], stream: bool) -> SamplingParams:
-        """SamplingParams from every SamplingParams-named field of `request`, then `overrides`."""
-        values = {name: getattr(request, name) for name in type(request).model_fields}
+        """SamplingParams from every SamplingParams-named field of `request`, then `overrides`; the output constraint
+        from the structured-output fields (structured_request.py), or from overrides["structured_outputs"] (an
+        endpoint's own, e.g. tool_choice's; the request may then not give one too)."""
+        values = {name: getattr(request, name) for name in type(request).model_fields if name not in STRUCTURED_FIELDS}
         values.update(overrides)
         kwargs: dict[str, Any] = {}
         for name, value in values.items():
@@ -285,6 +290,10 @@ class OpenAIServing:
         for name in ("logprobs", "prompt_logprobs"):
             if name in kwargs:
                 kwargs[name] = self.resolve_logprobs(kwargs[name], name)
+        forced = kwargs.pop("structured_outputs", None)  # tool_choice's constraint (serving_chat.py)
+        constraint = structured_outputs_of(request, None if forced is None else ("tool_choice", forced))
+        if constraint is not None:
+            kwargs["structured_outputs"] = constraint
         if _OUTPUT_KIND is not None:  # streams diff cumulative outputs; a full response needs only the last
             kwargs["output_kind"] = _OUTPUT_KIND.CUMULATIVE if stream else _OUTPUT_KIND.FINAL_ONLY
         try:
