@@ -64,11 +64,11 @@ CHAT_CASES = [
     ({"messages": []}, "messages"),
     ({"top_logprobs": 30, "logprobs": True}, "top_logprobs"),
     ({"top_logprobs": 2}, "top_logprobs"),
-    ({"response_format": {"type": "json_object"}}, "response_format"),
+    ({"response_format": {"type": "json_schema"}}, "response_format"),
     ({"response_format": {"type": "xml"}}, "response_format"),
     ({"max_completion_tokens": 10_000}, "max_completion_tokens"),
     ({"add_generation_prompt": True, "continue_final_message": True}, "continue_final_message"),
-    ({"tool_choice": "required", "tools": [{"type": "function", "function": {"name": "f"}}]}, "tool_choice"),
+    ({"tool_choice": "required"}, "tool_choice"),  # required without tools
     ({"chat_template": "{% for m in messages %}{{ raise_exception('bad template') }}{% endfor %}"}, "bad template"),
 ]
 

@@ -5,15 +5,22 @@ The tiny random model never writes a real tool call, so the server test loads a 
 parser is deterministic on any text: the first word is a call of that name (arguments "{}"), the rest content.
 Each response is checked against that parser applied to the text the model really generated, full and
 streamed. The mapping of a real format (hermes) is unit-tested on fixed texts cut into every chunk size.
+
+tool_choice "required" and named functions (tool_choice.py) need no flag: their 400s, and the mapping of whatever
+the model generated (checked against tool_choice.py's parsing of the same text), run on both servers; structured
+output makes the calls' arguments follow the tools' schemas, checked through the openai client.
 """
 
 import json
 
+import jsonschema
 import pytest
 
+from openai_server_utils import MODEL_NAME
 from pagoda.entrypoints.cli.main import build_parser
 from pagoda.entrypoints.openai import cli_args
 from pagoda.entrypoints.openai.serving_chat import ToolStream, apply_tool_calls
+from pagoda.entrypoints.openai.tool_choice import forced_tool_parser, tool_calls_from_output
 from pagoda.entrypoints.openai.tool_parsers import ToolParserManager, get_tool_parser
 
 TOOLS = [{"type": "function", "function": {"name": "get_time", "parameters": {"type": "object"}}}]
@@ -206,11 +213,149 @@ def test_server_tool_choice_none_and_no_tools_are_not_parsed(tool_server):
         assert calls == [] and content == choice["message"]["content"] and finish == [choice["finish_reason"]]
 
 
-@pytest.mark.parametrize("tool_choice", ["required", {"type": "function", "function": {"name": "get_time"}}])
-def test_server_required_and_named_stay_refused(tool_server, tool_choice):
-    response = tool_server.post("/v1/chat/completions", json={**CHAT, "tool_choice": tool_choice})
-    assert response.status_code == 400
-    assert "not supported yet" in response.json()["error"]["message"]
+# ---- tool_choice "required" and named functions ------------------------------------------------------------
+NAMED = {"type": "function", "function": {"name": "get_time"}}
+# Schemas a random model completes quickly under the constraint (enums and booleans: no open-ended strings).
+FORECAST = {"type": "object", "properties": {"unit": {"$ref": "#/$defs/Unit"}, "days": {"enum": [1, 2, 3]}},
+            "required": ["unit", "days"], "additionalProperties": False,
+            "$defs": {"Unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}}}
+ALARM = {"type": "object", "properties": {"on": {"type": "boolean"}}, "required": ["on"], "additionalProperties": False}
+SCHEMAS = {"forecast": FORECAST, "alarm": ALARM}
+FORCED_TOOLS = [{"type": "function", "function": {"name": name, "parameters": schema}}
+                for name, schema in SCHEMAS.items()]
+
+
+def forced_body(server, **extra):
+    model = MODEL_NAME if server.api_key else "tiny"  # the shared server, or this module's tool server
+    return {**CHAT, "model": model, **extra}
+
+
+@pytest.fixture(params=["server", "tool_server"])
+def any_server(request):
+    """The shared server (no tool flags: required / named need none, as vLLM) and the auto-tool-choice one."""
+    return request.getfixturevalue(request.param)
+
+
+@pytest.mark.parametrize("extra, param, words", [
+    ({"tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice", "does not match"),
+    ({"tool_choice": "required", "tools": None}, "tool_choice", "needs tools"),
+    ({"tool_choice": NAMED, "tools": None}, "tool_choice", "needs tools"),
+    ({"tool_choice": "any"}, "tool_choice", "Invalid value for tool_choice"),
+    ({"tool_choice": {"type": "function", "function": {}}}, "tool_choice", "name"),
+    ({"tool_choice": "required", "response_format": {"type": "json_object"}}, "tool_choice", "response_format"),
+    ({"tool_choice": NAMED, "guided_json": {"type": "object"}}, "tool_choice", "guided_json"),
+    ({"tool_choice": "required", "structured_outputs": {"regex": "a+"}}, "tool_choice", "structured_outputs"),
+    ({"tool_choice": NAMED, "use_beam_search": True, "temperature": 0}, "tool_choice", "beam search"),
+    ({"tool_choice": "required", "tools": [{"type": "function", "function": {"name": "a", "parameters": {
+        "$defs": {"X": {"type": "string"}}}}}, {"type": "function", "function": {"name": "b", "parameters": {
+            "$defs": {"X": {"type": "integer"}}}}}]}, "tools", "multiple schemas"),
+])
+def test_server_forced_tool_choice_errors(any_server, extra, param, words):
+    response = any_server.post("/v1/chat/completions", json=forced_body(any_server, **extra))
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == param and words in error["message"], error
+
+
+def test_server_forced_tool_choice_error_through_openai(server):
+    import openai
+
+    with pytest.raises(openai.BadRequestError) as info:
+        server.client().chat.completions.create(model=MODEL_NAME, messages=CHAT["messages"], tools=TOOLS,
+                                                tool_choice={"type": "function", "function": {"name": "nope"}})
+    assert info.value.param == "tool_choice" and "nope" in info.value.message
+
+
+@pytest.mark.parametrize("tool_choice", ["required", NAMED])
+def test_server_forced_tool_choice_maps_the_generated_text(any_server, tokenizer, tool_choice):
+    """Whatever the model generated is parsed as tool_choice.py parses it, full and streamed alike."""
+    body = chat(any_server, **forced_body(any_server, tool_choice=tool_choice))
+    choice = body["choices"][0]
+    text = tokenizer.decode(choice["token_ids"], skip_special_tokens=True)
+    expected = tool_calls_from_output(text, tool_choice, TOOLS)
+    message = choice["message"]
+    assert [c["function"] for c in message["tool_calls"]] == [c["function"] for c in expected]
+    assert all(c["id"].startswith("chatcmpl-tool-") and c["type"] == "function" for c in message["tool_calls"])
+    engine_reason = "length" if len(choice["token_ids"]) == CHAT["max_tokens"] else "stop"
+    if expected:
+        assert message["content"] == (forced_tool_parser(tool_choice).extract_tool_calls(text).content or "")
+        # "tool_calls" for required calls when the engine stopped on its own; a named function keeps "stop" (OpenAI)
+        assert choice["finish_reason"] == ("tool_calls" if tool_choice == "required" and engine_reason == "stop"
+                                           else engine_reason)
+    else:  # not a call (what the unconstrained random model writes): the text stays content
+        assert message["content"] == text and choice["finish_reason"] == engine_reason
+    content, calls, finish = stream_chat(any_server, **forced_body(any_server, tool_choice=tool_choice))
+    assert finish == [choice["finish_reason"]]
+    joined = {}
+    for call in calls:
+        if "id" in call:
+            assert call["index"] not in joined and call["id"].startswith("chatcmpl-tool-")
+            joined[call["index"]] = [call["function"]["name"], ""]
+        joined[call["index"]][1] += call["function"].get("arguments", "")
+    assert [{"name": n, "arguments": a} for n, a in joined.values()] == [c["function"] for c in expected]
+    assert content == (message["content"] or "")
+
+
+def check_call(call, names):
+    assert call.id.startswith("chatcmpl-tool-") and call.type == "function"
+    assert call.function.name in names
+    jsonschema.validate(json.loads(call.function.arguments), SCHEMAS[call.function.name])
+
+
+def stream_openai(client, **kwargs):
+    """(content, {index: [id, name, arguments]}, finish_reasons) of a streamed chat through the openai client."""
+    content, calls, finish = "", {}, []
+    for chunk in client.chat.completions.create(stream=True, **kwargs):
+        for choice in chunk.choices:
+            content += choice.delta.content or ""
+            for call in choice.delta.tool_calls or []:
+                if call.id is not None:
+                    assert call.index not in calls and call.type == "function"
+                    calls[call.index] = [call.id, call.function.name, ""]
+                calls[call.index][2] += call.function.arguments or ""
+            if choice.finish_reason:
+                finish.append(choice.finish_reason)
+    return content, calls, finish
+
+
+# Compact JSON (vLLM's disable_any_whitespace, tuning the tool-call constraint): a random model would otherwise
+# spend its tokens on whitespace, which a real model does not.
+FORCED = dict(model=MODEL_NAME, messages=[{"role": "user", "content": "Forecast, please."}], tools=FORCED_TOOLS,
+              max_tokens=400, temperature=1.0, seed=7,
+              extra_body={"structured_outputs": {"disable_any_whitespace": True}})
+
+
+@pytest.mark.parametrize("parallel_tool_calls", [None, False])
+def test_server_required_calls_follow_the_schemas(server, parallel_tool_calls):
+    client = server.client()
+    extra = {} if parallel_tool_calls is None else {"parallel_tool_calls": parallel_tool_calls}
+    response = client.chat.completions.create(tool_choice="required", **FORCED, **extra)
+    choice = response.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content in ("", None)
+    assert choice.message.tool_calls and (parallel_tool_calls is not False or len(choice.message.tool_calls) == 1)
+    for call in choice.message.tool_calls:
+        check_call(call, SCHEMAS)
+    content, calls, finish = stream_openai(client, tool_choice="required", **FORCED, **extra)
+    assert finish == ["tool_calls"] and content == "" and calls
+    assert sorted(calls) == list(range(len(calls))) and (parallel_tool_calls is not False or len(calls) == 1)
+    for call_id, name, arguments in calls.values():
+        assert call_id.startswith("chatcmpl-tool-") and name in SCHEMAS
+        jsonschema.validate(json.loads(arguments), SCHEMAS[name])
+
+
+@pytest.mark.parametrize("name", list(SCHEMAS))
+def test_server_named_call_follows_its_schema(server, name):
+    client = server.client()
+    tool_choice = {"type": "function", "function": {"name": name}}
+    choice = client.chat.completions.create(tool_choice=tool_choice, **FORCED).choices[0]
+    assert choice.finish_reason == "stop" and choice.message.content in ("", None)  # "stop" for named (OpenAI)
+    assert len(choice.message.tool_calls) == 1 and choice.message.tool_calls[0].function.name == name
+    check_call(choice.message.tool_calls[0], [name])
+    content, calls, finish = stream_openai(client, tool_choice=tool_choice, **FORCED)
+    assert finish == ["stop"] and content == "" and list(calls) == [0]
+    call_id, streamed_name, arguments = calls[0]
+    assert call_id.startswith("chatcmpl-tool-") and streamed_name == name
+    jsonschema.validate(json.loads(arguments), SCHEMAS[name])
 
 
 # ---- flags ------------------------------------------------------------------------------------------------

@@ -18,8 +18,14 @@ Invariants:
   fragments) and its content, `finish_streaming()` output going with each choice's last delta. A choice
   with calls has finish_reason "tool_calls" (vLLM: whatever the engine's reason was); one without is unchanged
   (`tool_calls: []`, content as without a parser). Without the flags (as vLLM without
-  --enable-auto-tool-choice) tools with 'auto' are a 400; 'none' runs without parsing; 'required' and named
-  functions are a 400 ("not supported yet": they need structured output).
+  --enable-auto-tool-choice) tools with 'auto' are a 400; 'none' runs without parsing.
+- tool_choice 'required' and named functions need no flag (as vLLM): tool_choice.py checks them against the
+  tools (400s naming tool_choice, before any other check, as vLLM's request validation) and gives the JSON
+  schema that the request's SamplingParams carry as `structured_outputs`; a request that also constrains
+  the output (response_format, guided_*, structured_outputs) or uses beam search is a 400 naming tool_choice.
+  Each choice's content is read by its own forced parser (tool_choice.py) through the same paths as a tool
+  parser's: `message.tool_calls` with `content` "" (vLLM), the same deltas streamed; finish_reason
+  "tool_calls" for 'required' when the engine stopped on its own, the engine's reason for a named function.
 - The response role is `--response-role` when a generation prompt is added, else the role of the
   last message (vLLM's rule). With `echo`, a last message of that role is repeated in front of
   the generated content.
@@ -65,8 +71,16 @@ from pagoda.entrypoints.openai.serving_engine import (
     sse,
 )
 from pagoda.entrypoints.openai.template_sandbox import TemplateSandbox
+from pagoda.entrypoints.openai.tool_choice import (
+    conflicting_constraint,
+    forced_tool_parser,
+    is_forced,
+    json_schema_for_tool_choice,
+    tool_calls_finish_reason,
+)
 from pagoda.entrypoints.openai.tool_parsers import DeltaMessage, ToolParser, ToolParserManager
 from pagoda.outputs import RequestOutput
+from pagoda.sampling_params import StructuredOutputsParams
 
 # vLLM's answer to a request template without --trust-request-chat-template (a 400), word for word.
 UNTRUSTED_TEMPLATE = ("Chat template is passed with request, but --trust-request-chat-template is not set. "
@@ -85,8 +99,16 @@ class OpenAIServingChat(OpenAIServing):
             ToolParserManager.get_tool_parser(config.tool_call_parser) if config.tool_call_parser else None)
 
     def parses_tools(self, request: ChatCompletionRequest) -> bool:
-        """True when this request's tool calls are parsed: a tool parser, tools, tool_choice 'auto' (or none)."""
+        """True when this request's tool calls are parsed: tool_choice 'required' or a named function (forced), or
+        a tool parser, tools and tool_choice 'auto' (or none)."""
+        if is_forced(request.tool_choice):
+            return True
         return self.tool_parser is not None and bool(request.tools) and request.tool_choice in (None, "auto")
+
+    def new_tool_parser(self, request: ChatCompletionRequest) -> ToolParser:
+        """A new tool parser instance for one choice of a request that parses_tools."""
+        forced = forced_tool_parser(request.tool_choice, request.parallel_tool_calls, self.tokenizer)
+        return forced if forced is not None else self.tool_parser(self.tokenizer)
 
     @property
     def sandbox(self) -> TemplateSandbox:
@@ -122,7 +144,9 @@ class OpenAIServingChat(OpenAIServing):
         return text, ids
 
     async def create_chat_completion(self, request: ChatCompletionRequest, raw_request: Request | None) -> Any:
-        self.check_generation_request(request)
+        tool_schema = self._tool_choice_schema(request)  # first, as vLLM's request validation
+        forced = None if tool_schema is None else StructuredOutputsParams(json=tool_schema)
+        self.check_generation_request(request, forced)
         top_k = self._check_request(request)
         request_id = self.request_id(raw_request, request.request_id, "chatcmpl")
         engine_id = self.internal_id(request_id)
@@ -142,13 +166,15 @@ class OpenAIServingChat(OpenAIServing):
             echo = message_text(request.messages[-1].content)
         reply = _Reply(request_id, now(), role, echo, text, ids, top_k)
         if self.parses_tools(request):
-            request = self.tool_parser(self.tokenizer).adjust_request(request)  # e.g. keep special-token markers
+            request = self.new_tool_parser(request).adjust_request(request)  # e.g. keep special-token markers
         if request.use_beam_search:
             check_beam_logprobs(top_k, request, "top_logprobs")
             stream: Any = BeamSearchStream(self, engine_id, text, ids, beam_search_params(self, request, max_tokens),
                                            request, top_k)
         else:
-            params = self.sampling_params(request, {"max_tokens": max_tokens, "logprobs": top_k}, bool(request.stream))
+            tool_constraint = {} if forced is None else {"structured_outputs": forced}
+            params = self.sampling_params(request, {"max_tokens": max_tokens, "logprobs": top_k, **tool_constraint},
+                                          bool(request.stream))
             self.limits.check_capacity(self.engine, sequences)  # again: rendering and tokenizing awaited
             stream = self.add_request(engine_id, {"prompt": text, "prompt_token_ids": ids}, params, request.priority)
         # From here on every exit aborts the request: the stream's aclose(), or _full's finally.
@@ -164,9 +190,6 @@ class OpenAIServingChat(OpenAIServing):
         if request.tools == []:
             raise APIError("tools must not be an empty list: give at least one tool or leave tools out (as vLLM "
                            "and OpenAI)", 400, "tools")
-        if choice is not None and choice not in ("none", "auto"):
-            raise APIError("tool_choice other than 'none' or 'auto' (\"required\" or a named function) needs "
-                           "structured output, which is not supported yet", 400, "tool_choice")
         if request.tools and choice in (None, "auto") and self.tool_parser is None:
             raise APIError("tool_choice 'auto' (the default when tools are given) needs tool-call parsing, which "
                            "this server does not do without --enable-auto-tool-choice --tool-call-parser NAME "
@@ -175,6 +198,22 @@ class OpenAIServingChat(OpenAIServing):
         if not request.logprobs:
             return None
         return self.resolve_logprobs(request.top_logprobs or 0, "top_logprobs")
+
+    @staticmethod
+    def _tool_choice_schema(request: ChatCompletionRequest) -> dict | None:
+        """The JSON schema of tool_choice 'required' or a named function (None: not forced); its 400s."""
+        schema = json_schema_for_tool_choice(request.tools, request.tool_choice, request.parallel_tool_calls)
+        if schema is None:
+            return None
+        shown = repr(request.tool_choice) if isinstance(request.tool_choice, str) else "a named function"
+        other = conflicting_constraint(request)
+        if other is not None:
+            raise APIError(f"tool_choice {shown} constrains the output to tool calls (a JSON schema); it cannot be "
+                           f"combined with {other}, another output constraint: give one of them", 400, "tool_choice")
+        if request.use_beam_search:
+            raise APIError(f"tool_choice {shown} needs structured output, which beam search does not apply: leave "
+                           "use_beam_search false", 400, "tool_choice")
+        return schema
 
     # ---- non-streaming ------------------------------------------------------------------------
     async def _full(self, request: ChatCompletionRequest, reply: "_Reply", stream: Any) -> dict:
@@ -194,7 +233,8 @@ class OpenAIServingChat(OpenAIServing):
                 "message": message,
                 "logprobs": self._logprobs(completion.token_ids, completion.logprobs, request, reply.top_k)
                 if request.logprobs else None,
-                "finish_reason": "tool_calls" if message["tool_calls"] else completion.finish_reason,
+                "finish_reason": tool_calls_finish_reason(request.tool_choice, bool(message["tool_calls"]),
+                                                          completion.finish_reason),
                 "stop_reason": completion.stop_reason,
                 "token_ids": list(completion.token_ids) if request.return_token_ids else None,
             })
@@ -218,7 +258,9 @@ class OpenAIServingChat(OpenAIServing):
             message = {"role": reply.role, "content": (reply.echo + (content or "")) or None, "reasoning": reasoning,
                        "reasoning_content": reasoning, "tool_calls": []}
         if self.parses_tools(request):
-            apply_tool_calls(message, self.tool_parser(self.tokenizer), content or "", reply.echo, request)
+            apply_tool_calls(message, self.new_tool_parser(request), content or "", reply.echo, request)
+            if message["tool_calls"] and message["content"] is None and is_forced(request.tool_choice):
+                message["content"] = ""  # vLLM's content with required / named calls
         return message
 
     def _logprobs(self, token_ids: list[int], positions: list | None, request: ChatCompletionRequest,
@@ -285,7 +327,7 @@ class OpenAIServingChat(OpenAIServing):
                         if parse_tools:
                             tools = tool_streams.get(completion.index)
                             if tools is None:
-                                tools = tool_streams[completion.index] = ToolStream(self.tool_parser(self.tokenizer),
+                                tools = tool_streams[completion.index] = ToolStream(self.new_tool_parser(request),
                                                                                     request)
                         choice = self._delta(request, completion, sent.setdefault(completion.index, [0, 0]),
                                              reply.top_k, parser, tools)
@@ -340,8 +382,9 @@ class OpenAIServingChat(OpenAIServing):
         if (parser is not None or tools is not None) and not message and not finished and not wants_ids:
             return None
         finish_reason = completion.finish_reason
-        if finished and tools is not None and tools.parser.tools_called_streaming:
-            finish_reason = "tool_calls"
+        if finished and tools is not None:
+            finish_reason = tool_calls_finish_reason(request.tool_choice, tools.parser.tools_called_streaming,
+                                                     finish_reason)
         choice = {"index": completion.index,
                   "delta": message,
                   "logprobs": self._logprobs(new_ids, positions, request, k) if request.logprobs else None,
