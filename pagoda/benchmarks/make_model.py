@@ -1,9 +1,12 @@
 """Write a config-only model folder of a real shape (no weights) for benchmarks.
 
-`python -m pagoda.benchmarks.make_model OUT_DIR [--shape llama3-8b]` writes `config.json`,
-`generation_config.json` and a synthetic word-level tokenizer covering the whole vocabulary
-(token i decodes to "t{i}"), so a server can stream text and count tokens. Pagoda loads it with
-`--load-format dummy`; the hf backend initialises random weights from the config on the GPU.
+`python -m pagoda.benchmarks.make_model OUT_DIR [--shape llama3-8b] [--tokenizer word|bpe]` writes
+`config.json`, `generation_config.json` and a synthetic tokenizer covering the whole vocabulary, so a
+server can stream text and count tokens: `word` (the default) decodes token i to "t{i}"; `bpe` is a
+byte-level BPE whose tokens are random strings of mostly printable ASCII (seeded), with the shape's
+BOS / EOS and reserved special tokens at the top, as Llama 3's, so that grammars (structured output)
+find a realistic vocabulary to mask. Pagoda loads it with `--load-format dummy`; the hf backend
+initialises random weights from the config on the GPU.
 
 Invariants: no weights are written; the tokenizer's size equals the config's vocab_size; the
 folder is complete for `AutoConfig`, `AutoTokenizer` and `AutoModelForCausalLM.from_config`.
@@ -62,14 +65,49 @@ def write_tokenizer(folder: str, vocab_size: int, bos: int, eos: int) -> None:
     fast.save_pretrained(folder)
 
 
-def make_model(folder: str, shape: str = "llama3-8b", tokenizer: bool = True) -> str:
+def write_bpe_tokenizer(folder: str, vocab_size: int, bos: int, eos: int, seed: int = 0) -> None:
+    """A byte-level BPE of `vocab_size` ids: ids from min(bos, eos) up are special tokens, the rest are
+    the 256 byte symbols and merges of random pairs (tokens of at most 12 bytes)."""
+    import random
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    num_regular = min(bos, eos)
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {symbol: i for i, symbol in enumerate(alphabet)}
+    printable = [symbol for symbol in alphabet
+                 if symbol.isascii() and symbol.isprintable()] + ["Ġ"] * 20  # "Ġ" is the space
+    rng = random.Random(seed)
+    tokens, merges = list(printable), []
+    while len(vocab) < num_regular:
+        left, right = rng.choice(tokens), rng.choice(tokens if rng.random() < 0.5 else printable)
+        merged = left + right
+        if len(merged) > 12 or merged in vocab:
+            continue
+        vocab[merged] = len(vocab)
+        merges.append((left, right))
+        tokens.append(merged)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    specials = {bos: "<|begin_of_text|>", eos: "<|end_of_text|>"}
+    tok.add_special_tokens([specials.get(i, f"<|reserved_special_token_{i - num_regular}|>")
+                            for i in range(num_regular, vocab_size)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=specials[bos], eos_token=specials[eos])
+    fast.save_pretrained(folder)
+
+
+def make_model(folder: str, shape: str = "llama3-8b", tokenizer: bool | str = True) -> str:
     config = dict(SHAPES[shape])
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, "config.json"), "w") as f:
         json.dump(config, f, indent=2)
     with open(os.path.join(folder, "generation_config.json"), "w") as f:
         json.dump({"bos_token_id": config["bos_token_id"], "eos_token_id": config["eos_token_id"]}, f, indent=2)
-    if tokenizer:
+    if tokenizer == "bpe":
+        write_bpe_tokenizer(folder, config["vocab_size"], config["bos_token_id"], config["eos_token_id"])
+    elif tokenizer:
         write_tokenizer(folder, config["vocab_size"], config["bos_token_id"], config["eos_token_id"])
     return folder
 
@@ -79,8 +117,11 @@ def main() -> None:
     parser.add_argument("folder")
     parser.add_argument("--shape", default="llama3-8b", choices=sorted(SHAPES))
     parser.add_argument("--no-tokenizer", action="store_true")
+    parser.add_argument("--tokenizer", default="word", choices=["word", "bpe"],
+                        help="word: token i is 't{i}'; bpe: a byte-level BPE of random strings (for grammars)")
     args = parser.parse_args()
-    print(make_model(args.folder, args.shape, not args.no_tokenizer))
+    tokenizer = False if args.no_tokenizer else ("bpe" if args.tokenizer == "bpe" else True)
+    print(make_model(args.folder, args.shape, tokenizer))
 
 
 if __name__ == "__main__":

@@ -28,6 +28,10 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hf-max-batch-size", type=int, default=64, help="Static batch size of the hf backend.")
     parser.add_argument("--hf-continuous-batching", action="store_true", help="hf backend: use transformers' generate_batch instead of static batches.")
     parser.add_argument("--output-json", default=None, help="Write the results to this JSON file.")
+    parser.add_argument("--structured-outputs", default=None, metavar="JSON",
+                        help="Constrain every request: a JSON object of StructuredOutputsParams fields, e.g. "
+                             "'{\"json\": {\"type\": \"object\"}}' (pagoda backend). Also times the first "
+                             "structured request (grammar library, tokenizer tables, compile) and one more compile.")
     add_sol_args(parser)
     EngineArgs.add_cli_args(parser)
 
@@ -52,14 +56,38 @@ def run_pagoda(args: argparse.Namespace, requests: list[SampleRequest]) -> tuple
 
     llm = LLM(**common.engine_kwargs(args))
     prompts = [{"prompt_token_ids": r.prompt_token_ids} for r in requests]
+    structured = _structured_outputs(args, llm, prompts[0]) if args.structured_outputs else None
     params = [
-        SamplingParams(n=args.n, temperature=1.0, top_p=1.0, ignore_eos=True, max_tokens=r.expected_output_len)
+        SamplingParams(n=args.n, temperature=1.0, top_p=1.0, ignore_eos=True, max_tokens=r.expected_output_len,
+                       structured_outputs=structured)
         for r in requests
     ]
     start = time.perf_counter()
     outputs = llm.generate(prompts, params, use_tqdm=True)
     elapsed = time.perf_counter() - start
     return elapsed, sum(len(c.token_ids) for o in outputs for c in o.outputs)
+
+
+def _structured_outputs(args: argparse.Namespace, llm, prompt: dict):
+    """The constraint of --structured-outputs, after timing its first request and a second compile."""
+    import json
+
+    from pagoda import SamplingParams
+    from pagoda.sampling_params import StructuredOutputsParams
+
+    fields = json.loads(args.structured_outputs)
+    for label, extra in (("first structured request (library, tokenizer tables, compile)", None),
+                         ("a request with a new schema (compile)", {"pagoda_bench": {"type": "boolean"}})):
+        constraint = dict(fields)
+        if extra is not None and isinstance(constraint.get("json"), dict):  # a new schema: one more compile
+            schema = dict(constraint["json"])
+            schema["properties"] = {**schema.get("properties", {}), **extra}
+            constraint["json"] = schema
+        started = time.perf_counter()
+        llm.generate([prompt], SamplingParams(max_tokens=1, structured_outputs=StructuredOutputsParams(**constraint)),
+                     use_tqdm=False)
+        print(f"Structured output: {label}: {time.perf_counter() - started:.3f} s")
+    return StructuredOutputsParams(**fields)
 
 
 def run_hf(args: argparse.Namespace, path: str, requests: list[SampleRequest]) -> tuple[float, int]:

@@ -93,6 +93,16 @@ def test_pagoda_throughput(tiny_llama, capsys):
     assert result["total_num_prompt_tokens"] == 80 and "Speed-of-light: " in text
 
 
+def test_pagoda_throughput_structured_outputs(tiny_llama, capsys):
+    schema = '{"json": {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}}'
+    args = parse(["throughput", "--model", tiny_llama, "--device", "cpu", "--num-prompts", "3", "--input-len", "8",
+                  "--output-len", "12", "--structured-outputs", schema, "--no-sol"])
+    result = run_bench(args)
+    text = capsys.readouterr().out
+    assert "Structured output: first structured request" in text and "a request with a new schema" in text
+    assert result["total_num_output_tokens"] == 36  # ignore_eos: EOS repeats once the object is complete
+
+
 def test_pagoda_latency(tiny_llama, capsys):
     args = parse(["latency", "--model", tiny_llama, "--device", "cpu", "--batch-size", "2", "--input-len", "8",
                   "--output-len", "4", "--num-iters-warmup", "1", "--num-iters", "2"])
