@@ -216,10 +216,11 @@ LEGACY_STRUCTURED_FLAGS = {"guided_decoding_backend": "backend",
                            "guided_decoding_disable_any_whitespace": "disable_any_whitespace",
                            "guided_decoding_disable_additional_properties": "disable_additional_properties"}
 # vLLM's structured_outputs_config keys Pagoda does not implement -> the values it honours (vLLM's default first).
-# The grammar constrains every generated token (reasoning included: Pagoda's engine reads no reasoning parser), so
-# enable_in_reasoning holds either way; the reasoning parser is the server's --reasoning-parser flag.
-STRUCTURED_OUTPUTS_CONFIG_NOT_YET: dict[str, tuple] = {"reasoning_parser": ("",), "reasoning_parser_plugin": ("",),
-                                                       "enable_in_reasoning": (False, True)}
+STRUCTURED_OUTPUTS_CONFIG_NOT_YET: dict[str, tuple] = {"reasoning_parser_plugin": ("",)}
+# Reasoning parsers whose end of reasoning the engine can see in token ids: name -> (start, end) marker tokens. The
+# grammar of a request waits for the end marker (the last of the two in prompt + output decides) unless
+# enable_in_reasoning. The server's --reasoning-parser sets reasoning_parser when it names one of these.
+REASONING_MARKER_TOKENS = {"deepseek_r1": ("<think>", "</think>"), "qwen3": ("<think>", "</think>")}
 
 
 @dataclass
@@ -232,8 +233,23 @@ class StructuredOutputsConfig:
     disable_fallback: bool = False
     disable_any_whitespace: bool = False
     disable_additional_properties: bool = False
+    reasoning_parser: str = ""  # one of REASONING_MARKER_TOKENS: grammars start after the end of reasoning
+    enable_in_reasoning: bool = False  # True: grammars constrain the reasoning too
+    # (start, end) marker tokens of the reasoning; set from reasoning_parser (or given, e.g. by a test)
+    reasoning_markers: tuple[str, str] | None = None
 
     def __post_init__(self) -> None:
+        if self.reasoning_parser:
+            if self.reasoning_parser not in REASONING_MARKER_TOKENS:
+                raise ValueError(f"structured outputs reasoning_parser must be one of {list(REASONING_MARKER_TOKENS)} "
+                                 f"(parsers whose end of reasoning is one token), got {self.reasoning_parser!r}")
+            if self.reasoning_markers is None:
+                self.reasoning_markers = REASONING_MARKER_TOKENS[self.reasoning_parser]
+        if self.reasoning_markers is not None:
+            self.reasoning_markers = tuple(self.reasoning_markers)
+            if len(self.reasoning_markers) != 2 or not all(isinstance(m, str) and m for m in self.reasoning_markers):
+                raise ValueError(f"structured outputs reasoning_markers must be two marker tokens (start, end), "
+                                 f"got {self.reasoning_markers!r}")
         if self.backend == "lm-format-enforcer":
             raise ValueError("structured output backend 'lm-format-enforcer' is not supported (it does not import "
                              f"with transformers 5); allowed: {list(STRUCTURED_OUTPUT_ENGINE_BACKENDS)}")
@@ -277,8 +293,7 @@ def build_structured_outputs_config(given: Any, legacy: Mapping[str, Any]) -> St
                          f"{known + list(STRUCTURED_OUTPUTS_CONFIG_NOT_YET)}")
     for key, allowed in STRUCTURED_OUTPUTS_CONFIG_NOT_YET.items():
         if key in given and not any(given[key] == ok and type(given[key]) is type(ok) for ok in allowed):
-            hint = "" if key == "enable_in_reasoning" else " (the reasoning parser is the server's --reasoning-parser)"
-            raise ValueError(f"{flag} key {key!r}={given[key]!r} is not supported yet{hint}; allowed: "
+            raise ValueError(f"{flag} key {key!r}={given[key]!r} is not supported yet; allowed: "
                              f"{' or '.join(map(repr, allowed))}")
     values: dict[str, tuple[Any, str]] = {}  # config field -> (value, where it was given)
     for key in known:
@@ -289,7 +304,10 @@ def build_structured_outputs_config(given: Any, legacy: Mapping[str, Any]) -> St
         if value is not None and value is not False:
             _set(values, key, value, f"{name} (--{name.replace('_', '-')})")
     for key, (value, where) in values.items():
-        if key != "backend" and not isinstance(value, bool):
+        if key == "reasoning_parser" and value and value not in REASONING_MARKER_TOKENS:
+            raise ValueError(f"{where} must be one of {list(REASONING_MARKER_TOKENS)} (the parsers whose end of "
+                             f"reasoning is one token, which structured output waits for), got {value!r}")
+        if key not in ("backend", "reasoning_parser", "reasoning_markers") and not isinstance(value, bool):
             raise TypeError(f"{where} must be true or false, got {value!r}")
     return StructuredOutputsConfig(**{key: value for key, (value, _) in values.items()})
 

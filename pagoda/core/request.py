@@ -94,6 +94,9 @@ class Request:
         # Structured output: the request's grammar state (structured_output.RequestGrammar), set by the
         # engine core once compiled; it has accepted exactly the output tokens appended so far.
         self.grammar = None
+        # While not None the request is inside its reasoning (a reasoning parser is set): its tokens bypass the
+        # grammar, until it samples this id (the end-of-reasoning marker), which the grammar does not see either.
+        self.reasoning_end: int | None = None
         self.status = RequestStatus.WAITING
         self.stop_reason: int | str | None = None
         self.block_hashes: list[bytes] = []

@@ -33,7 +33,9 @@ Invariants:
 - Structured output: a request with a grammar (`Request.grammar`, compiled before the engine core adds
   it) feeds it every output token as it is appended, before the stop checks; a token the grammar
   refuses fails the request. Its drafts are cut to the prefix the grammar accepts. Each step lists the
-  grammar requests that sample in it (`structured_output_request_ids`).
+  grammar requests that sample in it (`structured_output_request_ids`). While such a request is inside its
+  reasoning (`Request.reasoning_end` set: a reasoning parser, and enable_in_reasoning off) its tokens bypass the
+  grammar until the end marker, and its drafts stop before that marker.
 - A pooling request is admitted only when its whole prompt fits the step's budget (never chunked),
   and finishes in `update_from_output()` of that step with the runner's pooled vector.
 - Request isolation: `fail_requests()` finishes requests with status FINISHED_ERROR (finish_reason
@@ -322,8 +324,12 @@ class Scheduler:
                 new_token_ids: list[int] = []
                 status = None
                 for token_id in sampled:
-                    if request.grammar is not None and not request.grammar.accept_tokens([token_id]):
-                        raise ValueError(f"token {token_id} is not allowed by the request's grammar")
+                    if request.grammar is not None:
+                        if request.reasoning_end is not None:  # reasoning: no grammar until its end marker
+                            if token_id == request.reasoning_end:
+                                request.reasoning_end = None
+                        elif not request.grammar.accept_tokens([token_id]):
+                            raise ValueError(f"token {token_id} is not allowed by the request's grammar")
                     request.append_output_token(token_id)
                     new_token_ids.append(token_id)
                     status = request.check_stop()
@@ -332,7 +338,11 @@ class Scheduler:
                 if status is None and request.status == RequestStatus.RUNNING:
                     drafts = result.draft_token_ids.get(request_id, [])
                     if drafts and request.grammar is not None:  # only drafts the grammar allows
-                        drafts = drafts[:request.grammar.validate_tokens(drafts)]
+                        if request.reasoning_end is not None:  # up to the end of reasoning (next step's grammar)
+                            if request.reasoning_end in drafts:
+                                drafts = drafts[:drafts.index(request.reasoning_end)]
+                        else:
+                            drafts = drafts[:request.grammar.validate_tokens(drafts)]
                     request.spec_token_ids = drafts
                 prompt_logprobs = result.prompt_logprobs.get(request_id)
                 if not new_token_ids and prompt_logprobs is None:

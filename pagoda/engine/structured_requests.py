@@ -15,7 +15,8 @@ Invariants:
 - `bitmask(sched)` is built after every earlier step's tokens reached the grammars (the engine core
   resolves the step in flight first), so row r of a request is the mask for its next token given all of
   its output so far; a request that finished meanwhile gets rows that allow every token (its tokens are
-  dropped anyway).
+  dropped anyway), and so does one still inside its reasoning (config reasoning_parser / reasoning_markers,
+  unless enable_in_reasoning): its grammar starts after the end-of-reasoning token.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class StructuredRequests:
         self.config = config
         self.manager = None  # a StructuredOutputManager, built on first use
         self.parked: dict[str, tuple[EngineCoreRequest, Any]] = {}  # request id -> (request, its RequestGrammar)
+        self._markers: tuple[int, int] | None | bool = False  # reasoning marker ids (False: not looked up yet)
 
     def _get_manager(self):
         if self.manager is None:
@@ -84,9 +86,48 @@ class StructuredRequests:
                 logger.error("request %s failed: %s", request_id, reason)
                 outputs.append(EngineCoreOutput(request_id, [], finish_reason="error", error=reason))
                 continue
+            try:
+                reasoning_end = self._reasoning_end(request.prompt_token_ids)
+            except ValueError as exc:
+                outputs.append(EngineCoreOutput(request_id, [], finish_reason="error", error=str(exc)))
+                continue
             scheduler.add_request(request)
-            scheduler.requests[request_id].grammar = grammar
+            added = scheduler.requests[request_id]
+            added.grammar, added.reasoning_end = grammar, reasoning_end
         return outputs
+
+    def _reasoning_end(self, prompt_token_ids: list[int]) -> int | None:
+        """The end-of-reasoning id a new request must sample before its grammar applies, or None (no reasoning
+        parser, enable_in_reasoning, or the prompt already closed the reasoning: the last marker in it decides;
+        with none, the output starts inside the reasoning, as vLLM's deepseek_r1 and qwen3 parsers decide)."""
+        markers = self._reasoning_markers()
+        if markers is None:
+            return None
+        start, end = markers
+        for token in reversed(prompt_token_ids):
+            if token == end:
+                return None
+            if token == start:
+                break
+        return end
+
+    def _reasoning_markers(self) -> tuple[int, int] | None:
+        """(start id, end id) of the reasoning markers, when grammars wait for the end of reasoning."""
+        if self._markers is False:
+            config = self.config.structured_outputs
+            self._markers = None
+            if config.reasoning_markers is not None and not config.enable_in_reasoning:
+                tokenizer = self._get_manager().tokenizer
+                ids = []
+                for marker in config.reasoning_markers:
+                    encoded = tokenizer.encode(marker, add_special_tokens=False)
+                    if len(encoded) != 1:
+                        raise ValueError(f"structured output waits for the reasoning marker {marker!r}, but the "
+                                         f"tokenizer makes it {len(encoded)} tokens, not one; set "
+                                         "enable_in_reasoning to constrain the reasoning too")
+                    ids.append(encoded[0])
+                self._markers = (ids[0], ids[1])
+        return self._markers
 
     def abort(self, request_ids: list[str]) -> list[str]:
         """Drop parked requests among `request_ids`; returns those that were parked."""
@@ -102,7 +143,7 @@ class StructuredRequests:
             request_drafts = spec_tokens.get(request_id, ()) if spec_tokens else ()
             num_rows = 1 + len(request_drafts)
             request = scheduler.requests.get(request_id)
-            if request is not None and request.grammar is not None:
+            if request is not None and request.grammar is not None and request.reasoning_end is None:
                 live_rows.append(np.arange(row, row + num_rows))
                 grammars.append(request.grammar)
                 drafts.append(list(request_drafts))

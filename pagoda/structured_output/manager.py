@@ -62,6 +62,7 @@ class StructuredOutputManager:
         self.vocab_size = vocab_size
         self.eos_token_ids = tuple(eos)
         self._tokenizer = tokenizer
+        self.tokenizer = tokenizer  # the HF tokenizer grammars are built for
         self._native_vocab = max(vocab_size, len(tokenizer))
         self._ctx = _mask_context(tokenizer, vocab_size, self._native_vocab, eos)
         self._lock = threading.Lock()  # guards _cache and num_compiles

@@ -36,7 +36,11 @@ SPELLINGS = [
     ({"structured_outputs_config": {"backend": "outlines"}}, ["--structured-outputs-config.backend", "outlines"],
      {"backend": "outlines"}),
     ({"structured_outputs_config": {"enable_in_reasoning": True, "reasoning_parser": ""}},
-     ["--structured-outputs-config", '{"enable_in_reasoning": true, "reasoning_parser": ""}'], {}),
+     ["--structured-outputs-config", '{"enable_in_reasoning": true, "reasoning_parser": ""}'],
+     {"enable_in_reasoning": True}),
+    ({"structured_outputs_config": {"reasoning_parser": "deepseek_r1"}},
+     ["--structured-outputs-config", '{"reasoning_parser": "deepseek_r1"}'],
+     {"reasoning_parser": "deepseek_r1", "reasoning_markers": ("<think>", "</think>")}),
     ({"guided_decoding_backend": "guidance"}, ["--guided-decoding-backend", "guidance"], {"backend": "guidance"}),
     ({"guided_decoding_backend": "auto"}, ["--guided-decoding-backend", "auto"], {}),
     ({"guided_decoding_backend": "xgrammar:no-fallback,disable-any-whitespace"},
@@ -117,11 +121,11 @@ BAD = [
     ({"guided_decoding_backend": "transformers"}, "--guided-decoding-backend", "must be one of"),
     ({"guided_decoding_backend": "xgrammar:fast"}, "--guided-decoding-backend", "unknown backend option 'fast'"),
     ({"structured_outputs_config": {"bakend": "xgrammar"}}, "--structured-outputs-config", "unknown key"),
-    ({"structured_outputs_config": {"reasoning_parser": "deepseek_r1"}}, "--structured-outputs-config",
-     "not supported yet"),
+    ({"structured_outputs_config": {"reasoning_parser": "granite"}}, "--structured-outputs-config",
+     "'reasoning_parser' must be one of"),
     ({"structured_outputs_config": {"reasoning_parser_plugin": "/p.py"}}, "--structured-outputs-config",
      "not supported yet"),
-    ({"structured_outputs_config": {"enable_in_reasoning": "yes"}}, "--structured-outputs-config", "not supported"),
+    ({"structured_outputs_config": {"enable_in_reasoning": "yes"}}, "--structured-outputs-config", "true or false"),
     ({"structured_outputs_config": {"disable_fallback": "yes"}}, "--structured-outputs-config", "true or false"),
     ({"structured_outputs_config": {"backend": 3}}, "--structured-outputs-config", "must be a string"),
     ({"structured_outputs_config": ["xgrammar"]}, "--structured-outputs-config", "JSON object"),
@@ -141,3 +145,18 @@ def test_the_server_stops_at_start_up_naming_the_flag(llama_dir):
     args = build_parser().parse_args(["serve", llama_dir, "--guided-decoding-backend", "lm-format-enforcer"])
     with pytest.raises(ValueError, match="--guided-decoding-backend"):
         cli_args.validate_args(args)
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--reasoning-parser", "deepseek_r1"], ("deepseek_r1", ("<think>", "</think>"))),
+    (["--reasoning-parser", "qwen3", "--structured-outputs-config", '{"backend": "guidance"}'],
+     ("qwen3", ("<think>", "</think>"))),
+    (["--reasoning-parser", "granite"], ("", None)),  # text markers: the grammar constrains the reasoning too
+    (["--reasoning-parser", "deepseek_r1", "--structured-outputs-config", '{"enable_in_reasoning": true}'],
+     ("deepseek_r1", ("<think>", "</think>"))),
+    ([], ("", None)),
+])
+def test_the_servers_reasoning_parser_tells_the_engine_where_reasoning_ends(llama_dir, argv, expected):
+    args = build_parser().parse_args(["serve", llama_dir, *argv])
+    config = cli_args.engine_args_from(args).create_structured_outputs_config()
+    assert (config.reasoning_parser, config.reasoning_markers) == expected

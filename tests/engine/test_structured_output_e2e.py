@@ -191,3 +191,46 @@ def test_drafts_under_a_grammar_are_verified_with_its_masks(llama_dir):
     assert _greedy(llm, "json") == reference
     stats = llm.llm_engine.stats()
     assert stats["spec_decode_num_accepted_tokens"] > 0.5 * stats["spec_decode_num_draft_tokens"] > 0
+
+
+# ---- reasoning: the grammar starts after the end-of-reasoning marker ---------------------------------------
+MARKERS = ("<|im_start|>", "<|pad|>")  # one token each in the test tokenizer (and no stop token), as <think> </think>
+
+
+def _forcing(forced):
+    """A logits processor that makes the first len(forced) output tokens `forced`, then changes nothing."""
+    def processor(output_ids, logits):
+        if len(output_ids) < len(forced):
+            token = forced[len(output_ids)]
+            logits.fill_(float("-inf"))
+            logits[token] = 0.0
+        return logits
+    return processor
+
+
+def test_the_grammar_waits_for_the_end_of_reasoning(llama_dir):
+    llm = _llm(llama_dir, structured_outputs_config={"reasoning_markers": list(MARKERS)})
+    tokenizer = llm.get_tokenizer()
+    start, end = (tokenizer.convert_tokens_to_ids(m) for m in MARKERS)
+    thought = tokenizer.encode(" thinking hard", add_special_tokens=False)
+    choice = StructuredOutputsParams(choice=["yes", "no"])
+    params = SamplingParams(temperature=1.0, seed=0, max_tokens=30, skip_special_tokens=False,
+                            structured_outputs=choice, logits_processors=[_forcing(thought + [end])])
+    out = llm.generate({"prompt_token_ids": tokenizer.encode("Question?")}, params, use_tqdm=False)[0].outputs[0]
+    assert out.token_ids[:len(thought) + 1] == thought + [end]  # the reasoning was not constrained
+    answer = tokenizer.decode(out.token_ids[len(thought) + 1:], skip_special_tokens=True)
+    assert answer in ("yes", "no") and out.finish_reason == "stop"  # ... and the answer was
+    # A prompt that already closed the reasoning: the grammar applies from the first token.
+    closed = tokenizer.encode("Question?") + [start] + thought + [end]
+    plain = SamplingParams(temperature=1.0, seed=0, max_tokens=30, structured_outputs=choice)
+    first = llm.generate({"prompt_token_ids": closed}, plain, use_tqdm=False)[0].outputs[0]
+    assert first.text in ("yes", "no") and first.finish_reason == "stop"
+
+
+def test_without_a_reasoning_parser_the_grammar_constrains_the_reasoning_too(llm):
+    tokenizer = llm.get_tokenizer()
+    thought = tokenizer.encode(" thinking hard", add_special_tokens=False)
+    params = SamplingParams(temperature=1.0, seed=0, max_tokens=30, logits_processors=[_forcing(thought)],
+                            structured_outputs=StructuredOutputsParams(choice=["yes", "no"]))
+    out = llm.generate({"prompt_token_ids": tokenizer.encode("Question?")}, params, use_tqdm=False)[0].outputs[0]
+    assert out.finish_reason == "error" and "not allowed by the request's grammar" in out.error

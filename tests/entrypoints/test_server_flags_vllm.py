@@ -161,7 +161,7 @@ def test_default_values_of_unimplemented_flags_are_fine(model_dir):
     (["--pipeline-parallel-size", "2"], "--pipeline-parallel-size"),
     (["-dp", "2"], "--data-parallel-size"),
     (["--distributed-executor-backend", "ray"], "--distributed-executor-backend"),
-    (["--structured-outputs-config", '{"reasoning_parser": "deepseek_r1"}'], "--structured-outputs-config"),
+    (["--structured-outputs-config", '{"reasoning_parser_plugin": "/p.py"}'], "--structured-outputs-config"),
     (["--load-format", "gguf"], "--load-format"),
     (["--api-server-count", "4"], "--api-server-count"),
     (["--api-key", "key-one", "key-two"], "--api-key"),

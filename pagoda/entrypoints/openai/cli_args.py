@@ -436,7 +436,27 @@ def engine_args_from(args: argparse.Namespace) -> EngineArgs:
     engine_args = EngineArgs.from_cli_args(argparse.Namespace(
         **{k: v for k, v in vars(args).items() if k not in SERVER_OWNED_ENGINE_OPTIONS}))
     engine_args.served_model_name = args.served_model_name[0] if args.served_model_name else None
+    _reasoning_for_structured_outputs(engine_args, getattr(args, "reasoning_parser", None))
     return engine_args
+
+
+def _reasoning_for_structured_outputs(engine_args: EngineArgs, parser: str | None) -> None:
+    """--reasoning-parser tells the engine where reasoning ends, so that grammars start after it (vLLM's
+    structured_outputs_config.reasoning_parser); parsers without a one-token end marker cannot say so."""
+    if not parser:
+        return
+    from pagoda.config import REASONING_MARKER_TOKENS
+
+    given = engine_args.structured_outputs_config
+    given = dict(given) if isinstance(given, dict) else {} if given is None else None
+    if given is None or given.get("reasoning_parser"):
+        return  # a StructuredOutputsConfig object, or the reasoning parser given there already
+    if parser in REASONING_MARKER_TOKENS:
+        given["reasoning_parser"] = parser
+        engine_args.structured_outputs_config = given
+    elif not given.get("enable_in_reasoning"):
+        logger.warning("--reasoning-parser %s: its end of reasoning is text, not one token, so structured output "
+                       "constrains the reasoning too (as with enable_in_reasoning)", parser)
 
 
 def served_model_names(args: argparse.Namespace) -> list[str]:
