@@ -298,6 +298,7 @@ class Scheduler:
         outputs: list[EngineCoreOutput] = self.fail_requests(result.failed) if result.failed else []
         errors: dict[str, str] = {}
         any_finished = False
+        grammar_tokens: list[tuple[str, Request, int]] = []  # one token each, given to their grammars below
         for request_id in sched.num_scheduled_tokens:
             request = self.requests.get(request_id)
             if request is None:
@@ -328,6 +329,8 @@ class Scheduler:
                         if request.reasoning_end is not None:  # reasoning: no grammar until its end marker
                             if token_id == request.reasoning_end:
                                 request.reasoning_end = None
+                        elif len(sampled) == 1 and request_id not in result.draft_token_ids:  # drafts: see below
+                            grammar_tokens.append((request_id, request, token_id))
                         elif not request.grammar.accept_tokens([token_id]):
                             raise ValueError(f"token {token_id} is not allowed by the request's grammar")
                     request.append_output_token(token_id)
@@ -367,6 +370,13 @@ class Scheduler:
             except Exception as exc:  # noqa: BLE001 - one request's bookkeeping must not stop the engine
                 logger.exception("updating request %s after its step failed", request_id)
                 errors[request_id] = f"updating request {request_id} after a step failed: {type(exc).__name__}: {exc}"
+        if grammar_tokens:  # in one batch (per backend); a refused token fails its request
+            grammars = [request.grammar for _, request, _ in grammar_tokens]
+            accepted = type(grammars[0]).accept_batch(grammars, [token for _, _, token in grammar_tokens])
+            for (request_id, _, token_id), ok in zip(grammar_tokens, accepted):
+                if not ok:
+                    errors[request_id] = (f"updating request {request_id} after a step failed: ValueError: token "
+                                          f"{token_id} is not allowed by the request's grammar")
         if any_finished:
             self.running = [r for r in self.running if r.status == RequestStatus.RUNNING]
         if errors:

@@ -75,6 +75,8 @@ class Matcher(ABC):
     # A backend that fills many rows at once (several threads) sets this to a function
     # `(matchers, bitmask, rows) -> None` filling row rows[i] for matchers[i] (native width); None: row by row.
     batch_fill = None
+    # Likewise `(matchers, tokens) -> list[bool]`, accepting tokens[i] in matchers[i] in one call; None: one by one.
+    batch_accept = None
 
 
 class Backend(ABC):

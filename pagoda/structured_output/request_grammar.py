@@ -142,6 +142,28 @@ class RequestGrammar:
                 return False
         return True
 
+    @staticmethod
+    def accept_batch(grammars: list["RequestGrammar"], tokens: list[int]) -> list[bool]:
+        """accept_tokens([tokens[i]]) for each grammars[i] (distinct requests), with one backend call for the rows
+        whose backend accepts in batches (a text token, a grammar not ended); the same results."""
+        results = [False] * len(grammars)
+        groups: dict[type, list[int]] = {}
+        for i, (grammar, token) in enumerate(zip(grammars, tokens)):
+            matcher = grammar.batch_matcher() if grammar.is_ready() else None
+            if matcher is not None and type(matcher).batch_accept is not None and token not in grammar._ctx.eos_ids \
+                    and grammar._ctx.is_text_token(token):
+                groups.setdefault(type(matcher), []).append(i)
+            else:
+                results[i] = grammar.accept_tokens([token])
+        for matcher_type, rows in groups.items():
+            accepted = matcher_type.batch_accept([grammars[i]._matcher for i in rows], [tokens[i] for i in rows])
+            for i, ok in zip(rows, accepted):
+                if ok:
+                    grammars[i]._total += 1
+                    grammars[i]._matched += 1
+                results[i] = bool(ok)
+        return results
+
     def validate_tokens(self, tokens: list[int]) -> int:
         """How many leading `tokens` the grammar accepts from here; the state is unchanged."""
         if not self._usable():

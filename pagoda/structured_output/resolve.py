@@ -11,11 +11,12 @@ Invariants:
 - `resolve_backend` returns one of SERVED_BACKENDS or raises ValueError whose text starts with the
   StructuredOutputsParams field to blame ("structured_outputs.json: ...").
 - The answer depends only on the params and the config, so resolving again (in the engine, or for a
-  request whose `backend` was set to the answer) gives the same backend.
+  request whose `backend` was set to the answer) gives the same backend; answers are cached by spec.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Callable
 
@@ -53,6 +54,13 @@ def resolve_backend(params: StructuredOutputsParams, config: StructuredOutputsCo
 
 
 def resolve_spec(spec: GrammarSpec, requested: str, no_fallback: bool) -> str:
+    return _resolve_cached(spec, requested, no_fallback)
+
+
+@functools.lru_cache(maxsize=1024)
+def _resolve_cached(spec: GrammarSpec, requested: str, no_fallback: bool) -> str:
+    """resolve_spec, remembered: the answer (or the SpecError, which lru_cache does not keep and so recomputes)
+    depends on its arguments only, and a server sees the same schema many times."""
     if requested != "auto":
         _CHECKS[requested](spec)
         return requested

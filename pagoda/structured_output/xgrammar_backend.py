@@ -174,8 +174,15 @@ def _batch_fill(matchers: list["_XgrammarMatcher"], bitmask: np.ndarray, rows: l
     _BATCH_MATCHER.batch_fill_next_token_bitmask([m._m for m in matchers], bitmask, rows)
 
 
+def _batch_accept(matchers: list["_XgrammarMatcher"], tokens: list[int]) -> list[bool]:
+    import xgrammar
+
+    return xgrammar.BatchGrammarMatcher.batch_accept_token([m._m for m in matchers], tokens)
+
+
 class _XgrammarMatcher(Matcher):
     batch_fill = staticmethod(_batch_fill)
+    batch_accept = staticmethod(_batch_accept)
 
     def __init__(self, matcher: Any) -> None:
         self._m = matcher

@@ -310,3 +310,31 @@ def test_batched_fill_equals_row_by_row(tokenizer, eos_ids, backend):
         assert any(g.is_terminated() for g in grammars)  # ended rows were part of the mix
     finally:
         manager.shutdown()
+
+
+@pytest.mark.parametrize("backend", ["xgrammar", "guidance"])
+def test_accept_batch_equals_one_by_one(tokenizer, eos_ids, backend):
+    """RequestGrammar.accept_batch gives the results and states of accept_tokens([t]) per grammar: allowed,
+    refused, EOS at an end and before it, special ids."""
+    manager = StructuredOutputManager(StructuredOutputsConfig(backend=backend), tokenizer, len(tokenizer), eos_ids)
+    try:
+        make = lambda: [manager.add_request(str(i), P(regex="ab+c")) for i in range(6)]  # noqa: E731
+        batched, single = make(), make()
+        rng = np.random.default_rng(2)
+        vocab = len(tokenizer)
+        for step in range(12):
+            rows = manager.fill_bitmask(batched)
+            tokens = []
+            for i in range(len(batched)):
+                allowed = row_to_ids(rows[i])
+                pick = rng.random()  # mostly allowed tokens, sometimes any id (refused unless allowed)
+                tokens.append(int(rng.choice(allowed)) if pick < 0.8 else int(rng.integers(0, vocab)))
+            from pagoda.structured_output.request_grammar import RequestGrammar
+
+            got = RequestGrammar.accept_batch(batched, tokens)
+            want = [g.accept_tokens([t]) for g, t in zip(single, tokens)]
+            assert got == want, step
+            assert [g.num_accepted_tokens for g in batched] == [g.num_accepted_tokens for g in single]
+            assert (manager.fill_bitmask(batched) == manager.fill_bitmask(single)).all()
+    finally:
+        manager.shutdown()
