@@ -9,6 +9,7 @@ caching, n-gram speculative decoding), and hitting max_tokens inside a structure
 
 import json
 import re
+import threading
 
 import jsonschema
 import pytest
@@ -234,3 +235,22 @@ def test_without_a_reasoning_parser_the_grammar_constrains_the_reasoning_too(llm
                             structured_outputs=StructuredOutputsParams(choice=["yes", "no"]))
     out = llm.generate({"prompt_token_ids": tokenizer.encode("Question?")}, params, use_tqdm=False)[0].outputs[0]
     assert out.finish_reason == "error" and "not allowed by the request's grammar" in out.error
+
+
+def test_a_request_aborted_while_its_grammar_compiles_leaves_nothing_behind(llm):
+    engine = llm.llm_engine
+    core = engine.core
+    gate = threading.Event()
+    manager = core.structured._get_manager()
+    busy = [manager._pool.submit(gate.wait) for _ in range(manager._pool._max_workers)]  # compiles wait
+    params = SamplingParams(max_tokens=5, structured_outputs=StructuredOutputsParams(regex="q+ abort me"))
+    engine.add_request("parked-1", {"prompt_token_ids": [5, 6, 7]}, params)
+    assert "parked-1" in core.structured.parked and core.has_unfinished_requests()
+    engine.abort_request("parked-1")
+    assert not core.structured.parked and not core.has_unfinished_requests()
+    gate.set()
+    for future in busy:
+        future.result(timeout=10)
+    out = llm.generate("a", SamplingParams(max_tokens=5, structured_outputs=StructuredOutputsParams(choice=["z"])),
+                       use_tqdm=False)
+    assert out[0].outputs[0].text == "z"  # the engine serves on
