@@ -247,7 +247,8 @@ def test_a_request_aborted_while_its_grammar_compiles_leaves_nothing_behind(llm)
     engine.add_request("parked-1", {"prompt_token_ids": [5, 6, 7]}, params)
     assert "parked-1" in core.structured.parked and core.has_unfinished_requests()
     engine.abort_request("parked-1")
-    assert not core.structured.parked and not core.has_unfinished_requests()
+    assert "parked-1" not in core.structured.parked and "parked-1" not in core.scheduler.requests
+    assert not engine.has_unfinished_requests()
     gate.set()
     for future in busy:
         future.result(timeout=10)
