@@ -16,6 +16,10 @@ Invariants:
   sampling reads token history on the host (penalties, bad words, logits processors). A speculative
   step syncs before it returns (its token counts are only known after verification) and hands over
   a ready output.
+- A step with structured-output requests (`sched.structured_output_request_ids`) stops before sampling:
+  execute_model returns None after the forward pass, and `sample_tokens(bitmask)` samples it, with the
+  grammars' masks applied to the logits of those requests' sampled positions. Nothing else runs between
+  the two calls (the engine core calls sample_tokens before the next execute_model).
 - A seeded request's generator advances only when that request samples, so its tokens do not
   depend on what else is in the batch.
 - A pooling request never samples: in the step that computes its (whole) prompt, the Pooler turns its
@@ -210,9 +214,9 @@ class ModelRunner:
         return sample(None if bitmask is None else (structured, bitmask))
 
     def apply_grammar(self, logits: torch.Tensor, sample_ids: list[str], first_row: np.ndarray,
-                      grammar: tuple[list[str], np.ndarray] | None) -> None:
+                      grammar: tuple[list[tuple[str, int]], np.ndarray] | None) -> None:
         """Mask `logits` in place: request sample_ids[j]'s sampled positions are logits rows first_row[j]..;
-        `grammar` = (the step's structured request ids, their bitmask rows in that order)."""
+        `grammar` = ([(structured request id, its number of bitmask rows)] in step order, the bitmask)."""
         if grammar is None:
             return
         from pagoda.sample.token_bitmask import apply_token_bitmask_
