@@ -18,7 +18,8 @@ Invariants:
 - One constraint per request (vLLM's rule): two of the fields above that constrain (or two kinds inside
   structured_outputs) are a 400 naming them all; response_format "text" constrains nothing. A
   structured_outputs object without a kind of its own only tunes the constraint another field gives (vLLM
-  merges response_format into it); a tuning setting given two ways must agree.
+  merges response_format into it); a tuning setting given two ways must agree. The constraint tool_choice
+  "required" / a named function implies (`forced`) counts as one too, and the request's tuning applies to it.
 - Every bad value is an APIError(400, param=<the field>) raised before the request is tokenized, and what comes
   back is valid on its own (StructuredOutputsParams' checks ran); whether a backend can compile it is the
   engine's check. No constraint gives None: guided_decoding_backend or guided_whitespace_pattern alone change
