@@ -101,7 +101,7 @@ class EngineCore:
     def add_request(self, request: EngineCoreRequest) -> None:
         if self._faults:
             _inject_fault(self._faults, request)
-        if request.request_id in self.scheduler.requests:
+        if request.request_id in self.scheduler.requests or request.request_id in self.structured.parked:
             raise ValueError(f"request_id {request.request_id!r} is already in use")
         if not self.structured.park(request):  # a structured one enters the scheduler once compiled
             self.scheduler.add_request(request)

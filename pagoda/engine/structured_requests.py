@@ -29,6 +29,7 @@ import numpy as np
 from pagoda.config import PagodaConfig
 from pagoda.core.request import EngineCoreRequest
 from pagoda.core.sched_output import EngineCoreOutput, SchedulerOutput
+from pagoda.engine.processor import _eos_token_id, _generation_config_eos_ids
 
 logger = logging.getLogger(__name__)
 
@@ -62,8 +63,6 @@ class StructuredRequests:
         params = request.sampling_params
         if params is None or params.structured_outputs is None:
             return False
-        if request.request_id in self.parked:
-            raise ValueError(f"request_id {request.request_id!r} is already in use")
         grammar = self._get_manager().add_request(request.request_id, params.structured_outputs)
         self.parked[request.request_id] = (request, grammar)
         return True
@@ -137,14 +136,14 @@ class StructuredRequests:
         """The int32 token masks of the step's structured requests (1 + drafts rows each, in order)."""
         manager = self._get_manager()
         spec_tokens = sched.scheduled_spec_decode_tokens
-        live_rows, grammars, drafts = [], [], []
+        live, grammars, drafts = [], [], []  # live: (first row, rows) of each request whose grammar applies
         row = 0
         for request_id in sched.structured_output_request_ids:
             request_drafts = spec_tokens.get(request_id, ()) if spec_tokens else ()
             num_rows = 1 + len(request_drafts)
             request = scheduler.requests.get(request_id)
             if request is not None and request.grammar is not None and request.reasoning_end is None:
-                live_rows.append(np.arange(row, row + num_rows))
+                live.append((row, num_rows))
                 grammars.append(request.grammar)
                 drafts.append(list(request_drafts))
             row += num_rows
@@ -152,21 +151,13 @@ class StructuredRequests:
             return manager.fill_bitmask(grammars, drafts if spec_tokens else None)
         bitmask = np.full((row, manager.bitmask_width()), -1, dtype=np.int32)  # every bit set: all allowed
         if grammars:
-            bitmask[np.concatenate(live_rows)] = manager.fill_bitmask(grammars, drafts)
+            rows = np.concatenate([np.arange(first, first + count) for first, count in live])
+            bitmask[rows] = manager.fill_bitmask(grammars, drafts)
         return bitmask
-
-    def shutdown(self) -> None:
-        if self.manager is not None:
-            self.manager.shutdown()
 
 
 def _eos_token_ids(model_config, tokenizer) -> list[int]:
-    """Every id that ends generation for this model: the tokenizer's EOS, config.json's and
-    generation_config.json's eos_token_id (a grammar allows them once it is complete)."""
-    ids: set[int] = set()
-    if tokenizer is not None and tokenizer.eos_token_id is not None:
-        ids.add(int(tokenizer.eos_token_id))
-    for eos in (getattr(model_config.hf_config, "eos_token_id", None), model_config.generation_config.get("eos_token_id")):
-        if eos is not None:
-            ids.update(int(e) for e in (eos if isinstance(eos, list) else [eos]))
-    return sorted(ids)
+    """The ids that end generation (the Processor's stop ids: EOS and generation_config's): a grammar allows
+    them where it can end, and only them after."""
+    eos = _eos_token_id(model_config, tokenizer)
+    return sorted(_generation_config_eos_ids(model_config) | ({eos} if eos is not None else set()))

@@ -246,6 +246,10 @@ def test_a_request_aborted_while_its_grammar_compiles_leaves_nothing_behind(llm)
     params = SamplingParams(max_tokens=5, structured_outputs=StructuredOutputsParams(regex="q+ abort me"))
     engine.add_request("parked-1", {"prompt_token_ids": [5, 6, 7]}, params)
     assert "parked-1" in core.structured.parked and core.has_unfinished_requests()
+    from pagoda.core.request import EngineCoreRequest
+
+    with pytest.raises(ValueError, match="already in use"):  # a parked id is taken, for any request
+        core.add_request(EngineCoreRequest("parked-1", [5, 6], SamplingParams(max_tokens=2), None))
     engine.abort_request("parked-1")
     assert "parked-1" not in core.structured.parked and "parked-1" not in core.scheduler.requests
     assert not engine.has_unfinished_requests()
