@@ -6,9 +6,13 @@ Invariants:
   need a forward pass. There are no prefill/decode phases: a decode is simply one token to catch up
   on. While a step is in flight, num_computed_tokens already counts that step's scheduled tokens,
   which include the draft tokens it verifies (speculative decoding); when its output arrives, the
-  scheduler takes back the rejected positions, so the inequality holds again.
+  scheduler takes back the rejected positions, so the inequality holds again. Under async scheduling
+  the step after may already be scheduled: then num_computed_tokens <= num_tokens + num_pending_tokens
+  (the in-flight tokens counted as if every draft were accepted), and the same take-back restores it.
 - `spec_token_ids` are the drafts proposed for the request's next step (empty without speculative
-  decoding, after preemption, and once finished); they are never part of `all_token_ids`.
+  decoding, after preemption, and once finished); they are never part of `all_token_ids`. With drafts
+  proposed on the device (async scheduling) they are placeholders (-1): how many the runner drafts per
+  step, whose ids only the device knows.
 - `status` only moves forward through RequestStatus, except RUNNING <-> PREEMPTED (recompute).
   FINISHED_ERROR (finish_reason "error", vLLM V1's FinishReason.ERROR) marks a request the engine
   failed on its own (an exception while preparing, sampling or post-processing it); the engine goes on.
@@ -87,9 +91,11 @@ class Request:
         self.num_computed_tokens = 0
         self.num_cached_tokens = 0  # prompt tokens served from the prefix cache at first schedule
         self.num_preemptions = 0
-        # Sampling steps still in flight (async scheduling), one pending token each: already computed in
-        # the forward pass that samples it, not yet known here. At most two (depth-1 pipelining).
+        # Async scheduling: the tokens that sampling steps still in flight can yield, at most (one per plain
+        # step, 1 + its drafts per verify step): computed in the forward pass that samples them, not yet known
+        # here. `num_pending_steps` counts those steps; each yields at least one token.
         self.num_pending_tokens = 0
+        self.num_pending_steps = 0
         self.spec_token_ids: list[int] = []  # drafts for the next step (speculative decoding)
         # Structured output: the request's grammar state (structured_output.RequestGrammar), set by the
         # engine core once compiled; it has accepted exactly the output tokens appended so far.
@@ -124,7 +130,7 @@ class Request:
     @property
     def pending_tokens_finish_it(self) -> bool:
         """Whether the tokens in flight will certainly end the request (max_tokens / max_model_len)."""
-        return self.num_pending_tokens > 0 and self.num_output_tokens + self.num_pending_tokens >= self.max_tokens
+        return self.num_pending_steps > 0 and self.num_output_tokens + self.num_pending_steps >= self.max_tokens
 
     def append_output_token(self, token_id: int) -> None:
         self.output_token_ids.append(token_id)

@@ -14,11 +14,18 @@ Invariants:
 - After `schedule()`, each scheduled request's num_computed_tokens already counts its scheduled
   tokens; `update_from_output()` then appends the sampled tokens and finishes requests.
 - Async scheduling: step n+1 may be scheduled before step n's sampled tokens are known. A request
-  that samples in a step counts one more `num_pending_tokens` until that step's output arrives; the
-  next step can already compute that pending token (the runner takes it from the device). A token
-  that arrives for a request preempted meanwhile is still appended; one for a finished request is
-  dropped.
-- Speculative decoding (`speculative_config`; async scheduling is off with it): a running request
+  that samples in a step counts `num_pending_tokens` (1, or 1 + its drafts in a verify step: as if all
+  were accepted) and one `num_pending_steps` until that step's output arrives; the next step can
+  already compute the pending token (the runner takes it from the device). A token that arrives for a
+  request preempted meanwhile is still appended; one for a finished request is dropped.
+- Speculative decoding with async scheduling (`device_drafts`: the runner drafts on the device, the
+  draft model or the benchmark's oracle): a request whose verify step is in flight gets placeholder
+  drafts (its `spec_token_ids` say how many the runner drafts) for the next step, scheduled as if every
+  draft in flight were accepted; every cap below then counts the in-flight tokens at their most, so
+  they stay bounds. The runner corrects positions and slots on the device from the accepted counts,
+  and the take-back below makes the counts exact once the output arrives. Grammar requests get no
+  device drafts (a grammar must see drafts on the host).
+- Speculative decoding (`speculative_config`): a running request
   whose whole remainder fits gets its `spec_token_ids` (the runner's drafts from its last step) as
   `scheduled_spec_decode_tokens`, capped by the step's budget, by its remaining max_tokens (the
   verify step yields at most k + 1 tokens, so nothing overshoots max_tokens or max_model_len), by
@@ -84,6 +91,9 @@ class Scheduler:
         self.spec_stats = SpecDecodeStats(speculative_config.num_speculative_tokens) if speculative_config else None
         draft_model = speculative_config is not None and speculative_config.method == "draft_model"
         self.num_lookahead_tokens = speculative_config.num_speculative_tokens if draft_model else 0
+        # Async scheduling with speculation: the runner drafts on the device, one step ahead of the host, so a
+        # request's drafts are placeholders scheduled while the step before is still in flight.
+        self.device_drafts = speculative_config is not None and scheduler_config.async_scheduling
 
     # ---- requests in and out ------------------------------------------------------------------
     def add_request(self, core_request: EngineCoreRequest) -> None:
@@ -195,7 +205,9 @@ class Scheduler:
             request.num_computed_tokens += count
             known_end = request.num_tokens + request.num_pending_tokens + len(drafts.get(request_id, ()))
             if not request.is_pooling and request.num_computed_tokens == known_end:
-                request.num_pending_tokens += 1  # this step samples its next token(s)
+                # This step samples its next token(s): one, or up to 1 + drafts when it verifies drafts.
+                request.num_pending_tokens += 1 + len(drafts.get(request_id, ()))
+                request.num_pending_steps += 1
                 if request.grammar is not None:
                     structured.append(request_id)
         output = SchedulerOutput(
@@ -214,11 +226,14 @@ class Scheduler:
 
     def _drafts(self, request: Request, budget_left: int) -> list[int]:
         """The drafts `request` verifies this step: its proposed ones, capped (see the module docstring)."""
-        if request.num_pending_tokens:
-            return []
-        cap = min(len(request.spec_token_ids), budget_left, request.max_tokens - request.num_output_tokens - 1)
+        pending = request.num_pending_tokens  # in flight, counted as if all accepted (caps stay upper bounds)
+        if pending and not self.device_drafts:
+            return []  # host drafts follow the tokens in flight, which are not known yet
+        if self.device_drafts and request.grammar is not None:
+            return []  # a grammar checks drafts on the host; device drafts are never seen there
+        cap = min(len(request.spec_token_ids), budget_left, request.max_tokens - request.num_output_tokens - pending - 1)
         if self.speculative.max_model_len is not None:
-            cap = min(cap, self.speculative.max_model_len - request.num_tokens)
+            cap = min(cap, self.speculative.max_model_len - request.num_tokens - pending)
         return request.spec_token_ids[:cap] if cap > 0 else []
 
     def _lookahead(self, num_tokens_after_step: int) -> int:
@@ -305,9 +320,10 @@ class Scheduler:
                 continue  # finished, aborted or failed while the step ran
             try:
                 sampled = result.sampled_token_ids.get(request_id, ())
-                if sampled:
-                    request.num_pending_tokens -= 1
                 verified = sched.scheduled_spec_decode_tokens.get(request_id)
+                if sampled:
+                    request.num_pending_tokens -= 1 + len(verified or ())
+                    request.num_pending_steps -= 1
                 if verified and sampled:
                     self.spec_stats.observe(len(verified), len(sampled) - 1)
                     if request.status == RequestStatus.RUNNING:

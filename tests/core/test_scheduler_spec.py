@@ -130,3 +130,98 @@ def test_draft_model_reserves_lookahead_slots_capped_at_max_model_len():
     step(s, propose={"a": [1, 2, 3]})  # 6 known tokens; verify 3 drafts: 9 tokens + 4 lookahead, capped at 12
     assert len(s.kv.req_to_blocks["a"]) == 3
     check_pool_invariants(s)
+
+
+def async_spec_scheduler(k=3, budget=32, max_model_len=48, num_blocks=64, method="draft_model"):
+    config = SimpleNamespace(method=method, num_speculative_tokens=k, disable_by_batch_size=None, max_model_len=None)
+    cache_config = CacheConfig(block_size=4, enable_prefix_caching=True, num_blocks=num_blocks)
+    sched = SchedulerConfig(max_num_seqs=8, max_num_batched_tokens=budget, max_model_len=max_model_len,
+                            enable_chunked_prefill=True, policy="fcfs", async_scheduling=True)
+    return Scheduler(sched, cache_config, config)
+
+
+class FakeAsyncSpecRunner:
+    """Drives the scheduler like EngineCore with async scheduling and drafts on the device: step n+1 is scheduled
+    before step n's output is applied. Keeps each request's true position (what the runner computes after its
+    device-side correction) and checks the scheduler's optimistic counts against it."""
+
+    def __init__(self, s, rng, k):
+        self.s, self.rng, self.k = s, rng, k
+        self.in_flight = None
+        self.true_computed = {}  # request id -> positions really computed (the runner's corrected view)
+        self.known = {}  # request id -> tokens the runner knows (prompt + every token sampled so far)
+        self.max_position = 0
+
+    def step(self):
+        s, launched = self.s, None
+        if s.has_unfinished_requests():
+            pending_before = {r.request_id: r.num_pending_tokens for r in s.requests.values()}
+            sched = s.schedule()
+            for new in sched.new_reqs:  # new, or resumed after preemption (never with tokens in flight)
+                assert pending_before[new.req_id] == 0
+                self.known[new.req_id] = len(new.token_ids)
+                self.true_computed[new.req_id] = new.num_computed_tokens
+            sampled, drafts = {}, {}
+            for req_id, count in sched.num_scheduled_tokens.items():
+                draft = sched.scheduled_spec_decode_tokens.get(req_id, [])
+                assert all(t == -1 for t in draft)  # device drafts: placeholders only
+                start = self.true_computed[req_id]
+                end = start + count
+                self.max_position = max(self.max_position, end)
+                # The runner samples when the step reaches the end of the tokens it knows plus the drafts.
+                if end == self.known[req_id] + len(draft):
+                    accepted = self.rng.randrange(len(draft) + 1)
+                    sampled[req_id] = [self.rng.randrange(50) for _ in range(accepted + 1)]
+                    drafts[req_id] = [-1] * self.k
+                    self.known[req_id] += accepted + 1
+                    end -= len(draft) - accepted
+                self.true_computed[req_id] = end
+            launched = (sched, ModelRunnerOutput(sampled_token_ids=sampled, draft_token_ids=drafts))
+        outputs = s.update_from_output(*self.in_flight) if self.in_flight is not None else []
+        self.in_flight = launched
+        return outputs
+
+
+def test_async_device_drafts_are_scheduled_while_the_verify_step_is_in_flight():
+    s = async_spec_scheduler(k=3)
+    s.add_request(make_request("a", range(1, 6), max_tokens=30))
+    runner = FakeAsyncSpecRunner(s, random.Random(1), k=3)
+    runner.step()  # prefill (samples); the next step is scheduled before its output arrives
+    runner.step()
+    req = s.requests["a"]
+    assert req.spec_token_ids == [-1, -1, -1]  # the runner drafts 3 per step on the device
+    out = s.schedule()
+    assert out.scheduled_spec_decode_tokens == {"a": [-1, -1, -1]} and out.num_scheduled_tokens == {"a": 4}
+    assert req.num_pending_tokens == 1 + 4 and req.num_pending_steps == 2
+
+
+def test_async_device_drafts_random_runs_match_the_true_positions():
+    rng = random.Random(0)
+    for trial in range(6):
+        s = async_spec_scheduler(k=3, budget=rng.choice([8, 16, 32]), num_blocks=rng.choice([16, 64]))
+        max_tokens = {}
+        for i in range(5):
+            max_tokens[str(i)] = rng.randrange(1, 30)
+            s.add_request(make_request(str(i), range(1, 4 + rng.randrange(12)), max_tokens=max_tokens[str(i)]))
+        runner = FakeAsyncSpecRunner(s, rng, k=3)
+        produced = {r: [] for r in max_tokens}
+        finished = {}
+        for _ in range(500):
+            if not (s.has_unfinished_requests() or runner.in_flight is not None):
+                break
+            for output in runner.step():
+                produced[output.request_id] += output.new_token_ids
+                if output.finish_reason is not None:
+                    finished[output.request_id] = output.finish_reason
+            check_pool_invariants(s)
+            for req in s.requests.values():
+                assert req.num_computed_tokens <= req.num_tokens + req.num_pending_tokens
+                if runner.in_flight is None or req.request_id not in runner.in_flight[0].num_scheduled_tokens:
+                    if req.status.name == "RUNNING" and req.num_pending_steps == 0:
+                        assert req.num_computed_tokens == runner.true_computed[req.request_id]
+        assert not s.has_unfinished_requests()
+        assert finished == {r: "length" for r in max_tokens}, trial
+        assert {r: len(t) for r, t in produced.items()} == max_tokens  # exactly max_tokens, never more
+        assert runner.max_position <= 48  # nothing computed past max_model_len
+        assert s.kv.pool.num_free_blocks == s.kv.pool.num_blocks
+        assert s.spec_stats.as_dict()["spec_decode_num_draft_tokens"] > 0
