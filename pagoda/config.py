@@ -5,8 +5,9 @@ Invariants:
   user input, and never reads options from anywhere else.
 - `core/` imports this module but needs nothing from torch; the torch dtype lives on ModelConfig
   as a string name (`dtype_name`) plus the resolved `torch.dtype` built lazily by `torch_dtype`.
-- `PagodaConfig.speculative` is None unless speculative decoding was asked for; when it is set, the
-  scheduler's `async_scheduling` is False (speculative steps do not overlap yet). Method "ngram" carries
+- `PagodaConfig.speculative` is None unless speculative decoding was asked for; with method "ngram" the
+  scheduler's `async_scheduling` is False (its drafts are looked up in host tokens), while the draft model
+  (and the benchmark-only `oracle`) draft on the device and keep it. Method "ngram" carries
   both prompt-lookup bounds and no model; method "draft_model" carries the draft's resolved folder, no
   prompt-lookup bounds, and (once built by `EngineArgs.create_config`) `draft_model_config`, a ModelConfig
   of the draft with the target's dtype and vocabulary size.
@@ -162,6 +163,9 @@ class SpeculativeConfig:
     # draft_model: the draft's ModelConfig, set by EngineArgs.create_config (None before, and for ngram); derived
     # from `model`, so it takes no part in == and repr
     draft_model_config: Any = field(default=None, compare=False, repr=False)
+    # Benchmark only (`pagoda bench latency --spec-oracle`): drafts replay a recorded run, on the device
+    # (spec_decode/oracle_proposer.py); never set from user options.
+    oracle: bool = field(default=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         check_speculative_values(vars(self), str)

@@ -16,7 +16,8 @@ Invariants:
 - Speculative decoding is asked for one way or the other: vLLM's `speculative_config` dict or vLLM 0.6's
   flags (LEGACY_SPECULATIVE_FLAGS), never both; `build_speculative_config` (spec_decode/args.py) turns either into a
   `config.SpeculativeConfig` (None when off) without a model folder, and with one `create_config()` turns
-  async scheduling off. For method "draft_model" `create_config()` also builds the draft's ModelConfig with the
+  async scheduling off for method "ngram" (its lookup reads host tokens; the draft model drafts on the device
+  and keeps it). For method "draft_model" `create_config()` also builds the draft's ModelConfig with the
   target's machinery (`_model_config` of a copy of these arguments: offline folder / cache resolution, the
   target's resolved dtype) and checks it: a generative model Pagoda runs, the target's vocabulary size, and a
   max_model_len within the draft's own position limit (SpeculativeConfig.max_model_len is lowered to that limit
@@ -135,7 +136,7 @@ class EngineArgs(compat.VllmCompatArgs):
     override_pooler_config: dict = _opt({}, "JSON dict over an embedding model's pooling: '{\"pooling_type\": \"MEAN\", \"normalize\": false}' (pooling_type LAST, CLS or MEAN).", json_arg=True)
     pooler_config: dict = _opt({}, "vLLM's newer name of --override-pooler-config (the same JSON dict).", json_arg=True)
     # speculative decoding: vLLM's speculative_config, or (one or the other) vLLM 0.6's flags
-    speculative_config: dict | None = _opt(None, "JSON dict of speculative decoding with vLLM's keys, e.g. '{\"method\": \"ngram\", \"num_speculative_tokens\": 4, \"prompt_lookup_max\": 4}' or, with a draft model (a smaller model of the same vocabulary), '{\"model\": \"/models/draft\", \"num_speculative_tokens\": 4}'; keys: " + ", ".join(SPECULATIVE_KEYS) + "; methods: ngram, draft_model (the default when 'model' is a folder or hub id); the n-gram lookup bounds default to 5, or to each other when one is given. Turns async scheduling off.", json_arg=True)
+    speculative_config: dict | None = _opt(None, "JSON dict of speculative decoding with vLLM's keys, e.g. '{\"method\": \"ngram\", \"num_speculative_tokens\": 4, \"prompt_lookup_max\": 4}' or, with a draft model (a smaller model of the same vocabulary), '{\"model\": \"/models/draft\", \"num_speculative_tokens\": 4}'; keys: " + ", ".join(SPECULATIVE_KEYS) + "; methods: ngram, draft_model (the default when 'model' is a folder or hub id); the n-gram lookup bounds default to 5, or to each other when one is given. Method ngram turns async scheduling off (its drafts come from host tokens).", json_arg=True)
     speculative_model: str | None = _opt(None, "vLLM 0.6's spelling: '[ngram]' turns on n-gram speculative decoding (with --num-speculative-tokens and --ngram-prompt-lookup-max); a model folder or cached hub id is a draft model of the same vocabulary (with --num-speculative-tokens).")
     num_speculative_tokens: int | None = _opt(None, "vLLM 0.6's spelling: most draft tokens per request per step (with --speculative-model).")
     ngram_prompt_lookup_max: int | None = _opt(None, "vLLM 0.6's spelling: the longest n-gram looked up (required with --speculative-model [ngram]; an error with a draft model).")
@@ -241,8 +242,9 @@ class EngineArgs(compat.VllmCompatArgs):
         if speculative is not None and speculative.method == "draft_model":
             speculative = self._with_draft_model(speculative, model_config, device)
         async_scheduling = self.async_scheduling
-        if speculative is not None and async_scheduling:
-            logger.info("async scheduling is off: speculative decoding does not support it yet")
+        if speculative is not None and speculative.method == "ngram" and async_scheduling:
+            logger.info("async scheduling is off: the n-gram proposer drafts from the tokens on the host, which "
+                        "each step then waits for")
             async_scheduling = False
         scheduler = cfg.SchedulerConfig(
             max_num_seqs=max_num_seqs,

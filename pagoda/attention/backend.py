@@ -16,7 +16,8 @@ Layout and conventions every backend shares (the Triton kernels use exactly thes
   caller must not read query or key after `forward` (whether they were rotated is unspecified).
 
 Invariants:
-- Metadata tensors live on the model's device; the `*_cpu` lists mirror them for host code.
+- Metadata tensors live on the model's device; the `*_cpu` lists mirror them for host code, exactly
+  for a backend with `needs_host_lengths`, else `seq_lens_cpu` and `max_seq_len` may be upper bounds.
 - Launch choices that must not depend on a step's actual lengths belong to the backend: every
   AttentionMetadata of a model runner (eager steps, CUDA-graph capture, warm-up) is made by the
   runner's AttentionMetadataBuilder, which asks the backend for the split-KV count of a decode-only
@@ -71,6 +72,10 @@ class AttentionBackend(ABC):
     """Computes attention for all layers; one instance per model runner."""
 
     name: str = "abstract"
+    # Whether `forward` reads the exact lengths from the host lists (`seq_lens_cpu`). A backend that does not
+    # takes upper bounds there (and in max_seq_len), so a runner may correct lengths on the device without
+    # waiting for it (async scheduling with speculative decoding).
+    needs_host_lengths: bool = False
 
     @staticmethod
     def kv_cache_shape(num_blocks: int, block_size: int, num_kv_heads: int, head_size: int) -> tuple[int, ...]:
@@ -115,6 +120,7 @@ class AttentionMetadataBuilder:
     def __init__(self, backend: AttentionBackend, *, batch_buckets: Sequence[int], max_model_len: int,
                  num_heads: int, num_kv_heads: int, head_size: int, device: torch.device) -> None:
         self.backend = backend
+        self.needs_host_lengths = backend.needs_host_lengths
         self.batch_buckets = sorted(batch_buckets)
         self.max_model_len = max_model_len
         self.num_heads, self.num_kv_heads, self.head_size = num_heads, num_kv_heads, head_size

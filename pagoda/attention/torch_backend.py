@@ -61,6 +61,7 @@ def paged_attention_reference(
 
 class TorchAttentionBackend(AttentionBackend):
     name = "torch"
+    needs_host_lengths = True  # loops over the requests with seq_lens_cpu
 
     def forward(
         self,

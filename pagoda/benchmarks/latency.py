@@ -66,7 +66,7 @@ def _runner(args: argparse.Namespace, path: str) -> Callable[[list[list[int]]], 
 
     from pagoda import LLM, SamplingParams
 
-    llm = LLM(**common.engine_kwargs(args))
+    llm = _oracle_llm(args) if args.spec_oracle else LLM(**common.engine_kwargs(args))
     temperature = 0.0 if args.spec_oracle else args.temperature
     params = SamplingParams(n=args.n, temperature=temperature, top_p=1.0, ignore_eos=True, max_tokens=args.output_len)
 
@@ -76,21 +76,32 @@ def _runner(args: argparse.Namespace, path: str) -> Callable[[list[list[int]]], 
     run_pagoda.stats = llm.llm_engine.stats  # type: ignore[attr-defined]
     if not args.spec_oracle:
         return run_pagoda
-    from pagoda.spec_decode.oracle_proposer import OracleProposer
-
-    spec = llm.llm_engine.core.executor.worker.runner.spec
-    if spec is None:
-        raise SystemExit("error: --spec-oracle needs speculative decoding (--speculative-config ...)")
+    oracle = llm.llm_engine.core.executor.worker.runner.spec.device_proposer
 
     def prepare_oracle(prompts: list[list[int]]) -> None:
-        spec.proposer = OracleProposer(spec.num_speculative_tokens)  # proposes nothing: plain decoding
+        oracle.record([], key_len=1)  # drafts nothing useful: the untimed run decodes as without drafts
         outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
-        spec.proposer = OracleProposer(spec.num_speculative_tokens,
-                                       [list(o.prompt_token_ids) + list(c.token_ids) for o in outs for c in o.outputs],
-                                       key_len=min(16, min(len(p) for p in prompts)))
+        oracle.record([list(o.prompt_token_ids) + list(c.token_ids) for o in outs for c in o.outputs],
+                      key_len=min(16, min(len(p) for p in prompts)))
 
     run_pagoda.prepare = prepare_oracle  # type: ignore[attr-defined]
     return run_pagoda
+
+
+def _oracle_llm(args: argparse.Namespace):
+    """An LLM whose speculative decoding drafts with the benchmark-only oracle, on the device (so async
+    scheduling stays on unless --no-async-scheduling), whatever method --speculative-config names."""
+    from pagoda import LLM
+    from pagoda.engine.llm_engine import LLMEngine
+    from pagoda.engine_args import EngineArgs
+
+    engine_args = EngineArgs.from_kwargs(**common.engine_kwargs(args))
+    config = engine_args.create_config()
+    if config.speculative is None:
+        raise SystemExit("error: --spec-oracle needs speculative decoding (--speculative-config ...)")
+    config.speculative.oracle = True
+    config.scheduler.async_scheduling = engine_args.async_scheduling
+    return LLM.from_engine(engine_args, LLMEngine(config))
 
 
 def summarize(latencies: list[float], output_len: int) -> dict[str, Any]:
@@ -118,22 +129,35 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
     run = _runner(args, path)
     prepare = getattr(run, "prepare", None)  # untimed work before an iteration (--spec-oracle)
+    spec_stats: dict[str, Any] = {}  # speculative decoding's counters over the measured runs (not `prepare`'s)
+
+    def measured(prompts: list[list[int]]) -> None:
+        before = run.stats() if hasattr(run, "stats") else {}
+        run(prompts)
+        after = run.stats() if hasattr(run, "stats") else {}
+        for key, value in after.items():
+            if key.startswith("spec_decode"):
+                if isinstance(value, list):
+                    delta = [a - b for a, b in zip(value, before.get(key, [0] * len(value)))]
+                    spec_stats[key] = [s + d for s, d in zip(spec_stats.get(key, [0] * len(delta)), delta)]
+                else:
+                    spec_stats[key] = spec_stats.get(key, 0) + value - before.get(key, 0)
+
     for i in tqdm(range(args.num_iters_warmup), desc="warm-up iterations"):
         if prepare is not None:
             prepare(batch(i))
-        run(batch(i))
+        measured(batch(i))
     latencies = []
     for i in tqdm(range(args.num_iters), desc="timed iterations"):
         prompts = batch(args.num_iters_warmup + i)
         if prepare is not None:
             prepare(prompts)
         start = time.perf_counter()
-        run(prompts)
+        measured(prompts)
         latencies.append(time.perf_counter() - start)
     result = {**common.run_header(), "backend": args.backend, **summarize(latencies, args.output_len)}
-    stats = run.stats() if hasattr(run, "stats") else {}
-    if "spec_decode_num_drafts" in stats:  # cumulative over warm-up and timed iterations
-        result["spec_decode"] = {k: v for k, v in stats.items() if k.startswith("spec_decode")}
+    if "spec_decode_num_drafts" in spec_stats:  # over warm-up and timed iterations
+        result["spec_decode"] = spec_stats
         print(f"Speculative decoding{' (oracle)' if prepare is not None else ''}: {result['spec_decode']}")
     print(f"Avg latency: {result['avg_latency']} seconds")
     for p, v in result["percentiles"].items():

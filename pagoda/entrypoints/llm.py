@@ -43,6 +43,15 @@ class LLM:
         self._request_counter = itertools.count()
         self.default_sampling_params: dict | None = None
 
+    @classmethod
+    def from_engine(cls, engine_args: EngineArgs, engine: LLMEngine) -> "LLM":
+        """An LLM over an engine already built from `engine_args` (benchmarks that adjust its config first)."""
+        llm = cls.__new__(cls)
+        llm.engine_args, llm.llm_engine = engine_args, engine
+        llm._request_counter = itertools.count()
+        llm.default_sampling_params = None
+        return llm
+
     @property
     def model_config(self):
         return self.llm_engine.config.model

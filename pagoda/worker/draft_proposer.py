@@ -5,9 +5,10 @@ stays a mirror of the target's cache: every target forward pass is followed by a
 the same flat batch (same tokens, positions and slots: `catch_up`). So prefix-cache hits, chunked
 prefills and preemption (recomputation) hold for the draft exactly as for the target, with no
 bookkeeping of its own. After a step, `propose` runs k batched one-token decode steps for the requests
-that may speculate: step 0 feeds each request's last token (the one the target just sampled) at its
-position, step j its draft j - 1, each writing its KV into the request's lookahead slots (the
-scheduler reserves k past the step, core/scheduler.py). Drafts are the draft model's argmax, so the
+that may speculate, on the device (their newest token and its position are device tensors, so under
+async scheduling nothing waits for the host): step 0 feeds each request's last token (the one the
+target just sampled) at its position, step j its draft j - 1, each writing its KV into the request's
+lookahead slots (the scheduler reserves k past the step, core/scheduler.py). Drafts are the draft model's argmax, so the
 rejection sampler treats them as deterministic (one-hot q): the output distribution stays the
 target's exactly, for greedy and random requests alike.
 
@@ -19,7 +20,8 @@ Invariants:
   at most the target's). Past that limit the catch-up still runs, with positions clamped to the
   limit: the KV it writes there is garbage that no draft ever reads (the scheduler stops drafting
   for a request past the limit: SpeculativeConfig.max_model_len).
-- One host sync per `propose` call (the drafts), none inside the k steps.
+- `propose` never syncs with the host (drafts stay in the runner's `draft_ids`); without async scheduling
+  the runner copies them to the host once per step.
 - On CUDA the draft's forwards replay its own CUDA graphs (`cuda_graphs`, captured by the worker at
   the target's buckets for q = 1 and q = k + 1) whenever the batch is uniform, as the target's do.
 """
@@ -53,49 +55,49 @@ class DraftModelProposer:
             positions = positions.clamp(max=self.max_model_len - 1)
         self._forward(input_ids, positions, metadata)
 
-    def propose(self, rows: np.ndarray) -> list[list[int]]:
-        """Up to k drafts for each InputBatch row of `rows` (their tokens are on the host)."""
-        if rows.size == 0:
-            return []
-        runner = self.runner
-        batch, device, block_size = runner.batch, runner.device, runner.block_size
+    def num_drafts(self, rows: np.ndarray) -> np.ndarray:
+        """How many of a row's drafts are usable (its tokens known on the host): at most k, none past the slots
+        the scheduler allocated (step j writes position num_tokens - 1 + j) or the draft's max_model_len."""
+        batch, block_size = self.runner.batch, self.runner.block_size
         num_tokens = batch.num_tokens[rows]
-        capacity = batch.num_blocks[rows] * block_size  # slots allocated: positions < capacity
-        # Step j writes position num_tokens - 1 + j and drafts the token at num_tokens + j.
+        capacity = batch.num_blocks[rows] * block_size
         counts = np.minimum.reduce([np.full(len(rows), self.k), capacity - num_tokens + 1,
                                     self.max_model_len - num_tokens])
-        counts = np.maximum(counts, 0)
-        drafted: list[torch.Tensor] = []
-        active = np.flatnonzero(counts > 0)
-        last = to_device(batch.token_ids[rows[active], num_tokens[active] - 1], device)
-        for step in range(int(counts.max(initial=0))):
-            still = counts[active] > step
-            if not still.all():
-                keep = np.flatnonzero(still)
-                active, last = active[keep], last[to_device(keep, device)]
-            if active.size == 0:
-                break
-            positions = num_tokens[active] - 1 + step
-            hidden = self._forward(last, to_device(positions, device), self._decode_metadata(rows[active], positions))
-            last = self.model.compute_logits(hidden).argmax(dim=-1)
-            drafted.append((active, last))
-        drafts: list[list[int]] = [[] for _ in rows]
-        for active_rows, ids in drafted:  # one sync per step's ids, all after the last launch
-            for i, token in zip(active_rows.tolist(), ids.tolist()):
-                drafts[i].append(token)
-        return drafts
+        return np.maximum(counts, 0)
 
-    def _decode_metadata(self, rows: np.ndarray, positions: np.ndarray):
+    def propose(self, rows: np.ndarray, last: torch.Tensor, position: torch.Tensor, draft_ids: torch.Tensor) -> None:
+        """k drafts for each InputBatch row of `rows` into draft_ids[rows], all on the device: step j feeds
+        last (the row's newest token, at `position`) or draft j - 1, at position + j. A position without an
+        allocated slot (or past the draft's max_model_len) writes no KV and drafts garbage that no step
+        verifies (the scheduler caps drafts at the same bounds)."""
+        if rows.size == 0:
+            return
         runner = self.runner
         batch, device, block_size = runner.batch, runner.device, runner.block_size
         n = len(rows)
-        seq_lens = positions + 1
-        slots = batch.block_table[rows, positions // block_size].astype(np.int64) * block_size + positions % block_size
-        max_blocks = int(-(-seq_lens.max() // block_size))
+        rows_dev = to_device(rows, device)
+        max_blocks = int(batch.num_blocks[rows].max())
+        block_tables = to_device(batch.block_table[rows, :max_blocks], device)
+        capacity = to_device(batch.num_blocks[rows] * block_size, device)
+        limit = torch.minimum(capacity, torch.full_like(capacity, self.max_model_len))  # positions < limit
+        max_seq_len = int(min(max_blocks * block_size, self.max_model_len))  # a bound on every step's lengths
         query_start = np.arange(n + 1, dtype=np.int32)
-        return runner.attn_metadata.build(
-            num_reqs=n, num_tokens=n, max_query_len=1, max_seq_len=int(seq_lens.max()),
-            query_start_loc=to_device(query_start, device), seq_lens=to_device(seq_lens.astype(np.int32), device),
-            block_tables=to_device(batch.block_table[rows, :max_blocks], device), slot_mapping=to_device(slots, device),
-            query_start_loc_cpu=query_start.tolist(), seq_lens_cpu=seq_lens.tolist(),
-        )
+        query_start_dev = to_device(query_start, device)
+        arange = torch.arange(n, device=device)
+        host_lengths = runner.attn_metadata.needs_host_lengths
+        for step in range(self.k):
+            wanted = position + step
+            valid = wanted < limit
+            clamped = torch.minimum(wanted, limit - 1)
+            slots = block_tables[arange, clamped // block_size].to(torch.int64) * block_size + clamped % block_size
+            slots = torch.where(valid, slots, torch.full_like(slots, -1))
+            seq_lens = (clamped + 1).to(torch.int32)
+            metadata = runner.attn_metadata.build(
+                num_reqs=n, num_tokens=n, max_query_len=1, max_seq_len=max_seq_len, query_start_loc=query_start_dev,
+                seq_lens=seq_lens, block_tables=block_tables, slot_mapping=slots,
+                query_start_loc_cpu=query_start.tolist(),
+                seq_lens_cpu=seq_lens.tolist() if host_lengths else [max_seq_len] * n,
+            )
+            hidden = self._forward(last, clamped, metadata)
+            last = self.model.compute_logits(hidden).argmax(dim=-1)
+            draft_ids[rows_dev, step] = last

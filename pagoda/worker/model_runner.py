@@ -49,7 +49,7 @@ from pagoda.worker.cuda_graph import capture_sizes
 from pagoda.worker.failed_requests import FailedRequests
 from pagoda.worker.input_batch import InputBatch, to_device
 from pagoda.worker.sampling_inputs import SamplingInputs
-from pagoda.worker.step_output import PLACEHOLDER, SampledTokens, StepOutput
+from pagoda.worker.step_output import PLACEHOLDER, SampledTokens, StepOutput, VerifiedTokens
 
 
 class ModelRunner:
@@ -188,9 +188,9 @@ class ModelRunner:
             num_drafts = num_drafts if drafts else np.zeros(len(req_ids), dtype=np.int64)
 
             def sample(grammar):
-                self.spec.sample(req_ids, rows, np.nonzero(samples)[0], inputs["query_start"] + counts, num_drafts,
-                                 drafts, hidden, output, propose=sched.propose_drafts, grammar=grammar)
-                return StepOutput.ready(output)
+                return self.spec.sample(req_ids, rows, np.nonzero(samples)[0], inputs["query_start"] + counts,
+                                        num_drafts, drafts, hidden, inputs["positions"], output,
+                                        propose=sched.propose_drafts, grammar=grammar)
         else:
             def sample(grammar):
                 return self._sample(req_ids, rows, samples, inputs["query_start"] + counts - 1, hidden, output,
@@ -244,14 +244,27 @@ class ModelRunner:
                                  to_device(np.concatenate(logit_rows).astype(np.int64), self.device))
 
     def _fill_placeholders(self, wait: bool) -> None:
-        """Write the sampled ids of earlier steps over their placeholders: every step's whose copy has
-        arrived (all but the newest have: the engine resolved them before scheduling this step), and,
-        with `wait`, the newest too."""
+        """Write the sampled ids of earlier steps over their placeholders: every step's but the newest (their
+        copies have arrived: the engine resolved them before scheduling this step), the newest too with
+        `wait`, or on a GPU when its copy happens to have arrived already (the host then needs no device
+        gather). On the CPU, where every copy has always arrived, the newest is left to the device path, so
+        the tests run what a GPU runs whenever the host is ahead of it."""
         newest = self.unfilled[-1]
-        for sampled in self.unfilled:
-            if wait or sampled is not newest or sampled.is_ready():
-                sampled.fill(self.batch)
+        early = self.device.type != "cpu" and newest.is_ready()
+        for index, sampled in enumerate(self.unfilled):
+            if wait or sampled is not newest or early:
+                if isinstance(sampled, VerifiedTokens):
+                    sampled.fill(self.batch, self.unfilled[index + 1:])
+                else:
+                    sampled.fill(self.batch)
         self.unfilled = [s for s in self.unfilled if not s.filled]
+
+    def add_in_flight(self, verified: VerifiedTokens) -> None:
+        """A speculative step launched under async scheduling: the next step reads its tokens (and corrects its
+        positions by its rejected counts) on the device until the copy is filled in."""
+        self.unfilled.append(verified)
+        self.last_sampled = verified.out.gather(1, (verified.num_new - 1)[:, None])[:, 0]  # each one's newest token
+        self.pending_src[verified.rows] = np.arange(len(verified.rows))
 
     def _pool(self, req_ids, rows, pool_at, query_start, counts, hidden, output: ModelRunnerOutput) -> None:
         """One vector per pooling request of `pool_at`, whose whole prompt is in this step's batch."""
@@ -282,26 +295,53 @@ class ModelRunner:
         slot_mapping = block_ids * block_size + positions % block_size
         max_blocks = int(-(-ends.max() // block_size))
         device = self.device
+        block_tables = to_device(batch.block_table[rows, :max_blocks], device)
+        positions_dev, seq_lens_dev = to_device(positions, device), to_device(ends.astype(np.int32), device)
+        slot_mapping_dev, seq_lens_cpu, max_seq_len = None, ends.tolist(), int(ends.max())
+        verified = self.unfilled[-1] if self.unfilled and isinstance(self.unfilled[-1], VerifiedTokens) else None
+        src = verified.sources(rows, batch) if verified is not None else None
+        if src is not None and (src >= 0).any():
+            # Requests whose verify step is in flight were scheduled as if all its drafts were accepted: move
+            # their positions back by what it rejected, on the device (see worker/step_output.py).
+            hit = np.flatnonzero(src >= 0)
+            rejected = torch.zeros(len(rows), dtype=torch.int64, device=device)
+            rejected[to_device(hit, device)] = verified.rejected[to_device(src[hit], device)]
+            token_req = to_device(np.repeat(np.arange(len(rows)), counts), device)
+            positions_dev = positions_dev - rejected[token_req]
+            seq_lens_dev = (seq_lens_dev - rejected).to(torch.int32)
+            slot_mapping_dev = (block_tables[token_req, positions_dev // block_size].to(torch.int64) * block_size
+                                + positions_dev % block_size)
+            if self.attn_metadata.needs_host_lengths:  # exact host lengths (free on the CPU, a sync elsewhere)
+                seq_lens_cpu = seq_lens_dev.tolist()
+                max_seq_len = max(seq_lens_cpu)
         metadata = self.attn_metadata.build(
             num_reqs=len(rows),
             num_tokens=total,
             max_query_len=int(counts.max()),
-            max_seq_len=int(ends.max()),
+            max_seq_len=max_seq_len,
             query_start_loc=to_device(query_start.astype(np.int32), device),
-            seq_lens=to_device(ends.astype(np.int32), device),
-            block_tables=to_device(batch.block_table[rows, :max_blocks], device),
-            slot_mapping=to_device(slot_mapping, device),
+            seq_lens=seq_lens_dev,
+            block_tables=block_tables,
+            slot_mapping=slot_mapping_dev if slot_mapping_dev is not None else to_device(slot_mapping, device),
             query_start_loc_cpu=query_start.tolist(),
-            seq_lens_cpu=ends.tolist(),
+            seq_lens_cpu=seq_lens_cpu,
         )
         input_ids_dev = to_device(input_ids, device)
         holes = np.flatnonzero(input_ids == PLACEHOLDER)
-        if holes.size:  # tokens sampled by the step still in flight: take them from the device
-            src = self.pending_src[token_rows[holes]]
-            input_ids_dev[to_device(holes, device)] = self.last_sampled[to_device(src, device)]
+        if holes.size:  # tokens sampled by the step still in flight, or drafted on the device: take them there
+            hole_rows = token_rows[holes]
+            index_in_row = holes - np.repeat(query_start[:-1], counts)[holes]
+            newest = index_in_row == 0  # a request's first scheduled token: the newest the step in flight yields
+            if newest.all():
+                input_ids_dev[to_device(holes, device)] = self.last_sampled[to_device(self.pending_src[hole_rows], device)]
+            else:
+                source = torch.cat([self.last_sampled, self.spec.draft_ids.reshape(-1)])
+                where = np.where(newest, self.pending_src[hole_rows],
+                                 len(self.last_sampled) + hole_rows * self.spec.num_speculative_tokens + index_in_row - 1)
+                input_ids_dev[to_device(holes, device)] = source[to_device(where, device)]
         return {
             "input_ids": input_ids_dev,
-            "positions": to_device(positions, device),
+            "positions": positions_dev,
             "attn_metadata": metadata,
             "starts": starts,
             "ends": ends,

@@ -33,6 +33,7 @@ from pagoda.sample.logprobs import gather_logprobs
 from pagoda.sample.rejection_sampler import rejection_sample
 from pagoda.spec_decode.ngram_proposer import NgramProposer
 from pagoda.worker.input_batch import to_device
+from pagoda.worker.step_output import PLACEHOLDER, StepOutput, VerifiedTokens
 
 
 class SpecDecodeStep:
@@ -44,6 +45,22 @@ class SpecDecodeStep:
                                           speculative_config.prompt_lookup_min, speculative_config.prompt_lookup_max)
         self.draft = None  # a DraftModelProposer (method "draft_model"), attached by the worker
         self.runner = runner
+        # Async scheduling: the step's drafts are proposed on the device and read there by the next step (the
+        # scheduler sends placeholders); without it they come to the host once per step.
+        self.on_device = runner.config.scheduler.async_scheduling
+        # The proposer that drafts on the device into `draft_ids` (the draft model, or the benchmark's oracle).
+        self.device_proposer = None
+        if getattr(speculative_config, "oracle", False):
+            from pagoda.spec_decode.oracle_proposer import DeviceOracle
+
+            self.proposer = None
+            self.device_proposer = DeviceOracle(self.num_speculative_tokens, runner)
+        if self.on_device and self.proposer is not None:
+            raise ValueError("speculative decoding with async scheduling needs drafts proposed on the device; "
+                             f"method {speculative_config.method!r} proposes on the host (turn async scheduling off)")
+        # Row r's newest drafts on the device: draft_ids[r, :k].
+        self.draft_ids = torch.zeros((runner.batch.max_num_reqs, self.num_speculative_tokens), dtype=torch.int64,
+                                     device=runner.device)
 
     def attach_draft_model(self, model, kv_caches) -> None:
         from pagoda.worker.draft_proposer import DraftModelProposer
@@ -51,6 +68,7 @@ class SpecDecodeStep:
         draft_config = self.runner.config.speculative.draft_model_config
         self.draft = DraftModelProposer(model, kv_caches, self.runner, self.num_speculative_tokens,
                                         draft_config.max_model_len)
+        self.device_proposer = self.draft
 
     def catch_up(self, input_ids, positions, metadata) -> None:
         """After every target forward: the draft model's forward over the same batch (no-op for n-gram)."""
@@ -70,11 +88,13 @@ class SpecDecodeStep:
         return num_drafts
 
     def sample(self, req_ids: list[str], rows: np.ndarray, sample_at: np.ndarray, query_end: np.ndarray,
-               num_drafts: np.ndarray, drafts: dict[str, list[int]], hidden: torch.Tensor,
-               output: ModelRunnerOutput, propose: bool = True, grammar=None) -> None:
+               num_drafts: np.ndarray, drafts: dict[str, list[int]], hidden: torch.Tensor, positions: torch.Tensor,
+               output: ModelRunnerOutput, propose: bool = True, grammar=None) -> StepOutput:
         """Sample the requests `sample_at` of the step (indices into req_ids), fill `output`, and (with
-        `propose`: the scheduler will use drafts) propose the next drafts. `grammar`: the structured-output
-        masks of the step (ModelRunner.apply_grammar), applied at every sampled position."""
+        `propose`: the scheduler will use drafts) propose the next drafts. `positions`: the step's positions on
+        the device. `grammar`: the structured-output masks of the step (ModelRunner.apply_grammar), applied at
+        every sampled position. With drafts on the device (async scheduling) nothing here waits for the
+        device: the step's tokens reach the host through the returned handle."""
         runner = self.runner
         batch, device = runner.batch, runner.device
         k = num_drafts[sample_at]
@@ -86,96 +106,101 @@ class SpecDecodeStep:
         sample_rows = rows[sample_at]
         sample_ids = [req_ids[i] for i in sample_at]
         runner.apply_grammar(logits, sample_ids, offsets, grammar)
-        tokens: list[list[int]] = [[] for _ in sample_ids]
-        logprobs: list[list | None] = [None] * len(sample_ids)
+        num = len(sample_ids)
+        out = torch.full((num, int(counts.max())), -1, dtype=torch.int64, device=device)
+        logprob_sets: list[tuple[torch.Tensor, ...]] = []
+        lp_set = np.full(num, -1, dtype=np.int64)
+        lp_start = np.zeros(num, dtype=np.int64)
+        lp_width = np.zeros(num, dtype=np.int64)
 
-        # Launch every sampling op first, then bring the results to the host (one sync for the step).
         plain = np.flatnonzero(k == 0)
-        plain_result = plain_metadata = None
+        plain_metadata = None
         if plain.size:
             plain_metadata = runner.sampling_inputs.build(sample_rows[plain], [sample_ids[j] for j in plain],
                                                           runner.generators)
-            plain_result = runner.sampler.forward(logits[to_device(offsets[plain], device)], plain_metadata)
-        verify = np.flatnonzero(k > 0)
-        verified = self._launch_verify(verify, k, offsets, counts, logits, sample_rows, sample_ids, drafts) \
-            if verify.size else None
-
-        if plain_result is not None:
-            result = plain_result
-            ids = result.sampled_token_ids.tolist()
+            result = runner.sampler.forward(logits[to_device(offsets[plain], device)], plain_metadata)
+            out[to_device(plain, device), 0] = result.sampled_token_ids
             wanted = batch.num_logprobs[sample_rows[plain]]
-            host = None if result.logprobs is None else (result.logprob_token_ids.tolist(),
-                                                         result.logprobs.tolist(), result.sampled_ranks.tolist())
-            for n, j in enumerate(plain.tolist()):
-                tokens[j] = [ids[n]]
-                if host is not None and wanted[n] >= 0:
-                    width = int(wanted[n]) + 1
-                    logprobs[j] = [(host[0][n][:width], host[1][n][:width], host[2][n])]
-            for n, reason in plain_metadata.row_errors.items():
+            if result.logprobs is not None and (wanted >= 0).any():
+                asked = wanted >= 0
+                lp_set[plain[asked]] = len(logprob_sets)
+                lp_start[plain] = np.arange(plain.size)
+                lp_width[plain] = wanted + 1
+                logprob_sets.append((result.logprob_token_ids, result.logprobs, result.sampled_ranks))
+        verify = np.flatnonzero(k > 0)
+        if verify.size:
+            self._launch_verify(verify, k, offsets, counts, logits, sample_rows, sample_ids, drafts, out,
+                                logprob_sets, lp_set, lp_start, lp_width)
+        num_new = (out >= 0).sum(dim=1)
+        record = VerifiedTokens(batch, sample_ids, sample_rows, counts, out, num_new, logprob_sets, lp_set,
+                                lp_start, lp_width)
+        if plain_metadata is not None:  # rows whose own sampling rules raised: failed after the record is made,
+            for n, reason in plain_metadata.row_errors.items():  # so its fill leaves their dropped rows alone
                 runner.fail(sample_ids[plain[n]], f"sampling request {sample_ids[plain[n]]} failed: {reason}", output)
-        if verified is not None:
-            self._finish_verify(verify, counts, sample_rows, verified, tokens, logprobs)
 
-        proposing = []
-        for j, req_id in enumerate(sample_ids):
-            if req_id in output.failed:
-                continue
-            row, new = int(sample_rows[j]), tokens[j]
-            start = int(batch.num_tokens[row])
-            batch.token_ids[row, start:start + len(new)] = new
-            batch.num_tokens[row] = start + len(new)
-            batch.num_computed[row] -= int(k[j]) + 1 - len(new)  # the rejected draft positions
-            output.sampled_token_ids[req_id] = new
-            if logprobs[j] is not None:
-                output.logprobs[req_id] = logprobs[j]
-            if propose and batch.can_speculate[row]:
-                proposing.append((req_id, row))
+        proposing = [j for j, req_id in enumerate(sample_ids)
+                     if propose and batch.can_speculate[sample_rows[j]] and req_id not in output.failed]
+        if proposing and self.proposer is None:  # on the device: the draft model, or the benchmark's oracle
+            where = to_device(np.array(proposing, dtype=np.int64), device)
+            last = out[where].gather(1, (num_new[where] - 1)[:, None])[:, 0]  # each request's newest token
+            position = positions[to_device(first[proposing], device)] + num_new[where]  # ... and its position
+            self.device_proposer.propose(sample_rows[proposing], last, position, self.draft_ids)
+        if self.on_device:
+            runner.add_in_flight(record)
+            for j in proposing:
+                output.draft_token_ids[sample_ids[j]] = [PLACEHOLDER] * self.num_speculative_tokens
+            return StepOutput(output, record)
+        record.fill(batch)
+        record.write_output(output)
+        for req_id in output.failed:
+            output.sampled_token_ids.pop(req_id, None)
+            output.logprobs.pop(req_id, None)
         if proposing:
-            self._propose(proposing, output)
+            self._propose_on_host([sample_ids[j] for j in proposing], sample_rows[proposing], output)
+        return StepOutput.ready(output)
 
-    def _propose(self, proposing: list[tuple[str, int]], output: ModelRunnerOutput) -> None:
+    def _propose_on_host(self, req_ids: list[str], rows: np.ndarray, output: ModelRunnerOutput) -> None:
+        """Without async scheduling: the next drafts as host ids (n-gram lookup, or the draft model's copied)."""
         batch = self.runner.batch
         if self.proposer is not None:
-            drafts = [self.proposer.propose(batch.token_ids[row, : batch.num_tokens[row]]) for _, row in proposing]
+            drafts = [self.proposer.propose(batch.token_ids[row, : batch.num_tokens[row]]) for row in rows.tolist()]
         else:
-            drafts = self.draft.propose(np.array([row for _, row in proposing], dtype=np.int64))
-        for (req_id, _), proposed in zip(proposing, drafts):
+            limits = self.device_proposer.num_drafts(rows)
+            drafts = [ids[:n] for ids, n in zip(self.draft_ids[to_device(rows, self.runner.device)].tolist(),
+                                                limits.tolist())]
+        for req_id, proposed in zip(req_ids, drafts):
             if proposed:
                 output.draft_token_ids[req_id] = proposed
 
-    def _launch_verify(self, verify, k, offsets, counts, logits, sample_rows, sample_ids, drafts):
-        """Launch the rejection sampler (and the logprobs it needs) for the rows `verify`; no host sync."""
+    def _launch_verify(self, verify, k, offsets, counts, logits, sample_rows, sample_ids, drafts, out,
+                       logprob_sets, lp_set, lp_start, lp_width) -> None:
+        """Launch the rejection sampler (and the logprobs it needs) for the rows `verify`, into `out`; no host
+        sync. Drafts that are placeholders (on the device) are read from `draft_ids`."""
         runner = self.runner
         batch, device = runner.batch, runner.device
         positions = np.concatenate([offsets[j] + np.arange(counts[j]) for j in verify])
         verify_logits = logits[to_device(positions, device)]
         verify_ids = [sample_ids[j] for j in verify]
         metadata = runner.sampling_inputs.build(sample_rows[verify], verify_ids, runner.generators)
-        draft_ids = to_device(np.array([t for r in verify_ids for t in drafts[r]], dtype=np.int64), device)
         verify_k = [int(k[j]) for j in verify]
-        out = rejection_sample(verify_logits, verify_k, draft_ids, metadata)  # [Rv, max_k + 1], -1 padded
+        host_ids = np.array([t for r in verify_ids for t in drafts[r]], dtype=np.int64)
+        if (host_ids == PLACEHOLDER).any():
+            draft_rows = np.repeat(sample_rows[verify], k[verify])
+            draft_cols = np.arange(host_ids.size) - np.repeat(np.cumsum(k[verify]) - k[verify], k[verify])
+            draft_ids = self.draft_ids[to_device(draft_rows, device), to_device(draft_cols, device)]
+        else:
+            draft_ids = to_device(host_ids, device)
+        verified = rejection_sample(verify_logits, verify_k, draft_ids, metadata)  # [Rv, max_k + 1], -1 padded
+        out[to_device(verify, device), : verified.shape[1]] = verified
         wanted = batch.num_logprobs[sample_rows[verify]]
-        logprob_tensors = None
         if (wanted >= 0).any():
             # The token output at each verified position (0 past the first rejection: never reported).
             index = to_device(np.stack([np.repeat(np.arange(len(verify)), counts[verify]),
                                         np.concatenate([np.arange(counts[j]) for j in verify])]), device)
-            chosen = out[index[0], index[1]].clamp_min(0)
+            chosen = verified[index[0], index[1]].clamp_min(0)
             raw = torch.log_softmax(verify_logits.to(torch.float32), dim=-1)
-            logprob_tensors = gather_logprobs(raw, int(wanted.max()), chosen)
-        return out, wanted, logprob_tensors
-
-    def _finish_verify(self, verify, counts, sample_rows, verified, tokens, logprobs) -> None:
-        """The verified rows' tokens (1 + accepted drafts each) and logprobs, on the host."""
-        out, wanted, logprob_tensors = verified
-        out_host = out.tolist()
-        host_lp = None if logprob_tensors is None else tuple(t.tolist() for t in logprob_tensors)
-        cursor = 0
-        for n, j in enumerate(verify.tolist()):
-            new = [t for t in out_host[n] if t >= 0]
-            tokens[j] = new
-            if host_lp is not None and wanted[n] >= 0:
-                width = int(wanted[n]) + 1
-                logprobs[j] = [(host_lp[0][p][:width], host_lp[1][p][:width], host_lp[2][p])
-                               for p in range(cursor, cursor + len(new))]
-            cursor += int(counts[j])
+            asked = wanted >= 0
+            lp_set[verify[asked]] = len(logprob_sets)
+            lp_start[verify] = np.cumsum(counts[verify]) - counts[verify]
+            lp_width[verify] = wanted + 1
+            logprob_sets.append(gather_logprobs(raw, int(wanted.max()), chosen))

@@ -16,6 +16,7 @@ def _prompts_with_shared_prefixes():
 
 
 def _run(folder, **kwargs):
+    kwargs.setdefault("kv_cache_memory_bytes", 64 << 20)  # on a GPU, the engines of one test process fit side by side
     llm = LLM(folder, dtype="float32", max_model_len=256, **kwargs)
     outs = llm.generate(_prompts_with_shared_prefixes(), GREEDY, use_tqdm=False)
     return [o.outputs[0].token_ids for o in outs], llm
@@ -64,7 +65,8 @@ def test_prefix_cache_is_used(llama_dir, reference):
 
 def test_requests_added_and_aborted_while_others_run(llama_dir, reference):
     engine = LLMEngine.from_engine_args(EngineArgs(model=llama_dir, dtype="float32", max_model_len=256,
-                                                   block_size=8, max_num_batched_tokens=16))
+                                                   block_size=8, max_num_batched_tokens=16,
+                                                   kv_cache_memory_bytes=64 << 20))
     prompts = _prompts_with_shared_prefixes()
     finished = {}
     engine.add_request("0", prompts[0], GREEDY)

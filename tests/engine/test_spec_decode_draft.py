@@ -121,3 +121,17 @@ def test_a_draft_with_fewer_positions_stops_drafting_at_its_limit(checkpoint, ll
     assert [o.outputs[0].token_ids for o in outs] == reference
     assert all(o.outputs[0].finish_reason == "length" for o in outs)
     assert max(len(o.prompt_token_ids) for o in outs) + 24 > 40  # some requests run past the draft's limit
+
+
+@pytest.mark.parametrize("which", ["same", "small"])
+def test_draft_with_async_scheduling_off_copies_its_drafts_to_the_host(llama_dir, small_draft, reference, which):
+    """The default keeps async scheduling on (drafts stay on the device); with it off, each step's drafts come to
+    the host and are scheduled as ids — the same tokens either way."""
+    draft = llama_dir if which == "same" else small_draft
+    llm = _llm(llama_dir, speculative_config=_draft(draft), async_scheduling=False)
+    assert llm.llm_engine.config.scheduler.async_scheduling is False
+    assert _tokens(llm) == reference
+    stats = llm.llm_engine.stats()
+    assert stats["spec_decode_num_draft_tokens"] > 0
+    if which == "same":
+        assert stats["spec_decode_num_accepted_tokens"] >= 0.9 * stats["spec_decode_num_draft_tokens"]

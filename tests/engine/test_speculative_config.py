@@ -312,7 +312,7 @@ def test_speculative_config_validates_itself(kwargs, error):
 
 
 # ---- with a model: the engine config ---------------------------------------------------------------------------
-def test_speculation_turns_async_scheduling_off(llama_dir, caplog):
+def test_ngram_turns_async_scheduling_off_a_draft_model_keeps_it(llama_dir, caplog):
     plain = EngineArgs(model=llama_dir).create_config()
     assert plain.speculative is None and plain.scheduler.async_scheduling is True
     with caplog.at_level(logging.INFO, logger="pagoda.engine_args"):
@@ -321,9 +321,14 @@ def test_speculation_turns_async_scheduling_off(llama_dir, caplog):
     assert config.speculative == ngram(3, 3, 3)
     assert config.scheduler.async_scheduling is False
     lines = [r.getMessage() for r in caplog.records if "async scheduling" in r.getMessage()]
-    assert lines == ["async scheduling is off: speculative decoding does not support it yet"]
+    assert lines == ["async scheduling is off: the n-gram proposer drafts from the tokens on the host, which each "
+                     "step then waits for"]
     seed = serve_args(shlex.split(SEED_FLAGS), model=llama_dir).create_config()
     assert seed.speculative == ngram(5, 1, 4) and seed.scheduler.async_scheduling is False
+    draft = EngineArgs(model=llama_dir, speculative_config={"model": llama_dir, "num_speculative_tokens": 2})
+    assert draft.create_config().scheduler.async_scheduling is True  # drafts on the device
+    assert EngineArgs(model=llama_dir, speculative_config={"model": llama_dir, "num_speculative_tokens": 2},
+                      async_scheduling=False).create_config().scheduler.async_scheduling is False
 
 
 def test_speculative_max_model_len_is_bounded_by_the_models(llama_dir):
@@ -377,7 +382,7 @@ def test_draft_model_config_is_built_like_the_targets(llama_dir, draft_dir, how)
     assert draft_config.dtype_name == config.model.dtype_name == "float16"  # the target's, not the draft's bf16
     assert draft_config.max_model_len == config.model.max_model_len == 512
     assert (draft_config.seed, draft_config.revision) == (7, None)
-    assert config.scheduler.async_scheduling is False
+    assert config.scheduler.async_scheduling is True  # the draft model drafts on the device
     assert config.model.model_path == os.path.abspath(llama_dir)  # the target is untouched
 
 
@@ -394,8 +399,8 @@ def test_kserve_draft_seed_through_the_server_parser(llama_dir, draft_dir, caplo
     assert config.speculative == draft(4, os.path.abspath(draft_dir))
     assert config.speculative.draft_model_config.model_path == os.path.abspath(draft_dir)
     assert config.parallel.world_size == 1
-    assert config.scheduler.async_scheduling is False
-    assert "async scheduling is off: speculative decoding does not support it yet" in caplog.text
+    assert config.scheduler.async_scheduling is True  # the draft model drafts on the device
+    assert "async scheduling is off" not in caplog.text
 
 
 def test_draft_model_from_the_hub_cache(llama_dir, draft_dir, tmp_path, monkeypatch):
