@@ -167,3 +167,29 @@ def test_async_mixed_batch_seeded_sampling_and_penalties(llama_dir, reference_ou
     again = spec.generate(PROMPTS, seeded, use_tqdm=False)
     assert [o.outputs[0].token_ids for o in again] == [o.outputs[0].token_ids for o in outs[n:2 * n]]
     assert all(len(o.outputs[0].token_ids) == 24 for o in outs)
+
+
+@pytest.mark.parametrize("kwargs", [dict(), dict(enable_prefix_caching=True, block_size=8, max_num_batched_tokens=7),
+                                    dict(enable_prefix_caching=False, block_size=8, num_gpu_blocks_override=40)],
+                         ids=["default", "chunked-7", "preemption"])
+def test_padded_verify_steps_change_nothing(llama_dir, reference_outputs, reference, monkeypatch, kwargs):
+    """Steps whose requests carry different numbers of drafts are padded to k + 1 query tokens (what lets them
+    replay a CUDA graph on a GPU); forced here on the CPU. Padding tokens write no KV and are never sampled."""
+    from pagoda.worker.model_runner import ModelRunner
+
+    padded = {"steps": 0}
+    original = ModelRunner._graph_query_len
+
+    def graph_query_len(self, rows, starts, counts):
+        q = original(self, rows, starts, counts)
+        padded["steps"] += q is not None
+        return q
+
+    monkeypatch.setattr(ModelRunner, "_graph_query_len", graph_query_len)
+    llm = _oracle_llm(llama_dir, reference_outputs, noise=True, **kwargs)
+    llm.llm_engine.core.executor.worker.runner.pad_query_lens = (1, 5)
+    prompts = PROMPTS + PROMPTS[:3]
+    assert _tokens(llm, prompts=prompts) == reference + reference[:3]
+    assert padded["steps"] > 0
+    pool = llm.llm_engine.core.scheduler.kv.pool
+    assert pool.num_free_blocks == pool.num_blocks

@@ -135,3 +135,13 @@ def test_draft_with_async_scheduling_off_copies_its_drafts_to_the_host(llama_dir
     assert stats["spec_decode_num_draft_tokens"] > 0
     if which == "same":
         assert stats["spec_decode_num_accepted_tokens"] >= 0.9 * stats["spec_decode_num_draft_tokens"]
+
+
+def test_draft_with_padded_verify_steps(llama_dir, small_draft, reference):
+    """Verify steps padded to k + 1 query tokens (how a GPU replays graphs when requests carry different numbers
+    of drafts), forced on the CPU: the draft's catch-up runs over the padded batch too."""
+    for draft in (llama_dir, small_draft):
+        llm = _llm(llama_dir, speculative_config=_draft(draft), enable_prefix_caching=True, block_size=8)
+        llm.llm_engine.core.executor.worker.runner.pad_query_lens = (1, K + 1)
+        assert _tokens(llm, prompts=PROMPTS + PROMPTS[:3]) == reference + reference[:3]
+        assert llm.llm_engine.stats()["spec_decode_num_draft_tokens"] > 0
