@@ -7,7 +7,8 @@ Invariants:
   as a string name (`dtype_name`) plus the resolved `torch.dtype` built lazily by `torch_dtype`.
 - `PagodaConfig.speculative` is None unless speculative decoding was asked for; with method "ngram" the
   scheduler's `async_scheduling` is False (its drafts are looked up in host tokens), while the draft model
-  (and the benchmark-only `oracle`) draft on the device and keep it. Method "ngram" carries
+  (and the benchmark-only `oracle`) draft on the device and keep it, as does "ngram_gpu" (the same
+  lookup on the device). The n-gram methods carry
   both prompt-lookup bounds and no model; method "draft_model" carries the draft's resolved folder, no
   prompt-lookup bounds, and (once built by `EngineArgs.create_config`) `draft_model_config`, a ModelConfig
   of the draft with the target's dtype and vocabulary size.
@@ -38,7 +39,8 @@ GENERATION_CONFIG_MODES = ("auto", "vllm", "none")  # or a folder holding genera
 # transformers writes by default, which vLLM's `to_diff_dict()` drops (so top_k=50 is not a default).
 GENERATION_DEFAULT_KEYS = ("repetition_penalty", "temperature", "top_k", "top_p", "min_p", "max_new_tokens")
 _HF_GENERATION_DEFAULTS = {"repetition_penalty": 1.0, "temperature": 1.0, "top_k": 50, "top_p": 1.0}
-SPECULATIVE_METHODS = ("ngram", "draft_model")  # prompt lookup; a smaller model of the same vocabulary
+SPECULATIVE_METHODS = ("ngram", "ngram_gpu", "draft_model")  # prompt lookup (on the host, on the device); a smaller model
+NGRAM_METHODS = ("ngram", "ngram_gpu")
 
 
 @dataclass
@@ -180,7 +182,7 @@ def check_speculative_values(values: Mapping[str, Any], name: Callable[[str], st
     method = values.get("method")
     if method not in SPECULATIVE_METHODS:
         raise ValueError(f"{name('method')}: {method!r} is not one of {list(SPECULATIVE_METHODS)}")
-    required = ("num_speculative_tokens", *NGRAM_ONLY_KEYS) if method == "ngram" else ("num_speculative_tokens",
+    required = ("num_speculative_tokens", *NGRAM_ONLY_KEYS) if method in NGRAM_METHODS else ("num_speculative_tokens",
                                                                                         "model")
     for key in required:
         if values.get(key) is None:
@@ -202,7 +204,7 @@ def check_speculative_values(values: Mapping[str, Any], name: Callable[[str], st
             raise TypeError(f"{name(key)} must be an integer, got {value!r}")
         if value < low:
             raise ValueError(f"{name(key)} must be >= {low}, got {value}")
-    if method == "ngram" and values["prompt_lookup_min"] > values["prompt_lookup_max"]:
+    if method in NGRAM_METHODS and values["prompt_lookup_min"] > values["prompt_lookup_max"]:
         raise ValueError(f"{name('prompt_lookup_min')} must be <= {name('prompt_lookup_max')}, got "
                          f"{values['prompt_lookup_min']} > {values['prompt_lookup_max']}")
     if values.get("draft_tensor_parallel_size") not in (None, 1):

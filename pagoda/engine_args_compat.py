@@ -332,10 +332,10 @@ SPECULATIVE_CONFIG_NOT_YET: dict[str, tuple] = {
     "target_model_config": (None,), "target_parallel_config": (None,), "draft_model_config": (None,),
     "draft_parallel_config": (None,),
 }
-# vLLM's speculative methods Pagoda does not implement yet (also any "*_mtp" one); "ngram" and "draft_model" are
-# implemented.
+# vLLM's speculative methods Pagoda does not implement yet (also any "*_mtp" one); "ngram", "ngram_gpu" and
+# "draft_model" are implemented.
 SPECULATIVE_METHODS_NOT_YET = ("eagle", "eagle3", "medusa", "mlp_speculator", "mtp", "suffix",
-                               "ngram_gpu", "ngram-eagle", "dflash", "dspark", "extract_hidden_states",
+                               "ngram-eagle", "dflash", "dspark", "extract_hidden_states",
                                "custom_class")
 
 

@@ -92,22 +92,22 @@ def _from_speculative_dict(spec: dict) -> dict:
     method = "ngram" if method in NGRAM_NAMES else method
     if compat.speculative_method_not_yet(method):
         raise ValueError(f"{_config_key('method')}: {method!r} is not supported yet: only methods 'ngram' "
-                         "(prompt lookup) and 'draft_model' are implemented")
+                         "and 'ngram_gpu' (prompt lookup) and 'draft_model' are implemented")
     if method not in cfg.SPECULATIVE_METHODS:
         raise ValueError(f"{_config_key('method')}: {method!r} is not a speculative method; supported: "
                          f"{list(cfg.SPECULATIVE_METHODS)}")
     if method == "draft_model":  # the model and the absence of lookup bounds are checked with the other values
         values["method"] = method
         return values
-    if model not in (None, *NGRAM_NAMES):  # as vLLM: method 'ngram' reads no model
-        _warn_once(f"speculative_config: method 'ngram' uses no draft model; model={model!r} is ignored")
+    if model not in (None, *NGRAM_NAMES):  # as vLLM: the n-gram methods read no model
+        _warn_once(f"speculative_config: method {method!r} uses no draft model; model={model!r} is ignored")
     low, high = values["prompt_lookup_min"], values["prompt_lookup_max"]
     for key, value in (("prompt_lookup_min", low), ("prompt_lookup_max", high)):  # before one defaults to the other
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"{_config_key(key)} must be >= 1, got {value!r}")
     if low is None and high is None:
         low = high = NGRAM_LOOKUP_DEFAULT
-    values.update(method="ngram", model=None, prompt_lookup_min=high if low is None else low,
+    values.update(method=method, model=None, prompt_lookup_min=high if low is None else low,
                   prompt_lookup_max=low if high is None else high)
     return values
 

@@ -40,7 +40,7 @@ class SpecDecodeStep:
     def __init__(self, speculative_config, runner) -> None:
         self.num_speculative_tokens = speculative_config.num_speculative_tokens
         self.proposer = None  # proposes from one request's tokens: the n-gram one (or a benchmark's oracle)
-        if speculative_config.method == "ngram":
+        if speculative_config.method in ("ngram", "ngram_gpu"):
             self.proposer = NgramProposer(speculative_config.num_speculative_tokens,
                                           speculative_config.prompt_lookup_min, speculative_config.prompt_lookup_max)
         self.draft = None  # a DraftModelProposer (method "draft_model"), attached by the worker
@@ -50,6 +50,13 @@ class SpecDecodeStep:
         self.on_device = runner.config.scheduler.async_scheduling
         # The proposer that drafts on the device into `draft_ids` (the draft model, or the benchmark's oracle).
         self.device_proposer = None
+        if speculative_config.method == "ngram_gpu" and self.on_device:  # the same lookup, on the device
+            from pagoda.spec_decode.ngram_gpu import DeviceNgramProposer
+
+            self.proposer = None
+            self.device_proposer = DeviceNgramProposer(speculative_config.num_speculative_tokens,
+                                                       speculative_config.prompt_lookup_min,
+                                                       speculative_config.prompt_lookup_max, runner)
         if getattr(speculative_config, "oracle", False):
             from pagoda.spec_decode.oracle_proposer import DeviceOracle
 
@@ -138,6 +145,13 @@ class SpecDecodeStep:
             for n, reason in plain_metadata.row_errors.items():  # so its fill leaves their dropped rows alone
                 runner.fail(sample_ids[plain[n]], f"sampling request {sample_ids[plain[n]]} failed: {reason}", output)
 
+        observe = getattr(self.device_proposer, "observe", None)
+        if observe is not None:  # a proposer that keeps each request's tokens on the device sees the new ones
+            seen = np.flatnonzero(batch.can_speculate[sample_rows])
+            if seen.size:
+                where = to_device(seen, device)
+                observe(sample_rows[seen], record.positions[seen], out[where], num_new[where],
+                        positions[to_device(first[seen], device)])
         proposing = [j for j, req_id in enumerate(sample_ids)
                      if propose and batch.can_speculate[sample_rows[j]] and req_id not in output.failed]
         if proposing and self.proposer is None:  # on the device: the draft model, or the benchmark's oracle

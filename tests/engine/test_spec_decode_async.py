@@ -1,12 +1,14 @@
 """Speculative decoding under async scheduling (drafts proposed on the device, the next step scheduled while
 the verify step runs): greedy outputs are token-identical to decoding without speculation.
 
-The device-side oracle (spec_decode/oracle_proposer.py, what `pagoda bench latency --spec-oracle` measures)
+The n-gram lookup on the device (method "ngram_gpu") must draft exactly what the host lookup drafts
+from the true tokens. The device-side oracle (spec_decode/oracle_proposer.py, what `pagoda bench latency --spec-oracle` measures)
 replays a run without speculation; `noise` corrupts drafts at fixed positions, so rejections happen at every
 draft position and the next step's positions, slots and input tokens must be corrected on the device from
 the accepted counts. The draft model runs this path too (tests/engine/test_spec_decode_draft.py).
 """
 
+import numpy as np
 import pytest
 import torch
 
@@ -193,3 +195,70 @@ def test_padded_verify_steps_change_nothing(llama_dir, reference_outputs, refere
     assert padded["steps"] > 0
     pool = llm.llm_engine.core.scheduler.kv.pool
     assert pool.num_free_blocks == pool.num_blocks
+
+
+NGRAM_GPU = {"method": "ngram_gpu", "num_speculative_tokens": 4, "prompt_lookup_max": 3, "prompt_lookup_min": 1}
+COPY_HEAVY = ["a b c d a b c d a b c d a b", "x = 1\nx = 1\nx = 1\nx = 1\n", "def f(): return f(); def f(): return"]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_ngram_gpu_keeps_async_scheduling_and_the_tokens(checkpoint, arch, corrections):
+    folder = checkpoint(arch)
+    prompts = PROMPTS + COPY_HEAVY
+    expected = _tokens(_llm(folder), prompts=prompts)
+    llm = _llm(folder, speculative_config=NGRAM_GPU)
+    assert llm.llm_engine.config.scheduler.async_scheduling is True
+    assert _tokens(llm, prompts=prompts) == expected
+    stats = llm.llm_engine.stats()
+    assert stats["spec_decode_num_draft_tokens"] > 0
+    assert corrections["rows"] > 0
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(enable_prefix_caching=True, block_size=8, max_num_batched_tokens=7),
+     dict(enable_prefix_caching=False, block_size=8, num_gpu_blocks_override=40), dict(async_scheduling=False)],
+    ids=["chunked-7", "preemption", "async-off"],
+)
+def test_ngram_gpu_under_engine_settings(llama_dir, kwargs):
+    prompts = PROMPTS + COPY_HEAVY + COPY_HEAVY
+    expected = _tokens(_llm(llama_dir), prompts=prompts)
+    llm = _llm(llama_dir, speculative_config=NGRAM_GPU, **kwargs)
+    assert _tokens(llm, prompts=prompts) == expected
+    stats = llm.llm_engine.stats()
+    assert stats["spec_decode_num_draft_tokens"] > 0
+    if "num_gpu_blocks_override" in kwargs:
+        assert stats["num_preemptions"] > 0
+
+
+def test_ngram_gpu_drafts_what_the_host_lookup_drafts_from_the_true_tokens(llama_dir, monkeypatch):
+    """At every proposal the device history of each request is its prompt plus exactly the tokens it has
+    generated so far (the reference greedy run's), and the drafts are the host proposer's on those tokens."""
+    from pagoda.spec_decode.ngram_gpu import DeviceNgramProposer
+    from pagoda.spec_decode.ngram_proposer import NgramProposer
+
+    prompts = PROMPTS + COPY_HEAVY
+    plain = _llm(llama_dir)
+    whole = plain.generate(prompts, GREEDY, use_tqdm=False)
+    full = {tuple(o.prompt_token_ids): list(o.prompt_token_ids) + list(o.outputs[0].token_ids) for o in whole}
+    host = NgramProposer(4, 1, 3)
+    checked = {"rows": 0, "drafted": 0}
+    original = DeviceNgramProposer.propose
+
+    def propose(self, rows, last, position, draft_ids):
+        original(self, rows, last, position, draft_ids)
+        batch = self.runner.batch
+        for j, row in enumerate(rows.tolist()):
+            length = int(position[j]) + 1
+            tokens = full[tuple(batch.token_ids[row, : batch.num_prompt_tokens[row]].tolist())][:length]
+            assert self.history[row, :length].tolist() == tokens
+            want = host.propose(np.array(tokens))
+            assert draft_ids[row, : len(want)].tolist() == want
+            checked["rows"] += 1
+            checked["drafted"] += bool(want)
+
+    monkeypatch.setattr(DeviceNgramProposer, "propose", propose)
+    llm = _llm(llama_dir, speculative_config=NGRAM_GPU, enable_prefix_caching=False, block_size=8,
+               num_gpu_blocks_override=40)
+    assert _tokens(llm, prompts=prompts) == [full[tuple(o.prompt_token_ids)][len(o.prompt_token_ids):] for o in whole]
+    assert checked["rows"] > 0 and checked["drafted"] > 0

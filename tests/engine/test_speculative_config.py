@@ -206,9 +206,9 @@ def test_multi_gpu_executor_backends_are_not_supported_yet(backend):
     ({"speculative_config": {"method": "suffix", "num_speculative_tokens": 3}}, ValueError,
      ["'suffix' is not supported yet"]),
     ({"speculative_config": {"method": "eagle", "num_speculative_tokens": 3}}, ValueError,
-     ["only methods 'ngram' (prompt lookup) and 'draft_model' are implemented"]),
+     ["only methods 'ngram' and 'ngram_gpu' (prompt lookup) and 'draft_model' are implemented"]),
     ({"speculative_config": {"method": "magic", "num_speculative_tokens": 3}}, ValueError,
-     ["'magic' is not a speculative method", "['ngram', 'draft_model']"]),
+     ["'magic' is not a speculative method", "['ngram', 'ngram_gpu', 'draft_model']"]),
     # a draft model
     ({"speculative_config": {"model": "/models/tiny-draft"}}, ValueError,
      ["speculative_config['num_speculative_tokens'] (--speculative-config) is required with method 'draft_model'"]),
@@ -242,7 +242,7 @@ def test_multi_gpu_executor_backends_are_not_supported_yet(backend):
     ({"speculative_config": {"method": "ngram"}}, ValueError,
      ["speculative_config['num_speculative_tokens']", "is required"]),
     ({"speculative_config": {"num_speculative_tokens": 3}}, ValueError, ["needs 'method'",
-                                                                         "['ngram', 'draft_model']"]),
+                                                                         "['ngram', 'ngram_gpu', 'draft_model']"]),
     ({"speculative_config": {"method": "ngram", "num_speculative_tokens": 0}}, ValueError,
      ["speculative_config['num_speculative_tokens']", "must be >= 1, got 0"]),
     ({"speculative_config": {"method": "ngram", "num_speculative_tokens": "4"}}, TypeError,
@@ -299,7 +299,7 @@ def test_draft_model_errors_stop_the_server_before_loading():
      "num_speculative_tokens must be >= 1"),
     ({"num_speculative_tokens": 1, "prompt_lookup_min": 3, "prompt_lookup_max": 2}, "prompt_lookup_min must be <= "),
     ({"num_speculative_tokens": 1, "prompt_lookup_min": 1, "prompt_lookup_max": 1, "method": "eagle"},
-     "method: 'eagle' is not one of ['ngram', 'draft_model']"),
+     "method: 'eagle' is not one of ['ngram', 'ngram_gpu', 'draft_model']"),
     ({"num_speculative_tokens": 1}, "prompt_lookup_max is required with method 'ngram'"),
     ({"method": "draft_model", "num_speculative_tokens": 2}, "model is required with method 'draft_model'"),
     ({"method": "draft_model", "num_speculative_tokens": 2, "model": "/d", "prompt_lookup_max": 3},
@@ -502,3 +502,15 @@ def test_draft_model_for_a_pooling_target_is_an_error(llama_dir, draft_dir):
     with pytest.raises(ValueError, match="not supported for pooling"):
         EngineArgs(model=llama_dir, task="embed", speculative_model=draft_dir,
                    num_speculative_tokens=2).create_config()
+
+
+def test_ngram_gpu_is_the_lookup_on_the_device_and_keeps_async_scheduling(llama_dir):
+    config = EngineArgs(model=llama_dir, speculative_config={"method": "ngram_gpu", "num_speculative_tokens": 3,
+                                                             "prompt_lookup_max": 4}).create_config()
+    spec = config.speculative
+    assert (spec.method, spec.num_speculative_tokens, spec.prompt_lookup_min, spec.prompt_lookup_max) == (
+        "ngram_gpu", 3, 4, 4)
+    assert config.scheduler.async_scheduling is True
+    with pytest.raises(ValueError, match="prompt_lookup_min"):
+        EngineArgs(model=llama_dir, speculative_config={"method": "ngram_gpu", "num_speculative_tokens": 3,
+                                                        "prompt_lookup_min": 5, "prompt_lookup_max": 2}).create_config()
