@@ -98,8 +98,19 @@ class ModelConfig:
         return getattr(torch, self.dtype_name)
 
     @property
+    def hf_text_config(self) -> Any:
+        """The text model's config: hf_config itself, or its `text_config` for a vision-language model."""
+        return text_config_of(self.hf_config)
+
+    @property
     def vocab_size(self) -> int:
-        return int(self.hf_config.vocab_size)
+        return int(self.hf_text_config.vocab_size)
+
+
+def text_config_of(hf_config: Any) -> Any:
+    """A model config's text part: `text_config` of a vision-language config, else the config itself."""
+    text = getattr(hf_config, "text_config", None)
+    return text if text is not None else hf_config
 
 
 @dataclass

@@ -239,6 +239,12 @@ class EngineArgs(compat.VllmCompatArgs):
         if speculative is not None and pooling:
             raise ValueError("speculative decoding (--speculative-config, --speculative-model) is not supported for "
                              "pooling (embedding) models")
+        if speculative is not None:
+            from pagoda.model_executor.models.registry import accepts_images
+
+            if accepts_images(model_config.architecture):
+                raise ValueError("speculative decoding (--speculative-config, --speculative-model) is not supported "
+                                 f"yet for vision-language models ({model_config.architecture})")
         if speculative is not None and speculative.method == "draft_model":
             speculative = self._with_draft_model(speculative, model_config, device)
         async_scheduling = self.async_scheduling
@@ -360,10 +366,10 @@ class EngineArgs(compat.VllmCompatArgs):
         architectures = getattr(hf_config, "architectures", None) or []
         if not architectures:
             raise ValueError(f"model={self.model!r}: config.json names no architectures; set hf_overrides={{'architectures': [...]}}")
-        limit = hf_utils.derive_max_model_len(hf_config)
+        limit = hf_utils.derive_max_model_len(cfg.text_config_of(hf_config))
         from pagoda.model_executor.models import max_model_len_cap
 
-        window = max_model_len_cap(hf_config)
+        window = max_model_len_cap(cfg.text_config_of(hf_config))
         if window is not None and window < limit:
             logger.warning("sliding window %d: attention is full, so max_model_len is capped at the window", window)
             limit = window

@@ -238,3 +238,49 @@ def ensure_demo_model(folder: str) -> str:
         if os.path.isdir(tmp):
             shutil.rmtree(tmp, ignore_errors=True)
     return folder
+
+
+IMAGE_TOKEN = "<image>"
+LLAVA_IMAGE_SIZE, LLAVA_PATCH_SIZE = 32, 8  # 16 patches: 16 image tokens per image ("default" drops CLS)
+
+
+def make_llava_checkpoint(folder: str, tokenizer_folder: str | None = None, *, seed: int = 0) -> str:
+    """Write a tiny random LlavaForConditionalGeneration (LLaVA-1.5 layout: CLIP vision tower, projector, Llama
+    text model) with its real processor (LlavaProcessor: the tokenizer plus an "<image>" token, and a CLIP image
+    processor) to `folder`; return `folder`."""
+    import torch
+    from transformers import (CLIPImageProcessor, CLIPVisionConfig, GenerationConfig, LlamaConfig, LlavaConfig,
+                              LlavaForConditionalGeneration, LlavaProcessor, PreTrainedTokenizerFast)
+
+    os.makedirs(folder, exist_ok=True)
+    if tokenizer_folder is None:
+        train_tokenizer(folder)
+    elif os.path.abspath(tokenizer_folder) != os.path.abspath(folder):
+        _copy_tokenizer(tokenizer_folder, folder)
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(folder)
+    tokenizer.add_special_tokens({"additional_special_tokens": [IM_START, IM_END, IMAGE_TOKEN]})
+    tokenizer.save_pretrained(folder)
+    ids = _special_ids(folder)
+    image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+    text = LlamaConfig(**{**_ARCH_CONFIGS["LlamaForCausalLM"][1], "vocab_size": _vocab_size(folder),
+                          "bos_token_id": ids[BOS], "eos_token_id": ids[EOS], "pad_token_id": ids[PAD]})
+    vision = CLIPVisionConfig(image_size=LLAVA_IMAGE_SIZE, patch_size=LLAVA_PATCH_SIZE, hidden_size=32,
+                              intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, projection_dim=32)
+    config = LlavaConfig(vision_config=vision, text_config=text, image_token_index=image_id, vision_feature_layer=-2,
+                         vision_feature_select_strategy="default", projector_hidden_act="gelu")
+    config.architectures = ["LlavaForConditionalGeneration"]
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(config)
+    _reinit_weights(model, seed)
+    model.config.dtype = torch.float32
+    model.save_pretrained(folder)
+    image_processor = CLIPImageProcessor(size={"shortest_edge": LLAVA_IMAGE_SIZE},
+                                         crop_size={"height": LLAVA_IMAGE_SIZE, "width": LLAVA_IMAGE_SIZE})
+    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=LLAVA_PATCH_SIZE,
+                               vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                               image_token=IMAGE_TOKEN, chat_template=CHAT_TEMPLATE)
+    processor.save_pretrained(folder)
+    GenerationConfig(bos_token_id=ids[BOS], eos_token_id=[ids[EOS], ids[IM_END]],
+                     pad_token_id=ids[PAD]).save_pretrained(folder)
+    logger.info("wrote a tiny LLaVA checkpoint to %s", folder)
+    return folder

@@ -123,4 +123,5 @@ class KVCacheManager:
         tokens = request.all_token_ids
         while (len(hashes) + 1) * size <= len(tokens):
             start = len(hashes) * size
-            hashes.append(hash_block(hashes[-1] if hashes else None, tokens[start : start + size]))
+            parent = hashes[-1] if hashes else getattr(request, "cache_salt", None)  # images: see Request.cache_salt
+            hashes.append(hash_block(parent, tokens[start : start + size]))

@@ -17,7 +17,8 @@ Invariants:
   FINISHED_ERROR (finish_reason "error", vLLM V1's FinishReason.ERROR) marks a request the engine
   failed on its own (an exception while preparing, sampling or post-processing it); the engine goes on.
 - `block_hashes[i]` is the chained hash of full block i of `all_token_ids` (kept current by
-  KVCacheManager); it never covers a partial block.
+  KVCacheManager), rooted at `cache_salt` (the hash of the request's images, None for text); it never
+  covers a partial block.
 - A pooling request (`pooling_params` set, `sampling_params` None) is scheduled only whole, never
   chunked or served from the prefix cache, and finishes in the step that computes its prompt.
 """
@@ -28,6 +29,7 @@ import time
 from dataclasses import dataclass, field
 from enum import IntEnum
 
+from pagoda.multimodal.inputs import cache_salt
 from pagoda.pooling_params import PoolingParams
 from pagoda.sampling_params import SamplingParams
 
@@ -73,6 +75,7 @@ class EngineCoreRequest:
     arrival_time: float = field(default_factory=time.time)
     priority: int = 0
     pooling_params: PoolingParams | None = None
+    mm_inputs: list | None = None  # multimodal.inputs.ImageInput per image, in prompt order (None: text only)
 
 
 class Request:
@@ -85,6 +88,10 @@ class Request:
         self.arrival_time = core_request.arrival_time
         self.priority = core_request.priority
         self.prompt_token_ids = list(core_request.prompt_token_ids)
+        self.mm_inputs = core_request.mm_inputs
+        # The root of the request's prefix-cache hash chain: its images' hashes (None for text), so the same
+        # tokens with another image never hit the cache.
+        self.cache_salt = cache_salt(self.mm_inputs or [])
         self.num_prompt_tokens = len(self.prompt_token_ids)
         self.all_token_ids = list(self.prompt_token_ids)
         self.output_token_ids: list[int] = []

@@ -43,6 +43,7 @@ class NewRequestData:
     block_ids: list[int]
     num_computed_tokens: int  # before this step (prefix-cache hits)
     pooling_params: PoolingParams | None = None
+    mm_inputs: list | None = None  # the request's images (multimodal.inputs.ImageInput), None for text
 
 
 @dataclass

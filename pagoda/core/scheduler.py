@@ -301,6 +301,7 @@ class Scheduler:
                     block_ids=self.kv.get_block_ids(request.request_id),
                     num_computed_tokens=num_computed,
                     pooling_params=request.pooling_params,
+                    mm_inputs=request.mm_inputs,
                 )
             )
         return budget

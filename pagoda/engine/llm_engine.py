@@ -46,7 +46,7 @@ class LLMEngine:
                     *, check_logprobs_limit: bool = True) -> None:
         if not isinstance(params, (SamplingParams, PoolingParams)):
             raise TypeError(f"params must be SamplingParams or PoolingParams, got {type(params).__name__}")
-        prompt_text, prompt_ids = self.processor.parse_prompt(prompt, params.truncate_prompt_tokens)
+        prompt_text, prompt_ids, images = self.processor.parse_prompt_and_images(prompt, params.truncate_prompt_tokens)
         # Validate every child before registering any, so a bad request leaves no trace.
         core_requests = []
         if isinstance(params, PoolingParams):
@@ -62,7 +62,7 @@ class LLMEngine:
                 if params.num_sequences > params.n and child_params.logprobs is None:
                     child_params.logprobs = 0  # the sampled token's logprob, to rank the sequences
             core_requests.append(self.processor.process("", prompt_ids, child_params, priority,
-                                                        check_logprobs_limit=check_logprobs_limit))
+                                                        check_logprobs_limit=check_logprobs_limit, mm_inputs=images))
         child_ids = self.output_processor.add_request(request_id, prompt_text, prompt_ids, params)
         for child_id, core_request in zip(child_ids, core_requests):
             core_request.request_id = child_id

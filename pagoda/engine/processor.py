@@ -40,6 +40,7 @@ class Processor:
         self.tokenizer = tokenizer
         self.eos_token_id = _eos_token_id(model_config, tokenizer)
         self.extra_eos_ids = _generation_config_eos_ids(model_config)
+        self._mm_processor = None  # multimodal.processing.MultiModalProcessor, made for the first image prompt
 
     @property
     def stop_token_ids(self) -> set[int]:
@@ -52,9 +53,17 @@ class Processor:
     # ---- prompts --------------------------------------------------------------------------------
     def parse_prompt(self, prompt: Any, truncate_prompt_tokens: int | None = None) -> tuple[str | None, list[int]]:
         """(prompt text or None, prompt token ids) for every accepted prompt shape, truncated if asked."""
+        text, ids, _ = self.parse_prompt_and_images(prompt, truncate_prompt_tokens)
+        return text, ids
+
+    def parse_prompt_and_images(self, prompt: Any, truncate_prompt_tokens: int | None = None
+                                ) -> tuple[str | None, list[int], list | None]:
+        """parse_prompt's (text, ids) plus the prompt's images (multimodal/inputs.ImageInput, None without)."""
+        if isinstance(prompt, dict) and "multi_modal_data" in prompt:
+            return self._parse_multimodal(prompt, truncate_prompt_tokens)
         keep = self._truncation(truncate_prompt_tokens)
         if isinstance(prompt, str):
-            return prompt, self._encode(prompt, keep)
+            return prompt, self._encode(prompt, keep), None
         if isinstance(prompt, dict):
             _check_prompt_keys(prompt)
             if "prompt_token_ids" in prompt:
@@ -62,13 +71,42 @@ class Processor:
                 if not isinstance(ids, (list, tuple)) or not all(isinstance(t, int) for t in ids):
                     raise ValueError("prompt_token_ids must be a list of integers")
                 ids = list(ids)
-                return prompt.get("prompt"), ids[-keep:] if keep is not None and len(ids) > keep else ids
+                return prompt.get("prompt"), ids[-keep:] if keep is not None and len(ids) > keep else ids, None
             if "prompt" in prompt and isinstance(prompt["prompt"], str):
-                return prompt["prompt"], self._encode(prompt["prompt"], keep)
+                return prompt["prompt"], self._encode(prompt["prompt"], keep), None
         raise ValueError(
             "prompt must be a str, {'prompt': str} or {'prompt_token_ids': [int, ...]}, "
             f"got {type(prompt).__name__}"
         )
+
+    def _parse_multimodal(self, prompt: dict, truncate_prompt_tokens: int | None):
+        from pagoda.model_executor.models.registry import accepts_images
+        from pagoda.multimodal.processing import MultiModalProcessor, images_of
+
+        config = self.model_config
+        if not accepts_images(config.architecture):
+            raise ValueError(f"prompt key 'multi_modal_data': model {config.served_model_name!r} "
+                             f"({config.architecture}) does not take images")
+        for key in prompt:
+            if key not in ("prompt", "multi_modal_data", "mm_processor_kwargs"):
+                if key in _UNSUPPORTED_PROMPT_KEYS:
+                    raise ValueError(f"prompt key {key!r}: {_UNSUPPORTED_PROMPT_KEYS[key]}")
+                raise ValueError(f"prompt key {key!r}: a prompt with multi_modal_data takes 'prompt' (text with the "
+                                 "model's image token per image), 'multi_modal_data' and 'mm_processor_kwargs'")
+        text = prompt.get("prompt")
+        if not isinstance(text, str):
+            raise ValueError("a prompt with multi_modal_data needs 'prompt': the text, with the model's image token "
+                             "where each image goes")
+        if truncate_prompt_tokens is not None:
+            raise ValueError("truncate_prompt_tokens is not supported yet with multi_modal_data (it could cut "
+                             "through an image's tokens)")
+        options = prompt.get("mm_processor_kwargs") or {}
+        if not isinstance(options, dict):
+            raise ValueError(f"mm_processor_kwargs must be a dict, got {type(options).__name__}")
+        if self._mm_processor is None:
+            self._mm_processor = MultiModalProcessor(config)
+        ids, images = self._mm_processor.process(text, images_of(prompt["multi_modal_data"]), options)
+        return text, ids, images or None
 
     def _truncation(self, truncate_prompt_tokens: int | None) -> int | None:
         if truncate_prompt_tokens is None:
@@ -101,6 +139,7 @@ class Processor:
         arrival_time: float | None = None,
         *,
         check_logprobs_limit: bool = True,
+        mm_inputs: list | None = None,
     ) -> EngineCoreRequest:
         """A validated request. `check_logprobs_limit=False` lets the engine's own requests (beam
         search) ask for more logprobs than max_logprobs allows users."""
@@ -132,6 +171,7 @@ class Processor:
             eos_token_id=self.eos_token_id,
             arrival_time=arrival_time,
             priority=priority,
+            mm_inputs=mm_inputs,
         )
 
     def _validate(self, prompt_token_ids: list[int], params: SamplingParams, check_logprobs_limit: bool) -> None:
@@ -227,8 +267,7 @@ class Processor:
 
 # vLLM's prompt-dict keys (TextPrompt / TokensPrompt / EmbedsPrompt) that Pagoda does not implement yet.
 _UNSUPPORTED_PROMPT_KEYS = {
-    "multi_modal_data": "multimodal input is not supported yet",
-    "mm_processor_kwargs": "multimodal input is not supported yet",
+    "mm_processor_kwargs": "it takes effect only with multi_modal_data (a vision-language model's images)",
     "multi_modal_uuids": "multimodal input is not supported yet",
     "prompt_embeds": "prompt embeddings are not supported yet",
     "token_type_ids": "token_type_ids (cross-encoder inputs) are not supported yet",

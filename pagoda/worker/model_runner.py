@@ -79,7 +79,7 @@ class ModelRunner:
         # here; the backend fixes its launch choices (decode split-KV count per CUDA-graph bucket).
         self.attn_metadata = attn_backend.metadata_builder(
             batch_buckets=capture_sizes(config.scheduler.max_num_seqs), max_model_len=config.model.max_model_len,
-            num_heads=config.model.hf_config.num_attention_heads, num_kv_heads=model.kv_cache_spec.num_kv_heads,
+            num_heads=config.model.hf_text_config.num_attention_heads, num_kv_heads=model.kv_cache_spec.num_kv_heads,
             head_size=model.kv_cache_spec.head_size, device=device,
         )
         self.cuda_graphs = None  # a CudaGraphRunner, set by the worker on CUDA unless enforce_eager
@@ -101,6 +101,11 @@ class ModelRunner:
 
             self.spec = SpecDecodeStep(speculative, self)
         self.failed = FailedRequests(self.block_size)  # failed here, not yet in the scheduler's finished_req_ids
+        self.mm = None  # worker/mm_inputs.MultiModalInputs for a model that takes images
+        if getattr(model, "supports_images", False):
+            from pagoda.worker.mm_inputs import MultiModalInputs
+
+            self.mm = MultiModalInputs(model, device, config.model.torch_dtype)
         # A step launched without sampling yet (it has structured-output requests): (the sampling to run,
         # [(request id, bitmask rows)] of its structured_output_request_ids); see sample_tokens().
         self.deferred_sampling = None
@@ -130,6 +135,10 @@ class ModelRunner:
                           output, new)
 
     def _add(self, new) -> None:
+        if new.mm_inputs:
+            if self.mm is None:
+                raise ValueError("the request has images but the model does not take them")
+            self.mm.add(new.req_id, new.mm_inputs)
         self.batch.add(new)
         params = new.sampling_params
         if params is None:
@@ -139,6 +148,8 @@ class ModelRunner:
             self.generators[new.req_id] = torch.Generator(device=self.device).manual_seed(params.seed)
 
     def _drop(self, req_id: str) -> None:
+        if self.mm is not None:
+            self.mm.remove(req_id)
         self.batch.remove(req_id)
         self.generators.pop(req_id, None)
         self.sampling_inputs.remove(req_id)
@@ -176,7 +187,10 @@ class ModelRunner:
         drafts = sched.scheduled_spec_decode_tokens
         num_drafts = self.spec.write_drafts(req_ids, rows, drafts) if drafts else 0
         inputs = self._prepare_inputs(rows, counts)
-        hidden = self._forward(inputs["input_ids"], inputs["positions"], inputs["attn_metadata"])
+        embeds = None
+        if self.mm is not None and self.mm.images:  # image features at the placeholder positions of this step
+            embeds = self.mm.embeddings(req_ids, inputs["starts"], counts, inputs["query_start"], inputs["input_ids"])
+        hidden = self._forward(inputs["input_ids"], inputs["positions"], inputs["attn_metadata"], embeds)
         if self.spec is not None:
             self.spec.catch_up(inputs["input_ids"], inputs["positions"], inputs["attn_metadata"])
 
@@ -284,8 +298,12 @@ class ModelRunner:
         for i, vector in zip(pool_at, vectors):
             output.pooler_output[req_ids[i]] = vector
 
-    def _forward(self, input_ids: torch.Tensor, positions: torch.Tensor, metadata: AttentionMetadata) -> torch.Tensor:
-        """The model forward: replayed from a CUDA graph for decode-only steps when graphs exist."""
+    def _forward(self, input_ids: torch.Tensor, positions: torch.Tensor, metadata: AttentionMetadata,
+                 inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        """The model forward: replayed from a CUDA graph for decode-only steps when graphs exist; eager with
+        `inputs_embeds` (a step that computes image placeholder positions)."""
+        if inputs_embeds is not None:
+            return self.model(input_ids, positions, self.kv_caches, metadata, inputs_embeds=inputs_embeds)
         if self.cuda_graphs is not None and self.cuda_graphs.can_run(metadata):
             return self.cuda_graphs.run(input_ids, positions, metadata)
         return self.model(input_ids, positions, self.kv_caches, metadata)

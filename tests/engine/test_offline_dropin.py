@@ -12,7 +12,14 @@ def llm(llama_dir):
     return LLM(llama_dir, max_model_len=128)
 
 
-@pytest.mark.parametrize("key", ["multi_modal_data", "mm_processor_kwargs", "prompt_embeds", "cache_salt"])
+def test_images_for_a_text_model_and_stray_processor_options_are_refused(llm):
+    with pytest.raises(ValueError, match="'multi_modal_data'.*does not take images"):
+        llm.generate({"prompt": "import os", "multi_modal_data": {"image": None}}, GREEDY, use_tqdm=False)
+    with pytest.raises(ValueError, match="'mm_processor_kwargs'.*only with multi_modal_data"):
+        llm.generate({"prompt": "import os", "mm_processor_kwargs": {}}, GREEDY, use_tqdm=False)
+
+
+@pytest.mark.parametrize("key", ["prompt_embeds", "cache_salt"])
 def test_unimplemented_prompt_keys_are_refused(llm, key):
     with pytest.raises(ValueError, match=f"'{key}'.*not supported yet"):
         llm.generate({"prompt": "import os", key: {"image": None}}, GREEDY, use_tqdm=False)

@@ -133,8 +133,8 @@ class LlamaModel(nn.Module):
         )
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
-    def forward(self, input_ids, positions, kv_caches, attn_metadata):
-        hidden_states = self.embed_tokens(input_ids)
+    def forward(self, input_ids, positions, kv_caches, attn_metadata, inputs_embeds=None):
+        hidden_states = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         residual = None
         for i, layer in enumerate(self.layers):
             hidden_states, residual = layer(positions, hidden_states, residual, kv_caches[i], attn_metadata)
@@ -174,8 +174,9 @@ class LlamaForCausalLM(nn.Module):
         positions: torch.Tensor,
         kv_caches: list[torch.Tensor],
         attn_metadata: AttentionMetadata,
+        inputs_embeds: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        return self.model(input_ids, positions, kv_caches, attn_metadata)
+        return self.model(input_ids, positions, kv_caches, attn_metadata, inputs_embeds=inputs_embeds)
 
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return compute_logits(self.lm_head, hidden_states)

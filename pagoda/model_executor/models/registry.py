@@ -15,6 +15,9 @@ kv_cache_spec with num_layers == 0 when they keep no KV cache, as BERT):
     load_weights(Iterable[(checkpoint_name, Tensor)]) -> set of parameter names loaded
     kv_cache_spec: an ATTRIBUTE (set in __init__), a KVCacheSpec(num_layers, num_kv_heads, head_size);
         kv_caches[i] has shape [2, num_blocks, block_size, num_kv_heads, head_size].
+A class that takes images (listed in _IMAGE_ARCHS) also has `supports_images = True`,
+    embed_input_ids(input_ids [T]) -> [T, H], embed_images(pixel_values [N, ...]) -> [N, tokens, H],
+    and forward(..., inputs_embeds=None): [T, H] embeddings that replace the token lookup.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ _MODELS: dict[str, str] = {
     "Qwen3ForCausalLM": "pagoda.model_executor.models.qwen3:Qwen3ForCausalLM",
     "OPTForCausalLM": "pagoda.model_executor.models.opt:OPTForCausalLM",
     "GPT2LMHeadModel": "pagoda.model_executor.models.gpt2:GPT2LMHeadModel",
+    "LlavaForConditionalGeneration": "pagoda.model_executor.models.llava:LlavaForConditionalGeneration",
     # Embedding models (task "embed"): encoders, and decoders saved without their LM head.
     "BertModel": "pagoda.model_executor.models.bert:BertModel",
     "LlamaModel": "pagoda.model_executor.models.adapters:LlamaEmbeddingModel",
@@ -54,6 +58,14 @@ _POOLING_ARCHS: dict[str, tuple[str, bool]] = {
     "Qwen3Model": ("LAST", True),
 }
 _DECODER_POOLING = ("LAST", True)
+
+# Architectures whose class takes images (prompt key multi_modal_data); the frontend checks this without
+# importing the model's module.
+_IMAGE_ARCHS = ("LlavaForConditionalGeneration",)
+
+
+def accepts_images(architecture: str) -> bool:
+    return architecture in _IMAGE_ARCHS
 
 
 class _ModelRegistry:

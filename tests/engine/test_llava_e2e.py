@@ -1,0 +1,106 @@
+"""LLaVA-1.5 end to end offline: greedy tokens equal transformers' on a tiny random checkpoint with its real
+processor, for one and several images, batched with text-only prompts, under chunked prefill (chunks cut
+through an image's tokens) and prefix caching (the same image hits, another image never does)."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pagoda import LLM, SamplingParams
+from pagoda.tiny_models import make_llava_checkpoint
+
+MAX_TOKENS = 12
+GREEDY = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS)
+
+
+def _image(seed: int, size=(40, 50)) -> Image.Image:
+    pixels = np.random.default_rng(seed).integers(0, 255, (*size, 3), dtype=np.uint8)
+    return Image.fromarray(pixels)
+
+
+IMAGES = [_image(1), _image(2, (64, 32)), _image(3, (32, 32))]
+CASES = [
+    ("describe <image> in words", [IMAGES[0]]),
+    ("compare <image> and <image> please", [IMAGES[1], IMAGES[2]]),
+    ("a text-only prompt between them", []),
+    ("<image> starts this prompt", [IMAGES[2]]),
+]
+
+
+@pytest.fixture(scope="module")
+def llava_dir(tmp_path_factory, test_tokenizer_dir):
+    return make_llava_checkpoint(str(tmp_path_factory.mktemp("llava")), test_tokenizer_dir, seed=5)
+
+
+@pytest.fixture(scope="module")
+def reference(llava_dir):
+    """transformers' greedy tokens for each case, one request at a time."""
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    processor = AutoProcessor.from_pretrained(llava_dir)
+    model = LlavaForConditionalGeneration.from_pretrained(llava_dir, dtype=torch.float32).eval()
+    outputs = []
+    for text, images in CASES:
+        inputs = processor(text=text, images=images or None, return_tensors="pt")
+        with torch.no_grad():
+            out = model.generate(**inputs, max_new_tokens=MAX_TOKENS, do_sample=False)
+        outputs.append(out[0, inputs["input_ids"].shape[1]:].tolist())
+    return outputs
+
+
+def _prompts(cases=CASES):
+    return [{"prompt": text, "multi_modal_data": {"image": images}} if images else text for text, images in cases]
+
+
+def _tokens(llm, prompts):
+    return [list(o.outputs[0].token_ids) for o in llm.generate(prompts, GREEDY, use_tqdm=False)]
+
+
+def _llm(folder, **kwargs):
+    kwargs.setdefault("kv_cache_memory_bytes", 64 << 20)
+    return LLM(folder, dtype="float32", max_model_len=256, **kwargs)
+
+
+def test_greedy_equals_transformers_batched_with_text(llava_dir, reference):
+    llm = _llm(llava_dir)
+    assert _tokens(llm, _prompts()) == reference
+    assert _tokens(llm, _prompts()[:1]) == reference[:1]  # alone, too
+
+
+@pytest.mark.parametrize("kwargs", [dict(max_num_batched_tokens=7, enable_prefix_caching=False, block_size=8),
+                                    dict(max_num_batched_tokens=5, enable_prefix_caching=True, block_size=8)],
+                         ids=["chunked-7", "chunked-5-cached"])
+def test_chunked_prefill_cuts_through_image_tokens(llava_dir, reference, kwargs):
+    llm = _llm(llava_dir, **kwargs)
+    assert _tokens(llm, _prompts()) == reference
+
+
+def test_prefix_cache_hits_the_same_image_and_never_another(llava_dir, reference):
+    llm = _llm(llava_dir, enable_prefix_caching=True, block_size=8)
+    first = CASES[0]
+    assert _tokens(llm, _prompts([first])) == reference[:1]
+    stats = llm.llm_engine.stats()
+    hits = stats["prefix_cache_hits"]
+    assert _tokens(llm, _prompts([first])) == reference[:1]  # the same image: its blocks are cached
+    assert llm.llm_engine.stats()["prefix_cache_hits"] > hits
+    hits = llm.llm_engine.stats()["prefix_cache_hits"]
+    other = (first[0], [_image(99)])  # the same text with another image: no hit
+    got = _tokens(llm, _prompts([other]))
+    assert llm.llm_engine.stats()["prefix_cache_hits"] == hits
+    fresh = _llm(llava_dir, enable_prefix_caching=False)
+    assert got == _tokens(fresh, _prompts([other]))
+
+
+def test_bad_multimodal_input_is_refused_naming_the_field(llava_dir, llama_dir):
+    llm = _llm(llava_dir)
+    with pytest.raises(ValueError, match=r"multi_modal_data\['image'\]\[0\] must be a PIL.Image.Image"):
+        llm.generate({"prompt": "a <image>", "multi_modal_data": {"image": "not an image"}}, GREEDY, use_tqdm=False)
+    with pytest.raises(ValueError, match=r"multi_modal_data\['video'\]: modality 'video' is not supported yet"):
+        llm.generate({"prompt": "a", "multi_modal_data": {"video": []}}, GREEDY, use_tqdm=False)
+    with pytest.raises(ValueError, match="multi_modal_data"):
+        llm.generate({"prompt": "no image token here", "multi_modal_data": {"image": IMAGES[0]}}, GREEDY,
+                     use_tqdm=False)
+    text_only = _llm(llama_dir)
+    with pytest.raises(ValueError, match="does not take images"):
+        text_only.generate({"prompt": "a <image>", "multi_modal_data": {"image": IMAGES[0]}}, GREEDY, use_tqdm=False)
