@@ -61,6 +61,10 @@ class Processor:
         """parse_prompt's (text, ids) plus the prompt's images (multimodal/inputs.ImageInput, None without)."""
         if isinstance(prompt, dict) and "multi_modal_data" in prompt:
             return self._parse_multimodal(prompt, truncate_prompt_tokens)
+        from pagoda.multimodal.processing import ProcessedPrompt
+
+        if isinstance(prompt, ProcessedPrompt):  # chat with images: rendered and processed already
+            return prompt.text, list(prompt.token_ids), prompt.images or None
         keep = self._truncation(truncate_prompt_tokens)
         if isinstance(prompt, str):
             return prompt, self._encode(prompt, keep), None
@@ -81,7 +85,7 @@ class Processor:
 
     def _parse_multimodal(self, prompt: dict, truncate_prompt_tokens: int | None):
         from pagoda.model_executor.models.registry import accepts_images
-        from pagoda.multimodal.processing import MultiModalProcessor, images_of
+        from pagoda.multimodal.processing import images_of
 
         config = self.model_config
         if not accepts_images(config.architecture):
@@ -103,10 +107,29 @@ class Processor:
         options = prompt.get("mm_processor_kwargs") or {}
         if not isinstance(options, dict):
             raise ValueError(f"mm_processor_kwargs must be a dict, got {type(options).__name__}")
-        if self._mm_processor is None:
-            self._mm_processor = MultiModalProcessor(config)
-        ids, images = self._mm_processor.process(text, images_of(prompt["multi_modal_data"]), options)
+        ids, images = self.mm_processor.process(text, images_of(prompt["multi_modal_data"]), options)
         return text, ids, images or None
+
+    @property
+    def mm_processor(self):
+        """The model's multimodal processor (multimodal/processing.py); ValueError for a text-only model."""
+        from pagoda.model_executor.models.registry import accepts_images
+        from pagoda.multimodal.processing import MultiModalProcessor
+
+        if not accepts_images(self.model_config.architecture):
+            raise ValueError(f"model {self.model_config.served_model_name!r} ({self.model_config.architecture}) "
+                             "does not take images")
+        if self._mm_processor is None:
+            self._mm_processor = MultiModalProcessor(self.model_config)
+        return self._mm_processor
+
+    def process_chat_images(self, text: str, images: list, options: dict | None = None):
+        """A rendered chat prompt with its images -> a ProcessedPrompt (no special tokens added: the template
+        put them in the text)."""
+        from pagoda.multimodal.processing import ProcessedPrompt
+
+        ids, inputs = self.mm_processor.process(text, images, options, add_special_tokens=False)
+        return ProcessedPrompt(text, ids, inputs)
 
     def _truncation(self, truncate_prompt_tokens: int | None) -> int | None:
         if truncate_prompt_tokens is None:

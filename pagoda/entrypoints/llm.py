@@ -105,15 +105,18 @@ class LLM:
         chat_template_kwargs: dict | None = None,
         mm_processor_kwargs: dict | None = None,
     ) -> list[RequestOutput]:
-        """vLLM's `LLM.chat`: OpenAI-style messages (string content or text parts) through the chat
-        template (the tokenizer's, or `chat_template`), `tools` handed to the template, then generate."""
+        """vLLM's `LLM.chat`: OpenAI-style messages (string content or text parts; image parts — image_url with a
+        data:/http(s) URL, or image_pil — for a model that takes images) through the chat template (the
+        tokenizer's, or `chat_template`), `tools` handed to the template, then generate."""
         from pagoda.entrypoints.openai.chat_utils import CONTENT_FORMATS, normalize_messages, resolve_content_format
         from pagoda.entrypoints.openai.errors import APIError
-        from pagoda.tokenizer import apply_chat_template, load_chat_template
+        from pagoda.model_executor.models.registry import accepts_images
+        from pagoda.tokenizer import apply_chat_template, load_chat_template, render_chat_template
 
         _refuse_lora(lora_request)
-        if mm_processor_kwargs is not None:
-            raise ValueError("mm_processor_kwargs: multimodal input is not supported yet")
+        takes_images = accepts_images(self.model_config.architecture)
+        if mm_processor_kwargs is not None and not takes_images:
+            raise ValueError("mm_processor_kwargs: it takes effect only for a model that takes images")
         if chat_template_content_format not in CONTENT_FORMATS:
             raise ValueError(f"chat_template_content_format={chat_template_content_format!r} is not one of "
                              f"{list(CONTENT_FORMATS)}")
@@ -130,10 +133,21 @@ class LLM:
         for conversation in conversations:
             if not isinstance(conversation, list) or not all(isinstance(m, dict) for m in conversation):
                 raise ValueError("messages must be a list of dicts with 'role' and 'content' (or a list of such lists)")
+            media = [] if takes_images else None
             try:
-                conversation = normalize_messages(conversation, content_format)
+                placeholder = self.llm_engine.processor.mm_processor.image_placeholder if takes_images else ""
+                conversation = normalize_messages(conversation, content_format, media, placeholder)
             except APIError as exc:
                 raise ValueError(exc.message) from None
+            if media:
+                from pagoda.multimodal.media import load_image_url
+
+                images = [value if not isinstance(value, str) else load_image_url(value, where)
+                          for value, where in media]
+                text = render_chat_template(tokenizer, conversation, chat_template, add_generation_prompt,
+                                            continue_final_message, **kwargs)
+                prompts.append(self.llm_engine.processor.process_chat_images(text, images, mm_processor_kwargs))
+                continue
             ids = apply_chat_template(tokenizer, conversation, chat_template=chat_template,
                                       add_generation_prompt=add_generation_prompt,
                                       continue_final_message=continue_final_message, **kwargs)

@@ -13,6 +13,7 @@ Invariants:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -20,6 +21,15 @@ import numpy as np
 from pagoda.multimodal.inputs import ImageInput, hash_image
 
 MODALITIES = ("image",)
+
+
+@dataclass
+class ProcessedPrompt:
+    """A prompt whose images the processor already expanded (chat: rendered by the chat template first)."""
+
+    text: str
+    token_ids: list[int]
+    images: list[ImageInput]
 
 
 def images_of(multi_modal_data: Any) -> list:
@@ -63,11 +73,18 @@ class MultiModalProcessor:
                                                             trust_remote_code=self.model_config.trust_remote_code)
         return self._processor
 
-    def process(self, text: str, images: list, options: dict | None = None) -> tuple[list[int], list[ImageInput]]:
+    @property
+    def image_placeholder(self) -> str:
+        """The text that stands for one image in a prompt (the processor's image token, e.g. "<image>")."""
+        return getattr(self.processor, "image_token", None) or "<image>"
+
+    def process(self, text: str, images: list, options: dict | None = None, add_special_tokens: bool = True
+                ) -> tuple[list[int], list[ImageInput]]:
         """(prompt token ids with each image's placeholders expanded, one ImageInput per image)."""
         options = dict(options or {})
         try:
-            out = self.processor(text=text, images=images or None, return_tensors="pt", **options)
+            out = self.processor(text=text, images=images or None, return_tensors="pt",
+                                 add_special_tokens=add_special_tokens, **options)
         except (ValueError, TypeError) as exc:
             raise ValueError(f"multi_modal_data: the model's processor refused the prompt and its "
                              f"{len(images)} image(s): {exc}") from exc

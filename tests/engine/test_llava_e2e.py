@@ -104,3 +104,41 @@ def test_bad_multimodal_input_is_refused_naming_the_field(llava_dir, llama_dir):
     text_only = _llm(llama_dir)
     with pytest.raises(ValueError, match="does not take images"):
         text_only.generate({"prompt": "a <image>", "multi_modal_data": {"image": IMAGES[0]}}, GREEDY, use_tqdm=False)
+
+
+def _data_url(image: Image.Image) -> str:
+    import base64
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def test_chat_with_image_parts_equals_transformers(llava_dir):
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    question = "what is in this picture"
+    messages = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": _data_url(IMAGES[0]),
+                                                                                 "detail": "low"}},
+                                             {"type": "text", "text": question}]}]
+    llm = _llm(llava_dir)
+    got = llm.chat(messages, GREEDY, use_tqdm=False)[0].outputs[0].token_ids
+    pil = [{"role": "user", "content": [{"type": "image_pil", "image_pil": IMAGES[0]},
+                                        {"type": "text", "text": question}]}]
+    assert llm.chat(pil, GREEDY, use_tqdm=False)[0].outputs[0].token_ids == got
+    # transformers: the template's text with the image token where the part was (vLLM's "string" content format)
+    processor = AutoProcessor.from_pretrained(llava_dir)
+    text = processor.tokenizer.apply_chat_template([{"role": "user", "content": "<image>\n" + question}],
+                                                   tokenize=False, add_generation_prompt=True)
+    inputs = processor(text=text, images=[IMAGES[0]], return_tensors="pt", add_special_tokens=False)
+    model = LlavaForConditionalGeneration.from_pretrained(llava_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        want = model.generate(**inputs, max_new_tokens=MAX_TOKENS, do_sample=False)[0, inputs["input_ids"].shape[1]:]
+    assert list(got) == want.tolist()
+    with pytest.raises(ValueError, match=r"messages\[0\].content\[0\]: the data is not an image"):
+        llm.chat([{"role": "user", "content": [{"type": "image_url", "image_url": "data:image/png;base64,AAAA"}]}],
+                 GREEDY, use_tqdm=False)
+    with pytest.raises(ValueError, match=r"messages\[0\].content\[0\]: file:// URLs need"):
+        llm.chat([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "file:///etc/passwd"}}]}],
+                 GREEDY, use_tqdm=False)

@@ -5,7 +5,8 @@
 "auto" picks "openai" when the template loops over a message's content, else "string" (vLLM's rule).
 
 Invariants:
-- Only text parts are accepted; any other part type is a 400 naming `messages[i].content[j].type`.
+- Only text parts are accepted, and image parts for a model that takes images; any other part type is a
+  400 naming `messages[i].content[j].type`.
 - Messages reach the template as plain dicts with every field the client sent (name, tool_calls,
   tool_call_id, ...), `content` normalized per the content format.
 - A template that fails to render (a Jinja error or `raise_exception(...)` in the template) is a 400
@@ -29,6 +30,19 @@ CONTENT_FORMATS = ("auto", "string", "openai")
 _LOOPS_OVER_CONTENT = re.compile(
     r"\{%-?\s*for\s+\w+\s+in\s+\w+(\s*\[\s*['\"]content['\"]\s*\]|\.content\b)")
 _TEXT_PART_TYPES = ("text", "input_text")
+_IMAGE_PART_TYPES = ("image_url", "image_pil", "input_image")
+
+
+def _image_value(part: dict, kind: str, where: str) -> Any:
+    """An image part's image: a URL string (image_url as a string or {"url": ...}; input_image's image_url) or,
+    offline, a PIL image (image_pil). `detail` is accepted and ignored, as vLLM documents."""
+    value = part.get("image_pil") if kind == "image_pil" else part.get("image_url")
+    if isinstance(value, dict):
+        value = value.get("url")
+    if value is None:
+        raise APIError(f"{where}: an {kind} part needs its {'image_pil' if kind == 'image_pil' else 'image_url'}", 400,
+                       where)
+    return value
 
 
 def detect_content_format(template: str | None) -> str:
@@ -50,22 +64,36 @@ def message_text(content: Any) -> str:
     return "\n".join(part.get("text", "") for part in content)
 
 
-def normalize_messages(messages: list[Any], content_format: str) -> list[dict[str, Any]]:
-    """Plain dicts for the template; 400 for a content part that is not text."""
+def normalize_messages(messages: list[Any], content_format: str, media: list | None = None,
+                       image_placeholder: str = "<image>") -> list[dict[str, Any]]:
+    """Plain dicts for the template; 400 for a content part that is not text. With `media` (a list, for a model
+    that takes images) image parts are accepted: each is appended to `media` as (its image_url / image_pil
+    value, where it is) and stands in the content as {"type": "image"} ("openai" format) or as
+    `image_placeholder` before the message's text ("string" format, one line per image, as vLLM)."""
     result = []
     for i, message in enumerate(messages):
         data = message.model_dump(exclude_none=True) if hasattr(message, "model_dump") else dict(message)
         content = data.get("content")
         if isinstance(content, list):
-            parts = []
+            parts, num_images = [], 0
             for j, part in enumerate(content):
                 kind = part.get("type")
+                if media is not None and kind in _IMAGE_PART_TYPES:
+                    media.append((_image_value(part, kind, f"messages[{i}].content[{j}]"), f"messages[{i}].content[{j}]"))
+                    parts.append({"type": "image"})
+                    num_images += 1
+                    continue
                 if kind not in _TEXT_PART_TYPES or not isinstance(part.get("text"), str):
+                    takes = "text and image parts" if media is not None else "text parts only"
                     raise APIError(
-                        f"messages[{i}].content[{j}].type {kind!r} is not supported: this server takes text "
-                        "parts only ({\"type\": \"text\", \"text\": ...})", 400, f"messages[{i}].content")
+                        f"messages[{i}].content[{j}].type {kind!r} is not supported: this model takes {takes} "
+                        "({\"type\": \"text\", \"text\": ...})", 400, f"messages[{i}].content")
                 parts.append({"type": "text", "text": part["text"]})
-            data["content"] = parts if content_format == "openai" else message_text(parts)
+            if content_format == "openai":
+                data["content"] = parts
+            else:
+                text = message_text([p for p in parts if p["type"] == "text"])
+                data["content"] = "\n".join([image_placeholder] * num_images + ([text] if text or not num_images else []))
         elif content is None:
             data["content"] = [] if content_format == "openai" else ""
         elif content_format == "openai":
