@@ -67,6 +67,8 @@ class ModelConfig:
     task: str = "generate"  # resolved: "generate" | "embed"
     pooler_config: Any = None  # a pooling_params.PoolerConfig when task == "embed"
     do_lower_case: bool = False  # sentence-transformers models that lowercase text before tokenizing
+    limit_mm_per_prompt: dict = field(default_factory=dict)  # modality -> most items per prompt (absent: 999)
+    allowed_local_media_path: str = ""  # the folder file:// image URLs may read ("" = none), resolved
 
     @property
     def runner_type(self) -> str:
@@ -105,6 +107,58 @@ class ModelConfig:
     @property
     def vocab_size(self) -> int:
         return int(self.hf_text_config.vocab_size)
+
+
+MM_MODALITIES = ("image",)
+MM_DEFAULT_LIMIT = 999  # vLLM V1's default per modality
+
+
+def parse_mm_limits(text: Any) -> dict:
+    """--limit-mm-per-prompt: JSON ('{"image": 2}') or vLLM's older 'image=2,video=0'."""
+    import json
+
+    if isinstance(text, dict):
+        return text
+    text = str(text).strip()
+    if text.startswith("{"):
+        return json.loads(text)
+    limits = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not value.strip().isdigit():
+            raise ValueError(f"limit_mm_per_prompt: {item!r} is not MODALITY=N")
+        limits[key.strip()] = int(value)
+    return limits
+
+
+def mm_limits_arg(text: str) -> Any:
+    """The flag's value: a JSON object, else the text as given ('image=2'), which check_mm_limits reads."""
+    import json
+
+    return json.loads(text) if text.strip().startswith("{") else text
+
+
+mm_limits_arg.json_like = True  # the server's parser also takes vLLM's dotted form, --limit-mm-per-prompt.image 2
+
+
+def check_mm_limits(limits: Any, architecture: str) -> dict:
+    """The validated --limit-mm-per-prompt: counts >= 0; modalities other than image only at 0; a text-only
+    model only with zeros (nothing silently ignored)."""
+    from pagoda.model_executor.models.registry import accepts_images
+
+    if isinstance(limits, str):
+        limits = parse_mm_limits(limits)
+    if not isinstance(limits, dict):
+        raise ValueError(f"limit_mm_per_prompt (--limit-mm-per-prompt) must be a dict like {{'image': 2}}, got {limits!r}")
+    for key, value in limits.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"limit_mm_per_prompt[{key!r}] (--limit-mm-per-prompt) must be an integer >= 0, got {value!r}")
+        if key not in MM_MODALITIES and value:
+            raise ValueError(f"limit_mm_per_prompt[{key!r}] (--limit-mm-per-prompt): modality {key!r} is not supported yet (allowed: "
+                             f"{list(MM_MODALITIES)}, or 0)")
+        if key in MM_MODALITIES and value and not accepts_images(architecture):
+            raise ValueError(f"limit_mm_per_prompt[{key!r}] (--limit-mm-per-prompt): the model ({architecture}) takes no images")
+    return dict(limits)
 
 
 def text_config_of(hf_config: Any) -> Any:

@@ -119,6 +119,8 @@ class EngineArgs(compat.VllmCompatArgs):
                                               cli_type=compat.human_readable_int)
     enable_chunked_prefill: bool = _opt(True, "Split long prompts over several steps so decodes keep running.", negatable=True)
     scheduling_policy: str = _opt("fcfs", "Which waiting request goes first: arrival order, or lowest `priority` value.", cfg.SCHEDULING_POLICIES)
+    limit_mm_per_prompt: dict = _opt({}, "Most items per prompt of each modality for a vision-language model, as JSON '{\"image\": 2}' or 'image=2' (vLLM's forms; default 999 each, as vLLM V1); modalities other than image only at 0.", json_arg=True, cli_type=cfg.mm_limits_arg)
+    allowed_local_media_path: str = _opt("", "A folder whose images chat requests may name with file:// URLs (no path outside it, symlinks resolved; a security risk, for trusted setups only). None by default.")
     max_logprobs: int = _opt(20, "Most logprobs a request may ask for (logprobs and prompt_logprobs).")
     enforce_eager: bool = _opt(False, "Never capture CUDA graphs.")
     max_cudagraph_capture_size: int | None = _opt(None, "Largest decode batch run from a CUDA graph (larger batches run eagerly); defaults to max_num_seqs for `LLM` (offline throughput gains most from graphs at large batches) and min(max_num_seqs, 512) for `pagoda serve`, as vLLM, to keep start-up short.")
@@ -354,6 +356,12 @@ class EngineArgs(compat.VllmCompatArgs):
             raise ValueError("device='cuda' but no CUDA GPU is visible; use device='cpu' or 'auto'")
         return self.device
 
+    def _allowed_media_path(self) -> str:
+        path = self.allowed_local_media_path or ""
+        if path and not os.path.isdir(path):
+            raise ValueError(f"allowed_local_media_path (--allowed-local-media-path): {path!r} is not a folder")
+        return os.path.realpath(path) if path else ""
+
     def _model_config(self, device: str) -> cfg.ModelConfig:
         model_path = hf_utils.resolve_model_path(self.model, self.revision, "model", self.download_dir)
         tokenizer_path = model_path
@@ -403,6 +411,8 @@ class EngineArgs(compat.VllmCompatArgs):
             override_generation_config=dict(self.override_generation_config),
             task=task,
             pooler_config=pooler_config,
+            limit_mm_per_prompt=cfg.check_mm_limits(self.limit_mm_per_prompt, architectures[0]),
+            allowed_local_media_path=self._allowed_media_path(),
             do_lower_case=task == "embed" and read_sentence_transformers_lowercase(model_path),
         )
 

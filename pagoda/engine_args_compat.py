@@ -122,10 +122,6 @@ def _same(value: Any, default: Any) -> bool:
     return value == default
 
 
-def _all_zero(value: Any) -> bool:
-    return isinstance(value, dict) and all(v == 0 for v in value.values())
-
-
 def _c(name, kind, default, support, reason, *flags, **extra) -> Compat:
     return Compat(name, kind, default, support, reason, tuple(flags), **extra)
 
@@ -151,7 +147,6 @@ ENGINE_OPTIONS: tuple[Compat, ...] = (
     _c("disable_sliding_window", BOOL, False, NO_EFFECT,
        "Pagoda always does what it asks: full attention, max_model_len capped at the sliding window"),
     _c("disable_cascade_attn", BOOL, False, NO_EFFECT, "Pagoda has no cascade attention"),
-    _c("allowed_local_media_path", STR, "", NOT_YET, MM),
     _c("allowed_media_domains", STRS, None, NOT_YET, MM),
     # LoadConfig
     _c("ignore_patterns", STRS, ["original/**/*"], NOT_YET, "the loader reads the weight files at the top of the "
@@ -251,7 +246,6 @@ ENGINE_OPTIONS: tuple[Compat, ...] = (
     _c("mamba_cache_mode", STR, "none", NO_EFFECT, MAMBA),
     _c("mamba_ssm_cache_dtype", STR, "auto", NO_EFFECT, MAMBA),
     # MultiModalConfig
-    _c("limit_mm_per_prompt", JSON, None, NOT_YET, MM, allow=_all_zero),
     _c("mm_processor_kwargs", JSON, None, NOT_YET, MM),
     _c("media_io_kwargs", JSON, None, NOT_YET, MM),
     _c("enable_mm_embeds", BOOL, False, NOT_YET, MM),

@@ -107,8 +107,18 @@ class Processor:
         options = prompt.get("mm_processor_kwargs") or {}
         if not isinstance(options, dict):
             raise ValueError(f"mm_processor_kwargs must be a dict, got {type(options).__name__}")
-        ids, images = self.mm_processor.process(text, images_of(prompt["multi_modal_data"]), options)
-        return text, ids, images or None
+        images = images_of(prompt["multi_modal_data"])
+        self._check_image_count(len(images), "multi_modal_data['image']")
+        ids, inputs = self.mm_processor.process(text, images, options)
+        return text, ids, inputs or None
+
+    def _check_image_count(self, count: int, where: str) -> None:
+        from pagoda.config import MM_DEFAULT_LIMIT
+
+        limit = self.model_config.limit_mm_per_prompt.get("image", MM_DEFAULT_LIMIT)
+        if count > limit:
+            raise ValueError(f"{where}: {count} images, more than the {limit} a prompt may hold "
+                             "(--limit-mm-per-prompt)")
 
     @property
     def mm_processor(self):
@@ -128,6 +138,7 @@ class Processor:
         put them in the text)."""
         from pagoda.multimodal.processing import ProcessedPrompt
 
+        self._check_image_count(len(images), "messages")
         ids, inputs = self.mm_processor.process(text, images, options, add_special_tokens=False)
         return ProcessedPrompt(text, ids, inputs)
 

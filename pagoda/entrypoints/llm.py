@@ -142,8 +142,9 @@ class LLM:
             if media:
                 from pagoda.multimodal.media import load_image_url
 
-                images = [value if not isinstance(value, str) else load_image_url(value, where)
-                          for value, where in media]
+                allowed = self.model_config.allowed_local_media_path
+                images = [value if not isinstance(value, str) else
+                          load_image_url(value, where, allowed_local_media_path=allowed) for value, where in media]
                 text = render_chat_template(tokenizer, conversation, chat_template, add_generation_prompt,
                                             continue_final_message, **kwargs)
                 prompts.append(self.llm_engine.processor.process_chat_images(text, images, mm_processor_kwargs))

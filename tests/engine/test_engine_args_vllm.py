@@ -61,7 +61,7 @@ def test_not_supported_yet_names_keyword_and_flag(opt, llama_dir):
     ({"tensor_parallel_size": 2}, "-tp"),
     ({"distributed_executor_backend": "ray"}, "--distributed-executor-backend"),
     ({"kv_cache_dtype": "fp8"}, "--kv-cache-dtype"),
-    ({"limit_mm_per_prompt": {"image": 2}}, "--limit-mm-per-prompt"),
+    ({"limit_mm_per_prompt": {"video": 2}}, "--limit-mm-per-prompt"),
     ({"load_format": "gguf"}, "--load-format"),
     ({"tokenizer_mode": "mistral"}, "--tokenizer-mode"),
     ({"runner": "draft"}, "--runner"),

@@ -142,3 +142,14 @@ def test_chat_with_image_parts_equals_transformers(llava_dir):
     with pytest.raises(ValueError, match=r"messages\[0\].content\[0\]: file:// URLs need"):
         llm.chat([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "file:///etc/passwd"}}]}],
                  GREEDY, use_tqdm=False)
+
+
+def test_limit_mm_per_prompt_refuses_more_images(llava_dir, llama_dir):
+    for limit in ({"image": 1}, "image=1"):
+        llm = _llm(llava_dir, limit_mm_per_prompt=limit)
+        assert _tokens(llm, _prompts(CASES[:1])) is not None
+        with pytest.raises(ValueError, match=r"2 images, more than the 1 a prompt may hold \(--limit-mm-per-prompt\)"):
+            llm.generate(_prompts(CASES[1:2]), GREEDY, use_tqdm=False)
+    with pytest.raises(ValueError, match="takes no images"):
+        _llm(llama_dir, limit_mm_per_prompt={"image": 2})
+    assert _llm(llama_dir, limit_mm_per_prompt={"image": 0, "video": 0}) is not None  # text only: allowed

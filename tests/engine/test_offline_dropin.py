@@ -78,7 +78,7 @@ def test_chat_takes_text_parts_and_tools(llm):
     with pytest.raises(ValueError, match=r"messages\[0\]\.content\[0\]\.type 'image_url' is not supported"):
         llm.chat([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}], GREEDY,
                  use_tqdm=False)
-    with pytest.raises(ValueError, match="mm_processor_kwargs.*not supported yet"):
+    with pytest.raises(ValueError, match="mm_processor_kwargs: it takes effect only for a model that takes images"):
         llm.chat([{"role": "user", "content": "hi"}], GREEDY, mm_processor_kwargs={"x": 1}, use_tqdm=False)
     with pytest.raises(ValueError, match="chat_template_content_format='xml' is not one of"):
         llm.chat([{"role": "user", "content": "hi"}], GREEDY, chat_template_content_format="xml", use_tqdm=False)

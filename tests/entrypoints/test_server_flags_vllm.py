@@ -155,8 +155,6 @@ def test_default_values_of_unimplemented_flags_are_fine(model_dir):
      "--speculative-config"),
     (["--speculative-model", "/models/draft", "--num-speculative-tokens", "4", "--speculative-model-quantization",
       "awq"], "--speculative-model-quantization"),
-    (["--limit-mm-per-prompt", '{"image": 2}'], "--limit-mm-per-prompt"),
-    (["--limit-mm-per-prompt.image", "2"], "--limit-mm-per-prompt"),
     (["-tp", "2"], "--tensor-parallel-size"),
     (["--pipeline-parallel-size", "2"], "--pipeline-parallel-size"),
     (["-dp", "2"], "--data-parallel-size"),
@@ -291,3 +289,16 @@ def test_vllm_api_key_protects_a_real_server(start_server, model_dir):
     assert httpx.get(server.url + "/health", timeout=30).status_code == 200  # open, as before
     log = server.log()
     assert "--disable-frontend-multiprocessing" in log and "has no effect" in log
+
+
+def test_limit_mm_per_prompt_forms_reach_the_config(model_dir):
+    def config(argv):
+        return cli_args.engine_args_from(validated([model_dir, *argv])).create_config()
+
+    for argv in (["--limit-mm-per-prompt", '{"image": 0}'], ["--limit-mm-per-prompt", "image=0"],
+                 ["--limit-mm-per-prompt.image", "0"]):
+        assert config(argv).model.limit_mm_per_prompt == {"image": 0}
+    with pytest.raises(ValueError, match=r"--limit-mm-per-prompt.*takes no images"):
+        config(["--limit-mm-per-prompt", "image=2"])
+    with pytest.raises(ValueError, match=r"--limit-mm-per-prompt.*'video' is not supported yet"):
+        config(["--limit-mm-per-prompt.video", "2"])

@@ -133,7 +133,10 @@ class ChatRenderer:
 
     def prepare(self, messages: list[Any], *, add_generation_prompt: bool, continue_final_message: bool,
                 chat_template: str | None = None, chat_template_kwargs: dict | None = None,
-                documents: list | None = None, tools: list | None = None) -> RenderJob:
+                documents: list | None = None, tools: list | None = None, media: list | None = None,
+                image_placeholder: str = "<image>") -> RenderJob:
+        """The render job of one conversation; with `media` (a model that takes images) image parts are accepted
+        and collected there (see normalize_messages)."""
         if self.tokenizer is None:
             raise APIError("chat needs a tokenizer, but the server runs with --skip-tokenizer-init", 400)
         if add_generation_prompt and continue_final_message:
@@ -147,7 +150,7 @@ class ChatRenderer:
             raise APIError("the model has no chat template; start the server with --chat-template or pass "
                            "chat_template in the request", 400, "chat_template")
         content_format = resolve_content_format(self.content_format, template)
-        conversation = normalize_messages(messages, content_format)
+        conversation = normalize_messages(messages, content_format, media, image_placeholder)
         kwargs = dict(chat_template_kwargs or {})
         for key in ("add_generation_prompt", "continue_final_message", "chat_template", "tokenize"):
             kwargs.pop(key, None)  # set by the request's own fields

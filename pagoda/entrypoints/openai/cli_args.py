@@ -82,7 +82,8 @@ class PagodaArgumentParser(argparse.ArgumentParser):
             name, eq, value = arg.partition("=")
             base, dot, path = name.partition(".")
             action = self._option_string_actions.get(base) if arg.startswith("--") and dot else None
-            if action is None or action.type is not parse_json or not path:
+            json_like = action is not None and (action.type is parse_json or getattr(action.type, "json_like", False))
+            if not json_like or not path:
                 out.append(arg)
                 i += 1
                 continue

@@ -48,6 +48,7 @@ Invariants:
 
 from __future__ import annotations
 
+import asyncio
 from contextlib import aclosing
 from typing import Any, AsyncIterator
 
@@ -119,6 +120,36 @@ class OpenAIServingChat(OpenAIServing):
 
     async def render_prompt(self, request: Any) -> tuple[str, list[int]]:
         """(prompt text, token ids) of a chat request (also used by /tokenize)."""
+        text, ids, _ = await self.render_chat(request)
+        return text, ids
+
+    @property
+    def image_placeholder(self) -> str | None:
+        """The text standing for one image in a rendered chat (None: the model takes no images)."""
+        from pagoda.model_executor.models.registry import accepts_images
+
+        engine = self.engine.engine
+        if not accepts_images(engine.config.model.architecture):
+            return None
+        return engine.processor.mm_processor.image_placeholder
+
+    def _process_images(self, text: str, media: list) -> Any:
+        """Load the chat's images and run the model's processor (in a worker thread: fetches and pixels)."""
+        from pagoda.multimodal.media import load_image_url
+
+        allowed = self.engine.engine.config.model.allowed_local_media_path
+        try:
+            images = []
+            for value, where in media:
+                if not isinstance(value, str):
+                    raise ValueError(f"{where}: an image part needs an image URL string (data:, http(s):// or file://)")
+                images.append(load_image_url(value, where, allowed_local_media_path=allowed))
+            return self.engine.engine.processor.process_chat_images(text, images)
+        except ValueError as exc:
+            raise APIError(str(exc), 400, "messages") from None
+
+    async def render_chat(self, request: Any) -> tuple[str, list[int], Any]:
+        """(prompt text, token ids, a ProcessedPrompt when the chat holds images, else None)."""
         template_kwargs = dict(request.chat_template_kwargs or {})
         effort = getattr(request, "reasoning_effort", None)
         if effort is not None:
@@ -130,18 +161,27 @@ class OpenAIServingChat(OpenAIServing):
             raise APIError(UNTRUSTED_TEMPLATE, 400, "chat_template")
         if own_template is not None and (not isinstance(own_template, str) or not own_template):
             raise APIError("chat_template must be a non-empty string (a Jinja template)", 400, "chat_template")
+        placeholder = self.image_placeholder
+        media = [] if placeholder is not None else None
         job = self.renderer.prepare(
             request.messages, add_generation_prompt=request.add_generation_prompt,
             continue_final_message=request.continue_final_message, chat_template=own_template,
             chat_template_kwargs=template_kwargs, documents=getattr(request, "documents", None),
-            tools=request.tools)
+            tools=request.tools, media=media, image_placeholder=placeholder or "")
         if job.from_request:
             text = await self.sandbox.render(job.sandbox_job(_special_tokens(self.tokenizer)))
         else:
             text = await self.offload.run(job.size, self.renderer.render_local, job)
+        if media:
+            if getattr(request, "truncate_prompt_tokens", None) is not None:
+                raise APIError("truncate_prompt_tokens is not supported yet with images (it could cut through an "
+                               "image's tokens)", 400, "truncate_prompt_tokens")
+            self.limits.check_prompt_chars(text, "messages", self.max_model_len)
+            processed = await asyncio.to_thread(self._process_images, text, media)
+            return text, list(processed.token_ids), processed
         ids = await self.tokenize_prompt(text, bool(request.add_special_tokens),
                                          getattr(request, "truncate_prompt_tokens", None), "messages")
-        return text, ids
+        return text, ids, None
 
     async def create_chat_completion(self, request: ChatCompletionRequest, raw_request: Request | None) -> Any:
         tool_schema = self._tool_choice_schema(request)  # first, as vLLM's request validation
@@ -151,7 +191,9 @@ class OpenAIServingChat(OpenAIServing):
         request_id = self.request_id(raw_request, request.request_id, "chatcmpl")
         engine_id = self.internal_id(request_id)
         sequences = self.sequences(request)  # caps and capacity, before rendering or tokenizing
-        text, ids = await self.render_prompt(request)
+        text, ids, with_images = await self.render_chat(request)
+        if with_images is not None and request.use_beam_search:
+            raise APIError("use_beam_search is not supported yet with images", 400, "use_beam_search")
         max_tokens = request.max_completion_tokens if request.max_completion_tokens is not None else request.max_tokens
         field = "max_completion_tokens" if request.max_completion_tokens is not None else "max_tokens"
         if max_tokens is None:
@@ -176,7 +218,8 @@ class OpenAIServingChat(OpenAIServing):
             params = self.sampling_params(request, {"max_tokens": max_tokens, "logprobs": top_k, **tool_constraint},
                                           bool(request.stream))
             self.limits.check_capacity(self.engine, sequences)  # again: rendering and tokenizing awaited
-            stream = self.add_request(engine_id, {"prompt": text, "prompt_token_ids": ids}, params, request.priority)
+            prompt = with_images if with_images is not None else {"prompt": text, "prompt_token_ids": ids}
+            stream = self.add_request(engine_id, prompt, params, request.priority)
         # From here on every exit aborts the request: the stream's aclose(), or _full's finally.
         if request.stream:
             return ResponseStream(self._stream(request, reply, stream), [stream])

@@ -310,9 +310,12 @@ class OpenAIServing:
         with engine_errors(params_fields):
             return self.engine.add_request(request_id, prompt, params, priority)
 
-    def _log_request(self, request_id: str, prompt: dict, params: Any) -> None:
+    def _log_request(self, request_id: str, prompt: Any, params: Any) -> None:
         limit = self.config.max_log_len
-        text, ids = prompt.get("prompt"), prompt.get("prompt_token_ids")
+        if isinstance(prompt, dict):
+            text, ids = prompt.get("prompt"), prompt.get("prompt_token_ids")
+        else:  # a chat with images (multimodal.processing.ProcessedPrompt)
+            text, ids = prompt.text, prompt.token_ids
         if limit is not None:
             text = text[:limit] if text is not None else None
             ids = ids[:limit] if ids is not None else None
