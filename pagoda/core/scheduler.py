@@ -43,6 +43,9 @@ Invariants:
   grammar requests that sample in it (`structured_output_request_ids`). While such a request is inside its
   reasoning (`Request.reasoning_end` set: a reasoning parser, and enable_in_reasoning off) its tokens bypass the
   grammar until the end marker, and its drafts stop before that marker.
+- Images (core/encoder_budget.py): a chunk that reaches an image the runner does not hold encoded is charged
+  that image's tokens against the step's encoder budget (max_num_batched_tokens; a step's first image always
+  fits); a chunk stops before an image the budget cannot pay for.
 - A pooling request is admitted only when its whole prompt fits the step's budget (never chunked),
   and finishes in `update_from_output()` of that step with the runner's pooled vector.
 - Request isolation: `fail_requests()` finishes requests with status FINISHED_ERROR (finish_reason
@@ -58,6 +61,7 @@ from __future__ import annotations
 import logging
 
 from pagoda.config import CacheConfig, SchedulerConfig
+from pagoda.core.encoder_budget import EncoderBudget
 from pagoda.core.kv_cache_manager import KVCacheManager
 from pagoda.core.request import EngineCoreRequest, Request, RequestStatus
 from pagoda.core.request_queue import RequestQueue
@@ -94,6 +98,7 @@ class Scheduler:
         # Async scheduling with speculation: the runner drafts on the device, one step ahead of the host, so a
         # request's drafts are placeholders scheduled while the step before is still in flight.
         self.device_drafts = speculative_config is not None and scheduler_config.async_scheduling
+        self.encoder = EncoderBudget(scheduler_config.max_num_batched_tokens)  # image tokens encoded per step
 
     # ---- requests in and out ------------------------------------------------------------------
     def add_request(self, core_request: EngineCoreRequest) -> None:
@@ -168,11 +173,14 @@ class Scheduler:
         spec_off = self.speculative is not None and self.speculative.disable_by_batch_size is not None and \
             len(self.running) >= self.speculative.disable_by_batch_size
 
+        self.encoder.begin_step()
         index = 0
         while index < len(self.running) and budget > 0:
             request = self.running[index]
             missing = request.num_tokens + request.num_pending_tokens - request.num_computed_tokens
             num_new = min(missing, budget)
+            if request.mm_inputs and num_new > 0:  # up to the first image the step cannot encode
+                num_new = self.encoder.fit(request, request.num_computed_tokens, num_new)
             if num_new <= 0 or request.pending_tokens_finish_it:
                 index += 1
                 continue
@@ -262,6 +270,7 @@ class Scheduler:
 
     def _preempt(self, request: Request) -> None:
         self.kv.free(request)
+        self.encoder.release(request)
         request.status = RequestStatus.PREEMPTED
         request.num_computed_tokens = 0
         request.spec_token_ids = []
@@ -280,6 +289,11 @@ class Scheduler:
                 if not self.config.enable_chunked_prefill or request.is_pooling:
                     break  # a pooling prompt runs whole (add_request checked that it fits a step)
                 num_new = budget
+            if request.mm_inputs:
+                fitted = self.encoder.fit(request, num_computed, num_new)
+                if fitted <= 0 or (fitted < num_new and not self.config.enable_chunked_prefill):
+                    break  # its next image waits for a step with encoder budget left
+                num_new = fitted
             new_blocks = self.kv.allocate_slots(request, num_new, computed_blocks, num_computed,
                                                 self._lookahead(num_computed + num_new))
             if new_blocks is None:
@@ -403,6 +417,7 @@ class Scheduler:
     def _free(self, request: Request, status: RequestStatus) -> None:
         request.status = status
         self.kv.free(request)
+        self.encoder.release(request)
         del self.requests[request.request_id]
         self.finished_req_ids.add(request.request_id)
 

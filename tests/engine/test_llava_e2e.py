@@ -153,3 +153,30 @@ def test_limit_mm_per_prompt_refuses_more_images(llava_dir, llama_dir):
     with pytest.raises(ValueError, match="takes no images"):
         _llm(llama_dir, limit_mm_per_prompt={"image": 2})
     assert _llm(llama_dir, limit_mm_per_prompt={"image": 0, "video": 0}) is not None  # text only: allowed
+
+
+def test_preemption_recomputes_images(llava_dir, reference):
+    llm = _llm(llava_dir, enable_prefix_caching=False, block_size=8, num_gpu_blocks_override=32)
+    assert _tokens(llm, _prompts() * 2) == reference * 2
+    assert llm.llm_engine.stats()["num_preemptions"] > 0
+    _tokens(llm, ["text only"])  # the runner hears of the finished requests with the next step
+    runner = llm.llm_engine.core.executor.worker.runner
+    assert runner.mm.cache == {} and runner.mm.images == {}  # nothing held once every image request left
+
+
+def test_encoder_budget_spreads_images_over_steps(llava_dir, reference, monkeypatch):
+    """With max_num_batched_tokens 20 a step encodes one 16-token image at most: the two-image prompt's chunk
+    stops before its second image, which the next step encodes; the tokens stay transformers'."""
+    from pagoda.worker.mm_inputs import MultiModalInputs
+
+    per_step = []
+    original = MultiModalInputs._encode
+
+    def encode(self, images):
+        per_step.append(sum(image.length for image in images))
+        return original(self, images)
+
+    monkeypatch.setattr(MultiModalInputs, "_encode", encode)
+    llm = _llm(llava_dir, max_num_batched_tokens=20, enable_prefix_caching=False)
+    assert _tokens(llm, _prompts(CASES[1:2])) == reference[1:2]
+    assert [n for n in per_step if n] == [16, 16]
