@@ -105,3 +105,19 @@ def test_bad_images_are_400s_naming_the_part(vlm_server, media_dir):
             client.chat.completions.create(model=MODEL_NAME, messages=messages, max_tokens=4)
         assert info.value.status_code == 400
         assert re.search(pattern, info.value.message), info.value.message
+
+
+def test_mm_processor_kwargs_reach_the_processor(vlm_server, llava_dir):
+    from pagoda import LLM, SamplingParams
+
+    client = vlm_server.client()
+    options = {"do_normalize": False}
+    reply = client.chat.completions.create(model=MODEL_NAME, messages=_messages(_data_url(1)), max_tokens=10,
+                                           temperature=0.0, extra_body={"ignore_eos": True,
+                                                                        "mm_processor_kwargs": options})
+    llm = LLM(llava_dir, dtype="float32", max_model_len=256, kv_cache_memory_bytes=64 << 20)
+    params = SamplingParams(temperature=0.0, max_tokens=10, ignore_eos=True)
+    changed = llm.chat(_messages(_data_url(1)), params, mm_processor_kwargs=options, use_tqdm=False)
+    default = llm.chat(_messages(_data_url(1)), params, use_tqdm=False)
+    assert reply.choices[0].message.content == changed[0].outputs[0].text
+    assert changed[0].outputs[0].token_ids != default[0].outputs[0].token_ids  # the option changed the pixels

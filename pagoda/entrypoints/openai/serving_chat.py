@@ -133,18 +133,25 @@ class OpenAIServingChat(OpenAIServing):
             return None
         return engine.processor.mm_processor.image_placeholder
 
-    def _process_images(self, text: str, media: list) -> Any:
+    @property
+    def extra_fields_taken(self) -> tuple[str, ...]:
+        return ("mm_processor_kwargs",) if self.image_placeholder is not None else ()
+
+    def _process_images(self, text: str, media: list, options: Any = None) -> Any:
         """Load the chat's images and run the model's processor (in a worker thread: fetches and pixels)."""
         from pagoda.multimodal.media import load_image_url
 
         allowed = self.engine.engine.config.model.allowed_local_media_path
+        if options is not None and not isinstance(options, dict):
+            raise APIError(f"mm_processor_kwargs must be an object, got {type(options).__name__}", 400,
+                           "mm_processor_kwargs")
         try:
             images = []
             for value, where in media:
                 if not isinstance(value, str):
                     raise ValueError(f"{where}: an image part needs an image URL string (data:, http(s):// or file://)")
                 images.append(load_image_url(value, where, allowed_local_media_path=allowed))
-            return self.engine.engine.processor.process_chat_images(text, images)
+            return self.engine.engine.processor.process_chat_images(text, images, options)
         except ValueError as exc:
             raise APIError(str(exc), 400, "messages") from None
 
@@ -177,7 +184,8 @@ class OpenAIServingChat(OpenAIServing):
                 raise APIError("truncate_prompt_tokens is not supported yet with images (it could cut through an "
                                "image's tokens)", 400, "truncate_prompt_tokens")
             self.limits.check_prompt_chars(text, "messages", self.max_model_len)
-            processed = await asyncio.to_thread(self._process_images, text, media)
+            options = (request.model_extra or {}).get("mm_processor_kwargs")
+            processed = await asyncio.to_thread(self._process_images, text, media, options)
             return text, list(processed.token_ids), processed
         ids = await self.tokenize_prompt(text, bool(request.add_special_tokens),
                                          getattr(request, "truncate_prompt_tokens", None), "messages")

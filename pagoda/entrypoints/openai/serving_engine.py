@@ -120,10 +120,18 @@ class OpenAIServing:
         if model is not None and model not in self.config.served_model_names:
             raise APIError(f"The model `{model}` does not exist.", 404, "model")
 
+    @property
+    def extra_fields_taken(self) -> tuple[str, ...]:
+        """Fields of `not_supported` that this endpoint implements for the model it serves (none by default)."""
+        return ()
+
     def check_fields(self, request: Any) -> None:
         """400 for a known-but-unimplemented field set to a non-neutral value; a warning naming unknown keys."""
         unknown = []
+        taken = self.extra_fields_taken
         for name, value in (request.model_extra or {}).items():
+            if name in taken:
+                continue  # this endpoint applies it (e.g. chat's mm_processor_kwargs for a model that takes images)
             if name in request.not_supported:
                 neutral, what = request.not_supported[name]
                 if not any(value == n and type(value) is type(n) for n in neutral):
