@@ -284,3 +284,56 @@ def make_llava_checkpoint(folder: str, tokenizer_folder: str | None = None, *, s
                      pad_token_id=ids[PAD]).save_pretrained(folder)
     logger.info("wrote a tiny LLaVA checkpoint to %s", folder)
     return folder
+
+
+LLAVA_NEXT_GRID_PINPOINTS = [[32, 32], [32, 64], [64, 32]]  # (height, width) tilings of 32x32 CLIP tiles
+
+
+def make_llava_next_checkpoint(folder: str, tokenizer_folder: str | None = None, *, seed: int = 0) -> str:
+    """Write a tiny random LlavaNextForConditionalGeneration (LLaVA-NeXT: any-resolution tiles of a 32x32 CLIP
+    vision tower, projector, image_newline, Llama text model) with its real processor (LlavaNextProcessor: the
+    tokenizer plus an "<image>" token, and a LLaVA-NeXT image processor) to `folder`; return `folder`."""
+    import torch
+    from transformers import (CLIPVisionConfig, GenerationConfig, LlamaConfig, LlavaNextConfig,
+                              LlavaNextForConditionalGeneration, LlavaNextProcessor, PreTrainedTokenizerFast)
+    try:  # torchvision-free backend (torchvision does not import beside the CPU torch wheel)
+        from transformers import LlavaNextImageProcessorPil as ImageProcessor
+    except ImportError:  # pragma: no cover - older transformers
+        from transformers import LlavaNextImageProcessor as ImageProcessor
+
+    os.makedirs(folder, exist_ok=True)
+    if tokenizer_folder is None:
+        train_tokenizer(folder)
+    elif os.path.abspath(tokenizer_folder) != os.path.abspath(folder):
+        _copy_tokenizer(tokenizer_folder, folder)
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(folder)
+    tokenizer.add_special_tokens({"additional_special_tokens": [IM_START, IM_END, IMAGE_TOKEN]})
+    tokenizer.save_pretrained(folder)
+    ids = _special_ids(folder)
+    image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+    text = LlamaConfig(**{**_ARCH_CONFIGS["LlamaForCausalLM"][1], "vocab_size": _vocab_size(folder),
+                          "bos_token_id": ids[BOS], "eos_token_id": ids[EOS], "pad_token_id": ids[PAD]})
+    vision = CLIPVisionConfig(image_size=LLAVA_IMAGE_SIZE, patch_size=LLAVA_PATCH_SIZE, hidden_size=32,
+                              intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, projection_dim=32)
+    config = LlavaNextConfig(vision_config=vision, text_config=text, image_token_index=image_id,
+                             vision_feature_layer=-2, vision_feature_select_strategy="default",
+                             projector_hidden_act="gelu", image_grid_pinpoints=LLAVA_NEXT_GRID_PINPOINTS)
+    config.architectures = ["LlavaNextForConditionalGeneration"]
+    torch.manual_seed(seed)
+    model = LlavaNextForConditionalGeneration(config)
+    _reinit_weights(model, seed)
+    model.config.dtype = torch.float32
+    model.save_pretrained(folder)
+    image_processor = ImageProcessor(size={"shortest_edge": LLAVA_IMAGE_SIZE},
+                                     crop_size={"height": LLAVA_IMAGE_SIZE, "width": LLAVA_IMAGE_SIZE},
+                                     image_grid_pinpoints=LLAVA_NEXT_GRID_PINPOINTS)
+    # num_additional_image_tokens=1: CLIP's CLS token (the processor's base-tile count then matches "default")
+    processor = LlavaNextProcessor(image_processor=image_processor, tokenizer=tokenizer,
+                                   patch_size=LLAVA_PATCH_SIZE, vision_feature_select_strategy="default",
+                                   num_additional_image_tokens=1, image_token=IMAGE_TOKEN,
+                                   chat_template=CHAT_TEMPLATE)
+    processor.save_pretrained(folder)
+    GenerationConfig(bos_token_id=ids[BOS], eos_token_id=[ids[EOS], ids[IM_END]],
+                     pad_token_id=ids[PAD]).save_pretrained(folder)
+    logger.info("wrote a tiny LLaVA-NeXT checkpoint to %s", folder)
+    return folder

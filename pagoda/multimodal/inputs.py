@@ -2,7 +2,8 @@
 
 Invariants:
 - `pixel_values` is the model's Hugging Face processor output for this one image (e.g. [3, H, W] for
-  LLaVA-1.5), on the CPU; the runner moves it to the device when it encodes the image.
+  LLaVA-1.5, [patches, 3, H, W] for LLaVA-NeXT), on the CPU, and `extras` its other per-image outputs
+  (LLaVA-NeXT's `image_sizes`); the runner moves them to the device when it encodes the image.
 - The prompt's tokens [offset, offset + length) are this image's placeholder tokens, one per feature row
   the model's vision encoder + projector produce for it; ranges of one request never overlap.
 - `content_hash` depends only on the image's pixels, mode and size and on the processor options, so two
@@ -13,7 +14,7 @@ Invariants:
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -23,6 +24,8 @@ class ImageInput:
     offset: int  # first placeholder position in the prompt
     length: int  # number of placeholder tokens
     content_hash: bytes
+    # The processor's other per-image outputs the model's embed_images takes (e.g. LLaVA-NeXT's image_sizes).
+    extras: dict = field(default_factory=dict)
 
 
 def hash_image(image: Any, options: dict | None = None) -> bytes:

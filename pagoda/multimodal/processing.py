@@ -92,16 +92,34 @@ class MultiModalProcessor:
         if not images:
             return ids, []
         pixel_values = out["pixel_values"]
-        where = np.flatnonzero(np.asarray(ids) == self.image_token_id)
-        if len(where) % len(images) or len(pixel_values) != len(images):
-            raise ValueError(f"multi_modal_data: the prompt holds {len(where)} image placeholder tokens for "
-                             f"{len(images)} image(s); put one image token per image in the prompt")
-        length = len(where) // len(images)
-        inputs = []
-        for i, image in enumerate(images):
-            run = where[i * length:(i + 1) * length]
-            if run[-1] - run[0] + 1 != length:
-                raise ValueError(f"multi_modal_data['image'][{i}]: its placeholder tokens are not contiguous")
-            inputs.append(ImageInput(pixel_values=pixel_values[i], offset=int(run[0]), length=length,
-                                     content_hash=hash_image(image, options)))
+        if len(pixel_values) != len(images):
+            raise ValueError(f"multi_modal_data: the processor made pixels for {len(pixel_values)} of {len(images)} "
+                             "images")
+        extras = {key: value for key, value in out.items()
+                  if key not in ("input_ids", "attention_mask", "pixel_values", "token_type_ids")
+                  and hasattr(value, "shape") and len(value) == len(images)}
+        ranges = _placeholder_ranges(np.flatnonzero(np.asarray(ids) == self.image_token_id), len(images))
+        inputs = [ImageInput(pixel_values=pixel_values[i], offset=offset, length=length,
+                             content_hash=hash_image(image, options), extras={k: v[i] for k, v in extras.items()})
+                  for i, (image, (offset, length)) in enumerate(zip(images, ranges))]
         return ids, inputs
+
+
+def _placeholder_ranges(where: np.ndarray, num_images: int) -> list[tuple[int, int]]:
+    """(offset, length) of each image's placeholder tokens: one contiguous run per image; runs of adjacent
+    images (no text between them) split evenly, which holds for models whose images all expand alike."""
+    if len(where) == 0:
+        raise ValueError(f"multi_modal_data: the prompt holds no image placeholder for its {num_images} image(s); "
+                         "put the model's image token where each image goes")
+    breaks = np.flatnonzero(np.diff(where) != 1) + 1
+    runs = [(int(run[0]), len(run)) for run in np.split(where, breaks)]
+    if len(runs) == num_images:
+        return runs
+    if len(where) % num_images == 0:
+        length = len(where) // num_images
+        ranges = [(int(where[i * length]), length) for i in range(num_images)]
+        if all(where[i * length + length - 1] - offset + 1 == length for i, (offset, _) in enumerate(ranges)):
+            return ranges
+    raise ValueError(f"multi_modal_data: the prompt's {len(where)} image placeholder tokens do not split into its "
+                     f"{num_images} image(s); put one image token per image in the prompt, with text between "
+                     "images")

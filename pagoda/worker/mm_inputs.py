@@ -62,10 +62,14 @@ class MultiModalInputs:
         unique = list({image.content_hash: image for image in images}.values())
         by_shape: dict[tuple, list] = {}
         for image in unique:
-            by_shape.setdefault(tuple(image.pixel_values.shape), []).append(image)
+            key = (tuple(image.pixel_values.shape),
+                   tuple((name, tuple(value.shape)) for name, value in sorted(image.extras.items())))
+            by_shape.setdefault(key, []).append(image)
         for group in by_shape.values():
             pixels = torch.stack([image.pixel_values for image in group]).to(self.device, self.dtype)
-            features = self.model.embed_images(pixels)
+            extras = {name: torch.stack([image.extras[name] for image in group]).to(self.device)
+                      for name in group[0].extras}
+            features = self.model.embed_images(pixels, **extras)  # [N, tokens, H], or one [tokens_i, H] per image
             for image, rows in zip(group, features):
                 if rows.shape[0] != image.length:
                     raise RuntimeError(f"the vision encoder made {rows.shape[0]} feature rows of an image the "

@@ -164,7 +164,7 @@ class LlavaForConditionalGeneration(nn.Module):
         own_params = {
             name: p
             for name, p in self.named_parameters()
-            if name.startswith("vision_tower.") or name.startswith("multi_modal_projector.")
+            if not name.startswith("language_model.")  # vision tower, projector (and subclasses' own parameters)
         }
         loaded: set[str] = set()
 

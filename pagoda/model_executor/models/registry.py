@@ -16,7 +16,8 @@ kv_cache_spec with num_layers == 0 when they keep no KV cache, as BERT):
     kv_cache_spec: an ATTRIBUTE (set in __init__), a KVCacheSpec(num_layers, num_kv_heads, head_size);
         kv_caches[i] has shape [2, num_blocks, block_size, num_kv_heads, head_size].
 A class that takes images (listed in _IMAGE_ARCHS) also has `supports_images = True`,
-    embed_input_ids(input_ids [T]) -> [T, H], embed_images(pixel_values [N, ...]) -> [N, tokens, H],
+    embed_input_ids(input_ids [T]) -> [T, H], embed_images(pixel_values [N, ...], **processor_extras)
+    -> [N, tokens, H] or a list of N [tokens_i, H] (LLaVA-NeXT: embed_images(pixel_values, image_sizes)),
     and forward(..., inputs_embeds=None): [T, H] embeddings that replace the token lookup.
 """
 
@@ -40,6 +41,7 @@ _MODELS: dict[str, str] = {
     "OPTForCausalLM": "pagoda.model_executor.models.opt:OPTForCausalLM",
     "GPT2LMHeadModel": "pagoda.model_executor.models.gpt2:GPT2LMHeadModel",
     "LlavaForConditionalGeneration": "pagoda.model_executor.models.llava:LlavaForConditionalGeneration",
+    "LlavaNextForConditionalGeneration": "pagoda.model_executor.models.llava_next:LlavaNextForConditionalGeneration",
     # Embedding models (task "embed"): encoders, and decoders saved without their LM head.
     "BertModel": "pagoda.model_executor.models.bert:BertModel",
     "LlamaModel": "pagoda.model_executor.models.adapters:LlamaEmbeddingModel",
@@ -61,7 +63,7 @@ _DECODER_POOLING = ("LAST", True)
 
 # Architectures whose class takes images (prompt key multi_modal_data); the frontend checks this without
 # importing the model's module.
-_IMAGE_ARCHS = ("LlavaForConditionalGeneration",)
+_IMAGE_ARCHS = ("LlavaForConditionalGeneration", "LlavaNextForConditionalGeneration")
 
 
 def accepts_images(architecture: str) -> bool:
