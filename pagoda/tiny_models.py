@@ -244,12 +244,14 @@ IMAGE_TOKEN = "<image>"
 LLAVA_IMAGE_SIZE, LLAVA_PATCH_SIZE = 32, 8  # 16 patches: 16 image tokens per image ("default" drops CLS)
 
 
-def make_llava_checkpoint(folder: str, tokenizer_folder: str | None = None, *, seed: int = 0) -> str:
-    """Write a tiny random LlavaForConditionalGeneration (LLaVA-1.5 layout: CLIP vision tower, projector, Llama
-    text model) with its real processor (LlavaProcessor: the tokenizer plus an "<image>" token, and a CLIP image
-    processor) to `folder`; return `folder`."""
+def make_llava_checkpoint(folder: str, tokenizer_folder: str | None = None, *, seed: int = 0,
+                          text_arch: str = "LlamaForCausalLM") -> str:
+    """Write a tiny random LlavaForConditionalGeneration (LLaVA-1.5 layout: CLIP vision tower, projector, a text
+    model of `text_arch`: Llama, Mistral or Qwen2) with its real processor (LlavaProcessor: the tokenizer plus an
+    "<image>" token, and a CLIP image processor) to `folder`; return `folder`."""
     import torch
-    from transformers import (CLIPImageProcessor, CLIPVisionConfig, GenerationConfig, LlamaConfig, LlavaConfig,
+    import transformers
+    from transformers import (CLIPImageProcessor, CLIPVisionConfig, GenerationConfig, LlavaConfig,
                               LlavaForConditionalGeneration, LlavaProcessor, PreTrainedTokenizerFast)
 
     os.makedirs(folder, exist_ok=True)
@@ -262,8 +264,9 @@ def make_llava_checkpoint(folder: str, tokenizer_folder: str | None = None, *, s
     tokenizer.save_pretrained(folder)
     ids = _special_ids(folder)
     image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
-    text = LlamaConfig(**{**_ARCH_CONFIGS["LlamaForCausalLM"][1], "vocab_size": _vocab_size(folder),
-                          "bos_token_id": ids[BOS], "eos_token_id": ids[EOS], "pad_token_id": ids[PAD]})
+    config_name, base = _ARCH_CONFIGS[text_arch]
+    text = getattr(transformers, config_name)(**{**base, "vocab_size": _vocab_size(folder), "bos_token_id": ids[BOS],
+                                                 "eos_token_id": ids[EOS], "pad_token_id": ids[PAD]})
     vision = CLIPVisionConfig(image_size=LLAVA_IMAGE_SIZE, patch_size=LLAVA_PATCH_SIZE, hidden_size=32,
                               intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, projection_dim=32)
     config = LlavaConfig(vision_config=vision, text_config=text, image_token_index=image_id, vision_feature_layer=-2,

@@ -180,3 +180,17 @@ def test_encoder_budget_spreads_images_over_steps(llava_dir, reference, monkeypa
     llm = _llm(llava_dir, max_num_batched_tokens=20, enable_prefix_caching=False)
     assert _tokens(llm, _prompts(CASES[1:2])) == reference[1:2]
     assert [n for n in per_step if n] == [16, 16]
+
+
+@pytest.mark.parametrize("text_arch", ["MistralForCausalLM", "Qwen2ForCausalLM"])
+def test_other_text_models_inside_llava(tmp_path, test_tokenizer_dir, text_arch):
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    folder = make_llava_checkpoint(str(tmp_path / text_arch), test_tokenizer_dir, seed=7, text_arch=text_arch)
+    processor = AutoProcessor.from_pretrained(folder)
+    model = LlavaForConditionalGeneration.from_pretrained(folder, dtype=torch.float32).eval()
+    text, images = CASES[1]
+    inputs = processor(text=text, images=images, return_tensors="pt")
+    with torch.no_grad():
+        want = model.generate(**inputs, max_new_tokens=MAX_TOKENS, do_sample=False)[0, inputs["input_ids"].shape[1]:]
+    assert _tokens(_llm(folder), _prompts([CASES[1]])) == [want.tolist()]

@@ -237,15 +237,15 @@ def test_variants(tmp_path, overrides):
 
 
 def test_unsupported_text_model_is_rejected():
-    from transformers import CLIPVisionConfig, LlavaConfig, Qwen2Config
+    from transformers import CLIPVisionConfig, LlavaConfig, Qwen3Config
 
     config = LlavaConfig(
         vision_config=CLIPVisionConfig(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64,
                                        num_hidden_layers=2, num_attention_heads=4),
-        text_config=Qwen2Config(vocab_size=300, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+        text_config=Qwen3Config(vocab_size=300, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
                                 num_key_value_heads=2, intermediate_size=64),
     )
-    with pytest.raises(ValueError, match="qwen2"):
+    with pytest.raises(ValueError, match="qwen3"):
         _pagoda(config)
 
 

@@ -32,8 +32,14 @@ from pagoda.model_executor.models.llama import LlamaForCausalLM
 
 logger = logging.getLogger(__name__)
 
-# text_config.model_type / architecture -> text model class (only Llama for now)
-_TEXT_MODELS = {"llama": LlamaForCausalLM}
+# text_config.model_type -> (text model class, its architecture name); all share LlamaForCausalLM's interface,
+# weight names and `inputs_embeds`
+def _text_models() -> dict[str, tuple[type[nn.Module], str]]:
+    from pagoda.model_executor.models.llama import MistralForCausalLM
+    from pagoda.model_executor.models.qwen2 import Qwen2ForCausalLM
+
+    return {"llama": (LlamaForCausalLM, "LlamaForCausalLM"), "mistral": (MistralForCausalLM, "MistralForCausalLM"),
+            "qwen2": (Qwen2ForCausalLM, "Qwen2ForCausalLM")}
 
 
 def _projector_act(name: str) -> nn.Module:
@@ -57,12 +63,13 @@ class LlavaMultiModalProjector(nn.Module):
 def _text_model_cls(text_config: Any) -> type[nn.Module]:
     model_type = getattr(text_config, "model_type", None)
     archs = list(getattr(text_config, "architectures", None) or [])
-    if model_type in _TEXT_MODELS and all(a == "LlamaForCausalLM" for a in archs):
-        return _TEXT_MODELS[model_type]
+    models = _text_models()
+    if model_type in models and all(a == models[model_type][1] for a in archs):
+        return models[model_type][0]
     name = archs[0] if archs else model_type
     raise ValueError(
         f"LlavaForConditionalGeneration: text model {name!r} (text_config.model_type={model_type!r}) is not "
-        f"supported; supported text models: {sorted(_TEXT_MODELS)}"
+        f"supported; supported text models: {sorted(models)}"
     )
 
 
