@@ -194,3 +194,23 @@ def test_other_text_models_inside_llava(tmp_path, test_tokenizer_dir, text_arch)
     with torch.no_grad():
         want = model.generate(**inputs, max_new_tokens=MAX_TOKENS, do_sample=False)[0, inputs["input_ids"].shape[1]:]
     assert _tokens(_llm(folder), _prompts([CASES[1]])) == [want.tolist()]
+
+
+LOOPING_TEMPLATE = ("{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+                    "{% for part in message['content'] %}{% if part['type'] == 'image' %}<image>{% else %}"
+                    "{{ part['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endfor %}<|im_start|>assistant\n")
+
+
+def test_chat_openai_content_format_puts_images_where_the_template_says(llava_dir):
+    """A template that loops over content parts ("openai" format, detected): each image part reaches it as
+    {"type": "image"}, and the template writes the image token there (here: after the text)."""
+    question = "what is in this picture"
+    messages = [{"role": "user", "content": [{"type": "text", "text": question},
+                                             {"type": "image_pil", "image_pil": IMAGES[0]}]}]
+    llm = _llm(llava_dir)
+    got = llm.chat(messages, GREEDY, chat_template=LOOPING_TEMPLATE, use_tqdm=False)[0]
+    text = f"<|im_start|>user\n{question}<image><|im_end|>\n<|im_start|>assistant"  # Jinja drops the last newline
+    want = llm.generate({"prompt": text, "multi_modal_data": {"image": IMAGES[0]}},
+                        SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS), use_tqdm=False)[0]
+    # the chat adds no special tokens beyond the template's; generate() adds the tokenizer's BOS
+    assert list(got.prompt_token_ids) == list(want.prompt_token_ids)[1:]
