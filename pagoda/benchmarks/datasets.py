@@ -89,7 +89,12 @@ def _unique_body(rng: np.random.Generator, allowed: np.ndarray, length: int, see
 def add_dataset_args(parser: argparse.ArgumentParser) -> None:
     """vLLM's random-dataset flags (the --input-len/--output-len spellings are aliases)."""
     g = parser.add_argument_group("dataset")
-    g.add_argument("--dataset-name", default="random", choices=["random"], help="Workload generator (only 'random').")
+    g.add_argument("--dataset-name", default="random", choices=["random", "random-mm"],
+                   help="Workload generator: 'random' token prompts, or 'random-mm' (chat endpoint) with random images too.")
+    g.add_argument("--random-mm-base-items-per-request", type=int, default=1, help="random-mm: images per request.")
+    g.add_argument("--random-mm-bucket-config", default="{(336, 336, 1): 1.0}",
+                   help="random-mm: {(height, width, 1): probability, ...} of the images' sizes (vLLM's form; "
+                        "the 1 is the frame count of an image).")
     g.add_argument("--num-prompts", type=int, default=1000, help="Number of prompts.")
     g.add_argument("--input-len", "--random-input-len", dest="input_len", type=int, default=1024, help="Prompt length in tokens (not counting --prefix-len).")
     g.add_argument("--output-len", "--random-output-len", dest="output_len", type=int, default=128, help="Tokens to generate per request.")
@@ -114,3 +119,45 @@ def vocab_and_specials(model_path: str, tokenizer_path: str | None = None, trust
     except Exception:  # a config-only folder (dummy weights) has no tokenizer: every id is fair
         pass
     return vocab, specials
+
+
+def parse_mm_buckets(text: str) -> list[tuple[tuple[int, int], float]]:
+    """--random-mm-bucket-config -> [((height, width), probability)], probabilities summing to 1."""
+    import ast
+
+    try:
+        buckets = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        raise SystemExit(f"error: --random-mm-bucket-config {text!r} is not a dict like {{(336, 336, 1): 1.0}}") from None
+    out = []
+    for key, prob in dict(buckets).items():
+        if not (isinstance(key, tuple) and len(key) == 3 and key[2] == 1):
+            raise SystemExit(f"error: --random-mm-bucket-config: {key!r} is not (height, width, 1) (videos are not "
+                             "supported yet)")
+        out.append(((int(key[0]), int(key[1])), float(prob)))
+    total = sum(p for _, p in out)
+    if not out or total <= 0:
+        raise SystemExit("error: --random-mm-bucket-config needs at least one bucket of probability > 0")
+    return [(size, p / total) for size, p in out]
+
+
+def random_image_urls(num_requests: int, per_request: int, buckets: list, seed: int) -> list[list[str]]:
+    """Per request, `per_request` data: URLs of random-noise JPEG images with sizes drawn from `buckets`."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    sizes, probs = [b[0] for b in buckets], [b[1] for b in buckets]
+    urls = []
+    for _ in range(num_requests):
+        row = []
+        for _ in range(per_request):
+            height, width = sizes[rng.choice(len(sizes), p=probs)]
+            pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+            buffer = io.BytesIO()
+            Image.fromarray(pixels).save(buffer, format="JPEG", quality=85)
+            row.append("data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode())
+        urls.append(row)
+    return urls

@@ -47,6 +47,22 @@ SHAPES["llama3.2-1b"] = {**SHAPES["llama3-8b"], "hidden_size": 2048, "intermedia
                          "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 64, "tie_word_embeddings": True}
 
 
+# LLaVA-1.5-7B's shape (llava-hf/llava-1.5-7b-hf): CLIP ViT-L/14 at 336 px (576 image tokens) + a Llama-2-7B text
+# model; its vocabulary has "<image>" at 32000. Written with transformers' own config and processor classes.
+LLAVA_SHAPES = {
+    "llava-1.5-7b": {
+        "vision": dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+                       image_size=336, patch_size=14, projection_dim=768, hidden_act="quick_gelu"),
+        "text": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+                     num_key_value_heads=32, vocab_size=32064, max_position_embeddings=4096, rms_norm_eps=1e-5,
+                     bos_token_id=1, eos_token_id=2, pad_token_id=32001, tie_word_embeddings=False),
+        "image_token_index": 32000,
+    },
+}
+LLAVA_CHAT_TEMPLATE = ("{% for message in messages %}{{ message['role'].upper() }}: {{ message['content'] }}\n"
+                       "{% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}")
+
+
 def write_tokenizer(folder: str, vocab_size: int, bos: int, eos: int) -> None:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
@@ -98,7 +114,38 @@ def write_bpe_tokenizer(folder: str, vocab_size: int, bos: int, eos: int, seed: 
     fast.save_pretrained(folder)
 
 
+def make_llava_model(folder: str, shape: str) -> str:
+    """A config-only LLaVA folder: config, word-level tokenizer (with "<image>"), CLIP image processor, processor."""
+    from transformers import (CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaProcessor,
+                              PreTrainedTokenizerFast)
+
+    spec = LLAVA_SHAPES[shape]
+    text, image_id = spec["text"], spec["image_token_index"]
+    config = LlavaConfig(vision_config=CLIPVisionConfig(**spec["vision"]), text_config=LlamaConfig(**text),
+                         image_token_index=image_id, vision_feature_layer=-2, vision_feature_select_strategy="default",
+                         projector_hidden_act="gelu")
+    config.architectures = ["LlavaForConditionalGeneration"]
+    config.dtype = "float16"
+    os.makedirs(folder, exist_ok=True)
+    config.save_pretrained(folder)
+    with open(os.path.join(folder, "generation_config.json"), "w") as f:
+        json.dump({"bos_token_id": text["bos_token_id"], "eos_token_id": text["eos_token_id"]}, f, indent=2)
+    write_tokenizer(folder, text["vocab_size"], text["bos_token_id"], text["eos_token_id"])
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(folder)
+    tokenizer.add_special_tokens({"additional_special_tokens": [f"t{image_id}"]})  # the image token
+    size = spec["vision"]["image_size"]
+    processor = LlavaProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": size},
+                                                                  crop_size={"height": size, "width": size}),
+                               tokenizer=tokenizer, patch_size=spec["vision"]["patch_size"],
+                               vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                               image_token=f"t{image_id}", chat_template=LLAVA_CHAT_TEMPLATE)
+    processor.save_pretrained(folder)
+    return folder
+
+
 def make_model(folder: str, shape: str = "llama3-8b", tokenizer: bool | str = True) -> str:
+    if shape in LLAVA_SHAPES:
+        return make_llava_model(folder, shape)
     config = dict(SHAPES[shape])
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, "config.json"), "w") as f:
@@ -115,7 +162,7 @@ def make_model(folder: str, shape: str = "llama3-8b", tokenizer: bool | str = Tr
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folder")
-    parser.add_argument("--shape", default="llama3-8b", choices=sorted(SHAPES))
+    parser.add_argument("--shape", default="llama3-8b", choices=sorted(SHAPES) + sorted(LLAVA_SHAPES))
     parser.add_argument("--no-tokenizer", action="store_true")
     parser.add_argument("--tokenizer", default="word", choices=["word", "bpe"],
                         help="word: token i is 't{i}'; bpe: a byte-level BPE of random strings (for grammars)")

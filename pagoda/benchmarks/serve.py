@@ -85,6 +85,9 @@ def _payload(args: argparse.Namespace, model: str, prompt: Any, max_tokens: int)
     if args.ignore_eos:
         body["ignore_eos"] = True
     if args.endpoint.rstrip("/").endswith("chat/completions"):
+        if isinstance(prompt, tuple):  # random-mm: (text, image URLs), as the seed's content parts
+            text, urls = prompt
+            prompt = [{"type": "text", "text": text}] + [{"type": "image_url", "image_url": {"url": u}} for u in urls]
         body["messages"] = [{"role": "user", "content": prompt}]
         body["max_completion_tokens"] = max_tokens
     else:
@@ -247,6 +250,14 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         prompts: list[Any] = [tokenizer.decode(r.prompt_token_ids) for r in requests]
     else:
         prompts = [r.prompt_token_ids for r in requests]
+    if getattr(args, "dataset_name", "random") == "random-mm":
+        if not chat:
+            raise SystemExit("error: --dataset-name random-mm sends images: use --endpoint /v1/chat/completions")
+        from pagoda.benchmarks.datasets import parse_mm_buckets, random_image_urls
+
+        urls = random_image_urls(len(prompts), args.random_mm_base_items_per_request,
+                                 parse_mm_buckets(args.random_mm_bucket_config), args.seed)
+        prompts = list(zip(prompts, urls))
     sweep_name, values = parse_sweep(args.sweep, args)
     points = []
     for value in values:

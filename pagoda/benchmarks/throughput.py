@@ -124,6 +124,9 @@ def report(elapsed: float, num_requests: int, prompt_tokens: int, output_tokens:
 def main(args: argparse.Namespace) -> dict[str, Any]:
     if args.n < 1:
         raise SystemExit(f"error: --n must be >= 1, got {args.n}")
+    if args.dataset_name != "random":
+        raise SystemExit(f"error: --dataset-name {args.dataset_name} is not supported yet by bench throughput (it is "
+                         "by bench serve, with --endpoint /v1/chat/completions)")
     path = common.model_path(args)
     requests = make_requests(args, path)
     if args.backend == "pagoda":

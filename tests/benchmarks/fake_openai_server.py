@@ -24,7 +24,8 @@ class FakeServer:
         self.first_delay, self.token_delay, self.send_usage = first_delay, token_delay, send_usage
         self.bodies: list[dict] = []
         self.in_flight = self.max_in_flight = 0
-        app = Starlette(routes=[Route("/v1/models", self.models), Route("/v1/completions", self.completions, methods=["POST"])])
+        app = Starlette(routes=[Route("/v1/models", self.models), Route("/v1/completions", self.completions, methods=["POST"]),
+                                Route("/v1/chat/completions", self.completions, methods=["POST"])])
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
@@ -42,6 +43,7 @@ class FakeServer:
         body = await request.json()
         self.bodies.append(body)
         n = int(body["max_tokens"])
+        chat = "messages" in body
 
         async def stream():
             self.in_flight += 1
@@ -49,11 +51,14 @@ class FakeServer:
             try:
                 for i in range(n):
                     await asyncio.sleep(self.first_delay if i == 0 else self.token_delay)
-                    chunk = {"id": "c", "object": "text_completion", "model": "fake-model",
-                             "choices": [{"index": 0, "text": f" w{i}", "finish_reason": "length" if i == n - 1 else None}]}
+                    finish = "length" if i == n - 1 else None
+                    choice = ({"index": 0, "delta": {"content": f" w{i}"}, "finish_reason": finish} if chat else
+                              {"index": 0, "text": f" w{i}", "finish_reason": finish})
+                    chunk = {"id": "c", "object": "text_completion", "model": "fake-model", "choices": [choice]}
                     yield f"data: {json.dumps(chunk)}\n\n"
                 if self.send_usage:
-                    usage = {"prompt_tokens": len(body["prompt"]), "completion_tokens": n, "total_tokens": len(body["prompt"]) + n}
+                    prompt_len = 1 if chat else len(body["prompt"])
+                    usage = {"prompt_tokens": prompt_len, "completion_tokens": n, "total_tokens": prompt_len + n}
                     yield f"data: {json.dumps({'id': 'c', 'choices': [], 'usage': usage})}\n\n"
                 yield "data: [DONE]\n\n"
             finally:

@@ -98,3 +98,45 @@ def test_request_rate_spreads_arrivals():
         m = run_bench(args)["points"][0]["metrics"]
     # 9 gaps of mean 50 ms: the run lasts on the order of half a second, not milliseconds
     assert m["duration"] > 0.15 and m["completed"] == 10
+
+
+def test_random_mm_sends_the_seed_chat_shape_with_images(tmp_path, tiny_llama):
+    import base64
+    import io
+
+    from PIL import Image
+
+    with FakeServer(first_delay=0.01, token_delay=0.01) as server:
+        args = parse(["serve", "--base-url", server.url, "--tokenizer", tiny_llama, "--endpoint",
+                      "/v1/chat/completions", "--dataset-name", "random-mm", "--random-mm-base-items-per-request", "2",
+                      "--random-mm-bucket-config", "{(48, 40, 1): 0.5, (32, 32, 1): 0.5}", "--num-prompts", "4",
+                      "--input-len", "8", "--output-len", "3"])
+        result = run_bench(args)
+    assert result["points"][0]["metrics"]["completed"] == 4
+    for body in server.bodies[1:]:
+        text, *images = body["messages"][0]["content"]
+        assert text["type"] == "text" and [part["type"] for part in images] == ["image_url", "image_url"]
+        for part in images:
+            header, data = part["image_url"]["url"].split(",", 1)
+            assert header == "data:image/jpeg;base64"
+            assert Image.open(io.BytesIO(base64.b64decode(data))).size in ((40, 48), (32, 32))
+    with pytest.raises(SystemExit, match="use --endpoint /v1/chat/completions"):
+        run_bench(parse(["serve", "--base-url", "http://127.0.0.1:9", "--model", "m", "--vocab-size", "100",
+                         "--dataset-name", "random-mm", "--num-prompts", "1", "--skip-initial-test"]))
+
+
+def test_make_model_writes_a_llava_shape_with_its_processor(tmp_path):
+    import numpy as np
+    from PIL import Image
+    from transformers import AutoConfig, AutoProcessor
+
+    from pagoda.benchmarks.make_model import make_model
+
+    folder = make_model(str(tmp_path / "llava"), "llava-1.5-7b")
+    config = AutoConfig.from_pretrained(folder)
+    assert config.architectures == ["LlavaForConditionalGeneration"] and config.text_config.vocab_size == 32064
+    processor = AutoProcessor.from_pretrained(folder)
+    text = processor.tokenizer.apply_chat_template([{"role": "user", "content": processor.image_token + "\nhi"}],
+                                                   tokenize=False, add_generation_prompt=True)
+    out = processor(text=text, images=[Image.fromarray(np.zeros((300, 400, 3), dtype=np.uint8))], return_tensors="pt")
+    assert int((out["input_ids"] == 32000).sum()) == 576 and tuple(out["pixel_values"].shape) == (1, 3, 336, 336)
