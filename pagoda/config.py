@@ -161,6 +161,17 @@ def check_mm_limits(limits: Any, architecture: str) -> dict:
     return dict(limits)
 
 
+def resolve_media_path(path: str | None) -> str:
+    """--allowed-local-media-path resolved (symlinks included), or "" for none; ValueError unless a folder."""
+    import os
+
+    if not path:
+        return ""
+    if not os.path.isdir(path):
+        raise ValueError(f"allowed_local_media_path (--allowed-local-media-path): {path!r} is not a folder")
+    return os.path.realpath(path)
+
+
 def text_config_of(hf_config: Any) -> Any:
     """A model config's text part: `text_config` of a vision-language config, else the config itself."""
     text = getattr(hf_config, "text_config", None)

@@ -356,12 +356,6 @@ class EngineArgs(compat.VllmCompatArgs):
             raise ValueError("device='cuda' but no CUDA GPU is visible; use device='cpu' or 'auto'")
         return self.device
 
-    def _allowed_media_path(self) -> str:
-        path = self.allowed_local_media_path or ""
-        if path and not os.path.isdir(path):
-            raise ValueError(f"allowed_local_media_path (--allowed-local-media-path): {path!r} is not a folder")
-        return os.path.realpath(path) if path else ""
-
     def _model_config(self, device: str) -> cfg.ModelConfig:
         model_path = hf_utils.resolve_model_path(self.model, self.revision, "model", self.download_dir)
         tokenizer_path = model_path
@@ -412,7 +406,7 @@ class EngineArgs(compat.VllmCompatArgs):
             task=task,
             pooler_config=pooler_config,
             limit_mm_per_prompt=cfg.check_mm_limits(self.limit_mm_per_prompt, architectures[0]),
-            allowed_local_media_path=self._allowed_media_path(),
+            allowed_local_media_path=cfg.resolve_media_path(self.allowed_local_media_path),
             do_lower_case=task == "embed" and read_sentence_transformers_lowercase(model_path),
         )
 

@@ -242,6 +242,7 @@ def ensure_demo_model(folder: str) -> str:
 
 IMAGE_TOKEN = "<image>"
 LLAVA_IMAGE_SIZE, LLAVA_PATCH_SIZE = 32, 8  # 16 patches: 16 image tokens per image ("default" drops CLS)
+LLAVA_NEXT_GRID_PINPOINTS = [[32, 32], [32, 64], [64, 32]]  # (height, width) tilings of 32x32 CLIP tiles
 
 
 def make_llava_checkpoint(folder: str, tokenizer_folder: str | None = None, *, seed: int = 0,
@@ -249,60 +250,34 @@ def make_llava_checkpoint(folder: str, tokenizer_folder: str | None = None, *, s
     """Write a tiny random LlavaForConditionalGeneration (LLaVA-1.5 layout: CLIP vision tower, projector, a text
     model of `text_arch`: Llama, Mistral or Qwen2) with its real processor (LlavaProcessor: the tokenizer plus an
     "<image>" token, and a CLIP image processor) to `folder`; return `folder`."""
-    import torch
-    import transformers
-    from transformers import (CLIPImageProcessor, CLIPVisionConfig, GenerationConfig, LlavaConfig,
-                              LlavaForConditionalGeneration, LlavaProcessor, PreTrainedTokenizerFast)
+    from transformers import (CLIPImageProcessor, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor)
 
-    os.makedirs(folder, exist_ok=True)
-    if tokenizer_folder is None:
-        train_tokenizer(folder)
-    elif os.path.abspath(tokenizer_folder) != os.path.abspath(folder):
-        _copy_tokenizer(tokenizer_folder, folder)
-    tokenizer = PreTrainedTokenizerFast.from_pretrained(folder)
-    tokenizer.add_special_tokens({"additional_special_tokens": [IM_START, IM_END, IMAGE_TOKEN]})
-    tokenizer.save_pretrained(folder)
-    ids = _special_ids(folder)
-    image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
-    config_name, base = _ARCH_CONFIGS[text_arch]
-    text = getattr(transformers, config_name)(**{**base, "vocab_size": _vocab_size(folder), "bos_token_id": ids[BOS],
-                                                 "eos_token_id": ids[EOS], "pad_token_id": ids[PAD]})
-    vision = CLIPVisionConfig(image_size=LLAVA_IMAGE_SIZE, patch_size=LLAVA_PATCH_SIZE, hidden_size=32,
-                              intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, projection_dim=32)
-    config = LlavaConfig(vision_config=vision, text_config=text, image_token_index=image_id, vision_feature_layer=-2,
-                         vision_feature_select_strategy="default", projector_hidden_act="gelu")
-    config.architectures = ["LlavaForConditionalGeneration"]
-    torch.manual_seed(seed)
-    model = LlavaForConditionalGeneration(config)
-    _reinit_weights(model, seed)
-    model.config.dtype = torch.float32
-    model.save_pretrained(folder)
-    image_processor = CLIPImageProcessor(size={"shortest_edge": LLAVA_IMAGE_SIZE},
-                                         crop_size={"height": LLAVA_IMAGE_SIZE, "width": LLAVA_IMAGE_SIZE})
-    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=LLAVA_PATCH_SIZE,
-                               vision_feature_select_strategy="default", num_additional_image_tokens=1,
-                               image_token=IMAGE_TOKEN, chat_template=CHAT_TEMPLATE)
-    processor.save_pretrained(folder)
-    GenerationConfig(bos_token_id=ids[BOS], eos_token_id=[ids[EOS], ids[IM_END]],
-                     pad_token_id=ids[PAD]).save_pretrained(folder)
-    logger.info("wrote a tiny LLaVA checkpoint to %s", folder)
-    return folder
-
-
-LLAVA_NEXT_GRID_PINPOINTS = [[32, 32], [32, 64], [64, 32]]  # (height, width) tilings of 32x32 CLIP tiles
+    return _make_vlm_checkpoint(folder, tokenizer_folder, seed, text_arch, LlavaConfig, {},
+                                LlavaForConditionalGeneration, CLIPImageProcessor, {}, LlavaProcessor)
 
 
 def make_llava_next_checkpoint(folder: str, tokenizer_folder: str | None = None, *, seed: int = 0) -> str:
     """Write a tiny random LlavaNextForConditionalGeneration (LLaVA-NeXT: any-resolution tiles of a 32x32 CLIP
     vision tower, projector, image_newline, Llama text model) with its real processor (LlavaNextProcessor: the
     tokenizer plus an "<image>" token, and a LLaVA-NeXT image processor) to `folder`; return `folder`."""
-    import torch
-    from transformers import (CLIPVisionConfig, GenerationConfig, LlamaConfig, LlavaNextConfig,
-                              LlavaNextForConditionalGeneration, LlavaNextProcessor, PreTrainedTokenizerFast)
+    from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration, LlavaNextProcessor
+
     try:  # torchvision-free backend (torchvision does not import beside the CPU torch wheel)
         from transformers import LlavaNextImageProcessorPil as ImageProcessor
     except ImportError:  # pragma: no cover - older transformers
         from transformers import LlavaNextImageProcessor as ImageProcessor
+    pinpoints = {"image_grid_pinpoints": LLAVA_NEXT_GRID_PINPOINTS}
+    return _make_vlm_checkpoint(folder, tokenizer_folder, seed, "LlamaForCausalLM", LlavaNextConfig, pinpoints,
+                                LlavaNextForConditionalGeneration, ImageProcessor, pinpoints, LlavaNextProcessor)
+
+
+def _make_vlm_checkpoint(folder, tokenizer_folder, seed, text_arch, config_cls, config_extra, model_cls,
+                         image_processor_cls, image_processor_extra, processor_cls) -> str:
+    """The LLaVA builders' shared body: tokenizer with "<image>", tiny CLIP 32x32 / patch 8 tower, text config,
+    random weights (_reinit_weights), processor, generation config."""
+    import torch
+    import transformers
+    from transformers import CLIPVisionConfig, GenerationConfig, PreTrainedTokenizerFast
 
     os.makedirs(folder, exist_ok=True)
     if tokenizer_folder is None:
@@ -313,30 +288,28 @@ def make_llava_next_checkpoint(folder: str, tokenizer_folder: str | None = None,
     tokenizer.add_special_tokens({"additional_special_tokens": [IM_START, IM_END, IMAGE_TOKEN]})
     tokenizer.save_pretrained(folder)
     ids = _special_ids(folder)
-    image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
-    text = LlamaConfig(**{**_ARCH_CONFIGS["LlamaForCausalLM"][1], "vocab_size": _vocab_size(folder),
-                          "bos_token_id": ids[BOS], "eos_token_id": ids[EOS], "pad_token_id": ids[PAD]})
+    config_name, base = _ARCH_CONFIGS[text_arch]
+    text = getattr(transformers, config_name)(**{**base, "vocab_size": _vocab_size(folder), "bos_token_id": ids[BOS],
+                                                 "eos_token_id": ids[EOS], "pad_token_id": ids[PAD]})
     vision = CLIPVisionConfig(image_size=LLAVA_IMAGE_SIZE, patch_size=LLAVA_PATCH_SIZE, hidden_size=32,
                               intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, projection_dim=32)
-    config = LlavaNextConfig(vision_config=vision, text_config=text, image_token_index=image_id,
-                             vision_feature_layer=-2, vision_feature_select_strategy="default",
-                             projector_hidden_act="gelu", image_grid_pinpoints=LLAVA_NEXT_GRID_PINPOINTS)
-    config.architectures = ["LlavaNextForConditionalGeneration"]
+    config = config_cls(vision_config=vision, text_config=text, image_token_index=tokenizer.convert_tokens_to_ids(
+        IMAGE_TOKEN), vision_feature_layer=-2, vision_feature_select_strategy="default", projector_hidden_act="gelu",
+        **config_extra)
+    config.architectures = [model_cls.__name__]
     torch.manual_seed(seed)
-    model = LlavaNextForConditionalGeneration(config)
+    model = model_cls(config)
     _reinit_weights(model, seed)
     model.config.dtype = torch.float32
     model.save_pretrained(folder)
-    image_processor = ImageProcessor(size={"shortest_edge": LLAVA_IMAGE_SIZE},
-                                     crop_size={"height": LLAVA_IMAGE_SIZE, "width": LLAVA_IMAGE_SIZE},
-                                     image_grid_pinpoints=LLAVA_NEXT_GRID_PINPOINTS)
-    # num_additional_image_tokens=1: CLIP's CLS token (the processor's base-tile count then matches "default")
-    processor = LlavaNextProcessor(image_processor=image_processor, tokenizer=tokenizer,
-                                   patch_size=LLAVA_PATCH_SIZE, vision_feature_select_strategy="default",
-                                   num_additional_image_tokens=1, image_token=IMAGE_TOKEN,
-                                   chat_template=CHAT_TEMPLATE)
+    image_processor = image_processor_cls(size={"shortest_edge": LLAVA_IMAGE_SIZE},
+                                          crop_size={"height": LLAVA_IMAGE_SIZE, "width": LLAVA_IMAGE_SIZE},
+                                          **image_processor_extra)
+    processor = processor_cls(image_processor=image_processor, tokenizer=tokenizer, patch_size=LLAVA_PATCH_SIZE,
+                              vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                              image_token=IMAGE_TOKEN, chat_template=CHAT_TEMPLATE)
     processor.save_pretrained(folder)
     GenerationConfig(bos_token_id=ids[BOS], eos_token_id=[ids[EOS], ids[IM_END]],
                      pad_token_id=ids[PAD]).save_pretrained(folder)
-    logger.info("wrote a tiny LLaVA-NeXT checkpoint to %s", folder)
+    logger.info("wrote a tiny %s checkpoint to %s", model_cls.__name__, folder)
     return folder

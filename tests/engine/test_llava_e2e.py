@@ -33,20 +33,25 @@ def llava_dir(tmp_path_factory, test_tokenizer_dir):
     return make_llava_checkpoint(str(tmp_path_factory.mktemp("llava")), test_tokenizer_dir, seed=5)
 
 
-@pytest.fixture(scope="module")
-def reference(llava_dir):
-    """transformers' greedy tokens for each case, one request at a time."""
-    from transformers import AutoProcessor, LlavaForConditionalGeneration
+def hf_vlm_greedy(folder: str, cases: list, max_new_tokens: int = MAX_TOKENS) -> list[list[int]]:
+    """transformers' greedy tokens for each (text, images) case, one request at a time, with the folder's
+    processor and model class (AutoModelForImageTextToText)."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    processor = AutoProcessor.from_pretrained(llava_dir)
-    model = LlavaForConditionalGeneration.from_pretrained(llava_dir, dtype=torch.float32).eval()
+    processor = AutoProcessor.from_pretrained(folder)
+    model = AutoModelForImageTextToText.from_pretrained(folder, dtype=torch.float32).eval()
     outputs = []
-    for text, images in CASES:
+    for text, images in cases:
         inputs = processor(text=text, images=images or None, return_tensors="pt")
         with torch.no_grad():
-            out = model.generate(**inputs, max_new_tokens=MAX_TOKENS, do_sample=False)
+            out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
         outputs.append(out[0, inputs["input_ids"].shape[1]:].tolist())
     return outputs
+
+
+@pytest.fixture(scope="module")
+def reference(llava_dir):
+    return hf_vlm_greedy(llava_dir, CASES)
 
 
 def _prompts(cases=CASES):
@@ -184,16 +189,8 @@ def test_encoder_budget_spreads_images_over_steps(llava_dir, reference, monkeypa
 
 @pytest.mark.parametrize("text_arch", ["MistralForCausalLM", "Qwen2ForCausalLM"])
 def test_other_text_models_inside_llava(tmp_path, test_tokenizer_dir, text_arch):
-    from transformers import AutoProcessor, LlavaForConditionalGeneration
-
     folder = make_llava_checkpoint(str(tmp_path / text_arch), test_tokenizer_dir, seed=7, text_arch=text_arch)
-    processor = AutoProcessor.from_pretrained(folder)
-    model = LlavaForConditionalGeneration.from_pretrained(folder, dtype=torch.float32).eval()
-    text, images = CASES[1]
-    inputs = processor(text=text, images=images, return_tensors="pt")
-    with torch.no_grad():
-        want = model.generate(**inputs, max_new_tokens=MAX_TOKENS, do_sample=False)[0, inputs["input_ids"].shape[1]:]
-    assert _tokens(_llm(folder), _prompts([CASES[1]])) == [want.tolist()]
+    assert _tokens(_llm(folder), _prompts([CASES[1]])) == hf_vlm_greedy(folder, [CASES[1]])
 
 
 LOOPING_TEMPLATE = ("{% for message in messages %}<|im_start|>{{ message['role'] }}\n"

@@ -2,11 +2,10 @@
 tiny random checkpoint with its real processor; images of different sizes expand to different token counts."""
 
 import pytest
-import torch
 
 from pagoda import LLM, SamplingParams
 from pagoda.tiny_models import make_llava_next_checkpoint
-from tests.engine.test_llava_e2e import _image
+from tests.engine.test_llava_e2e import _image, hf_vlm_greedy
 
 MAX_TOKENS = 12
 GREEDY = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS)
@@ -24,17 +23,7 @@ def next_dir(tmp_path_factory, test_tokenizer_dir):
 
 @pytest.fixture(scope="module")
 def reference(next_dir):
-    from transformers import AutoProcessor, LlavaNextForConditionalGeneration
-
-    processor = AutoProcessor.from_pretrained(next_dir)
-    model = LlavaNextForConditionalGeneration.from_pretrained(next_dir, dtype=torch.float32).eval()
-    outputs = []
-    for text, images in CASES:
-        inputs = processor(text=text, images=images or None, return_tensors="pt")
-        with torch.no_grad():
-            out = model.generate(**inputs, max_new_tokens=MAX_TOKENS, do_sample=False)
-        outputs.append(out[0, inputs["input_ids"].shape[1]:].tolist())
-    return outputs
+    return hf_vlm_greedy(next_dir, CASES, MAX_TOKENS)
 
 
 def _prompts():

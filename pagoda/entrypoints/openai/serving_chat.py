@@ -54,6 +54,7 @@ from typing import Any, AsyncIterator
 
 from fastapi import Request
 
+from pagoda.entrypoints.openai import chat_images
 from pagoda.entrypoints.openai.chat_utils import ChatRenderer, message_text
 from pagoda.entrypoints.openai.errors import APIError, error_body
 from pagoda.entrypoints.openai.protocol import ChatCompletionRequest
@@ -126,34 +127,11 @@ class OpenAIServingChat(OpenAIServing):
     @property
     def image_placeholder(self) -> str | None:
         """The text standing for one image in a rendered chat (None: the model takes no images)."""
-        from pagoda.model_executor.models.registry import accepts_images
-
-        engine = self.engine.engine
-        if not accepts_images(engine.config.model.architecture):
-            return None
-        return engine.processor.mm_processor.image_placeholder
+        return chat_images.image_placeholder(self.engine.engine)
 
     @property
     def extra_fields_taken(self) -> tuple[str, ...]:
         return ("mm_processor_kwargs",) if self.image_placeholder is not None else ()
-
-    def _process_images(self, text: str, media: list, options: Any = None) -> Any:
-        """Load the chat's images and run the model's processor (in a worker thread: fetches and pixels)."""
-        from pagoda.multimodal.media import load_image_url
-
-        allowed = self.engine.engine.config.model.allowed_local_media_path
-        if options is not None and not isinstance(options, dict):
-            raise APIError(f"mm_processor_kwargs must be an object, got {type(options).__name__}", 400,
-                           "mm_processor_kwargs")
-        try:
-            images = []
-            for value, where in media:
-                if not isinstance(value, str):
-                    raise ValueError(f"{where}: an image part needs an image URL string (data:, http(s):// or file://)")
-                images.append(load_image_url(value, where, allowed_local_media_path=allowed))
-            return self.engine.engine.processor.process_chat_images(text, images, options)
-        except ValueError as exc:
-            raise APIError(str(exc), 400, "messages") from None
 
     async def render_chat(self, request: Any) -> tuple[str, list[int], Any]:
         """(prompt text, token ids, a ProcessedPrompt when the chat holds images, else None)."""
@@ -185,7 +163,7 @@ class OpenAIServingChat(OpenAIServing):
                                "image's tokens)", 400, "truncate_prompt_tokens")
             self.limits.check_prompt_chars(text, "messages", self.max_model_len)
             options = (request.model_extra or {}).get("mm_processor_kwargs")
-            processed = await asyncio.to_thread(self._process_images, text, media, options)
+            processed = await asyncio.to_thread(chat_images.process, self.engine.engine, text, media, options)
             return text, list(processed.token_ids), processed
         ids = await self.tokenize_prompt(text, bool(request.add_special_tokens),
                                          getattr(request, "truncate_prompt_tokens", None), "messages")
