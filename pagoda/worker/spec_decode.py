@@ -6,19 +6,24 @@ at its last k_r + 1 positions. Requests without drafts in the step (k_r = 0) go 
 Sampler with all their rules; requests with drafts go through the rejection sampler
 (sample/rejection_sampler.py): greedy ones keep the longest prefix the target's argmax agrees with
 plus the target's next token (token-identical to decoding without speculation), random ones use
-rejection sampling (the output distribution is exactly the target's). Then the step syncs, and the
-proposer drafts each request's next tokens: the n-gram proposer (spec_decode/ngram_proposer.py) from
-its tokens on the host, or the draft model (worker/draft_proposer.py), which also runs a forward over
-every step's batch (`catch_up`) so that its cache mirrors the target's.
+rejection sampling (the output distribution is exactly the target's). Then the proposer drafts each
+request's next tokens. Under async scheduling that happens on the device, without a sync: the draft model
+(worker/draft_proposer.py, which also runs a forward over every step's batch, `catch_up`, so that its
+cache mirrors the target's), method ngram_gpu (spec_decode/ngram_gpu.py) or the benchmark's oracle write
+`draft_ids`, and the step's tokens reach the host later (VerifiedTokens). Without it the step syncs, and
+the n-gram proposer (spec_decode/ngram_proposer.py) drafts from the host tokens, or the device proposer's
+drafts are copied to the host.
 
 Invariants:
 - Only rows with `InputBatch.can_speculate` get drafts: requests whose sampling needs nothing that
   depends on the position inside a run of drafts (no penalties, bad words, min_tokens, logits
   processors, allowed_token_ids or logit_bias). Other requests decode one token per step, exactly
   as without speculation ("served without speculation, never served wrong").
-- After the step, every sampled request's tokens are on the host in the InputBatch (no placeholder),
-  its `num_computed` excludes its rejected positions, and the output carries its tokens (1 + accepted
-  drafts), their logprobs (the target's raw logprobs, as without speculation) and its next drafts.
+- Without async scheduling, after the step every sampled request's tokens are on the host in the
+  InputBatch (no placeholder), its `num_computed` excludes its rejected positions, and the output carries
+  its tokens (1 + accepted drafts), their logprobs (the target's raw logprobs, as without speculation)
+  and its next drafts. With it, the same holds once the step's VerifiedTokens is filled; until then the
+  output's drafts are placeholders (k per proposing request, the ids in `draft_ids`).
 - Drafts are written into the InputBatch past a row's known tokens, so the step's input ids read
   them like any token; they never count in `num_tokens` and are overwritten by what is accepted.
 """
@@ -154,7 +159,7 @@ class SpecDecodeStep:
                         positions[to_device(first[seen], device)])
         proposing = [j for j, req_id in enumerate(sample_ids)
                      if propose and batch.can_speculate[sample_rows[j]] and req_id not in output.failed]
-        if proposing and self.proposer is None:  # on the device: the draft model, or the benchmark's oracle
+        if proposing and self.proposer is None:  # on the device: the draft model, ngram_gpu or the benchmark's oracle
             where = to_device(np.array(proposing, dtype=np.int64), device)
             last = out[where].gather(1, (num_new[where] - 1)[:, None])[:, 0]  # each request's newest token
             position = positions[to_device(first[proposing], device)] + num_new[where]  # ... and its position
