@@ -110,7 +110,8 @@ class VerifiedTokens:
             self._event = torch.cuda.Event()
             self._event.record()
         self.filled = False
-        self._index_of_row = {int(r): j for j, r in enumerate(rows.tolist())}
+        self._index_of_row = np.full(batch.max_num_reqs, -1, dtype=np.int64)  # InputBatch row -> index here
+        self._index_of_row[rows] = np.arange(len(rows))
 
     def is_ready(self) -> bool:
         return self._event is None or self._event.query()
@@ -122,17 +123,16 @@ class VerifiedTokens:
 
     def sources(self, rows: np.ndarray, batch: InputBatch) -> np.ndarray:
         """For each of `rows`: its index in this step, or -1 when it did not sample here (or changed hands)."""
-        index = np.array([self._index_of_row.get(int(r), -1) for r in rows.tolist()], dtype=np.int64)
+        index = self._index_of_row[rows]
         hit = index >= 0
         hit[hit] = batch.epoch[rows[hit]] == self.epochs[index[hit]]
         return np.where(hit, index, -1)
 
     def shift(self, row: np.ndarray, by: np.ndarray) -> None:
         """An earlier step rejected `by` positions of `row`: this step's placeholders moved down with them."""
-        for r, b in zip(row.tolist(), by.tolist()):
-            j = self._index_of_row.get(r)
-            if j is not None:
-                self.positions[j] -= b
+        index = self._index_of_row[row]
+        mine = index >= 0
+        self.positions[index[mine]] -= by[mine]
 
     def fill(self, batch: InputBatch, later: list = ()) -> None:
         """Write the accepted tokens over the placeholders; take the rejected positions back (runner only)."""
