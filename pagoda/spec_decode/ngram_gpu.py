@@ -80,9 +80,6 @@ class DeviceNgramProposer:
         rows_dev = self._to_device(rows, device)
         self.history[rows_dev[:, None], columns] = out
 
-    def num_drafts(self, rows: np.ndarray) -> np.ndarray:  # not used: without async scheduling the host proposes
-        raise NotImplementedError("the device n-gram proposer serves async scheduling only")
-
     def propose(self, rows: np.ndarray, last: torch.Tensor, position: torch.Tensor, draft_ids: torch.Tensor) -> None:
         """k drafts for each of `rows` into draft_ids[rows]; the row's newest token is at `position`."""
         batch, device = self.runner.batch, self.history.device

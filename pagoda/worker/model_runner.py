@@ -342,13 +342,10 @@ class ModelRunner:
         index_in_row = np.arange(total) - np.repeat(query_start[:-1], width)
         positions = np.repeat(starts, width) + index_in_row
         input_ids = batch.token_ids[token_rows, positions]
-        block_ids = batch.block_table[token_rows, positions // block_size].astype(np.int64)
-        slot_mapping = block_ids * block_size + positions % block_size
         padding = None
         if pad_to is not None:
             padding = index_in_row >= np.repeat(counts, width)
             input_ids[padding] = 0
-            slot_mapping[padding] = -1
         query_ends = starts + width  # = ends unless padded
         max_blocks = int(-(-query_ends.max() // block_size))
         device = self.device
@@ -357,7 +354,13 @@ class ModelRunner:
         slot_mapping_dev, seq_lens_cpu, max_seq_len = None, query_ends.tolist(), int(query_ends.max())
         verified = self.unfilled[-1] if self.unfilled and isinstance(self.unfilled[-1], VerifiedTokens) else None
         src = verified.sources(rows, batch) if verified is not None else None
-        if src is not None and (src >= 0).any():
+        if src is None or not (src >= 0).any():  # host positions are exact: slots from the host block table
+            block_ids = batch.block_table[token_rows, positions // block_size].astype(np.int64)
+            slot_mapping = block_ids * block_size + positions % block_size
+            if padding is not None:
+                slot_mapping[padding] = -1
+            slot_mapping_dev = to_device(slot_mapping, device)
+        else:
             # Requests whose verify step is in flight were scheduled as if all its drafts were accepted: move
             # their positions back by what it rejected, on the device (see worker/step_output.py).
             hit = np.flatnonzero(src >= 0)
@@ -381,7 +384,7 @@ class ModelRunner:
             query_start_loc=to_device(query_start.astype(np.int32), device),
             seq_lens=seq_lens_dev,
             block_tables=block_tables,
-            slot_mapping=slot_mapping_dev if slot_mapping_dev is not None else to_device(slot_mapping, device),
+            slot_mapping=slot_mapping_dev,
             query_start_loc_cpu=query_start.tolist(),
             seq_lens_cpu=seq_lens_cpu,
         )
