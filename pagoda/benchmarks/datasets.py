@@ -91,8 +91,9 @@ def add_dataset_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("dataset")
     g.add_argument("--dataset-name", default="random", choices=["random", "random-mm"],
                    help="Workload generator: 'random' token prompts, or 'random-mm' (chat endpoint) with random images too.")
-    g.add_argument("--random-mm-base-items-per-request", type=int, default=1, help="random-mm: images per request.")
-    g.add_argument("--random-mm-bucket-config", default="{(336, 336, 1): 1.0}",
+    g.add_argument("--random-mm-base-items-per-request", type=int,
+                   default=MM_FLAG_DEFAULTS["random_mm_base_items_per_request"], help="random-mm: images per request.")
+    g.add_argument("--random-mm-bucket-config", default=MM_FLAG_DEFAULTS["random_mm_bucket_config"],
                    help="random-mm: {(height, width, 1): probability, ...} of the images' sizes (vLLM's form; "
                         "the 1 is the frame count of an image).")
     g.add_argument("--num-prompts", type=int, default=1000, help="Number of prompts.")
@@ -119,6 +120,18 @@ def vocab_and_specials(model_path: str, tokenizer_path: str | None = None, trust
     except Exception:  # a config-only folder (dummy weights) has no tokenizer: every id is fair
         pass
     return vocab, specials
+
+
+MM_FLAG_DEFAULTS = {"random_mm_base_items_per_request": 1, "random_mm_bucket_config": "{(336, 336, 1): 1.0}"}
+
+
+def check_mm_flags(args: argparse.Namespace) -> None:
+    """The random-mm flags take effect only with --dataset-name random-mm: elsewhere a non-default one is refused."""
+    if getattr(args, "dataset_name", "random") == "random-mm":
+        return
+    for name, default in MM_FLAG_DEFAULTS.items():
+        if getattr(args, name, default) != default:
+            raise SystemExit(f"error: --{name.replace('_', '-')} needs --dataset-name random-mm")
 
 
 def parse_mm_buckets(text: str) -> list[tuple[tuple[int, int], float]]:

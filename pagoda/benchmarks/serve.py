@@ -24,7 +24,8 @@ import numpy as np
 from tqdm import tqdm
 
 from pagoda.benchmarks import common
-from pagoda.benchmarks.datasets import SampleRequest, add_dataset_args, random_requests, vocab_and_specials
+from pagoda.benchmarks.datasets import (SampleRequest, add_dataset_args, check_mm_flags, random_requests,
+                                        vocab_and_specials)
 from pagoda.benchmarks.serve_metrics import METRICS, RequestResult, calculate_metrics, format_result_block, plot_sweep
 
 try:
@@ -234,6 +235,7 @@ def parse_sweep(spec: str | None, args: argparse.Namespace) -> tuple[str, list[A
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
+    check_mm_flags(args)
     model = args.model or asyncio.run(_served_model(args))
     tokenizer = _load_tokenizer(args.tokenizer)
     if args.tokenizer:

@@ -15,7 +15,8 @@ from typing import Any
 
 from pagoda.benchmarks import common
 from pagoda.benchmarks import speed_of_light as sol
-from pagoda.benchmarks.datasets import SampleRequest, add_dataset_args, random_requests, vocab_and_specials
+from pagoda.benchmarks.datasets import (SampleRequest, add_dataset_args, check_mm_flags, random_requests,
+                                        vocab_and_specials)
 from pagoda.benchmarks.hardware import add_sol_args
 
 
@@ -124,6 +125,7 @@ def report(elapsed: float, num_requests: int, prompt_tokens: int, output_tokens:
 def main(args: argparse.Namespace) -> dict[str, Any]:
     if args.n < 1:
         raise SystemExit(f"error: --n must be >= 1, got {args.n}")
+    check_mm_flags(args)
     if args.dataset_name != "random":
         raise SystemExit(f"error: --dataset-name {args.dataset_name} is not supported yet by bench throughput (it is "
                          "by bench serve, with --endpoint /v1/chat/completions)")

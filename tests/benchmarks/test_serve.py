@@ -120,6 +120,9 @@ def test_random_mm_sends_the_seed_chat_shape_with_images(tmp_path, tiny_llama):
             header, data = part["image_url"]["url"].split(",", 1)
             assert header == "data:image/jpeg;base64"
             assert Image.open(io.BytesIO(base64.b64decode(data))).size in ((40, 48), (32, 32))
+    with pytest.raises(SystemExit, match="--random-mm-base-items-per-request needs --dataset-name random-mm"):
+        run_bench(parse(["serve", "--base-url", "http://127.0.0.1:9", "--model", "m", "--vocab-size", "100",
+                         "--random-mm-base-items-per-request", "2", "--num-prompts", "1", "--skip-initial-test"]))
     with pytest.raises(SystemExit, match="use --endpoint /v1/chat/completions"):
         run_bench(parse(["serve", "--base-url", "http://127.0.0.1:9", "--model", "m", "--vocab-size", "100",
                          "--dataset-name", "random-mm", "--num-prompts", "1", "--skip-initial-test"]))
