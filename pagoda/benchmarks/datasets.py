@@ -154,23 +154,33 @@ def parse_mm_buckets(text: str) -> list[tuple[tuple[int, int], float]]:
     return [(size, p / total) for size, p in out]
 
 
+def random_images(num_requests: int, per_request: int, buckets: list, seed: int) -> list[list]:
+    """Per request, `per_request` random-noise RGB PIL images with sizes drawn from `buckets`."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    sizes, probs = [b[0] for b in buckets], [b[1] for b in buckets]
+    images = []
+    for _ in range(num_requests):
+        row = []
+        for _ in range(per_request):
+            height, width = sizes[rng.choice(len(sizes), p=probs)]
+            row.append(Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)))
+        images.append(row)
+    return images
+
+
 def random_image_urls(num_requests: int, per_request: int, buckets: list, seed: int) -> list[list[str]]:
     """Per request, `per_request` data: URLs of random-noise JPEG images with sizes drawn from `buckets`."""
     import base64
     import io
 
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    sizes, probs = [b[0] for b in buckets], [b[1] for b in buckets]
     urls = []
-    for _ in range(num_requests):
-        row = []
-        for _ in range(per_request):
-            height, width = sizes[rng.choice(len(sizes), p=probs)]
-            pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    for row in random_images(num_requests, per_request, buckets, seed):
+        encoded = []
+        for image in row:
             buffer = io.BytesIO()
-            Image.fromarray(pixels).save(buffer, format="JPEG", quality=85)
-            row.append("data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode())
-        urls.append(row)
+            image.save(buffer, format="JPEG", quality=85)
+            encoded.append("data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode())
+        urls.append(encoded)
     return urls

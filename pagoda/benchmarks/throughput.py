@@ -126,10 +126,16 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     if args.n < 1:
         raise SystemExit(f"error: --n must be >= 1, got {args.n}")
     check_mm_flags(args)
-    if args.dataset_name != "random":
-        raise SystemExit(f"error: --dataset-name {args.dataset_name} is not supported yet by bench throughput (it is "
-                         "by bench serve, with --endpoint /v1/chat/completions)")
     path = common.model_path(args)
+    if args.dataset_name == "random-mm":
+        if args.n != 1 or args.structured_outputs or args.hf_continuous_batching:
+            raise SystemExit("error: --dataset-name random-mm supports --n 1 without --structured-outputs and "
+                             "--hf-continuous-batching")
+        from pagoda.benchmarks import mm_throughput
+
+        result = {**common.run_header(), **mm_throughput.main(args, path)}
+        common.write_json(args.output_json, result)
+        return result
     requests = make_requests(args, path)
     if args.backend == "pagoda":
         elapsed, output_tokens = run_pagoda(args, requests)

@@ -10,6 +10,8 @@ Invariants:
   computes replaced by the matching row of its image's features (chunks may start or end inside an image).
   A step without placeholder positions gets None: the model embeds its ids itself (and decode steps replay
   CUDA graphs as usual).
+- On CUDA each encoder call is bracketed by timing events (never a host sync on the step's path);
+  `encoder_seconds()` sums them, for the benchmarks.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ class MultiModalInputs:
         self.images: dict[str, list] = {}  # request id -> its ImageInputs
         self.cache: dict[bytes, torch.Tensor] = {}  # content hash -> features [length, hidden] on the device
         self.holders: dict[bytes, set[str]] = {}  # content hash -> the running requests with that image
+        self._encoder_events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []  # not yet summed
+        self._encoder_total = 0.0  # seconds of the encoder calls already summed
 
     def add(self, req_id: str, images: list) -> None:
         self.images[req_id] = images
@@ -69,9 +73,37 @@ class MultiModalInputs:
             pixels = torch.stack([image.pixel_values for image in group]).to(self.device, self.dtype)
             extras = {name: torch.stack([image.extras[name] for image in group]).to(self.device)
                       for name in group[0].extras}
+            timed = self._timer()
             features = self.model.embed_images(pixels, **extras)  # [N, tokens, H], or one [tokens_i, H] per image
+            if timed is not None:
+                timed[1].record()
             for image, rows in zip(group, features):
                 if rows.shape[0] != image.length:
                     raise RuntimeError(f"the vision encoder made {rows.shape[0]} feature rows of an image the "
                                        f"processor gave {image.length} placeholder tokens")
                 self.cache[image.content_hash] = rows
+
+    def _timer(self) -> tuple | None:
+        if self.device.type != "cuda":
+            return None
+        if len(self._encoder_events) > 256:  # fold the finished ones, so a long-running server keeps few
+            finished = [pair[1].query() for pair in self._encoder_events]
+            self._encoder_total += sum(start.elapsed_time(end) for (start, end), f in
+                                       zip(self._encoder_events, finished) if f) / 1e3
+            self._encoder_events = [pair for pair, f in zip(self._encoder_events, finished) if not f]
+        pair = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+        pair[0].record()
+        self._encoder_events.append(pair)
+        return pair
+
+    def encoder_seconds(self, reset: bool = False) -> float:
+        """GPU seconds spent in the vision encoder since the last reset (waits for the calls in flight); 0.0 off
+        CUDA."""
+        for start, end in self._encoder_events:
+            end.synchronize()
+            self._encoder_total += start.elapsed_time(end) / 1e3
+        self._encoder_events = []
+        total = self._encoder_total
+        if reset:
+            self._encoder_total = 0.0
+        return total

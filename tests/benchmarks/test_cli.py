@@ -130,3 +130,37 @@ def test_spec_oracle_needs_speculative_decoding(tiny_llama):
                   "--output-len", "2", "--num-iters-warmup", "1", "--num-iters", "1", "--spec-oracle"])
     with pytest.raises(SystemExit, match="needs speculative decoding"):
         run_bench(args)
+
+
+@pytest.fixture(scope="module")
+def tiny_llava(tmp_path_factory):
+    from pagoda.tiny_models import make_llava_checkpoint
+
+    return make_llava_checkpoint(str(tmp_path_factory.mktemp("bench_tiny_llava")))
+
+
+def test_throughput_random_mm_both_backends(tiny_llava, capsys):
+    """Chat-shaped requests with random images through both backends: the same prompts (the same prompt
+    token counts, image placeholders expanded), exact output lengths."""
+    from transformers import AutoConfig
+
+    results = {}
+    for backend in ("pagoda", "hf"):
+        args = parse(["throughput", "--backend", backend, "--model", tiny_llava, "--device", "cpu", "--dtype",
+                      "float32", "--dataset-name", "random-mm", "--random-mm-base-items-per-request", "2",
+                      "--random-mm-bucket-config", "{(40, 48, 1): 0.5, (32, 32, 1): 0.5}", "--num-prompts", "3",
+                      "--input-len", "8", "--output-len", "4", "--hf-max-batch-size", "2"])
+        results[backend] = run_bench(args)
+        text = capsys.readouterr().out
+        assert "Total num output tokens:  12" in text and results[backend]["num_images"] == 6
+        assert "Vision encoder:" not in text  # a GPU figure (CUDA events)
+    config = AutoConfig.from_pretrained(tiny_llava)
+    patches = (config.vision_config.image_size // config.vision_config.patch_size) ** 2
+    assert results["pagoda"]["total_num_prompt_tokens"] == results["hf"]["total_num_prompt_tokens"]
+    assert results["pagoda"]["total_num_prompt_tokens"] > 6 * patches
+
+
+def test_throughput_random_mm_refuses_what_it_cannot_run(tiny_llava):
+    args = parse(["throughput", "--model", tiny_llava, "--dataset-name", "random-mm", "--n", "2"])
+    with pytest.raises(SystemExit, match="random-mm supports --n 1"):
+        run_bench(args)
