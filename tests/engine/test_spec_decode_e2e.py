@@ -204,6 +204,34 @@ def test_verify_steps_replay_cuda_graphs_and_match_eager(llama_dir, reference_ou
     assert replays[NGRAM["num_speculative_tokens"] + 1] > 0, replays
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_padded_verify_steps_replay_cuda_graphs_and_match_eager(llama_dir, monkeypatch):
+    """The n-gram lookup drafts different numbers of tokens per request (or none): such steps are padded to
+    k + 1 query tokens and replay that graph; tokens and logprobs equal eager steps and no speculation."""
+    from pagoda.worker.model_runner import ModelRunner
+
+    padded = {"steps": 0}
+    original = ModelRunner._graph_query_len
+
+    def graph_query_len(self, rows, starts, counts):
+        q = original(self, rows, starts, counts)
+        padded["steps"] += q is not None
+        return q
+
+    monkeypatch.setattr(ModelRunner, "_graph_query_len", graph_query_len)
+    params = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True, logprobs=3)
+    plain = [o.token_ids for o in _generate(_llm(llama_dir), params)]
+    graphs = _llm(llama_dir, speculative_config=NGRAM)
+    got = _generate(graphs, params)
+    assert padded["steps"] > 0
+    want = _generate(_llm(llama_dir, speculative_config=NGRAM, enforce_eager=True), params)
+    for g, w in zip(got, want):
+        _same_completion(g, w)
+    assert [o.token_ids for o in got] == plain
+    replays = graphs.llm_engine.core.executor.worker.runner.cuda_graphs.num_replays
+    assert replays[NGRAM["num_speculative_tokens"] + 1] > 0, replays
+
+
 def test_prompt_logprobs_n_and_beam_search_unchanged_by_speculation(llama_dir, reference_outputs):
     from pagoda.sampling_params import BeamSearchParams
 
