@@ -313,3 +313,79 @@ def _make_vlm_checkpoint(folder, tokenizer_folder, seed, text_arch, config_cls, 
                      pad_token_id=ids[PAD]).save_pretrained(folder)
     logger.info("wrote a tiny %s checkpoint to %s", model_cls.__name__, folder)
     return folder
+
+
+QWEN_VL_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
+QWEN_VL_PATCH, QWEN_VL_MERGE = 4, 2
+# Qwen2.5-VL's template shape: an image part becomes <|vision_start|><|image_pad|><|vision_end|>, which the
+# processor expands to the image's merged-patch count.
+QWEN_VL_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' or 'image' in part or 'image_url' in part %}"
+    "<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}"
+    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def make_qwen2_5_vl_checkpoint(folder: str, tokenizer_folder: str | None = None, *, seed: int = 0) -> str:
+    """Write a tiny random Qwen2_5_VLForConditionalGeneration (windowed ViT, patch 4, merge 2, windows of 2x2
+    merge blocks, two full-attention blocks of four; a Qwen2 text model with M-RoPE) with its real processor
+    (Qwen2_5_VLProcessor: the tokenizer plus the vision tokens, a Qwen2-VL image processor resizing to
+    64-4096 pixels) to `folder`; return `folder`."""
+    import torch
+    from transformers import (GenerationConfig, PreTrainedTokenizerFast, Qwen2_5_VLConfig,
+                              Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor)
+
+    try:  # torchvision-free backend (torchvision does not import beside the CPU torch wheel)
+        from transformers import Qwen2VLImageProcessorPil as ImageProcessor
+    except ImportError:  # pragma: no cover - older transformers
+        from transformers import Qwen2VLImageProcessor as ImageProcessor
+
+    os.makedirs(folder, exist_ok=True)
+    if tokenizer_folder is None:
+        train_tokenizer(folder)
+    elif os.path.abspath(tokenizer_folder) != os.path.abspath(folder):
+        _copy_tokenizer(tokenizer_folder, folder)
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(folder)
+    tokenizer.add_special_tokens({"additional_special_tokens": [IM_START, IM_END, *QWEN_VL_TOKENS]})
+    tokenizer.save_pretrained(folder)
+    ids = _special_ids(folder)
+    token_id = tokenizer.convert_tokens_to_ids
+    _, base = _ARCH_CONFIGS["Qwen2ForCausalLM"]
+    head_dim = base["hidden_size"] // base["num_attention_heads"]
+    quarter = head_dim // 2 // 4  # rotary half-dims split t : h : w = 2 : 1 : 1 (Qwen's 16 : 24 : 24 shape)
+    text = {**base, "vocab_size": _vocab_size(folder), "bos_token_id": ids[BOS], "eos_token_id": ids[EOS],
+            "pad_token_id": ids[PAD],
+            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0,
+                                "mrope_section": [head_dim // 2 - 2 * quarter, quarter, quarter]}}
+    vision = dict(depth=4, fullatt_block_indexes=[1, 3], hidden_size=32, num_heads=4, intermediate_size=48,
+                  patch_size=QWEN_VL_PATCH, temporal_patch_size=2, spatial_merge_size=QWEN_VL_MERGE,
+                  window_size=2 * QWEN_VL_PATCH * QWEN_VL_MERGE, out_hidden_size=base["hidden_size"])
+    config = Qwen2_5_VLConfig(text_config=text, vision_config=vision, image_token_id=token_id("<|image_pad|>"),
+                              video_token_id=token_id("<|video_pad|>"),
+                              vision_start_token_id=token_id("<|vision_start|>"),
+                              vision_end_token_id=token_id("<|vision_end|>"),
+                              tie_word_embeddings=False)
+    config.architectures = ["Qwen2_5_VLForConditionalGeneration"]
+    torch.manual_seed(seed)
+    model = Qwen2_5_VLForConditionalGeneration(config)
+    _reinit_weights(model, seed)
+    model.config.dtype = torch.float32
+    model.save_pretrained(folder)
+    unit = QWEN_VL_PATCH * QWEN_VL_MERGE
+    image_processor = ImageProcessor(patch_size=QWEN_VL_PATCH, merge_size=QWEN_VL_MERGE, temporal_patch_size=2,
+                                     size={"shortest_edge": unit * unit, "longest_edge": 4096})
+    # The processor's files as Qwen/Qwen2.5-VL-*-Instruct ship them; Qwen2_5_VLProcessor itself cannot be built
+    # without a video processor, which needs torchvision (multimodal/processing.py loads it images-only).
+    image_processor.save_pretrained(folder)
+    with open(os.path.join(folder, "processor_config.json"), "w") as f:
+        json.dump({"processor_class": Qwen2_5_VLProcessor.__name__}, f)
+    with open(os.path.join(folder, "chat_template.jinja"), "w") as f:
+        f.write(QWEN_VL_CHAT_TEMPLATE)
+    GenerationConfig(bos_token_id=ids[BOS], eos_token_id=[ids[EOS], ids[IM_END]],
+                     pad_token_id=ids[PAD]).save_pretrained(folder)
+    logger.info("wrote a tiny Qwen2_5_VLForConditionalGeneration checkpoint to %s", folder)
+    return folder

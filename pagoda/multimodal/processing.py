@@ -21,6 +21,8 @@ import numpy as np
 from pagoda.multimodal.inputs import ImageInput, hash_image
 
 MODALITIES = ("image",)
+# Processor outputs that describe the whole prompt, not one image each.
+NOT_PER_IMAGE = ("input_ids", "attention_mask", "pixel_values", "token_type_ids", "mm_token_type_ids")
 
 
 @dataclass
@@ -53,6 +55,54 @@ def images_of(multi_modal_data: Any) -> list:
     return images
 
 
+def load_processor(path: str, trust_remote_code: bool = False) -> Any:
+    """The folder's `AutoProcessor`. Image-and-video processors (the Qwen2-VL family) also load a video
+    processor, which needs torchvision; without it, the same processor class is built from the folder's
+    image processor and tokenizer alone (images work the same, videos are not supported yet anyway)."""
+    from transformers import AutoProcessor
+
+    try:
+        return AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except ImportError as exc:
+        if "torchvision" not in str(exc).lower():
+            raise
+        return _images_only_processor(path, trust_remote_code, exc)
+
+
+def _images_only_processor(path: str, trust_remote_code: bool, cause: Exception) -> Any:
+    import json
+    import os
+
+    import transformers
+    from transformers import AutoImageProcessor, AutoTokenizer
+
+    name = None
+    for config_file in ("processor_config.json", "preprocessor_config.json"):
+        if os.path.isfile(os.path.join(path, config_file)):
+            with open(os.path.join(path, config_file)) as f:
+                name = name or json.load(f).get("processor_class")
+    cls = getattr(transformers, name, None) if name else None
+    if cls is None or "video_processor" not in cls.get_attributes():
+        raise cause
+
+    class ImagesOnly(cls):
+        @classmethod
+        def get_attributes(klass):
+            return [a for a in super().get_attributes() if a != "video_processor"]
+
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    chat_template = getattr(tokenizer, "chat_template", None)
+    for template_file, key in (("chat_template.jinja", None), ("chat_template.json", "chat_template")):
+        file = os.path.join(path, template_file)
+        if os.path.isfile(file):
+            with open(file) as f:
+                chat_template = f.read() if key is None else json.load(f)[key]
+            break
+    ImagesOnly.__name__ = ImagesOnly.__qualname__ = cls.__name__
+    return ImagesOnly(image_processor=AutoImageProcessor.from_pretrained(path, trust_remote_code=trust_remote_code),
+                      tokenizer=tokenizer, chat_template=chat_template)
+
+
 class MultiModalProcessor:
     """The model's processor, loaded on first use."""
 
@@ -67,10 +117,7 @@ class MultiModalProcessor:
     @property
     def processor(self):
         if self._processor is None:
-            from transformers import AutoProcessor
-
-            self._processor = AutoProcessor.from_pretrained(self.model_config.tokenizer_path,
-                                                            trust_remote_code=self.model_config.trust_remote_code)
+            self._processor = load_processor(self.model_config.tokenizer_path, self.model_config.trust_remote_code)
         return self._processor
 
     @property
@@ -91,18 +138,29 @@ class MultiModalProcessor:
         ids = out["input_ids"][0].tolist()
         if not images:
             return ids, []
-        pixel_values = out["pixel_values"]
-        if len(pixel_values) != len(images):
-            raise ValueError(f"multi_modal_data: the processor made pixels for {len(pixel_values)} of {len(images)} "
-                             "images")
+        pixel_values = _per_image_pixels(out, len(images))
         extras = {key: value for key, value in out.items()
-                  if key not in ("input_ids", "attention_mask", "pixel_values", "token_type_ids")
-                  and hasattr(value, "shape") and len(value) == len(images)}
+                  if key not in NOT_PER_IMAGE and hasattr(value, "shape") and len(value) == len(images)}
         ranges = _placeholder_ranges(np.flatnonzero(np.asarray(ids) == self.image_token_id), len(images))
         inputs = [ImageInput(pixel_values=pixel_values[i], offset=offset, length=length,
                              content_hash=hash_image(image, options), extras={k: v[i] for k, v in extras.items()})
                   for i, (image, (offset, length)) in enumerate(zip(images, ranges))]
         return ids, inputs
+
+
+def _per_image_pixels(out: Any, num_images: int) -> list:
+    """The processor's pixels split per image: a batch [N, ...] as it is, or the patch rows of all images
+    concatenated [sum of t·h·w, D] (Qwen2-VL family) cut by `image_grid_thw`."""
+    pixel_values = out["pixel_values"]
+    grids = out.get("image_grid_thw")
+    if grids is not None and len(grids) == num_images and pixel_values.dim() == 2:
+        sizes = [int(t) * int(h) * int(w) for t, h, w in grids.tolist()]
+        if sum(sizes) == len(pixel_values):
+            return list(pixel_values.split(sizes))
+    if len(pixel_values) != num_images:
+        raise ValueError(f"multi_modal_data: the processor made pixels for {len(pixel_values)} of {num_images} "
+                         "images")
+    return pixel_values
 
 
 def _placeholder_ranges(where: np.ndarray, num_images: int) -> list[tuple[int, int]]:

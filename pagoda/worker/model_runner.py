@@ -106,6 +106,11 @@ class ModelRunner:
             from pagoda.worker.mm_inputs import MultiModalInputs
 
             self.mm = MultiModalInputs(model, device, config.model.torch_dtype)
+        self.mrope = None  # worker/mrope.MRopePositions for a model with M-RoPE (three position rows)
+        if getattr(model, "uses_mrope", False):
+            from pagoda.worker.mrope import MRopePositions
+
+            self.mrope = MRopePositions(model, device)
         # A step launched without sampling yet (it has structured-output requests): (the sampling to run,
         # [(request id, bitmask rows)] of its structured_output_request_ids); see sample_tokens().
         self.deferred_sampling = None
@@ -139,6 +144,8 @@ class ModelRunner:
             if self.mm is None:
                 raise ValueError("the request has images but the model does not take them")
             self.mm.add(new.req_id, new.mm_inputs)
+        if self.mrope is not None:
+            self.mrope.add(new.req_id, new.token_ids, new.num_prompt_tokens, new.mm_inputs)
         self.batch.add(new)
         params = new.sampling_params
         if params is None:
@@ -150,6 +157,8 @@ class ModelRunner:
     def _drop(self, req_id: str) -> None:
         if self.mm is not None:
             self.mm.remove(req_id)
+        if self.mrope is not None:
+            self.mrope.remove(req_id)
         self.batch.remove(req_id)
         self.generators.pop(req_id, None)
         self.sampling_inputs.remove(req_id)
@@ -190,7 +199,11 @@ class ModelRunner:
         embeds = None
         if self.mm is not None and self.mm.images:  # image features at the placeholder positions of this step
             embeds = self.mm.embeddings(req_ids, inputs["starts"], counts, inputs["query_start"], inputs["input_ids"])
-        hidden = self._forward(inputs["input_ids"], inputs["positions"], inputs["attn_metadata"], embeds)
+        rotary_positions = inputs["positions"]
+        if self.mrope is not None:  # M-RoPE rows (or 1-D positions shifted by each request's delta)
+            shifted = self.mrope.step_positions(req_ids, inputs["starts"], counts)
+            rotary_positions = rotary_positions if shifted is None else shifted
+        hidden = self._forward(inputs["input_ids"], rotary_positions, inputs["attn_metadata"], embeds)
         if self.spec is not None:
             self.spec.catch_up(inputs["input_ids"], inputs["positions"], inputs["attn_metadata"])
 
@@ -301,10 +314,10 @@ class ModelRunner:
     def _forward(self, input_ids: torch.Tensor, positions: torch.Tensor, metadata: AttentionMetadata,
                  inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
         """The model forward: replayed from a CUDA graph for decode-only steps when graphs exist; eager with
-        `inputs_embeds` (a step that computes image placeholder positions)."""
+        `inputs_embeds` (a step that computes image placeholder positions) or M-RoPE positions [3, T]."""
         if inputs_embeds is not None:
             return self.model(input_ids, positions, self.kv_caches, metadata, inputs_embeds=inputs_embeds)
-        if self.cuda_graphs is not None and self.cuda_graphs.can_run(metadata):
+        if self.cuda_graphs is not None and positions.dim() == 1 and self.cuda_graphs.can_run(metadata):
             return self.cuda_graphs.run(input_ids, positions, metadata)
         return self.model(input_ids, positions, self.kv_caches, metadata)
 

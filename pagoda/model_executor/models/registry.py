@@ -42,6 +42,7 @@ _MODELS: dict[str, str] = {
     "GPT2LMHeadModel": "pagoda.model_executor.models.gpt2:GPT2LMHeadModel",
     "LlavaForConditionalGeneration": "pagoda.model_executor.models.llava:LlavaForConditionalGeneration",
     "LlavaNextForConditionalGeneration": "pagoda.model_executor.models.llava_next:LlavaNextForConditionalGeneration",
+    "Qwen2_5_VLForConditionalGeneration": "pagoda.model_executor.models.qwen2_5_vl:Qwen2_5_VLForConditionalGeneration",
     # Embedding models (task "embed"): encoders, and decoders saved without their LM head.
     "BertModel": "pagoda.model_executor.models.bert:BertModel",
     "LlamaModel": "pagoda.model_executor.models.adapters:LlamaEmbeddingModel",
@@ -63,7 +64,8 @@ _DECODER_POOLING = ("LAST", True)
 
 # Architectures whose class takes images (prompt key multi_modal_data); the frontend checks this without
 # importing the model's module.
-_IMAGE_ARCHS = ("LlavaForConditionalGeneration", "LlavaNextForConditionalGeneration")
+_IMAGE_ARCHS = ("LlavaForConditionalGeneration", "LlavaNextForConditionalGeneration",
+                "Qwen2_5_VLForConditionalGeneration")
 
 
 def accepts_images(architecture: str) -> bool:
