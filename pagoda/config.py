@@ -69,6 +69,7 @@ class ModelConfig:
     do_lower_case: bool = False  # sentence-transformers models that lowercase text before tokenizing
     limit_mm_per_prompt: dict = field(default_factory=dict)  # modality -> most items per prompt (absent: 999)
     allowed_local_media_path: str = ""  # the folder file:// image URLs may read ("" = none), resolved
+    mm_processor_kwargs: dict = field(default_factory=dict)  # the processor's defaults (a request's keys win)
 
     @property
     def runner_type(self) -> str:
@@ -139,6 +140,20 @@ def mm_limits_arg(text: str) -> Any:
 
 
 mm_limits_arg.json_like = True  # the server's parser also takes vLLM's dotted form, --limit-mm-per-prompt.image 2
+
+
+def check_mm_processor_kwargs(kwargs: Any, architecture: str) -> dict:
+    """The validated --mm-processor-kwargs: a dict, and only for a model that takes images."""
+    from pagoda.model_executor.models.registry import accepts_images
+
+    if kwargs is None:
+        return {}
+    if not isinstance(kwargs, dict):
+        raise ValueError(f"mm_processor_kwargs (--mm-processor-kwargs) must be a JSON object, got {kwargs!r}")
+    if kwargs and not accepts_images(architecture):
+        raise ValueError(f"mm_processor_kwargs (--mm-processor-kwargs): the model ({architecture}) takes no images, "
+                         "so it has no multimodal processor")
+    return dict(kwargs)
 
 
 def check_mm_limits(limits: Any, architecture: str) -> dict:

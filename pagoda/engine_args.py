@@ -119,6 +119,7 @@ class EngineArgs(compat.VllmCompatArgs):
                                               cli_type=compat.human_readable_int)
     enable_chunked_prefill: bool = _opt(True, "Split long prompts over several steps so decodes keep running.", negatable=True)
     scheduling_policy: str = _opt("fcfs", "Which waiting request goes first: arrival order, or lowest `priority` value.", cfg.SCHEDULING_POLICIES)
+    mm_processor_kwargs: dict | None = _opt(None, "JSON dict of keyword arguments for a vision-language model's Hugging Face processor, e.g. '{\"num_crops\": 4}' (vLLM's flag); a request's own mm_processor_kwargs override them key by key.", json_arg=True)
     limit_mm_per_prompt: dict = _opt({}, "Most items per prompt of each modality for a vision-language model, as JSON '{\"image\": 2}' or 'image=2' (vLLM's forms; default 999 each, as vLLM V1); modalities other than image only at 0.", json_arg=True, cli_type=cfg.mm_limits_arg)
     allowed_local_media_path: str = _opt("", "A folder whose images chat requests may name with file:// URLs (no path outside it, symlinks resolved; a security risk, for trusted setups only). None by default.")
     max_logprobs: int = _opt(20, "Most logprobs a request may ask for (logprobs and prompt_logprobs).")
@@ -406,6 +407,7 @@ class EngineArgs(compat.VllmCompatArgs):
             task=task,
             pooler_config=pooler_config,
             limit_mm_per_prompt=cfg.check_mm_limits(self.limit_mm_per_prompt, architectures[0]),
+            mm_processor_kwargs=cfg.check_mm_processor_kwargs(self.mm_processor_kwargs, architectures[0]),
             allowed_local_media_path=cfg.resolve_media_path(self.allowed_local_media_path),
             do_lower_case=task == "embed" and read_sentence_transformers_lowercase(model_path),
         )

@@ -246,7 +246,6 @@ ENGINE_OPTIONS: tuple[Compat, ...] = (
     _c("mamba_cache_mode", STR, "none", NO_EFFECT, MAMBA),
     _c("mamba_ssm_cache_dtype", STR, "auto", NO_EFFECT, MAMBA),
     # MultiModalConfig
-    _c("mm_processor_kwargs", JSON, None, NOT_YET, MM),
     _c("media_io_kwargs", JSON, None, NOT_YET, MM),
     _c("enable_mm_embeds", BOOL, False, NOT_YET, MM),
     _c("interleave_mm_strings", BOOL, False, NOT_YET, MM),
@@ -254,12 +253,12 @@ ENGINE_OPTIONS: tuple[Compat, ...] = (
     _c("mm_encoder_tp_mode", STR, "weights", NOT_YET, MM),
     _c("mm_encoder_attn_backend", STR, None, NOT_YET, MM),
     _c("video_pruning_rate", FLOAT, None, NOT_YET, MM),
-    _c("language_model_only", BOOL, False, NO_EFFECT, "Pagoda serves text-only models: there is no encoder to skip"),
-    _c("mm_processor_cache_gb", FLOAT, 4.0, NO_EFFECT, "there is no multimodal processor cache (no multimodal input)"),
+    _c("language_model_only", BOOL, False, NOT_YET, "a vision-language model always loads its vision encoder"),
+    _c("mm_processor_cache_gb", FLOAT, 4.0, NO_EFFECT, "there is no multimodal processor cache (each request's images are processed once, in the frontend)"),
     _c("mm_processor_cache_type", STR, "lru", NO_EFFECT, "there is no multimodal processor cache"),
     _c("mm_shm_cache_max_object_size_mb", INT, 128, NO_EFFECT, "there is no multimodal processor cache"),
     _c("disable_mm_preprocessor_cache", BOOL, False, NO_EFFECT, "there is no multimodal processor cache"),
-    _c("skip_mm_profiling", BOOL, False, NO_EFFECT, "there is no multimodal encoder to profile"),
+    _c("skip_mm_profiling", BOOL, False, NO_EFFECT, "the memory profile does not run the vision encoder"),
     _c("disable_chunked_mm_input", BOOL, False, NO_EFFECT, "there is no multimodal input to chunk"),
     # LoRAConfig (lora_extra_vocab_size, enable_lora_bias: vLLM < 0.11)
     _c("enable_lora", BOOL, False, NOT_YET, LORA),

@@ -127,8 +127,9 @@ class MultiModalProcessor:
 
     def process(self, text: str, images: list, options: dict | None = None, add_special_tokens: bool = True
                 ) -> tuple[list[int], list[ImageInput]]:
-        """(prompt token ids with each image's placeholders expanded, one ImageInput per image)."""
-        options = dict(options or {})
+        """(prompt token ids with each image's placeholders expanded, one ImageInput per image); `options`
+        override the engine's --mm-processor-kwargs key by key."""
+        options = {**getattr(self.model_config, "mm_processor_kwargs", {}), **(options or {})}
         try:
             out = self.processor(text=text, images=images or None, return_tensors="pt",
                                  add_special_tokens=add_special_tokens, **options)

@@ -214,3 +214,17 @@ def test_chat_openai_content_format_puts_images_where_the_template_says(llava_di
                         SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS), use_tqdm=False)[0]
     # the chat adds no special tokens beyond the template's; generate() adds the tokenizer's BOS
     assert list(got.prompt_token_ids) == list(want.prompt_token_ids)[1:]
+
+
+def test_engine_mm_processor_kwargs_are_the_processor_defaults(llava_dir, llama_dir, reference):
+    """--mm-processor-kwargs reach the processor for every request; a request's own keys win, key by key."""
+    off = {"do_normalize": False}
+    engine = _llm(llava_dir, mm_processor_kwargs=off)
+    plain = _llm(llava_dir)
+    unnormalized = [{**p, "mm_processor_kwargs": off} for p in _prompts(CASES[:1])]
+    assert _tokens(engine, _prompts(CASES[:1])) == _tokens(plain, unnormalized) != reference[:1]
+    back_on = [{**p, "mm_processor_kwargs": {"do_normalize": True}} for p in _prompts(CASES[:1])]
+    assert _tokens(engine, back_on) == reference[:1]
+    with pytest.raises(ValueError, match=r"mm_processor_kwargs \(--mm-processor-kwargs\): the model .* takes no "
+                                         "images"):
+        _llm(llama_dir, mm_processor_kwargs=off)
