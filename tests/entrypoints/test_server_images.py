@@ -71,7 +71,8 @@ def image_server():
 
 @pytest.fixture(scope="module")
 def vlm_server(start_server, llava_dir, media_dir):
-    return start_server(["--model", llava_dir, "--served-model-name", MODEL_NAME, "--max-model-len", "256",
+    # float32 as the offline engines here (on a GPU "auto" would run the float32 checkpoint in half precision)
+    return start_server(["--model", llava_dir, "--served-model-name", MODEL_NAME, "--max-model-len", "256", "--dtype", "float32",
                          "--disable-uvicorn-access-log", "--allowed-local-media-path", str(media_dir),
                          "--limit-mm-per-prompt", '{"image": 2}'])
 
