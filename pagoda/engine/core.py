@@ -10,7 +10,11 @@ Invariants:
   until its grammar compiled, then enters the scheduler. A step with grammar requests is launched in two
   parts: the forward pass first; while it runs, the step in flight is resolved (its tokens reach the
   grammars) and the step's bitmask is built; then its sampling (`sample_tokens`). So the bitmask always
-  reflects every earlier token, with async scheduling too.
+  reflects every earlier token, with async scheduling too. With async scheduling the bitmask is filled on
+  the `_fill` thread while this thread returns the resolved step's outputs (`waiting`); the next step()
+  samples it before it schedules or launches anything else, so the device still runs each step's sampling
+  before the next forward. The engine thread touches no grammar of a step being filled
+  (only update_from_output advances grammars, and it runs after that step's sampling).
 - The KV cache can hold at least one max_model_len sequence, so a request running alone always
   fits and preemption can always make progress (checked at start-up).
 - Request isolation. A failure that belongs to one request (adding it to the runner, building or
@@ -37,6 +41,7 @@ of the server, which cannot send Python callables.
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import os
 import signal
@@ -91,6 +96,10 @@ class EngineCore:
         self.scheduler = Scheduler(config.scheduler, config.cache, getattr(config, "speculative", None))
         self.structured = StructuredRequests(config)  # structured-output requests whose grammar compiles
         self.in_flight = None  # (SchedulerOutput, StepOutput) of the step launched last, unresolved
+        # (SchedulerOutput, future bitmask) of a step whose forward runs and whose grammars' bitmask is being
+        # filled on `_fill` (async scheduling); sampled by the next step() (see the module docstring)
+        self.waiting = None
+        self._fill = None  # a one-thread pool, made for the first structured step
         self.num_scheduled_tokens = 0  # tokens of the step the last step() call launched (metrics)
         self._faults = parse_faults(os.environ.get(FAULT_ENV, ""))
         logger.info(
@@ -111,7 +120,8 @@ class EngineCore:
         return parked + self.scheduler.abort_requests([r for r in request_ids if r not in parked])
 
     def has_unfinished_requests(self) -> bool:
-        return self.scheduler.has_unfinished_requests() or self.in_flight is not None or bool(self.structured.parked)
+        return (self.scheduler.has_unfinished_requests() or self.in_flight is not None or self.waiting is not None
+                or bool(self.structured.parked))
 
     def step(self) -> list[EngineCoreOutput]:
         launched = None
@@ -119,25 +129,44 @@ class EngineCore:
         outputs: list[EngineCoreOutput] = []
         self.num_scheduled_tokens = 0
         if self.structured.parked:
-            idle = not self.scheduler.has_unfinished_requests() and self.in_flight is None
+            idle = not self.scheduler.has_unfinished_requests() and self.in_flight is None and self.waiting is None
             outputs = self.structured.admit(self.scheduler, wait=idle)
-        if self.scheduler.has_unfinished_requests():
-            sched = self.scheduler.schedule()
+        if self.waiting is not None:  # its bitmask was filled while the last outputs went to the frontend
+            failed += self._sample_waiting()
+        sched = self.scheduler.schedule() if self.scheduler.has_unfinished_requests() else None
+        if sched is not None:
             self.num_scheduled_tokens = sched.total_num_scheduled_tokens
             try:
                 step = self.executor.execute_model(sched)
                 if step is None:  # its sampling waits for the grammars' bitmask, after the step in flight
                     outputs += self._resolve_in_flight()
-                    step = self.executor.sample_tokens(self.structured.bitmask(self.scheduler, sched))
-                launched = (sched, step)
+                    if self.config.scheduler.async_scheduling:
+                        collected = self.structured.collect(self.scheduler, sched)
+                        if self._fill is None:
+                            self._fill = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="grammar-fill")
+                        self.waiting = (sched, self._fill.submit(self.structured.fill, collected))
+                    else:
+                        step = self.executor.sample_tokens(self.structured.bitmask(self.scheduler, sched))
+                if step is not None:
+                    launched = (sched, step)
             except Exception as exc:  # noqa: BLE001 - see _fail_step: fatal errors are re-raised
-                failed = self._fail_step(sched, exc, "running")
+                failed += self._fail_step(sched, exc, "running")
         outputs += self._resolve_in_flight()
         self.in_flight = launched
         if launched is not None and not self.config.scheduler.async_scheduling:
             self.in_flight = None
             outputs += self._resolve(*launched)
         return outputs + failed if failed else outputs
+
+    def _sample_waiting(self) -> list[EngineCoreOutput]:
+        """Launch the sampling of the step whose bitmask was being filled; it becomes the step in flight (the one
+        before it was resolved when the fill started). A failure fails that step's requests."""
+        (sched, bitmask), self.waiting = self.waiting, None
+        try:
+            self.in_flight = (sched, self.executor.sample_tokens(bitmask.result()))
+        except Exception as exc:  # noqa: BLE001 - see _fail_step: fatal errors are re-raised
+            return self._fail_step(sched, exc, "running")
+        return []
 
     def _resolve_in_flight(self) -> list[EngineCoreOutput]:
         if self.in_flight is None:

@@ -218,7 +218,7 @@ class EngineCoreProc:
         core = self.core
         try:
             while True:
-                busy = bool(core.scheduler.requests) or core.in_flight is not None
+                busy = bool(core.scheduler.requests) or core.in_flight is not None or core.waiting is not None
                 try:
                     sock.send_multipart((HEARTBEAT, self.serial.encode({"steps": self.num_steps, "busy": busy})),
                                         flags=zmq.NOBLOCK)

@@ -134,7 +134,11 @@ class StructuredRequests:
 
     def bitmask(self, scheduler, sched: SchedulerOutput) -> np.ndarray:
         """The int32 token masks of the step's structured requests (1 + drafts rows each, in order)."""
-        manager = self._get_manager()
+        return self.fill(self.collect(scheduler, sched))
+
+    def collect(self, scheduler, sched: SchedulerOutput) -> tuple:
+        """What `fill` needs of the step, read from the scheduler (on the engine's thread): then `fill` may run
+        on another thread while the engine thread touches none of these grammars."""
         spec_tokens = sched.scheduled_spec_decode_tokens
         live, grammars, drafts = [], [], []  # live: (first row, rows) of each request whose grammar applies
         row = 0
@@ -147,8 +151,14 @@ class StructuredRequests:
                 grammars.append(request.grammar)
                 drafts.append(list(request_drafts))
             row += num_rows
-        if len(grammars) == len(sched.structured_output_request_ids):  # all alive (the usual case): no copy
-            return manager.fill_bitmask(grammars, drafts if spec_tokens else None)
+        return live, grammars, drafts if spec_tokens else None, row, len(sched.structured_output_request_ids)
+
+    def fill(self, collected: tuple) -> np.ndarray:
+        """The bitmask of what `collect` gathered."""
+        live, grammars, drafts, row, num_requests = collected
+        manager = self._get_manager()
+        if len(grammars) == num_requests:  # all alive (the usual case): no copy
+            return manager.fill_bitmask(grammars, drafts)
         bitmask = np.full((row, manager.bitmask_width()), -1, dtype=np.int32)  # every bit set: all allowed
         if grammars:
             rows = np.concatenate([np.arange(first, first + count) for first, count in live])

@@ -259,3 +259,47 @@ def test_a_request_aborted_while_its_grammar_compiles_leaves_nothing_behind(llm)
     out = llm.generate("a", SamplingParams(max_tokens=5, structured_outputs=StructuredOutputsParams(choice=["z"])),
                        use_tqdm=False)
     assert out[0].outputs[0].text == "z"  # the engine serves on
+
+
+def test_masks_are_filled_on_the_grammar_thread_while_outputs_go_out(llm, monkeypatch):
+    """With async scheduling a step's bitmask is filled on the engine's grammar thread (the engine thread
+    meanwhile returns the previous step's outputs); every output still satisfies its constraint."""
+    from pagoda.engine.structured_requests import StructuredRequests
+
+    threads = set()
+    original = StructuredRequests.fill
+
+    def fill(self, collected):
+        threads.add(threading.current_thread().name)
+        return original(self, collected)
+
+    monkeypatch.setattr(StructuredRequests, "fill", fill)
+    params = [SamplingParams(temperature=1.0, seed=s, max_tokens=40, structured_outputs=_params("json", "xgrammar"))
+              for s in range(6)]
+    outs = llm.generate(PROMPTS[:2] * 3, params, use_tqdm=False)
+    assert threads and all(name.startswith("grammar-fill") for name in threads), threads
+    for out in outs:
+        if out.outputs[0].finish_reason == "stop":
+            _check("json", out.outputs[0].text)
+
+
+def test_a_failing_mask_fill_fails_that_steps_requests_and_the_engine_goes_on(llm, monkeypatch):
+    from pagoda.engine.structured_requests import StructuredRequests
+
+    original, calls = StructuredRequests.fill, {"n": 0}
+
+    def fill(self, collected):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("injected fill failure")
+        return original(self, collected)
+
+    monkeypatch.setattr(StructuredRequests, "fill", fill)
+    params = SamplingParams(temperature=1.0, seed=1, max_tokens=20, ignore_eos=True,
+                            structured_outputs=_params("json", "xgrammar"))
+    outs = llm.generate(PROMPTS[:2], params, use_tqdm=False)
+    assert {o.outputs[0].finish_reason for o in outs} == {"error"}
+    monkeypatch.setattr(StructuredRequests, "fill", original)
+    again = llm.generate("a", SamplingParams(max_tokens=5, structured_outputs=StructuredOutputsParams(choice=["z"])),
+                         use_tqdm=False)
+    assert again[0].outputs[0].text == "z"
