@@ -70,6 +70,11 @@ class ModelConfig:
     limit_mm_per_prompt: dict = field(default_factory=dict)  # modality -> most items per prompt (absent: 999)
     allowed_local_media_path: str = ""  # the folder file:// image URLs may read ("" = none), resolved
     mm_processor_kwargs: dict = field(default_factory=dict)  # the processor's defaults (a request's keys win)
+    # the resolved quantization method (vLLM's name, e.g. "fp8"; None: unquantized) and the checkpoint's
+    # quantization config it reads (None: quantized at load time, or unquantized); see
+    # model_executor/layers/quantization/resolve.py
+    quantization: str | None = None
+    quantization_config: dict | None = None
 
     @property
     def runner_type(self) -> str:

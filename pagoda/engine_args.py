@@ -22,6 +22,10 @@ Invariants:
   target's resolved dtype) and checks it: a generative model Pagoda runs, the target's vocabulary size, and a
   max_model_len within the draft's own position limit (SpeculativeConfig.max_model_len is lowered to that limit
   when it is below the target's, so that no draft is asked past it).
+- Quantization: `quantization` (vLLM's names; None detects the checkpoint's) is checked by name in
+  `check_options` and reconciled with the checkpoint in `_model_config`
+  (model_executor/layers/quantization/resolve.py); the ModelConfig carries the resolved method and the
+  checkpoint's quantization config. A draft model detects its own.
 - Structured output is configured by vLLM's `structured_outputs_config` dict (or a StructuredOutputsConfig) and
   vLLM 0.8-0.11's `guided_decoding_*` flags, which may be mixed but must agree (a setting given both ways with
   different values is a ValueError naming both); `create_structured_outputs_config` builds the one
@@ -97,6 +101,8 @@ class EngineArgs(compat.VllmCompatArgs):
                                not_yet_reason="only Hugging Face tokenizers are loaded")
     skip_tokenizer_init: bool = _opt(False, "Do not load a tokenizer; prompts must be token ids and outputs are ids only.")
     trust_remote_code: bool = _opt(False, "Allow custom code from the model folder (configs and tokenizers).")
+    quantization: str | None = _opt(None, "Method used to quantize the weights (vLLM's names; implemented: fp8). Unset: the checkpoint's quantization_config (config.json) or quantize_config.json decides, and a checkpoint without one is unquantized; set: it must match the checkpoint's method, and 'fp8' on an unquantized checkpoint quantizes its weights at load time (per tensor; activations per token).",
+                                    flags=("-q",))
     dtype: str = _opt("auto", "Weight and activation dtype; 'auto' takes the checkpoint's (float32 checkpoints: bfloat16 on GPU, float32 on CPU).", cfg.DTYPE_CHOICES)
     seed: int | None = _opt(0, "Seed for random sampling of requests that give no seed of their own.")
     max_model_len: int | None = _opt(None, "Longest prompt plus output, in tokens (4096, 32k, 32K); defaults to the model's limit (also -1 or 'auto').",
@@ -287,7 +293,7 @@ class EngineArgs(compat.VllmCompatArgs):
             self, model=given, tokenizer=given, revision=None, tokenizer_revision=None, dtype=target.dtype_name,
             max_model_len=None, served_model_name=None, hf_overrides={}, rope_scaling={}, rope_theta=None,
             task="auto", runner="auto", convert="auto", generation_config="none", override_generation_config={},
-            override_pooler_config={}, pooler_config={}, speculative_config=None,
+            override_pooler_config={}, pooler_config={}, speculative_config=None, quantization=None,
             **{flag: None for flag in LEGACY_SPECULATIVE_FLAGS})
         try:
             draft = draft_args._model_config(device)
@@ -347,6 +353,9 @@ class EngineArgs(compat.VllmCompatArgs):
         if self.override_pooler_config and self.pooler_config and self.override_pooler_config != self.pooler_config:
             raise ValueError("pooler_config and override_pooler_config are two names of one option; give one")
         compat.check(vars(self), compat.ENGINE_OPTIONS)
+        from pagoda.model_executor.layers.quantization import check_quantization_name
+
+        check_quantization_name(self.quantization)
 
     def _resolve_device(self) -> str:
         import torch
@@ -376,6 +385,9 @@ class EngineArgs(compat.VllmCompatArgs):
         if window is not None and window < limit:
             logger.warning("sliding window %d: attention is full, so max_model_len is capped at the window", window)
             limit = window
+        from pagoda.model_executor.layers.quantization import resolve_quantization
+
+        quantization, quantization_config = resolve_quantization(self.quantization, hf_config, model_path)
         task, pooler_config = self._resolve_task(architectures, model_path)
         if task == "embed":
             st_limit = read_sentence_transformers_max_len(model_path)
@@ -410,6 +422,8 @@ class EngineArgs(compat.VllmCompatArgs):
             mm_processor_kwargs=cfg.check_mm_processor_kwargs(self.mm_processor_kwargs, architectures[0]),
             allowed_local_media_path=cfg.resolve_media_path(self.allowed_local_media_path),
             do_lower_case=task == "embed" and read_sentence_transformers_lowercase(model_path),
+            quantization=quantization,
+            quantization_config=quantization_config,
         )
 
     def _resolve_task(self, architectures: list[str], model_path: str) -> tuple[str, Any]:

@@ -5,7 +5,7 @@ every engine option, one field that is both an `LLM(...)` keyword and a `--kebab
 name, short aliases and value type. The server's own vLLM flags (tools, LoRA modules, ...) are declared
 the same way in `entrypoints/openai/vllm_flags.py`. Every option is one of two kinds:
 
-- NOT_YET: a feature a later issue adds (quantization, LoRA, multimodal input, parallelism, ...). Its
+- NOT_YET: a feature a later issue adds (an FP8 KV cache, LoRA, multimodal input, parallelism, ...). Its
   default, or a value listed in `accepts`, is fine; anything else is a ValueError naming the keyword and
   the flag and saying "not supported yet".
 - NO_EFFECT: what it tunes does not exist in Pagoda, or Pagoda always does what it asks. Any value is
@@ -21,7 +21,8 @@ N-gram and draft-model speculative decoding are implemented: --speculative-confi
 methods of vLLM's speculative_config that Pagoda does not implement are listed here (SPECULATIVE_CONFIG_NOT_YET,
 SPECULATIVE_METHODS_NOT_YET). Structured output's --structured-outputs-config and vLLM 0.8-0.11's
 --guided-decoding-backend and --guided-decoding-disable-* are EngineArgs fields too (config.py lists the
-structured_outputs_config keys not supported yet). vLLM's engine options --reasoning-parser and
+structured_outputs_config keys not supported yet). --quantization (-q) is an EngineArgs field (fp8; vLLM's other
+methods stop with "not supported yet"). vLLM's engine options --reasoning-parser and
 --reasoning-parser-plugin are server flags in Pagoda (entrypoints/openai/cli_args.py, where only the chat
 endpoint reads them); as `LLM(...)` keywords they are accepted with no effect (offline outputs are not
 split), so vLLM code that passes them still runs.
@@ -54,9 +55,10 @@ NOT_YET, NO_EFFECT = "not supported yet", "no effect"
 BOOL, INT, FLOAT, STR, JSON, STRS, INTS, HINT, OPTSTR, APPEND = (
     "bool", "int", "float", "str", "json", "strs", "ints", "hint", "optstr", "append")
 
-QUANT = "quantized models come with the quantization issue"
+QUANT = "deprecated quantization methods are not implemented (quantization='fp8' is)"
 KV_DTYPE = "the KV cache is kept in the model's dtype until the quantization issue"
-SPEC_DRAFT = "a quantized draft model comes with the quantization issue (an unquantized draft model works)"
+SPEC_DRAFT = ("the draft model's quantization is read from its checkpoint (an FP8 draft works, as an unquantized "
+              "one); naming it here comes later")
 SPEC_TYPICAL = ("only the typical acceptance sampler reads it, and Pagoda verifies drafts by rejection sampling "
                 "(vLLM V1 has no typical acceptance sampler either)")
 LORA = "LoRA adapters come in a later issue"
@@ -128,7 +130,6 @@ def _c(name, kind, default, support, reason, *flags, **extra) -> Compat:
 
 ENGINE_OPTIONS: tuple[Compat, ...] = (
     # ModelConfig
-    _c("quantization", STR, None, NOT_YET, QUANT, "-q"),
     _c("allow_deprecated_quantization", BOOL, False, NOT_YET, QUANT),
     _c("hf_config_path", STR, None, NOT_YET, "config.json is read from the model folder only"),
     _c("config_format", STR, "auto", NOT_YET, "only Hugging Face config.json files are read", accepts=("hf",)),

@@ -12,6 +12,8 @@ Invariants:
   starts with the BOS token too, so chat prompts are encoded with add_special_tokens=False.
 - Weights are scaled up from transformers' defaults (fan-in-scaled Gaussian matrices, unit
   embeddings, jittered norms) so greedy decoding produces varied tokens instead of one repeated.
+- A folder written by `make_fp8_checkpoint` is the same model in vLLM's "fp8" checkpoint format (see
+  its docstring); transformers cannot load it as is, the weights it stores are the reference.
 """
 
 from __future__ import annotations
@@ -389,3 +391,72 @@ def make_qwen2_5_vl_checkpoint(folder: str, tokenizer_folder: str | None = None,
                      pad_token_id=ids[PAD]).save_pretrained(folder)
     logger.info("wrote a tiny Qwen2_5_VLForConditionalGeneration checkpoint to %s", folder)
     return folder
+
+
+FP8_MAX = 448.0  # the largest float8_e4m3fn value
+
+
+def make_fp8_checkpoint(arch: str, folder: str, tokenizer_folder: str | None = None, *, weight_scales: str = "tensor",
+                        activation_scheme: str = "dynamic", ignored_layers: tuple = (),
+                        ignore_key: str = "ignored_layers", seed: int = 0, **config_overrides) -> str:
+    """Write a tiny random `arch` model (make_checkpoint's) as an FP8 checkpoint to `folder`; return `folder`.
+
+    The format, as vLLM's `quant_method: "fp8"` checkpoints (AutoFP8, llm-compressor) store it: every
+    nn.Linear but `lm_head` and the modules in `ignored_layers` (written under `ignore_key`, vLLM reads
+    "ignored_layers" or "modules_to_not_convert") keeps `weight` as float8_e4m3fn [out, in], with
+    `weight = float8_e4m3fn(clamp(w / weight_scale, ±448))`; `weight_scale` is fp32, per tensor (a scalar [],
+    amax / 448) or per output channel ([out, 1], row amax / 448). With `activation_scheme="static"`
+    each such module also stores `input_scale` [1]: the amax of its input over a calibration batch
+    / 448, times a factor in [1, 2) drawn per module, so that fused pieces (q/k/v, gate/up) carry
+    different scales. config.json gets `quantization_config`.
+    """
+    import torch
+    from safetensors.torch import load_file, save_file
+    from torch import nn
+    from transformers import AutoModelForCausalLM
+
+    if weight_scales not in ("tensor", "channel") or activation_scheme not in ("dynamic", "static"):
+        raise ValueError(f"weight_scales must be 'tensor' or 'channel' and activation_scheme 'dynamic' or 'static', "
+                         f"got {weight_scales!r}, {activation_scheme!r}")
+    make_checkpoint(arch, folder, tokenizer_folder, dtype="float32", seed=seed, **config_overrides)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n != "lm_head"
+             and n not in ignored_layers]
+    input_amax = _calibrate(model, names, seed) if activation_scheme == "static" else {}
+    gen = torch.Generator().manual_seed(seed + 1)
+    path = os.path.join(folder, "model.safetensors")
+    state = load_file(path)
+    for name in names:
+        w = state[name + ".weight"].float()
+        amax = w.abs().amax(dim=1, keepdim=True) if weight_scales == "channel" else w.abs().amax()
+        scale = (amax / FP8_MAX).clamp(min=1e-12)
+        state[name + ".weight"] = (w / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+        state[name + ".weight_scale"] = scale.to(torch.float32).contiguous()
+        if name in input_amax:
+            factor = 1.0 + float(torch.rand((), generator=gen))
+            state[name + ".input_scale"] = torch.tensor([input_amax[name] / FP8_MAX * factor], dtype=torch.float32)
+    save_file(state, path, metadata={"format": "pt"})
+    with open(os.path.join(folder, "config.json")) as f:
+        config = json.load(f)
+    config["quantization_config"] = {"quant_method": "fp8", "activation_scheme": activation_scheme,
+                                     ignore_key: list(ignored_layers)}
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump(config, f, indent=2)
+    return folder
+
+
+def _calibrate(model, names: list[str], seed: int) -> dict:
+    """{module name: amax of its input} over a fixed batch of random token ids."""
+    import torch
+
+    amax: dict = {}
+    modules = dict(model.named_modules())
+    hooks = [modules[name].register_forward_pre_hook(
+        lambda _, args, name=name: amax.__setitem__(name, max(amax.get(name, 0.0), float(args[0].abs().max()))))
+        for name in names]
+    ids = torch.randint(0, model.config.vocab_size, (4, 24), generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        model(ids)
+    for hook in hooks:
+        hook.remove()
+    return amax

@@ -10,6 +10,16 @@ Invariants:
   dimension (their outputs are summed over ranks; the bias is added once, after the sum).
 - Fused layers (QKV, gate/up) hold ONE weight; shard ids say where a checkpoint piece goes:
   "q" / "k" / "v" for QKVParallelLinear, the index in `output_sizes` for MergedColumnParallelLinear.
+  Every parameter of a fused layer records the shard ids it received (`loaded_shards`, against the
+  expected `shard_ids`), so the loader can name a piece the checkpoint lacks.
+- A layer knows its checkpoint name (`prefix`, e.g. "model.layers.0.self_attn.qkv_proj"); with a
+  `quant_config` its method is `quant_config.get_linear_method(layer, prefix)` (unquantized for a
+  skipped layer), created before any weight.
+- Besides rows of weights, loaders know the parameters a quantized method adds: a per-row scale
+  (`broadcast_scalar`: [rows, 1], taking a checkpoint's per-tensor value for all of a piece's rows,
+  or its per-channel [rows] / [rows, 1] values) and one value per logical piece (`per_piece`: a
+  static input scale). A checkpoint tensor of the wrong shape, or FP8 where the layer is not FP8
+  (or the reverse), is a ValueError; nothing is cast between FP8 and other dtypes.
 """
 
 from __future__ import annotations
@@ -23,9 +33,23 @@ from torch import nn
 
 from pagoda.kernels.tuning import gemv_applies
 from pagoda.model_executor.layers.pending_norm import PendingRMSNorm
+from pagoda.model_executor.layers.weight_loading import (
+    default_weight_loader,
+    load_named_weight,
+    load_piece_value,
+    load_rows,
+    packed_units,
+    load_whole,
+    set_weight_attrs,
+)
 from pagoda.model_executor.parallel_state import divide, get_tp_rank, get_tp_size, tp_all_gather, tp_all_reduce
 
 logger = logging.getLogger(__name__)
+
+# the loading helpers models import from here, beside the layers
+__all__ = ["LinearMethod", "UnquantizedLinearMethod", "LinearBase", "ReplicatedLinear", "ColumnParallelLinear",
+           "MergedColumnParallelLinear", "QKVParallelLinear", "RowParallelLinear", "dense", "default_weight_loader",
+           "load_named_weight", "set_weight_attrs"]
 
 
 def _gemv():
@@ -34,30 +58,6 @@ def _gemv():
     from pagoda.kernels.gemv import gemv
 
     return gemv
-
-
-def set_weight_attrs(param: torch.Tensor, attrs: dict) -> None:
-    """Attach loading metadata (output_dim, input_dim, weight_loader) to a parameter."""
-    for key, value in attrs.items():
-        setattr(param, key, value)
-
-
-def default_weight_loader(param: torch.Tensor, loaded_weight: torch.Tensor) -> None:
-    """Copy a whole (unsharded) tensor, checking the shape."""
-    if param.shape != loaded_weight.shape:
-        raise ValueError(f"weight shape {tuple(loaded_weight.shape)} does not match parameter shape {tuple(param.shape)}")
-    param.data.copy_(loaded_weight)
-
-
-def load_named_weight(params: dict[str, nn.Parameter], name: str, tensor: torch.Tensor, loaded: set[str]) -> None:
-    """Load a checkpoint tensor into the parameter of the same name with that parameter's weight_loader,
-    adding the name to `loaded`; a tensor with no such parameter is skipped (logged at debug level)."""
-    param = params.get(name)
-    if param is None:
-        logger.debug("skipping checkpoint tensor %s: no such parameter", name)
-        return
-    getattr(param, "weight_loader", default_weight_loader)(param, tensor)
-    loaded.add(name)
 
 
 class LinearMethod(ABC):
@@ -86,6 +86,9 @@ class LinearMethod(ABC):
         """act(x @ weightᵀ (+ bias)) for a [gate | up] weight, where act is SiluAndMul; a method may
         fuse the two (the default does not)."""
         return act(self.apply(layer, x, bias))
+
+    def process_weights_after_loading(self, layer: nn.Module) -> None:
+        """Called once after every checkpoint tensor is loaded (e.g. to quantize or repack the weight)."""
 
 
 class UnquantizedLinearMethod(LinearMethod):
@@ -129,15 +132,20 @@ def dense(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = Non
 
 
 class LinearBase(nn.Module):
-    """Shared set-up: sizes, dtype, the linear method and an optional bias."""
+    """Shared set-up: sizes, dtype, the linear method (chosen by `quant_config` for `prefix`) and an
+    optional bias."""
 
-    def __init__(self, input_size: int, output_size: int, linear_method: LinearMethod | None = None):
+    def __init__(self, input_size: int, output_size: int, linear_method: LinearMethod | None = None,
+                 quant_config=None, prefix: str = ""):
         super().__init__()
         self.input_size = input_size
         self.output_size = output_size
+        self.prefix = prefix
         self.tp_rank = get_tp_rank()
         self.tp_size = get_tp_size()
         self.params_dtype = torch.get_default_dtype()
+        if linear_method is None and quant_config is not None:
+            linear_method = quant_config.get_linear_method(self, prefix)
         self.linear_method = linear_method or UnquantizedLinearMethod()
 
     def _input(self, x):
@@ -163,10 +171,11 @@ class LinearBase(nn.Module):
 class ReplicatedLinear(LinearBase):
     """Every rank holds the whole weight (small projections)."""
 
-    def __init__(self, input_size: int, output_size: int, bias: bool = True, linear_method: LinearMethod | None = None):
-        super().__init__(input_size, output_size, linear_method)
+    def __init__(self, input_size: int, output_size: int, bias: bool = True, linear_method: LinearMethod | None = None,
+                 quant_config=None, prefix: str = ""):
+        super().__init__(input_size, output_size, linear_method, quant_config, prefix)
         self.linear_method.create_weights(self, input_size, [output_size], self.params_dtype)
-        self._set_loader(default_weight_loader)
+        self._set_loader(load_whole)
         self._make_bias(output_size, bias, default_weight_loader)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -174,7 +183,13 @@ class ReplicatedLinear(LinearBase):
 
 
 class ColumnParallelLinear(LinearBase):
-    """Y = X·Aᵀ with A's output rows split over ranks; each rank returns its slice of Y."""
+    """Y = X·Aᵀ with A's output rows split over ranks; each rank returns its slice of Y.
+
+    The output is made of logical pieces (`output_sizes`; one for a plain layer): piece i has
+    `checkpoint_sizes[i]` rows in the checkpoint and `output_partition_sizes[i]` on this rank.
+    """
+
+    shard_ids: tuple = ()  # the ids of a fused layer's checkpoint pieces (none: one unfused piece)
 
     def __init__(
         self,
@@ -184,22 +199,57 @@ class ColumnParallelLinear(LinearBase):
         gather_output: bool = False,
         linear_method: LinearMethod | None = None,
         output_sizes: list[int] | None = None,
+        quant_config=None,
+        prefix: str = "",
     ):
-        super().__init__(input_size, output_size, linear_method)
+        super().__init__(input_size, output_size, linear_method, quant_config, prefix)
         self.gather_output = gather_output
         self.output_sizes = output_sizes or [output_size]
+        if not hasattr(self, "checkpoint_sizes"):
+            self.checkpoint_sizes = list(self.output_sizes)
         self.output_partition_sizes = [divide(s, self.tp_size, "output_size") for s in self.output_sizes]
         self.output_size_per_partition = sum(self.output_partition_sizes)
         self.linear_method.create_weights(self, input_size, self.output_partition_sizes, self.params_dtype)
         self._set_loader(self.weight_loader)
         self._make_bias(self.output_size_per_partition, bias, self.weight_loader)
+        if self.shard_ids:
+            for param in self.parameters(recurse=False):
+                set_weight_attrs(param, {"shard_ids": self.shard_ids, "loaded_shards": set()})
+
+    def _piece_rows(self, index: int) -> tuple[int, int, int]:
+        """(offset of piece `index` in this rank's rows, its rows here, the rank whose slice they are)."""
+        return sum(self.output_partition_sizes[:index]), self.output_partition_sizes[index], self.tp_rank
+
+    def _load_piece(self, param: torch.Tensor, loaded: torch.Tensor, index: int) -> None:
+        """Checkpoint piece `index` (a whole unsharded tensor of that piece) into its place in `param`."""
+        if getattr(param, "per_piece", False):
+            load_piece_value(param, loaded, index)
+        elif getattr(param, "output_dim", None) is None:
+            default_weight_loader(param, loaded)
+        else:
+            offset, size, rank = self._piece_rows(index)
+            load_rows(param, loaded, param.output_dim, offset, size, rank * size, self.checkpoint_sizes[index])
+        if self.shard_ids:
+            param.loaded_shards.add(self.shard_ids[index])
+
+    def _load_fused(self, param: torch.Tensor, loaded: torch.Tensor) -> None:
+        """A checkpoint tensor of the whole fused layer: split into its pieces (one value: every piece's)."""
+        dim = getattr(param, "output_dim", None)
+        one_value = loaded.numel() == 1 and (getattr(param, "per_piece", False) or getattr(param, "broadcast_scalar",
+                                                                                           False))
+        if one_value or dim is None:
+            for index in range(len(self.output_sizes)):
+                self._load_piece(param, loaded, index)
+            return
+        sizes = list(packed_units(param, dim, *self.checkpoint_sizes))
+        if loaded.dim() <= dim or loaded.shape[dim] != sum(sizes):
+            raise ValueError(f"shape {tuple(loaded.shape)}: the fused layer has {sum(sizes)} output rows here "
+                             f"({' + '.join(map(str, sizes))}) along dim {dim}")
+        for index, piece in enumerate(loaded.split(sizes, dim=dim)):
+            self._load_piece(param, piece, index)
 
     def weight_loader(self, param: torch.Tensor, loaded_weight: torch.Tensor) -> None:
-        dim = getattr(param, "output_dim", None)
-        if dim is not None:
-            size = param.shape[dim]
-            loaded_weight = loaded_weight.narrow(dim, self.tp_rank * size, size)
-        default_weight_loader(param, loaded_weight)
+        self._load_piece(param, loaded_weight, 0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.linear_method.apply(self, self._input(x), self.bias)
@@ -212,8 +262,11 @@ class MergedColumnParallelLinear(ColumnParallelLinear):
     Checkpoint piece `shard_id` (an index into `output_sizes`) lands at its offset in the fused weight.
     """
 
-    def __init__(self, input_size: int, output_sizes: list[int], bias: bool = True, linear_method: LinearMethod | None = None):
-        super().__init__(input_size, sum(output_sizes), bias, False, linear_method, output_sizes=list(output_sizes))
+    def __init__(self, input_size: int, output_sizes: list[int], bias: bool = True, linear_method: LinearMethod | None = None,
+                 quant_config=None, prefix: str = ""):
+        self.shard_ids = tuple(range(len(output_sizes)))
+        super().__init__(input_size, sum(output_sizes), bias, False, linear_method, output_sizes=list(output_sizes),
+                         quant_config=quant_config, prefix=prefix)
 
     def forward_silu_and_mul(self, x: torch.Tensor, act: nn.Module) -> torch.Tensor:
         """act(forward(x)) for a [gate, up] projection, fused by the linear method where it can be."""
@@ -221,12 +274,10 @@ class MergedColumnParallelLinear(ColumnParallelLinear):
 
     def weight_loader(self, param: torch.Tensor, loaded_weight: torch.Tensor, shard_id: int | None = None) -> None:
         if shard_id is None:  # the checkpoint already stores the fused tensor
-            return super().weight_loader(param, loaded_weight)
-        dim = param.output_dim
-        offset = sum(self.output_partition_sizes[:shard_id])
-        size = self.output_partition_sizes[shard_id]
-        piece = loaded_weight.narrow(dim, self.tp_rank * size, size)
-        default_weight_loader(param.data.narrow(dim, offset, size), piece)
+            return self._load_fused(param, loaded_weight)
+        if shard_id not in self.shard_ids:
+            raise ValueError(f"shard_id must be one of {list(self.shard_ids)}, got {shard_id!r}")
+        self._load_piece(param, loaded_weight, shard_id)
 
 
 class QKVParallelLinear(ColumnParallelLinear):
@@ -234,6 +285,8 @@ class QKVParallelLinear(ColumnParallelLinear):
 
     With more ranks than key/value heads, each key/value head is replicated over several ranks.
     """
+
+    shard_ids = ("q", "k", "v")
 
     def __init__(
         self,
@@ -243,6 +296,8 @@ class QKVParallelLinear(ColumnParallelLinear):
         total_num_kv_heads: int,
         bias: bool = True,
         linear_method: LinearMethod | None = None,
+        quant_config=None,
+        prefix: str = "",
     ):
         tp_size = get_tp_size()
         self.head_size = head_size
@@ -257,23 +312,21 @@ class QKVParallelLinear(ColumnParallelLinear):
             self.num_kv_head_replicas = 1
         q_size = self.num_heads * head_size * tp_size
         kv_size = self.num_kv_heads * head_size * tp_size
-        super().__init__(hidden_size, q_size + 2 * kv_size, bias, False, linear_method, output_sizes=[q_size, kv_size, kv_size])
+        self.checkpoint_sizes = [total_num_heads * head_size, total_num_kv_heads * head_size,
+                                 total_num_kv_heads * head_size]
+        super().__init__(hidden_size, q_size + 2 * kv_size, bias, False, linear_method,
+                         output_sizes=[q_size, kv_size, kv_size], quant_config=quant_config, prefix=prefix)
+
+    def _piece_rows(self, index: int) -> tuple[int, int, int]:
+        offset, size, rank = super()._piece_rows(index)
+        return offset, size, rank if index == 0 else rank // self.num_kv_head_replicas
 
     def weight_loader(self, param: torch.Tensor, loaded_weight: torch.Tensor, shard_id: str | None = None) -> None:
         if shard_id is None:  # a checkpoint with fused qkv (e.g. GPT-2 after transposing)
-            q, k, v = (s * self.head_size for s in (self.total_num_heads, self.total_num_kv_heads, self.total_num_kv_heads))
-            for sid, piece in zip("qkv", loaded_weight.split([q, k, v], dim=param.output_dim)):
-                self.weight_loader(param, piece, sid)
-            return
-        if shard_id not in ("q", "k", "v"):
+            return self._load_fused(param, loaded_weight)
+        if shard_id not in self.shard_ids:
             raise ValueError(f"shard_id must be 'q', 'k' or 'v', got {shard_id!r}")
-        index = "qkv".index(shard_id)
-        dim = param.output_dim
-        offset = sum(self.output_partition_sizes[:index])
-        size = self.output_partition_sizes[index]
-        rank = self.tp_rank if shard_id == "q" else self.tp_rank // self.num_kv_head_replicas
-        piece = loaded_weight.narrow(dim, rank * size, size)
-        default_weight_loader(param.data.narrow(dim, offset, size), piece)
+        self._load_piece(param, loaded_weight, self.shard_ids.index(shard_id))
 
 
 class RowParallelLinear(LinearBase):
@@ -286,8 +339,10 @@ class RowParallelLinear(LinearBase):
         bias: bool = True,
         reduce_results: bool = True,
         linear_method: LinearMethod | None = None,
+        quant_config=None,
+        prefix: str = "",
     ):
-        super().__init__(input_size, output_size, linear_method)
+        super().__init__(input_size, output_size, linear_method, quant_config, prefix)
         self.reduce_results = reduce_results
         self.input_size_per_partition = divide(input_size, self.tp_size, "input_size")
         self.linear_method.create_weights(self, self.input_size_per_partition, [output_size], self.params_dtype)
@@ -296,10 +351,13 @@ class RowParallelLinear(LinearBase):
 
     def weight_loader(self, param: torch.Tensor, loaded_weight: torch.Tensor) -> None:
         dim = getattr(param, "input_dim", None)
-        if dim is not None:
-            size = param.shape[dim]
-            loaded_weight = loaded_weight.narrow(dim, self.tp_rank * size, size)
-        default_weight_loader(param, loaded_weight)
+        if dim is None:
+            return load_whole(param, loaded_weight)
+        if getattr(param, "packed_dim", None) == dim:  # logical columns; load_rows converts them
+            size, full = self.input_size_per_partition, self.input_size
+        else:  # the weight's columns, or the rows of a per-group parameter
+            size, full = param.shape[dim], param.shape[dim] * self.tp_size
+        load_rows(param, loaded_weight, dim, 0, size, self.tp_rank * size, full)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.tp_size == 1:

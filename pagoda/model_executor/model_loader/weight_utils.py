@@ -6,7 +6,8 @@ Invariants:
 - Tensors are yielded one at a time, (checkpoint name, CPU tensor), so peak host memory is one
   file's mmap, never a copy of the whole model.
 - Dummy weights are U(-1e-3, 1e-3), drawn from a generator seeded with `seed`: the same seed on
-  the same device gives the same weights, and no weight file is opened.
+  the same device gives the same weights, and no weight file is opened. FP8 weights are drawn over
+  the FP8 range with scales that make them dequantize to the same range.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 logger = logging.getLogger(__name__)
+
+_FP8_MAX = 448.0  # the largest float8_e4m3fn value
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 _PT_PATTERNS = ("pytorch_model*.bin", "*.bin")
@@ -103,8 +106,12 @@ def initialize_dummy_weights(model: nn.Module, seed: int = 0, low: float = -1e-3
         gen = generators.get(param.device)
         if gen is None:
             gen = generators[param.device] = torch.Generator(device=param.device).manual_seed(seed)
-        if param.is_floating_point():
+        if getattr(param, "broadcast_scalar", False):  # FP8 weight scales: weights dequantize to U(low, high)
+            param.fill_(max(abs(low), abs(high)) / _FP8_MAX)
+        elif getattr(param, "per_piece", False):  # static input scales: activations up to ±1 unclipped
+            param.fill_(1.0 / _FP8_MAX)
+        elif param.is_floating_point():
             if param.dtype in (torch.float16, torch.bfloat16, torch.float32):
                 param.uniform_(low, high, generator=gen)
-            else:  # e.g. fp8: draw in fp32, then cast
-                param.copy_(torch.empty(param.shape, device=param.device).uniform_(low, high, generator=gen))
+            else:  # fp8: the full range, which its scales map to U(low, high)
+                param.copy_(torch.empty(param.shape, device=param.device).uniform_(-_FP8_MAX, _FP8_MAX, generator=gen))

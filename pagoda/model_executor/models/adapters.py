@@ -23,19 +23,26 @@ from pagoda.model_executor.models.qwen2 import Qwen2ForCausalLM
 from pagoda.model_executor.models.qwen3 import Qwen3ForCausalLM
 
 
+def _with_model_prefix(name: str) -> str:
+    return name if name.startswith(("model.", "lm_head")) else "model." + name
+
+
 def _embedding_model(base: type) -> type:
     class EmbeddingModel(base):
-        def __init__(self, hf_config: Any, attn_backend: AttentionBackend):
-            super().__init__(hf_config, attn_backend)
+        def __init__(self, hf_config: Any, attn_backend: AttentionBackend, quant_config=None, prefix: str = ""):
+            super().__init__(hf_config, attn_backend, quant_config, prefix)
             del self.lm_head
+
+        @staticmethod
+        def module_name(checkpoint_name: str) -> str:
+            return _with_model_prefix(checkpoint_name)
 
         def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
             raise RuntimeError(f"{type(self).__name__} has no LM head; it can only embed")
 
         def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
             self.tie_word_embeddings = True  # so the base skips any lm_head.* tensor
-            renamed = ((name if name.startswith(("model.", "lm_head.")) else "model." + name, tensor)
-                       for name, tensor in weights)
+            renamed = ((_with_model_prefix(name), tensor) for name, tensor in weights)
             return super().load_weights(renamed)
 
     EmbeddingModel.__name__ = EmbeddingModel.__qualname__ = base.__name__.replace("ForCausalLM", "EmbeddingModel")

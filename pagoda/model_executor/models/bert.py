@@ -13,6 +13,8 @@ Invariants:
 - Positions are the runner's positions (0..L-1 per prompt); token type ids are all 0.
 - q/k/v are fused into `qkv_proj` at load time; checkpoints with a `bert.` prefix (BertFor*) load
   too, and heads of other tasks (pooler, cls) are skipped.
+- Linear layers take `quant_config` and their module names as prefixes
+  ("encoder.layer.0.attention.self.qkv_proj", pieces query / key / value).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from pagoda.model_executor.layers.linear import (
 )
 from pagoda.model_executor.layers.vocab_parallel_embedding import VocabParallelEmbedding
 from pagoda.model_executor.models.kv_spec import KVCacheSpec
+from pagoda.model_executor.models.utils import maybe_prefix, packed_modules
 from pagoda.model_executor.parallel_state import divide, get_tp_size
 
 
@@ -75,13 +78,14 @@ class BertEmbeddings(nn.Module):
 
 
 class BertSelfAttention(nn.Module):
-    def __init__(self, config: Any):
+    def __init__(self, config: Any, quant_config=None, prefix: str = ""):
         super().__init__()
         total_heads = config.num_attention_heads
         self.head_dim = config.hidden_size // total_heads
         self.num_heads = divide(total_heads, get_tp_size(), "num_attention_heads")
         self.q_size = self.num_heads * self.head_dim
-        self.qkv_proj = QKVParallelLinear(config.hidden_size, self.head_dim, total_heads, total_heads, bias=True)
+        self.qkv_proj = QKVParallelLinear(config.hidden_size, self.head_dim, total_heads, total_heads, bias=True,
+                                          quant_config=quant_config, prefix=maybe_prefix(prefix, "qkv_proj"))
         self.scale = self.head_dim**-0.5
 
     def forward(self, hidden: torch.Tensor, metadata: AttentionMetadata) -> torch.Tensor:
@@ -93,9 +97,10 @@ class BertSelfAttention(nn.Module):
 
 
 class BertSelfOutput(nn.Module):
-    def __init__(self, config: Any, input_size: int):
+    def __init__(self, config: Any, input_size: int, quant_config=None, prefix: str = ""):
         super().__init__()
-        self.dense = RowParallelLinear(input_size, config.hidden_size, bias=True)
+        self.dense = RowParallelLinear(input_size, config.hidden_size, bias=True, quant_config=quant_config,
+                                       prefix=maybe_prefix(prefix, "dense"))
         self.LayerNorm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
     def forward(self, hidden: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
@@ -103,19 +108,20 @@ class BertSelfOutput(nn.Module):
 
 
 class BertAttention(nn.Module):
-    def __init__(self, config: Any):
+    def __init__(self, config: Any, quant_config=None, prefix: str = ""):
         super().__init__()
-        self.self = BertSelfAttention(config)
-        self.output = BertSelfOutput(config, config.hidden_size)
+        self.self = BertSelfAttention(config, quant_config, maybe_prefix(prefix, "self"))
+        self.output = BertSelfOutput(config, config.hidden_size, quant_config, maybe_prefix(prefix, "output"))
 
     def forward(self, hidden: torch.Tensor, metadata: AttentionMetadata) -> torch.Tensor:
         return self.output(self.self(hidden, metadata), hidden)
 
 
 class BertIntermediate(nn.Module):
-    def __init__(self, config: Any):
+    def __init__(self, config: Any, quant_config=None, prefix: str = ""):
         super().__init__()
-        self.dense = ColumnParallelLinear(config.hidden_size, config.intermediate_size, bias=True)
+        self.dense = ColumnParallelLinear(config.hidden_size, config.intermediate_size, bias=True,
+                                          quant_config=quant_config, prefix=maybe_prefix(prefix, "dense"))
         self.act = get_act_fn(config.hidden_act)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -123,11 +129,11 @@ class BertIntermediate(nn.Module):
 
 
 class BertLayer(nn.Module):
-    def __init__(self, config: Any):
+    def __init__(self, config: Any, quant_config=None, prefix: str = ""):
         super().__init__()
-        self.attention = BertAttention(config)
-        self.intermediate = BertIntermediate(config)
-        self.output = BertSelfOutput(config, config.intermediate_size)
+        self.attention = BertAttention(config, quant_config, maybe_prefix(prefix, "attention"))
+        self.intermediate = BertIntermediate(config, quant_config, maybe_prefix(prefix, "intermediate"))
+        self.output = BertSelfOutput(config, config.intermediate_size, quant_config, maybe_prefix(prefix, "output"))
 
     def forward(self, hidden: torch.Tensor, metadata: AttentionMetadata) -> torch.Tensor:
         attended = self.attention(hidden, metadata)
@@ -135,9 +141,10 @@ class BertLayer(nn.Module):
 
 
 class BertEncoder(nn.Module):
-    def __init__(self, config: Any):
+    def __init__(self, config: Any, quant_config=None, prefix: str = ""):
         super().__init__()
-        self.layer = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
+        self.layer = nn.ModuleList(BertLayer(config, quant_config, maybe_prefix(prefix, f"layer.{i}"))
+                                   for i in range(config.num_hidden_layers))
 
     def forward(self, hidden: torch.Tensor, metadata: AttentionMetadata) -> torch.Tensor:
         for layer in self.layer:
@@ -152,13 +159,15 @@ class BertModel(nn.Module):
         (".qkv_proj", ".key", "k"),
         (".qkv_proj", ".value", "v"),
     ]
+    packed_modules_mapping = packed_modules(stacked_params_mapping)
     _skipped_prefixes = ("pooler.", "cls.", "embeddings.position_ids")
 
-    def __init__(self, hf_config: Any, attn_backend: AttentionBackend | None = None):
+    def __init__(self, hf_config: Any, attn_backend: AttentionBackend | None = None, quant_config=None,
+                 prefix: str = ""):
         super().__init__()
         self.config = hf_config
         self.embeddings = BertEmbeddings(hf_config)
-        self.encoder = BertEncoder(hf_config)
+        self.encoder = BertEncoder(hf_config, quant_config, maybe_prefix(prefix, "encoder"))
         self.kv_cache_spec = KVCacheSpec(num_layers=0, num_kv_heads=0, head_size=0)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_caches: list[torch.Tensor],

@@ -7,6 +7,8 @@ Invariants:
   no-shard-id path, which splits it by head counts (so tensor parallelism shards it correctly).
 - The causal-mask buffers old checkpoints carry (`attn.bias`, `attn.masked_bias`) are skipped;
   names with or without the `transformer.` prefix load. `lm_head` is always `wte`.
+- Linear layers take `quant_config` and their module names as prefixes ("transformer.h.0.attn.c_attn");
+  `c_attn` is fused in the checkpoint too, so it has no pieces (empty `packed_modules_mapping`).
 """
 
 from __future__ import annotations
@@ -28,13 +30,14 @@ from pagoda.model_executor.layers.linear import (
 )
 from pagoda.model_executor.layers.vocab_parallel_embedding import VocabParallelEmbedding, compute_logits
 from pagoda.model_executor.models.kv_spec import KVCacheSpec
+from pagoda.model_executor.models.utils import maybe_prefix
 from pagoda.model_executor.parallel_state import divide, get_tp_size
 
 _CONV1D = (".c_attn.weight", ".c_proj.weight", ".c_fc.weight")
 
 
 class GPT2Attention(nn.Module):
-    def __init__(self, config: Any, layer_idx: int, attn_backend: AttentionBackend):
+    def __init__(self, config: Any, layer_idx: int, attn_backend: AttentionBackend, quant_config=None, prefix: str = ""):
         super().__init__()
         hidden, total_heads = config.n_embd, config.n_head
         self.head_dim = hidden // total_heads
@@ -43,8 +46,10 @@ class GPT2Attention(nn.Module):
         scale = self.head_dim**-0.5 if getattr(config, "scale_attn_weights", True) else 1.0
         if getattr(config, "scale_attn_by_inverse_layer_idx", False):
             scale /= layer_idx + 1
-        self.c_attn = QKVParallelLinear(hidden, self.head_dim, total_heads, total_heads, bias=True)
-        self.c_proj = RowParallelLinear(hidden, hidden, bias=True)
+        self.c_attn = QKVParallelLinear(hidden, self.head_dim, total_heads, total_heads, bias=True,
+                                        quant_config=quant_config, prefix=maybe_prefix(prefix, "c_attn"))
+        self.c_proj = RowParallelLinear(hidden, hidden, bias=True, quant_config=quant_config,
+                                        prefix=maybe_prefix(prefix, "c_proj"))
         self.attn = Attention(self.num_heads, self.head_dim, scale, self.num_heads, layer_idx, attn_backend)
 
     def forward(self, hidden_states, kv_cache, attn_metadata):
@@ -53,25 +58,27 @@ class GPT2Attention(nn.Module):
 
 
 class GPT2MLP(nn.Module):
-    def __init__(self, config: Any):
+    def __init__(self, config: Any, quant_config=None, prefix: str = ""):
         super().__init__()
         inner = config.n_inner or 4 * config.n_embd
-        self.c_fc = ColumnParallelLinear(config.n_embd, inner, bias=True)
+        self.c_fc = ColumnParallelLinear(config.n_embd, inner, bias=True, quant_config=quant_config,
+                                         prefix=maybe_prefix(prefix, "c_fc"))
         self.act = get_act_fn(config.activation_function, "activation_function")
-        self.c_proj = RowParallelLinear(inner, config.n_embd, bias=True)
+        self.c_proj = RowParallelLinear(inner, config.n_embd, bias=True, quant_config=quant_config,
+                                        prefix=maybe_prefix(prefix, "c_proj"))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.c_proj(self.act(self.c_fc(x)))
 
 
 class GPT2Block(nn.Module):
-    def __init__(self, config: Any, layer_idx: int, attn_backend: AttentionBackend):
+    def __init__(self, config: Any, layer_idx: int, attn_backend: AttentionBackend, quant_config=None, prefix: str = ""):
         super().__init__()
         eps = config.layer_norm_epsilon
         self.ln_1 = LayerNorm(config.n_embd, eps=eps)
-        self.attn = GPT2Attention(config, layer_idx, attn_backend)
+        self.attn = GPT2Attention(config, layer_idx, attn_backend, quant_config, maybe_prefix(prefix, "attn"))
         self.ln_2 = LayerNorm(config.n_embd, eps=eps)
-        self.mlp = GPT2MLP(config)
+        self.mlp = GPT2MLP(config, quant_config, maybe_prefix(prefix, "mlp"))
 
     def forward(self, hidden_states, kv_cache, attn_metadata):
         hidden_states = hidden_states + self.attn(self.ln_1(hidden_states), kv_cache, attn_metadata)
@@ -79,11 +86,12 @@ class GPT2Block(nn.Module):
 
 
 class GPT2Model(nn.Module):
-    def __init__(self, config: Any, attn_backend: AttentionBackend):
+    def __init__(self, config: Any, attn_backend: AttentionBackend, quant_config=None, prefix: str = ""):
         super().__init__()
         self.wte = VocabParallelEmbedding(config.vocab_size, config.n_embd)
         self.wpe = VocabParallelEmbedding(config.n_positions, config.n_embd)
-        self.h = nn.ModuleList(GPT2Block(config, i, attn_backend) for i in range(config.n_layer))
+        self.h = nn.ModuleList(GPT2Block(config, i, attn_backend, quant_config, maybe_prefix(prefix, f"h.{i}"))
+                               for i in range(config.n_layer))
         self.ln_f = LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
 
     def forward(self, input_ids, positions, kv_caches, attn_metadata):
@@ -94,10 +102,12 @@ class GPT2Model(nn.Module):
 
 
 class GPT2LMHeadModel(nn.Module):
-    def __init__(self, hf_config: Any, attn_backend: AttentionBackend):
+    packed_modules_mapping: dict[str, list[str]] = {}
+
+    def __init__(self, hf_config: Any, attn_backend: AttentionBackend, quant_config=None, prefix: str = ""):
         super().__init__()
         self.config = hf_config
-        self.transformer = GPT2Model(hf_config, attn_backend)
+        self.transformer = GPT2Model(hf_config, attn_backend, quant_config, maybe_prefix(prefix, "transformer"))
         self.lm_head = self.transformer.wte
         self.kv_cache_spec = KVCacheSpec(
             num_layers=hf_config.n_layer,
@@ -117,14 +127,17 @@ class GPT2LMHeadModel(nn.Module):
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return compute_logits(self.lm_head, hidden_states)
 
+    @staticmethod
+    def module_name(checkpoint_name: str) -> str:
+        return checkpoint_name if checkpoint_name.startswith(("transformer.", "lm_head")) else "transformer." + checkpoint_name
+
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         params = dict(self.named_parameters())
         loaded: set[str] = set()
         for name, tensor in weights:
             if name.startswith("lm_head."):
                 continue  # tied to wte
-            if not name.startswith("transformer."):
-                name = "transformer." + name
+            name = self.module_name(name)
             if name not in params:
                 continue  # attn.bias / attn.masked_bias mask buffers
             if name.endswith(_CONV1D):

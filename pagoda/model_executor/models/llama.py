@@ -10,6 +10,9 @@ Invariants:
 - With `tie_word_embeddings`, `lm_head` IS `model.embed_tokens` (one Parameter); a checkpoint's
   `lm_head.weight` is then ignored.
 - Layer i reads and writes only `kv_caches[i]`.
+- Every constructor takes `quant_config` (None: unquantized) and `prefix`, its module name from the
+  top-level model; linear layers get the checkpoint names ("model.layers.0.self_attn.qkv_proj"),
+  and `packed_modules_mapping` names the checkpoint pieces of the fused ones.
 - Subclasses change behaviour through the class attributes `attention_cls`, `layer_cls`,
   `model_cls` and `LlamaAttention.bias_flags` / `qk_norm`, never by copying forward code.
 """
@@ -39,6 +42,7 @@ from pagoda.model_executor.layers.vocab_parallel_embedding import (
     compute_logits,
 )
 from pagoda.model_executor.models.kv_spec import KVCacheSpec
+from pagoda.model_executor.models.utils import maybe_prefix, packed_modules
 from pagoda.model_executor.parallel_state import divide, get_tp_size
 from pagoda.hf_utils import derive_max_model_len
 
@@ -54,11 +58,14 @@ def num_kv_heads_of(config: Any) -> int:
 
 
 class LlamaMLP(nn.Module):
-    def __init__(self, config: Any):
+    def __init__(self, config: Any, quant_config=None, prefix: str = ""):
         super().__init__()
         bias = bool(getattr(config, "mlp_bias", False))
-        self.gate_up_proj = MergedColumnParallelLinear(config.hidden_size, [config.intermediate_size] * 2, bias=bias)
-        self.down_proj = RowParallelLinear(config.intermediate_size, config.hidden_size, bias=bias)
+        self.gate_up_proj = MergedColumnParallelLinear(config.hidden_size, [config.intermediate_size] * 2, bias=bias,
+                                                       quant_config=quant_config,
+                                                       prefix=maybe_prefix(prefix, "gate_up_proj"))
+        self.down_proj = RowParallelLinear(config.intermediate_size, config.hidden_size, bias=bias,
+                                           quant_config=quant_config, prefix=maybe_prefix(prefix, "down_proj"))
         if config.hidden_act != "silu":
             raise ValueError(f"hidden_act={config.hidden_act!r} is not supported for this model; only 'silu'")
         self.act_fn = SiluAndMul()
@@ -68,7 +75,8 @@ class LlamaMLP(nn.Module):
 
 
 class LlamaAttention(nn.Module):
-    def __init__(self, config: Any, layer_idx: int, attn_backend: AttentionBackend, rotary_emb: RotaryEmbedding):
+    def __init__(self, config: Any, layer_idx: int, attn_backend: AttentionBackend, rotary_emb: RotaryEmbedding,
+                 quant_config=None, prefix: str = ""):
         super().__init__()
         tp_size = get_tp_size()
         self.head_dim = head_dim_of(config)
@@ -78,8 +86,10 @@ class LlamaAttention(nn.Module):
         self.q_size = self.num_heads * self.head_dim
         self.kv_size = self.num_kv_heads * self.head_dim
         qkv_bias, o_bias = self.bias_flags(config)
-        self.qkv_proj = QKVParallelLinear(config.hidden_size, self.head_dim, total_heads, total_kv_heads, bias=qkv_bias)
-        self.o_proj = RowParallelLinear(total_heads * self.head_dim, config.hidden_size, bias=o_bias)
+        self.qkv_proj = QKVParallelLinear(config.hidden_size, self.head_dim, total_heads, total_kv_heads, bias=qkv_bias,
+                                          quant_config=quant_config, prefix=maybe_prefix(prefix, "qkv_proj"))
+        self.o_proj = RowParallelLinear(total_heads * self.head_dim, config.hidden_size, bias=o_bias,
+                                        quant_config=quant_config, prefix=maybe_prefix(prefix, "o_proj"))
         self.rotary_emb = rotary_emb  # shared by all layers: one cos/sin cache per model
         self.attn = Attention(self.num_heads, self.head_dim, self.head_dim**-0.5, self.num_kv_heads, layer_idx, attn_backend)
 
@@ -106,10 +116,12 @@ class LlamaDecoderLayer(nn.Module):
     attention_cls = LlamaAttention
     mlp_cls = LlamaMLP
 
-    def __init__(self, config: Any, layer_idx: int, attn_backend: AttentionBackend, rotary_emb: RotaryEmbedding):
+    def __init__(self, config: Any, layer_idx: int, attn_backend: AttentionBackend, rotary_emb: RotaryEmbedding,
+                 quant_config=None, prefix: str = ""):
         super().__init__()
-        self.self_attn = self.attention_cls(config, layer_idx, attn_backend, rotary_emb)
-        self.mlp = self.mlp_cls(config)
+        self.self_attn = self.attention_cls(config, layer_idx, attn_backend, rotary_emb, quant_config,
+                                            maybe_prefix(prefix, "self_attn"))
+        self.mlp = self.mlp_cls(config, quant_config, maybe_prefix(prefix, "mlp"))
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
@@ -124,12 +136,13 @@ class LlamaDecoderLayer(nn.Module):
 class LlamaModel(nn.Module):
     layer_cls = LlamaDecoderLayer
 
-    def __init__(self, config: Any, attn_backend: AttentionBackend):
+    def __init__(self, config: Any, attn_backend: AttentionBackend, quant_config=None, prefix: str = ""):
         super().__init__()
         self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size)
         rotary_emb = get_rope(head_dim_of(config), derive_max_model_len(config), config, is_neox_style=True)
         self.layers = nn.ModuleList(
-            self.layer_cls(config, i, attn_backend, rotary_emb) for i in range(config.num_hidden_layers)
+            self.layer_cls(config, i, attn_backend, rotary_emb, quant_config, maybe_prefix(prefix, f"layers.{i}"))
+            for i in range(config.num_hidden_layers)
         )
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
@@ -152,11 +165,12 @@ class LlamaForCausalLM(nn.Module):
         (".gate_up_proj", ".gate_proj", 0),
         (".gate_up_proj", ".up_proj", 1),
     ]
+    packed_modules_mapping = packed_modules(stacked_params_mapping)
 
-    def __init__(self, hf_config: Any, attn_backend: AttentionBackend):
+    def __init__(self, hf_config: Any, attn_backend: AttentionBackend, quant_config=None, prefix: str = ""):
         super().__init__()
         self.config = hf_config
-        self.model = self.model_cls(hf_config, attn_backend)
+        self.model = self.model_cls(hf_config, attn_backend, quant_config, maybe_prefix(prefix, "model"))
         self.tie_word_embeddings = bool(getattr(hf_config, "tie_word_embeddings", False))
         if self.tie_word_embeddings:
             self.lm_head = self.model.embed_tokens
@@ -206,7 +220,7 @@ class LlamaForCausalLM(nn.Module):
 class MistralForCausalLM(LlamaForCausalLM):
     """Mistral is Llama's architecture; a sliding window is served as full attention (see registry)."""
 
-    def __init__(self, hf_config: Any, attn_backend: AttentionBackend):
+    def __init__(self, hf_config: Any, attn_backend: AttentionBackend, quant_config=None, prefix: str = ""):
         window = getattr(hf_config, "sliding_window", None)
         if window and window < derive_max_model_len(hf_config):
             logger.warning(
@@ -215,4 +229,4 @@ class MistralForCausalLM(LlamaForCausalLM):
                 window,
                 window,
             )
-        super().__init__(hf_config, attn_backend)
+        super().__init__(hf_config, attn_backend, quant_config, prefix)

@@ -14,6 +14,10 @@ Invariants:
   but `vision_tower.*` without `vision_model.`). Vision names map to `vision_tower.vision_model.*`.
   Text weights stream into `LlamaForCausalLM.load_weights` under its own names; the returned set
   holds this module's full parameter names, so the loader's missing-weight check applies as usual.
+- With a `quant_config` only the text model is quantized (its layers' prefixes are
+  "language_model.model.layers.N....", vLLM's names); the CLIP tower and the projector are plain torch
+  layers and stay unquantized (an FP8 vision tensor in the checkpoint is a load error, never a cast).
+  `module_name` maps a checkpoint module name of any layout to this module's, for skip lists.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from pagoda.model_executor.layers.activation import get_act_fn
 from pagoda.model_executor.layers.linear import load_named_weight
 from pagoda.model_executor.models.clip import CLIPVisionModel, get_clip_act
 from pagoda.model_executor.models.llama import LlamaForCausalLM
+from pagoda.model_executor.models.utils import maybe_prefix
 
 logger = logging.getLogger(__name__)
 
@@ -75,8 +80,9 @@ def _text_model_cls(text_config: Any) -> type[nn.Module]:
 
 class LlavaForConditionalGeneration(nn.Module):
     supports_images = True
+    packed_modules_mapping = LlamaForCausalLM.packed_modules_mapping  # the text models' (all alike)
 
-    def __init__(self, hf_config: Any, attn_backend: AttentionBackend):
+    def __init__(self, hf_config: Any, attn_backend: AttentionBackend, quant_config=None, prefix: str = ""):
         super().__init__()
         self.config = hf_config
         vision_config, text_config = hf_config.vision_config, hf_config.text_config
@@ -105,7 +111,8 @@ class LlavaForConditionalGeneration(nn.Module):
             getattr(hf_config, "projector_hidden_act", "gelu"),
             bias=bool(getattr(hf_config, "multimodal_projector_bias", True)),
         )
-        self.language_model = _text_model_cls(text_config)(text_config, attn_backend)
+        self.language_model = _text_model_cls(text_config)(text_config, attn_backend, quant_config,
+                                                           maybe_prefix(prefix, "language_model"))
         self.kv_cache_spec = self.language_model.kv_cache_spec
 
         num_patches = (vision_config.image_size // vision_config.patch_size) ** 2
@@ -166,6 +173,12 @@ class LlavaForConditionalGeneration(nn.Module):
                 rest = "vision_model." + rest
             return "own", "vision_tower." + rest
         return "skip", name
+
+    @classmethod
+    def module_name(cls, checkpoint_name: str) -> str:
+        """This module's name for a checkpoint module (or tensor) name of any layout `_route` reads."""
+        kind, target = cls._route(checkpoint_name)
+        return "language_model." + target if kind == "text" else target
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         own_params = {

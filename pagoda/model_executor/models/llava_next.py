@@ -74,8 +74,8 @@ def unpad_image(tensor: torch.Tensor, original_size) -> torch.Tensor:
 class LlavaNextForConditionalGeneration(LlavaForConditionalGeneration):
     supports_images = True
 
-    def __init__(self, hf_config: Any, attn_backend: AttentionBackend):
-        super().__init__(hf_config, attn_backend)
+    def __init__(self, hf_config: Any, attn_backend: AttentionBackend, quant_config=None, prefix: str = ""):
+        super().__init__(hf_config, attn_backend, quant_config, prefix)
         pinpoints = getattr(hf_config, "image_grid_pinpoints", None)
         self.image_grid_pinpoints = [list(p) for p in (pinpoints if pinpoints is not None else _DEFAULT_PINPOINTS)]
         text_hidden = hf_config.text_config.hidden_size

@@ -8,6 +8,7 @@ Invariants:
   `project_out` maps the final hidden states down; `forward` returns them after `project_out`, so
   `compute_logits` takes [N, word_embed_proj_dim].
 - q/k/v are fused into `qkv_proj` at load time; checkpoints with or without the `model.` prefix load.
+- Linear layers take `quant_config` and their module names as prefixes ("model.decoder.layers.0.fc1").
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from pagoda.model_executor.layers.vocab_parallel_embedding import (
     compute_logits,
 )
 from pagoda.model_executor.models.kv_spec import KVCacheSpec
+from pagoda.model_executor.models.utils import maybe_prefix, packed_modules
 from pagoda.model_executor.parallel_state import divide, get_tp_size
 
 POSITION_OFFSET = 2
@@ -48,15 +50,17 @@ class OPTLearnedPositionalEmbedding(VocabParallelEmbedding):
 
 
 class OPTAttention(nn.Module):
-    def __init__(self, config: Any, layer_idx: int, attn_backend: AttentionBackend):
+    def __init__(self, config: Any, layer_idx: int, attn_backend: AttentionBackend, quant_config=None, prefix: str = ""):
         super().__init__()
         total_heads = config.num_attention_heads
         self.head_dim = config.hidden_size // total_heads
         self.num_heads = divide(total_heads, get_tp_size(), "num_attention_heads")
         self.q_size = self.num_heads * self.head_dim
         bias = bool(getattr(config, "enable_bias", True))
-        self.qkv_proj = QKVParallelLinear(config.hidden_size, self.head_dim, total_heads, total_heads, bias=bias)
-        self.out_proj = RowParallelLinear(config.hidden_size, config.hidden_size, bias=bias)
+        self.qkv_proj = QKVParallelLinear(config.hidden_size, self.head_dim, total_heads, total_heads, bias=bias,
+                                          quant_config=quant_config, prefix=maybe_prefix(prefix, "qkv_proj"))
+        self.out_proj = RowParallelLinear(config.hidden_size, config.hidden_size, bias=bias,
+                                          quant_config=quant_config, prefix=maybe_prefix(prefix, "out_proj"))
         self.attn = Attention(self.num_heads, self.head_dim, self.head_dim**-0.5, self.num_heads, layer_idx, attn_backend)
 
     def forward(self, hidden_states, kv_cache, attn_metadata):
@@ -65,16 +69,18 @@ class OPTAttention(nn.Module):
 
 
 class OPTDecoderLayer(nn.Module):
-    def __init__(self, config: Any, layer_idx: int, attn_backend: AttentionBackend):
+    def __init__(self, config: Any, layer_idx: int, attn_backend: AttentionBackend, quant_config=None, prefix: str = ""):
         super().__init__()
         self.do_layer_norm_before = config.do_layer_norm_before
         affine = getattr(config, "layer_norm_elementwise_affine", True)
         bias = bool(getattr(config, "enable_bias", True))
-        self.self_attn = OPTAttention(config, layer_idx, attn_backend)
+        self.self_attn = OPTAttention(config, layer_idx, attn_backend, quant_config, maybe_prefix(prefix, "self_attn"))
         self.self_attn_layer_norm = LayerNorm(config.hidden_size, elementwise_affine=affine)
-        self.fc1 = ColumnParallelLinear(config.hidden_size, config.ffn_dim, bias=bias)
+        self.fc1 = ColumnParallelLinear(config.hidden_size, config.ffn_dim, bias=bias, quant_config=quant_config,
+                                        prefix=maybe_prefix(prefix, "fc1"))
         self.activation_fn = get_act_fn(config.activation_function, "activation_function")
-        self.fc2 = RowParallelLinear(config.ffn_dim, config.hidden_size, bias=bias)
+        self.fc2 = RowParallelLinear(config.ffn_dim, config.hidden_size, bias=bias, quant_config=quant_config,
+                                     prefix=maybe_prefix(prefix, "fc2"))
         self.final_layer_norm = LayerNorm(config.hidden_size, elementwise_affine=affine)
 
     def forward(self, hidden_states, kv_cache, attn_metadata):
@@ -94,20 +100,23 @@ class OPTDecoderLayer(nn.Module):
 
 
 class OPTDecoder(nn.Module):
-    def __init__(self, config: Any, attn_backend: AttentionBackend):
+    def __init__(self, config: Any, attn_backend: AttentionBackend, quant_config=None, prefix: str = ""):
         super().__init__()
         proj_dim = config.word_embed_proj_dim
         self.embed_tokens = VocabParallelEmbedding(config.vocab_size, proj_dim)
         self.embed_positions = OPTLearnedPositionalEmbedding(config.max_position_embeddings, config.hidden_size)
         different = proj_dim != config.hidden_size
-        self.project_in = ReplicatedLinear(proj_dim, config.hidden_size, bias=False) if different else None
-        self.project_out = ReplicatedLinear(config.hidden_size, proj_dim, bias=False) if different else None
+        self.project_in = ReplicatedLinear(proj_dim, config.hidden_size, bias=False, quant_config=quant_config,
+                                           prefix=maybe_prefix(prefix, "project_in")) if different else None
+        self.project_out = ReplicatedLinear(config.hidden_size, proj_dim, bias=False, quant_config=quant_config,
+                                            prefix=maybe_prefix(prefix, "project_out")) if different else None
         if config.do_layer_norm_before and not getattr(config, "_remove_final_layer_norm", False):
             affine = getattr(config, "layer_norm_elementwise_affine", True)
             self.final_layer_norm = LayerNorm(config.hidden_size, elementwise_affine=affine)
         else:
             self.final_layer_norm = None
-        self.layers = nn.ModuleList(OPTDecoderLayer(config, i, attn_backend) for i in range(config.num_hidden_layers))
+        self.layers = nn.ModuleList(OPTDecoderLayer(config, i, attn_backend, quant_config, maybe_prefix(prefix, f"layers.{i}"))
+                                    for i in range(config.num_hidden_layers))
 
     def forward(self, input_ids, positions, kv_caches, attn_metadata):
         embeds = self.embed_tokens(input_ids)
@@ -124,9 +133,9 @@ class OPTDecoder(nn.Module):
 
 
 class OPTModel(nn.Module):
-    def __init__(self, config: Any, attn_backend: AttentionBackend):
+    def __init__(self, config: Any, attn_backend: AttentionBackend, quant_config=None, prefix: str = ""):
         super().__init__()
-        self.decoder = OPTDecoder(config, attn_backend)
+        self.decoder = OPTDecoder(config, attn_backend, quant_config, maybe_prefix(prefix, "decoder"))
 
     def forward(self, input_ids, positions, kv_caches, attn_metadata):
         return self.decoder(input_ids, positions, kv_caches, attn_metadata)
@@ -134,11 +143,12 @@ class OPTModel(nn.Module):
 
 class OPTForCausalLM(nn.Module):
     stacked_params_mapping = [(".qkv_proj", ".q_proj", "q"), (".qkv_proj", ".k_proj", "k"), (".qkv_proj", ".v_proj", "v")]
+    packed_modules_mapping = packed_modules(stacked_params_mapping)
 
-    def __init__(self, hf_config: Any, attn_backend: AttentionBackend):
+    def __init__(self, hf_config: Any, attn_backend: AttentionBackend, quant_config=None, prefix: str = ""):
         super().__init__()
         self.config = hf_config
-        self.model = OPTModel(hf_config, attn_backend)
+        self.model = OPTModel(hf_config, attn_backend, quant_config, maybe_prefix(prefix, "model"))
         self.tie_word_embeddings = bool(getattr(hf_config, "tie_word_embeddings", True))
         if self.tie_word_embeddings:
             self.lm_head = self.model.decoder.embed_tokens
@@ -162,12 +172,16 @@ class OPTForCausalLM(nn.Module):
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return compute_logits(self.lm_head, hidden_states)
 
+    @staticmethod
+    def module_name(checkpoint_name: str) -> str:
+        """facebook/opt-* checkpoints name modules "decoder.*"; this model "model.decoder.*"."""
+        return checkpoint_name if checkpoint_name.startswith(("model.", "lm_head")) else "model." + checkpoint_name
+
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         params = dict(self.named_parameters())
         loaded: set[str] = set()
         for name, tensor in weights:
-            if not name.startswith(("model.", "lm_head.")):
-                name = "model." + name  # facebook/opt-* checkpoints store "decoder.*"
+            name = self.module_name(name)
             if self.tie_word_embeddings and name.startswith("lm_head."):
                 continue
             shard_id = None

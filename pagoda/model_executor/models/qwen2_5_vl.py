@@ -23,6 +23,8 @@ Invariants:
 - `load_weights` accepts the layout save_pretrained writes (also the hub's: `visual.*`, `model.*`,
   `lm_head.*`) and transformers 5 module names (`model.visual.*`, `model.language_model.*`); it
   returns this module's full parameter names. The top-level `tie_word_embeddings` decides tying.
+- With a `quant_config` only the text model is quantized (prefixes "language_model.model.layers.N...."),
+  the ViT stays unquantized; `module_name` maps checkpoint module names to this module's (skip lists).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from pagoda.model_executor.layers.layernorm import RMSNorm
 from pagoda.model_executor.layers.linear import default_weight_loader, load_named_weight, set_weight_attrs
 from pagoda.model_executor.layers.rotary import RotaryEmbedding, apply_rotary_emb, rope_settings
 from pagoda.model_executor.models.qwen2 import Qwen2Attention, Qwen2DecoderLayer, Qwen2ForCausalLM, Qwen2Model
+from pagoda.model_executor.models.utils import maybe_prefix
 
 logger = logging.getLogger(__name__)
 
@@ -265,8 +268,8 @@ class Qwen2_5_VLTextDecoderLayer(Qwen2DecoderLayer):
 class Qwen2_5_VLTextModel(Qwen2Model):
     layer_cls = Qwen2_5_VLTextDecoderLayer
 
-    def __init__(self, config: Any, attn_backend: AttentionBackend):
-        super().__init__(config, attn_backend)
+    def __init__(self, config: Any, attn_backend: AttentionBackend, quant_config=None, prefix: str = ""):
+        super().__init__(config, attn_backend, quant_config, prefix)
         rope = self.layers[0].self_attn.rotary_emb
         half = rope.rotary_dim // 2
         section = list(rope_settings(config).get("mrope_section") or [16, 24, 24])  # transformers' default
@@ -355,8 +358,9 @@ class Qwen2_5_VLForConditionalGeneration(nn.Module):
     supports_images = True
     uses_mrope = True
     mrope_positions = staticmethod(mrope_positions)
+    packed_modules_mapping = Qwen2ForCausalLM.packed_modules_mapping
 
-    def __init__(self, hf_config: Any, attn_backend: AttentionBackend):
+    def __init__(self, hf_config: Any, attn_backend: AttentionBackend, quant_config=None, prefix: str = ""):
         super().__init__()
         self.config = hf_config
         vision_config = hf_config.vision_config
@@ -371,7 +375,8 @@ class Qwen2_5_VLForConditionalGeneration(nn.Module):
         self.image_token_id = hf_config.image_token_id
         self.spatial_merge_size = vision_config.spatial_merge_size
         self.visual = Qwen2_5_VisionTransformer(vision_config)
-        self.language_model = Qwen2_5_VLTextForCausalLM(text_config, attn_backend)
+        self.language_model = Qwen2_5_VLTextForCausalLM(text_config, attn_backend, quant_config,
+                                                        maybe_prefix(prefix, "language_model"))
         self.kv_cache_spec = self.language_model.kv_cache_spec
 
     def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -413,6 +418,12 @@ class Qwen2_5_VLForConditionalGeneration(nn.Module):
         if name.startswith("model.") or name.startswith("lm_head."):  # save_pretrained / hub layout
             return "text", name
         return "skip", name
+
+    @classmethod
+    def module_name(cls, checkpoint_name: str) -> str:
+        """This module's name for a checkpoint module (or tensor) name of any layout `_route` reads."""
+        kind, target = cls._route(checkpoint_name)
+        return "language_model." + target if kind == "text" else target
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         own_params = {name: p for name, p in self.named_parameters() if not name.startswith("language_model.")}

@@ -17,8 +17,9 @@ from pagoda.model_executor.models.llama import LlamaAttention, LlamaDecoderLayer
 
 
 class Qwen3Attention(LlamaAttention):
-    def __init__(self, config: Any, layer_idx: int, attn_backend: AttentionBackend, rotary_emb: RotaryEmbedding):
-        super().__init__(config, layer_idx, attn_backend, rotary_emb)
+    def __init__(self, config: Any, layer_idx: int, attn_backend: AttentionBackend, rotary_emb: RotaryEmbedding,
+                 quant_config=None, prefix: str = ""):
+        super().__init__(config, layer_idx, attn_backend, rotary_emb, quant_config, prefix)
         self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
         self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
 

@@ -8,7 +8,11 @@ Invariants:
 
 Every registered class has this interface (embedding-only classes: no compute_logits, and a
 kv_cache_spec with num_layers == 0 when they keep no KV cache, as BERT):
-    __init__(hf_config, attn_backend: AttentionBackend)
+    __init__(hf_config, attn_backend: AttentionBackend, quant_config=None, prefix="")
+        (quant_config: a QuantizationConfig; the loader passes it only when the model is quantized, so
+        an out-of-tree class with the two-argument signature still serves unquantized models)
+    packed_modules_mapping: a CLASS attribute, {fused layer: [its checkpoint pieces]} (quantization skip lists);
+        optional `module_name(checkpoint_name) -> module name` where checkpoint names differ from module names
     forward(input_ids [T] int64, positions [T] int64, kv_caches: list[Tensor], attn_metadata)
         -> hidden states [T, H] after the final norm (what compute_logits takes)
     compute_logits(hidden [N, H]) -> logits [N, vocab_size] (only the rows given)
