@@ -139,14 +139,14 @@ def _profile_sampler(worker: "Worker", hidden: torch.Tensor) -> None:
 
 def check_weights_fit(worker: "Worker") -> None:
     """Before loading: the model's weights must fit in the memory budget (a clear error, not an OOM)."""
-    from pagoda.model_executor.model_loader.loader import _default_dtype
+    from pagoda.model_executor.model_loader.loader import _default_dtype, instantiate_model
     from pagoda.model_executor.models import ModelRegistry
 
     config = worker.config
     hf_config = config.model.hf_config
     model_cls = ModelRegistry.resolve_model_cls(list(getattr(hf_config, "architectures", None) or [config.model.architecture]))
-    with _default_dtype(config.model.torch_dtype), torch.device("meta"):
-        shell = model_cls(hf_config, worker.attn_backend)
+    with _default_dtype(config.model.torch_dtype), torch.device("meta"):  # quantized layers at their real sizes
+        shell = instantiate_model(model_cls, config.model, worker.attn_backend)
     weight_bytes = sum(p.numel() * p.element_size() for p in shell.parameters())
     free, total = torch.cuda.mem_get_info(worker.device)
     budget = min(free, total * config.cache.gpu_memory_utilization)
