@@ -460,3 +460,86 @@ def _calibrate(model, names: list[str], seed: int) -> dict:
     for hook in hooks:
         hook.remove()
     return amax
+
+
+AWQ_PACK_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)  # AutoAWQ: nibble i of a packed int32 holds column AWQ_PACK_ORDER[i]
+
+
+def make_awq_checkpoint(arch: str, folder: str, tokenizer_folder: str | None = None, *, group_size: int = 64,
+                        modules_to_not_convert: tuple | None = (), config_file: str = "config.json", seed: int = 0,
+                        **config_overrides) -> str:
+    """Write a tiny random `arch` model (make_checkpoint's) as an AWQ checkpoint to `folder`; return `folder`.
+
+    The format, as AutoAWQ's GEMM version stores it (vLLM's `quant_method: "awq"`), with a plain
+    min/max quantizer (no activation-aware scale search: the format is what matters here): every
+    nn.Linear but `lm_head` and those whose name contains an entry of `modules_to_not_convert` (AWQ's
+    substring rule) is replaced by `qweight` int32 [in, out / 8], `qzeros` int32 [in / G, out / 8] and
+    `scales` fp16 [in / G, out] (G = `group_size`, -1: the whole input). Per group of G input
+    channels and output channel j: s = (max - min) / 15 (at least 1e-5 / 15, rounded to fp16),
+    z = clamp(-round(min / s), 0, 15), q = clamp(round(w / s) + z, 0, 15), so w ≈ (q - z) · s. Eight
+    4-bit values are packed per int32 along the output in AutoAWQ's order (nibble i holds column
+    8c + AWQ_PACK_ORDER[i]). Biases and unquantized layers keep their float tensors.
+    `config_file="config.json"` writes `quantization_config` into config.json;
+    "quant_config.json" / "quantize_config.json" writes AutoAWQ's older file beside it instead
+    (`w_bit`, `q_group_size`, `zero_point`, `version: "GEMM"`).
+    """
+    import torch
+    from safetensors.torch import load_file, save_file
+    from torch import nn
+    from transformers import AutoModelForCausalLM
+
+    if config_file not in ("config.json", "quant_config.json", "quantize_config.json"):
+        raise ValueError(f"config_file must be config.json, quant_config.json or quantize_config.json, got {config_file!r}")
+    make_checkpoint(arch, folder, tokenizer_folder, dtype="float32", seed=seed, **config_overrides)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    skip = list(modules_to_not_convert or ())
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n != "lm_head"
+             and not any(s in n for s in skip)]
+    path = os.path.join(folder, "model.safetensors")
+    state = load_file(path)
+    for name in names:
+        state.update(_awq_quantize(name, state.pop(name + ".weight"), group_size))
+    save_file(state, path, metadata={"format": "pt"})
+    if config_file == "config.json":
+        with open(os.path.join(folder, "config.json")) as f:
+            config = json.load(f)
+        config["quantization_config"] = {"quant_method": "awq", "bits": 4, "group_size": group_size,
+                                         "zero_point": True, "version": "gemm",
+                                         "modules_to_not_convert": None if modules_to_not_convert is None else skip}
+        with open(os.path.join(folder, "config.json"), "w") as f:
+            json.dump(config, f, indent=2)
+    else:
+        with open(os.path.join(folder, config_file), "w") as f:
+            json.dump({"zero_point": True, "q_group_size": group_size, "w_bit": 4, "version": "GEMM",
+                       "modules_to_not_convert": skip or None}, f, indent=2)
+    return folder
+
+
+def _awq_quantize(name: str, weight, group_size: int) -> dict:
+    """{name.qweight, name.qzeros, name.scales} of an nn.Linear weight [out, in] (make_awq_checkpoint's quantizer)."""
+    import torch
+
+    w = weight.float().t()  # [in, out]: AWQ stores the transpose of nn.Linear's weight
+    rows, cols = w.shape
+    group = rows if group_size == -1 else group_size
+    if rows % group or cols % 8:
+        raise ValueError(f"{name}: [in, out] = [{rows}, {cols}] does not fit group size {group} and 8 values per int32")
+    grouped = w.reshape(rows // group, group, cols)
+    w_max, w_min = grouped.amax(dim=1), grouped.amin(dim=1)
+    scales = ((w_max - w_min).clamp(min=1e-5) / 15).to(torch.float16)
+    s = scales.float()
+    zeros = (-torch.round(w_min / s)).clamp(0, 15)
+    q = (torch.round(grouped / s.unsqueeze(1)) + zeros.unsqueeze(1)).clamp(0, 15).reshape(rows, cols)
+    return {f"{name}.qweight": _awq_pack(q), f"{name}.qzeros": _awq_pack(zeros), f"{name}.scales": scales.contiguous()}
+
+
+def _awq_pack(values):
+    """[R, 8 · C] values 0..15 -> [R, C] int32, AutoAWQ's order: column 8c + AWQ_PACK_ORDER[i] into bits 4i..4i+3."""
+    import torch
+
+    v = values.to(torch.int64)
+    packed = torch.zeros(v.shape[0], v.shape[1] // 8, dtype=torch.int64)
+    for c in range(packed.shape[1]):
+        for i, column in enumerate(AWQ_PACK_ORDER):
+            packed[:, c] |= v[:, 8 * c + column] << (4 * i)
+    return torch.where(packed >= 2**31, packed - 2**32, packed).to(torch.int32)

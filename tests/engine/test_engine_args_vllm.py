@@ -53,7 +53,7 @@ def test_not_supported_yet_names_keyword_and_flag(opt, llama_dir):
 
 @pytest.mark.parametrize("kwargs, flag", [
     ({"enable_lora": True}, "--enable-lora"),
-    ({"quantization": "awq"}, "--quantization"),
+    ({"quantization": "bitsandbytes"}, "--quantization"),
     ({"speculative_config": {"method": "eagle3", "model": "some/eagle", "num_speculative_tokens": 3}},
      "--speculative-config"),
     ({"speculative_model": "/models/draft", "num_speculative_tokens": 3, "speculative_model_quantization": "awq"},

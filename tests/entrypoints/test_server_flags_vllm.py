@@ -148,7 +148,7 @@ def test_default_values_of_unimplemented_flags_are_fine(model_dir):
     (["--enable-lora"], "--enable-lora"),
     (["--max-loras", "4"], "--max-loras"),
     (["--lora-modules", "sql=/loras/sql"], "--lora-modules"),
-    (["-q", "awq"], "--quantization"),
+    (["-q", "bitsandbytes"], "--quantization"),
     (["--kv-cache-dtype", "fp8"], "--kv-cache-dtype"),
     (["--cpu-offload-gb", "8"], "--cpu-offload-gb"),
     (["--speculative-config", '{"method": "eagle", "model": "some/eagle", "num_speculative_tokens": 4}'],

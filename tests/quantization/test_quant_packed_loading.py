@@ -67,3 +67,18 @@ def test_row_parallel_packed_along_the_input_and_grouped_scales():
     scales = torch.rand(8, 32)
     layer.scales.weight_loader(layer.scales, scales)
     assert torch.equal(layer.scales, scales)
+
+
+def test_packed_integers_and_floats_are_never_cast_into_each_other():
+    import torch
+
+    from pagoda.model_executor.layers.weight_loading import default_weight_loader
+
+    packed = torch.nn.Parameter(torch.zeros(4, 2, dtype=torch.int32), requires_grad=False)
+    with pytest.raises(ValueError, match="torch.float16 but this parameter holds torch.int32"):
+        default_weight_loader(packed, torch.zeros(4, 2, dtype=torch.float16))
+    scales = torch.nn.Parameter(torch.zeros(4, 2, dtype=torch.float16), requires_grad=False)
+    with pytest.raises(ValueError, match="torch.int32 but this parameter holds torch.float16"):
+        default_weight_loader(scales, torch.zeros(4, 2, dtype=torch.int32))
+    default_weight_loader(packed, torch.ones(4, 2, dtype=torch.int32))
+    assert int(packed.sum()) == 8

@@ -28,8 +28,8 @@ def config(**attrs):
 
 
 def test_method_names_are_vllms():
-    assert list(SUPPORTED_METHODS) == ["fp8"]
-    for name in ("awq", "gptq", "compressed-tensors", "bitsandbytes", "gguf", "modelopt", "awq_marlin", "gptq_marlin"):
+    assert list(SUPPORTED_METHODS) == ["fp8", "awq"]
+    for name in ("gptq", "compressed-tensors", "bitsandbytes", "gguf", "modelopt", "awq_marlin", "gptq_marlin"):
         assert name in NOT_YET_METHODS
     assert len(set(QUANTIZATION_METHODS)) == len(QUANTIZATION_METHODS)
 
@@ -55,8 +55,7 @@ def test_other_places_a_checkpoint_names_its_method(tmp_path):
     os.remove(tmp_path / "quantize_config.json")
     (tmp_path / "quant_config.json").write_text(json.dumps({"zero_point": True, "q_group_size": 128, "w_bit": 4,
                                                             "version": "GEMM"}))
-    with pytest.raises(ValueError, match="'awq'.*not supported yet"):
-        resolve_quantization(None, config(), str(tmp_path))
+    assert resolve_quantization(None, config(), str(tmp_path))[0] == "awq"
 
 
 def test_mismatch_names_both_fields():
@@ -68,8 +67,8 @@ def test_mismatch_names_both_fields():
 
 
 @pytest.mark.parametrize("user, needle", [
-    ("int3", "is not a quantization method; supported: ['fp8']"),
-    ("awq", "is not supported yet"),
+    ("int3", "is not a quantization method; supported: ['fp8', 'awq']"),
+    ("gptq", "is not supported yet"),
     ("compressed_tensors", "is not supported yet"),  # vLLM's other spelling of compressed-tensors
     ("bitsandbytes", "is not supported yet"),
 ])
@@ -116,14 +115,14 @@ def test_engine_arguments(fp8_checkpoint, float_checkpoint, edited_checkpoint):
     model = EngineArgs(model=float_checkpoint("LlamaForCausalLM"), device="cpu", quantization="fp8").create_config().model
     assert (model.quantization, model.quantization_config) == ("fp8", None)
     assert EngineArgs(model=float_checkpoint("LlamaForCausalLM"), device="cpu").create_config().model.quantization is None
-    with pytest.raises(ValueError, match=r"quantization='awq' \(--quantization, -q\) is not supported yet"):
-        EngineArgs(model=folder, quantization="awq").check_options()  # before any folder is read
-    awq = edited_checkpoint(float_checkpoint("LlamaForCausalLM"), edit_config=lambda c: c.update(
-        quantization_config={"quant_method": "awq", "bits": 4, "group_size": 128, "zero_point": True}))
-    with pytest.raises(ValueError, match="quantization='fp8' .* does not match the checkpoint's method 'awq'"):
-        LLM(awq, quantization="fp8")
-    with pytest.raises(ValueError, match="quantized with 'awq'.* not supported yet"):
-        LLM(awq)
+    with pytest.raises(ValueError, match=r"quantization='bitsandbytes' \(--quantization, -q\) is not supported yet"):
+        EngineArgs(model=folder, quantization="bitsandbytes").check_options()  # before any folder is read
+    bnb = edited_checkpoint(float_checkpoint("LlamaForCausalLM"), edit_config=lambda c: c.update(
+        quantization_config={"quant_method": "bitsandbytes", "load_in_4bit": True}))
+    with pytest.raises(ValueError, match="quantization='fp8' .* does not match the checkpoint's method 'bitsandbytes'"):
+        LLM(bnb, quantization="fp8")
+    with pytest.raises(ValueError, match="quantized with 'bitsandbytes'.* not supported yet"):
+        LLM(bnb)
 
 
 def test_quantization_flag(fp8_checkpoint):
