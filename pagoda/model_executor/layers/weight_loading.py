@@ -36,8 +36,13 @@ _FP8_DTYPES = tuple(getattr(torch, name) for name in ("float8_e4m3fn", "float8_e
 
 def check_dtype(param: torch.Tensor, loaded_weight: torch.Tensor) -> None:
     """ValueError unless the tensor may be copied into the parameter: FP8 only into the same FP8 dtype,
-    and nothing else into FP8 (a cast would drop the checkpoint's scales, or invent none)."""
+    nothing else into FP8 (a cast would drop the checkpoint's scales, or invent none), and integers (packed
+    int4 words) only into integer parameters and the reverse."""
     fp8_param, fp8_loaded = param.dtype in _FP8_DTYPES, loaded_weight.dtype in _FP8_DTYPES
+    int_param, int_loaded = not param.dtype.is_floating_point, not loaded_weight.dtype.is_floating_point
+    if int_param != int_loaded:
+        raise ValueError(f"the checkpoint tensor is {loaded_weight.dtype} but this parameter holds {param.dtype}: "
+                         "packed integer weights and float tensors are never cast into each other")
     if fp8_param == fp8_loaded and (not fp8_param or param.dtype == loaded_weight.dtype):
         return
     if fp8_loaded and not fp8_param:
