@@ -79,3 +79,11 @@ def test_dummy_weights_for_an_awq_checkpoint(awq, prompt_ids):
     assert len(out.outputs[0].token_ids) == 4
     assert all(torch.isfinite(torch.tensor(lp[t].logprob)) for lp, t in zip(out.outputs[0].logprobs,
                                                                             out.outputs[0].token_ids))
+
+
+def test_dummy_weights_are_deterministic_for_packed_layers(awq):
+    """Packed integer parameters get zeros under load_format="dummy" (torch.empty before: any bits)."""
+    llm = LLM(awq("LlamaForCausalLM", group_size=64), dtype="float32", load_format="dummy", max_model_len=64)
+    model = llm.llm_engine.core.executor.worker.model
+    packed = [p for name, p in model.named_parameters() if name.endswith(("qweight", "qzeros"))]
+    assert packed and all(int(p.abs().sum()) == 0 for p in packed)

@@ -100,7 +100,8 @@ def iterate_weights(files: list[str], use_safetensors: bool, device: torch.devic
 
 @torch.no_grad()
 def initialize_dummy_weights(model: nn.Module, seed: int = 0, low: float = -1e-3, high: float = 1e-3) -> None:
-    """Fill every parameter with small uniform values (finite activations, deterministic per seed)."""
+    """Fill every float parameter with small uniform values (finite activations, deterministic per seed) and
+    every integer one (packed quantized weights) with zeros."""
     generators: dict[torch.device, torch.Generator] = {}
     for _, param in sorted(model.named_parameters(), key=lambda item: item[0]):
         gen = generators.get(param.device)
@@ -115,3 +116,5 @@ def initialize_dummy_weights(model: nn.Module, seed: int = 0, low: float = -1e-3
                 param.uniform_(low, high, generator=gen)
             else:  # fp8: the full range, which its scales map to U(low, high)
                 param.copy_(torch.empty(param.shape, device=param.device).uniform_(-_FP8_MAX, _FP8_MAX, generator=gen))
+        else:  # packed integer weights, zero points, group indices: zeros are valid in every format
+            param.zero_()
