@@ -543,3 +543,109 @@ def _awq_pack(values):
         for i, column in enumerate(AWQ_PACK_ORDER):
             packed[:, c] |= v[:, 8 * c + column] << (4 * i)
     return torch.where(packed >= 2**31, packed - 2**32, packed).to(torch.int32)
+
+
+def make_gptq_checkpoint(arch: str, folder: str, tokenizer_folder: str | None = None, *, bits: int = 4,
+                         group_size: int = 32, desc_act: bool = False, sym: bool = True,
+                         checkpoint_format: str = "gptq", modules_to_not_convert: tuple = (),
+                         config_file: str = "config.json", seed: int = 0, **config_overrides) -> str:
+    """Write a tiny random `arch` model (make_checkpoint's) as a GPTQ checkpoint to `folder`; return `folder`.
+
+    The format, as AutoGPTQ stores it (vLLM's `quant_method: "gptq"`), with round-to-nearest per group
+    (no Hessian update: the format is what matters here): every nn.Linear but `lm_head` and those whose
+    name contains an entry of `modules_to_not_convert` is replaced by `qweight` int32 [in / pack, out]
+    (packed along the input, value i of a word in bits [bits · i, bits · (i + 1))), `qzeros` int32
+    [groups, out / pack] (packed along the output), `scales` fp16 [groups, out] and `g_idx` int32 [in].
+    maxq = 2^bits - 1; per group and output column: asymmetric s = (max - min) / maxq,
+    z = clamp(round(-min / s), 1, maxq) (at least 1: v1 stores z - 1, which must not be negative);
+    symmetric s = 2 · max|w| / maxq, z = (maxq + 1) / 2; q = clamp(round(w / s) + z, 0, maxq).
+    v1 (`checkpoint_format="gptq"`) stores z - 1, "gptq_v2" stores z. Without `desc_act`
+    g_idx[i] = i // G; with it a random permutation (one per input: q/k/v share one, gate/up another,
+    as AutoGPTQ's shared Hessian gives) assigns groups: the k-th row of the order is in group k // G.
+    `config_file` "config.json" writes `quantization_config`; "quantize_config.json" AutoGPTQ's file.
+    """
+    import torch
+    from safetensors.torch import load_file, save_file
+    from torch import nn
+    from transformers import AutoModelForCausalLM
+
+    if config_file not in ("config.json", "quantize_config.json"):
+        raise ValueError(f"config_file must be config.json or quantize_config.json, got {config_file!r}")
+    make_checkpoint(arch, folder, tokenizer_folder, dtype="float32", seed=seed, **config_overrides)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    skip = list(modules_to_not_convert or ())
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n != "lm_head"
+             and not any(s in n for s in skip)]
+    path = os.path.join(folder, "model.safetensors")
+    state = load_file(path)
+    generator = torch.Generator().manual_seed(seed + 1)
+    orders: dict[str, torch.Tensor] = {}
+    for name in names:
+        weight = state.pop(name + ".weight")
+        order = None
+        if desc_act:  # modules reading the same input (all but o_proj / down_proj of a block) share an order
+            key = name if name.endswith(("o_proj", "down_proj")) else name.rsplit(".", 1)[0]
+            order = orders.setdefault(key, torch.randperm(weight.shape[1], generator=generator))
+        state.update(_gptq_quantize(name, weight, bits, group_size, sym, checkpoint_format, order))
+    save_file(state, path, metadata={"format": "pt"})
+    quant = {"bits": bits, "group_size": group_size, "desc_act": desc_act, "sym": sym,
+             "checkpoint_format": checkpoint_format, **({"modules_to_not_convert": skip} if skip else {})}
+    if config_file == "config.json":
+        with open(os.path.join(folder, "config.json")) as f:
+            config = json.load(f)
+        config["quantization_config"] = {"quant_method": "gptq", **quant}
+        with open(os.path.join(folder, "config.json"), "w") as f:
+            json.dump(config, f, indent=2)
+    else:
+        with open(os.path.join(folder, config_file), "w") as f:
+            json.dump(quant, f, indent=2)
+    return folder
+
+
+def _gptq_quantize(name: str, weight, bits: int, group_size: int, sym: bool, checkpoint_format: str, order) -> dict:
+    """{name.qweight, .qzeros, .scales, .g_idx} of an nn.Linear weight [out, in] (make_gptq_checkpoint's quantizer)."""
+    import torch
+
+    w = weight.float().t()  # [in, out]: GPTQ stores the transpose of nn.Linear's weight
+    rows, cols = w.shape
+    group = rows if group_size == -1 else group_size
+    pack, maxq = 32 // bits, (1 << bits) - 1
+    if rows % group or rows % pack or cols % pack:
+        raise ValueError(f"{name}: [in, out] = [{rows}, {cols}] does not fit group size {group} and {pack} values "
+                         "per int32")
+    g_idx = torch.arange(rows) // group
+    if order is not None:
+        g_idx = torch.empty(rows, dtype=torch.int64)
+        g_idx[order] = torch.arange(rows) // group
+    groups = rows // group
+    scales = torch.empty(groups, cols)
+    zeros = torch.empty(groups, cols)
+    for g in range(groups):
+        block = w[g_idx == g]
+        if sym:
+            s = (2 * block.abs().amax(dim=0) / maxq).clamp(min=1e-5)
+            z = torch.full((cols,), float((maxq + 1) // 2))
+        else:
+            w_max, w_min = block.amax(dim=0), block.amin(dim=0)
+            s = ((w_max - w_min) / maxq).clamp(min=1e-5)
+            z = None
+        scales[g] = s.to(torch.float16).float()
+        zeros[g] = z if z is not None else (-torch.round(w_min / scales[g])).clamp(1, maxq)
+    q = (torch.round(w / scales[g_idx]) + zeros[g_idx]).clamp(0, maxq)
+    stored = zeros - (1 if checkpoint_format == "gptq" else 0)
+    return {f"{name}.qweight": _gptq_pack(q, bits, dim=0), f"{name}.qzeros": _gptq_pack(stored, bits, dim=1),
+            f"{name}.scales": scales.to(torch.float16).contiguous(), f"{name}.g_idx": g_idx.to(torch.int32)}
+
+
+def _gptq_pack(values, bits: int, dim: int):
+    """Integers 0 .. 2^bits - 1 -> int32 packed along `dim`: value i of each run of 32 / bits into bits [bits · i, ...)."""
+    import torch
+
+    pack = 32 // bits
+    v = values.to(torch.int64)
+    v = v.t() if dim == 1 else v
+    packed = torch.zeros(v.shape[0] // pack, v.shape[1], dtype=torch.int64)
+    for i in range(pack):
+        packed |= v[i::pack] << (bits * i)
+    packed = packed.t() if dim == 1 else packed
+    return torch.where(packed >= 2**31, packed - 2**32, packed).to(torch.int32).contiguous()

@@ -28,8 +28,8 @@ def config(**attrs):
 
 
 def test_method_names_are_vllms():
-    assert list(SUPPORTED_METHODS) == ["fp8", "awq"]
-    for name in ("gptq", "compressed-tensors", "bitsandbytes", "gguf", "modelopt", "awq_marlin", "gptq_marlin"):
+    assert list(SUPPORTED_METHODS) == ["fp8", "awq", "gptq"]
+    for name in ("compressed-tensors", "bitsandbytes", "gguf", "modelopt", "awq_marlin", "gptq_marlin"):
         assert name in NOT_YET_METHODS
     assert len(set(QUANTIZATION_METHODS)) == len(QUANTIZATION_METHODS)
 
@@ -49,9 +49,7 @@ def test_other_places_a_checkpoint_names_its_method(tmp_path):
     vlm = config(text_config=config(quantization_config=dict(FP8)))
     assert resolve_quantization(None, vlm, None)[0] == "fp8"
     (tmp_path / "quantize_config.json").write_text(json.dumps({"bits": 4, "group_size": 128, "desc_act": False}))
-    with pytest.raises(ValueError, match=r"quantized with 'gptq' \(quantize_config.json.quant_method\), which is not "
-                                         r"supported yet"):
-        resolve_quantization(None, config(), str(tmp_path))
+    assert resolve_quantization(None, config(), str(tmp_path))[0] == "gptq"
     os.remove(tmp_path / "quantize_config.json")
     (tmp_path / "quant_config.json").write_text(json.dumps({"zero_point": True, "q_group_size": 128, "w_bit": 4,
                                                             "version": "GEMM"}))
@@ -67,8 +65,8 @@ def test_mismatch_names_both_fields():
 
 
 @pytest.mark.parametrize("user, needle", [
-    ("int3", "is not a quantization method; supported: ['fp8', 'awq']"),
-    ("gptq", "is not supported yet"),
+    ("int3", "is not a quantization method; supported: ['fp8', 'awq', 'gptq']"),
+    ("gguf", "is not supported yet"),
     ("compressed_tensors", "is not supported yet"),  # vLLM's other spelling of compressed-tensors
     ("bitsandbytes", "is not supported yet"),
 ])
@@ -81,7 +79,7 @@ def test_user_names_unknown_or_not_yet(user, needle):
 @pytest.mark.parametrize("quant, needle", [
     ({"quant_method": "quanto"}, "quant_method='quanto' is not a quantization method"),
     ({"bits": 4}, r"quantization_config.quant_method is required"),
-    ({"quant_method": "gptq", "bits": 4}, "'gptq'.*not supported yet"),
+    ({"quant_method": "bitsandbytes", "bits": 4}, "'bitsandbytes'.*not supported yet"),
     ({"quant_method": "compressed-tensors"}, "'compressed-tensors'.*not supported yet"),
     ({"producer": {"name": "modelopt"}, "quantization": {"quant_algo": "FP8"}}, "'modelopt'.*not supported yet"),
     ({"quant_method": "fp8"}, r"quantization_config.activation_scheme is required"),

@@ -4,7 +4,7 @@ Entry points: `resolve_quantization(user, hf_config, model_path)` (engine argume
 with which checkpoint config), `build_quant_config(method, config)` (the loader: the
 QuantizationConfig whose `get_linear_method(layer, prefix)` every linear layer asks), and
 `QUANTIZATION_METHODS` / `SUPPORTED_METHODS`. Importing this package imports no torch; the configs
-themselves (base_config.py, fp8.py, awq.py) do.
+themselves (base_config.py, fp8.py, awq.py, gptq.py) do.
 """
 
 from pagoda.model_executor.layers.quantization.registry import (
