@@ -43,12 +43,8 @@ from typing import Any
 
 from pagoda import config as cfg
 from pagoda import engine_args_compat as compat
-from pagoda.spec_decode.args import (
-    LEGACY_SPECULATIVE_FLAGS,
-    SPECULATIVE_KEYS,
-    build_speculative_config,
-    option_namer,
-)
+from pagoda.spec_decode.args import LEGACY_SPECULATIVE_FLAGS, SPECULATIVE_KEYS, build_speculative_config
+from pagoda.spec_decode.draft_config import with_draft_model
 from pagoda import hf_utils
 from pagoda.pooling_params import (
     PoolerConfig,
@@ -255,7 +251,7 @@ class EngineArgs(compat.VllmCompatArgs):
                 raise ValueError("speculative decoding (--speculative-config, --speculative-model) is not supported "
                                  f"yet for vision-language models ({model_config.architecture})")
         if speculative is not None and speculative.method == "draft_model":
-            speculative = self._with_draft_model(speculative, model_config, device)
+            speculative = with_draft_model(self, speculative, model_config, device)
         async_scheduling = self.async_scheduling
         if speculative is not None and speculative.method == "ngram" and async_scheduling:
             logger.info("async scheduling is off: the n-gram proposer drafts from the tokens on the host, which "
@@ -282,46 +278,6 @@ class EngineArgs(compat.VllmCompatArgs):
             speculative=speculative,
             structured_outputs=self.create_structured_outputs_config(),
         )
-
-    def _with_draft_model(self, speculative: cfg.SpeculativeConfig, target: cfg.ModelConfig,
-                          device: str) -> cfg.SpeculativeConfig:
-        """`speculative` (method "draft_model") with the draft's folder resolved, its ModelConfig built the way the
-        target's is (offline, the target's dtype) and checked against the target (ValueError naming the option)."""
-        name = option_namer(self.speculative_config)
-        given = speculative.model
-        draft_args = dataclasses.replace(
-            self, model=given, tokenizer=given, revision=None, tokenizer_revision=None, dtype=target.dtype_name,
-            max_model_len=None, served_model_name=None, hf_overrides={}, rope_scaling={}, rope_theta=None,
-            task="auto", runner="auto", convert="auto", generation_config="none", override_generation_config={},
-            override_pooler_config={}, pooler_config={}, speculative_config=None, quantization=None,
-            **{flag: None for flag in LEGACY_SPECULATIVE_FLAGS})
-        try:
-            draft = draft_args._model_config(device)
-        except ValueError as exc:
-            raise ValueError(f"the draft model of {name('model')}: {exc}") from None
-        from pagoda.model_executor.models import ModelRegistry
-
-        architectures = list(getattr(draft.hf_config, "architectures", None) or [])
-        if not any(ModelRegistry.is_supported(arch) for arch in architectures):
-            raise ValueError(f"{name('model')}: the draft model {given!r} has architectures {architectures}, which "
-                             f"Pagoda does not run; supported: {ModelRegistry.get_supported_archs()}")
-        if draft.runner_type != "generate":
-            raise ValueError(f"{name('model')}: the draft model {given!r} ({draft.architecture}) is an embedding "
-                             "(pooling) model; a draft model must be a generative decoder with an LM head")
-        draft_vocab, target_vocab = getattr(draft.hf_config, "vocab_size", None), getattr(target.hf_config,
-                                                                                        "vocab_size", None)
-        if draft_vocab != target_vocab:
-            raise ValueError(f"{name('model')}: the draft model {given} has a vocabulary of {draft_vocab} tokens, the "
-                             f"target model {target_vocab}; speculative decoding needs the same vocabulary (tokenizer)")
-        limit = speculative.max_model_len or target.max_model_len  # the user's is <= the target's (checked)
-        draft_len = min(limit, draft.max_model_len)  # draft.max_model_len: the draft's own position limit
-        if draft_len < limit:
-            logger.info("speculative decoding: no drafts past %d tokens, the draft model's limit (the target "
-                        "serves up to %d)", draft_len, target.max_model_len)
-        draft = dataclasses.replace(draft, max_model_len=draft_len)
-        spec_len = draft_len if draft_len < target.max_model_len else speculative.max_model_len
-        return dataclasses.replace(speculative, model=draft.model_path, max_model_len=spec_len,
-                                   draft_model_config=draft)
 
     def _check_choices(self) -> None:
         for f in dataclasses.fields(self):

@@ -75,7 +75,7 @@ def reference_model(folder: str, swap: tuple[str, str] | None = None):
 
 def awq_checkpoint(tmp_path_factory, tok_dir: str, arch: str = "LlamaForCausalLM", **kwargs) -> str:
     """make_awq_checkpoint(arch, ..., **kwargs), built once per arguments for the whole session."""
-    from pagoda.tiny_models import make_awq_checkpoint
+    from pagoda.tiny_quantized_models import make_awq_checkpoint
 
     key = (arch, tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in kwargs.items())))
     if key not in _made:

@@ -1,5 +1,5 @@
 """Fixtures for quantization tests: the session's tokenizer, tiny float and FP8 checkpoints built on
-demand (pagoda.tiny_models), prompts, and a one-thread torch (on a 2-core machine shared with other
+demand (pagoda.tiny_quantized_models), prompts, and a one-thread torch (on a 2-core machine shared with other
 work, two OpenMP threads make tiny matmuls ~100x slower)."""
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ import shutil
 import pytest
 import torch
 
-from pagoda.tiny_models import make_checkpoint, make_fp8_checkpoint, train_tokenizer
+from pagoda.tiny_models import make_checkpoint, train_tokenizer
+from pagoda.tiny_quantized_models import make_fp8_checkpoint
 
 PROMPTS = ["import os", "def main():\n    return", "class Foo(object):\n    def __init__(self, x):", "x = 1"]
 

@@ -62,7 +62,7 @@ def reference_model(folder: str, swap: tuple[str, str] | None = None):
 
 def gptq_checkpoint(tmp_path_factory, tok_dir: str, arch: str = "LlamaForCausalLM", **kwargs) -> str:
     """make_gptq_checkpoint(arch, ..., **kwargs), built once per arguments for the whole session."""
-    from pagoda.tiny_models import make_gptq_checkpoint
+    from pagoda.tiny_quantized_models import make_gptq_checkpoint
 
     key = (arch, tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in kwargs.items())))
     if key not in _made:

@@ -1,6 +1,6 @@
 """AWQ int4 math (awq_utils.py) against the format's description: AutoAWQ's packing order on a hand-made value,
 pack / unpack round trips (incl. int32s with bit 31 set), dequantization with groups and zero points against
-the independent reference (awq_reference.py) and tiny_models' packer, and AwqLinearMethod in real layers
+the independent reference (awq_reference.py) and tiny_quantized_models' packer, and AwqLinearMethod in real layers
 (plain, fused qkv / gate_up pieces, row-parallel), in fp32 and fp16."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pagoda.model_executor.layers.quantization.awq_utils import (
     pack_int4,
     unpack_int4,
 )
-from pagoda.tiny_models import _awq_pack
+from pagoda.tiny_quantized_models import _awq_pack
 
 
 def random_awq(k: int, n: int, group: int, gen: torch.Generator) -> dict:
@@ -43,7 +43,7 @@ def test_round_trip_and_agreement_with_the_other_packers():
     packed = pack_int4(values)
     assert packed.dtype == torch.int32 and packed.shape == (24, 8) and bool((packed < 0).any())
     assert torch.equal(unpack_int4(packed), values.to(torch.int32))
-    assert torch.equal(_awq_pack(values), packed)  # tiny_models' checkpoint writer
+    assert torch.equal(_awq_pack(values), packed)  # tiny_quantized_models' checkpoint writer
     assert torch.equal(reference_unpack(packed), values)  # the test reference
     bits = torch.randint(-2**31, 2**31 - 1, (5, 3), dtype=torch.int32, generator=gen)
     assert torch.equal(pack_int4(unpack_int4(bits)), bits)
