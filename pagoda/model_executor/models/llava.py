@@ -22,7 +22,6 @@ Invariants:
 
 from __future__ import annotations
 
-import logging
 from typing import Any, Iterable
 
 import torch
@@ -30,12 +29,9 @@ from torch import nn
 
 from pagoda.attention.backend import AttentionBackend, AttentionMetadata
 from pagoda.model_executor.layers.activation import get_act_fn
-from pagoda.model_executor.layers.linear import load_named_weight
 from pagoda.model_executor.models.clip import CLIPVisionModel, get_clip_act
 from pagoda.model_executor.models.llama import LlamaForCausalLM
-from pagoda.model_executor.models.utils import maybe_prefix
-
-logger = logging.getLogger(__name__)
+from pagoda.model_executor.models.utils import load_routed_weights, maybe_prefix
 
 # text_config.model_type -> (text model class, its architecture name); all share LlamaForCausalLM's interface,
 # weight names and `inputs_embeds`
@@ -181,24 +177,4 @@ class LlavaForConditionalGeneration(nn.Module):
         return "language_model." + target if kind == "text" else target
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
-        own_params = {
-            name: p
-            for name, p in self.named_parameters()
-            if not name.startswith("language_model.")  # vision tower, projector (and subclasses' own parameters)
-        }
-        loaded: set[str] = set()
-
-        def text_weights():
-            # Vision and projector tensors are loaded as they stream past; text ones go on.
-            for name, tensor in weights:
-                kind, target = self._route(name)
-                if kind == "text":
-                    yield target, tensor
-                elif kind == "own":
-                    load_named_weight(own_params, target, tensor, loaded)
-                else:
-                    logger.debug("skipping checkpoint tensor %s: no such parameter", name)
-
-        text_loaded = self.language_model.load_weights(text_weights())
-        loaded.update("language_model." + name for name in text_loaded)
-        return loaded
+        return load_routed_weights(self, weights)

@@ -30,7 +30,6 @@ Invariants:
 from __future__ import annotations
 
 import copy
-import logging
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
@@ -43,12 +42,10 @@ from pagoda.attention.backend import AttentionBackend, AttentionMetadata
 from pagoda.kernels.rope_cache import rope_inv_freq
 from pagoda.model_executor.layers.activation import get_act_fn
 from pagoda.model_executor.layers.layernorm import RMSNorm
-from pagoda.model_executor.layers.linear import default_weight_loader, load_named_weight, set_weight_attrs
+from pagoda.model_executor.layers.linear import default_weight_loader, set_weight_attrs
 from pagoda.model_executor.layers.rotary import RotaryEmbedding, apply_rotary_emb, rope_settings
 from pagoda.model_executor.models.qwen2 import Qwen2Attention, Qwen2DecoderLayer, Qwen2ForCausalLM, Qwen2Model
-from pagoda.model_executor.models.utils import maybe_prefix
-
-logger = logging.getLogger(__name__)
+from pagoda.model_executor.models.utils import load_routed_weights, maybe_prefix
 
 # ---- vision encoder -----------------------------------------------------------------------------
 
@@ -426,19 +423,4 @@ class Qwen2_5_VLForConditionalGeneration(nn.Module):
         return "language_model." + target if kind == "text" else target
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
-        own_params = {name: p for name, p in self.named_parameters() if not name.startswith("language_model.")}
-        loaded: set[str] = set()
-
-        def text_weights():
-            for name, tensor in weights:
-                kind, target = self._route(name)
-                if kind == "text":
-                    yield target, tensor
-                elif kind == "own":
-                    load_named_weight(own_params, target, tensor, loaded)
-                else:
-                    logger.debug("skipping checkpoint tensor %s: no such parameter", name)
-
-        text_loaded = self.language_model.load_weights(text_weights())
-        loaded.update("language_model." + name for name in text_loaded)
-        return loaded
+        return load_routed_weights(self, weights)
