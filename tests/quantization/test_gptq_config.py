@@ -64,3 +64,17 @@ def test_g_idx_out_of_range_and_missing(gptq_llama, edited_checkpoint):
     folder = edited_checkpoint(gptq_llama, lambda s: s.pop(LAYER0 + "self_attn.o_proj.g_idx"))
     with pytest.raises(ValueError, match=rf"lacks 1 weight\(s\).*'{LAYER0}self_attn.o_proj.g_idx'"):
         LLM(folder, dtype="float32", max_model_len=64)
+
+
+def test_fused_pieces_must_share_their_g_idx(gptq_llama, edited_checkpoint):
+    """q, k and v (gate and up) read the same input, so one g_idx serves the fused layer: pieces that disagree
+    are refused by name (the last piece's used to win)."""
+    def permute_k(state):
+        name = LAYER0 + "self_attn.k_proj.g_idx"
+        state[name] = state[name].flip(0).contiguous()
+
+    folder = edited_checkpoint(gptq_llama, permute_k)
+    # whichever of q and k loads second is named (the file's order)
+    with pytest.raises(ValueError, match=rf"checkpoint tensor '{LAYER0}self_attn.[qk]_proj.g_idx': piece '[qk]' of "
+                                         rf"{LAYER0}self_attn.qkv_proj differs from its pieces"):
+        LLM(folder, dtype="float32", max_model_len=64)

@@ -224,7 +224,12 @@ class ColumnParallelLinear(LinearBase):
         """Checkpoint piece `index` (a whole unsharded tensor of that piece) into its place in `param`."""
         if getattr(param, "per_piece", False):
             load_piece_value(param, loaded, index)
-        elif getattr(param, "output_dim", None) is None:
+        elif getattr(param, "output_dim", None) is None:  # one tensor for the whole layer (e.g. GPTQ's g_idx)
+            if self.shard_ids and param.loaded_shards and param.shape == loaded.shape and not torch.equal(
+                    param.data, loaded.to(param.device, param.dtype)):
+                raise ValueError(f"piece {self.shard_ids[index]!r} of {self.prefix or 'the fused layer'} differs from "
+                                 f"its pieces {sorted(map(str, param.loaded_shards))}: the fused layer holds one such "
+                                 "tensor, so every piece must give the same")
             default_weight_loader(param, loaded)
         else:
             offset, size, rank = self._piece_rows(index)
