@@ -15,6 +15,30 @@ import os
 
 from pagoda.tiny_models import make_checkpoint
 
+
+def _float_linears(arch: str, folder: str, tokenizer_folder: str | None, seed: int, overrides: dict, skipped):
+    """Write make_checkpoint's float32 model to `folder`; (the transformers model, the names of its nn.Linear
+    layers to quantize: all but lm_head and those `skipped(name)` says, the safetensors path, its tensors)."""
+    import torch
+    from safetensors.torch import load_file
+    from torch import nn
+    from transformers import AutoModelForCausalLM
+
+    make_checkpoint(arch, folder, tokenizer_folder, dtype="float32", seed=seed, **overrides)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n != "lm_head" and not skipped(n)]
+    path = os.path.join(folder, "model.safetensors")
+    return model, names, path, load_file(path)
+
+
+def _write_quantization_config(folder: str, quantization_config: dict) -> None:
+    """Add `quantization_config` to the folder's config.json."""
+    with open(os.path.join(folder, "config.json")) as f:
+        config = json.load(f)
+    config["quantization_config"] = quantization_config
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump(config, f, indent=2)
+
 FP8_MAX = 448.0  # the largest float8_e4m3fn value
 
 
@@ -33,21 +57,15 @@ def make_fp8_checkpoint(arch: str, folder: str, tokenizer_folder: str | None = N
     different scales. config.json gets `quantization_config`.
     """
     import torch
-    from safetensors.torch import load_file, save_file
-    from torch import nn
-    from transformers import AutoModelForCausalLM
+    from safetensors.torch import save_file
 
     if weight_scales not in ("tensor", "channel") or activation_scheme not in ("dynamic", "static"):
         raise ValueError(f"weight_scales must be 'tensor' or 'channel' and activation_scheme 'dynamic' or 'static', "
                          f"got {weight_scales!r}, {activation_scheme!r}")
-    make_checkpoint(arch, folder, tokenizer_folder, dtype="float32", seed=seed, **config_overrides)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n != "lm_head"
-             and n not in ignored_layers]
+    model, names, path, state = _float_linears(arch, folder, tokenizer_folder, seed, config_overrides,
+                                               lambda name: name in ignored_layers)
     input_amax = _calibrate(model, names, seed) if activation_scheme == "static" else {}
     gen = torch.Generator().manual_seed(seed + 1)
-    path = os.path.join(folder, "model.safetensors")
-    state = load_file(path)
     for name in names:
         w = state[name + ".weight"].float()
         amax = w.abs().amax(dim=1, keepdim=True) if weight_scales == "channel" else w.abs().amax()
@@ -58,12 +76,8 @@ def make_fp8_checkpoint(arch: str, folder: str, tokenizer_folder: str | None = N
             factor = 1.0 + float(torch.rand((), generator=gen))
             state[name + ".input_scale"] = torch.tensor([input_amax[name] / FP8_MAX * factor], dtype=torch.float32)
     save_file(state, path, metadata={"format": "pt"})
-    with open(os.path.join(folder, "config.json")) as f:
-        config = json.load(f)
-    config["quantization_config"] = {"quant_method": "fp8", "activation_scheme": activation_scheme,
-                                     ignore_key: list(ignored_layers)}
-    with open(os.path.join(folder, "config.json"), "w") as f:
-        json.dump(config, f, indent=2)
+    _write_quantization_config(folder, {"quant_method": "fp8", "activation_scheme": activation_scheme,
+                                        ignore_key: list(ignored_layers)})
     return folder
 
 
@@ -105,31 +119,20 @@ def make_awq_checkpoint(arch: str, folder: str, tokenizer_folder: str | None = N
     "quant_config.json" / "quantize_config.json" writes AutoAWQ's older file beside it instead
     (`w_bit`, `q_group_size`, `zero_point`, `version: "GEMM"`).
     """
-    import torch
-    from safetensors.torch import load_file, save_file
-    from torch import nn
-    from transformers import AutoModelForCausalLM
+    from safetensors.torch import save_file
 
     if config_file not in ("config.json", "quant_config.json", "quantize_config.json"):
         raise ValueError(f"config_file must be config.json, quant_config.json or quantize_config.json, got {config_file!r}")
-    make_checkpoint(arch, folder, tokenizer_folder, dtype="float32", seed=seed, **config_overrides)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     skip = list(modules_to_not_convert or ())
-    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n != "lm_head"
-             and not any(s in n for s in skip)]
-    path = os.path.join(folder, "model.safetensors")
-    state = load_file(path)
+    _, names, path, state = _float_linears(arch, folder, tokenizer_folder, seed, config_overrides,
+                                           lambda name: any(s in name for s in skip))
     for name in names:
         state.update(_awq_quantize(name, state.pop(name + ".weight"), group_size))
     save_file(state, path, metadata={"format": "pt"})
     if config_file == "config.json":
-        with open(os.path.join(folder, "config.json")) as f:
-            config = json.load(f)
-        config["quantization_config"] = {"quant_method": "awq", "bits": 4, "group_size": group_size,
-                                         "zero_point": True, "version": "gemm",
-                                         "modules_to_not_convert": None if modules_to_not_convert is None else skip}
-        with open(os.path.join(folder, "config.json"), "w") as f:
-            json.dump(config, f, indent=2)
+        _write_quantization_config(folder, {"quant_method": "awq", "bits": 4, "group_size": group_size,
+                                            "zero_point": True, "version": "gemm",
+                                            "modules_to_not_convert": None if modules_to_not_convert is None else skip})
     else:
         with open(os.path.join(folder, config_file), "w") as f:
             json.dump({"zero_point": True, "q_group_size": group_size, "w_bit": 4, "version": "GEMM",
@@ -187,19 +190,13 @@ def make_gptq_checkpoint(arch: str, folder: str, tokenizer_folder: str | None = 
     `config_file` "config.json" writes `quantization_config`; "quantize_config.json" AutoGPTQ's file.
     """
     import torch
-    from safetensors.torch import load_file, save_file
-    from torch import nn
-    from transformers import AutoModelForCausalLM
+    from safetensors.torch import save_file
 
     if config_file not in ("config.json", "quantize_config.json"):
         raise ValueError(f"config_file must be config.json or quantize_config.json, got {config_file!r}")
-    make_checkpoint(arch, folder, tokenizer_folder, dtype="float32", seed=seed, **config_overrides)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     skip = list(modules_to_not_convert or ())
-    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n != "lm_head"
-             and not any(s in n for s in skip)]
-    path = os.path.join(folder, "model.safetensors")
-    state = load_file(path)
+    _, names, path, state = _float_linears(arch, folder, tokenizer_folder, seed, config_overrides,
+                                           lambda name: any(s in name for s in skip))
     generator = torch.Generator().manual_seed(seed + 1)
     orders: dict[str, torch.Tensor] = {}
     for name in names:
@@ -213,11 +210,7 @@ def make_gptq_checkpoint(arch: str, folder: str, tokenizer_folder: str | None = 
     quant = {"bits": bits, "group_size": group_size, "desc_act": desc_act, "sym": sym,
              "checkpoint_format": checkpoint_format, **({"modules_to_not_convert": skip} if skip else {})}
     if config_file == "config.json":
-        with open(os.path.join(folder, "config.json")) as f:
-            config = json.load(f)
-        config["quantization_config"] = {"quant_method": "gptq", **quant}
-        with open(os.path.join(folder, "config.json"), "w") as f:
-            json.dump(config, f, indent=2)
+        _write_quantization_config(folder, {"quant_method": "gptq", **quant})
     else:
         with open(os.path.join(folder, config_file), "w") as f:
             json.dump(quant, f, indent=2)

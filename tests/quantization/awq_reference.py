@@ -52,20 +52,24 @@ def quant_config(folder: str) -> dict:
 def reference_model(folder: str, swap: tuple[str, str] | None = None):
     """transformers' fp32 model of AWQ checkpoint `folder` with dequantized weights. `swap=(a, b)` exchanges
     two modules' weights: a deliberately wrong reference, to show the comparison notices a misplaced piece."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
     quant = quant_config(folder)
     group_size = quant.get("group_size", quant.get("q_group_size"))
+    return dequantized_model(folder, lambda state, name: dequantize(
+        state.pop(name + ".qweight"), state.pop(name + ".qzeros"), state.pop(name + ".scales"), group_size), swap)
+
+
+def dequantized_model(folder: str, weight_of, swap: tuple[str, str] | None = None):
+    """transformers' fp32 model of packed checkpoint `folder` (any int4/int8 format): each layer with a `qweight`
+    gets `weight_of(state, name)` ([in, out], its packed tensors popped from `state`), transposed."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
     config = AutoConfig.from_pretrained(folder)
     if hasattr(config, "quantization_config"):
         del config.quantization_config
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
     state = load_file(os.path.join(folder, "model.safetensors"))
-    names = [k[: -len(".qweight")] for k in list(state) if k.endswith(".qweight")]
-    for name in names:
-        w = dequantize(state.pop(name + ".qweight"), state.pop(name + ".qzeros"), state.pop(name + ".scales"),
-                       group_size)
-        state[name + ".weight"] = w.t().contiguous()
+    for name in [k[: -len(".qweight")] for k in list(state) if k.endswith(".qweight")]:
+        state[name + ".weight"] = weight_of(state, name).t().contiguous()
     if swap:
         a, b = (name + ".weight" for name in swap)
         state[a], state[b] = state[b], state[a]
@@ -77,9 +81,14 @@ def awq_checkpoint(tmp_path_factory, tok_dir: str, arch: str = "LlamaForCausalLM
     """make_awq_checkpoint(arch, ..., **kwargs), built once per arguments for the whole session."""
     from pagoda.tiny_quantized_models import make_awq_checkpoint
 
-    key = (arch, tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in kwargs.items())))
+    return cached_checkpoint(make_awq_checkpoint, "awq", tmp_path_factory, tok_dir, arch, kwargs)
+
+
+def cached_checkpoint(builder, tag: str, tmp_path_factory, tok_dir: str, arch: str, kwargs: dict) -> str:
+    """builder(arch, a new folder, tok_dir, **kwargs), built once per (builder, arguments) for the whole session."""
+    key = (tag, arch, tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in kwargs.items())))
     if key not in _made:
-        _made[key] = make_awq_checkpoint(arch, str(tmp_path_factory.mktemp("awq-" + arch)), tok_dir, **kwargs)
+        _made[key] = builder(arch, str(tmp_path_factory.mktemp(f"{tag}-{arch}")), tok_dir, **kwargs)
     return _made[key]
 
 

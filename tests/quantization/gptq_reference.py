@@ -9,14 +9,10 @@ code: transformers' fp32 model whose nn.Linear weights are the checkpoint's dequ
 
 from __future__ import annotations
 
-import os
 
 import torch
-from safetensors.torch import load_file
 
-from awq_reference import quant_config
-
-_made: dict = {}
+from awq_reference import cached_checkpoint, dequantized_model, quant_config
 
 
 def unpack(packed: torch.Tensor, bits: int, dim: int) -> torch.Tensor:
@@ -43,28 +39,12 @@ def dequantize(state: dict, name: str, quant: dict) -> torch.Tensor:
 def reference_model(folder: str, swap: tuple[str, str] | None = None):
     """transformers' fp32 model of GPTQ checkpoint `folder` with dequantized weights (`swap`: two modules' weights
     exchanged, a deliberately wrong reference)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
     quant = quant_config(folder)
-    config = AutoConfig.from_pretrained(folder)
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
-    state = load_file(os.path.join(folder, "model.safetensors"))
-    for name in [k[: -len(".qweight")] for k in list(state) if k.endswith(".qweight")]:
-        state[name + ".weight"] = dequantize(state, name, quant).t().contiguous()
-    if swap:
-        a, b = (name + ".weight" for name in swap)
-        state[a], state[b] = state[b], state[a]
-    model.load_state_dict(state, strict=True)
-    return model
+    return dequantized_model(folder, lambda state, name: dequantize(state, name, quant), swap)
 
 
 def gptq_checkpoint(tmp_path_factory, tok_dir: str, arch: str = "LlamaForCausalLM", **kwargs) -> str:
     """make_gptq_checkpoint(arch, ..., **kwargs), built once per arguments for the whole session."""
     from pagoda.tiny_quantized_models import make_gptq_checkpoint
 
-    key = (arch, tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in kwargs.items())))
-    if key not in _made:
-        _made[key] = make_gptq_checkpoint(arch, str(tmp_path_factory.mktemp("gptq-" + arch)), tok_dir, **kwargs)
-    return _made[key]
+    return cached_checkpoint(make_gptq_checkpoint, "gptq", tmp_path_factory, tok_dir, arch, kwargs)
