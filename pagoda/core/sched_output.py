@@ -69,6 +69,9 @@ class SchedulerOutput:
     # runner then samples only once the engine hands it their token bitmask (one row per sampled
     # position: 1 + the request's drafts), built after the previous step's tokens reached the grammars.
     structured_output_request_ids: list[str] = field(default_factory=list)
+    # Set by the engine core when its grammar thread gives this step's sampled tokens to the grammars
+    # (async scheduling, no speculative decoding): update_from_output then leaves the grammars alone.
+    grammar_accepts_deferred: bool = False
 
     @property
     def is_empty(self) -> bool:

@@ -361,7 +361,8 @@ class Scheduler:
                             if token_id == request.reasoning_end:
                                 request.reasoning_end = None
                         elif len(sampled) == 1 and request_id not in result.draft_token_ids:  # drafts: see below
-                            grammar_tokens.append((request_id, request, token_id))
+                            if not sched.grammar_accepts_deferred:  # else the engine core's grammar thread does it
+                                grammar_tokens.append((request_id, request, token_id))
                         elif not request.grammar.accept_tokens([token_id]):
                             raise ValueError(f"token {token_id} is not allowed by the request's grammar")
                     request.append_output_token(token_id)

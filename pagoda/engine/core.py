@@ -100,6 +100,10 @@ class EngineCore:
         # filled on `_fill` (async scheduling); sampled by the next step() (see the module docstring)
         self.waiting = None
         self._fill = None  # a one-thread pool, made for the first structured step
+        # future AcceptedStep: the step in flight's tokens given to its grammars on `_fill` (async, no drafts)
+        self.accepting = None
+        # the grammar thread advances grammars only without speculative decoding (drafts are checked on this thread)
+        self._defer_accepts = config.scheduler.async_scheduling and getattr(config, "speculative", None) is None
         self.num_scheduled_tokens = 0  # tokens of the step the last step() call launched (metrics)
         self._faults = parse_faults(os.environ.get(FAULT_ENV, ""))
         logger.info(
@@ -144,7 +148,9 @@ class EngineCore:
                         collected = self.structured.collect(self.scheduler, sched)
                         if self._fill is None:
                             self._fill = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="grammar-fill")
-                        self.waiting = (sched, self._fill.submit(self.structured.fill, collected))
+                        prior, self.accepting = self.accepting, None
+                        bitmask = self._fill.submit(self.structured.fill, collected, prior)
+                        self.waiting = (sched, collected, bitmask, prior)
                     else:
                         step = self.executor.sample_tokens(self.structured.bitmask(self.scheduler, sched))
                 if step is not None:
@@ -160,13 +166,30 @@ class EngineCore:
 
     def _sample_waiting(self) -> list[EngineCoreOutput]:
         """Launch the sampling of the step whose bitmask was being filled; it becomes the step in flight (the one
-        before it was resolved when the fill started). A failure fails that step's requests."""
-        (sched, bitmask), self.waiting = self.waiting, None
+        before it was resolved when the fill started). A failure fails that step's requests. Without drafts, the
+        grammar thread then gives the step's tokens to its grammars as soon as they reach the host and fills the
+        masks that follow (`accepting`, which the next structured step's fill reuses); update_from_output leaves
+        those grammars alone."""
+        (sched, collected, bitmask, prior), self.waiting = self.waiting, None
+        failed: list[EngineCoreOutput] = []
+        step = None
         try:
-            self.in_flight = (sched, self.executor.sample_tokens(bitmask.result()))
+            step = self.executor.sample_tokens(bitmask.result())
         except Exception as exc:  # noqa: BLE001 - see _fail_step: fatal errors are re-raised
-            return self._fail_step(sched, exc, "running")
-        return []
+            failed = self._fail_step(sched, exc, "running")
+        # the fill waited for `prior` (one thread, in order): its refusals are known
+        refused = prior.result().refused if prior is not None else None
+        if refused:  # never, unless a backend errs: the tokens were sampled under their masks
+            failed += self.scheduler.fail_requests({request_id: f"updating request {request_id} after a step failed: "
+                                                    f"ValueError: {reason}" for request_id, reason in refused.items()})
+        if step is None:
+            return failed
+        self.in_flight = (sched, step)
+        sampled_tokens = getattr(step, "sampled_tokens", None)
+        if self._defer_accepts and sampled_tokens is not None:
+            sched.grammar_accepts_deferred = True
+            self.accepting = self._fill.submit(self.structured.accept, collected, sampled_tokens)
+        return failed
 
     def _resolve_in_flight(self) -> list[EngineCoreOutput]:
         if self.in_flight is None:

@@ -22,6 +22,8 @@ Invariants:
 from __future__ import annotations
 
 import logging
+import concurrent.futures
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -136,11 +138,11 @@ class StructuredRequests:
         """The int32 token masks of the step's structured requests (1 + drafts rows each, in order)."""
         return self.fill(self.collect(scheduler, sched))
 
-    def collect(self, scheduler, sched: SchedulerOutput) -> tuple:
+    def collect(self, scheduler, sched: SchedulerOutput) -> "StepGrammars":
         """What `fill` needs of the step, read from the scheduler (on the engine's thread): then `fill` may run
         on another thread while the engine thread touches none of these grammars."""
         spec_tokens = sched.scheduled_spec_decode_tokens
-        live, grammars, drafts = [], [], []  # live: (first row, rows) of each request whose grammar applies
+        live, request_ids, grammars, drafts = [], [], [], []
         row = 0
         for request_id in sched.structured_output_request_ids:
             request_drafts = spec_tokens.get(request_id, ()) if spec_tokens else ()
@@ -148,22 +150,83 @@ class StructuredRequests:
             request = scheduler.requests.get(request_id)
             if request is not None and request.grammar is not None and request.reasoning_end is None:
                 live.append((row, num_rows))
+                request_ids.append(request_id)
                 grammars.append(request.grammar)
                 drafts.append(list(request_drafts))
             row += num_rows
-        return live, grammars, drafts if spec_tokens else None, row, len(sched.structured_output_request_ids)
+        return StepGrammars(live, request_ids, grammars, drafts if spec_tokens else None, row,
+                            len(sched.structured_output_request_ids))
 
-    def fill(self, collected: tuple) -> np.ndarray:
-        """The bitmask of what `collect` gathered."""
-        live, grammars, drafts, row, num_requests = collected
+    def fill(self, step: "StepGrammars", prior: "concurrent.futures.Future[AcceptedStep] | None" = None) -> np.ndarray:
+        """The bitmask of what `collect` gathered. `prior`: the previous step's `accept` (done, on this thread),
+        whose rows are reused for the requests it filled; the others are filled here."""
         manager = self._get_manager()
-        if len(grammars) == num_requests:  # all alive (the usual case): no copy
-            return manager.fill_bitmask(grammars, drafts)
-        bitmask = np.full((row, manager.bitmask_width()), -1, dtype=np.int32)  # every bit set: all allowed
-        if grammars:
-            rows = np.concatenate([np.arange(first, first + count) for first, count in live])
-            bitmask[rows] = manager.fill_bitmask(grammars, drafts)
+        accepted = prior.result() if prior is not None else None
+        reuse = accepted is not None and accepted.bitmask is not None and step.drafts is None
+        if reuse and len(step.grammars) == step.num_requests and accepted.request_ids == step.request_ids:
+            return accepted.bitmask  # the same requests in the same order (the usual decode step)
+        if not reuse and len(step.grammars) == step.num_requests:  # all alive (the usual case): no copy
+            return manager.fill_bitmask(step.grammars, step.drafts)
+        bitmask = np.full((step.num_rows, manager.bitmask_width()), -1, dtype=np.int32)  # every bit set
+        todo = list(range(len(step.grammars)))
+        if reuse:
+            where = accepted.rows
+            todo = [i for i, request_id in enumerate(step.request_ids) if request_id not in where]
+            done = [i for i, request_id in enumerate(step.request_ids) if request_id in where]
+            if done:
+                bitmask[[step.live[i][0] for i in done]] = accepted.bitmask[[where[step.request_ids[i]] for i in done]]
+        if todo:
+            rows = np.concatenate([np.arange(step.live[i][0], step.live[i][0] + step.live[i][1]) for i in todo])
+            bitmask[rows] = manager.fill_bitmask([step.grammars[i] for i in todo],
+                                                 [step.drafts[i] for i in todo] if step.drafts is not None else None)
         return bitmask
+
+    def accept(self, step: "StepGrammars", sampled_tokens) -> "AcceptedStep":
+        """On the grammar thread, for a step without drafts: give each live request of `step` the token it
+        sampled (`sampled_tokens()`: request id -> token, waiting for the device), then fill the masks of
+        those requests' next tokens, which the next step's `fill` reuses. Never raises: a refused token, or a
+        failure here, is in `refused` (request id -> reason), and the engine fails those requests."""
+        try:
+            tokens = sampled_tokens()
+            given = [i for i, request_id in enumerate(step.request_ids) if request_id in tokens]
+            grammars = [step.grammars[i] for i in given]
+            chosen = [tokens[step.request_ids[i]] for i in given]
+            results = type(grammars[0]).accept_batch(grammars, chosen) if grammars else []
+            refused, kept = {}, []
+            for i, token, ok in zip(given, chosen, results):
+                if ok:
+                    kept.append(i)
+                else:
+                    refused[step.request_ids[i]] = f"token {token} is not allowed by the request's grammar"
+            request_ids = [step.request_ids[i] for i in kept]
+            bitmask = self._get_manager().fill_bitmask([step.grammars[i] for i in kept])
+            return AcceptedStep(request_ids, {r: j for j, r in enumerate(request_ids)}, bitmask, refused)
+        except Exception as exc:  # noqa: BLE001 - the grammars' states are unknown now: their requests fail
+            logger.exception("giving a step's tokens to %d grammars failed", len(step.request_ids))
+            reason = f"advancing the request's grammar failed: {type(exc).__name__}: {exc}"
+            return AcceptedStep([], {}, None, {request_id: reason for request_id in step.request_ids})
+
+
+@dataclass
+class StepGrammars:
+    """The grammar rows of one step, as `collect` read them on the engine thread."""
+
+    live: list[tuple[int, int]]  # (first row, rows) of each request whose grammar applies, in step order
+    request_ids: list[str]  # those requests
+    grammars: list[Any]  # their RequestGrammars
+    drafts: list[list[int]] | None  # their drafts (None: the step verifies none)
+    num_rows: int  # rows of the step's bitmask (1 + drafts per structured request, live or not)
+    num_requests: int  # structured requests of the step, live or not
+
+
+@dataclass
+class AcceptedStep:
+    """A step's tokens given to its grammars (`StructuredRequests.accept`), with the masks that follow."""
+
+    request_ids: list[str]  # the requests whose rows `bitmask` holds, in row order
+    rows: dict[str, int]  # request id -> its row
+    bitmask: np.ndarray | None  # None: the accept failed
+    refused: dict[str, str]  # request id -> why its grammar refused the step's token
 
 
 def _eos_token_ids(model_config, tokenizer) -> list[int]:

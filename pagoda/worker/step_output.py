@@ -21,6 +21,7 @@ Invariants:
   the placeholder positions of every later step not filled yet, whose placeholders move down with them.
   Without async scheduling the runner fills it at once (one sync per step).
 - `get()` is idempotent; the first call waits for the copy, later calls return the same object.
+  `sampled_tokens()` (the engine core's grammar thread) reads the same host copy and writes nothing.
 """
 
 from __future__ import annotations
@@ -175,6 +176,15 @@ class StepOutput:
     @classmethod
     def ready(cls, output: ModelRunnerOutput) -> "StepOutput":
         return cls(output)
+
+    def sampled_tokens(self) -> dict[str, int]:
+        """Request id -> the one token it sampled, waiting for the copy only: safe on another thread, as it reads
+        nothing `get` writes. Not for a speculative step (its tokens are ragged)."""
+        if isinstance(self._sampled, SampledTokens):
+            return dict(zip(self._sampled.req_ids, self._sampled.ids().tolist()))
+        if self._sampled is None:  # resolved when made
+            return {req_id: tokens[0] for req_id, tokens in self._output.sampled_token_ids.items() if len(tokens) == 1}
+        raise RuntimeError("sampled_tokens() is for a step that sampled one token per request, without drafts")
 
     def get(self) -> ModelRunnerOutput:
         if self._resolved:

@@ -269,9 +269,9 @@ def test_masks_are_filled_on_the_grammar_thread_while_outputs_go_out(llm, monkey
     threads = set()
     original = StructuredRequests.fill
 
-    def fill(self, collected):
+    def fill(self, *args):
         threads.add(threading.current_thread().name)
-        return original(self, collected)
+        return original(self, *args)
 
     monkeypatch.setattr(StructuredRequests, "fill", fill)
     params = [SamplingParams(temperature=1.0, seed=s, max_tokens=40, structured_outputs=_params("json", "xgrammar"))
@@ -288,11 +288,11 @@ def test_a_failing_mask_fill_fails_that_steps_requests_and_the_engine_goes_on(ll
 
     original, calls = StructuredRequests.fill, {"n": 0}
 
-    def fill(self, collected):
+    def fill(self, *args):
         calls["n"] += 1
         if calls["n"] == 3:
             raise RuntimeError("injected fill failure")
-        return original(self, collected)
+        return original(self, *args)
 
     monkeypatch.setattr(StructuredRequests, "fill", fill)
     params = SamplingParams(temperature=1.0, seed=1, max_tokens=20, ignore_eos=True,
@@ -300,6 +300,77 @@ def test_a_failing_mask_fill_fails_that_steps_requests_and_the_engine_goes_on(ll
     outs = llm.generate(PROMPTS[:2], params, use_tqdm=False)
     assert {o.outputs[0].finish_reason for o in outs} == {"error"}
     monkeypatch.setattr(StructuredRequests, "fill", original)
+    again = llm.generate("a", SamplingParams(max_tokens=5, structured_outputs=StructuredOutputsParams(choice=["z"])),
+                         use_tqdm=False)
+    assert again[0].outputs[0].text == "z"
+
+
+def _sampled(llm, kinds=("json", "regex", "grammar")):
+    """Seeded samples of several constraints with different lengths, so requests join and leave the batch."""
+    params = [SamplingParams(temperature=1.0, seed=seed, max_tokens=8 + 5 * seed, n=1 + seed % 2,
+                             structured_outputs=_params(kind, "xgrammar"))
+              for seed, kind in enumerate(kinds * 2)]
+    outs = llm.generate(PROMPTS[:3] * 2, params, use_tqdm=False)
+    return [[c.token_ids for c in o.outputs] for o in outs]
+
+
+def test_tokens_reach_the_grammars_on_the_grammar_thread(llm, llama_dir, monkeypatch):
+    """With async scheduling (no drafts) each step's tokens are given to the grammars on the grammar thread as
+    soon as they reach the host, and the masks filled there are reused by the next step; the outputs equal a
+    run without async scheduling, where the engine thread does both, while requests join and leave."""
+    from pagoda.structured_output.request_grammar import RequestGrammar
+
+    threads, original = set(), RequestGrammar.accept_batch
+
+    def accept_batch(grammars, tokens):
+        threads.add(threading.current_thread().name)
+        return original(grammars, tokens)
+
+    monkeypatch.setattr(RequestGrammar, "accept_batch", staticmethod(accept_batch))
+    got = _sampled(llm)
+    assert threads and all(name.startswith("grammar-fill") for name in threads), threads
+    monkeypatch.setattr(RequestGrammar, "accept_batch", staticmethod(original))
+    assert got == _sampled(_llm(llama_dir, async_scheduling=False))
+
+
+def _refuse_once(monkeypatch, action):
+    """Make the grammar thread's 3rd batch accept refuse (or raise for) its first request; that request's id."""
+    from pagoda.structured_output.request_grammar import RequestGrammar
+
+    original, calls, hit = RequestGrammar.accept_batch, {"n": 0}, {}
+
+    def accept_batch(grammars, tokens):
+        calls["n"] += 1
+        if calls["n"] != 3 or not threading.current_thread().name.startswith("grammar-fill"):
+            return original(grammars, tokens)
+        hit["id"] = grammars[0].request_id
+        if action == "raise":
+            raise RuntimeError("injected accept failure")
+        return [False] + original(grammars[1:], tokens[1:])
+
+    monkeypatch.setattr(RequestGrammar, "accept_batch", staticmethod(accept_batch))
+    return hit
+
+
+def test_a_token_refused_on_the_grammar_thread_fails_its_request_only(llm, monkeypatch):
+    hit = _refuse_once(monkeypatch, "refuse")
+    params = SamplingParams(temperature=1.0, seed=3, max_tokens=12, ignore_eos=True,
+                            structured_outputs=_params("regex", "xgrammar"))
+    outs = llm.generate(PROMPTS[:3], params, use_tqdm=False)
+    reasons = {o.request_id: o.outputs[0].finish_reason for o in outs}
+    assert reasons.pop(hit["id"]) == "error"
+    assert set(reasons.values()) <= {"stop", "length"}
+    for out in outs:
+        if out.outputs[0].finish_reason == "stop":
+            _check("regex", out.outputs[0].text)
+
+
+def test_a_failing_accept_on_the_grammar_thread_fails_its_steps_requests_and_the_engine_goes_on(llm, monkeypatch):
+    _refuse_once(monkeypatch, "raise")
+    params = SamplingParams(temperature=1.0, seed=1, max_tokens=20, ignore_eos=True,
+                            structured_outputs=_params("json", "xgrammar"))
+    outs = llm.generate(PROMPTS[:2], params, use_tqdm=False)
+    assert {o.outputs[0].finish_reason for o in outs} == {"error"}
     again = llm.generate("a", SamplingParams(max_tokens=5, structured_outputs=StructuredOutputsParams(choice=["z"])),
                          use_tqdm=False)
     assert again[0].outputs[0].text == "z"
