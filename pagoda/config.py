@@ -16,6 +16,9 @@ Invariants:
   backend is one of STRUCTURED_OUTPUT_ENGINE_BACKENDS and its flags are booleans. `build_structured_outputs_config`
   makes it from vLLM's `structured_outputs_config` and its older `guided_decoding_*` flags (vLLM 0.8-0.9's
   "BACKEND:option,..." spelling included); a setting given two ways must agree.
+- `CacheConfig.cache_dtype` is one of KV_CACHE_DTYPES (vLLM's kv_cache_dtype names): "auto" keeps the
+  cache in the model's dtype; the FP8 names map to a torch dtype by KV_CACHE_FP8_DTYPES ("fp8" is e4m3,
+  as vLLM on CUDA). `CacheConfig.torch_dtype(model_dtype)` is the one place that mapping is read.
 """
 
 from __future__ import annotations
@@ -34,6 +37,10 @@ SCHEDULING_POLICIES = ("fcfs", "priority")
 TOKENIZER_MODES = ("auto", "slow")
 BLOCK_SIZES = (8, 16, 32, 64, 128)
 TASK_CHOICES = ("auto", "generate", "embed")
+KV_CACHE_DTYPES = ("auto", "fp8", "fp8_e4m3", "fp8_e5m2")
+KV_CACHE_FP8_DTYPES = {"fp8": "float8_e4m3fn", "fp8_e4m3": "float8_e4m3fn", "fp8_e5m2": "float8_e5m2"}
+# vLLM's other kv_cache_dtype values, refused as not supported yet
+KV_CACHE_DTYPES_NOT_YET = ("bfloat16", "fp8_inc", "fp8_ds_mla", "nvfp4")
 GENERATION_CONFIG_MODES = ("auto", "vllm", "none")  # or a folder holding generation_config.json
 # generation_config.json keys that become default SamplingParams (vLLM's list), and the values
 # transformers writes by default, which vLLM's `to_diff_dict()` drops (so top_k=50 is not a default).
@@ -214,6 +221,18 @@ class CacheConfig:
     kv_cache_memory_bytes: int | None = None
     enable_prefix_caching: bool = True
     num_blocks: int | None = None
+    cache_dtype: str = "auto"  # vLLM's kv_cache_dtype: "auto" (the model's dtype) or an FP8 format
+
+    def __post_init__(self) -> None:
+        if self.cache_dtype not in KV_CACHE_DTYPES:
+            raise ValueError(f"kv_cache_dtype must be one of {list(KV_CACHE_DTYPES)}, got {self.cache_dtype!r}")
+
+    def torch_dtype(self, model_dtype):
+        """The KV cache's torch dtype: model_dtype for "auto", else the FP8 dtype of cache_dtype."""
+        import torch
+
+        name = KV_CACHE_FP8_DTYPES.get(self.cache_dtype)
+        return model_dtype if name is None else getattr(torch, name)
 
 
 @dataclass

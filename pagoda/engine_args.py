@@ -26,6 +26,8 @@ Invariants:
   `check_options` and reconciled with the checkpoint in `_model_config`
   (model_executor/layers/quantization/resolve.py); the ModelConfig carries the resolved method and the
   checkpoint's quantization config. A draft model detects its own.
+- `kv_cache_dtype` (vLLM's names; "fp8" = "fp8_e4m3") becomes CacheConfig.cache_dtype; the worker allocates
+  the cache in that dtype and sets each attention layer's k_scale / v_scale from the checkpoint.
 - Structured output is configured by vLLM's `structured_outputs_config` dict (or a StructuredOutputsConfig) and
   vLLM 0.8-0.11's `guided_decoding_*` flags, which may be mixed but must agree (a setting given both ways with
   different values is a ValueError naming both); `create_structured_outputs_config` builds the one
@@ -111,6 +113,8 @@ class EngineArgs(compat.VllmCompatArgs):
     served_model_name: str | None = _opt(None, "The model name in API responses; defaults to --model.")
     device: str = _opt("auto", "Where the model runs; 'auto' picks cuda when a GPU is visible.", cfg.DEVICE_CHOICES)
     block_size: int = _opt(16, "Tokens per KV-cache block.", cfg.BLOCK_SIZES)
+    kv_cache_dtype: str = _opt("auto", "KV-cache storage: 'auto' keeps the model's dtype; 'fp8' (= 'fp8_e4m3', float8_e4m3fn, as vLLM on CUDA) or 'fp8_e5m2' stores keys and values in 8 bits, twice the tokens in the same memory, divided by the layer's k_scale / v_scale from the checkpoint (self_attn.k_scale / v_scale, kv_scale, k_proj.output_scale; 1.0 when it has none).", cfg.KV_CACHE_DTYPES,
+                               not_yet_values=cfg.KV_CACHE_DTYPES_NOT_YET, not_yet_reason="the KV cache is kept in the model's dtype or in FP8 (e4m3, e5m2)")
     gpu_memory_utilization: float = _opt(0.9, "Share of GPU memory (0, 1] the engine may use: weights, activations and KV cache.")
     num_gpu_blocks_override: int | None = _opt(None, "Use exactly this many KV-cache blocks (tests and experiments).")
     kv_cache_memory_bytes: int | None = _opt(None, "KV-cache size in bytes (also 4G, 4096M); on a GPU it replaces the gpu_memory_utilization sizing (as vLLM); on CPU it defaults to 4 GiB.",
@@ -219,6 +223,7 @@ class EngineArgs(compat.VllmCompatArgs):
             num_gpu_blocks_override=self.num_gpu_blocks_override,
             kv_cache_memory_bytes=self.kv_cache_memory_bytes,
             enable_prefix_caching=self.enable_prefix_caching,
+            cache_dtype=self.kv_cache_dtype,
         )
         big_gpu = _big_gpu(device)
         max_num_seqs = self.max_num_seqs if self.max_num_seqs is not None else (1024 if big_gpu else 256)

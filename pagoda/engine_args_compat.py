@@ -22,7 +22,8 @@ methods of vLLM's speculative_config that Pagoda does not implement are listed h
 SPECULATIVE_METHODS_NOT_YET). Structured output's --structured-outputs-config and vLLM 0.8-0.11's
 --guided-decoding-backend and --guided-decoding-disable-* are EngineArgs fields too (config.py lists the
 structured_outputs_config keys not supported yet). --quantization (-q) is an EngineArgs field (fp8; vLLM's other
-methods stop with "not supported yet"). vLLM's engine options --reasoning-parser and
+methods stop with "not supported yet"). --kv-cache-dtype is an EngineArgs field too (auto, fp8, fp8_e4m3,
+fp8_e5m2). vLLM's engine options --reasoning-parser and
 --reasoning-parser-plugin are server flags in Pagoda (entrypoints/openai/cli_args.py, where only the chat
 endpoint reads them); as `LLM(...)` keywords they are accepted with no effect (offline outputs are not
 split), so vLLM code that passes them still runs.
@@ -56,7 +57,8 @@ BOOL, INT, FLOAT, STR, JSON, STRS, INTS, HINT, OPTSTR, APPEND = (
     "bool", "int", "float", "str", "json", "strs", "ints", "hint", "optstr", "append")
 
 QUANT = "deprecated quantization methods are not implemented (quantization='fp8' is)"
-KV_DTYPE = "the KV cache is kept in the model's dtype until the quantization issue"
+KV_SCALES = ("FP8 KV-cache scales are read from the checkpoint (k_scale / v_scale, else 1.0); computing them from the "
+             "first batch is not implemented yet")
 SPEC_DRAFT = ("the draft model's quantization is read from its checkpoint (an FP8 draft works, as an unquantized "
               "one); naming it here comes later")
 SPEC_TYPICAL = ("only the typical acceptance sampler reads it, and Pagoda verifies drafts by rejection sampling "
@@ -227,8 +229,8 @@ ENGINE_OPTIONS: tuple[Compat, ...] = (
     _c("max_parallel_loading_workers", INT, None, NO_EFFECT, "weights load in one process"),
     _c("disable_custom_all_reduce", BOOL, False, NO_EFFECT, "on one device there is no all-reduce"),
     # CacheConfig and OffloadConfig
-    _c("kv_cache_dtype", STR, "auto", NOT_YET, KV_DTYPE),
-    _c("calculate_kv_scales", BOOL, False, NOT_YET, KV_DTYPE),
+    # kv_cache_dtype is an EngineArgs field
+    _c("calculate_kv_scales", BOOL, False, NOT_YET, KV_SCALES),
     _c("swap_space", FLOAT, 4.0, NO_EFFECT, "preempted requests are recomputed, never swapped to the CPU (vLLM V1 "
                                             "ignores it too)"),
     _c("prefix_caching_hash_algo", STR, "sha256", NO_EFFECT, "block hashes are always 128-bit BLAKE2b digests"),

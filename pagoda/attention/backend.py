@@ -14,6 +14,11 @@ Layout and conventions every backend shares (the Triton kernels use exactly thes
 - With `rotary` given, `forward` first rotates query and key by `rotary.positions` (the cache then
   holds rotated keys), so a backend may fuse rotary with the KV write. It may do so in place: the
   caller must not read query or key after `forward` (whether they were rotated is unspecified).
+- The cache's dtype is the model's, or FP8 (kv_cache_dtype "fp8"/"fp8_e4m3": float8_e4m3fn, "fp8_e5m2":
+  float8_e5m2). An FP8 cache holds keys / k_scale and values / v_scale (the layer's per-tensor scales,
+  floats fixed after loading), clamped to the format's range and rounded to nearest even
+  (pagoda.kernels.tuning.quantize_kv), and attention reads them back times the scale. A cache in the
+  model's dtype ignores the scales.
 
 Invariants:
 - Metadata tensors live on the model's device; the `*_cpu` lists mirror them for host code, exactly
@@ -91,6 +96,8 @@ class AttentionBackend(ABC):
         metadata: AttentionMetadata,
         scale: float,
         rotary: RotaryArgs | None = None,  # rotate query and key first (see the module docstring)
+        k_scale: float = 1.0,  # an FP8 cache stores key / k_scale (see the module docstring)
+        v_scale: float = 1.0,
     ) -> torch.Tensor:  # [num_tokens, num_heads, head_size]
         ...
 

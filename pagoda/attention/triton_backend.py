@@ -12,6 +12,8 @@ splits (the choice depends on the request count only, so eager and CUDA-graph ru
 batches run the KV write (with `rotary`: pagoda.kernels.rotary_kv, which rotates query in place and
 writes the rotated keys and the values; `key` itself stays unrotated, since attention reads keys only
 from the cache), then pagoda.kernels.paged_attention.
+The layer's k_scale / v_scale go to every kernel: an FP8 cache is written quantized by them and read back
+multiplied by them; a cache in the model's dtype ignores them.
 """
 
 from __future__ import annotations
@@ -38,16 +40,19 @@ class TritonAttentionBackend(AttentionBackend):
         metadata: AttentionMetadata,
         scale: float,
         rotary: RotaryArgs | None = None,
+        k_scale: float = 1.0,
+        v_scale: float = 1.0,
     ) -> torch.Tensor:
+        scales = {"k_scale": k_scale, "v_scale": v_scale}
         if (tuning.FUSED_DECODE_ATTENTION and metadata.is_all_decode and metadata.num_tokens == metadata.num_reqs
                 and metadata.num_reqs <= tuning.FUSED_DECODE_MAX_REQS):
-            return self._decode(query, key, value, kv_cache, metadata, scale, rotary)
+            return self._decode(query, key, value, kv_cache, metadata, scale, rotary, scales)
         if rotary is None:
-            write_kv_cache(kv_cache, key, value, metadata.slot_mapping)
+            write_kv_cache(kv_cache, key, value, metadata.slot_mapping, **scales)
         else:
             rotary_and_write_kv(rotary.positions, query, key, value, rotary.cos_sin_cache, kv_cache,
-                                metadata.slot_mapping, rotary.is_neox)
-        return paged_attention(query, kv_cache, metadata, scale, num_splits=metadata.num_splits)
+                                metadata.slot_mapping, rotary.is_neox, **scales)
+        return paged_attention(query, kv_cache, metadata, scale, num_splits=metadata.num_splits, **scales)
 
     def decode_num_splits(self, *, num_reqs: int, max_seq_len: int, num_heads: int, num_kv_heads: int,
                           head_size: int, device: torch.device) -> int | None:
@@ -59,8 +64,9 @@ class TritonAttentionBackend(AttentionBackend):
         ).num_splits
 
     @staticmethod
-    def _decode(query, key, value, kv_cache, metadata, scale, rotary):
+    def _decode(query, key, value, kv_cache, metadata, scale, rotary, scales):
         if rotary is None:
-            return decode_attention(query, key, value, kv_cache, metadata, scale, metadata.num_splits)
+            return decode_attention(query, key, value, kv_cache, metadata, scale, metadata.num_splits, **scales)
         return decode_attention(query, key, value, kv_cache, metadata, scale, metadata.num_splits,
-                                positions=rotary.positions, cos_sin_cache=rotary.cos_sin_cache, is_neox=rotary.is_neox)
+                                positions=rotary.positions, cos_sin_cache=rotary.cos_sin_cache, is_neox=rotary.is_neox,
+                                **scales)

@@ -28,6 +28,10 @@ Invariants:
 - The counter buffer is per device and zero outside a launch; launches on one device must not run
   concurrently (the engine uses one stream).
 - key and value are only read; query is left unrotated.
+- An FP8 cache stores the new key and value quantized by k_scale / v_scale exactly as
+  kv_cache_write.quantize_fp8 (so as rotary_and_write_kv), the new token's score and value come from
+  those fp8 values, and reads dequantize as paged_attention's do (k_scale in the softmax scale, v_scale
+  on the output).
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ import triton
 import triton.language as tl
 
 from pagoda.kernels import tuning
+from pagoda.kernels.kv_cache_write import fp8_launch_args, quantize_fp8
 from pagoda.kernels.paged_attention import attend_tile
 
 _LOG2E = 1.4426950408889634
@@ -68,13 +73,15 @@ def _decode_attn_kernel(
     out_ptr, q_ptr, k_ptr, v_ptr, k_cache_ptr, v_cache_ptr,
     block_tables_ptr, seq_lens_ptr, slot_mapping_ptr, positions_ptr, cos_sin_ptr,
     part_acc_ptr, part_m_ptr, part_l_ptr, counter_ptr,
-    scale_log2, num_heads, num_kv_heads,
+    scale_log2, v_scale, k_inv_scale, v_inv_scale, num_heads, num_kv_heads,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh, stride_c,
     stride_cb, stride_cs, stride_ch, stride_bt,
     HEAD_SIZE: tl.constexpr, HEAD_PAD: tl.constexpr, GROUP: tl.constexpr, BLOCK_M: tl.constexpr,
     TILE_N: tl.constexpr, BLOCK_SIZE: tl.constexpr, NUM_SPLITS: tl.constexpr, SPLITS_PAD: tl.constexpr,
     GROUP_PAD: tl.constexpr,
     ROTARY: tl.constexpr, HALF: tl.constexpr, IS_NEOX: tl.constexpr, IEEE_DOT: tl.constexpr,
+    FP8: tl.constexpr, FP8_MAX: tl.constexpr, FP8_DROP: tl.constexpr, FP8_MIN_NORMAL: tl.constexpr,
+    FP8_MAGIC: tl.constexpr,
 ):
     req = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -121,12 +128,15 @@ def _decode_attn_kernel(
                 k_partner = tl.load(k_row + partner, mask=d_mask, other=0.0).to(tl.float32)
                 k_new = (k_new.to(tl.float32) * cos + sign * k_partner * sin).to(k_ptr.dtype.element_ty)
             v_new = tl.load(v_ptr + req64 * stride_vt + kv_head64 * stride_vh + offs_d, mask=d_mask, other=0.0)
+            if FP8:  # the values the cache will hold, on the FP8 grid in fp32
+                k_new = quantize_fp8(k_new, k_inv_scale, FP8_MAX, FP8_DROP, FP8_MIN_NORMAL, FP8_MAGIC)
+                v_new = quantize_fp8(v_new, v_inv_scale, FP8_MAX, FP8_DROP, FP8_MIN_NORMAL, FP8_MAGIC)
             slot = tl.load(slot_mapping_ptr + req).to(tl.int64)
             if slot >= 0:
                 dst = (slot // BLOCK_SIZE) * stride_cb + (slot % BLOCK_SIZE) * stride_cs + kv_head64 * stride_ch
                 tl.store(k_cache_ptr + dst + offs_d, k_new.to(k_cache_ptr.dtype.element_ty), mask=d_mask)
                 tl.store(v_cache_ptr + dst + offs_d, v_new.to(v_cache_ptr.dtype.element_ty), mask=d_mask)
-            # Scores and values as the cache holds them (its dtype), products in fp32.
+            # Scores and values as the cache holds them (its dtype; FP8 unscaled), products in fp32.
             k_new = k_new.to(k_cache_ptr.dtype.element_ty).to(tl.float32)
             m_i = tl.sum(q.to(tl.float32) * k_new[None, :], 1) * scale_log2
             l_i = tl.full([BLOCK_M], 1.0, dtype=tl.float32)
@@ -139,7 +149,9 @@ def _decode_attn_kernel(
             n_valid = offs_n < cached_len
             m_i, l_i, acc = attend_tile(q, m_i, l_i, acc, k_cache_ptr, v_cache_ptr, bt_row, offs_n, n_valid,
                                         n_valid[None, :], kv_head64, offs_d, d_mask, stride_cb, stride_cs, stride_ch,
-                                        stride_cb, stride_cs, stride_ch, scale_log2, BLOCK_SIZE, IEEE_DOT)
+                                        stride_cb, stride_cs, stride_ch, scale_log2, BLOCK_SIZE, IEEE_DOT, FP8)
+        if FP8:
+            acc = acc * v_scale
 
         out_rows = out_ptr + req64 * stride_ot + head[:, None] * stride_oh + offs_d[None, :]
         if NUM_SPLITS == 1:
@@ -215,12 +227,14 @@ def decode_attention(
     cos_sin_cache: torch.Tensor | None = None,
     is_neox: bool = True,
     out: torch.Tensor | None = None,
+    k_scale: float = 1.0,
+    v_scale: float = 1.0,
 ) -> torch.Tensor:
     """Attention of request r's one new token (row r) over its paged cache, after storing its key and
     value (rotated by `positions` through `cos_sin_cache` when given) at slot_mapping[r]. `metadata` is
     an AttentionMetadata of a decode-only batch (num_tokens == num_reqs, max_query_len == 1). Tiles,
     warps and (unless `num_splits` forces it) the split count are paged_attention's decode choices
-    (`tuning.attention_launch`)."""
+    (`tuning.attention_launch`). An FP8 cache stores and reads with k_scale / v_scale (unused otherwise)."""
     num_tokens, num_heads, head_size = query.shape
     _, _, block_size, num_kv_heads, cache_head_size = kv_cache.shape
     if metadata.num_tokens != metadata.num_reqs or metadata.max_query_len > 1:
@@ -257,11 +271,14 @@ def decode_attention(
     block_tables = metadata.block_tables
     cos_sin = cos_sin_cache if rotary else query
     pos = positions if rotary else metadata.seq_lens
+    k_inv, v_inv, fp8 = fp8_launch_args(kv_cache, k_scale, v_scale)
+    if not fp8["FP8"]:
+        k_scale = v_scale = k_inv = v_inv = 1.0
     _decode_attn_kernel[(num_reqs, num_kv_heads, splits)](
         out, query, key, value, k_cache, v_cache,
         block_tables, metadata.seq_lens, metadata.slot_mapping, pos, cos_sin,
         part_acc, part_m, part_l, counters,
-        float(scale) * _LOG2E, num_heads, num_kv_heads,
+        float(scale) * float(k_scale) * _LOG2E, float(v_scale), k_inv, v_inv, num_heads, num_kv_heads,
         query.stride(0), query.stride(1), key.stride(0), key.stride(1), value.stride(0), value.stride(1),
         out.stride(0), out.stride(1), cos_sin.stride(0),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), block_tables.stride(0),
@@ -269,7 +286,7 @@ def decode_attention(
         BLOCK_SIZE=block_size, NUM_SPLITS=splits, SPLITS_PAD=tuning.next_power_of_2(splits),
         GROUP_PAD=tuning.next_power_of_2(group),
         ROTARY=rotary, HALF=cos_sin_cache.shape[-1] // 2 if rotary else 1, IS_NEOX=is_neox,
-        IEEE_DOT=query.dtype == torch.float32,
+        IEEE_DOT=query.dtype == torch.float32, **fp8,
         num_warps=launch.num_warps, num_stages=launch.num_stages,
     )
     return out

@@ -21,8 +21,14 @@ Kernel design:
   outputs plus running max/sum; `_reduce_splits_kernel` combines them. Empty splits write max=-1e30,
   sum=0 and so get weight 0.
 
+- FP8 KV cache (float8_e4m3fn / float8_e5m2, FP8=True): tiles are loaded as fp8, widened exactly to the
+  query dtype (through fp32: Triton's interpreter widens some e5m2 values wrongly) and multiplied as
+  they are; k_scale is folded into the softmax scale and v_scale into the output (acc · v_scale, before
+  normalising or storing split partials), which equals dequantize-then-attend up to fp32 rounding.
+
 Invariants: rows outside the batch (padding tokens past query_start_loc[-1]) are never written;
 masked K/V loads return 0, so stale or NaN cache contents past a request's length never leak in.
+A cache in the query's dtype takes exactly the code path it took before FP8 caches existed.
 """
 
 from __future__ import annotations
@@ -56,10 +62,11 @@ def _find_seq_idx(query_start_loc_ptr, target, num_reqs, BLOCK_Q: tl.constexpr):
 @triton.jit
 def attend_tile(q, m_i, l_i, acc, k_cache_ptr, v_cache_ptr, bt_row, offs_n, n_valid, visible, kv_head64,
                 offs_d, d_mask, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, scale_log2,
-                BLOCK_SIZE: tl.constexpr, IEEE_DOT: tl.constexpr):
+                BLOCK_SIZE: tl.constexpr, IEEE_DOT: tl.constexpr, FP8: tl.constexpr):
     """One step of the online softmax over the KV positions `offs_n` (gathered through the block-table
     row `bt_row`; `n_valid` masks the loads, `visible` [rows, positions] the scores): returns the
-    updated running max (base 2), sum and unnormalised output."""
+    updated running max (base 2), sum and unnormalised output. FP8: the cache holds fp8 values, widened
+    to q's dtype here (their scales are the caller's: in scale_log2 and on the final output)."""
     blk = tl.load(bt_row + offs_n // BLOCK_SIZE, mask=n_valid, other=0).to(tl.int64)
     slot = (offs_n % BLOCK_SIZE).to(tl.int64)
     k = tl.load(
@@ -68,6 +75,8 @@ def attend_tile(q, m_i, l_i, acc, k_cache_ptr, v_cache_ptr, bt_row, offs_n, n_va
         mask=n_valid[None, :] & d_mask[:, None],
         other=0.0,
     )
+    if FP8:
+        k = k.to(tl.float32).to(q.dtype)
     if IEEE_DOT:
         qk = tl.dot(q, k, input_precision="ieee")
     else:
@@ -84,6 +93,8 @@ def attend_tile(q, m_i, l_i, acc, k_cache_ptr, v_cache_ptr, bt_row, offs_n, n_va
         mask=n_valid[:, None] & d_mask[None, :],
         other=0.0,
     )
+    if FP8:
+        v = v.to(tl.float32).to(q.dtype)
     if IEEE_DOT:
         pv = tl.dot(p.to(v.dtype), v, input_precision="ieee")
     else:
@@ -96,14 +107,14 @@ def _paged_attn_kernel(
     out_ptr, q_ptr, k_cache_ptr, v_cache_ptr,
     block_tables_ptr, seq_lens_ptr, query_start_loc_ptr,
     part_acc_ptr, part_m_ptr, part_l_ptr,
-    scale_log2, num_reqs, num_heads,
+    scale_log2, v_scale, num_reqs, num_heads,
     stride_qt, stride_qh, stride_ot, stride_oh,
     stride_kb, stride_ks, stride_kh,
     stride_vb, stride_vs, stride_vh,
     stride_bt,
     HEAD_SIZE: tl.constexpr, HEAD_PAD: tl.constexpr, GROUP: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_Q: tl.constexpr, TILE_N: tl.constexpr,
-    BLOCK_SIZE: tl.constexpr, NUM_SPLITS: tl.constexpr, IEEE_DOT: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr, NUM_SPLITS: tl.constexpr, IEEE_DOT: tl.constexpr, FP8: tl.constexpr,
 ):
     q_block = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -155,7 +166,9 @@ def _paged_attn_kernel(
         visible = (offs_n[None, :] <= q_pos[:, None]) & n_valid[None, :]
         m_i, l_i, acc = attend_tile(q, m_i, l_i, acc, k_cache_ptr, v_cache_ptr, bt_row, offs_n, n_valid, visible,
                                     kv_head64, offs_d, d_mask, stride_kb, stride_ks, stride_kh,
-                                    stride_vb, stride_vs, stride_vh, scale_log2, BLOCK_SIZE, IEEE_DOT)
+                                    stride_vb, stride_vs, stride_vh, scale_log2, BLOCK_SIZE, IEEE_DOT, FP8)
+    if FP8:
+        acc = acc * v_scale
 
     if NUM_SPLITS == 1:
         l_safe = tl.where(l_i > 0, l_i, 1.0)
@@ -215,11 +228,14 @@ def paged_attention(
     scale: float,
     out: torch.Tensor | None = None,
     num_splits: int | None = None,
+    k_scale: float = 1.0,
+    v_scale: float = 1.0,
 ) -> torch.Tensor:
     """Attention of every query row over its request's paged keys/values; matches
     `paged_attention_reference`. `metadata` is an AttentionMetadata (duck-typed: needs num_reqs,
     max_query_len, max_seq_len, query_start_loc, seq_lens, block_tables). `num_splits` forces the
-    split-KV count (None: heuristic in pagoda.kernels.tuning)."""
+    split-KV count (None: heuristic in pagoda.kernels.tuning). An FP8 cache reads as fp8 · k_scale and
+    fp8 · v_scale (the scales are unused for a cache in the query's dtype)."""
     num_tokens, num_heads, head_size = query.shape
     _, _, block_size, num_kv_heads, cache_head_size = kv_cache.shape
     if cache_head_size != head_size or num_heads % num_kv_heads != 0:
@@ -233,6 +249,9 @@ def paged_attention(
         query = query.contiguous()
     if out.stride(-1) != 1 or kv_cache.stride(-1) != 1:
         raise ValueError("out and kv_cache must be contiguous in the head dimension")
+    fp8 = tuning.kv_format(kv_cache.dtype).fp8
+    if not fp8:
+        k_scale = v_scale = 1.0
     num_reqs = int(metadata.num_reqs)
     if num_tokens == 0 or num_reqs == 0:
         return out
@@ -263,14 +282,14 @@ def paged_attention(
         out, query, k_cache, v_cache,
         block_tables, metadata.seq_lens, metadata.query_start_loc,
         part_acc, part_m, part_l,
-        float(scale) * _LOG2E, num_reqs, num_heads,
+        float(scale) * float(k_scale) * _LOG2E, float(v_scale), num_reqs, num_heads,
         query.stride(0), query.stride(1), out.stride(0), out.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
         block_tables.stride(0),
         HEAD_SIZE=head_size, HEAD_PAD=launch.head_pad, GROUP=group,
         BLOCK_M=launch.block_m, BLOCK_Q=launch.block_q, TILE_N=launch.tile_n,
-        BLOCK_SIZE=block_size, NUM_SPLITS=splits, IEEE_DOT=query.dtype == torch.float32,
+        BLOCK_SIZE=block_size, NUM_SPLITS=splits, IEEE_DOT=query.dtype == torch.float32, FP8=fp8,
         num_warps=launch.num_warps, num_stages=launch.num_stages,
     )
     if splits > 1:
@@ -291,9 +310,12 @@ def paged_attention_ref(
     seq_lens: list[int],
     block_tables: torch.Tensor,
     scale: float,
+    k_scale: float = 1.0,
+    v_scale: float = 1.0,
 ) -> torch.Tensor:
-    """Torch reference: per request, gather K/V through the block table and run causal softmax
-    attention in fp32 (explicit matmuls, independent of the attention package's reference)."""
+    """Torch reference: per request, gather K/V through the block table (dequantized: tuning.dequantize_kv)
+    and run causal softmax attention in fp32 (explicit matmuls, independent of the attention package's
+    reference)."""
     block_size, num_kv_heads, head_size = kv_cache.shape[2:]
     group = query.shape[1] // num_kv_heads
     out = torch.zeros_like(query)
@@ -304,8 +326,8 @@ def paged_attention_ref(
         positions = torch.arange(seq_len, device=query.device)
         blocks = block_tables[i].long()[positions // block_size]
         slots = positions % block_size
-        k = kv_cache[0, blocks, slots].float().repeat_interleave(group, dim=1)  # [L, H, D]
-        v = kv_cache[1, blocks, slots].float().repeat_interleave(group, dim=1)
+        k = tuning.dequantize_kv(kv_cache[0, blocks, slots], k_scale).repeat_interleave(group, dim=1)  # [L, H, D]
+        v = tuning.dequantize_kv(kv_cache[1, blocks, slots], v_scale).repeat_interleave(group, dim=1)
         q = query[q_start:q_end].float()  # [q, H, D]
         scores = torch.einsum("qhd,lhd->hql", q, k) * scale
         q_pos = torch.arange(seq_len - (q_end - q_start), seq_len, device=query.device)

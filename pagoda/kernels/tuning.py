@@ -3,6 +3,12 @@
 Invariant: every function here is pure host code on Python ints (no device syncs), so the choices
 are stable under CUDA-graph capture; every choice it makes is *correct* for any input — the
 heuristics only trade speed, never results.
+
+The KV-cache storage formats live here too (`kv_format`, `quantize_kv`, `dequantize_kv`), as this is the
+one kernels module that imports no Triton (the torch attention backend uses them on CPU): a cache in
+the model's dtype stores values as they are; an FP8 cache (float8_e4m3fn / float8_e5m2) stores
+round-to-nearest-even(clamp(x · fp32(1 / scale), ±max)) and reads back fp8 · scale, with one scale per
+layer for keys and one for values. Every kernel that writes the cache rounds exactly as `quantize_kv`.
 """
 
 from __future__ import annotations
@@ -94,6 +100,52 @@ def attention_launch(
     return AttentionLaunch(block_m, block_q, tile_n, head_pad, max(1, int(num_splits)), num_warps, 2)
 
 
+# --- KV-cache formats (FP8 KV cache) --------------------------------------------------------------
+@dataclass(frozen=True)
+class KVFormat:
+    """How a cache dtype stores keys and values; the kernels take these as constexprs (`constexprs()`).
+
+    fp8: values are scaled, clamped to ±fp8_max and rounded to an FP8 grid of `fp8_mant` mantissa bits
+    whose smallest normal is 2**fp8_min_exp (subnormals below it); else they are stored as they are."""
+
+    fp8: bool
+    fp8_max: float = 0.0
+    fp8_mant: int = 1
+    fp8_min_exp: int = 0
+
+    def constexprs(self) -> dict:
+        """FP8; FP8_MAX; FP8_DROP, the fp32 mantissa bits rounded off; FP8_MIN_NORMAL; FP8_MAGIC, the fp32
+        whose ulp is the subnormal step (x + MAGIC - MAGIC rounds x to it). See kv_cache_write.quantize_fp8."""
+        return {"FP8": self.fp8, "FP8_MAX": self.fp8_max, "FP8_DROP": 23 - self.fp8_mant,
+                "FP8_MIN_NORMAL": 2.0 ** self.fp8_min_exp, "FP8_MAGIC": 2.0 ** (self.fp8_min_exp - self.fp8_mant + 23)}
+
+
+_FP8_FORMATS = {"float8_e4m3fn": KVFormat(True, 448.0, 3, -6), "float8_e5m2": KVFormat(True, 57344.0, 2, -14)}
+_PLAIN = KVFormat(False)
+
+
+def kv_format(dtype: torch.dtype) -> KVFormat:
+    """The storage format of a KV cache of `dtype` (float8_e4m3fn / float8_e5m2: FP8, else plain)."""
+    return _FP8_FORMATS.get(str(dtype).removeprefix("torch."), _PLAIN)
+
+
+def quantize_kv(x: torch.Tensor, scale: float, cache_dtype: torch.dtype) -> torch.Tensor:
+    """x as the cache stores it: FP8 of clamp(x · fp32(1 / scale)) for an FP8 cache (the product in fp32),
+    else x cast to the cache dtype (the scale unused)."""
+    fmt = kv_format(cache_dtype)
+    if not fmt.fp8:
+        return x.to(cache_dtype)
+    inv = torch.tensor(1.0 / scale, dtype=torch.float32, device=x.device)
+    return (x.float() * inv).clamp(-fmt.fp8_max, fmt.fp8_max).to(cache_dtype)
+
+
+def dequantize_kv(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """Cached values in fp32: fp8 · scale for an FP8 cache, else the values themselves."""
+    if not kv_format(x.dtype).fp8:
+        return x.float()
+    return x.float() * torch.tensor(scale, dtype=torch.float32, device=x.device)
+
+
 # --- elementwise / row kernels ---------------------------------------------------------------------
 def row_num_warps(block: int) -> int:
     """Warps for a kernel that keeps one row of `block` elements in registers."""
@@ -146,6 +198,83 @@ def gemv_launch(m: int, n: int, k: int) -> GemvLaunch:
     while programs * split_k < DEFAULT_SM_COUNT and k // (split_k * 2) >= 4 * block_k:
         split_k *= 2
     return GemvLaunch(block_n, block_k, split_k, num_warps=4, num_stages=3)
+
+
+# --- int4 weight-only matmuls (AWQ / GPTQ; pagoda.kernels.int4_gemv, int4_gemm) -----------------------
+# Layers whose weights were repacked into the int4 layout at load time (CUDA only) run the Triton kernels;
+# PAGODA_INT4_KERNELS=0 keeps them on the torch dequantize-then-matmul path, for A/B runs.
+INT4_KERNELS = os.environ.get("PAGODA_INT4_KERNELS", "1") == "1"
+# Products with at most this many rows run the int4 GEMV (the weight streamed once, dequantized in
+# registers), more rows the dequantizing GEMM; PAGODA_INT4_GEMV_MAX_M overrides it (0: always the GEMM).
+INT4_GEMV_USE_MAX_M = min(GEMV_MAX_M, int(os.environ.get("PAGODA_INT4_GEMV_MAX_M", str(GEMV_MAX_M))))
+
+
+def int4_gemv_applies(x: torch.Tensor) -> bool:
+    """Whether a product of x with a repacked int4 weight runs in the int4 GEMV rather than the GEMM: x is
+    [M, K] with 1 <= M <= INT4_GEMV_USE_MAX_M. Shapes only, as gemv_applies (CUDA-graph and eager runs of a
+    batch take the same path); the device question was settled at load time (only CUDA layers are repacked)."""
+    return x.dim() == 2 and 0 < x.shape[0] <= INT4_GEMV_USE_MAX_M
+
+
+@dataclass(frozen=True)
+class Int4GemvLaunch:
+    block_n: int  # output features per program
+    block_k: int  # input features per loop iteration, a multiple of 128 (whole chunks of the layout)
+    split_k: int  # K ranges reduced by a second kernel (1: none)
+    num_warps: int
+    num_stages: int
+
+
+def int4_gemv_launch(m: int, n: int, k: int) -> Int4GemvLaunch:
+    """Tiles for the int4 GEMV (rows per program x inputs per iteration, 8 warps). Not yet timed on the GPU
+    (tests/kernels/bench_int4.py --sweep); chosen from Triton 3.9's sm_90 SASS (int4_gemv.py's docstring):
+    32 x 1024 at m <= 2 (4 rows per thread share each x value; 128 / 170 registers), 16 x 1024 at m = 3, 4
+    (one accumulator per x row: more rows per thread would spill). block_k // 128 * 16 < 32 * num_warps keeps
+    x's plane loads in the weight's layout (no shared memory). K is split when too few programs would cover
+    the SMs (each split >= 2 iterations)."""
+    block_n, block_k, warps = (32, 1024, 8) if m <= 2 else (16, 1024, 8)
+    while block_k > 128 and block_k // 2 >= k:
+        block_k //= 2
+    programs = -(-n // block_n)
+    split_k = 1
+    while programs * split_k < DEFAULT_SM_COUNT and k // (split_k * 2) >= 2 * block_k:
+        split_k *= 2
+    return Int4GemvLaunch(block_n, block_k, split_k, num_warps=warps, num_stages=1)
+
+
+# Products with at least INT4_DEQUANT_MIN_M rows (prefill) dequantize the weight into a per-device workspace
+# with int4_dequant.py (~2.5 bytes per weight: ~70 us for Llama-3-8B's gate_up on the H200) and run cuBLAS on
+# it; fewer rows run the tl.dot GEMM (int4_gemm.py), which reads only the packed weight. The estimate: the GEMM
+# ran at ~200 TFLOP/s against cuBLAS bf16's ~800 (M = 256, 2048), so the dequant path wins once
+# 2·M·N·K / 800e12 + 2.5·N·K / 4.25e12 < 2·M·N·K / 200e12, i.e. M > ~20: 32 until swept on the GPU.
+# PAGODA_INT4_DEQUANT_MIN_M overrides it (0: never dequantize) for A/B runs. Under CUDA-graph capture the
+# GEMM is always used (the workspace may grow, which a captured graph must not see).
+INT4_DEQUANT_MIN_M = int(os.environ.get("PAGODA_INT4_DEQUANT_MIN_M", "32"))
+INT4_DEQUANT_BLOCK_N = 32  # rows per dequant program
+INT4_DEQUANT_BLOCK_CH = 4  # 128-input chunks per dequant program
+INT4_DEQUANT_NUM_WARPS = 4
+
+
+def int4_dequant_applies(m: int) -> bool:
+    """Whether an int4 product with m rows (more than the GEMV takes) dequantizes to a workspace + cuBLAS."""
+    return INT4_DEQUANT_MIN_M > 0 and m >= INT4_DEQUANT_MIN_M
+
+
+@dataclass(frozen=True)
+class Int4GemmLaunch:
+    block_m: int  # rows per program, power of two >= 16
+    block_n: int  # output features per program, power of two >= 16
+    num_warps: int
+    num_stages: int
+
+
+def int4_gemm_launch(m: int, n: int, k: int) -> Int4GemmLaunch:
+    """Tiles for the dequantizing GEMM (one 128-input chunk per iteration, eight 16-deep tl.dots). Not yet swept
+    on the GPU: small M keeps the weight read once per column block, large M takes 128 x 128 tiles."""
+    block_m = min(128, max(16, next_power_of_2(m)))
+    block_n = 128 if m > 64 else 64
+    num_warps = 8 if block_m * block_n >= 128 * 128 else 4
+    return Int4GemmLaunch(block_m, block_n, num_warps, num_stages=3)
 
 
 # --- sampling (exponential race) -------------------------------------------------------------------

@@ -11,6 +11,8 @@ Invariants:
   for max_num_seqs rows with top-k/top-p on), so the peak is the real peak.
 - If nothing is left for the cache, the error says how much memory the model needs and how much
   the budget allows, in GiB.
+- Blocks are sized in the cache's own dtype (worker.kv_cache_dtype: FP8 with kv_cache_dtype fp8*), so
+  an FP8 cache gets twice the blocks of a bf16 one from the same budget; the log line states it.
 """
 
 from __future__ import annotations
@@ -80,7 +82,7 @@ def profile_num_blocks(worker: "Worker") -> int:
     temp_blocks = min(-(-max_len // block_size), -(-num_tokens // block_size)) + 1
     spec = worker.kv_spec
     shape = worker.attn_backend.kv_cache_shape(temp_blocks, block_size, spec.num_kv_heads, spec.head_size)
-    temp_caches = [torch.zeros(shape, dtype=config.model.torch_dtype, device=device) for _ in range(spec.num_layers)]
+    temp_caches = [torch.zeros(shape, dtype=worker.kv_cache_dtype, device=device) for _ in range(spec.num_layers)]
     temp_bytes = sum(t.numel() * t.element_size() for t in temp_caches)
     torch.cuda.reset_peak_memory_stats(device)
 
@@ -116,8 +118,9 @@ def profile_num_blocks(worker: "Worker") -> int:
         weights_bytes / GIB, peak / GIB, outside_torch / GIB, budget / GIB, num_blocks * bytes_per_block / GIB,
     )
     logger.info(
-        "GPU KV cache size: %d tokens; maximum concurrency for %d tokens per request: %.2fx",
-        num_blocks * block_size, max_len, num_blocks * block_size / max_len,
+        "GPU KV cache size: %d tokens (%s, kv_cache_dtype=%s); maximum concurrency for %d tokens per request: %.2fx",
+        num_blocks * block_size, str(worker.kv_cache_dtype).removeprefix("torch."), config.cache.cache_dtype, max_len,
+        num_blocks * block_size / max_len,
     )
     return num_blocks
 

@@ -13,6 +13,11 @@ Invariants:
   used), else a profiled step and gpu_memory_utilization do (worker/gpu_memory.py).
 - On CUDA, kernels are warmed up (worker/warmup.py) after the cache is allocated and before any
   CUDA graph is captured; the warm-up writes nothing into the cache.
+- Every cache (the draft's too) is in `kv_cache_dtype` = CacheConfig.torch_dtype(model dtype): the
+  model's dtype, or FP8 for kv_cache_dtype fp8 / fp8_e4m3 / fp8_e5m2, so that bytes_per_block (and so
+  every block count derived from a byte budget) uses its element size: FP8 holds twice the tokens of
+  bf16 in the same memory. The attention layers' k_scale / v_scale are set from each model's checkpoint
+  (models/utils.load_kv_cache_scales) right after it loads, before any step or graph capture.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from pagoda.attention.backend import get_attention_backend
 from pagoda.config import PagodaConfig
 from pagoda.core.sched_output import SchedulerOutput
 from pagoda.model_executor.model_loader import get_model
+from pagoda.model_executor.models.utils import load_kv_cache_scales
 from pagoda.worker.model_runner import ModelRunner
 
 logger = logging.getLogger(__name__)
@@ -43,18 +49,22 @@ class Worker:
             from pagoda.worker.gpu_memory import check_weights_fit
 
             check_weights_fit(self)
+        self.kv_cache_dtype = config.cache.torch_dtype(config.model.torch_dtype)
         self.model = get_model(config.model, config.load, config.device.device, self.attn_backend)
         self.kv_spec = self.model.kv_cache_spec
+        load_kv_cache_scales(self.model, config.model.model_path, config.load.load_format, config.cache.cache_dtype)
         self.draft_model = None
         speculative = config.speculative
         if speculative is not None and speculative.method == "draft_model":
             self.draft_model = get_model(speculative.draft_model_config, config.load, config.device.device,
                                          self.attn_backend)
+            load_kv_cache_scales(self.draft_model, speculative.draft_model_config.model_path, config.load.load_format,
+                                 config.cache.cache_dtype)
         self.runner: ModelRunner | None = None
 
     def bytes_per_block(self) -> int:
         """Bytes of one block of every cache this worker keeps (the target's, and the draft model's)."""
-        dtype_size = torch.empty((), dtype=self.config.model.torch_dtype).element_size()
+        dtype_size = torch.empty((), dtype=self.kv_cache_dtype).element_size()
         size = self.kv_spec.bytes_per_block(self.config.cache.block_size, dtype_size)
         if self.draft_model is not None:
             size += self.draft_model.kv_cache_spec.bytes_per_block(self.config.cache.block_size, dtype_size)
@@ -80,17 +90,18 @@ class Worker:
     def initialize_cache(self, num_blocks: int) -> None:
         spec, cache = self.kv_spec, self.config.cache
         shape = self.attn_backend.kv_cache_shape(num_blocks, cache.block_size, spec.num_kv_heads, spec.head_size)
-        kv_caches = [torch.zeros(shape, dtype=self.config.model.torch_dtype, device=self.device) for _ in range(spec.num_layers)]
+        kv_caches = [torch.zeros(shape, dtype=self.kv_cache_dtype, device=self.device) for _ in range(spec.num_layers)]
         draft_kv_caches = None
         if self.draft_model is not None:
             draft_spec = self.draft_model.kv_cache_spec
             draft_shape = self.attn_backend.kv_cache_shape(num_blocks, cache.block_size, draft_spec.num_kv_heads,
                                                            draft_spec.head_size)
-            draft_kv_caches = [torch.zeros(draft_shape, dtype=self.config.model.torch_dtype, device=self.device)
+            draft_kv_caches = [torch.zeros(draft_shape, dtype=self.kv_cache_dtype, device=self.device)
                                for _ in range(draft_spec.num_layers)]
         logger.info(
-            "KV cache: %d blocks of %d tokens (%.2f GiB) on %s",
-            num_blocks, cache.block_size, num_blocks * self.bytes_per_block() / (1 << 30), self.device,
+            "KV cache: %d blocks of %d tokens = %d tokens in %s (kv_cache_dtype=%s), %.2f GiB on %s",
+            num_blocks, cache.block_size, num_blocks * cache.block_size, str(self.kv_cache_dtype).removeprefix("torch."),
+            cache.cache_dtype, num_blocks * self.bytes_per_block() / (1 << 30), self.device,
         )
         self.runner = ModelRunner(self.config, self.model, kv_caches, self.device, self.attn_backend)
         if self.draft_model is not None:

@@ -60,7 +60,7 @@ def test_not_supported_yet_names_keyword_and_flag(opt, llama_dir):
      "--speculative-model-quantization"),
     ({"tensor_parallel_size": 2}, "-tp"),
     ({"distributed_executor_backend": "ray"}, "--distributed-executor-backend"),
-    ({"kv_cache_dtype": "fp8"}, "--kv-cache-dtype"),
+    ({"kv_cache_dtype": "fp8_inc"}, "--kv-cache-dtype"),  # fp8, fp8_e4m3, fp8_e5m2 are implemented
     ({"limit_mm_per_prompt": {"video": 2}}, "--limit-mm-per-prompt"),
     ({"load_format": "gguf"}, "--load-format"),
     ({"tokenizer_mode": "mistral"}, "--tokenizer-mode"),

@@ -149,7 +149,7 @@ def test_default_values_of_unimplemented_flags_are_fine(model_dir):
     (["--max-loras", "4"], "--max-loras"),
     (["--lora-modules", "sql=/loras/sql"], "--lora-modules"),
     (["-q", "bitsandbytes"], "--quantization"),
-    (["--kv-cache-dtype", "fp8"], "--kv-cache-dtype"),
+    (["--kv-cache-dtype", "fp8_inc"], "--kv-cache-dtype"),  # fp8, fp8_e4m3, fp8_e5m2 are implemented
     (["--cpu-offload-gb", "8"], "--cpu-offload-gb"),
     (["--speculative-config", '{"method": "eagle", "model": "some/eagle", "num_speculative_tokens": 4}'],
      "--speculative-config"),

@@ -7,6 +7,9 @@ Invariants:
   [T, num_heads·head_size]. `layer_idx` says which entry of the model's kv_caches list is its own.
 - Given a `rotary_emb`, q and k are rotated by it at `positions` inside the backend (which may fuse
   that with the KV-cache write), never before the call; q and k must not be read afterwards.
+- `k_scale` and `v_scale` are the layer's FP8 KV-cache scales, Python floats (1.0 unless the checkpoint
+  has them and kv_cache_dtype is FP8: models/utils.load_kv_cache_scales sets them after loading, before
+  any step, so CUDA graphs capture their final values). Every call hands them to the backend.
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ class Attention(nn.Module):
         self.scale = scale
         self.layer_idx = layer_idx
         self.backend = attn_backend
+        self.k_scale = 1.0
+        self.v_scale = 1.0
 
     def forward(
         self,
@@ -62,8 +67,11 @@ class Attention(nn.Module):
             attn_metadata,
             self.scale,
             rotary=rotary,
+            k_scale=self.k_scale,
+            v_scale=self.v_scale,
         )
         return out.reshape(num_tokens, self.num_heads * self.head_size)
 
     def extra_repr(self) -> str:
-        return f"layer={self.layer_idx}, heads={self.num_heads}, kv_heads={self.num_kv_heads}, head_size={self.head_size}, backend={self.backend.name}"
+        return f"layer={self.layer_idx}, heads={self.num_heads}, kv_heads={self.num_kv_heads}, head_size={self.head_size}, backend={self.backend.name}" + (
+            f", k_scale={self.k_scale}, v_scale={self.v_scale}" if (self.k_scale, self.v_scale) != (1.0, 1.0) else "")
