@@ -21,8 +21,11 @@ Invariants:
   packed offsets, and tensor-parallel shards split dim 1 (column-parallel) or dim 0 (row-parallel, whole
   groups) with the shared loaders (weight_loading.py); every piece's output size must be a multiple of 8
   and the input on a rank a multiple of G, else a ValueError naming the layer.
-- `apply` computes awq_utils.awq_linear_reference: the weight dequantized to the activation dtype, then
-  x @ w + bias; correct on CPU and GPU (a dequantizing Triton GEMM / GEMV comes later, behind `apply`).
+- On CPU (and for layers outside the kernels' layout) `apply` computes awq_utils.awq_linear_reference: the
+  weight dequantized to the activation dtype, then x @ w + bias. On CUDA, `process_weights_after_loading`
+  repacks the layer into the int4 kernels' layout (int4_linear.py; the checkpoint-layout parameters are then
+  gone) and `apply` / `apply_silu_and_mul` run the Triton int4 GEMV (few rows; a pending RMSNorm and the
+  SiLU·mul fused) or dequantizing GEMM, equal to the reference up to fp32 summation order.
 """
 
 from __future__ import annotations
@@ -35,6 +38,13 @@ from torch import nn
 from pagoda.model_executor.layers.linear import LinearMethod, UnquantizedLinearMethod, set_weight_attrs
 from pagoda.model_executor.layers.quantization.awq_utils import AWQ_BITS, AWQ_PACK_FACTOR, awq_linear_reference
 from pagoda.model_executor.layers.quantization.base_config import QuantizationConfig
+from pagoda.model_executor.layers.quantization.int4_linear import (
+    has_int4_layout,
+    int4_matmul,
+    kernels_apply,
+    materialize,
+    repack_awq,
+)
 
 SUPPORTED_VERSIONS = ("gemm",)
 
@@ -124,5 +134,20 @@ class AwqLinearMethod(LinearMethod):
             layer.register_parameter(name, param)
         layer.awq_group_size = group
 
+    # a PendingRMSNorm reaches `apply`: fused into the int4 GEMV, materialized on the other paths
+    takes_pending_norm = True
+
+    def process_weights_after_loading(self, layer: nn.Module) -> None:
+        if kernels_apply(layer.qweight):
+            repack_awq(layer)
+
     def apply(self, layer, x, bias):
-        return awq_linear_reference(x, layer.qweight, layer.qzeros, layer.scales, layer.awq_group_size, bias)
+        if has_int4_layout(layer):
+            return int4_matmul(layer, x, bias, None)
+        return awq_linear_reference(materialize(x), layer.qweight, layer.qzeros, layer.scales, layer.awq_group_size,
+                                    bias)
+
+    def apply_silu_and_mul(self, layer, x, bias, act):
+        if has_int4_layout(layer):
+            return int4_matmul(layer, x, bias, act)
+        return act(self.apply(layer, x, bias))

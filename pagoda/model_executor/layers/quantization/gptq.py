@@ -24,8 +24,12 @@ Invariants:
   are split in whole groups (`input_dim` 0) only without desc_act and with G > 0, and are held whole
   otherwise (vLLM's rule), indexed by the checkpoint's g_idx. Every piece's output size must be a
   multiple of pack and the input on a rank a multiple of pack and of G, else a ValueError naming the layer.
-- `apply` computes gptq_utils.gptq_linear_reference: dequantize to the activation dtype, then x @ w + bias;
-  the same torch code on CPU and GPU (a Triton kernel comes later, behind `apply`).
+- On CPU, for 8-bit weights and for layers outside the kernels' layout, `apply` computes
+  gptq_utils.gptq_linear_reference: dequantize to the activation dtype, then x @ w + bias. On CUDA, 4-bit
+  layers are repacked by `process_weights_after_loading` into the int4 kernels' layout (int4_linear.py; with
+  desc_act the rows sorted by g_idx, x gathered per call; the checkpoint-layout parameters are then gone) and
+  `apply` / `apply_silu_and_mul` run the Triton int4 GEMV (few rows; a pending RMSNorm and the SiLU·mul
+  fused) or dequantizing GEMM, equal to the reference up to fp32 summation order.
 """
 
 from __future__ import annotations
@@ -38,6 +42,13 @@ from torch import nn
 from pagoda.model_executor.layers.linear import LinearMethod, UnquantizedLinearMethod, set_weight_attrs
 from pagoda.model_executor.layers.quantization.base_config import QuantizationConfig
 from pagoda.model_executor.layers.quantization.gptq_utils import GPTQ_BITS, gptq_linear_reference, pack_factor
+from pagoda.model_executor.layers.quantization.int4_linear import (
+    has_int4_layout,
+    int4_matmul,
+    kernels_apply,
+    materialize,
+    repack_gptq,
+)
 
 CHECKPOINT_FORMATS = {"gptq": 1, "gptq_v2": 0}  # the offset added to a stored zero
 
@@ -148,17 +159,28 @@ class GptqLinearMethod(LinearMethod):
             set_weight_attrs(param, attrs)
             layer.register_parameter(name, param)
 
+    # a PendingRMSNorm reaches `apply`: fused into the int4 GEMV, materialized on the other paths
+    takes_pending_norm = True
+
     def process_weights_after_loading(self, layer: nn.Module) -> None:
         g_idx = getattr(layer, "g_idx", None)
-        if g_idx is None or g_idx.numel() == 0:
-            return
-        groups = layer.scales.shape[0]
-        low, high = int(g_idx.min()), int(g_idx.max())  # once, at load time
-        if low < 0 or high >= groups:
-            raise ValueError(f"checkpoint tensor {layer.prefix}.g_idx: group indices {low} .. {high} are outside "
-                             f"0 .. {groups - 1} (the layer's scales have {groups} groups)")
+        if g_idx is not None and g_idx.numel():
+            groups = layer.scales.shape[0]
+            low, high = int(g_idx.min()), int(g_idx.max())  # once, at load time
+            if low < 0 or high >= groups:
+                raise ValueError(f"checkpoint tensor {layer.prefix}.g_idx: group indices {low} .. {high} are "
+                                 f"outside 0 .. {groups - 1} (the layer's scales have {groups} groups)")
+        if kernels_apply(layer.qweight):
+            repack_gptq(layer, self.config.weight_bits, self.config.zero_offset)
 
     def apply(self, layer, x, bias):
+        if has_int4_layout(layer):
+            return int4_matmul(layer, x, bias, None)
         config = self.config
-        return gptq_linear_reference(x, layer.qweight, layer.qzeros, layer.scales, getattr(layer, "g_idx", None),
-                                     config.weight_bits, config.zero_offset, bias)
+        return gptq_linear_reference(materialize(x), layer.qweight, layer.qzeros, layer.scales,
+                                     getattr(layer, "g_idx", None), config.weight_bits, config.zero_offset, bias)
+
+    def apply_silu_and_mul(self, layer, x, bias, act):
+        if has_int4_layout(layer):
+            return int4_matmul(layer, x, bias, act)
+        return act(self.apply(layer, x, bias))

@@ -1,0 +1,194 @@
+"""GPU check + timing of the int4 GEMV and GEMM against bf16 (not collected by pytest; run by hand on a GPU):
+
+    python tests/kernels/bench_int4.py [--sweep] [--rows 1,2,4] [--gemm-rows 16,64,256,2048] [--group 128]
+
+For each of Llama-3-8B's projection shapes (qkv 4096->6144, o 4096->4096, gate_up 4096->28672, down
+14336->4096) it builds random weights in the int4 layout (pagoda/kernels/int4_layout.py) and times, per
+product, one CUDA graph of many copies (each its own weight, as the layers of a model: no weight stays in L2):
+- decode rows (--rows): bf16 cuBLAS (F.linear), bf16 gemv, the int4 GEMV's tuned launch (and its fused forms:
+  SiLU·mul on gate_up, RMSNorm + residual on qkv), the torch dequantize-then-matmul path, and with --sweep
+  the best launches of a grid;
+- prefill rows (--gemm-rows): bf16 cuBLAS, the int4 GEMM (with --sweep, a grid of its tiles), the dequant
+  kernel alone and dequant + cuBLAS (the path for M >= tuning.INT4_DEQUANT_MIN_M); at the end, per M, the
+  sum over one layer's four products of bf16 vs the dispatched int4 path (the faster of GEMM / dequant + cuBLAS
+  is printed too, to set INT4_DEQUANT_MIN_M).
+GB/s counts the quantized bytes (packed weight + scales + zeros) for int4 and the bf16 weight for bf16. At the
+end, the sum over one decode step of Llama-3-8B's 32 layers (int4 products at M = 1) against the 1.6 ms/token
+target's share (the bf16 lm_head, 1.05 GB, comes on top). Results are checked against the fp32 reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from bench_gemv import graph_seconds  # noqa: E402
+from pagoda.kernels import int4_layout, tuning  # noqa: E402
+from pagoda.kernels.gemv import gemv  # noqa: E402
+from pagoda.kernels.int4_dequant import int4_dequantize  # noqa: E402
+from pagoda.kernels.int4_gemm import int4_gemm  # noqa: E402
+from pagoda.kernels.int4_gemv import int4_gemv  # noqa: E402
+
+SHAPES = {  # name: (N, K) of Llama-3-8B's weights
+    "qkv_proj": (6144, 4096),
+    "o_proj": (4096, 4096),
+    "gate_up_proj": (28672, 4096),
+    "down_proj": (4096, 14336),
+}
+LAYERS = 32
+HBM_BYTES_PER_S = 4.25e12  # measured device copy on the H200 (DESIGN §5)
+
+
+def int4_weight(n: int, k: int, group: int, dtype, device="cuda"):
+    """(qweight, scales, zeros) of a random [n, k] weight in the int4 layout, made on the device."""
+    qweight = torch.randint(-2**31, 2**31 - 1, (n, k // 8), dtype=torch.int32, device=device)
+    scales = (torch.rand(n, k // group, device=device) * 0.02 / 8 + 0.001).to(dtype)
+    zeros = torch.randint(0, 16, (n, k // group), dtype=torch.uint8, device=device)
+    return qweight, scales, zeros
+
+
+def quantized_bytes(weight) -> int:
+    return sum(t.numel() * t.element_size() for t in weight if t is not None)
+
+
+def per_product(fn, x, weights, reps: int = 20) -> float:
+    """Seconds per product: one graph of len(weights) products fn(x, weight), replayed `reps` times."""
+
+    def body():
+        for w in weights:
+            fn(x, w)
+
+    return graph_seconds(body, reps) / len(weights)
+
+
+def check(x, weight, group) -> float:
+    """max |kernel - fp32 reference| relative to the reference's largest value."""
+    ref = int4_layout.int4_linear_ref(x, *weight, group).float()
+    out = (int4_gemv(x, *weight) if x.shape[0] <= tuning.GEMV_MAX_M else int4_gemm(x, *weight)).float()
+    return ((out - ref).abs().max() / ref.abs().max().clamp_min(1e-9)).item()
+
+
+def decode_rows(name, n, k, m, weights, bf16, group, args, dtype) -> float:
+    """Print the decode-row timings of one shape; return the int4 GEMV's tuned time (seconds)."""
+    x = torch.randn(m, k, device="cuda", dtype=dtype)
+    qbytes, fbytes = quantized_bytes(weights[0]), n * k * 2
+    tuned = tuning.int4_gemv_launch(m, n, k)
+    rows = [("bf16 cublas F.linear", per_product(lambda a, w: F.linear(a, w), x, bf16), fbytes),
+            ("bf16 gemv", per_product(lambda a, w: gemv(a, w), x, bf16), fbytes)]
+    t_int4 = per_product(lambda a, w: int4_gemv(a, *w), x, weights)
+    rows.append((f"int4 gemv tuned {tuned.block_n}x{tuned.block_k} s{tuned.split_k} w{tuned.num_warps} "
+                 f"st{tuned.num_stages}", t_int4, qbytes))
+    if name == "gate_up_proj":
+        rows.append(("int4 gemv + silu_and_mul fused",
+                     per_product(lambda a, w: int4_gemv(a, *w, silu_and_mul=True), x, weights), qbytes))
+    if name == "qkv_proj":
+        g, res, res_out = torch.ones(k, device="cuda", dtype=dtype), torch.randn_like(x), torch.empty_like(x)
+        rows.append(("int4 gemv + rmsnorm/residual fused", per_product(
+            lambda a, w: int4_gemv(a, *w, norm_weight=g, residual=res, residual_out=res_out), x, weights), qbytes))
+    rows.append(("torch dequantize + F.linear", per_product(
+        lambda a, w: F.linear(a, int4_layout.dequantize(w[0], w[1], w[2], group, dtype)), x, weights[:2], reps=5),
+        qbytes))
+    if args.sweep:
+        swept = []
+        for bn, bk, sk, nw, st in itertools.product((16, 32, 64), (512, 1024), (1, 2, 4), (4, 8), (1, 2)):
+            launch = tuning.Int4GemvLaunch(bn, bk, sk, nw, st)
+            try:
+                t = per_product(lambda a, w, launch=launch: int4_gemv(a, *w, launch=launch), x, weights, reps=10)
+            except Exception as exc:  # noqa: BLE001 - a launch that does not fit is skipped
+                print(f"  skip {launch}: {type(exc).__name__}")
+                continue
+            swept.append((f"int4 gemv {bn}x{bk} s{sk} w{nw} st{st}", t, qbytes))
+        rows += sorted(swept, key=lambda r: r[1])[:5]
+    for label, t, nbytes in rows:
+        print(f"{name:14} {m:>5} {label:40} {t * 1e6:9.2f} {nbytes / t / 1e9:7.0f}")
+    print(f"{name:14} {m:>5} max |int4 gemv - fp32 ref| / max |ref| = {check(x, weights[0], group):.2e}", flush=True)
+    return t_int4
+
+
+def prefill_rows(name, n, k, m, weights, bf16, group, args, dtype, totals) -> None:
+    x = torch.randn(m, k, device="cuda", dtype=dtype)
+    flops, qbytes = 2 * m * n * k, quantized_bytes(weights[0])
+    tuned = tuning.int4_gemm_launch(m, n, k)
+    ws = torch.empty(n, k, device="cuda", dtype=dtype)
+    t_bf16 = per_product(lambda a, w: F.linear(a, w), x, bf16[:2], reps=10)
+    t_gemm = per_product(lambda a, w: int4_gemm(a, *w), x, weights[:4], reps=10)
+    t_deq = per_product(lambda a, w: int4_dequantize(*w, ws), x, weights[:4], reps=10)
+    t_deq_mm = per_product(lambda a, w: F.linear(a, int4_dequantize(*w, ws)), x, weights[:4], reps=10)
+    rows = [("bf16 cublas F.linear", t_bf16),
+            (f"int4 gemm tuned {tuned.block_m}x{tuned.block_n} w{tuned.num_warps} st{tuned.num_stages}", t_gemm),
+            ("int4 dequant kernel alone", t_deq), ("int4 dequant + cublas", t_deq_mm)]
+    if args.sweep:
+        swept = []
+        for bm, bn, nw, st in itertools.product((16, 32, 64, 128), (64, 128, 256), (4, 8), (2, 3, 4)):
+            if bm > 2 * tuning.next_power_of_2(m):
+                continue
+            launch = tuning.Int4GemmLaunch(bm, bn, nw, st)
+            try:
+                t = per_product(lambda a, w, launch=launch: int4_gemm(a, *w, launch=launch), x, weights[:4], reps=5)
+            except Exception as exc:  # noqa: BLE001
+                print(f"  skip {launch}: {type(exc).__name__}")
+                continue
+            swept.append((f"int4 gemm {bm}x{bn} w{nw} st{st}", t))
+        rows += sorted(swept, key=lambda r: r[1])[:5]
+    for label, t in rows:
+        print(f"{name:14} {m:>5} {label:40} {t * 1e6:9.2f} {qbytes / t / 1e9:7.0f} {flops / t / 1e12:7.1f} TFLOP/s")
+    deq_gb = (qbytes + n * k * 2) / t_deq / 1e9
+    print(f"{name:14} {m:>5} dequant kernel: {deq_gb:.0f} GB/s on packed + written bytes", flush=True)
+    dispatched = t_deq_mm if tuning.int4_dequant_applies(m) else t_gemm
+    total = totals.setdefault(m, [0.0, 0.0, 0.0])
+    total[0] += t_bf16
+    total[1] += dispatched
+    total[2] += min(t_gemm, t_deq_mm)
+    ref = int4_layout.dequantize(weights[0][0], weights[0][1], weights[0][2], group, dtype)
+    exact = torch.equal(int4_dequantize(*weights[0], ws), ref)
+    print(f"{name:14} {m:>5} max |int4 gemm - fp32 ref| / max |ref| = {check(x, weights[0], group):.2e}; "
+          f"dequant kernel == torch dequantize: {exact}", flush=True)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--sweep", action="store_true")
+    p.add_argument("--rows", default="1,2,4")
+    p.add_argument("--gemm-rows", default="16,64,256,2048")
+    p.add_argument("--group", type=int, default=128, help="group size (-1: the whole input)")
+    args = p.parse_args()
+    dtype = torch.bfloat16
+    decode = [int(r) for r in args.rows.split(",") if r]
+    prefill = [int(r) for r in args.gemm_rows.split(",") if r]
+    step = 0.0
+    totals: dict[int, list[float]] = {}
+    print(f"{'shape':14} {'M':>5} {'kernel':40} {'us':>9} {'GB/s':>7}")
+    for name, (n, k) in SHAPES.items():
+        group = k if args.group == -1 else args.group
+        copies = max(4, min(64, int(2e9 // (n * k // 2))))  # ~2 GB of packed weights: none stays in L2
+        weights = [int4_weight(n, k, group, dtype) for _ in range(copies)]
+        bf16 = [torch.randn(n, k, device="cuda", dtype=dtype) / k**0.5 for _ in range(max(4, copies // 4))]
+        for m in decode:
+            t = decode_rows(name, n, k, m, weights, bf16, group, args, dtype)
+            if m == 1:
+                step += t * LAYERS
+        for m in prefill:
+            prefill_rows(name, n, k, m, weights, bf16, group, args, dtype, totals)
+        del weights, bf16
+        torch.cuda.empty_cache()
+    for m, (t_bf16, t_int4, t_best) in sorted(totals.items()):
+        path = "dequant + cublas" if tuning.int4_dequant_applies(m) else "int4 gemm"
+        print(f"prefill M = {m:5}: one layer's 4 products bf16 {t_bf16 * 1e6:8.1f} us, int4 dispatched ({path}) "
+              f"{t_int4 * 1e6:8.1f} us ({t_int4 / t_bf16:.2f}x), faster int4 path {t_best * 1e6:8.1f} us")
+    if 1 in decode:
+        qbytes = LAYERS * sum(n * k // 2 + n * (k // (k if args.group == -1 else args.group)) * 3  # + bf16 scales, u8 zeros
+                              for n, k in SHAPES.values())
+        print(f"\ndecode step, 32 layers' int4 products at M = 1: {step * 1e3:.3f} ms for {qbytes / 1e9:.2f} GB "
+              f"= {qbytes / step / 1e9:.0f} GB/s ({qbytes / step / HBM_BYTES_PER_S:.0%} of {HBM_BYTES_PER_S / 1e12} TB/s)"
+              f"; + the bf16 lm_head (1.05 GB) at the same rate ~ {(step + 1.05e9 / (qbytes / step)) * 1e3:.3f} ms/token")
+
+
+if __name__ == "__main__":
+    main()
