@@ -14,6 +14,16 @@ Triton's interpreter and on CUDA).
 - gemv: `gemv(x, weight, bias=None, silu_and_mul=False, norm_weight=None, eps, residual=None,
   residual_out=None)`, x @ weightᵀ for a few rows (decode at batch 1), optionally with RMSNorm
   (+ residual add) in the prologue and SiLU·mul of [gate | up] in the epilogue. Reference: `gemv_ref(...)`.
+- int4_gemv / int4_gemm: `int4_gemv(x, qweight, scales, zeros, bias=None, silu_and_mul=False, norm_weight=None,
+  eps, residual=None, residual_out=None)` (decode rows, gemv's fused forms, split-K) and `int4_gemm(x, qweight,
+  scales, zeros, bias=None)` (prefill), x @ Wᵀ with W int4 weight-only in the layout of int4_layout.py (AWQ and
+  GPTQ repacked at load time; packed along K in 128-input chunks of 8 nibble planes, per-group scales, uint8
+  zeros or none), dequantized in registers. Reference: `int4_layout.int4_linear_ref(...)` (torch, no Triton).
+- fp8_quant: `fp8_quantize(x, static_scale=None)` -> (float8_e4m3fn [M, K], fp32 scales [M, 1] or the static one),
+  the FP8 linear layers' activation quantization (per-token amax / 448, x / scale rounded to nearest even) in
+  one kernel. Reference: `fp8_quantize_ref(...)` (and the layers' fp8_utils.quantize_activation, bit for bit).
+- FP8 KV cache: paged_attention, decode_attention, rotary_kv and kv_cache_write take `k_scale` / `v_scale`; with
+  a float8_e4m3fn / float8_e5m2 cache they store x / scale (tuning.quantize_kv) and read back x · scale.
 - rotary_kv: `rotary_and_write_kv(positions, q, k, v, cos_sin_cache, kv_cache, slot_mapping, is_neox)`,
   rotary fused with the KV-cache write (q rotated in place, rotated k and v stored at the slots; bitwise
   = apply_rotary + write_kv_cache). Reference: `rotary_and_write_kv_ref(...)`.

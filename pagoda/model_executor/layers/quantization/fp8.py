@@ -19,7 +19,8 @@ Invariants:
   twice. `input_scale` is fp32 [1] (static: the largest of the fused pieces' scales, as vLLM, since
   the pieces share one input) or None (dynamic: per-token scales, what vLLM uses on CUDA GPUs that
   run CUTLASS FP8).
-- `apply` quantizes x [..., K] to FP8 (per token, or with the static scale) and computes
+- `apply` quantizes x [..., K] to FP8 (per token, or with the static scale; on CUDA in one Triton kernel,
+  pagoda/kernels/fp8_quant.py, bit for bit the torch math) and computes
   fp8_utils.fp8_linear_reference's product: through `torch._scaled_mm` for bf16 activations on a CUDA
   GPU of compute capability 8.9+ (Ada, Hopper), otherwise in torch (CPU; other dtypes or GPUs), with
   the same result up to fp32 rounding.
@@ -37,6 +38,7 @@ from pagoda.model_executor.layers.linear import LinearMethod, UnquantizedLinearM
 from pagoda.model_executor.layers.quantization.base_config import QuantizationConfig
 from pagoda.model_executor.layers.quantization.fp8_utils import (
     FP8_DTYPE,
+    MIN_SCALE,
     fp8_linear_reference,
     fp8_linear_scaled_mm,
     per_tensor_scale,
@@ -144,10 +146,20 @@ class Fp8LinearMethod(LinearMethod):
             raise RuntimeError(f"{layer.prefix or type(layer).__name__}: FP8 weights are used before "
                                "process_weights_after_loading (the loader calls it after loading)")
         shape = x.shape
-        q_x, x_scale = quantize_activation(x.reshape(-1, shape[-1]), layer.input_scale)
+        q_x, x_scale = _quantize_activation(x.reshape(-1, shape[-1]), layer.input_scale)
         matmul = fp8_linear_scaled_mm if layer.fp8_scaled_mm and x.dtype == torch.bfloat16 else fp8_linear_reference
         out = matmul(q_x, x_scale, layer.weight, layer.weight_scale, bias, x.dtype)
         return out.reshape(*shape[:-1], out.shape[-1])
+
+
+def _quantize_activation(x: torch.Tensor, static_scale: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """fp8_utils.quantize_activation, through the Triton kernel on CUDA (one read of x instead of five passes;
+    bit for bit the same, tests/kernels/test_fp8_quant.py); imported on first use so CPU never needs Triton."""
+    if x.is_cuda:
+        from pagoda.kernels.fp8_quant import fp8_quantize
+
+        return fp8_quantize(x, static_scale, MIN_SCALE)
+    return quantize_activation(x, static_scale)
 
 
 def _check_scale(scale: torch.Tensor, name: str) -> None:

@@ -32,14 +32,20 @@ def _amax(x: torch.Tensor, dim: int | None) -> torch.Tensor:
     return torch.linalg.vector_norm(x, float("inf"), dim=dim, keepdim=dim is not None, dtype=torch.float32)
 
 
+def _over_max(amax: torch.Tensor) -> torch.Tensor:
+    """amax / 448, an IEEE division on every device (CUDA torch multiplies by the reciprocal of a Python scalar,
+    which can differ in the last bit from the division the CPU and the Triton kernel do)."""
+    return amax / amax.new_full((), FP8_MAX)
+
+
 def per_token_scales(x: torch.Tensor) -> torch.Tensor:
     """[M, 1] fp32: each row's amax / 448 (dynamic per-token activation scales)."""
-    return (_amax(x, -1) / FP8_MAX).clamp_(min=MIN_SCALE)
+    return _over_max(_amax(x, -1)).clamp_(min=MIN_SCALE)
 
 
 def per_tensor_scale(x: torch.Tensor) -> torch.Tensor:
     """[] fp32: amax / 448 over the whole tensor."""
-    return (_amax(x, None) / FP8_MAX).clamp_(min=MIN_SCALE)
+    return _over_max(_amax(x, None)).clamp_(min=MIN_SCALE)
 
 
 def quantize_activation(x: torch.Tensor, static_scale: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
