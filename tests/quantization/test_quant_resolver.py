@@ -28,8 +28,8 @@ def config(**attrs):
 
 
 def test_method_names_are_vllms():
-    assert list(SUPPORTED_METHODS) == ["fp8", "awq", "gptq"]
-    for name in ("compressed-tensors", "bitsandbytes", "gguf", "modelopt", "awq_marlin", "gptq_marlin"):
+    assert list(SUPPORTED_METHODS) == ["fp8", "awq", "gptq", "compressed-tensors"]
+    for name in ("bitsandbytes", "gguf", "modelopt", "awq_marlin", "gptq_marlin"):
         assert name in NOT_YET_METHODS
     assert len(set(QUANTIZATION_METHODS)) == len(QUANTIZATION_METHODS)
 
@@ -65,9 +65,8 @@ def test_mismatch_names_both_fields():
 
 
 @pytest.mark.parametrize("user, needle", [
-    ("int3", "is not a quantization method; supported: ['fp8', 'awq', 'gptq']"),
+    ("int3", "is not a quantization method; supported: ['fp8', 'awq', 'gptq', 'compressed-tensors']"),
     ("gguf", "is not supported yet"),
-    ("compressed_tensors", "is not supported yet"),  # vLLM's other spelling of compressed-tensors
     ("bitsandbytes", "is not supported yet"),
 ])
 def test_user_names_unknown_or_not_yet(user, needle):
@@ -80,7 +79,7 @@ def test_user_names_unknown_or_not_yet(user, needle):
     ({"quant_method": "quanto"}, "quant_method='quanto' is not a quantization method"),
     ({"bits": 4}, r"quantization_config.quant_method is required"),
     ({"quant_method": "bitsandbytes", "bits": 4}, "'bitsandbytes'.*not supported yet"),
-    ({"quant_method": "compressed-tensors"}, "'compressed-tensors'.*not supported yet"),
+    ({"quant_method": "compressed-tensors"}, r"config_groups is required"),
     ({"producer": {"name": "modelopt"}, "quantization": {"quant_algo": "FP8"}}, "'modelopt'.*not supported yet"),
     ({"quant_method": "fp8"}, r"quantization_config.activation_scheme is required"),
     ({"quant_method": "fp8", "activation_scheme": "per_token"},

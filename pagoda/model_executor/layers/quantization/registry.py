@@ -17,17 +17,18 @@ SUPPORTED_METHODS: dict[str, str] = {
     "fp8": "pagoda.model_executor.layers.quantization.fp8:Fp8Config",
     "awq": "pagoda.model_executor.layers.quantization.awq:AwqConfig",
     "gptq": "pagoda.model_executor.layers.quantization.gptq:GptqConfig",
+    "compressed-tensors": "pagoda.model_executor.layers.quantization.compressed_tensors:CompressedTensorsConfig",
 }
-# vLLM 0.17's QuantizationMethods (less fp8, awq and gptq), then names of earlier releases.
+# vLLM 0.17's QuantizationMethods (less fp8, awq, gptq and compressed-tensors), then names of earlier releases.
 NOT_YET_METHODS: tuple[str, ...] = (
     "ptpc_fp8", "fbgemm_fp8", "fp_quant", "modelopt", "modelopt_fp4", "bitblas", "gguf", "gptq_marlin_24",
-    "gptq_marlin", "gptq_bitblas", "awq_marlin", "compressed-tensors", "bitsandbytes", "experts_int8", "ipex",
+    "gptq_marlin", "gptq_bitblas", "awq_marlin", "bitsandbytes", "experts_int8", "ipex",
     "quark", "moe_wna16", "torchao", "inc", "mxfp4", "mxfp8", "petit_nvfp4", "cpu_awq",
     "aqlm", "deepspeedfp", "tpu_int8", "deepgemm_fp8", "marlin", "qqq", "hqq", "neuron_quant", "auto-round",
 )
 QUANTIZATION_METHODS: tuple[str, ...] = (*SUPPORTED_METHODS, *NOT_YET_METHODS)
-NOT_YET_REASON = ("only FP8, AWQ (GEMM layout) and GPTQ are implemented so far; compressed-tensors and the others "
-                  "come later")
+NOT_YET_REASON = ("only FP8, AWQ (GEMM layout), GPTQ and compressed-tensors (W4A16 / W8A16, W8A8 FP8 and int8) are "
+                  "implemented so far; the others come later")
 # A user's method that may serve a checkpoint of another (vLLM's override_quantization_method pairs).
 COMPATIBLE_METHODS: dict[str, tuple[str, ...]] = {
     "gptq": ("gptq_marlin", "gptq_bitblas", "gptq_marlin_24", "marlin", "moe_wna16"),

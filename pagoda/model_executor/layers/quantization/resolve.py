@@ -5,6 +5,7 @@ Rules (vLLM's `ModelConfig._verify_quantization`, with Pagoda's "not supported y
   `compression_config`; for a vision-language model also `text_config`'s), else of a
   `quantize_config.json` / `quant_config.json` beside it (AutoGPTQ / AutoAWQ files, whose method is
   read from their keys when they name none). ModelOpt's configs name their producer instead.
+  llm-compressor's checkpoints name "compressed-tensors" (config.json, or the older `compression_config`).
 - `quantization=None` takes the checkpoint's method (none: an unquantized model); the same name
   confirms it; a different name is a ValueError naming both fields, unless it is one of vLLM's
   compatible kernels for that method (COMPATIBLE_METHODS).
