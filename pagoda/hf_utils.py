@@ -2,7 +2,8 @@
 
 Invariants:
 - Nothing here touches the network: a hub id resolves only through the local Hugging Face cache
-  (`local_files_only=True`), and a miss is a ValueError that says where we looked.
+  (`local_files_only=True`), and a miss is a ValueError that says where we looked. The one exception is an
+  `s3://` model, which `resolve_model_path` hands to s3_storage.py (a verified local copy, or a ValueError).
 - `hf_overrides`, then the `rope_scaling` / `rope_theta` overrides (vLLM's engine args), are applied to the
   loaded config before anything reads it; the rope overrides land in `config.rope_parameters` (transformers
   5's spelling, which the models read) and only rope types Pagoda implements pass.
@@ -24,7 +25,12 @@ def resolve_model_path(model: str, revision: str | None = None, field_name: str 
     """Return a local folder for `model`: the folder itself, or a snapshot in the HF cache.
 
     `cache_dir` (vLLM's --download-dir) is the Hugging Face cache folder to look in instead of the default one.
+    An `s3://bucket/prefix` name is downloaded (or found complete) in the local cache first (s3_storage.py).
     """
+    if isinstance(model, str) and model[:5].lower() == "s3://":
+        from pagoda.s3_storage import resolve_s3_model
+
+        return resolve_s3_model(model, field_name, cache_dir)
     expanded = os.path.expanduser(model)
     if os.path.isdir(expanded):
         return os.path.abspath(expanded)
