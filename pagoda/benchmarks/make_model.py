@@ -1,12 +1,15 @@
 """Write a config-only model folder of a real shape (no weights) for benchmarks.
 
-`python -m pagoda.benchmarks.make_model OUT_DIR [--shape llama3-8b] [--tokenizer word|bpe]` writes
+`python -m pagoda.benchmarks.make_model OUT_DIR [--shape llama3-8b] [--tokenizer word|bpe] [--quantization awq|gptq]`
+writes
 `config.json`, `generation_config.json` and a synthetic tokenizer covering the whole vocabulary, so a
 server can stream text and count tokens: `word` (the default) decodes token i to "t{i}"; `bpe` is a
 byte-level BPE whose tokens are random strings of mostly printable ASCII (seeded), with the shape's
 BOS / EOS and reserved special tokens at the top, as Llama 3's, so that grammars (structured output)
 find a realistic vocabulary to mask. Pagoda loads it with `--load-format dummy`; the hf backend
-initialises random weights from the config on the GPU.
+initialises random weights from the config on the GPU. `--quantization awq|gptq` adds the checkpoint's
+`quantization_config` (4-bit, group 128: AutoAWQ's GEMM layout, or GPTQ without desc_act), so `--load-format
+dummy` builds the int4 layers (weights zero) for timing the int4 kernels.
 
 Invariants: no weights are written; the tokenizer's size equals the config's vocab_size; the
 folder is complete for `AutoConfig`, `AutoTokenizer` and `AutoModelForCausalLM.from_config`.
@@ -143,10 +146,21 @@ def make_llava_model(folder: str, shape: str) -> str:
     return folder
 
 
-def make_model(folder: str, shape: str = "llama3-8b", tokenizer: bool | str = True) -> str:
+QUANTIZATION_CONFIGS = {  # 4-bit, group 128: what most int4 checkpoints on the hub use
+    "awq": {"quant_method": "awq", "bits": 4, "group_size": 128, "zero_point": True, "version": "gemm"},
+    "gptq": {"quant_method": "gptq", "bits": 4, "group_size": 128, "desc_act": False, "sym": True},
+}
+
+
+def make_model(folder: str, shape: str = "llama3-8b", tokenizer: bool | str = True,
+               quantization: str | None = None) -> str:
     if shape in LLAVA_SHAPES:
+        if quantization is not None:
+            raise ValueError("--quantization is for the language-model shapes")
         return make_llava_model(folder, shape)
     config = dict(SHAPES[shape])
+    if quantization is not None:
+        config["quantization_config"] = dict(QUANTIZATION_CONFIGS[quantization])
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, "config.json"), "w") as f:
         json.dump(config, f, indent=2)
@@ -166,9 +180,11 @@ def main() -> None:
     parser.add_argument("--no-tokenizer", action="store_true")
     parser.add_argument("--tokenizer", default="word", choices=["word", "bpe"],
                         help="word: token i is 't{i}'; bpe: a byte-level BPE of random strings (for grammars)")
+    parser.add_argument("--quantization", default=None, choices=sorted(QUANTIZATION_CONFIGS),
+                        help="mark the folder as a 4-bit, group-128 checkpoint of this format (dummy int4 weights)")
     args = parser.parse_args()
     tokenizer = False if args.no_tokenizer else ("bpe" if args.tokenizer == "bpe" else True)
-    print(make_model(args.folder, args.shape, tokenizer))
+    print(make_model(args.folder, args.shape, tokenizer, args.quantization))
 
 
 if __name__ == "__main__":

@@ -164,3 +164,19 @@ def test_throughput_random_mm_refuses_what_it_cannot_run(tiny_llava):
     args = parse(["throughput", "--model", tiny_llava, "--dataset-name", "random-mm", "--n", "2"])
     with pytest.raises(SystemExit, match="random-mm supports --n 1"):
         run_bench(args)
+
+
+@pytest.mark.parametrize("method", ["awq", "gptq"])
+def test_int4_marked_config_folder(tmp_path, method):
+    """`make_model --quantization awq|gptq` writes a quantization_config the resolver and the method's config accept
+    (for timing the int4 kernels with --load-format dummy)."""
+    from transformers import AutoConfig
+
+    from pagoda.model_executor.layers.quantization.registry import get_quantization_config
+    from pagoda.model_executor.layers.quantization.resolve import resolve_quantization
+
+    folder = make_model(str(tmp_path / method), tokenizer=False, quantization=method)
+    name, quant = resolve_quantization(None, AutoConfig.from_pretrained(folder), folder)
+    assert name == method
+    config = get_quantization_config(name).from_config(quant)
+    assert config.group_size == 128 and config.weight_bits == 4
