@@ -174,10 +174,29 @@ def _batch_fill(matchers: list["_XgrammarMatcher"], bitmask: np.ndarray, rows: l
     _BATCH_MATCHER.batch_fill_next_token_bitmask([m._m for m in matchers], bitmask, rows)
 
 
+_ACCEPT_POOL = None  # threads for large batch accepts, made on first use
+_ACCEPT_CHUNK = 128  # rows per thread at least: below that, one call
+
+
 def _batch_accept(matchers: list["_XgrammarMatcher"], tokens: list[int]) -> list[bool]:
+    """xgrammar's batch accept, split over a few threads for large batches: each call releases the GIL, and the
+    matchers are distinct, so the chunks advance in parallel with the same results as one call (about 16 us per
+    row on the H200 host: 16 ms for a 1000-row step, serial)."""
+    global _ACCEPT_POOL
     import xgrammar
 
-    return xgrammar.BatchGrammarMatcher.batch_accept_token([m._m for m in matchers], tokens)
+    raw = [m._m for m in matchers]
+    workers = min(8, (os.cpu_count() or 2) - 1, len(raw) // _ACCEPT_CHUNK)
+    if workers < 2:
+        return xgrammar.BatchGrammarMatcher.batch_accept_token(raw, tokens)
+    if _ACCEPT_POOL is None:
+        import concurrent.futures
+
+        _ACCEPT_POOL = concurrent.futures.ThreadPoolExecutor(8, thread_name_prefix="pagoda-grammar-accept")
+    step = -(-len(raw) // workers)
+    parts = [_ACCEPT_POOL.submit(xgrammar.BatchGrammarMatcher.batch_accept_token, raw[i:i + step], tokens[i:i + step])
+             for i in range(0, len(raw), step)]
+    return [ok for part in parts for ok in part.result()]
 
 
 class _XgrammarMatcher(Matcher):

@@ -338,3 +338,39 @@ def test_accept_batch_equals_one_by_one(tokenizer, eos_ids, backend):
             assert (manager.fill_bitmask(batched) == manager.fill_bitmask(single)).all()
     finally:
         manager.shutdown()
+
+
+def test_xgrammar_batch_accept_split_over_threads_equals_one_call(tokenizer, eos_ids, monkeypatch):
+    """A large batch accept runs in chunks on threads (xgrammar releases the GIL): the same results and states as
+    accepting row by row, the order of the results kept."""
+    import threading
+
+    import xgrammar
+
+    from pagoda.structured_output import xgrammar_backend
+    from pagoda.structured_output.request_grammar import RequestGrammar
+
+    monkeypatch.setattr(xgrammar_backend, "_ACCEPT_CHUNK", 2)
+    monkeypatch.setattr(xgrammar_backend.os, "cpu_count", lambda: 8)
+    threads, original = set(), xgrammar.BatchGrammarMatcher.batch_accept_token
+
+    def accept(matchers, tokens):
+        threads.add(threading.current_thread().name)
+        return original(matchers, tokens)
+
+    monkeypatch.setattr(xgrammar.BatchGrammarMatcher, "batch_accept_token", staticmethod(accept))
+    manager = StructuredOutputManager(StructuredOutputsConfig(backend="xgrammar"), tokenizer, len(tokenizer), eos_ids)
+    schema = {"type": "object", "properties": {"s": {"type": "string"}, "n": {"type": "integer"}}, "required": ["s"]}
+    try:
+        make = lambda: [manager.add_request(str(i), P(json=schema)) for i in range(9)]  # noqa: E731
+        batched, single = make(), make()
+        rng = np.random.default_rng(3)
+        for step in range(10):
+            rows = manager.fill_bitmask(batched)
+            tokens = [int(rng.choice(row_to_ids(rows[i]))) if i != step % 9 else 0 for i in range(9)]  # one refused
+            got = RequestGrammar.accept_batch(batched, tokens)
+            assert got == [g.accept_tokens([t]) for g, t in zip(single, tokens)], step
+            assert (manager.fill_bitmask(batched) == manager.fill_bitmask(single)).all()
+        assert any(name.startswith("pagoda-grammar-accept") for name in threads), threads
+    finally:
+        manager.shutdown()
