@@ -367,9 +367,14 @@ def test_xgrammar_batch_accept_split_over_threads_equals_one_call(tokenizer, eos
         rng = np.random.default_rng(3)
         for step in range(10):
             rows = manager.fill_bitmask(batched)
-            tokens = [int(rng.choice(row_to_ids(rows[i]))) if i != step % 9 else 0 for i in range(9)]  # one refused
+            refused = [t for t in np.flatnonzero(manager._ctx.valid_ids[:len(tokenizer)])
+                       if t not in set(row_to_ids(rows[step % 9]).tolist())]
+            # one text token its grammar refuses (it reaches xgrammar's batch accept), the others allowed
+            tokens = [int(rng.choice(row_to_ids(rows[i]))) if i != step % 9 else int(rng.choice(refused))
+                      for i in range(9)]
             got = RequestGrammar.accept_batch(batched, tokens)
             assert got == [g.accept_tokens([t]) for g, t in zip(single, tokens)], step
+            assert got.count(False) == 1
             assert (manager.fill_bitmask(batched) == manager.fill_bitmask(single)).all()
         assert any(name.startswith("pagoda-grammar-accept") for name in threads), threads
     finally:
