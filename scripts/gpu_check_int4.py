@@ -1,22 +1,23 @@
-"""GPU check of the int4 kernels (AWQ / GPTQ on Triton), one run:
+"""GPU check of the int4 kernels (AWQ / GPTQ / compressed-tensors W4A16 on Triton), one run:
 
     python scripts/gpu_check_int4.py [--out DIR] [--quick]
 
 Checks (printed as a table at the end, and written to DIR/gpu_check_int4.json):
 1. Llama-3-8B layer shapes (qkv 4096->6144, o 4096->4096, gate_up 4096->28672, down 14336->4096) as real
-   AWQ / GPTQ layers with random checkpoint tensors on the GPU, in bf16 and fp16: after repacking
-   (process_weights_after_loading), the layer's output on the kernel path against the checkpoint-layout torch
-   reference computed before, at M = 1 and 4 (GEMV), 5 and 16 (GEMM) and 77 and 512 (dequant + cuBLAS, with
-   the default tuning.INT4_DEQUANT_MIN_M); AWQ G=128, GPTQ sym v1 G=128,
-   asym v2 desc_act G=128 and asym G=-1. Pass: max |out - ref| / max |ref| under TOL.
+   AWQ / GPTQ / compressed-tensors layers with random checkpoint tensors on the GPU, in bf16 and fp16: after
+   repacking (process_weights_after_loading), the layer's output on the kernel path against the
+   checkpoint-layout torch reference computed before (compressed-tensors: dequantize_wna16, then matmul), at
+   M = 1 and 4 (GEMV), 5 and 16 (GEMM) and 77 and 512 (dequant + cuBLAS, with the default
+   tuning.INT4_DEQUANT_MIN_M); AWQ G=128, GPTQ sym v1 G=128, asym v2 desc_act G=128 and asym G=-1,
+   compressed-tensors W4A16 sym G=128, asym G=32 and asym per channel. Pass: max |out - ref| / max |ref| under TOL.
 2. The fused forms at M = 1: a pending RMSNorm + residual into qkv (output and new residual) and SiLU·mul
-   on gate_up, against norm -> reference -> SiLU·mul.
+   on gate_up, against norm -> reference -> SiLU·mul (AWQ, GPTQ sym, compressed-tensors asym G=32).
 3. A CUDA graph of the int4 GEMV and GEMM replays bitwise what eager calls compute (M = 64 is captured on
    the GEMM: the dequant path gives way under capture).
 5. The dequant kernel (int4_dequant.py) on the four shapes, bf16 and fp16, G = 128 / 32 / the whole input,
    with and without zeros: bitwise equal to int4_layout.dequantize; and the GEMV at M = 1..4 on down_proj
    (split-K) and gate_up (SiLU·mul) against the fp32 reference.
-4. Tiny AWQ and GPTQ Llama checkpoints (hidden 256): greedy tokens with the kernels vs the torch path
+4. Tiny AWQ, GPTQ and compressed-tensors W4A16 Llama checkpoints (hidden 256): greedy tokens with the kernels vs the torch path
    (PAGODA_INT4_KERNELS=0) in fp16 (share equal; sums differ in order, so not an exact check), and CUDA
    graphs on == off at batch 1 with the kernels (exact).
 Exit status 1 if any exact check fails.
@@ -45,16 +46,29 @@ from pagoda.model_executor.layers.linear import (  # noqa: E402
 )
 from pagoda.model_executor.layers.pending_norm import PendingRMSNorm  # noqa: E402
 from pagoda.model_executor.layers.quantization.awq import AwqConfig  # noqa: E402
+from pagoda.model_executor.layers.quantization.compressed_tensors import CompressedTensorsConfig  # noqa: E402
 from pagoda.model_executor.layers.quantization.gptq import GptqConfig  # noqa: E402
 from pagoda.model_executor.layers.quantization.int4_linear import has_int4_layout  # noqa: E402
+from pagoda.tiny_compressed_tensors import quantization_config  # noqa: E402
 
 TOL = {torch.bfloat16: 2e-2, torch.float16: 3e-3}
+
+
+def ct_w4a16(group_size: int | None, symmetric: bool) -> CompressedTensorsConfig:
+    """llm-compressor's W4A16 config (group_size None: per output channel)."""
+    return CompressedTensorsConfig.from_config(quantization_config("W4A16", group_size, symmetric, "channel",
+                                                                   "dynamic", []))
+
+
 ROWS = (1, 4, 5, 16, 77, 512)
 SCHEMES = {
     "awq g128": lambda: AwqConfig(128),
     "gptq sym v1 g128": lambda: GptqConfig(4, 128, sym=True),
     "gptq asym v2 desc_act g128": lambda: GptqConfig(4, 128, desc_act=True, sym=False, checkpoint_format="gptq_v2"),
     "gptq asym g-1": lambda: GptqConfig(4, -1, sym=False),
+    "ct w4a16 sym g128": lambda: ct_w4a16(128, True),
+    "ct w4a16 asym g32": lambda: ct_w4a16(32, False),
+    "ct w4a16 asym channel": lambda: ct_w4a16(None, False),
 }
 LAYERS = {  # name: builder of a Llama-3-8B layer (hidden 4096, 32 heads of 128, 8 KV heads, MLP 14336)
     "qkv_proj": lambda q: QKVParallelLinear(4096, 128, 32, 8, bias=False, quant_config=q, prefix="qkv_proj"),
@@ -66,7 +80,8 @@ LAYERS = {  # name: builder of a Llama-3-8B layer (hidden 4096, 32 heads of 128,
 
 
 def build(name: str, scheme: str, dtype) -> torch.nn.Module:
-    """The layer with random checkpoint tensors (AutoAWQ / AutoGPTQ layouts), on the GPU, not yet repacked."""
+    """The layer with random checkpoint tensors (AutoAWQ / AutoGPTQ / compressed-tensors layouts: any int32 is a
+    valid packed word), on the GPU, not yet repacked."""
     config = SCHEMES[scheme]()
     old = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
@@ -117,7 +132,7 @@ def check_layers(record, quick: bool) -> None:
 def check_fused(record) -> None:
     dtype = torch.bfloat16
     act = SiluAndMul()
-    for scheme in ("awq g128", "gptq sym v1 g128"):
+    for scheme in ("awq g128", "gptq sym v1 g128", "ct w4a16 asym g32"):
         x, res = (torch.randn(1, 4096, device="cuda", dtype=dtype) for _ in range(2))
         w = torch.rand(4096, device="cuda", dtype=dtype) + 0.5
         normed, new_res = rmsnorm_ref(x, w, 1e-5, res)
@@ -184,6 +199,7 @@ def check_dequant_and_gemv(record) -> None:
 def check_models(record, work: str) -> None:
     from pagoda import LLM, SamplingParams
     from pagoda.tiny_models import train_tokenizer
+    from pagoda.tiny_compressed_tensors import make_compressed_tensors_checkpoint
     from pagoda.tiny_quantized_models import make_awq_checkpoint, make_gptq_checkpoint
 
     tok = train_tokenizer(os.path.join(work, "tok"))
@@ -191,7 +207,10 @@ def check_models(record, work: str) -> None:
                  num_hidden_layers=2)
     folders = {"awq": make_awq_checkpoint("LlamaForCausalLM", os.path.join(work, "awq"), tok, group_size=128, **shape),
                "gptq": make_gptq_checkpoint("LlamaForCausalLM", os.path.join(work, "gptq"), tok, group_size=128,
-                                            desc_act=True, sym=False, **shape)}
+                                            desc_act=True, sym=False, **shape),
+               "ct w4a16": make_compressed_tensors_checkpoint("LlamaForCausalLM", os.path.join(work, "ct"), tok,
+                                                              scheme="W4A16", group_size=128, symmetric=False,
+                                                              **shape)}
     prompts = [{"prompt_token_ids": list(range(5 + i, 25 + 3 * i))} for i in range(8)]
     params = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True)
 

@@ -1,8 +1,8 @@
-"""The int4 weight layout the Triton int4 kernels read (int4_gemv.py, int4_gemm.py), shared by AWQ and GPTQ,
-with its packing, unpacking and dequantization in plain torch (the kernels' tests' reference).
+"""The int4 weight layout the Triton int4 kernels read (int4_gemv.py, int4_gemm.py), shared by AWQ, GPTQ and
+compressed-tensors' pack-quantized 4-bit layers, with its packing, unpacking and dequantization in plain torch (the kernels' tests' reference).
 
-AWQ and GPTQ checkpoints pack 4-bit values along different dims and in different nibble orders; at load time
-on CUDA their linear methods repack both into this one layout (quantization/int4_linear.py), on the device.
+AWQ, GPTQ and compressed-tensors checkpoints pack 4-bit values along different dims and in different nibble
+orders; at load time on CUDA their linear methods repack each into this one layout (quantization/int4_linear.py), on the device.
 For a linear layer y = x @ Wᵀ with W [N, K] (nn.Linear's orientation) and groups of G inputs:
 
 - `qweight` int32 [N, K / 8], contiguous, packed along K in chunks of CHUNK = 128 inputs. Row n's chunk c is

@@ -17,9 +17,15 @@ Invariants:
   `input_dim` 1 for groups, so tensor-parallel shards split whole groups) in the model dtype, and weight_zero_point
   (`packed_dim` 0) when asymmetric. The input on a rank must be a multiple of pack and of G, and with zero points each
   piece's output size a multiple of pack, else a ValueError naming the layer.
-- `dequantize_wna16` is the one function turning the stored tensors into the [N, K] weight; `apply` is
-  x @ dequantize_wna16(...)ᵀ + bias, the same torch code on CPU and GPU (no host syncs). A Triton int4 GEMM can later
-  repack from `unpack_input_packed` / `unpack_output_packed` in `process_weights_after_loading`.
+- What runs where: on CPU, for 8-bit (W8A16) weights, for layers outside the int4 kernels' layout (K % 128 != 0, a
+  group size other than 16, 32, 64 or a multiple of 128) and with PAGODA_INT4_KERNELS=0, `apply` is the torch
+  reference x @ dequantize_wna16(...)ᵀ + bias (a pending RMSNorm materialized first; no host syncs), and
+  `dequantize_wna16` is the one function turning the stored tensors into the [N, K] weight. On CUDA, 4-bit layers
+  that fit are repacked by `process_weights_after_loading` into the int4 kernels' layout (int4_linear.py's
+  repack_compressed_tensors: channel-wise is one group over the input, symmetric layers the kernels' constant zero
+  8; the checkpoint-layout parameters are then gone) and `apply` / `apply_silu_and_mul` run the Triton int4 GEMV
+  (few rows; a pending RMSNorm and the SiLU·mul fused), GEMM or dequant + cuBLAS, equal to the reference up to
+  fp32 summation order.
 """
 
 from __future__ import annotations
@@ -30,6 +36,13 @@ from torch import nn
 
 from pagoda.model_executor.layers.linear import LinearMethod, set_weight_attrs
 from pagoda.model_executor.layers.quantization.compressed_tensors_args import QuantArgs
+from pagoda.model_executor.layers.quantization.int4_linear import (
+    has_int4_layout,
+    int4_matmul,
+    kernels_apply,
+    materialize,
+    repack_compressed_tensors,
+)
 
 
 def _shifts(bits: int, device: torch.device) -> torch.Tensor:
@@ -67,7 +80,8 @@ def dequantize_wna16(weight_packed: torch.Tensor, weight_scale: torch.Tensor, we
 
 
 class WNA16LinearMethod(LinearMethod):
-    """compressed-tensors pack-quantized weights: dequantize to the activation dtype, then F.linear."""
+    """compressed-tensors pack-quantized weights: the int4 kernels after repacking (4-bit on CUDA), else dequantize
+    to the activation dtype, then F.linear."""
 
     def __init__(self, weights: QuantArgs) -> None:
         self.bits = weights.num_bits
@@ -106,9 +120,24 @@ class WNA16LinearMethod(LinearMethod):
             layer.register_parameter(name, param)
 
     def dequantized_weight(self, layer: nn.Module, dtype: torch.dtype) -> torch.Tensor:
-        """The layer's [N, K] weight in `dtype` (the seam a repacking kernel replaces)."""
+        """The layer's [N, K] weight in `dtype`, from the checkpoint-layout tensors (the torch path's)."""
         return dequantize_wna16(layer.weight_packed, layer.weight_scale, getattr(layer, "weight_zero_point", None),
                                 self.bits, dtype)
 
+    # a PendingRMSNorm reaches `apply`: fused into the int4 GEMV, materialized on the other paths
+    takes_pending_norm = True
+
+    def process_weights_after_loading(self, layer: nn.Module) -> None:
+        if kernels_apply(layer.weight_packed):
+            repack_compressed_tensors(layer, self.bits)  # False (torch path kept) for 8-bit or other shapes
+
     def apply(self, layer, x, bias):
+        if has_int4_layout(layer):
+            return int4_matmul(layer, x, bias, None)
+        x = materialize(x)
         return F.linear(x, self.dequantized_weight(layer, x.dtype), None if bias is None else bias.to(x.dtype))
+
+    def apply_silu_and_mul(self, layer, x, bias, act):
+        if has_int4_layout(layer):
+            return int4_matmul(layer, x, bias, act)
+        return act(self.apply(layer, x, bias))

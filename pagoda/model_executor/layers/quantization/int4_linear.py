@@ -1,20 +1,25 @@
-"""AWQ and GPTQ 4-bit layers on the Triton int4 kernels: the repacking at load time and the dispatch per call.
+"""AWQ, GPTQ and compressed-tensors W4A16 layers on the Triton int4 kernels: the repacking at load time and the
+dispatch per call.
 
-At load time on CUDA (`process_weights_after_loading`), a 4-bit AWQ or GPTQ layer whose shapes fit the
-kernels' layout (pagoda/kernels/int4_layout.py: K % 128 == 0, a group size of 16, 32, 64 or a multiple of
-128) is repacked on its device into that layout, and its checkpoint-layout parameters are dropped:
+At load time on CUDA (`process_weights_after_loading`), a 4-bit AWQ, GPTQ or compressed-tensors pack-quantized
+layer whose shapes fit the kernels' layout (pagoda/kernels/int4_layout.py: K % 128 == 0, a group size of 16, 32,
+64 or a multiple of 128; one group over the whole input for GPTQ -1 / compressed-tensors "channel") is repacked on
+its device into that layout (repack_awq, repack_gptq, repack_compressed_tensors), and its checkpoint-layout
+parameters are dropped:
 
 Invariants:
-- A layer either holds its checkpoint layout (qweight / qzeros / scales [/ g_idx]: the torch reference
-  path, always on CPU) or the kernel layout, never both: `int4_qweight` int32 [N, K / 8], `int4_scales`
-  [N, K / G] in the model dtype, `int4_zeros` uint8 [N, K / G] or None (every zero 8: symmetric GPTQ),
-  `int4_perm` int64 [K] or None, and the int `int4_group_size` G. Repacking is exact: the kernel layout
+- A layer either holds its checkpoint layout (qweight / qzeros / scales [/ g_idx], or compressed-tensors'
+  weight_packed / weight_scale [/ weight_zero_point]: the torch reference path, always on CPU) or the kernel
+  layout, never both: `int4_qweight` int32 [N, K / 8], `int4_scales` [N, K / G] in the model dtype,
+  `int4_zeros` uint8 [N, K / G] or None (every zero 8: symmetric GPTQ or compressed-tensors), `int4_perm`
+  int64 [K] or None, and the int `int4_group_size` G. Repacking is exact: the kernel layout
   dequantizes to the same (q - zero) · scale values as the checkpoint's.
 - GPTQ with desc_act: the rows are sorted by g_idx at load time (each group then contiguous) and `int4_perm`
   says which input each sorted row belongs to; every call gathers x[:, int4_perm] first (a pending RMSNorm
   is then materialized, not fused). A g_idx whose sorted groups are not consecutive runs of equal length
-  (e.g. a row-parallel shard of an act-order checkpoint) keeps the layer on the torch path, as does GPTQ
-  8-bit, a layer outside the layout, and PAGODA_INT4_KERNELS=0 (tuning.INT4_KERNELS).
+  (e.g. a row-parallel shard of an act-order checkpoint) keeps the layer on the torch path, as do GPTQ
+  8-bit and compressed-tensors W8A16 (dequantize, then matmul), a layer outside the layout, and
+  PAGODA_INT4_KERNELS=0 (tuning.INT4_KERNELS).
 - Per call (`int4_matmul`), by rows M of the [M, K] input (all thresholds in tuning.py, with env overrides):
   M <= tuning.INT4_GEMV_USE_MAX_M runs the int4 GEMV, which also takes a pending RMSNorm (+ residual) and the
   SiLU·mul of a [gate | up] weight; M >= tuning.INT4_DEQUANT_MIN_M (prefill) dequantizes W into the
@@ -169,6 +174,32 @@ def repack_gptq(layer: nn.Module, bits: int, zero_offset: int) -> bool:
     used = slice(first, first + k // group)
     zeros = (unpack_cols(layer.qzeros[used], bits) + zero_offset).t()
     _install(layer, packed, layer.scales[used].t(), zeros, perm, group, ("qweight", "qzeros", "scales", "g_idx"))
+    return True
+
+
+def repack_compressed_tensors(layer: nn.Module, bits: int) -> bool:
+    """compressed-tensors pack-quantized 4-bit (weight_packed [N, K / 8] packed along K, value i of word c the
+    input 8c + i; weight_scale [N, K / G] or [N, 1] per channel; optional weight_zero_point [N / 8, groups] packed
+    along N; every value stored + 8) -> the kernel layout, on the layer's device. Channel-wise is one group over
+    the input (as GPTQ's -1); symmetric layers get no zeros (the kernels' constant 8 is their stored zero); the
+    stored (unsigned) zero points are the layout's zeros as they are. False (nothing changed) for 8-bit weights
+    or shapes that do not fit the layout."""
+    from pagoda.model_executor.layers.quantization.compressed_tensors_wna16 import (
+        unpack_input_packed,
+        unpack_output_packed,
+    )
+
+    if bits != 4:
+        return False
+    packed, scale = layer.weight_packed, layer.weight_scale
+    n, k, groups = packed.shape[0], packed.shape[1] * 8, scale.shape[1]
+    if groups == 0 or k % groups or not _layout().supports(k, k // groups):
+        return False
+    qweight = _pack_rows(lambda k0, k1: unpack_input_packed(packed[:, k0 // 8:k1 // 8], bits).t(), k, n,
+                         packed.device)
+    zero_point = getattr(layer, "weight_zero_point", None)
+    zeros = None if zero_point is None else unpack_output_packed(zero_point, bits)[:n]
+    _install(layer, qweight, scale, zeros, None, k // groups, ("weight_packed", "weight_scale", "weight_zero_point"))
     return True
 
 
