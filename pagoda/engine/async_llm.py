@@ -26,7 +26,8 @@ Invariants:
   fails within about a second; nothing waits forever.
 - While the core is not READY (dead, unhealthy, restarting), or once `begin_drain()` was called
   (graceful shutdown), `dead_error` says why (what /health shows) and every new request raises
-  EngineDeadError (EngineRestartingError during a restart) at once.
+  EngineDeadError (EngineRestartingError during a restart) at once. `fatal_error` is set only when the
+  engine cannot come back by itself (output processing failed, or the core's restarts are used up).
 - The stat loggers hear of the engine going down (running, waiting and KV usage 0, engine_healthy 0)
   and coming back (engine_healthy 1, the restart count) from the output task, in order with the
   engine's own stats; the task runs from construction when there is a running event loop, else from
@@ -145,6 +146,16 @@ class AsyncLLM:
         return self.errored_reason or self.draining_reason or self.core.dead_error
 
     @property
+    def fatal_error(self) -> str | None:
+        """Why this engine will not serve again by itself (what liveness reports); None while it is starting,
+        ready, restarting its core or draining, since each of those ends without outside help."""
+        if self.errored_reason is not None:
+            return self.errored_reason
+        if self.core.state == SupervisorState.FAILED:
+            return self.core.dead_error
+        return None
+
+    @property
     def num_unfinished_requests(self) -> int:
         return len(self.stats.requests)
 
@@ -207,14 +218,14 @@ class AsyncLLM:
     def abort(self, request_id: str) -> None:
         """Abort a request (no-op if it is unknown or finished); its consumer gets RequestAbortedError."""
         if self._end(request_id, RequestAbortedError(f"request {request_id} was aborted")):
-            logger.debug("aborted request %s", request_id)
+            logger.debug("aborted request %s", request_id, extra={"request_id": request_id})
 
     def _expire(self, request_id: str, slot: Slot) -> None:
         if self._slots.get(request_id) is not slot:
             return
         slot.timer = None
         logger.warning("request %s timed out after %g s (request_timeout_s); aborting it", request_id,
-                       self.request_timeout_s)
+                       self.request_timeout_s, extra={"request_id": request_id})
         self._end(request_id, RequestTimeoutError(
             f"request {request_id} did not finish within the server's request timeout of {self.request_timeout_s:g} s "
             "and was aborted"))
@@ -290,7 +301,7 @@ class AsyncLLM:
             self.core.abort_requests(still_running)
         for f in failed:
             if self._end(f.request_id, RequestFailedError(f"request {f.request_id} failed: {f.reason}")):
-                logger.warning("request %s failed: %s", f.request_id, f.reason)
+                logger.warning("request %s failed: %s", f.request_id, f.reason, extra={"request_id": f.request_id})
 
     def _fail_all(self, reason: str) -> None:
         error = EngineDeadError(reason)
@@ -338,7 +349,8 @@ class AsyncLLM:
                 error: BaseException = RequestCrashedEngineError(
                     f"request {request_id} was in flight at {slot.crashes} engine-core crashes in a row and is "
                     f"refused, not replayed (it may be what crashes the engine); last crash: {reason}")
-                logger.error("refusing request %s: in flight at %d engine-core crashes", request_id, slot.crashes)
+                logger.error("refusing request %s: in flight at %d engine-core crashes", request_id, slot.crashes,
+                             extra={"request_id": request_id})
             else:
                 error = EngineDeadError(reason)
             self._end(request_id, error, in_core=False)

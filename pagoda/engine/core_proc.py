@@ -23,6 +23,7 @@ Invariants:
   to `error_path` before the process exits with a non-zero code; the frontend reads it from there.
 - The process exits when its parent (the frontend) dies, so a killed server leaves no orphan, and
   removes the frontend's socket folder on the way out.
+- It logs to stdout in the frontend's log format (logging_utils.py: PAGODA_LOG_FORMAT is inherited).
 - On CPU the core runs torch with one thread fewer than the CPUs it may use (unless OMP_NUM_THREADS
   says otherwise), so the frontend always has a core to stream on.
 - Heartbeat: from READY on, a thread of its own sends `steps` (engine steps run so far, an int the
@@ -72,8 +73,11 @@ class EngineCoreOutputs:
 def run_engine_core(engine_args: Any, input_addr: str, output_addr: str, error_path: str, log_level: int,
                     spawned_at: float | None = None, heartbeat_addr: str | None = None) -> None:
     """Entry point of the spawned process; `spawned_at` (time.time() in the frontend) dates the start-up log."""
-    logging.basicConfig(level=log_level, format="%(levelname)s %(asctime)s.%(msecs)03d [core] %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
+    from pagoda.logging_utils import configure_logging
+
+    # stdout, in the frontend's format (PAGODA_LOG_FORMAT, inherited): text, or one JSON object per record
+    configure_logging(log_level, None, process_name="core",
+                      text_format="%(levelname)s %(asctime)s.%(msecs)03d [core] %(name)s: %(message)s")
     entered = time.time()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the frontend stops us
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
@@ -284,7 +288,8 @@ class EngineCoreProc:
             from pagoda.core.sched_output import EngineCoreOutput
 
             request_id = getattr(request, "request_id", "?")
-            logger.warning("request %s refused by the engine core: %s", request_id, exc)
+            logger.warning("request %s refused by the engine core: %s", request_id, exc,
+                           extra={"request_id": request_id})
             reason = f"the engine core refused request {request_id}: {type(exc).__name__}: {exc}"
             self.output_queue.put(self._message([EngineCoreOutput(request_id, [], finish_reason="error", error=reason)],
                                                 time.time()))

@@ -84,7 +84,7 @@ class StructuredRequests:
             del self.parked[request_id]
             if grammar.error is not None:
                 reason = f"compiling the structured output of request {request_id} failed: {grammar.error}"
-                logger.error("request %s failed: %s", request_id, reason)
+                logger.error("request %s failed: %s", request_id, reason, extra={"request_id": request_id})
                 outputs.append(EngineCoreOutput(request_id, [], finish_reason="error", error=reason))
                 continue
             try:

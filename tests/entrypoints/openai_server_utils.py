@@ -26,6 +26,11 @@ MAX_MODEL_LEN = 512
 START_TIMEOUT_S = 240.0
 
 
+def output(result: subprocess.CompletedProcess) -> str:
+    """What a finished server printed: its log (stdout, where Pagoda logs, as vLLM does), then stderr."""
+    return (result.stdout or "") + (result.stderr or "")
+
+
 class RemoteServer:
     """`python -m pagoda.entrypoints.openai.api_server ...` (or `entry`) on a free loopback port, logging to a file."""
 

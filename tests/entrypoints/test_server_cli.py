@@ -6,7 +6,7 @@ import socket
 import subprocess
 import sys
 
-from openai_server_utils import REPO, RemoteServer, httpx
+from openai_server_utils import REPO, RemoteServer, httpx, output
 
 ENV = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
@@ -31,12 +31,12 @@ def test_abbreviated_flag_is_refused(model_dir):
 def test_missing_model_fails_fast(tmp_path):
     result = run(["-m", "pagoda.entrypoints.openai.api_server", "--model", str(tmp_path / "nope"), "--port", "0"])
     assert result.returncode == 1
-    assert "model=" in result.stderr and "nope" in result.stderr
+    assert "model=" in output(result) and "nope" in output(result)
 
 
 def test_bad_server_flag_is_named(model_dir):
     result = run(["-m", "pagoda.entrypoints.openai.api_server", "--model", model_dir, "--ssl-keyfile", "/no/key.pem"])
-    assert result.returncode == 1 and "--ssl-keyfile" in result.stderr
+    assert result.returncode == 1 and "--ssl-keyfile" in output(result)
 
 
 def test_taken_port_is_reported(model_dir):
@@ -46,14 +46,14 @@ def test_taken_port_is_reported(model_dir):
         port = taken.getsockname()[1]
         result = run(["-m", "pagoda.entrypoints.openai.api_server", "--model", model_dir, "--host", "127.0.0.1",
                       "--port", str(port)])
-    assert result.returncode == 1 and f"127.0.0.1:{port}" in result.stderr and "--port" in result.stderr
+    assert result.returncode == 1 and f"127.0.0.1:{port}" in output(result) and "--port" in output(result)
 
 
 def test_engine_start_failure_carries_the_core_error(model_dir):
     result = run(["-m", "pagoda.entrypoints.openai.api_server", "--model", model_dir, "--port", "0",
                   "--max-model-len", "512", "--num-gpu-blocks-override", "2"], timeout=240)
     assert result.returncode == 1
-    assert "engine core failed to start" in result.stderr and "max_model_len" in result.stderr
+    assert "engine core failed to start" in output(result) and "max_model_len" in output(result)
 
 
 def test_pagoda_serve_command(model_dir, tmp_path):

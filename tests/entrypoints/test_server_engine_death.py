@@ -1,5 +1,5 @@
 """A bounded queue answers 503 + Retry-After; killing the engine-core process fails every open request
-within seconds, turns /health to 503, and the log says why."""
+within seconds, turns /health to 503 (and /livez too, without self-healing), and the log says why."""
 
 import asyncio
 import json
@@ -80,6 +80,9 @@ def test_overload_then_engine_death(small_server):
     assert after.status_code == 503 and time.monotonic() - started < 5
     assert "engine core process died" in server.log() and "SIGKILL" in server.log()
     assert server.proc.poll() is None  # the server itself keeps answering
+    # Self-healing is off (--max-engine-restarts 0): the engine is dead for good, so liveness says so too.
+    live = httpx.get(server.url + "/livez", timeout=10)
+    assert live.status_code == 503 and "cannot recover" in live.json()["error"]["message"], live.text
 
 
 def test_server_stops_cleanly_after_engine_death(small_server):

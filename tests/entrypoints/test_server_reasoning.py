@@ -16,7 +16,7 @@ import sys
 
 import pytest
 
-from openai_server_utils import REPO
+from openai_server_utils import REPO, output
 from pagoda.entrypoints.cli.main import build_parser
 from pagoda.entrypoints.openai import cli_args
 from pagoda.entrypoints.openai.reasoning import MarkerReasoningParser, ReasoningParserManager
@@ -212,5 +212,5 @@ def test_unknown_reasoning_parser_stops_the_real_server_before_loading(model_dir
                              "--reasoning-parser", "nope"], capture_output=True, text=True, timeout=120, cwd=REPO,
                             env=env)
     assert result.returncode == 1
-    assert "--reasoning-parser 'nope'" in result.stderr and "deepseek_r1, granite, qwen3" in result.stderr
-    assert "engine core" not in result.stderr
+    assert "--reasoning-parser 'nope'" in output(result) and "deepseek_r1, granite, qwen3" in output(result)
+    assert "engine core" not in output(result)

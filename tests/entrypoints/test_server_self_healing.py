@@ -133,6 +133,8 @@ def test_sigstop_turns_health_to_503_and_the_core_is_replaced(healing_server):
             os.kill(pid, signal.SIGCONT)
         except ProcessLookupError:
             pass
+    # Liveness stays 200 while the core is replaced (the pod must not be killed for healing itself).
+    assert httpx.get(server.url + "/livez", timeout=10).status_code == 200
     wait_for(lambda: core_pid(server) != pid and health(server) == 200, RESTART_BOUND_S, "no new core")
     assert "declared unhealthy" in server.log() and metric(server, "pagoda:engine_restarts_total") == 1
 

@@ -5,15 +5,24 @@
 Start-up order: check every flag, bind the socket (so a taken port fails before the model loads),
 start the engine core and wait until it is ready, then listen and serve. Until then the port refuses
 connections at once (nothing is queued in a backlog), so a Kubernetes probe fails fast instead of
-hanging. A failure at any point exits non-zero with the reason on stderr.
+hanging; vLLM does the same (its socket is bound early and served only once the engine is built), and
+KServe's startup and readiness probes count a refused connection as "not ready yet". A failure at any
+point exits non-zero with the reason as the last log line.
+
+Logs: every record on stdout (as vLLM), text by default or one JSON object per line with --log-format
+json (logging_utils.py); uvicorn's records and the engine core's follow the same format.
 
 `--root-path` is FastAPI's root_path only (as vLLM sets it), not uvicorn's: a request under the prefix
 (`/llm/v1/models`) and one a proxy already stripped (`/v1/models`) both reach the route.
 
 Invariants:
-- /health answers 200 while the engine core is healthy and 503 (with the reason) while it is dead,
-  silent, stalled, restarting (the server restarts it itself, engine/core_supervisor.py) or while the
-  server drains on SIGTERM (graceful.py: streams then end with an error event and [DONE], exit 0).
+- /health (readiness, vLLM's) answers 200 while the engine core is healthy and 503 (with the reason)
+  while it is dead, silent, stalled, restarting (the server restarts it itself,
+  engine/core_supervisor.py) or while the server drains on SIGTERM (graceful.py: streams then end with
+  an error event and [DONE], exit 0).
+- /livez (liveness, Pagoda's own) answers 200 while the server can still serve or recover by itself:
+  ready, restarting its engine core, or draining; 503 only once the engine is dead for good (restarts
+  used up, AsyncLLM.fatal_error), so a liveness probe on it never kills a pod that drains or heals.
 - A non-streaming handler is cancelled when its client disconnects, and a streaming one stops at
   once (SSEResponse), so a departed client never keeps an engine request running.
 - Every error is OpenAI's error object (errors.py); unknown paths are 404 in the same shape.
@@ -45,7 +54,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import pagoda
 from pagoda.engine.async_llm import AsyncLLM
-from pagoda.entrypoints.openai import cli_args
+from pagoda.entrypoints.openai import cli_args, log_flags
 from pagoda.entrypoints.openai.errors import (
     APIError,
     api_error_handler,
@@ -71,6 +80,7 @@ from pagoda.entrypoints.openai.serving_completion import OpenAIServingCompletion
 from pagoda.entrypoints.openai.serving_embedding import OpenAIServingEmbedding
 from pagoda.entrypoints.openai.serving_engine import ServingConfig
 from pagoda.entrypoints.openai.serving_tokenization import OpenAIServingTokenization
+from pagoda.logging_utils import configure_logging, uvicorn_log_config
 from pagoda.metrics.loggers import LoggingStatLogger
 from pagoda.metrics.prometheus import CONTENT_TYPE, PrometheusStatLogger
 
@@ -172,6 +182,13 @@ def build_app(args: argparse.Namespace, engine: AsyncLLM, prometheus: Prometheus
         reason = engine.dead_error
         if reason is not None:
             return error_response(f"engine core is not running: {reason}", 503)
+        return Response(status_code=200)
+
+    @app.get("/livez")
+    async def livez() -> Response:
+        reason = engine.fatal_error
+        if reason is not None:
+            return error_response(f"the engine cannot recover by itself: {reason}", 503)
         return Response(status_code=200)
 
     @app.get("/version")
@@ -288,7 +305,8 @@ async def run_server(args: argparse.Namespace) -> None:
             app, log_level=args.uvicorn_log_level, access_log=not args.disable_uvicorn_access_log,
             ssl_keyfile=args.ssl_keyfile, ssl_certfile=args.ssl_certfile,
             ssl_ca_certs=args.ssl_ca_certs, ssl_cert_reqs=args.ssl_cert_reqs, timeout_graceful_shutdown=5,
-            lifespan="on", http=PagodaH11Protocol, timeout_keep_alive=_keep_alive_s())
+            lifespan="on", http=PagodaH11Protocol, timeout_keep_alive=_keep_alive_s(),
+            log_config=uvicorn_log_config())  # stdout, in --log-format (configure_logging exported it)
         configure_http(config, header_timeout_s=args.header_read_timeout or None,
                        limit_concurrency=args.limit_concurrency)
         server = graceful_server(config, engine, args.shutdown_timeout)
@@ -302,11 +320,22 @@ async def run_server(args: argparse.Namespace) -> None:
         sock.close()
 
 
+def setup_logging(args: argparse.Namespace) -> None:
+    """stdout logging in the format and level the flags ask for; a bad choice is logged (as text) and raised."""
+    try:
+        level, log_format = log_flags.logging_choice(args)
+        configure_logging(level, log_format, process_name="api_server")
+    except ValueError:
+        configure_logging(getattr(args, "log_level", None) or "INFO", "text", process_name="api_server")
+        raise
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the server until it is stopped; 1 with the reason logged when it cannot start."""
     from pagoda.engine.core_client import EngineStartError
 
     try:
+        setup_logging(args)
         asyncio.run(run_server(args))
     except (ValueError, TypeError, EngineStartError) as exc:
         logger.error("cannot start the server: %s", exc)
@@ -326,10 +355,7 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = make_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(levelname)s %(asctime)s.%(msecs)03d %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
-    return run(args)
+    return run(make_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

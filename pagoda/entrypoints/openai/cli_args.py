@@ -34,6 +34,7 @@ from pagoda.engine_args import EngineArgs
 from pagoda.engine_args_compat import closest_name, human_readable_int, parse_json
 from pagoda.entrypoints.openai import vllm_flags
 from pagoda.entrypoints.openai.limits import DEFAULT_MAX_N_SEQUENCES, MAX_N_SEQUENCES_ENV
+from pagoda.entrypoints.openai.log_flags import add_log_flags
 from pagoda.entrypoints.openai.parser_flags import add_reasoning_flags, add_tool_flags, validate_reasoning, validate_tools
 
 logger = logging.getLogger(__name__)
@@ -216,7 +217,7 @@ def make_arg_parser(parser: argparse.ArgumentParser, model_positional: bool = Fa
     server.add_argument("--allowed-headers", type=_json_or_csv_list, default=["*"], help="CORS: allowed headers.")
     server.add_argument("--api-key", nargs="+", default=None,
                         help=f"If set (else {API_KEY_ENV}, else {VLLM_API_KEY_ENV}), every endpoint but /health, "
-                             "/version and /metrics needs `Authorization: Bearer <key>`. (vLLM takes several keys; "
+                             "/livez, /version and /metrics needs `Authorization: Bearer <key>`. (vLLM takes several keys; "
                              "one works here.)")
     server.add_argument("--served-model-name", nargs="+", default=None,
                         help="Model name(s) the API answers to; the first is used in responses. Default: --model.")
@@ -262,6 +263,7 @@ def make_arg_parser(parser: argparse.ArgumentParser, model_positional: bool = Fa
                         help="On SIGTERM/SIGINT, seconds to let in-flight requests finish before the rest are ended "
                              "with an error (streams: an error event and [DONE]; others: 503). 0 (vLLM's default): "
                              "end them at once. New requests get 503 meanwhile.")
+    add_log_flags(server)
     health = parser.add_argument_group("engine health and self-healing (Pagoda's own)")
     health.add_argument("--request-timeout", type=float, default=None,
                         help="Abort a request not finished this many seconds after it arrived; its caller gets 504 "

@@ -3,7 +3,7 @@ the SSE response that aborts its request the moment the client goes away.
 
 Invariants:
 - With an API key set, every HTTP request except OPTIONS (CORS preflight) and the open paths
-  (/health, /version, /metrics) must carry `Authorization: Bearer <key>`; the comparison is
+  (/health, /livez, /version, /metrics) must carry `Authorization: Bearer <key>`; the comparison is
   constant-time (hmac.compare_digest). Anything else gets 401 before the app sees it.
 - No request body larger than the limit is ever held in memory: a too-large Content-Length is
   refused at once with 413, and a chunked body is counted while read and refused when it passes
@@ -36,7 +36,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from pagoda.entrypoints.openai.errors import error_body
 from pagoda.entrypoints.openai.protocol import REQUEST_ID_MAX_LEN, REQUEST_ID_RE
 
-OPEN_PATHS = frozenset({"/health", "/version", "/metrics"})
+OPEN_PATHS = frozenset({"/health", "/livez", "/version", "/metrics"})
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 

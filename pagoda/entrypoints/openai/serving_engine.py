@@ -327,7 +327,8 @@ class OpenAIServing:
         if limit is not None:
             text = text[:limit] if text is not None else None
             ids = ids[:limit] if ids is not None else None
-        logger.info("Received request %s: prompt: %r, params: %s, prompt_token_ids: %s", request_id, text, params, ids)
+        logger.info("Received request %s: prompt: %r, params: %s, prompt_token_ids: %s", request_id, text, params, ids,
+                    extra={"request_id": request_id})
 
     # ---- responses ----------------------------------------------------------------------------
     def usage(self, num_prompt: int, num_completion: int, num_cached: int | None = None,
