@@ -22,6 +22,11 @@ Triton's interpreter and on CUDA).
 - fp8_quant: `fp8_quantize(x, static_scale=None)` -> (float8_e4m3fn [M, K], fp32 scales [M, 1] or the static one),
   the FP8 linear layers' activation quantization (per-token amax / 448, x / scale rounded to nearest even) in
   one kernel. Reference: `fp8_quantize_ref(...)` (and the layers' fp8_utils.quantize_activation, bit for bit).
+- fp8_gemv: `fp8_gemv(x, weight, weight_scale, input_scale=None, bias=None, silu_and_mul=False, norm_weight=None,
+  eps, residual=None, residual_out=None)`, the FP8 W8A8 linear layer for decode rows (M <= GEMV_MAX_M): x quantized
+  per token (or with the static scale) in the kernel, bit for bit fp8_quant, times the float8_e4m3fn weight with
+  per-row scales; gemv's fused forms (RMSNorm in the activation dtype before the quantization) and split-K.
+  Reference: `fp8_gemv_ref(...)` (= fp8_utils.fp8_linear_reference of fp8_quantize_ref's q_x, s_x).
 - FP8 KV cache: paged_attention, decode_attention, rotary_kv and kv_cache_write take `k_scale` / `v_scale`; with
   a float8_e4m3fn / float8_e5m2 cache they store x / scale (tuning.quantize_kv) and read back x · scale.
 - rotary_kv: `rotary_and_write_kv(positions, q, k, v, cos_sin_cache, kv_cache, slot_mapping, is_neox)`,

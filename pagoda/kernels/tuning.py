@@ -200,6 +200,46 @@ def gemv_launch(m: int, n: int, k: int) -> GemvLaunch:
     return GemvLaunch(block_n, block_k, split_k, num_warps=4, num_stages=3)
 
 
+# --- FP8 W8A8 decode GEMV (pagoda.kernels.fp8_gemv) -------------------------------------------------
+# FP8 layers' products with at most this many rows run the FP8 GEMV (x quantized per token inside it, the FP8
+# weight streamed once) instead of the quantize kernel + torch._scaled_mm; PAGODA_FP8_GEMV_MAX_M sets it. Off (0)
+# by default until it has been compiled, checked and timed on a GPU (tests/kernels/bench_fp8_gemv.py): set
+# PAGODA_FP8_GEMV_MAX_M=4 to use it.
+FP8_GEMV_USE_MAX_M = min(GEMV_MAX_M, int(os.environ.get("PAGODA_FP8_GEMV_MAX_M", "0")))
+# Whether the FP8 GEMV computes a pending RMSNorm (+ residual) in its prologue (it mirrors the rmsnorm kernel,
+# so the quantized rows are meant to be bit for bit the unfused ones); PAGODA_FP8_GEMV_NORM=0 leaves the norm
+# to the rmsnorm kernel.
+FP8_GEMV_FUSE_NORM = os.environ.get("PAGODA_FP8_GEMV_NORM", "1") == "1"
+
+
+def fp8_gemv_applies(x: torch.Tensor) -> bool:
+    """Whether an FP8 layer's product with input x runs in the FP8 GEMV: x is a CUDA [M, K] tensor with
+    1 <= M <= FP8_GEMV_USE_MAX_M. Shapes only (CUDA-graph and eager runs of a batch take the same path); False
+    on CPU, so CPU code never needs Triton."""
+    return x.is_cuda and x.dim() == 2 and 0 < x.shape[0] <= FP8_GEMV_USE_MAX_M
+
+
+def fp8_gemv_launch(m: int, n: int, k: int, gated: bool = False, norm: bool = False) -> GemvLaunch:
+    """Tiles for the FP8 GEMV (n: output features; gated: the weight has 2n rows). Not yet swept on the GPU
+    (tests/kernels/bench_fp8_gemv.py --sweep): gemv's tiles (the same fp32 accumulators per thread), half
+    the weight bytes per iteration. With the fused norm the warp count is the rmsnorm kernel's for a row of k
+    (row_num_warps), which keeps its sum of squares in the same reduction tree; block_n grows with the warps.
+    K is split when too few programs would cover the SMs (each split >= 4 iterations)."""
+    block_k = 512 if m == 1 else 256
+    block_n = 8 if m <= 2 else 4
+    num_warps = 4
+    if norm:
+        num_warps = row_num_warps(next_power_of_2(k))
+        block_n = max(1, block_n * num_warps // 4)
+    while block_k > 64 and block_k // 2 >= k:
+        block_k //= 2
+    programs = -(-n // block_n)
+    split_k = 1
+    while programs * split_k < DEFAULT_SM_COUNT and k // (split_k * 2) >= 4 * block_k:
+        split_k *= 2
+    return GemvLaunch(block_n, block_k, split_k, num_warps=num_warps, num_stages=3)
+
+
 # --- int4 weight-only matmuls (AWQ / GPTQ; pagoda.kernels.int4_gemv, int4_gemm) -----------------------
 # Layers whose weights were repacked into the int4 layout at load time (CUDA only) run the Triton kernels;
 # PAGODA_INT4_KERNELS=0 keeps them on the torch dequantize-then-matmul path, for A/B runs.

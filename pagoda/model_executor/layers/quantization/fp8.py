@@ -24,6 +24,11 @@ Invariants:
   fp8_utils.fp8_linear_reference's product: through `torch._scaled_mm` for bf16 activations on a CUDA
   GPU of compute capability 8.9+ (Ada, Hopper), otherwise in torch (CPU; other dtypes or GPUs), with
   the same result up to fp32 rounding.
+- Except on CUDA for at most tuning.FP8_GEMV_USE_MAX_M rows (decode; env PAGODA_FP8_GEMV_MAX_M, default 0 = off until measured on a GPU):
+  there the FP8 GEMV (pagoda/kernels/fp8_gemv.py) quantizes x inside the product, bit for bit as above, and
+  fuses a pending RMSNorm (+ residual) in front (unless PAGODA_FP8_GEMV_NORM=0) and the SiLU·mul of a
+  [gate | up] layer behind; elsewhere a pending norm is materialized first and the activation applied after.
+  The choice depends on shapes only (CUDA-graph and eager runs of a batch compute alike).
 """
 
 from __future__ import annotations
@@ -34,7 +39,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from pagoda.kernels import tuning
 from pagoda.model_executor.layers.linear import LinearMethod, UnquantizedLinearMethod, set_weight_attrs
+from pagoda.model_executor.layers.pending_norm import PendingRMSNorm
 from pagoda.model_executor.layers.quantization.base_config import QuantizationConfig
 from pagoda.model_executor.layers.quantization.fp8_utils import (
     FP8_DTYPE,
@@ -141,15 +148,51 @@ class Fp8LinearMethod(LinearMethod):
                            "compute capability 8.9+, dtype=bfloat16 and sizes that are multiples of 16 (e.g. %s: %s)",
                            layer.prefix, tuple(layer.weight.shape))
 
+    # a PendingRMSNorm reaches `apply`: fused into the FP8 GEMV, materialized on the other paths
+    takes_pending_norm = True
+
     def apply(self, layer, x, bias):
+        return self._matmul(layer, x, bias, None)
+
+    def apply_silu_and_mul(self, layer, x, bias, act):
+        return self._matmul(layer, x, bias, act)
+
+    @staticmethod
+    def _matmul(layer, x, bias, act):
+        """act(x @ Wᵀ + bias) (act None: none; else SiluAndMul of a [gate | up] weight), x a tensor or a
+        PendingRMSNorm: the FP8 GEMV where tuning.fp8_gemv_applies, else quantize + scaled_mm / torch."""
         if not hasattr(layer, "fp8_scaled_mm"):
             raise RuntimeError(f"{layer.prefix or type(layer).__name__}: FP8 weights are used before "
                                "process_weights_after_loading (the loader calls it after loading)")
+        rows = x.x if isinstance(x, PendingRMSNorm) else x
+        if tuning.fp8_gemv_applies(rows.reshape(-1, rows.shape[-1])) and layer.weight.is_contiguous():
+            return fp8_gemv_matmul(layer, x, bias, act)
+        if isinstance(x, PendingRMSNorm):
+            x = x.materialize()
         shape = x.shape
         q_x, x_scale = _quantize_activation(x.reshape(-1, shape[-1]), layer.input_scale)
         matmul = fp8_linear_scaled_mm if layer.fp8_scaled_mm and x.dtype == torch.bfloat16 else fp8_linear_reference
         out = matmul(q_x, x_scale, layer.weight, layer.weight_scale, bias, x.dtype)
-        return out.reshape(*shape[:-1], out.shape[-1])
+        out = out.reshape(*shape[:-1], out.shape[-1])
+        return out if act is None else act(out)
+
+
+def fp8_gemv_matmul(layer: nn.Module, x, bias: torch.Tensor | None, act: nn.Module | None) -> torch.Tensor:
+    """The FP8 GEMV path of `Fp8LinearMethod` (the caller checked tuning.fp8_gemv_applies; tests call it on CPU
+    through Triton's interpreter): x [..., K] or a PendingRMSNorm, fused into the kernel unless
+    tuning.FP8_GEMV_FUSE_NORM is off; act None or SiluAndMul (fused). Imported on first use: CPU never needs Triton."""
+    from pagoda.kernels.fp8_gemv import fp8_gemv
+
+    norm = {}
+    if isinstance(x, PendingRMSNorm):
+        if tuning.FP8_GEMV_FUSE_NORM:
+            norm, x = x.gemv_args(), x.x
+        else:
+            x = x.materialize()
+    lead = x.shape[:-1]
+    out = fp8_gemv(x.reshape(-1, x.shape[-1]), layer.weight, layer.weight_scale, layer.input_scale, bias,
+                   silu_and_mul=act is not None, min_scale=MIN_SCALE, **norm)
+    return out.reshape(*lead, out.shape[-1])
 
 
 def _quantize_activation(x: torch.Tensor, static_scale: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
