@@ -158,12 +158,19 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
         NUM_STAGES=launch.num_stages, num_warps=launch.num_warps,
     )
     if split > 1:
-        block = min(1024, tuning.next_power_of_2(N))
-        _gemv_reduce_kernel[(triton.cdiv(N, block), M)](
-            partial, bias_arg, y, M, N, y.stride(0),
-            SPLIT=split, HAS_BIAS=bias is not None, BLOCK=block, num_warps=4,
-        )
+        reduce_split_k(partial, bias, y, split)
     return y
+
+
+def reduce_split_k(partial: torch.Tensor, bias: torch.Tensor | None, y: torch.Tensor, split: int) -> None:
+    """y[M, N] = sum over the `split` fp32 partial sums [split, M, N] (in a fixed order) + bias, cast to y's dtype
+    (the second kernel of a split-K GEMV; int4_gemv uses it too)."""
+    M, N = y.shape
+    block = min(1024, tuning.next_power_of_2(N))
+    _gemv_reduce_kernel[(triton.cdiv(N, block), M)](
+        partial, bias if bias is not None else y, y, M, N, y.stride(0),
+        SPLIT=split, HAS_BIAS=bias is not None, BLOCK=block, num_warps=4,
+    )
 
 
 def gemv_ref(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,

@@ -47,7 +47,7 @@ import triton
 import triton.language as tl
 
 from pagoda.kernels import int4_layout, tuning
-from pagoda.kernels.gemv import _gemv_reduce_kernel
+from pagoda.kernels.gemv import reduce_split_k
 
 @triton.jit
 def _zero_magic(z, j: tl.constexpr):
@@ -284,9 +284,5 @@ def int4_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zero
         NUM_STAGES=launch.num_stages, num_warps=launch.num_warps,
     )
     if split > 1:
-        block = min(1024, tuning.next_power_of_2(N))
-        _gemv_reduce_kernel[(triton.cdiv(N, block), M)](
-            partial, bias_arg, y, M, N, y.stride(0),
-            SPLIT=split, HAS_BIAS=bias is not None, BLOCK=block, num_warps=4,
-        )
+        reduce_split_k(partial, bias, y, split)
     return y
