@@ -254,14 +254,44 @@ class DeviceConfig:
 
 @dataclass
 class ParallelConfig:
-    """Room for tensor/pipeline parallelism (DESIGN §7); world size 1 today."""
+    """Tensor parallelism over one process per rank (DESIGN §7); pipeline parallelism is a later step."""
 
     tensor_parallel_size: int = 1
     pipeline_parallel_size: int = 1
+    distributed_executor_backend: str | None = None  # vLLM's names; None: "mp" at world size > 1, else "uni"
+
+    def __post_init__(self) -> None:
+        for name in ("tensor_parallel_size", "pipeline_parallel_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if self.pipeline_parallel_size > 1:
+            raise ValueError(f"pipeline_parallel_size={self.pipeline_parallel_size} (--pipeline-parallel-size, -pp) "
+                             "is not supported yet: pipeline parallelism comes in a later step (allowed: 1)")
+        backend = self.distributed_executor_backend
+        if backend in EXECUTOR_BACKENDS_NOT_YET:
+            raise ValueError(f"distributed_executor_backend={backend!r} (--distributed-executor-backend) is not "
+                             "supported yet: the Ray and external-launcher executors come in a later step "
+                             f"(allowed: {', '.join(map(repr, EXECUTOR_BACKENDS))})")
+        if backend not in EXECUTOR_BACKENDS:
+            raise ValueError(f"distributed_executor_backend={backend!r} (--distributed-executor-backend) must be one "
+                             f"of {', '.join(map(repr, EXECUTOR_BACKENDS))}")
+        if backend == "uni" and self.world_size > 1:
+            raise ValueError(f"distributed_executor_backend='uni' runs one worker, but tensor_parallel_size="
+                             f"{self.tensor_parallel_size} needs {self.world_size}; use 'mp' (or leave it unset)")
 
     @property
     def world_size(self) -> int:
         return self.tensor_parallel_size * self.pipeline_parallel_size
+
+    @property
+    def executor_backend(self) -> str:
+        """The executor that runs: "uni" (one worker in this process) or "mp" (one process per extra rank)."""
+        return "mp" if self.world_size > 1 else "uni"
+
+
+EXECUTOR_BACKENDS = (None, "uni", "mp")
+EXECUTOR_BACKENDS_NOT_YET = ("ray", "external_launcher")
 
 
 @dataclass

@@ -101,6 +101,8 @@ class EngineArgs(compat.VllmCompatArgs):
     trust_remote_code: bool = _opt(False, "Allow custom code from the model folder (configs and tokenizers).")
     quantization: str | None = _opt(None, "Method used to quantize the weights (vLLM's names; implemented: fp8). Unset: the checkpoint's quantization_config (config.json) or quantize_config.json decides, and a checkpoint without one is unquantized; set: it must match the checkpoint's method, and 'fp8' on an unquantized checkpoint quantizes its weights at load time (per tensor; activations per token).",
                                     flags=("-q",))
+    tensor_parallel_size: int = _opt(1, "Number of tensor-parallel ranks: attention heads, MLP and vocabulary split over this many processes (one GPU each on CUDA, gloo on CPU).", flags=("-tp",))
+    distributed_executor_backend: str | None = _opt(None, "How ranks run: 'mp' (one process per rank on this node; the default when tensor_parallel_size > 1) or 'uni' (one worker in the engine-core process; the default otherwise). 'ray' and 'external_launcher' are not supported yet.")
     dtype: str = _opt("auto", "Weight and activation dtype; 'auto' takes the checkpoint's (float32 checkpoints: bfloat16 on GPU, float32 on CPU).", cfg.DTYPE_CHOICES)
     seed: int | None = _opt(0, "Seed for random sampling of requests that give no seed of their own.")
     max_model_len: int | None = _opt(None, "Longest prompt plus output, in tokens (4096, 32k, 32K); defaults to the model's limit (also -1 or 'auto').",
@@ -245,7 +247,19 @@ class EngineArgs(compat.VllmCompatArgs):
                 f"max_num_batched_tokens ({batched}) is smaller than max_model_len ({max_len}); "
                 "without chunked prefill a whole prompt must fit in one step"
             )
+        from pagoda.model_executor.parallel_state import check_tensor_parallel
+
+        check_tensor_parallel(model_config.hf_text_config, self.tensor_parallel_size, model_config.architecture)
+        if self.tensor_parallel_size > 1 and device == "cuda":
+            import torch
+
+            if torch.cuda.device_count() < self.tensor_parallel_size:
+                raise ValueError(f"tensor_parallel_size={self.tensor_parallel_size} (--tensor-parallel-size) needs "
+                                 f"that many GPUs, but {torch.cuda.device_count()} are visible (CUDA_VISIBLE_DEVICES)")
         speculative = self.create_speculative_config(max_len)
+        if speculative is not None and self.tensor_parallel_size > 1:
+            raise ValueError("speculative decoding (--speculative-config, --speculative-model) with "
+                             f"tensor_parallel_size={self.tensor_parallel_size} is not supported yet")
         if speculative is not None and pooling:
             raise ValueError("speculative decoding (--speculative-config, --speculative-model) is not supported for "
                              "pooling (embedding) models")
@@ -276,7 +290,7 @@ class EngineArgs(compat.VllmCompatArgs):
             scheduler=scheduler,
             device=cfg.DeviceConfig(device=device),
             load=cfg.LoadConfig(load_format=self.load_format),
-            parallel=cfg.ParallelConfig(self.tensor_parallel_size, self.pipeline_parallel_size),
+            parallel=self._parallel_config(),
             enforce_eager=self.enforce_eager,
             max_cudagraph_capture_size=min(self.max_cudagraph_capture_size
                                            or (max_num_seqs if self.usage_context == "llm" else 512), max_num_seqs),
@@ -314,9 +328,16 @@ class EngineArgs(compat.VllmCompatArgs):
         if self.override_pooler_config and self.pooler_config and self.override_pooler_config != self.pooler_config:
             raise ValueError("pooler_config and override_pooler_config are two names of one option; give one")
         compat.check(vars(self), compat.ENGINE_OPTIONS)
+        if isinstance(self.tensor_parallel_size, bool) or not isinstance(self.tensor_parallel_size, int):
+            raise TypeError(f"tensor_parallel_size (-tp) must be an integer, got {self.tensor_parallel_size!r}")
+        self._parallel_config()
         from pagoda.model_executor.layers.quantization import check_quantization_name
 
         check_quantization_name(self.quantization)
+
+    def _parallel_config(self) -> cfg.ParallelConfig:
+        return cfg.ParallelConfig(self.tensor_parallel_size, self.pipeline_parallel_size,
+                                  self.distributed_executor_backend)
 
     def _resolve_device(self) -> str:
         import torch

@@ -189,7 +189,7 @@ ENGINE_OPTIONS: tuple[Compat, ...] = (
     _c("speculative_disable_mqa_scorer", BOOL, None, NO_EFFECT,
        "drafts are scored in the step's one forward pass; there is no MQA scorer or batch expansion"),
     # ParallelConfig
-    _c("tensor_parallel_size", INT, 1, NOT_YET, PARALLEL, "-tp"),
+    # tensor_parallel_size and distributed_executor_backend are EngineArgs fields
     _c("pipeline_parallel_size", INT, 1, NOT_YET, PARALLEL, "-pp"),
     _c("data_parallel_size", INT, 1, NOT_YET, PARALLEL, "-dp"),
     _c("data_parallel_rank", INT, None, NOT_YET, PARALLEL, "-dpn"),
@@ -205,9 +205,6 @@ ENGINE_OPTIONS: tuple[Compat, ...] = (
     _c("prefill_context_parallel_size", INT, 1, NOT_YET, PARALLEL, "-pcp"),
     _c("dcp_kv_cache_interleave_size", INT, 1, NOT_YET, PARALLEL),
     _c("cp_kv_cache_interleave_size", INT, 1, NOT_YET, PARALLEL),
-    _c("distributed_executor_backend", STR, None, NOT_YET,
-       "at world size 1 the worker runs in the engine-core process ('uni' and 'mp' both mean that, as vLLM's mp "
-       "backend runs one worker then); multi-GPU executors come with the parallelism issue", accepts=("uni", "mp")),
     _c("nnodes", INT, 1, NOT_YET, PARALLEL, "-n"),
     _c("node_rank", INT, 0, NOT_YET, PARALLEL, "-r"),
     _c("master_addr", STR, "127.0.0.1", NOT_YET, PARALLEL),
@@ -227,7 +224,8 @@ ENGINE_OPTIONS: tuple[Compat, ...] = (
     _c("worker_cls", STR, "auto", NOT_YET, "Pagoda's worker class is fixed"),
     _c("worker_extension_cls", STR, "", NOT_YET, "Pagoda's worker class is fixed"),
     _c("max_parallel_loading_workers", INT, None, NO_EFFECT, "weights load in one process"),
-    _c("disable_custom_all_reduce", BOOL, False, NO_EFFECT, "on one device there is no all-reduce"),
+    _c("disable_custom_all_reduce", BOOL, False, NO_EFFECT, "tensor-parallel all-reduces always go through "
+                                                           "torch.distributed (NCCL on CUDA, gloo on CPU)"),
     # CacheConfig and OffloadConfig
     # kv_cache_dtype is an EngineArgs field
     _c("calculate_kv_scales", BOOL, False, NOT_YET, KV_SCALES),

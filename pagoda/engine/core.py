@@ -26,6 +26,9 @@ Invariants:
   back in the pool) and listed in the next step's `finished_req_ids`, so the runner drops its row;
   a step in flight is either resolved normally (its outputs for a failed request are ignored, as
   for any finished one) or itself failed; `in_flight` never refers to a step that failed to launch.
+- A dead worker process (tensor parallelism: WorkerDiedError from the executor) fails every open request
+  with finish_reason "error" and the reason; the core is then `dead`: it runs no further step and refuses
+  new requests with that reason. `shutdown()` stops the executor's workers.
 - Only a failure that corrupts the device or the process (`is_fatal`: CUDA/accelerator errors, device
   out-of-memory, MemoryError) propagates out of `step()`: the engine core then stops, and the server
   restarts it (engine/core_supervisor.py).
@@ -54,7 +57,7 @@ from pagoda.core.request import EngineCoreRequest
 from pagoda.core.sched_output import EngineCoreOutput, SchedulerOutput
 from pagoda.core.scheduler import Scheduler
 from pagoda.engine.structured_requests import StructuredRequests
-from pagoda.executor.uniproc import UniProcExecutor
+from pagoda.executor import WorkerDiedError, make_executor
 
 logger = logging.getLogger(__name__)
 
@@ -82,17 +85,14 @@ class EngineCore:
     def __init__(self, config: PagodaConfig) -> None:
         started = time.perf_counter()
         self.config = config
-        self.executor = UniProcExecutor(config)
-        num_blocks = self.executor.determine_num_blocks()
+        self.dead: str | None = None  # why the core can run no more steps (a worker process died)
+        self.executor = make_executor(config)
+        try:
+            num_blocks = self._initialize_cache(config)
+        except BaseException:
+            self.executor.shutdown()
+            raise
         block_size, max_len = config.cache.block_size, config.model.max_model_len
-        if num_blocks * block_size < max_len:
-            raise ValueError(
-                f"the KV cache holds {num_blocks} blocks x {block_size} tokens = {num_blocks * block_size} "
-                f"tokens, fewer than one max_model_len ({max_len}) sequence; lower max_model_len or give "
-                "the cache more memory (gpu_memory_utilization, kv_cache_memory_bytes, num_gpu_blocks_override)"
-            )
-        config.cache.num_blocks = num_blocks
-        self.executor.initialize_cache(num_blocks)
         self.scheduler = Scheduler(config.scheduler, config.cache, getattr(config, "speculative", None))
         self.structured = StructuredRequests(config)  # structured-output requests whose grammar compiles
         self.in_flight = None  # (SchedulerOutput, StepOutput) of the step launched last, unresolved
@@ -111,7 +111,26 @@ class EngineCore:
             time.perf_counter() - started, num_blocks, num_blocks * block_size / max_len, max_len,
         )
 
+    def _initialize_cache(self, config: PagodaConfig) -> int:
+        num_blocks = self.executor.determine_num_blocks()
+        block_size, max_len = config.cache.block_size, config.model.max_model_len
+        if num_blocks * block_size < max_len:
+            raise ValueError(
+                f"the KV cache holds {num_blocks} blocks x {block_size} tokens = {num_blocks * block_size} "
+                f"tokens, fewer than one max_model_len ({max_len}) sequence; lower max_model_len or give "
+                "the cache more memory (gpu_memory_utilization, kv_cache_memory_bytes, num_gpu_blocks_override)"
+            )
+        config.cache.num_blocks = num_blocks
+        self.executor.initialize_cache(num_blocks)
+        return num_blocks
+
+    def shutdown(self) -> None:
+        """Stop the executor's worker processes (none with one rank); idempotent."""
+        self.executor.shutdown()
+
     def add_request(self, request: EngineCoreRequest) -> None:
+        if self.dead is not None:
+            raise RuntimeError(f"the engine cannot run: {self.dead}")
         if self._faults:
             _inject_fault(self._faults, request)
         if request.request_id in self.scheduler.requests or request.request_id in self.structured.parked:
@@ -128,6 +147,8 @@ class EngineCore:
                 or bool(self.structured.parked))
 
     def step(self) -> list[EngineCoreOutput]:
+        if self.dead is not None:
+            return []
         launched = None
         failed: list[EngineCoreOutput] = []
         outputs: list[EngineCoreOutput] = []
@@ -206,12 +227,25 @@ class EngineCore:
 
     def _fail_step(self, sched: SchedulerOutput, exc: Exception, stage: str) -> list[EngineCoreOutput]:
         """Fail every request of a step that failed as a whole; re-raise what makes the engine unusable."""
+        if isinstance(exc, WorkerDiedError):
+            return self._fail_all(str(exc))
         if is_fatal(exc):
             raise exc
         logger.exception("%s an engine step of %d requests failed; failing those requests (the engine goes on)",
                          stage, len(sched.num_scheduled_tokens))
         reason = f"{stage} the engine step that served this request failed: {type(exc).__name__}: {exc}"
         return self.scheduler.fail_requests({request_id: reason for request_id in sched.num_scheduled_tokens})
+
+    def _fail_all(self, reason: str) -> list[EngineCoreOutput]:
+        """A worker died: fail every open request (scheduled, waiting, compiling its grammar); the core is dead."""
+        logger.error("%s: failing every open request; the engine runs no further step", reason)
+        self.dead = reason
+        self.in_flight = self.waiting = self.accepting = None
+        reason = f"the engine failed: {reason}"
+        parked = self.structured.abort(list(self.structured.parked))
+        outputs = [EngineCoreOutput(request_id=r, new_token_ids=[], finish_reason="error", error=reason)
+                   for r in parked]
+        return outputs + self.scheduler.fail_requests({r: reason for r in list(self.scheduler.requests)})
 
 
 # ---- the test fault hook (see the module docstring) -----------------------------------------------

@@ -24,6 +24,8 @@ Invariants:
 - The process exits when its parent (the frontend) dies, so a killed server leaves no orphan, and
   removes the frontend's socket folder on the way out.
 - It logs to stdout in the frontend's log format (logging_utils.py: PAGODA_LOG_FORMAT is inherited).
+- A dead tensor-parallel worker (EngineCore.dead) ends the process with an error after the step that failed
+  every open request was sent, so the supervisor restarts the core (its workers with it) or reports it dead.
 - On CPU the core runs torch with one thread fewer than the CPUs it may use (unless OMP_NUM_THREADS
   says otherwise), so the frontend always has a core to stream on.
 - Heartbeat: from READY on, a thread of its own sends `steps` (engine steps run so far, an int the
@@ -254,6 +256,8 @@ class EngineCoreProc:
                     self.num_steps += 1
                     idle_gc.worked()
                     self.output_queue.put(self._message(outputs, started, core.num_scheduled_tokens))
+                    if core.dead is not None:  # a worker process died: this core can never step again
+                        raise RuntimeError(f"the engine core stops: {core.dead}")
                 elif changed:
                     self.output_queue.put(self._message([], time.time()))
 

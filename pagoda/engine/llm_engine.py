@@ -99,6 +99,12 @@ class LLMEngine:
     def get_tokenizer(self) -> Any:
         return self.tokenizer
 
+    def shutdown(self) -> None:
+        """Stop the engine core's worker processes (tensor parallelism); the engine runs no step after it."""
+        shutdown = getattr(self.core, "shutdown", None)
+        if isinstance(self.core, EngineCore) and shutdown is not None:
+            shutdown()
+
     def stats(self) -> dict:
         return self.core.scheduler.stats()
 

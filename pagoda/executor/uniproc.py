@@ -28,3 +28,6 @@ class UniProcExecutor:
     def sample_tokens(self, bitmask):
         """Sample the step execute_model left waiting, under the grammars' bitmask."""
         return self.worker.sample_tokens(bitmask)
+
+    def shutdown(self) -> None:
+        """Nothing to stop: the worker lives and dies with this process."""

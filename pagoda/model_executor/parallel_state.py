@@ -1,24 +1,29 @@
 """Tensor-parallel rank and size as the model layers see them, and the collectives they call.
 
 Invariants:
-- Today the world is one process: `get_tp_rank()` is 0, `get_tp_size()` is 1, and every collective
-  here is the identity. Layers already shard by (rank, size) through these functions, so real tensor
-  parallelism (DESIGN §7) replaces this module's bodies, not the layers.
+- The state lives in `pagoda.distributed`: in a single process (tensor_parallel_size 1, or before the
+  multiprocessing executor joined the group) `get_tp_rank()` is 0, `get_tp_size()` is 1 and every
+  collective here returns its input, costing one attribute check. Layers shard by (rank, size) through
+  these functions at construction, so the group must exist before the model is built.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
+
+from pagoda import distributed
 
 
 def get_tp_rank() -> int:
     """This process's rank in its tensor-parallel group."""
-    return 0
+    return distributed.get_tp_rank()
 
 
 def get_tp_size() -> int:
     """How many processes a layer is split over."""
-    return 1
+    return distributed.get_tp_size()
 
 
 def divide(numerator: int, denominator: int, what: str = "size") -> int:
@@ -30,13 +35,31 @@ def divide(numerator: int, denominator: int, what: str = "size") -> int:
 
 def tp_all_reduce(x: torch.Tensor) -> torch.Tensor:
     """Sum `x` over the tensor-parallel group (identity with one rank)."""
-    if get_tp_size() == 1:
-        return x
-    raise NotImplementedError("tensor parallelism > 1 is not implemented yet")
+    return distributed.all_reduce(x)
 
 
 def tp_all_gather(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     """Concatenate every rank's `x` along `dim` (identity with one rank)."""
-    if get_tp_size() == 1:
-        return x
-    raise NotImplementedError("tensor parallelism > 1 is not implemented yet")
+    return distributed.all_gather(x, dim)
+
+
+def check_tensor_parallel(text_config: Any, tp: int, architecture: str) -> None:
+    """ValueError naming tensor_parallel_size when the model's heads (or MLP) cannot be split over `tp` ranks
+    (vLLM's rules: tp divides the attention heads; tp > KV heads needs KV heads dividing tp, each rank then
+    holds one replica of a KV head)."""
+    if tp == 1:
+        return
+    heads = getattr(text_config, "num_attention_heads", None) or getattr(text_config, "n_head", None)
+    kv_heads = getattr(text_config, "num_key_value_heads", None) or heads
+    flag = f"tensor_parallel_size={tp} (--tensor-parallel-size)"
+    if heads and heads % tp:
+        raise ValueError(f"{flag} must divide the model's num_attention_heads={heads} ({architecture})")
+    if kv_heads and tp > kv_heads and tp % kv_heads:
+        raise ValueError(f"{flag} is larger than num_key_value_heads={kv_heads} and not a multiple of it "
+                         f"({architecture}); each rank must hold one replica of a KV head")
+    if kv_heads and tp < kv_heads and kv_heads % tp:
+        raise ValueError(f"{flag} must divide the model's num_key_value_heads={kv_heads} ({architecture})")
+    for name in ("intermediate_size", "ffn_dim", "n_inner"):
+        size = getattr(text_config, name, None)
+        if isinstance(size, int) and size % tp:
+            raise ValueError(f"{flag} must divide the model's {name}={size} ({architecture})")

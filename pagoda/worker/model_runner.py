@@ -79,7 +79,8 @@ class ModelRunner:
         # here; the backend fixes its launch choices (decode split-KV count per CUDA-graph bucket).
         self.attn_metadata = attn_backend.metadata_builder(
             batch_buckets=capture_sizes(config.scheduler.max_num_seqs), max_model_len=config.model.max_model_len,
-            num_heads=config.model.hf_text_config.num_attention_heads, num_kv_heads=model.kv_cache_spec.num_kv_heads,
+            num_heads=config.model.hf_text_config.num_attention_heads // config.parallel.tensor_parallel_size,
+            num_kv_heads=model.kv_cache_spec.num_kv_heads,
             head_size=model.kv_cache_spec.head_size, device=device,
         )
         self.cuda_graphs = None  # a CudaGraphRunner, set by the worker on CUDA unless enforce_eager

@@ -11,6 +11,9 @@ Invariants:
   max_num_seqs sequences of max_model_len can use; num_gpu_blocks_override wins over both. On CUDA,
   kv_cache_memory_bytes when given sets the size alone (as vLLM: gpu_memory_utilization is then not
   used), else a profiled step and gpu_memory_utilization do (worker/gpu_memory.py).
+- With tensor parallelism every rank runs one Worker on the same SchedulerOutputs in the same order; its
+  model holds the rank's shards and its cache the rank's KV heads (`kv_spec`), so each rank sizes its own
+  cache and the engine takes the minimum (executor/multiproc.py).
 - On CUDA, kernels are warmed up (worker/warmup.py) after the cache is allocated and before any
   CUDA graph is captured; the warm-up writes nothing into the cache.
 - Every cache (the draft's too) is in `kv_cache_dtype` = CacheConfig.torch_dtype(model dtype): the
@@ -39,9 +42,12 @@ CPU_DEFAULT_KV_BYTES = 4 << 30
 
 
 class Worker:
-    def __init__(self, config: PagodaConfig) -> None:
+    def __init__(self, config: PagodaConfig, rank: int = 0) -> None:
         self.config = config
+        self.rank = rank  # tensor-parallel rank; the process group (if any) was joined before the model is built
         self.device = torch.device(config.device.device)
+        if config.parallel.world_size > 1 and self.device.type == "cuda":
+            self.device = torch.device("cuda", torch.cuda.current_device())  # set by the executor from the rank
         if config.model.seed is not None:
             torch.manual_seed(config.model.seed)
         self.attn_backend = get_attention_backend(config.device.device)

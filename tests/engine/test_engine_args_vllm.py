@@ -58,7 +58,7 @@ def test_not_supported_yet_names_keyword_and_flag(opt, llama_dir):
      "--speculative-config"),
     ({"speculative_model": "/models/draft", "num_speculative_tokens": 3, "speculative_model_quantization": "awq"},
      "--speculative-model-quantization"),
-    ({"tensor_parallel_size": 2}, "-tp"),
+    ({"pipeline_parallel_size": 2}, "-pp"),  # tensor_parallel_size is implemented (tests/distributed)
     ({"distributed_executor_backend": "ray"}, "--distributed-executor-backend"),
     ({"kv_cache_dtype": "fp8_inc"}, "--kv-cache-dtype"),  # fp8, fp8_e4m3, fp8_e5m2 are implemented
     ({"limit_mm_per_prompt": {"video": 2}}, "--limit-mm-per-prompt"),

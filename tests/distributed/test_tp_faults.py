@@ -1,0 +1,95 @@
+"""A killed tensor-parallel worker fails every open request (no hang); shutting down leaves no process."""
+
+import gc
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from tp_prompts import PROMPTS
+from pagoda import LLM, SamplingParams
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"  # a zombie has exited
+    except FileNotFoundError:
+        return False
+
+
+def wait_gone(pids, timeout_s=10.0):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and any(alive(p) for p in pids):
+        time.sleep(0.05)
+    return [p for p in pids if alive(p)]
+
+
+def test_killed_worker_fails_every_request_within_seconds(tp_checkpoint):
+    llm = LLM(tp_checkpoint("LlamaForCausalLM"), device="cpu", tensor_parallel_size=2, max_model_len=512)
+    engine = llm.llm_engine
+    workers = [p.pid for p in engine.core.executor.procs]
+    params = SamplingParams(temperature=0.0, max_tokens=400, ignore_eos=True)
+    ids = [str(i) for i in range(len(PROMPTS))]
+    for request_id, prompt in zip(ids, PROMPTS):
+        engine.add_request(request_id, prompt, params)
+    for _ in range(3):
+        engine.step()
+    os.kill(workers[0], signal.SIGKILL)
+    killed = time.monotonic()
+    finished = {}
+    while engine.has_unfinished_requests() and time.monotonic() - killed < 60:
+        for output in engine.step():
+            if output.finished:
+                finished[output.request_id] = output
+    elapsed = time.monotonic() - killed
+    assert elapsed < 10, elapsed
+    assert sorted(finished) == ids
+    for output in finished.values():
+        assert output.outputs[0].finish_reason == "error", output
+    assert "died" in engine.core.dead
+    with pytest.raises(RuntimeError, match="died"):
+        engine.add_request("late", "x = 1", params)
+    engine.shutdown()
+    assert not wait_gone(workers)
+
+
+def test_shutdown_and_garbage_collection_stop_the_workers(tp_checkpoint):
+    folder = tp_checkpoint("LlamaForCausalLM")
+    llm = LLM(folder, device="cpu", tensor_parallel_size=2)
+    workers = [p.pid for p in llm.llm_engine.core.executor.procs]
+    assert all(alive(p) for p in workers)
+    llm.llm_engine.shutdown()
+    assert not wait_gone(workers)
+    llm.llm_engine.shutdown()  # idempotent
+    llm = LLM(folder, device="cpu", tensor_parallel_size=2)  # no shutdown: collected
+    workers = [p.pid for p in llm.llm_engine.core.executor.procs]
+    del llm
+    gc.collect()
+    assert not wait_gone(workers)
+
+
+def test_no_worker_outlives_the_script(tp_checkpoint):
+    """A script that exits (normally, or killed) without shutting the engine down leaves no worker behind."""
+    script = textwrap.dedent(f"""
+        import os, sys
+        from pagoda import LLM
+        if __name__ == "__main__":
+            llm = LLM({tp_checkpoint("LlamaForCausalLM")!r}, device="cpu", tensor_parallel_size=2)
+            print("WORKERS", *[p.pid for p in llm.llm_engine.core.executor.procs], flush=True)
+            if sys.argv[1] == "kill":
+                os.kill(os.getpid(), 9)
+    """)
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = {**os.environ, "PYTHONPATH": repo + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    for how in ("exit", "kill"):
+        result = subprocess.run([sys.executable, "-c", script, how], capture_output=True, text=True, timeout=120,
+                                env=env)
+        line = next((l for l in result.stdout.splitlines() if l.startswith("WORKERS")), None)
+        assert line is not None, result.stdout + result.stderr
+        workers = [int(p) for p in line.split()[1:]]
+        assert not wait_gone(workers), (how, result.stderr[-2000:])
