@@ -93,7 +93,7 @@ class EngineArgs(compat.VllmCompatArgs):
     tokenizer: str | None = _opt(None, "Tokenizer folder or hub id; defaults to the model's.")
     revision: str | None = _opt(None, "Revision of the model in the Hugging Face cache.")
     tokenizer_revision: str | None = _opt(None, "Revision of the tokenizer in the Hugging Face cache; defaults to --revision.")
-    download_dir: str | None = _opt(None, "The Hugging Face cache folder a hub id is looked up in (offline; default: HF_HUB_CACHE or ~/.cache/huggingface/hub).")
+    download_dir: str | None = _opt(None, "The Hugging Face cache folder a hub id is looked up in (offline; default: HF_HUB_CACHE or ~/.cache/huggingface/hub); s3:// models are downloaded under DIR/pagoda-s3.")
     tokenizer_mode: str = _opt("auto", "'auto' (or vLLM's 'hf') uses the fast tokenizer; 'slow' the Python one.", cfg.TOKENIZER_MODES,
                                aliases={"hf": "auto"}, not_yet_values=VLLM_TOKENIZER_MODES,
                                not_yet_reason="only Hugging Face tokenizers are loaded")
