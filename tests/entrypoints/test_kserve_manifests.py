@@ -140,12 +140,9 @@ def test_inference_service_args_parse_with_pagodas_cli(name, isvc):
         assert args.model == "/mnt/models"
     else:  # Pagoda downloads the model itself
         assert args.model.startswith("s3://")
-    try:
-        cli_args.validate_args(args)  # every engine option Pagoda checks before loading a model
-    except ValueError as exc:
-        if "tensor_parallel_size" in str(exc) and "not supported yet" in str(exc):
-            pytest.xfail(f"{name}: tensor parallelism needs issue 21 ({exc})")
-        raise
+    cli_args.validate_args(args)  # every engine option Pagoda checks before loading a model
+    if name == "inferenceservice-tensor-parallel.yaml":
+        assert args.tensor_parallel_size == int(resources["limits"]["nvidia.com/gpu"]) == 2  # one rank per GPU
     if name == "inferenceservice-draft.yaml":
         assert args.speculative_model == "/mnt/models/draft" and args.num_speculative_tokens == 5
     if name == "inferenceservice-ngram.yaml":
