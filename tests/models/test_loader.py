@@ -98,3 +98,15 @@ def test_get_model_direct_call(checkpoint):
     config = EngineArgs(model=checkpoint("Qwen3ForCausalLM"), device="cpu").create_config()
     model = get_model(config.model, config.load, "cpu", TorchAttentionBackend())
     assert type(model).__name__ == "Qwen3ForCausalLM"
+
+
+def test_an_unreadable_weight_file_is_named(checkpoint, monkeypatch):
+    """A weight file this process may not read (a pod's arbitrary uid) is an error naming the file and the uid, not
+    safetensors' "No such file or directory". os.access is faked: the tests may run as root, who reads anything."""
+    from pagoda.model_executor.model_loader import weight_utils
+
+    real_access = os.access
+    monkeypatch.setattr(weight_utils.os, "access",
+                        lambda path, mode: not str(path).endswith(".safetensors") and real_access(path, mode))
+    with pytest.raises(ValueError, match=r"weight file 'model.safetensors' is not readable by this process \(uid"):
+        weight_utils.find_weight_files(checkpoint("LlamaForCausalLM"))

@@ -41,7 +41,7 @@ def find_weight_files(folder: str, load_format: str = "auto") -> tuple[list[str]
         looked_for.append("*.safetensors")
         files = _safetensors_files(folder)
         if files:
-            return files, True
+            return _readable(files, folder), True
     if load_format in ("auto", "pt"):
         looked_for.extend(_PT_PATTERNS)
         files = sorted(
@@ -53,11 +53,23 @@ def find_weight_files(folder: str, load_format: str = "auto") -> tuple[list[str]
             }
         )
         if files:
-            return files, False
+            return _readable(files, folder), False
     raise ValueError(
         f"model={folder!r}: no weight files found (looked for {', '.join(looked_for)} with "
         f"load_format={load_format!r}); use load_format='dummy' for random weights"
     )
+
+
+def _readable(files: list[str], folder: str) -> list[str]:
+    """`files`, or a ValueError naming the first this process may not read (safetensors reports an unreadable file
+    as "No such file or directory", which misleads where pods run as an arbitrary uid, as on OpenShift)."""
+    for path in files:
+        if not os.access(path, os.R_OK):
+            raise ValueError(f"model={folder!r}: the weight file {os.path.basename(path)!r} is not readable by this "
+                             f"process (uid {os.getuid()}, groups {sorted(os.getgroups())}): make the model's files "
+                             "readable by it (e.g. world- or group-0-readable, as OpenShift runs pods as an arbitrary "
+                             "uid in group 0)")
+    return files
 
 
 def _safetensors_files(folder: str) -> list[str]:
