@@ -19,9 +19,11 @@ def model_dir(tmp_path_factory) -> str:
     return make_checkpoint("LlamaForCausalLM", str(tmp_path_factory.mktemp("serve-llama")))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def start_server(tmp_path_factory):
-    """start_server(args, api_key=None) -> RemoteServer; every server started is closed at the end."""
+    """start_server(args, api_key=None) -> RemoteServer; every server started is closed when its test module ends
+    (not the session: servers of every module alive at once, ~0.5 GB each with their engine cores, ran a 2-core,
+    24 GiB CI machine out of memory)."""
     started: list[RemoteServer] = []
 
     def start(args: list[str], api_key: str | None = None, env: dict | None = None) -> RemoteServer:
@@ -36,15 +38,17 @@ def start_server(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def server(start_server, model_dir) -> RemoteServer:
+def server(tmp_path_factory, model_dir):
     """The shared server: tiny Llama, API key, two model names, request-id headers, cached-token details,
     request chat templates trusted (rendered in the template sandbox)."""
-    return start_server([
+    shared = RemoteServer([
         "--model", model_dir, "--served-model-name", MODEL_NAME, "alias-name", "--max-model-len", str(MAX_MODEL_LEN),
         "--enable-request-id-headers", "--enable-prompt-tokens-details", "--disable-uvicorn-access-log",
         "--disable-log-requests", "--max-request-body-bytes", str(1024 * 1024), "--max-logprobs", "5",
         "--trust-request-chat-template",
-    ], api_key=API_KEY)
+    ], str(tmp_path_factory.mktemp("server-log") / "server.log"), api_key=API_KEY)
+    yield shared
+    shared.close()
 
 
 @pytest.fixture(scope="session")
