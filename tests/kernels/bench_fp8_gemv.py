@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import os
+import sys
 
 import torch
 
@@ -27,6 +29,10 @@ from pagoda.kernels.fp8_gemv import fp8_gemv, fp8_gemv_ref
 from pagoda.kernels.fp8_quant import fp8_quantize
 from pagoda.kernels.gemv import gemv
 from pagoda.kernels.rmsnorm import rmsnorm
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from bench_gemv import graph_seconds  # noqa: E402  (the kernel benchmarks' shared timer)
 from pagoda.model_executor.layers.quantization import fp8_utils
 
 SHAPES = {  # name: (N of the weight, K, form)
@@ -36,26 +42,6 @@ SHAPES = {  # name: (N of the weight, K, form)
     "down_proj": (4096, 14336, "plain"),
 }
 LAYERS = 32
-
-
-def graph_seconds(body, reps: int = 20) -> float:
-    """Median seconds of one replay of a CUDA graph of body() (run once eagerly first, so Triton compiles)."""
-    body()
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        body()
-    graph.replay()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    times = []
-    for _ in range(reps):
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
-    return sorted(times)[len(times) // 2]
 
 
 def per_product(fn, copies) -> float:
