@@ -38,7 +38,8 @@ from starlette.responses import StreamingResponse
 
 import pagoda
 from pagoda.engine_args import EngineArgs
-from pagoda.entrypoints.openai.api_server import bind_socket, cancel_on_disconnect, raise_open_file_limit
+from pagoda.entrypoints.openai.api_server import (add_health_routes, bind_socket, cancel_on_disconnect,
+                                                  raise_open_file_limit)
 from pagoda.entrypoints.openai.cli_args import PagodaArgumentParser
 from pagoda.entrypoints.openai.errors import APIError, api_error_handler, error_body, error_response, engine_error
 from pagoda.entrypoints.openai.graceful import graceful_server
@@ -108,12 +109,7 @@ def build_app(engine: Any, root_path: str | None = None) -> FastAPI:
                   root_path=root_path or "", docs_url=None, redoc_url=None, openapi_url=None)
     app.add_exception_handler(APIError, api_error_handler)
 
-    @app.get("/health")
-    async def health() -> Response:
-        reason = engine.dead_error
-        if reason is not None:
-            return error_response(f"engine core is not running: {reason}", 503)
-        return Response(status_code=200)
+    add_health_routes(app, engine)  # /health as the OpenAI server's (truthful), and /livez
 
     @app.post("/generate")
     async def generate(request: Request) -> Response:

@@ -141,6 +141,25 @@ def serving_config(args: argparse.Namespace, engine: AsyncLLM) -> ServingConfig:
         tool_call_parser=(args.tool_call_parser or "") if args.enable_auto_tool_choice else "")
 
 
+def add_health_routes(app: FastAPI, engine) -> None:
+    """/health (readiness: 503 whenever the engine cannot take requests) and /livez (liveness: 503 only once it
+    never will again), shared by this server and the demo api_server."""
+
+    @app.get("/health")
+    async def health() -> Response:
+        reason = engine.dead_error
+        if reason is not None:
+            return error_response(f"engine core is not running: {reason}", 503)
+        return Response(status_code=200)
+
+    @app.get("/livez")
+    async def livez() -> Response:
+        reason = engine.fatal_error
+        if reason is not None:
+            return error_response(f"the engine cannot recover by itself: {reason}", 503)
+        return Response(status_code=200)
+
+
 def build_app(args: argparse.Namespace, engine: AsyncLLM, prometheus: PrometheusStatLogger,
               stats_logger: LoggingStatLogger | None) -> FastAPI:
     names = cli_args.served_model_names(args)
@@ -177,19 +196,7 @@ def build_app(args: argparse.Namespace, engine: AsyncLLM, prometheus: Prometheus
     app.add_exception_handler(Exception, unhandled_error_handler)
     app.state.engine = engine
 
-    @app.get("/health")
-    async def health() -> Response:
-        reason = engine.dead_error
-        if reason is not None:
-            return error_response(f"engine core is not running: {reason}", 503)
-        return Response(status_code=200)
-
-    @app.get("/livez")
-    async def livez() -> Response:
-        reason = engine.fatal_error
-        if reason is not None:
-            return error_response(f"the engine cannot recover by itself: {reason}", 503)
-        return Response(status_code=200)
+    add_health_routes(app, engine)
 
     @app.get("/version")
     async def version() -> dict:
