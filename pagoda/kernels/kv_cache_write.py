@@ -32,9 +32,10 @@ def quantize_fp8(x, inv_scale, FP8_MAX: tl.constexpr, FP8_DROP: tl.constexpr, FP
     bits = x.to(tl.int32, bitcast=True)
     normal = ((bits + ((1 << (FP8_DROP - 1)) - 1) + ((bits >> FP8_DROP) & 1)) & (-(1 << FP8_DROP)))
     mag = tl.abs(x)
-    sub = (mag + FP8_MAGIC) - FP8_MAGIC
-    sub = tl.where(bits < 0, -sub, sub)
-    return tl.where(mag < FP8_MIN_NORMAL, sub, normal.to(tl.float32, bitcast=True))
+    # x's sign bit put on the rounded magnitude (not `-sub`: Triton compiles negation as 0 - sub, which turns a
+    # -0.0 into +0.0, so tiny negative values would store as +0 where the reference stores -0)
+    sub = ((mag + FP8_MAGIC) - FP8_MAGIC).to(tl.int32, bitcast=True) | ((bits >> 31) << 31)
+    return tl.where(mag < FP8_MIN_NORMAL, sub.to(tl.float32, bitcast=True), normal.to(tl.float32, bitcast=True))
 
 
 def fp8_launch_args(kv_cache: torch.Tensor, k_scale: float, v_scale: float) -> tuple[float, float, dict]:
