@@ -254,7 +254,11 @@ class DeviceConfig:
 
 @dataclass
 class ParallelConfig:
-    """Tensor parallelism over one process per rank (DESIGN §7); pipeline parallelism is a later step."""
+    """Tensor and pipeline parallelism over one process per rank (DESIGN §7).
+
+    Global rank = pp_rank * tensor_parallel_size + tp_rank: stage s holds ranks s*tp .. s*tp + tp - 1. The
+    driver (the worker in the engine core's process, whose step outputs the engine reads) is the first rank
+    of the LAST stage, which computes the logits and samples."""
 
     tensor_parallel_size: int = 1
     pipeline_parallel_size: int = 1
@@ -265,20 +269,18 @@ class ParallelConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        if self.pipeline_parallel_size > 1:
-            raise ValueError(f"pipeline_parallel_size={self.pipeline_parallel_size} (--pipeline-parallel-size, -pp) "
-                             "is not supported yet: pipeline parallelism comes in a later step (allowed: 1)")
         backend = self.distributed_executor_backend
         if backend in EXECUTOR_BACKENDS_NOT_YET:
             raise ValueError(f"distributed_executor_backend={backend!r} (--distributed-executor-backend) is not "
-                             "supported yet: the Ray and external-launcher executors come in a later step "
+                             "supported yet: the external-launcher executor comes in a later step "
                              f"(allowed: {', '.join(map(repr, EXECUTOR_BACKENDS))})")
         if backend not in EXECUTOR_BACKENDS:
             raise ValueError(f"distributed_executor_backend={backend!r} (--distributed-executor-backend) must be one "
                              f"of {', '.join(map(repr, EXECUTOR_BACKENDS))}")
         if backend == "uni" and self.world_size > 1:
             raise ValueError(f"distributed_executor_backend='uni' runs one worker, but tensor_parallel_size="
-                             f"{self.tensor_parallel_size} needs {self.world_size}; use 'mp' (or leave it unset)")
+                             f"{self.tensor_parallel_size} x pipeline_parallel_size={self.pipeline_parallel_size} "
+                             f"needs {self.world_size}; use 'mp' or 'ray' (or leave it unset)")
 
     @property
     def world_size(self) -> int:
@@ -286,12 +288,20 @@ class ParallelConfig:
 
     @property
     def executor_backend(self) -> str:
-        """The executor that runs: "uni" (one worker in this process) or "mp" (one process per extra rank)."""
+        """The executor that runs: "uni" (one worker in this process), "mp" (one process per extra rank on this
+        node) or "ray" (one Ray actor per extra rank, on any node of the Ray cluster)."""
+        if self.distributed_executor_backend == "ray":
+            return "ray"
         return "mp" if self.world_size > 1 else "uni"
 
+    @property
+    def driver_rank(self) -> int:
+        """The global rank of the engine core's own worker: the first rank of the last pipeline stage."""
+        return (self.pipeline_parallel_size - 1) * self.tensor_parallel_size
 
-EXECUTOR_BACKENDS = (None, "uni", "mp")
-EXECUTOR_BACKENDS_NOT_YET = ("ray", "external_launcher")
+
+EXECUTOR_BACKENDS = (None, "uni", "mp", "ray")
+EXECUTOR_BACKENDS_NOT_YET = ("external_launcher",)
 
 
 @dataclass

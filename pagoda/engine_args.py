@@ -102,7 +102,8 @@ class EngineArgs(compat.VllmCompatArgs):
     quantization: str | None = _opt(None, "Method used to quantize the weights (vLLM's names; implemented: fp8). Unset: the checkpoint's quantization_config (config.json) or quantize_config.json decides, and a checkpoint without one is unquantized; set: it must match the checkpoint's method, and 'fp8' on an unquantized checkpoint quantizes its weights at load time (per tensor; activations per token).",
                                     flags=("-q",))
     tensor_parallel_size: int = _opt(1, "Number of tensor-parallel ranks: attention heads, MLP and vocabulary split over this many processes (one GPU each on CUDA, gloo on CPU).", flags=("-tp",))
-    distributed_executor_backend: str | None = _opt(None, "How ranks run: 'mp' (one process per rank on this node; the default when tensor_parallel_size > 1) or 'uni' (one worker in the engine-core process; the default otherwise). 'ray' and 'external_launcher' are not supported yet.")
+    pipeline_parallel_size: int = _opt(1, "Number of pipeline stages: the decoder layers split over this many groups of tensor_parallel_size ranks (uneven splits allowed; PAGODA_PP_LAYER_PARTITION or VLLM_PP_LAYER_PARTITION, e.g. '5,3', sets the layers per stage).", flags=("-pp",))
+    distributed_executor_backend: str | None = _opt(None, "How ranks run: 'mp' (one process per rank on this node; the default when tensor_parallel_size x pipeline_parallel_size > 1), 'ray' (one Ray actor per rank, on this node or an existing Ray cluster: RAY_ADDRESS) or 'uni' (one worker in the engine-core process; the default otherwise). 'external_launcher' is not supported yet.")
     dtype: str = _opt("auto", "Weight and activation dtype; 'auto' takes the checkpoint's (float32 checkpoints: bfloat16 on GPU, float32 on CPU).", cfg.DTYPE_CHOICES)
     seed: int | None = _opt(0, "Seed for random sampling of requests that give no seed of their own.")
     max_model_len: int | None = _opt(None, "Longest prompt plus output, in tokens (4096, 32k, 32K); defaults to the model's limit (also -1 or 'auto').",
@@ -247,19 +248,25 @@ class EngineArgs(compat.VllmCompatArgs):
                 f"max_num_batched_tokens ({batched}) is smaller than max_model_len ({max_len}); "
                 "without chunked prefill a whole prompt must fit in one step"
             )
-        from pagoda.model_executor.parallel_state import check_tensor_parallel
+        from pagoda.model_executor.parallel_state import check_pipeline_parallel, check_tensor_parallel
 
         check_tensor_parallel(model_config.hf_text_config, self.tensor_parallel_size, model_config.architecture)
-        if self.tensor_parallel_size > 1 and device == "cuda":
+        world_size = self.tensor_parallel_size * self.pipeline_parallel_size
+        if self.pipeline_parallel_size > 1:
+            check_pipeline_parallel(model_config, self.pipeline_parallel_size)
+        # Ray places ranks on any node of its cluster: only the local executor needs the GPUs here
+        if world_size > 1 and device == "cuda" and self.distributed_executor_backend != "ray":
             import torch
 
-            if torch.cuda.device_count() < self.tensor_parallel_size:
-                raise ValueError(f"tensor_parallel_size={self.tensor_parallel_size} (--tensor-parallel-size) needs "
-                                 f"that many GPUs, but {torch.cuda.device_count()} are visible (CUDA_VISIBLE_DEVICES)")
+            if torch.cuda.device_count() < world_size:
+                raise ValueError(f"tensor_parallel_size={self.tensor_parallel_size} x pipeline_parallel_size="
+                                 f"{self.pipeline_parallel_size} needs {world_size} GPUs, but "
+                                 f"{torch.cuda.device_count()} are visible (CUDA_VISIBLE_DEVICES)")
         speculative = self.create_speculative_config(max_len)
-        if speculative is not None and self.tensor_parallel_size > 1:
+        if speculative is not None and world_size > 1:
             raise ValueError("speculative decoding (--speculative-config, --speculative-model) with "
-                             f"tensor_parallel_size={self.tensor_parallel_size} is not supported yet")
+                             f"tensor_parallel_size={self.tensor_parallel_size} x pipeline_parallel_size="
+                             f"{self.pipeline_parallel_size} is not supported yet")
         if speculative is not None and pooling:
             raise ValueError("speculative decoding (--speculative-config, --speculative-model) is not supported for "
                              "pooling (embedding) models")

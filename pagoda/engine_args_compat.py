@@ -65,7 +65,7 @@ SPEC_TYPICAL = ("only the typical acceptance sampler reads it, and Pagoda verifi
                 "(vLLM V1 has no typical acceptance sampler either)")
 LORA = "LoRA adapters come in a later issue"
 MM = "multimodal input comes in a later issue"
-PARALLEL = "parallelism comes in a later issue; Pagoda runs one engine on one device"
+PARALLEL = "data parallelism and multi-node launchers other than Ray come in a later issue; Pagoda runs one engine"
 REASONING_OFFLINE = ("offline outputs are not split into reasoning and content (the server's --reasoning-parser "
                      "splits chat responses; vLLM reads it offline only to start structured output after the "
                      "reasoning, and Pagoda's output constraints apply from the first generated token)")
@@ -189,8 +189,7 @@ ENGINE_OPTIONS: tuple[Compat, ...] = (
     _c("speculative_disable_mqa_scorer", BOOL, None, NO_EFFECT,
        "drafts are scored in the step's one forward pass; there is no MQA scorer or batch expansion"),
     # ParallelConfig
-    # tensor_parallel_size and distributed_executor_backend are EngineArgs fields
-    _c("pipeline_parallel_size", INT, 1, NOT_YET, PARALLEL, "-pp"),
+    # tensor_parallel_size, pipeline_parallel_size and distributed_executor_backend are EngineArgs fields
     _c("data_parallel_size", INT, 1, NOT_YET, PARALLEL, "-dp"),
     _c("data_parallel_rank", INT, None, NOT_YET, PARALLEL, "-dpn"),
     _c("data_parallel_start_rank", INT, None, NOT_YET, PARALLEL, "-dpr"),

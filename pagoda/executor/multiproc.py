@@ -1,18 +1,19 @@
-"""The multiprocessing executor: tensor parallelism over one process per rank on this node.
+"""The multiprocessing executor: tensor and pipeline parallelism over one process per rank on this node.
 
-Rank 0 is the driver: its Worker lives in the engine core's process, so the engine reads rank 0's
-StepOutput handles exactly as with the single-process executor. Ranks 1..tp-1 are processes of the
-"spawn" context (CUDA is never forked), each running `_worker_main`: set its device by rank (indices
-are relative to CUDA_VISIBLE_DEVICES), join the process group, build the same Worker, then run the
+The driver is the first rank of the last pipeline stage (config.ParallelConfig.driver_rank; rank 0 without
+pipeline parallelism): its Worker lives in the engine core's process, so the engine reads the StepOutput
+handles of a rank that samples, exactly as with the single-process executor. Every other rank is a process
+of the "spawn" context (CUDA is never forked), each running `_worker_main`: set its device by global rank
+(indices are relative to CUDA_VISIBLE_DEVICES), join the process group, build the same Worker, then run the
 calls the driver sends, in order.
 
 Invariants:
 - Every executor call is broadcast before the driver runs it itself: ONE pickled message per call,
   the same bytes written to every rank's pipe (not a pickle per rank or per request). The ranks run
   the same calls on the same SchedulerOutputs in the same order, so their runners' states never
-  diverge: every rank computes the full logits (all_gather in compute_logits) and samples them with
-  the same generators (one engine seed on every rank, chosen here when the user gave none), so no
-  token is ever sent between ranks.
+  diverge: every rank of the last stage computes the full logits (all_gather in compute_logits) and
+  samples them with the same generators (one engine seed on every rank, chosen here when the user gave
+  none); the earlier stages take the last stage's sampled ids (worker/pipeline_stage.py).
 - Steps are fire-and-forget for ranks > 0 (their results are dropped); only start-up calls
   (`_READY`, determine_num_blocks, initialize_cache) wait for every rank's reply, and the engine gets
   the minimum block count over ranks (each sizes its cache from its own KV heads).
@@ -39,14 +40,13 @@ from multiprocessing.connection import wait
 
 from pagoda.config import PagodaConfig
 from pagoda.core.sched_output import SchedulerOutput
-from pagoda.distributed import DistributedInit, destroy_distributed, free_port, init_distributed
+from pagoda.distributed import DistributedInit, destroy_distributed, init_distributed, make_distributed_init
 from pagoda.distributed.group import dumps
 from pagoda.executor import WorkerDiedError
+from pagoda.executor.worker_faults import START_TIMEOUT_S, abort_nccl, collective_timeout_s, looks_like_peer_error
 
 logger = logging.getLogger(__name__)
 
-TIMEOUT_ENV = "PAGODA_DIST_TIMEOUT_S"  # seconds a collective (and the start-up rendezvous) may wait; default 120
-START_TIMEOUT_S = 600.0  # model loading and cache set-up on every rank
 _STARTED, _READY, _SHUTDOWN = "_started", "_ready", "_shutdown"
 # why a worker that dies before it started usually did
 _SPAWN_HINT = ("workers are started with multiprocessing's 'spawn' method, which re-imports the main script: "
@@ -55,26 +55,29 @@ _SPAWN_HINT = ("workers are started with multiprocessing's 'spawn' method, which
 
 class MultiprocExecutor:
     def __init__(self, config: PagodaConfig) -> None:
-        tp = config.parallel.tensor_parallel_size
+        parallel = config.parallel
+        world, self.driver_rank = parallel.world_size, parallel.driver_rank
         if config.model.seed is None:  # every rank must draw the same numbers for unseeded requests
             config = dataclasses.replace(config, model=dataclasses.replace(config.model, seed=random.randrange(2**31)))
         self.config = config
-        self.world_size = tp
+        self.world_size = world
         self.dead: str | None = None  # why the executor cannot go on (a worker died)
         self._closed = False
         cuda = config.device.device == "cuda"
-        timeout = float(os.environ.get(TIMEOUT_ENV, "120"))
-        init = DistributedInit(tp, f"tcp://127.0.0.1:{free_port()}", "nccl" if cuda else "gloo", timeout)
+        timeout = collective_timeout_s()
+        init = make_distributed_init(parallel, config.device.device, timeout_s=timeout)
         ctx = multiprocessing.get_context("spawn")
         self.procs: list = []
-        self.cmd_conns: list = []  # driver -> rank r + 1
-        self.reply_conns: list = []  # rank r + 1 -> driver
-        for rank in range(1, tp):
+        self.ranks = [rank for rank in range(world) if rank != self.driver_rank]  # of procs, in order
+        self.cmd_conns: list = []  # driver -> each rank of self.ranks
+        self.reply_conns: list = []  # each rank of self.ranks -> driver
+        for rank in self.ranks:
             cmd_recv, cmd_send = ctx.Pipe(duplex=False)
             reply_recv, reply_send = ctx.Pipe(duplex=False)
             proc = ctx.Process(target=_worker_main, args=(config, rank, init, cmd_recv, reply_send,
                                                               logging.getLogger().getEffectiveLevel()),
-                               name=f"PagodaWorker-TP{rank}", daemon=True)
+                               name=_rank_name(rank, parallel.tensor_parallel_size, parallel.pipeline_parallel_size),
+                               daemon=True)
             proc.start()
             cmd_recv.close()
             reply_send.close()
@@ -87,19 +90,21 @@ class MultiprocExecutor:
         self._monitor = threading.Thread(target=_watch_workers, args=(weakref.ref(self), [p.sentinel for p in self.procs]),
                                          name="tp-worker-monitor", daemon=True)
         self._monitor.start()
-        logger.info("tensor parallelism: %d ranks (%s), workers %s", tp, init.backend, [p.pid for p in self.procs])
+        logger.info("parallelism: %d ranks (tp=%d x pp=%d, %s), the driver is rank %d, workers %s", world,
+                    parallel.tensor_parallel_size, parallel.pipeline_parallel_size, init.backend, self.driver_rank,
+                    [p.pid for p in self.procs])
         try:
             if cuda:
                 import torch
 
-                torch.cuda.set_device(0)
+                torch.cuda.set_device(self.driver_rank)
             else:
-                _share_cpus(tp)
+                _share_cpus(world)
             self._collect(_STARTED)  # every worker runs (a spawn that fails to import dies here, not in the rendezvous)
-            init_distributed(init, 0)
+            init_distributed(init, self.driver_rank)
             from pagoda.worker.worker import Worker
 
-            self.worker = Worker(config, rank=0)
+            self.worker = Worker(config, rank=self.driver_rank)
             self._collect(_READY)
         except BaseException:
             self.shutdown()
@@ -111,7 +116,8 @@ class MultiprocExecutor:
         own = self.worker.determine_num_blocks()
         others = self._collect("determine_num_blocks")
         if others and min(others) < own:
-            logger.info("KV cache: %d blocks on rank 0, %s on ranks 1..; using the minimum", own, others)
+            logger.info("KV cache: %d blocks on the driver (rank %d), %s on ranks %s; using the minimum", own,
+                        self.driver_rank, others, self.ranks)
         return min([own, *others])
 
     def initialize_cache(self, num_blocks: int) -> None:
@@ -142,27 +148,27 @@ class MultiprocExecutor:
                 conn.send_bytes(data)
         except (BrokenPipeError, ConnectionError, OSError) as exc:
             self._wait_for_death()
-            raise WorkerDiedError(self.dead or f"sending {method} to a tensor-parallel worker failed: {exc}") from exc
+            raise WorkerDiedError(self.dead or f"sending {method} to a worker failed: {exc}") from exc
 
     def _run(self, fn, *args):
         """Run the driver's share of a call; an error caused by a dead rank becomes WorkerDiedError."""
         try:
             return fn(*args)
         except Exception as exc:
-            if self._wait_for_death(timeout_s=2.0 if _looks_like_peer_error(exc) else 0.0):
+            if self._wait_for_death(timeout_s=2.0 if looks_like_peer_error(exc) else 0.0):
                 raise WorkerDiedError(f"{self.dead} ({type(exc).__name__}: {exc})") from exc
             raise
 
     def _collect(self, method: str) -> list:
         """Every other rank's reply to `method` (raising its error, or WorkerDiedError)."""
         results = []
-        for rank, (proc, conn) in enumerate(zip(self.procs, self.reply_conns), start=1):
+        for rank, proc, conn in zip(self.ranks, self.procs, self.reply_conns):
             ready = wait([conn, proc.sentinel], timeout=START_TIMEOUT_S)
             if conn not in ready or (method == _STARTED and not conn.poll()):
                 self._wait_for_death()
                 if method == _STARTED and self.dead:
                     raise WorkerDiedError(f"{self.dead} while starting; {_SPAWN_HINT}")
-                raise WorkerDiedError(self.dead or f"tensor-parallel rank {rank} did not answer {method} in "
+                raise WorkerDiedError(self.dead or f"worker rank {rank} did not answer {method} in "
                                       f"{START_TIMEOUT_S:.0f} s")
             try:
                 status, value = pickle.loads(conn.recv_bytes())
@@ -170,7 +176,7 @@ class MultiprocExecutor:
                 self._wait_for_death()
                 raise WorkerDiedError(self.dead or f"rank {rank} closed its pipe during {method}") from exc
             if status != "ok":
-                raise RuntimeError(f"tensor-parallel rank {rank} failed in {method}: {value}")
+                raise RuntimeError(f"worker rank {rank} failed in {method}: {value}")
             results.append(value)
         return results
 
@@ -191,9 +197,9 @@ class MultiprocExecutor:
         return self.dead is not None
 
     def _note_deaths(self) -> None:
-        for rank, proc in enumerate(self.procs, start=1):
+        for rank, proc in zip(self.ranks, self.procs):
             if self.dead is None and proc.exitcode is not None and not self._stopping:
-                self.dead = (f"tensor-parallel worker rank {rank} (pid {proc.pid}) died with exit code "
+                self.dead = (f"worker rank {rank} (pid {proc.pid}) died with exit code "
                              f"{proc.exitcode}")
                 logger.error("%s; the engine cannot run further steps", self.dead)
 
@@ -212,26 +218,15 @@ def _watch_workers(executor_ref, sentinels: list) -> None:
         executor._note_deaths()
         if executor.dead is not None:
             if executor.config.device.device == "cuda":
-                _abort_nccl()  # NCCL kernels waiting for the dead peer would spin for ever
+                abort_nccl()  # NCCL kernels waiting for the dead peer would spin for ever
             return
         del executor
 
 
-def _looks_like_peer_error(exc: BaseException) -> bool:
-    text = str(exc)
-    return any(s in text for s in ("Connection", "connection", "closed", "Broken pipe", "Timed out", "timed out",
-                                   "NCCL", "Gloo", "gloo", "peer"))
-
-
-def _abort_nccl() -> None:
-    try:
-        import torch.distributed as dist
-
-        abort = getattr(dist.distributed_c10d, "_abort_process_group", None)
-        if abort is not None:
-            abort()
-    except Exception:  # noqa: BLE001 - best effort; the collective timeout remains
-        logger.debug("aborting the NCCL process group failed", exc_info=True)
+def _rank_name(rank: int, tp: int, pp: int) -> str:
+    if pp == 1:
+        return f"PagodaWorker-TP{rank}"
+    return f"PagodaWorker-PP{rank // tp}-TP{rank % tp}"
 
 
 def _share_cpus(world_size: int) -> None:
@@ -278,7 +273,7 @@ def _stop_workers(procs: list, conns: list, grace_s: float = 5.0) -> None:
 def _worker_main(config: PagodaConfig, rank: int, init: DistributedInit, cmd_conn, reply_conn, log_level: int) -> None:
     """Rank `rank`'s process: join the group, build the Worker, run the driver's calls until told to stop."""
     logging.basicConfig(level=log_level,
-                        format=f"%(levelname)s %(asctime)s [tp{rank}] %(name)s: %(message)s", datefmt="%H:%M:%S")
+                        format=f"%(levelname)s %(asctime)s [rank{rank}] %(name)s: %(message)s", datefmt="%H:%M:%S")
     _exit_with_parent()
     import signal
 
@@ -296,7 +291,7 @@ def _worker_main(config: PagodaConfig, rank: int, init: DistributedInit, cmd_con
 
         worker = Worker(config, rank=rank)
     except BaseException as exc:  # noqa: BLE001 - the driver must hear why
-        logger.exception("tensor-parallel rank %d failed to start", rank)
+        logger.exception("rank %d failed to start", rank)
         _reply(reply_conn, "error", f"{type(exc).__name__}: {exc}")
         os._exit(1)
     _reply(reply_conn, "ok", None)

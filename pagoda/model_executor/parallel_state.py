@@ -63,3 +63,19 @@ def check_tensor_parallel(text_config: Any, tp: int, architecture: str) -> None:
         size = getattr(text_config, name, None)
         if isinstance(size, int) and size % tp:
             raise ValueError(f"{flag} must divide the model's {name}={size} ({architecture})")
+
+
+def check_pipeline_parallel(model_config: Any, pp: int) -> None:
+    """ValueError naming pipeline_parallel_size when the model cannot be split into `pp` stages: more stages than
+    decoder layers, a bad PAGODA_PP_LAYER_PARTITION, or a model family whose stages are not built yet."""
+    from pagoda.model_executor.models.pipeline import layer_partition
+    from pagoda.model_executor.models.registry import accepts_images
+
+    flag = f"pipeline_parallel_size={pp} (--pipeline-parallel-size)"
+    if accepts_images(model_config.architecture):
+        raise ValueError(f"{flag} is not supported yet for vision-language models ({model_config.architecture})")
+    text = model_config.hf_text_config
+    layers = getattr(text, "num_hidden_layers", None) or getattr(text, "n_layer", None)
+    if not layers:
+        raise ValueError(f"{flag}: the model's config gives no number of layers ({model_config.architecture})")
+    layer_partition(layers, pp)

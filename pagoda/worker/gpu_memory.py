@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from pagoda.attention.backend import AttentionMetadata
+from pagoda.model_executor.models.pipeline import local_forward
 
 if TYPE_CHECKING:
     from pagoda.worker.worker import Worker
@@ -88,8 +89,9 @@ def profile_num_blocks(worker: "Worker") -> int:
 
     positions, metadata = dummy_metadata(num_tokens, max_len, block_size, temp_blocks, device)
     input_ids = torch.zeros(num_tokens, dtype=torch.long, device=device)
-    hidden = worker.model(input_ids, positions, temp_caches, metadata)
-    _profile_sampler(worker, hidden)
+    hidden = local_forward(worker.model, config.model.torch_dtype, input_ids, positions, temp_caches, metadata)
+    if hidden is not None:  # None on a pipeline stage before the last, which never samples
+        _profile_sampler(worker, hidden)
     torch.cuda.synchronize(device)
     peak = torch.cuda.max_memory_allocated(device) - temp_bytes
     del temp_caches, hidden

@@ -26,6 +26,10 @@ Invariants:
   depend on what else is in the batch.
 - A pooling request never samples: in the step that computes its (whole) prompt, the Pooler turns its
   hidden states into one vector in `ModelRunnerOutput.pooler_output`.
+- With pipeline parallelism (`self.stage`, worker/pipeline_stage.py) the forward pass runs this stage's layers
+  between a receive from the previous stage and a send to the next; only the last stage pools, computes
+  prompt logprobs and samples, and the others take its sampled ids (the same bookkeeping follows on every
+  stage, so their batches stay equal).
 - Request isolation: an exception while adding one request (InputBatch row, static bias, generator)
   or while building or applying its own sampling rules (bad words, min_tokens, user logits
   processors) fails that request only: its row and per-request state are dropped at once, it is named
@@ -49,6 +53,7 @@ from pagoda.sample.sampler import Sampler
 from pagoda.sampling_params import SamplingType
 from pagoda.worker.cuda_graph import capture_sizes
 from pagoda.worker.failed_requests import FailedRequests
+from pagoda.worker.grammar_rows import apply_grammar
 from pagoda.worker.input_batch import InputBatch, to_device
 from pagoda.worker.sampling_inputs import SamplingInputs
 from pagoda.worker.step_output import PLACEHOLDER, SampledTokens, StepOutput, VerifiedTokens
@@ -115,6 +120,11 @@ class ModelRunner:
         # A step launched without sampling yet (it has structured-output requests): (the sampling to run,
         # [(request id, bitmask rows)] of its structured_output_request_ids); see sample_tokens().
         self.deferred_sampling = None
+        self.stage = None  # this rank's pipeline stage, with pipeline parallelism
+        if config.parallel.pipeline_parallel_size > 1:
+            from pagoda.worker.pipeline_stage import PipelineStage
+
+            self.stage = PipelineStage(model, config.model.torch_dtype, device)
 
     # ---- state diff -------------------------------------------------------------------------------
     def _apply_diff(self, sched: SchedulerOutput, output: ModelRunnerOutput) -> None:
@@ -213,6 +223,13 @@ class ModelRunner:
         done = ends == self.batch.num_tokens[rows] + num_drafts
         pooling = self.batch.is_pooling[rows]
         samples = done & ~pooling
+        if hidden is None:  # a pipeline stage before the last: it takes the last stage's sampled ids
+            if not samples.any():
+                return StepOutput.ready(output)
+
+            def sample(grammar):
+                return self._receive_sampled(req_ids, rows, samples, output)
+            return self._sample_now_or_later(sched, sample)
         if (done & pooling).any():
             self._pool(req_ids, rows, np.nonzero(done & pooling)[0], inputs["query_start"], counts, hidden, output)
         if pooling.all():
@@ -232,6 +249,9 @@ class ModelRunner:
             def sample(grammar):
                 return self._sample(req_ids, rows, samples, inputs["query_start"] + counts - 1, hidden, output,
                                     grammar)
+        return self._sample_now_or_later(sched, sample)
+
+    def _sample_now_or_later(self, sched: SchedulerOutput, sample) -> StepOutput | None:
         if sched.structured_output_request_ids:  # sample_tokens() runs `sample` with the grammars' bitmask
             spec_tokens = sched.scheduled_spec_decode_tokens
             self.deferred_sampling = (sample, [(r, 1 + len(spec_tokens.get(r, ())))
@@ -250,35 +270,9 @@ class ModelRunner:
         sample, structured = deferred
         return sample(None if bitmask is None else (structured, bitmask))
 
-    def apply_grammar(self, logits: torch.Tensor, sample_ids: list[str], first_row: np.ndarray,
-                      grammar: tuple[list[tuple[str, int]], np.ndarray] | None) -> None:
-        """Mask `logits` in place: request sample_ids[j]'s sampled positions are logits rows first_row[j]..;
-        `grammar` = ([(structured request id, its number of bitmask rows)] in step order, the bitmask)."""
-        if grammar is None:
-            return
-        from pagoda.sample.token_bitmask import apply_token_bitmask_
-
-        structured, bitmask = grammar
-        num_rows = np.array([n for _, n in structured], dtype=np.int64)
-        if int(num_rows.sum()) != bitmask.shape[0]:
-            raise RuntimeError(f"grammar bitmask has {bitmask.shape[0]} rows, the step samples {int(num_rows.sum())} "
-                               "under grammars")
-        if bitmask.shape[0] == logits.shape[0] and [r for r, _ in structured] == sample_ids:
-            apply_token_bitmask_(logits, to_device(bitmask, self.device))  # every sampled row, in order
-            return
-        where = {req_id: j for j, req_id in enumerate(sample_ids)}
-        mask_rows, logit_rows = [], []
-        cursor = 0
-        for (req_id, count) in structured:
-            j = where.get(req_id)
-            if j is not None:  # not failed meanwhile
-                mask_rows.append(np.arange(cursor, cursor + count))
-                logit_rows.append(first_row[j] + np.arange(count))
-            cursor += count
-        if mask_rows:
-            masks = bitmask[np.concatenate(mask_rows)]
-            apply_token_bitmask_(logits, to_device(masks, self.device),
-                                 to_device(np.concatenate(logit_rows).astype(np.int64), self.device))
+    def apply_grammar(self, logits: torch.Tensor, sample_ids: list[str], first_row: np.ndarray, grammar) -> None:
+        """Mask `logits` in place with the step's grammar bitmask (worker/grammar_rows.py)."""
+        apply_grammar(logits, sample_ids, first_row, grammar, self.device)
 
     def _fill_placeholders(self, wait: bool) -> None:
         """Write the sampled ids of earlier steps over their placeholders: every step's but the newest (their
@@ -316,6 +310,9 @@ class ModelRunner:
                  inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
         """The model forward: replayed from a CUDA graph for decode-only steps when graphs exist; eager with
         `inputs_embeds` (a step that computes image placeholder positions) or M-RoPE positions [3, T]."""
+        if self.stage is not None:  # None on a stage before the last: its outputs went to the next stage
+            return self.stage.forward(lambda received: self.model(input_ids, positions, self.kv_caches, metadata,
+                                                                  intermediate_tensors=received), input_ids.shape[0])
         if inputs_embeds is not None:
             return self.model(input_ids, positions, self.kv_caches, metadata, inputs_embeds=inputs_embeds)
         if self.cuda_graphs is not None and positions.dim() == 1 and self.cuda_graphs.can_run(metadata):
@@ -432,6 +429,8 @@ class ModelRunner:
         self.apply_grammar(logits, sample_ids, np.arange(len(sample_ids)), grammar)
         metadata = self.sampling_inputs.build(sample_rows, sample_ids, self.generators)
         result = self.sampler.forward(logits, metadata)
+        if self.stage is not None:
+            self.stage.share_sampled(result.sampled_token_ids, list(metadata.row_errors))
         positions = self.batch.append_tokens(sample_rows, PLACEHOLDER)
         self.pending_src[sample_rows] = np.arange(len(sample_rows))
         self.last_sampled = result.sampled_token_ids
@@ -446,6 +445,20 @@ class ModelRunner:
         for j, reason in metadata.row_errors.items():
             self.fail(sample_ids[j], f"sampling request {sample_ids[j]} failed: {reason}", output)
         return step
+
+    def _receive_sampled(self, req_ids, rows, samples, output: ModelRunnerOutput) -> StepOutput:
+        """A stage before the last: the last stage's sampled ids, with the same bookkeeping as `_sample`."""
+        sample_at = np.nonzero(samples)[0]
+        sample_rows, sample_ids = rows[sample_at], [req_ids[i] for i in sample_at]
+        ids, failed = self.stage.receive_sampled(len(sample_rows))
+        positions = self.batch.append_tokens(sample_rows, PLACEHOLDER)
+        self.pending_src[sample_rows] = np.arange(len(sample_rows))
+        self.last_sampled = ids
+        sampled = SampledTokens(self.batch, sample_ids, sample_rows, positions, ids)
+        self.unfilled.append(sampled)
+        for j in failed:  # as on the last stage, after SampledTokens is made (see _sample)
+            self.fail(sample_ids[j], f"sampling request {sample_ids[j]} failed on the last pipeline stage", output)
+        return StepOutput(output, sampled)
 
     def _prompt_logprobs(self, req_ids, rows, starts, ends, query_start, hidden) -> dict[str, list[PositionLogprobs]]:
         """Logprobs of prompt tokens 1.. given their prefixes, for the positions computed this step."""

@@ -36,6 +36,7 @@ import torch
 
 from pagoda.attention.backend import AttentionMetadata
 from pagoda.config import PagodaConfig
+from pagoda.model_executor.models.pipeline import local_forward
 
 logger = logging.getLogger(__name__)
 
@@ -130,8 +131,9 @@ def _metadata(runner, b: DummyBatch) -> tuple[torch.Tensor, AttentionMetadata]:
 def _run_batch(runner, b: DummyBatch, logits: bool) -> None:
     positions, metadata = _metadata(runner, b)
     input_ids = torch.zeros(b.num_tokens, dtype=torch.long, device=runner.device)
-    hidden = runner.model(input_ids, positions, runner.kv_caches, metadata)
-    if not logits:
+    hidden = local_forward(runner.model, runner.config.model.torch_dtype, input_ids, positions, runner.kv_caches,
+                           metadata)
+    if not logits or hidden is None:  # hidden is None on a pipeline stage before the last
         return
     last_tokens = torch.tensor(metadata.query_start_loc_cpu[1:], device=runner.device) - 1
     odd = b.num_reqs if b.num_reqs % 2 else b.num_reqs - 1
@@ -169,7 +171,8 @@ def warm_up_kernels(runner, graph_max_size: int | None = None, *, force: bool = 
     batches = plan_batches(runner.config, graph_max_size)
     for b in batches:
         _run_batch(runner, b, logits)
-    if logits and runner.device.type == "cuda":
+    stage = getattr(runner, "stage", None)
+    if logits and runner.device.type == "cuda" and (stage is None or stage.is_last):
         _warm_sampler(runner)
     if runner.device.type == "cuda":
         torch.cuda.synchronize(runner.device)

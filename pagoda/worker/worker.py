@@ -14,6 +14,9 @@ Invariants:
 - With tensor parallelism every rank runs one Worker on the same SchedulerOutputs in the same order; its
   model holds the rank's shards and its cache the rank's KV heads (`kv_spec`), so each rank sizes its own
   cache and the engine takes the minimum (executor/multiproc.py).
+- With pipeline parallelism a worker's model holds its stage's layers only, and its cache one entry per layer
+  it holds (kv_spec.num_layers); the ranks still size their caches alike (minimum over ranks). On CUDA a
+  pipeline stage runs eagerly (no CUDA graphs yet: a graph would need the received activations as inputs).
 - On CUDA, kernels are warmed up (worker/warmup.py) after the cache is allocated and before any
   CUDA graph is captured; the warm-up writes nothing into the cache.
 - Every cache (the draft's too) is in `kv_cache_dtype` = CacheConfig.torch_dtype(model dtype): the
@@ -44,7 +47,7 @@ CPU_DEFAULT_KV_BYTES = 4 << 30
 class Worker:
     def __init__(self, config: PagodaConfig, rank: int = 0) -> None:
         self.config = config
-        self.rank = rank  # tensor-parallel rank; the process group (if any) was joined before the model is built
+        self.rank = rank  # global rank; the process group (if any) was joined before the model is built
         self.device = torch.device(config.device.device)
         if config.parallel.world_size > 1 and self.device.type == "cuda":
             self.device = torch.device("cuda", torch.cuda.current_device())  # set by the executor from the rank
@@ -115,6 +118,9 @@ class Worker:
         if self.device.type != "cuda":
             return
         use_graphs = not self.config.enforce_eager and self.config.model.runner_type == "generate"
+        if use_graphs and self.config.parallel.pipeline_parallel_size > 1:
+            logger.info("pipeline parallelism: steps run eagerly (CUDA graphs of pipeline stages are not supported yet)")
+            use_graphs = False
         from pagoda.worker.warmup import warm_up_kernels
 
         with torch.inference_mode():  # compile the Triton variants real steps need (graphs only cover decode)

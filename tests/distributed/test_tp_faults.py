@@ -1,4 +1,4 @@
-"""A killed tensor-parallel worker fails every open request (no hang); shutting down leaves no process."""
+"""A killed tensor- or pipeline-parallel worker fails every open request (no hang); shutting down leaves no process."""
 
 import gc
 import os
@@ -29,8 +29,11 @@ def wait_gone(pids, timeout_s=10.0):
     return [p for p in pids if alive(p)]
 
 
-def test_killed_worker_fails_every_request_within_seconds(tp_checkpoint):
-    llm = LLM(tp_checkpoint("LlamaForCausalLM"), device="cpu", tensor_parallel_size=2, max_model_len=512)
+@pytest.mark.parametrize("tp,pp", [(2, 1), (1, 2)], ids=["tp2", "pp2"])
+def test_killed_worker_fails_every_request_within_seconds(tp_checkpoint, tp, pp):
+    """With pp=2 the killed worker is the first pipeline stage (the driver is the last)."""
+    llm = LLM(tp_checkpoint("LlamaForCausalLM"), device="cpu", tensor_parallel_size=tp, pipeline_parallel_size=pp,
+              max_model_len=512)
     engine = llm.llm_engine
     workers = [p.pid for p in engine.core.executor.procs]
     params = SamplingParams(temperature=0.0, max_tokens=400, ignore_eos=True)

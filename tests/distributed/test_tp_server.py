@@ -1,4 +1,5 @@
-"""`--tensor-parallel-size 2`: the server's engine core drives a second rank and answers /v1/completions."""
+"""`--tensor-parallel-size 2` and `--pipeline-parallel-size 2`: the server's engine core drives a second rank and
+answers /v1/completions."""
 
 import re
 
@@ -10,18 +11,21 @@ from test_tp_faults import wait_gone
 from pagoda import LLM, SamplingParams
 
 
-def test_server_with_tensor_parallel_size_2(tp_checkpoint, tmp_path):
+@pytest.mark.parametrize("flag", ["--tensor-parallel-size", "--pipeline-parallel-size"])
+def test_server_with_two_ranks(tp_checkpoint, tmp_path, flag):
     folder = tp_checkpoint("LlamaForCausalLM")
     llm = LLM(folder, device="cpu")
     expected = llm.generate(["def main():"], SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True),
                             use_tqdm=False)[0].outputs[0].text
     server = RemoteServer(["--model", folder, "--served-model-name", "tiny-tp", "--max-model-len", "256",
-                           "--tensor-parallel-size", "2", "--device", "cpu"], str(tmp_path / "server.log"))
+                           flag, "2", "--device", "cpu"], str(tmp_path / "server.log"))
     try:
         completion = server.client().completions.create(model="tiny-tp", prompt="def main():", max_tokens=6,
                                                          temperature=0.0, extra_body={"ignore_eos": True})
         assert completion.choices[0].text == expected
-        workers = [int(p) for p in re.search(r"tensor parallelism: 2 ranks \(gloo\), workers \[([\d, ]+)\]",
+        layout = r"tp=2 x pp=1, gloo\), the driver is rank 0" if flag == "--tensor-parallel-size" else \
+            r"tp=1 x pp=2, gloo\), the driver is rank 1"
+        workers = [int(p) for p in re.search(r"parallelism: 2 ranks \(" + layout + r", workers \[([\d, ]+)\]",
                                              server.log()).group(1).split(",")]
     finally:
         server.close()
@@ -65,7 +69,7 @@ def test_a_killed_worker_fails_the_servers_requests_and_the_core_is_replaced(tp_
         server.close()
 
 
-WORKERS = r"tensor parallelism: 2 ranks \(gloo\), workers \[([\d, ]+)\]"
+WORKERS = r"parallelism: 2 ranks \(tp=2 x pp=1, gloo\), the driver is rank 0, workers \[([\d, ]+)\]"
 
 
 def _workers(log):

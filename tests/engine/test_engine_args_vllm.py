@@ -58,8 +58,8 @@ def test_not_supported_yet_names_keyword_and_flag(opt, llama_dir):
      "--speculative-config"),
     ({"speculative_model": "/models/draft", "num_speculative_tokens": 3, "speculative_model_quantization": "awq"},
      "--speculative-model-quantization"),
-    ({"pipeline_parallel_size": 2}, "-pp"),  # tensor_parallel_size is implemented (tests/distributed)
-    ({"distributed_executor_backend": "ray"}, "--distributed-executor-backend"),
+    ({"data_parallel_size": 2}, "-dp"),  # tensor and pipeline parallelism are implemented (tests/distributed)
+    ({"distributed_executor_backend": "external_launcher"}, "--distributed-executor-backend"),
     ({"kv_cache_dtype": "fp8_inc"}, "--kv-cache-dtype"),  # fp8, fp8_e4m3, fp8_e5m2 are implemented
     ({"limit_mm_per_prompt": {"video": 2}}, "--limit-mm-per-prompt"),
     ({"load_format": "gguf"}, "--load-format"),

@@ -36,6 +36,7 @@ from pagoda.model_executor.layers.linear import (
 )
 from pagoda.model_executor.layers.vocab_parallel_embedding import VocabParallelEmbedding
 from pagoda.model_executor.models.kv_spec import KVCacheSpec
+from pagoda.model_executor.models.pipeline import MissingLayer, is_first_stage, is_last_stage, make_layers
 from pagoda.model_executor.models.utils import maybe_prefix, packed_modules
 from pagoda.model_executor.parallel_state import divide, get_tp_size
 
@@ -143,12 +144,12 @@ class BertLayer(nn.Module):
 class BertEncoder(nn.Module):
     def __init__(self, config: Any, quant_config=None, prefix: str = ""):
         super().__init__()
-        self.layer = nn.ModuleList(BertLayer(config, quant_config, maybe_prefix(prefix, f"layer.{i}"))
-                                   for i in range(config.num_hidden_layers))
+        self.start_layer, self.end_layer, self.layer = make_layers(
+            config.num_hidden_layers, lambda i: BertLayer(config, quant_config, maybe_prefix(prefix, f"layer.{i}")))
 
     def forward(self, hidden: torch.Tensor, metadata: AttentionMetadata) -> torch.Tensor:
-        for layer in self.layer:
-            hidden = layer(hidden, metadata)
+        for i in range(self.start_layer, self.end_layer):
+            hidden = self.layer[i](hidden, metadata)
         return hidden
 
 
@@ -161,18 +162,27 @@ class BertModel(nn.Module):
     ]
     packed_modules_mapping = packed_modules(stacked_params_mapping)
     _skipped_prefixes = ("pooler.", "cls.", "embeddings.position_ids")
+    intermediate_names = ("hidden_states",)  # what a pipeline stage hands to the next
 
     def __init__(self, hf_config: Any, attn_backend: AttentionBackend | None = None, quant_config=None,
                  prefix: str = ""):
         super().__init__()
         self.config = hf_config
-        self.embeddings = BertEmbeddings(hf_config)
+        self.is_last_stage = is_last_stage()
+        self.embeddings = BertEmbeddings(hf_config) if is_first_stage() else MissingLayer()
         self.encoder = BertEncoder(hf_config, quant_config, maybe_prefix(prefix, "encoder"))
+        self.intermediate_width = hf_config.hidden_size
         self.kv_cache_spec = KVCacheSpec(num_layers=0, num_kv_heads=0, head_size=0)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_caches: list[torch.Tensor],
-                attn_metadata: AttentionMetadata) -> torch.Tensor:
-        return self.encoder(self.embeddings(input_ids, positions), attn_metadata)
+                attn_metadata: AttentionMetadata, intermediate_tensors: dict[str, torch.Tensor] | None = None,
+                ) -> torch.Tensor | dict[str, torch.Tensor]:
+        if intermediate_tensors is not None:  # a later pipeline stage
+            hidden = intermediate_tensors["hidden_states"]
+        else:
+            hidden = self.embeddings(input_ids, positions)
+        hidden = self.encoder(hidden, attn_metadata)
+        return hidden if self.is_last_stage else {"hidden_states": hidden}
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         params = dict(self.named_parameters())
@@ -185,7 +195,9 @@ class BertModel(nn.Module):
             for fused, piece, shard_id in self.stacked_params_mapping:
                 if piece + "." in name and ".attention.self" in name:
                     target = name.replace(piece + ".", fused + ".")
-                    param = params[target]
+                    param = params.get(target)
+                    if param is None:
+                        break  # a layer of another pipeline stage
                     param.weight_loader(param, tensor, shard_id)
                     loaded.add(target)
                     break

@@ -30,6 +30,7 @@ from pagoda.model_executor.layers.linear import (
 )
 from pagoda.model_executor.layers.vocab_parallel_embedding import VocabParallelEmbedding, compute_logits
 from pagoda.model_executor.models.kv_spec import KVCacheSpec
+from pagoda.model_executor.models.pipeline import MissingLayer, is_first_stage, is_last_stage, make_layers
 from pagoda.model_executor.models.utils import maybe_prefix
 from pagoda.model_executor.parallel_state import divide, get_tp_size
 
@@ -88,30 +89,40 @@ class GPT2Block(nn.Module):
 class GPT2Model(nn.Module):
     def __init__(self, config: Any, attn_backend: AttentionBackend, quant_config=None, prefix: str = ""):
         super().__init__()
-        self.wte = VocabParallelEmbedding(config.vocab_size, config.n_embd)
-        self.wpe = VocabParallelEmbedding(config.n_positions, config.n_embd)
-        self.h = nn.ModuleList(GPT2Block(config, i, attn_backend, quant_config, maybe_prefix(prefix, f"h.{i}"))
-                               for i in range(config.n_layer))
-        self.ln_f = LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        first, self.is_last_stage = is_first_stage(), is_last_stage()
+        # wte is also the LM head: the first stage embeds with it, the last computes logits with it
+        self.wte = VocabParallelEmbedding(config.vocab_size, config.n_embd) if first or self.is_last_stage else MissingLayer()
+        self.wpe = VocabParallelEmbedding(config.n_positions, config.n_embd) if first else MissingLayer()
+        self.start_layer, self.end_layer, self.h = make_layers(
+            config.n_layer, lambda i: GPT2Block(config, i, attn_backend, quant_config, maybe_prefix(prefix, f"h.{i}")))
+        self.ln_f = LayerNorm(config.n_embd, eps=config.layer_norm_epsilon) if self.is_last_stage else MissingLayer()
 
-    def forward(self, input_ids, positions, kv_caches, attn_metadata):
-        hidden_states = self.wte(input_ids) + self.wpe(positions)
-        for i, block in enumerate(self.h):
-            hidden_states = block(hidden_states, kv_caches[i], attn_metadata)
+    def forward(self, input_ids, positions, kv_caches, attn_metadata, intermediate_tensors=None):
+        if intermediate_tensors is not None:  # a later pipeline stage
+            hidden_states = intermediate_tensors["hidden_states"]
+        else:
+            hidden_states = self.wte(input_ids) + self.wpe(positions)
+        for i in range(self.start_layer, self.end_layer):
+            hidden_states = self.h[i](hidden_states, kv_caches[i - self.start_layer], attn_metadata)
+        if not self.is_last_stage:
+            return {"hidden_states": hidden_states}
         return self.ln_f(hidden_states)
 
 
 class GPT2LMHeadModel(nn.Module):
     packed_modules_mapping: dict[str, list[str]] = {}
+    intermediate_names = ("hidden_states",)  # what a pipeline stage hands to the next
 
     def __init__(self, hf_config: Any, attn_backend: AttentionBackend, quant_config=None, prefix: str = ""):
         super().__init__()
         self.config = hf_config
         self.transformer = GPT2Model(hf_config, attn_backend, quant_config, maybe_prefix(prefix, "transformer"))
-        self.lm_head = self.transformer.wte
+        self.lm_head = self.transformer.wte if self.transformer.is_last_stage else MissingLayer()
+        self.intermediate_width = hf_config.n_embd
+        transformer = self.transformer
         self.kv_cache_spec = KVCacheSpec(
-            num_layers=hf_config.n_layer,
-            num_kv_heads=self.transformer.h[0].attn.num_heads,
+            num_layers=transformer.end_layer - transformer.start_layer,
+            num_kv_heads=transformer.h[transformer.start_layer].attn.num_heads,
             head_size=hf_config.n_embd // hf_config.n_head,
         )
 
@@ -121,8 +132,9 @@ class GPT2LMHeadModel(nn.Module):
         positions: torch.Tensor,
         kv_caches: list[torch.Tensor],
         attn_metadata: AttentionMetadata,
-    ) -> torch.Tensor:
-        return self.transformer(input_ids, positions, kv_caches, attn_metadata)
+        intermediate_tensors: dict[str, torch.Tensor] | None = None,
+    ) -> torch.Tensor | dict[str, torch.Tensor]:
+        return self.transformer(input_ids, positions, kv_caches, attn_metadata, intermediate_tensors)
 
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return compute_logits(self.lm_head, hidden_states)

@@ -9,7 +9,10 @@ Invariants:
   projections to compute inside their GEMV; the MLP's SiLU·mul is fused into gate/up the same way.
 - With `tie_word_embeddings`, `lm_head` IS `model.embed_tokens` (one Parameter); a checkpoint's
   `lm_head.weight` is then ignored.
-- Layer i reads and writes only `kv_caches[i]`.
+- Pipeline parallelism (models/pipeline.py): the model holds its stage's layers [start_layer, end_layer) and
+  layer i reads and writes only `kv_caches[i - start_layer]`; the embedding is on the first stage (and the
+  last, when tied), the final norm and LM head on the last. A stage that is not the last returns
+  {"hidden_states", "residual"}; a later stage takes them as `intermediate_tensors`.
 - Every constructor takes `quant_config` (None: unquantized) and `prefix`, its module name from the
   top-level model; linear layers get the checkpoint names ("model.layers.0.self_attn.qkv_proj"),
   and `packed_modules_mapping` names the checkpoint pieces of the fused ones.
@@ -42,6 +45,7 @@ from pagoda.model_executor.layers.vocab_parallel_embedding import (
     compute_logits,
 )
 from pagoda.model_executor.models.kv_spec import KVCacheSpec
+from pagoda.model_executor.models.pipeline import MissingLayer, is_first_stage, is_last_stage, make_layers
 from pagoda.model_executor.models.utils import maybe_prefix, packed_modules
 from pagoda.model_executor.parallel_state import divide, get_tp_size
 from pagoda.hf_utils import derive_max_model_len
@@ -138,25 +142,37 @@ class LlamaModel(nn.Module):
 
     def __init__(self, config: Any, attn_backend: AttentionBackend, quant_config=None, prefix: str = ""):
         super().__init__()
-        self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size)
+        self.is_last_stage = is_last_stage()
+        tied = bool(getattr(config, "tie_word_embeddings", False))
+        if is_first_stage() or (tied and self.is_last_stage):
+            self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size)
+        else:
+            self.embed_tokens = MissingLayer()
         rotary_emb = get_rope(head_dim_of(config), derive_max_model_len(config), config, is_neox_style=True)
-        self.layers = nn.ModuleList(
-            self.layer_cls(config, i, attn_backend, rotary_emb, quant_config, maybe_prefix(prefix, f"layers.{i}"))
-            for i in range(config.num_hidden_layers)
-        )
-        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.start_layer, self.end_layer, self.layers = make_layers(
+            config.num_hidden_layers,
+            lambda i: self.layer_cls(config, i, attn_backend, rotary_emb, quant_config, maybe_prefix(prefix, f"layers.{i}")))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps) if self.is_last_stage else MissingLayer()
 
-    def forward(self, input_ids, positions, kv_caches, attn_metadata, inputs_embeds=None):
-        hidden_states = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
-        residual = None
-        for i, layer in enumerate(self.layers):
-            hidden_states, residual = layer(positions, hidden_states, residual, kv_caches[i], attn_metadata)
+    def forward(self, input_ids, positions, kv_caches, attn_metadata, inputs_embeds=None, intermediate_tensors=None):
+        if intermediate_tensors is not None:  # a later pipeline stage
+            hidden_states, residual = intermediate_tensors["hidden_states"], intermediate_tensors["residual"]
+        else:
+            hidden_states = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
+            residual = None
+        start = self.start_layer
+        for i in range(start, self.end_layer):
+            hidden_states, residual = self.layers[i](positions, hidden_states, residual, kv_caches[i - start],
+                                                     attn_metadata)
+        if not self.is_last_stage:
+            return {"hidden_states": hidden_states, "residual": residual}
         hidden_states, _ = self.norm(hidden_states, residual)
         return hidden_states
 
 
 class LlamaForCausalLM(nn.Module):
     model_cls = LlamaModel
+    intermediate_names = ("hidden_states", "residual")  # what a pipeline stage hands to the next
     # (fused parameter, checkpoint piece, shard id)
     stacked_params_mapping = [
         (".qkv_proj", ".q_proj", "q"),
@@ -172,13 +188,16 @@ class LlamaForCausalLM(nn.Module):
         self.config = hf_config
         self.model = self.model_cls(hf_config, attn_backend, quant_config, maybe_prefix(prefix, "model"))
         self.tie_word_embeddings = bool(getattr(hf_config, "tie_word_embeddings", False))
-        if self.tie_word_embeddings:
+        self.intermediate_width = hf_config.hidden_size
+        if not self.model.is_last_stage:
+            self.lm_head = MissingLayer()
+        elif self.tie_word_embeddings:
             self.lm_head = self.model.embed_tokens
         else:
             self.lm_head = ParallelLMHead(hf_config.vocab_size, hf_config.hidden_size)
         self.kv_cache_spec = KVCacheSpec(
-            num_layers=hf_config.num_hidden_layers,
-            num_kv_heads=self.model.layers[0].self_attn.num_kv_heads,
+            num_layers=self.model.end_layer - self.model.start_layer,
+            num_kv_heads=self.model.layers[self.model.start_layer].self_attn.num_kv_heads,
             head_size=head_dim_of(hf_config),
         )
 
@@ -189,8 +208,10 @@ class LlamaForCausalLM(nn.Module):
         kv_caches: list[torch.Tensor],
         attn_metadata: AttentionMetadata,
         inputs_embeds: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        return self.model(input_ids, positions, kv_caches, attn_metadata, inputs_embeds=inputs_embeds)
+        intermediate_tensors: dict[str, torch.Tensor] | None = None,
+    ) -> torch.Tensor | dict[str, torch.Tensor]:
+        return self.model(input_ids, positions, kv_caches, attn_metadata, inputs_embeds=inputs_embeds,
+                          intermediate_tensors=intermediate_tensors)
 
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return compute_logits(self.lm_head, hidden_states)

@@ -35,6 +35,7 @@ from pagoda.model_executor.layers.vocab_parallel_embedding import (
     compute_logits,
 )
 from pagoda.model_executor.models.kv_spec import KVCacheSpec
+from pagoda.model_executor.models.pipeline import MissingLayer, is_first_stage, is_last_stage, make_layers
 from pagoda.model_executor.models.utils import maybe_prefix, packed_modules
 from pagoda.model_executor.parallel_state import divide, get_tp_size
 
@@ -103,28 +104,39 @@ class OPTDecoder(nn.Module):
     def __init__(self, config: Any, attn_backend: AttentionBackend, quant_config=None, prefix: str = ""):
         super().__init__()
         proj_dim = config.word_embed_proj_dim
-        self.embed_tokens = VocabParallelEmbedding(config.vocab_size, proj_dim)
-        self.embed_positions = OPTLearnedPositionalEmbedding(config.max_position_embeddings, config.hidden_size)
+        first, self.is_last_stage = is_first_stage(), is_last_stage()
+        tied = bool(getattr(config, "tie_word_embeddings", True))
+        self.embed_tokens = (VocabParallelEmbedding(config.vocab_size, proj_dim) if first or (tied and self.is_last_stage)
+                             else MissingLayer())
+        self.embed_positions = (OPTLearnedPositionalEmbedding(config.max_position_embeddings, config.hidden_size)
+                                if first else MissingLayer())
         different = proj_dim != config.hidden_size
         self.project_in = ReplicatedLinear(proj_dim, config.hidden_size, bias=False, quant_config=quant_config,
-                                           prefix=maybe_prefix(prefix, "project_in")) if different else None
+                                           prefix=maybe_prefix(prefix, "project_in")) if different and first else None
         self.project_out = ReplicatedLinear(config.hidden_size, proj_dim, bias=False, quant_config=quant_config,
-                                            prefix=maybe_prefix(prefix, "project_out")) if different else None
-        if config.do_layer_norm_before and not getattr(config, "_remove_final_layer_norm", False):
+                                            prefix=maybe_prefix(prefix, "project_out")) if different and self.is_last_stage else None
+        if (config.do_layer_norm_before and not getattr(config, "_remove_final_layer_norm", False)
+                and self.is_last_stage):
             affine = getattr(config, "layer_norm_elementwise_affine", True)
             self.final_layer_norm = LayerNorm(config.hidden_size, elementwise_affine=affine)
         else:
             self.final_layer_norm = None
-        self.layers = nn.ModuleList(OPTDecoderLayer(config, i, attn_backend, quant_config, maybe_prefix(prefix, f"layers.{i}"))
-                                    for i in range(config.num_hidden_layers))
+        self.start_layer, self.end_layer, self.layers = make_layers(
+            config.num_hidden_layers,
+            lambda i: OPTDecoderLayer(config, i, attn_backend, quant_config, maybe_prefix(prefix, f"layers.{i}")))
 
-    def forward(self, input_ids, positions, kv_caches, attn_metadata):
-        embeds = self.embed_tokens(input_ids)
-        if self.project_in is not None:
-            embeds = self.project_in(embeds)
-        hidden_states = embeds + self.embed_positions(positions)
-        for i, layer in enumerate(self.layers):
-            hidden_states = layer(hidden_states, kv_caches[i], attn_metadata)
+    def forward(self, input_ids, positions, kv_caches, attn_metadata, intermediate_tensors=None):
+        if intermediate_tensors is not None:  # a later pipeline stage
+            hidden_states = intermediate_tensors["hidden_states"]
+        else:
+            embeds = self.embed_tokens(input_ids)
+            if self.project_in is not None:
+                embeds = self.project_in(embeds)
+            hidden_states = embeds + self.embed_positions(positions)
+        for i in range(self.start_layer, self.end_layer):
+            hidden_states = self.layers[i](hidden_states, kv_caches[i - self.start_layer], attn_metadata)
+        if not self.is_last_stage:
+            return {"hidden_states": hidden_states}
         if self.final_layer_norm is not None:
             hidden_states = self.final_layer_norm(hidden_states)
         if self.project_out is not None:
@@ -137,11 +149,12 @@ class OPTModel(nn.Module):
         super().__init__()
         self.decoder = OPTDecoder(config, attn_backend, quant_config, maybe_prefix(prefix, "decoder"))
 
-    def forward(self, input_ids, positions, kv_caches, attn_metadata):
-        return self.decoder(input_ids, positions, kv_caches, attn_metadata)
+    def forward(self, input_ids, positions, kv_caches, attn_metadata, intermediate_tensors=None):
+        return self.decoder(input_ids, positions, kv_caches, attn_metadata, intermediate_tensors)
 
 
 class OPTForCausalLM(nn.Module):
+    intermediate_names = ("hidden_states",)  # what a pipeline stage hands to the next
     stacked_params_mapping = [(".qkv_proj", ".q_proj", "q"), (".qkv_proj", ".k_proj", "k"), (".qkv_proj", ".v_proj", "v")]
     packed_modules_mapping = packed_modules(stacked_params_mapping)
 
@@ -150,13 +163,17 @@ class OPTForCausalLM(nn.Module):
         self.config = hf_config
         self.model = OPTModel(hf_config, attn_backend, quant_config, maybe_prefix(prefix, "model"))
         self.tie_word_embeddings = bool(getattr(hf_config, "tie_word_embeddings", True))
-        if self.tie_word_embeddings:
-            self.lm_head = self.model.decoder.embed_tokens
+        decoder = self.model.decoder
+        if not decoder.is_last_stage:
+            self.lm_head = MissingLayer()
+        elif self.tie_word_embeddings:
+            self.lm_head = decoder.embed_tokens
         else:
             self.lm_head = ParallelLMHead(hf_config.vocab_size, hf_config.word_embed_proj_dim)
+        self.intermediate_width = hf_config.hidden_size
         self.kv_cache_spec = KVCacheSpec(
-            num_layers=hf_config.num_hidden_layers,
-            num_kv_heads=self.model.decoder.layers[0].self_attn.num_heads,
+            num_layers=decoder.end_layer - decoder.start_layer,
+            num_kv_heads=decoder.layers[decoder.start_layer].self_attn.num_heads,
             head_size=hf_config.hidden_size // hf_config.num_attention_heads,
         )
 
@@ -166,8 +183,9 @@ class OPTForCausalLM(nn.Module):
         positions: torch.Tensor,
         kv_caches: list[torch.Tensor],
         attn_metadata: AttentionMetadata,
-    ) -> torch.Tensor:
-        return self.model(input_ids, positions, kv_caches, attn_metadata)
+        intermediate_tensors: dict[str, torch.Tensor] | None = None,
+    ) -> torch.Tensor | dict[str, torch.Tensor]:
+        return self.model(input_ids, positions, kv_caches, attn_metadata, intermediate_tensors)
 
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return compute_logits(self.lm_head, hidden_states)

@@ -284,7 +284,9 @@ class Qwen2_5_VLTextModel(Qwen2Model):
         table = rope.cos_sin_cache.gather(0, index)
         return MRopeStepTable(table, rope.head_size, rope.rotary_dim, rope.is_neox_style)
 
-    def forward(self, input_ids, positions, kv_caches, attn_metadata, inputs_embeds=None):
+    def forward(self, input_ids, positions, kv_caches, attn_metadata, inputs_embeds=None, intermediate_tensors=None):
+        if intermediate_tensors is not None:
+            raise NotImplementedError("pipeline parallelism for Qwen2.5-VL is not supported yet")
         rotary_emb = None
         if positions.dim() == 2:
             rotary_emb = self.mrope_table(positions)
