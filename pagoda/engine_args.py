@@ -248,20 +248,10 @@ class EngineArgs(compat.VllmCompatArgs):
                 f"max_num_batched_tokens ({batched}) is smaller than max_model_len ({max_len}); "
                 "without chunked prefill a whole prompt must fit in one step"
             )
-        from pagoda.model_executor.parallel_state import check_pipeline_parallel, check_tensor_parallel
+        from pagoda.model_executor.parallel_state import check_parallel
 
-        check_tensor_parallel(model_config.hf_text_config, self.tensor_parallel_size, model_config.architecture)
-        world_size = self.tensor_parallel_size * self.pipeline_parallel_size
-        if self.pipeline_parallel_size > 1:
-            check_pipeline_parallel(model_config, self.pipeline_parallel_size)
-        # Ray places ranks on any node of its cluster: only the local executor needs the GPUs here
-        if world_size > 1 and device == "cuda" and self.distributed_executor_backend != "ray":
-            import torch
-
-            if torch.cuda.device_count() < world_size:
-                raise ValueError(f"tensor_parallel_size={self.tensor_parallel_size} x pipeline_parallel_size="
-                                 f"{self.pipeline_parallel_size} needs {world_size} GPUs, but "
-                                 f"{torch.cuda.device_count()} are visible (CUDA_VISIBLE_DEVICES)")
+        world_size = check_parallel(model_config, self.tensor_parallel_size, self.pipeline_parallel_size,
+                                    self.distributed_executor_backend, device)
         speculative = self.create_speculative_config(max_len)
         if speculative is not None and world_size > 1:
             raise ValueError("speculative decoding (--speculative-config, --speculative-model) with "

@@ -28,12 +28,10 @@ Invariants:
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import multiprocessing
 import os
 import pickle
-import random
 import threading
 import weakref
 from multiprocessing.connection import wait
@@ -43,7 +41,8 @@ from pagoda.core.sched_output import SchedulerOutput
 from pagoda.distributed import DistributedInit, destroy_distributed, init_distributed, make_distributed_init
 from pagoda.distributed.group import dumps
 from pagoda.executor import WorkerDiedError
-from pagoda.executor.worker_faults import START_TIMEOUT_S, abort_nccl, collective_timeout_s, looks_like_peer_error
+from pagoda.executor.common import (START_TIMEOUT_S, abort_nccl, collective_timeout_s, cpu_threads, run_driver_share,
+                                    with_engine_seed)
 
 logger = logging.getLogger(__name__)
 
@@ -57,8 +56,7 @@ class MultiprocExecutor:
     def __init__(self, config: PagodaConfig) -> None:
         parallel = config.parallel
         world, self.driver_rank = parallel.world_size, parallel.driver_rank
-        if config.model.seed is None:  # every rank must draw the same numbers for unseeded requests
-            config = dataclasses.replace(config, model=dataclasses.replace(config.model, seed=random.randrange(2**31)))
+        config = with_engine_seed(config)
         self.config = config
         self.world_size = world
         self.dead: str | None = None  # why the executor cannot go on (a worker died)
@@ -122,16 +120,16 @@ class MultiprocExecutor:
 
     def initialize_cache(self, num_blocks: int) -> None:
         self._broadcast("initialize_cache", (num_blocks,), reply=True)
-        self._run(self.worker.initialize_cache, num_blocks)
+        run_driver_share(self, self.worker.initialize_cache, num_blocks)
         self._collect("initialize_cache")
 
     def execute_model(self, sched: SchedulerOutput):
         self._broadcast("execute_model", (sched,))
-        return self._run(self.worker.execute_model, sched)
+        return run_driver_share(self, self.worker.execute_model, sched)
 
     def sample_tokens(self, bitmask):
         self._broadcast("sample_tokens", (bitmask,))
-        return self._run(self.worker.sample_tokens, bitmask)
+        return run_driver_share(self, self.worker.sample_tokens, bitmask)
 
     def shutdown(self) -> None:
         if self._closed:
@@ -149,15 +147,6 @@ class MultiprocExecutor:
         except (BrokenPipeError, ConnectionError, OSError) as exc:
             self._wait_for_death()
             raise WorkerDiedError(self.dead or f"sending {method} to a worker failed: {exc}") from exc
-
-    def _run(self, fn, *args):
-        """Run the driver's share of a call; an error caused by a dead rank becomes WorkerDiedError."""
-        try:
-            return fn(*args)
-        except Exception as exc:
-            if self._wait_for_death(timeout_s=2.0 if looks_like_peer_error(exc) else 0.0):
-                raise WorkerDiedError(f"{self.dead} ({type(exc).__name__}: {exc})") from exc
-            raise
 
     def _collect(self, method: str) -> list:
         """Every other rank's reply to `method` (raising its error, or WorkerDiedError)."""
@@ -236,8 +225,7 @@ def _share_cpus(world_size: int) -> None:
         return
     import torch
 
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    torch.set_num_threads(max(1, min(torch.get_num_threads(), cpus // world_size)))
+    torch.set_num_threads(min(torch.get_num_threads(), cpu_threads(world_size)))
 
 
 def _release(procs: list, conns: list) -> None:

@@ -30,7 +30,6 @@ import collections
 import dataclasses
 import logging
 import os
-import random
 import threading
 import time
 import weakref
@@ -41,8 +40,9 @@ from pagoda.core.sched_output import SchedulerOutput
 from pagoda.distributed import destroy_distributed, init_distributed
 from pagoda.distributed.group import make_distributed_init
 from pagoda.executor import WorkerDiedError
-from pagoda.executor.worker_faults import START_TIMEOUT_S, abort_nccl, collective_timeout_s, looks_like_peer_error
-from pagoda.executor.ray_utils import actor_env_vars, cpu_threads, host_ip, import_ray, init_ray, rank_bundles
+from pagoda.executor.common import (START_TIMEOUT_S, abort_nccl, collective_timeout_s, cpu_threads, run_driver_share,
+                                    with_engine_seed)
+from pagoda.executor.ray_utils import actor_env_vars, host_ip, import_ray, init_ray, rank_bundles
 from pagoda.executor.ray_worker import RayWorker
 
 logger = logging.getLogger(__name__)
@@ -53,8 +53,7 @@ KEEP_STEPS = 4  # steps whose refs (one per actor) are kept; the oldest is colle
 class RayExecutor:
     def __init__(self, config: PagodaConfig) -> None:
         ray = import_ray()
-        if config.model.seed is None:  # every rank must draw the same numbers for unseeded requests
-            config = dataclasses.replace(config, model=dataclasses.replace(config.model, seed=random.randrange(2**31)))
+        config = with_engine_seed(config)
         self.config = config
         self.world_size = config.parallel.world_size
         self.driver_rank = config.parallel.driver_rank
@@ -138,7 +137,7 @@ class RayExecutor:
     # ---- the executor interface (uniproc.py's) -----------------------------------------------------
     def determine_num_blocks(self) -> int:
         refs = self._send("determine_num_blocks", ())
-        own = self._run(self.worker.determine_num_blocks)
+        own = run_driver_share(self, self.worker.determine_num_blocks)
         others = self._collect(refs, "determine_num_blocks")
         if others and min(others) < own:
             logger.info("KV cache: %d blocks on the driver rank, %s on the others; using the minimum", own, others)
@@ -146,16 +145,16 @@ class RayExecutor:
 
     def initialize_cache(self, num_blocks: int) -> None:
         refs = self._send("initialize_cache", (num_blocks,))
-        self._run(self.worker.initialize_cache, num_blocks)
+        run_driver_share(self, self.worker.initialize_cache, num_blocks)
         self._collect(refs, "initialize_cache")
 
     def execute_model(self, sched: SchedulerOutput):
         self._send("execute_model", (sched,), step=True)
-        return self._run(self.worker.execute_model, sched)
+        return run_driver_share(self, self.worker.execute_model, sched)
 
     def sample_tokens(self, bitmask):
         self._send("sample_tokens", (bitmask,), step=True)
-        return self._run(self.worker.sample_tokens, bitmask)
+        return run_driver_share(self, self.worker.sample_tokens, bitmask)
 
     def shutdown(self) -> None:
         if self._closed:
@@ -178,15 +177,6 @@ class RayExecutor:
             if old is not None:
                 self._collect(old, "a step")
         return refs
-
-    def _run(self, fn, *args):
-        """Run the driver's share of a call; an error caused by a dead actor becomes WorkerDiedError."""
-        try:
-            return fn(*args)
-        except Exception as exc:
-            if self._wait_for_death(timeout_s=2.0 if looks_like_peer_error(exc) else 0.0):
-                raise WorkerDiedError(f"{self.dead} ({type(exc).__name__}: {exc})") from exc
-            raise
 
     def _collect(self, refs: list, method: str, timeout_s: float = START_TIMEOUT_S) -> list:
         """The results of [(rank, ref)] in order, raising an actor's error, or WorkerDiedError for a dead one."""

@@ -66,16 +66,6 @@ def actor_env_vars() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIXES) and k not in HOST_IP_ENVS}
 
 
-def cpu_threads(ranks_on_node: int, cpus: int | None = None) -> int:
-    """torch threads for one of `ranks_on_node` ranks sharing a CPU node (OpenMP threads spin: oversubscribed
-    ranks slow every collective). The driver's OMP_NUM_THREADS, when set, wins."""
-    if os.environ.get("OMP_NUM_THREADS"):
-        return max(1, int(os.environ["OMP_NUM_THREADS"]))
-    if cpus is None:
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cpus // max(1, ranks_on_node))
-
-
 @dataclass
 class RankBundles:
     group: Any  # the PlacementGroup

@@ -5,6 +5,8 @@ Invariants:
   multiprocessing executor joined the group) `get_tp_rank()` is 0, `get_tp_size()` is 1 and every
   collective here returns its input, costing one attribute check. Layers shard by (rank, size) through
   these functions at construction, so the group must exist before the model is built.
+- `check_parallel` (EngineArgs, before anything is built) is where a model that cannot be split into tp x pp
+  ranks, or too few visible GPUs for the local executors, becomes a ValueError naming the field.
 """
 
 from __future__ import annotations
@@ -79,3 +81,19 @@ def check_pipeline_parallel(model_config: Any, pp: int) -> None:
     if not layers:
         raise ValueError(f"{flag}: the model's config gives no number of layers ({model_config.architecture})")
     layer_partition(layers, pp)
+
+
+def check_parallel(model_config: Any, tp: int, pp: int, backend: str | None, device: str) -> int:
+    """The world size tp x pp, after checking that the model splits that way and, for the local executors on CUDA,
+    that as many GPUs are visible (Ray places ranks on any node of its cluster); ValueError naming the field."""
+    check_tensor_parallel(model_config.hf_text_config, tp, model_config.architecture)
+    if pp > 1:
+        check_pipeline_parallel(model_config, pp)
+    world_size = tp * pp
+    if world_size > 1 and device == "cuda" and backend != "ray":
+        import torch
+
+        if torch.cuda.device_count() < world_size:
+            raise ValueError(f"tensor_parallel_size={tp} x pipeline_parallel_size={pp} needs {world_size} GPUs, but "
+                             f"{torch.cuda.device_count()} are visible (CUDA_VISIBLE_DEVICES)")
+    return world_size

@@ -13,7 +13,7 @@ import pytest
 
 ray = pytest.importorskip("ray", reason="the Ray executor needs Ray: pip install 'pagoda[ray]' (the test extra has it)")
 
-from tp_prompts import PROMPTS  # noqa: E402
+from tp_prompts import PROMPTS, kill_mid_run_fails_every_request  # noqa: E402
 from pagoda import LLM, SamplingParams  # noqa: E402
 
 PARAMS = [SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)] * 3 + [
@@ -136,27 +136,7 @@ def test_killed_actor_fails_every_request_within_seconds(local_ray, tp_checkpoin
     llm = ray_llm(tp_checkpoint("LlamaForCausalLM"), max_model_len=512)
     engine = llm.llm_engine
     actor = engine.core.executor.actors[0][1]
-    params = SamplingParams(temperature=0.0, max_tokens=400, ignore_eos=True)
-    ids = [str(i) for i in range(len(PROMPTS))]
-    for request_id, prompt in zip(ids, PROMPTS):
-        engine.add_request(request_id, prompt, params)
-    for _ in range(3):
-        engine.step()
-    ray.kill(actor)
-    killed = time.monotonic()
-    finished = {}
-    while engine.has_unfinished_requests() and time.monotonic() - killed < 60:
-        for output in engine.step():
-            if output.finished:
-                finished[output.request_id] = output
-    elapsed = time.monotonic() - killed
-    assert elapsed < 10, elapsed
-    assert sorted(finished) == ids
-    for output in finished.values():
-        assert output.outputs[0].finish_reason == "error", output
-    assert "died" in engine.core.dead
-    with pytest.raises(RuntimeError, match="died"):
-        engine.add_request("late", "x = 1", params)
+    kill_mid_run_fails_every_request(engine, lambda: ray.kill(actor))
     engine.shutdown()
     assert free_cpus_become(2)
 

@@ -3,22 +3,13 @@ replication, prefix caching + chunked prefill + preemption, seeded and unseeded 
 
 import pytest
 
-from tp_prompts import PROMPTS
+from tp_prompts import ARCHS, GREEDY, PROMPTS, generate, tokens
 from pagoda import LLM, SamplingParams
-
-ARCHS = ["LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "OPTForCausalLM",
-         "GPT2LMHeadModel"]
-GREEDY = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
 
 
 def run(folder, prompts, params, **kwargs):
-    llm = LLM(folder, device="cpu", enforce_eager=True, **kwargs)
-    try:
-        outputs = llm.generate(prompts, params, use_tqdm=False)
-        assert all(o.outputs[0].finish_reason != "error" for o in outputs), [o.outputs[0] for o in outputs]
-        return [list(o.outputs[0].token_ids) for o in outputs], llm.llm_engine.config
-    finally:
-        llm.llm_engine.shutdown()
+    outputs, engine = generate(folder, prompts, params, **kwargs)
+    return tokens(outputs), engine.config
 
 
 @pytest.mark.parametrize("arch", ARCHS)

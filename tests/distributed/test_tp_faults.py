@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from tp_prompts import PROMPTS
-from pagoda import LLM, SamplingParams
+from tp_prompts import kill_mid_run_fails_every_request
+from pagoda import LLM
 
 
 def alive(pid: int) -> bool:
@@ -36,27 +36,7 @@ def test_killed_worker_fails_every_request_within_seconds(tp_checkpoint, tp, pp)
               max_model_len=512)
     engine = llm.llm_engine
     workers = [p.pid for p in engine.core.executor.procs]
-    params = SamplingParams(temperature=0.0, max_tokens=400, ignore_eos=True)
-    ids = [str(i) for i in range(len(PROMPTS))]
-    for request_id, prompt in zip(ids, PROMPTS):
-        engine.add_request(request_id, prompt, params)
-    for _ in range(3):
-        engine.step()
-    os.kill(workers[0], signal.SIGKILL)
-    killed = time.monotonic()
-    finished = {}
-    while engine.has_unfinished_requests() and time.monotonic() - killed < 60:
-        for output in engine.step():
-            if output.finished:
-                finished[output.request_id] = output
-    elapsed = time.monotonic() - killed
-    assert elapsed < 10, elapsed
-    assert sorted(finished) == ids
-    for output in finished.values():
-        assert output.outputs[0].finish_reason == "error", output
-    assert "died" in engine.core.dead
-    with pytest.raises(RuntimeError, match="died"):
-        engine.add_request("late", "x = 1", params)
+    kill_mid_run_fails_every_request(engine, lambda: os.kill(workers[0], signal.SIGKILL))
     engine.shutdown()
     assert not wait_gone(workers)
 

@@ -1,0 +1,76 @@
+"""What both multi-process executors (multiproc.py, ray.py) share: the engine seed every rank uses, the driver's
+share of a call, dead workers and waiting for them, CPU threads per rank.
+
+Invariants:
+- `with_engine_seed` gives a config without a seed one (every rank must draw the same numbers for unseeded
+  requests); `run_driver_share` turns an error of the driver's own call that a dead rank caused into
+  WorkerDiedError (the executor's `dead` says which), any other error passes through.
+- `cpu_threads` is a rank's share of its node's cores (OpenMP threads spin: oversubscribed ranks slow every
+  collective); OMP_NUM_THREADS, when set, wins.
+- `collective_timeout_s()` (PAGODA_DIST_TIMEOUT_S, default 120 s) bounds every gloo collective and the start-up
+  rendezvous; START_TIMEOUT_S bounds a start-up call (model loading, cache set-up) on every rank.
+- `looks_like_peer_error` only decides how long to wait for a worker's death before blaming the error on it;
+  the death itself (a process sentinel, an actor's failed ref) is what makes WorkerDiedError.
+- `abort_nccl` is best effort: NCCL kernels waiting for a dead peer would otherwise spin until its watchdog.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import random
+
+logger = logging.getLogger(__name__)
+
+TIMEOUT_ENV = "PAGODA_DIST_TIMEOUT_S"  # seconds a collective (and the start-up rendezvous) may wait; default 120
+START_TIMEOUT_S = 600.0  # model loading and cache set-up on every rank
+
+
+def collective_timeout_s() -> float:
+    return float(os.environ.get(TIMEOUT_ENV, "120"))
+
+
+def looks_like_peer_error(exc: BaseException) -> bool:
+    text = str(exc)
+    return any(s in text for s in ("Connection", "connection", "closed", "Broken pipe", "Timed out", "timed out",
+                                   "NCCL", "Gloo", "gloo", "peer"))
+
+
+def abort_nccl() -> None:
+    try:
+        import torch.distributed as dist
+
+        abort = getattr(dist.distributed_c10d, "_abort_process_group", None)
+        if abort is not None:
+            abort()
+    except Exception:  # noqa: BLE001 - best effort; the collective timeout remains
+        logger.debug("aborting the NCCL process group failed", exc_info=True)
+
+
+def with_engine_seed(config):
+    """`config`, with a random engine seed when the user gave none."""
+    if config.model.seed is not None:
+        return config
+    return dataclasses.replace(config, model=dataclasses.replace(config.model, seed=random.randrange(2**31)))
+
+
+def run_driver_share(executor, fn, *args):
+    """Run the driver's share of a call; an error caused by a dead rank becomes WorkerDiedError."""
+    from pagoda.executor import WorkerDiedError
+
+    try:
+        return fn(*args)
+    except Exception as exc:
+        if executor._wait_for_death(timeout_s=2.0 if looks_like_peer_error(exc) else 0.0):
+            raise WorkerDiedError(f"{executor.dead} ({type(exc).__name__}: {exc})") from exc
+        raise
+
+
+def cpu_threads(ranks_on_node: int, cpus: int | None = None) -> int:
+    """torch threads for one of `ranks_on_node` ranks sharing a CPU node (see the module docstring)."""
+    if os.environ.get("OMP_NUM_THREADS"):
+        return max(1, int(os.environ["OMP_NUM_THREADS"]))
+    if cpus is None:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cpus // max(1, ranks_on_node))
