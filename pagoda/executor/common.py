@@ -25,6 +25,9 @@ logger = logging.getLogger(__name__)
 
 TIMEOUT_ENV = "PAGODA_DIST_TIMEOUT_S"  # seconds a collective (and the start-up rendezvous) may wait; default 120
 START_TIMEOUT_S = 600.0  # model loading and cache set-up on every rank
+# How long an error that looks like a lost peer waits for a worker's death to show. A killed process's sockets close
+# before its sentinel fires, and on a loaded 2-core machine the exit of a process holding a model took over 2 s (CI).
+PEER_DEATH_WAIT_S = 5.0
 
 
 def collective_timeout_s() -> float:
@@ -62,7 +65,7 @@ def run_driver_share(executor, fn, *args):
     try:
         return fn(*args)
     except Exception as exc:
-        if executor._wait_for_death(timeout_s=2.0 if looks_like_peer_error(exc) else 0.0):
+        if executor._wait_for_death(timeout_s=PEER_DEATH_WAIT_S if looks_like_peer_error(exc) else 0.0):
             raise WorkerDiedError(f"{executor.dead} ({type(exc).__name__}: {exc})") from exc
         raise
 

@@ -136,8 +136,10 @@ def test_killed_actor_fails_every_request_within_seconds(local_ray, tp_checkpoin
     llm = ray_llm(tp_checkpoint("LlamaForCausalLM"), max_model_len=512)
     engine = llm.llm_engine
     actor = engine.core.executor.actors[0][1]
-    kill_mid_run_fails_every_request(engine, lambda: ray.kill(actor))
-    engine.shutdown()
+    try:
+        kill_mid_run_fails_every_request(engine, lambda: ray.kill(actor))
+    finally:  # a failed check must not leave this process's distributed state to the next test
+        engine.shutdown()
     assert free_cpus_become(2)
 
 

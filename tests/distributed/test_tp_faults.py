@@ -36,8 +36,10 @@ def test_killed_worker_fails_every_request_within_seconds(tp_checkpoint, tp, pp)
               max_model_len=512)
     engine = llm.llm_engine
     workers = [p.pid for p in engine.core.executor.procs]
-    kill_mid_run_fails_every_request(engine, lambda: os.kill(workers[0], signal.SIGKILL))
-    engine.shutdown()
+    try:
+        kill_mid_run_fails_every_request(engine, lambda: os.kill(workers[0], signal.SIGKILL))
+    finally:  # a failed check must not leave this process's distributed state to the next test
+        engine.shutdown()
     assert not wait_gone(workers)
 
 
