@@ -54,6 +54,12 @@ Invariants:
   `finished_req_ids` like any finished request, so the runner drops their rows. An exception while
   updating one request in `update_from_output()` (appending, stop checks) fails that request only;
   the rest of the step is applied as usual.
+- Pipeline parallelism (`batch_queue_depth` > 1: the engine keeps that many steps in flight, engine/core.py): a
+  request whose step is in flight (`num_pending_steps`) is not scheduled again until that step's output arrived,
+  so the steps in flight hold disjoint sampling requests and a stage never waits for a later stage's tokens; a
+  step takes at most ceil(running / depth) running requests, so that lock-step decodes spread over the steps in
+  flight instead of all riding one of them. A prompt's next chunk may follow its previous one at once (its
+  tokens are known).
 """
 
 from __future__ import annotations
@@ -79,7 +85,7 @@ logger = logging.getLogger(__name__)
 
 class Scheduler:
     def __init__(self, scheduler_config: SchedulerConfig, cache_config: CacheConfig,
-                 speculative_config=None) -> None:
+                 speculative_config=None, batch_queue_depth: int = 1) -> None:
         if cache_config.num_blocks is None:
             raise ValueError("cache_config.num_blocks must be set (the worker sizes the cache) before scheduling")
         self.config = scheduler_config
@@ -99,6 +105,7 @@ class Scheduler:
         # request's drafts are placeholders scheduled while the step before is still in flight.
         self.device_drafts = speculative_config is not None and scheduler_config.async_scheduling
         self.encoder = EncoderBudget(scheduler_config.max_num_batched_tokens)  # image tokens encoded per step
+        self.batch_queue_depth = batch_queue_depth  # steps the engine keeps in flight (pipeline parallelism)
 
     # ---- requests in and out ------------------------------------------------------------------
     def add_request(self, core_request: EngineCoreRequest) -> None:
@@ -175,8 +182,13 @@ class Scheduler:
 
         self.encoder.begin_step()
         index = 0
+        pipelined = self.batch_queue_depth > 1
+        max_running = -(-len(self.running) // self.batch_queue_depth)  # per step, with pipeline parallelism
         while index < len(self.running) and budget > 0:
             request = self.running[index]
+            if pipelined and (request.num_pending_steps or len(num_scheduled) >= max_running):
+                index += 1  # its step is in flight; or this step has its share of the running requests
+                continue
             missing = request.num_tokens + request.num_pending_tokens - request.num_computed_tokens
             num_new = min(missing, budget)
             if request.mm_inputs and num_new > 0:  # up to the first image the step cannot encode

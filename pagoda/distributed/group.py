@@ -202,15 +202,15 @@ def recv_from_prev(empty: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return empty
 
 
-def broadcast_from_last_stage(x: torch.Tensor) -> torch.Tensor:
+def broadcast_from_last_stage(x: torch.Tensor, async_op: bool = False):
     """The last stage's first rank's `x` on every rank (`x`: that rank's tensor, elsewhere one of its shape and
-    dtype to receive into)."""
+    dtype to receive into). With `async_op`, the collective's work handle (x is valid after its wait())."""
     if _STATE is None or _STATE.pp_size == 1:
-        return x
+        return None if async_op else x
     import torch.distributed as dist
 
-    dist.broadcast(x, (_STATE.pp_size - 1) * _STATE.tp_size)
-    return x
+    work = dist.broadcast(x, (_STATE.pp_size - 1) * _STATE.tp_size, async_op=async_op)
+    return work if async_op else x
 
 
 def dumps(obj: Any) -> bytes:

@@ -15,6 +15,13 @@ Invariants:
   samples it before it schedules or launches anything else, so the device still runs each step's sampling
   before the next forward. The engine thread touches no grammar of a step being filled
   (only update_from_output advances grammars, and it runs after that step's sampling).
+- Pipeline parallelism (pp > 1): the core keeps up to pp steps in flight (`batch_queue`, oldest first), as
+  vLLM does, so that stage 0 computes step n+1 while the last stage computes step n: it schedules and launches
+  (the executor runs the driver's share on its own thread and returns futures) until the queue is full or a
+  step came out empty, then resolves the oldest. The scheduler never puts a request in two steps in flight
+  (core/scheduler.py), so no step waits for another's tokens. Structured-output steps compute their bitmask on
+  this thread right after the launch (the grammars of their requests have seen every earlier token: their
+  previous step was resolved before they were scheduled) and sample on the driver's thread after the forward.
 - The KV cache can hold at least one max_model_len sequence, so a request running alone always
   fits and preemption can always make progress (checked at start-up).
 - Request isolation. A failure that belongs to one request (adding it to the runner, building or
@@ -44,6 +51,7 @@ of the server, which cannot send Python callables.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import logging
 import os
@@ -93,7 +101,12 @@ class EngineCore:
             self.executor.shutdown()
             raise
         block_size, max_len = config.cache.block_size, config.model.max_model_len
-        self.scheduler = Scheduler(config.scheduler, config.cache, getattr(config, "speculative", None))
+        pp = config.parallel.pipeline_parallel_size
+        self.scheduler = Scheduler(config.scheduler, config.cache, getattr(config, "speculative", None),
+                                   batch_queue_depth=pp)
+        # pipeline parallelism: (SchedulerOutput, future StepOutput | None, future sampled StepOutput | None) of the
+        # steps in flight, oldest first (see the module docstring); None with one stage
+        self.batch_queue: collections.deque | None = collections.deque() if pp > 1 else None
         self.structured = StructuredRequests(config)  # structured-output requests whose grammar compiles
         self.in_flight = None  # (SchedulerOutput, StepOutput) of the step launched last, unresolved
         # (SchedulerOutput, future bitmask) of a step whose forward runs and whose grammars' bitmask is being
@@ -144,11 +157,13 @@ class EngineCore:
 
     def has_unfinished_requests(self) -> bool:
         return (self.scheduler.has_unfinished_requests() or self.in_flight is not None or self.waiting is not None
-                or bool(self.structured.parked))
+                or bool(self.structured.parked) or bool(self.batch_queue))
 
     def step(self) -> list[EngineCoreOutput]:
         if self.dead is not None:
             return []
+        if self.batch_queue is not None:
+            return self._step_pipelined()
         launched = None
         failed: list[EngineCoreOutput] = []
         outputs: list[EngineCoreOutput] = []
@@ -184,6 +199,41 @@ class EngineCore:
             self.in_flight = None
             outputs += self._resolve(*launched)
         return outputs + failed if failed else outputs
+
+    def _step_pipelined(self) -> list[EngineCoreOutput]:
+        """One call with pipeline parallelism: launch a step while fewer than pp are in flight; resolve the oldest
+        once the queue is full, or when nothing new could be scheduled (see the module docstring)."""
+        queue = self.batch_queue
+        outputs: list[EngineCoreOutput] = []
+        failed: list[EngineCoreOutput] = []
+        self.num_scheduled_tokens = 0
+        if self.structured.parked:
+            outputs = self.structured.admit(self.scheduler, wait=not self.scheduler.has_unfinished_requests() and not queue)
+        if len(queue) < self.scheduler.batch_queue_depth and self.scheduler.has_unfinished_requests():
+            sched = self.scheduler.schedule()  # sent even when empty: it carries the finished requests to the ranks
+            self.num_scheduled_tokens = sched.total_num_scheduled_tokens
+            try:
+                launched = self.executor.execute_model(sched, non_block=True)
+                sampled = None
+                if sched.structured_output_request_ids:
+                    bitmask = self.structured.bitmask(self.scheduler, sched)
+                    sampled = self.executor.sample_tokens(bitmask, non_block=True)
+                queue.append((sched, launched, sampled))
+            except Exception as exc:  # noqa: BLE001 - see _fail_step: fatal errors are re-raised
+                failed += self._fail_step(sched, exc, "running")
+            if self.dead is None and sched.total_num_scheduled_tokens and len(queue) < self.scheduler.batch_queue_depth:
+                return outputs + failed  # launch the next step before waiting for the oldest
+        if queue:
+            sched, launched, sampled = queue.popleft()
+            try:
+                step = launched.result()
+                sampled_step = sampled.result() if sampled is not None else None  # None unless `launched` waited
+                step = step if step is not None else sampled_step
+            except Exception as exc:  # noqa: BLE001 - see _fail_step
+                failed += self._fail_step(sched, exc, "running")
+            else:
+                outputs += self._resolve(sched, step)
+        return outputs + failed
 
     def _sample_waiting(self) -> list[EngineCoreOutput]:
         """Launch the sampling of the step whose bitmask was being filled; it becomes the step in flight (the one
@@ -241,6 +291,8 @@ class EngineCore:
         logger.error("%s: failing every open request; the engine runs no further step", reason)
         self.dead = reason
         self.in_flight = self.waiting = self.accepting = None
+        if self.batch_queue is not None:
+            self.batch_queue.clear()
         reason = f"the engine failed: {reason}"
         parked = self.structured.abort(list(self.structured.parked))
         outputs = [EngineCoreOutput(request_id=r, new_token_ids=[], finish_reason="error", error=reason)

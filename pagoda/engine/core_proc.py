@@ -224,7 +224,8 @@ class EngineCoreProc:
         core = self.core
         try:
             while True:
-                busy = bool(core.scheduler.requests) or core.in_flight is not None or core.waiting is not None
+                busy = (bool(core.scheduler.requests) or core.in_flight is not None or core.waiting is not None
+                        or bool(core.batch_queue))
                 try:
                     sock.send_multipart((HEARTBEAT, self.serial.encode({"steps": self.num_steps, "busy": busy})),
                                         flags=zmq.NOBLOCK)

@@ -12,10 +12,14 @@ Invariants:
 - `looks_like_peer_error` only decides how long to wait for a worker's death before blaming the error on it;
   the death itself (a process sentinel, an actor's failed ref) is what makes WorkerDiedError.
 - `abort_nccl` is best effort: NCCL kernels waiting for a dead peer would otherwise spin until its watchdog.
+- `DriverThread` (pipeline parallelism: the engine keeps several steps in flight) runs the driver's share of the
+  calls on one thread, in the order they were sent, and returns futures; the broadcast to the other ranks
+  stays on the caller's thread, so every rank sees the calls in the same order.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import logging
 import os
@@ -77,3 +81,30 @@ def cpu_threads(ranks_on_node: int, cpus: int | None = None) -> int:
     if cpus is None:
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, cpus // max(1, ranks_on_node))
+
+
+class DriverThread:
+    """One thread that runs the driver rank's share of the steps, in order (see the module docstring)."""
+
+    def __init__(self, executor, cuda: bool) -> None:
+        self._executor = executor
+        cuda_device = None
+        if cuda:  # the device this (the engine's) thread uses; the current device is per thread
+            import torch
+
+            cuda_device = torch.cuda.current_device()
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="pagoda-driver",
+                                                           initializer=_set_device, initargs=(cuda_device,))
+
+    def submit(self, fn, *args) -> concurrent.futures.Future:
+        return self._pool.submit(run_driver_share, self._executor, fn, *args)
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _set_device(cuda_device: int | None) -> None:
+    if cuda_device is not None:
+        import torch
+
+        torch.cuda.set_device(cuda_device)

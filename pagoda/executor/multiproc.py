@@ -41,8 +41,8 @@ from pagoda.core.sched_output import SchedulerOutput
 from pagoda.distributed import DistributedInit, destroy_distributed, init_distributed, make_distributed_init
 from pagoda.distributed.group import dumps
 from pagoda.executor import WorkerDiedError
-from pagoda.executor.common import (START_TIMEOUT_S, abort_nccl, collective_timeout_s, cpu_threads, run_driver_share,
-                                    with_engine_seed)
+from pagoda.executor.common import (START_TIMEOUT_S, DriverThread, abort_nccl, collective_timeout_s, cpu_threads,
+                                    run_driver_share, with_engine_seed)
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +61,7 @@ class MultiprocExecutor:
         self.world_size = world
         self.dead: str | None = None  # why the executor cannot go on (a worker died)
         self._closed = False
+        self._driver: DriverThread | None = None  # made for the first non-blocking call
         cuda = config.device.device == "cuda"
         timeout = collective_timeout_s()
         init = make_distributed_init(parallel, config.device.device, timeout_s=timeout)
@@ -123,18 +124,34 @@ class MultiprocExecutor:
         run_driver_share(self, self.worker.initialize_cache, num_blocks)
         self._collect("initialize_cache")
 
-    def execute_model(self, sched: SchedulerOutput):
+    def execute_model(self, sched: SchedulerOutput, non_block: bool = False):
+        """The step's StepOutput (None: its sampling waits for sample_tokens), or with `non_block` a future of it
+        (pipeline parallelism: the driver's share runs on the driver thread)."""
         self._broadcast("execute_model", (sched,))
+        if non_block:
+            return self._driver_thread().submit(self.worker.execute_model, sched)
         return run_driver_share(self, self.worker.execute_model, sched)
 
-    def sample_tokens(self, bitmask):
+    def sample_tokens(self, bitmask, non_block: bool = False):
+        """Sample the step left waiting; with `non_block`, a future, and nothing is sampled (the future gives None)
+        when that step did not wait (see Worker.sample_tokens_if_deferred)."""
+        if non_block:
+            self._broadcast("sample_tokens_if_deferred", (bitmask,))
+            return self._driver_thread().submit(self.worker.sample_tokens_if_deferred, bitmask)
         self._broadcast("sample_tokens", (bitmask,))
         return run_driver_share(self, self.worker.sample_tokens, bitmask)
+
+    def _driver_thread(self) -> DriverThread:
+        if self._driver is None:
+            self._driver = DriverThread(self, self.config.device.device == "cuda")
+        return self._driver
 
     def shutdown(self) -> None:
         if self._closed:
             return
         self._closed = True
+        if self._driver is not None:
+            self._driver.shutdown()
         self._finalizer()
 
     # ---- messages and faults --------------------------------------------------------------------

@@ -40,8 +40,8 @@ from pagoda.core.sched_output import SchedulerOutput
 from pagoda.distributed import destroy_distributed, init_distributed
 from pagoda.distributed.group import make_distributed_init
 from pagoda.executor import WorkerDiedError
-from pagoda.executor.common import (START_TIMEOUT_S, abort_nccl, collective_timeout_s, cpu_threads, run_driver_share,
-                                    with_engine_seed)
+from pagoda.executor.common import (START_TIMEOUT_S, DriverThread, abort_nccl, collective_timeout_s, cpu_threads,
+                                    run_driver_share, with_engine_seed)
 from pagoda.executor.ray_utils import actor_env_vars, host_ip, import_ray, init_ray, rank_bundles
 from pagoda.executor.ray_worker import RayWorker
 
@@ -60,6 +60,7 @@ class RayExecutor:
         self.dead: str | None = None  # why the executor cannot go on (an actor died)
         self.actors: list = []  # (rank, actor handle), by rank
         self._closed = False
+        self._driver: DriverThread | None = None  # made for the first non-blocking call
         self._ray = ray
         self._pending: collections.deque = collections.deque()  # per step: [(rank, ref)]
         self._lock = threading.Lock()
@@ -148,18 +149,32 @@ class RayExecutor:
         run_driver_share(self, self.worker.initialize_cache, num_blocks)
         self._collect(refs, "initialize_cache")
 
-    def execute_model(self, sched: SchedulerOutput):
+    def execute_model(self, sched: SchedulerOutput, non_block: bool = False):
+        """As MultiprocExecutor.execute_model."""
         self._send("execute_model", (sched,), step=True)
+        if non_block:
+            return self._driver_thread().submit(self.worker.execute_model, sched)
         return run_driver_share(self, self.worker.execute_model, sched)
 
-    def sample_tokens(self, bitmask):
+    def sample_tokens(self, bitmask, non_block: bool = False):
+        """As MultiprocExecutor.sample_tokens."""
+        if non_block:
+            self._send("sample_tokens_if_deferred", (bitmask,), step=True)
+            return self._driver_thread().submit(self.worker.sample_tokens_if_deferred, bitmask)
         self._send("sample_tokens", (bitmask,), step=True)
         return run_driver_share(self, self.worker.sample_tokens, bitmask)
+
+    def _driver_thread(self) -> DriverThread:
+        if self._driver is None:
+            self._driver = DriverThread(self, self.config.device.device == "cuda")
+        return self._driver
 
     def shutdown(self) -> None:
         if self._closed:
             return
         self._closed = True
+        if self._driver is not None:
+            self._driver.shutdown()
         with self._lock:
             self._pending.clear()
         self._finalizer()

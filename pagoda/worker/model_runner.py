@@ -192,6 +192,8 @@ class ModelRunner:
     @torch.inference_mode()
     def execute_model(self, sched: SchedulerOutput) -> StepOutput:
         output = ModelRunnerOutput(sampled_token_ids={})
+        if self.stage is not None and self.stage.pending:
+            self._settle(sched, output)
         self._apply_diff(sched, output)
         if sched.is_empty:
             return StepOutput.ready(output)
@@ -283,6 +285,8 @@ class ModelRunner:
         newest = self.unfilled[-1]
         early = self.device.type != "cpu" and newest.is_ready()
         for index, sampled in enumerate(self.unfilled):
+            if not sampled.arrived():
+                continue  # a pipeline stage's ids still on their way: no request of this step is among them
             if wait or sampled is not newest or early:
                 if isinstance(sampled, VerifiedTokens):
                     sampled.fill(self.batch, self.unfilled[index + 1:])
@@ -447,18 +451,28 @@ class ModelRunner:
         return step
 
     def _receive_sampled(self, req_ids, rows, samples, output: ModelRunnerOutput) -> StepOutput:
-        """A stage before the last: the last stage's sampled ids, with the same bookkeeping as `_sample`."""
+        """A stage before the last: the last stage's sampled ids, on their way (worker/pipeline_stage.py), with the
+        same bookkeeping as `_sample`; the requests that failed there fail here when they arrive (`_settle`)."""
         sample_at = np.nonzero(samples)[0]
         sample_rows, sample_ids = rows[sample_at], [req_ids[i] for i in sample_at]
-        ids, failed = self.stage.receive_sampled(len(sample_rows))
         positions = self.batch.append_tokens(sample_rows, PLACEHOLDER)
+        sampled = self.stage.receive_sampled(self.batch, sample_ids, sample_rows, positions)
         self.pending_src[sample_rows] = np.arange(len(sample_rows))
-        self.last_sampled = ids
-        sampled = SampledTokens(self.batch, sample_ids, sample_rows, positions, ids)
+        self.last_sampled = sampled.device_ids
         self.unfilled.append(sampled)
-        for j in failed:  # as on the last stage, after SampledTokens is made (see _sample)
-            self.fail(sample_ids[j], f"sampling request {sample_ids[j]} failed on the last pipeline stage", output)
         return StepOutput(output, sampled)
+
+    def _settle(self, sched: SchedulerOutput, output: ModelRunnerOutput) -> None:
+        """A stage before the last, before a step: wait for the sampled ids the step depends on, and fail the
+        requests the last stage failed (worker/pipeline_stage.py)."""
+        # A new request never needs to wait: a request fails in sampling at the step that computed all its known
+        # tokens, so no block it holds that a prefix-cache hit could find is unwritten (failed_requests.py).
+        touched = sched.finished_req_ids | sched.preempted_req_ids | sched.num_scheduled_tokens.keys()
+        for received in self.stage.settle(lambda received: not touched.isdisjoint(received.req_ids)):
+            for j in received.failed_rows():
+                req_id, row = received.req_ids[j], received.rows[j]
+                if self.batch.row_of.get(req_id) == row and self.batch.epoch[row] == received.epochs[j]:
+                    self.fail(req_id, f"sampling request {req_id} failed on the last pipeline stage", output)
 
     def _prompt_logprobs(self, req_ids, rows, starts, ends, query_start, hidden) -> dict[str, list[PositionLogprobs]]:
         """Logprobs of prompt tokens 1.. given their prefixes, for the positions computed this step."""

@@ -58,6 +58,10 @@ class SampledTokens:
     def is_ready(self) -> bool:
         return self._event is None or self._event.query()
 
+    def arrived(self) -> bool:
+        """Whether `fill` may run (always: the copy was issued; a pipeline stage's received ids may not be)."""
+        return True
+
     def ids(self) -> np.ndarray:
         """The sampled ids on the host (waits for the copy)."""
         if self._event is not None:
@@ -116,6 +120,9 @@ class VerifiedTokens:
 
     def is_ready(self) -> bool:
         return self._event is None or self._event.query()
+
+    def arrived(self) -> bool:
+        return True
 
     def host(self) -> tuple[np.ndarray, np.ndarray]:
         if self._event is not None:

@@ -151,3 +151,11 @@ class Worker:
 
     def sample_tokens(self, bitmask):
         return self.runner.sample_tokens(bitmask)
+
+    def sample_tokens_if_deferred(self, bitmask):
+        """sample_tokens when the last execute_model left its sampling waiting, else None (the engine's pipelined
+        loop sends this right after a structured step's launch, before it knows whether every one of its requests
+        failed on arrival, which leaves nothing to sample)."""
+        if self.runner is None or self.runner.deferred_sampling is None:
+            return None
+        return self.runner.sample_tokens(bitmask)

@@ -158,3 +158,66 @@ def test_async_token_of_preempted_request_is_kept(rng):
     assert sorted(finished) == ["r0", "r1", "r2", "r3"]
     assert all(len(t) == 20 for t in finished.values())
     assert s.kv.pool.num_free_blocks == 16
+
+
+def _run_batch_queue(s, rng, depth, steps=2000):
+    """Drive `s` like EngineCore's pipelined loop: launch while fewer than `depth` steps are in flight, resolve the
+    oldest when full or when a step came out empty. Returns (tokens per request, most non-empty steps in flight)."""
+    import collections
+
+    queue, finished, most = collections.deque(), {}, 0
+    for _ in range(steps):
+        if not s.has_unfinished_requests() and not queue:
+            break
+        if len(queue) < depth and s.has_unfinished_requests():
+            pending = {r.request_id: r.num_pending_steps for r in s.requests.values()}
+            sched = s.schedule()
+            samples = [r for r in sched.num_scheduled_tokens if s.requests[r].num_pending_steps > pending[r]]
+            for _, earlier in queue:  # a request never rides two steps in flight
+                assert not set(samples) & set(earlier), (samples, earlier)
+            queue.append((sched, samples))
+            most = max(most, sum(1 for q, _ in queue if q.total_num_scheduled_tokens))
+            check_pool_invariants(s)
+            if sched.total_num_scheduled_tokens and len(queue) < depth:
+                continue
+        sched, samples = queue.popleft()
+        result = ModelRunnerOutput(sampled_token_ids={r: [rng.randrange(50)] for r in samples})
+        for out in s.update_from_output(sched, result):
+            finished.setdefault(out.request_id, []).extend(out.new_token_ids)
+    return finished, most
+
+
+def test_batch_queue_keeps_disjoint_steps_in_flight(rng):
+    """Pipeline parallelism (depth 2): lock-step decodes split over two steps in flight, none twice; all tokens
+    arrive, with preemption too."""
+    from pagoda.config import CacheConfig, SchedulerConfig
+    from pagoda.core.scheduler import Scheduler
+
+    def scheduler(num_blocks):
+        return Scheduler(SchedulerConfig(max_num_seqs=8, max_num_batched_tokens=64, max_model_len=64),
+                         CacheConfig(block_size=4, enable_prefix_caching=True, num_blocks=num_blocks),
+                         batch_queue_depth=2)
+
+    s = scheduler(64)
+    for i in range(6):
+        s.add_request(make_request(f"r{i}", [i + 1] * 5, max_tokens=12))
+    first = s.schedule()
+    assert len(first.num_scheduled_tokens) == 6  # new requests are admitted together
+    second = s.schedule()  # all six wait for their first step's tokens
+    assert second.total_num_scheduled_tokens == 0
+    s.update_from_output(first, ModelRunnerOutput(sampled_token_ids={r: [7] for r in first.num_scheduled_tokens}))
+    third = s.schedule()
+    assert len(third.num_scheduled_tokens) == 3  # ceil(6 running / 2 steps in flight)
+    fourth = s.schedule()
+    assert set(fourth.num_scheduled_tokens) == {f"r{i}" for i in range(6)} - set(third.num_scheduled_tokens)
+
+    for num_blocks in (64, 18):  # 18: preemption
+        s = scheduler(num_blocks)
+        for i in range(6):
+            s.add_request(make_request(f"r{i}", [i + 1] * 9, max_tokens=20))
+        finished, most = _run_batch_queue(s, rng, depth=2)
+        assert sorted(finished) == [f"r{i}" for i in range(6)]
+        assert all(len(t) == 20 for t in finished.values())
+        assert most == 2
+        assert s.kv.pool.num_free_blocks == num_blocks
+    assert s.num_preemptions_total > 0

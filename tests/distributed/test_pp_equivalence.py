@@ -25,6 +25,64 @@ def test_pp2_and_tp2_pp2_greedy_equal_one_rank(arch, tp_checkpoint):
     assert tokens(outputs) == expected
 
 
+def test_two_steps_in_flight_over_two_stages(tp_checkpoint):
+    """With pp=2 the engine keeps two steps in flight (stage 0 computes one while stage 1 computes the other), with
+    disjoint requests, and the tokens stay one rank's."""
+    folder = tp_checkpoint("LlamaForCausalLM")
+    params = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
+    prompts = PROMPTS * 2
+    expected = tokens(generate(folder, prompts, params)[0])
+    llm = LLM(folder, device="cpu", pipeline_parallel_size=2)
+    core = llm.llm_engine.core
+    launch, in_flight = core.executor.execute_model, []
+
+    def execute_model(sched, non_block=False):
+        assert non_block
+        earlier = [set(queued.num_scheduled_tokens) for queued, _, _ in core.batch_queue
+                   if queued.total_num_scheduled_tokens]
+        if sched.total_num_scheduled_tokens:
+            in_flight.append(len(earlier))
+            assert all(not (e & set(sched.num_scheduled_tokens)) for e in earlier)
+        return launch(sched, non_block)
+
+    core.executor.execute_model = execute_model
+    try:
+        outputs = llm.generate(prompts, params, use_tqdm=False)
+    finally:
+        llm.llm_engine.shutdown()
+    assert tokens(outputs) == expected
+    assert max(in_flight) == 1 and in_flight.count(1) > len(in_flight) // 2, in_flight
+
+
+def test_a_request_failing_on_the_last_stage_fails_alone(tp_checkpoint, monkeypatch):
+    """A request whose sampling raises on the last stage fails alone; stage 0 learns it from the -1 in the ids it
+    receives later (two steps in flight) and the other requests, and a later one sharing its prefix, go on."""
+    from pagoda.engine.core import FAULT_ENV
+
+    monkeypatch.setenv(FAULT_ENV, "raise:99")
+    folder = tp_checkpoint("LlamaForCausalLM")
+    greedy = SamplingParams(temperature=0.0, max_tokens=10, ignore_eos=True)
+    params = [greedy] * 4 + [SamplingParams(temperature=0.0, max_tokens=10, ignore_eos=True, seed=99)] + [greedy] * 4
+    prompts = PROMPTS * 2
+    prompts = prompts[:len(params)]
+
+    def run(**kwargs):
+        llm = LLM(folder, device="cpu", enable_prefix_caching=True, block_size=8, **kwargs)
+        try:
+            first = llm.generate(prompts, params, use_tqdm=False)
+            later = llm.generate([prompts[4] + " + 1", prompts[0]], greedy, use_tqdm=False)
+            return first, later
+        finally:
+            llm.llm_engine.shutdown()
+
+    want_first, want_later = run()
+    got_first, got_later = run(pipeline_parallel_size=2)
+    assert [o.outputs[0].finish_reason for o in got_first] == ["length"] * 4 + ["error"] + ["length"] * 4
+    assert "injected failure" in got_first[4].outputs[0].error
+    assert tokens(got_first[:4] + got_first[5:]) == tokens(want_first[:4] + want_first[5:])
+    assert tokens(got_later) == tokens(want_later)
+
+
 def test_uneven_splits_and_tied_embeddings(tp_checkpoint, monkeypatch):
     """Three layers over two stages (2 + 1 by default, 1 + 2 by PAGODA_PP_LAYER_PARTITION) and over three; the
     tied LM head is the last stage's own copy of the embedding."""
@@ -56,14 +114,19 @@ def test_prefix_caching_chunked_prefill_and_preemption(tp_checkpoint):
 
 
 def test_random_sampling_logprobs_and_prompt_logprobs(tp_checkpoint):
-    """Seeded and unseeded requests sample on the last stage alone; the earlier stage takes its ids."""
+    """Seeded and unseeded requests sample on the last stage alone; the earlier stage takes its ids. Seeded ones
+    give one rank's tokens; unseeded ones draw from the engine's generator in batch order, and two steps in flight
+    split the batches differently from one rank, so they are compared between two pipelined runs (the schedule
+    does not depend on timing)."""
     folder = tp_checkpoint("LlamaForCausalLM")
     params = [SamplingParams(temperature=1.0, top_p=0.9, top_k=40, seed=7 + i, max_tokens=8, logprobs=3,
                              prompt_logprobs=2) for i in range(3)]
     params += [SamplingParams(temperature=0.8, max_tokens=8, repetition_penalty=1.3) for _ in range(2)]
     expected, _ = generate(folder, PROMPTS, params, seed=1234)
     got, _ = generate(folder, PROMPTS, params, seed=1234, pipeline_parallel_size=2)
-    assert tokens(got) == tokens(expected)
+    assert tokens(got)[:3] == tokens(expected)[:3]
+    again, _ = generate(folder, PROMPTS, params, seed=1234, pipeline_parallel_size=2)
+    assert tokens(again) == tokens(got)
     for want, have in zip(expected[:3], got[:3]):
         for a, b in zip(want.outputs[0].logprobs, have.outputs[0].logprobs):
             assert a.keys() == b.keys()
