@@ -38,8 +38,12 @@ def model_shape(path: str, dtype: str | None, kv_cache_dtype: str | None = None,
     return sol.ModelShape.from_hf_config(config, dtype=dtype, kv_cache_dtype=kv_cache_dtype)
 
 
-def run_sol(args: argparse.Namespace, path: str, work: list[sol.Workload], measured_s: float) -> dict[str, Any]:
-    """Speed-of-light of `work` on this GPU (or the flags' ceilings); prints its line; a JSON dict."""
+def run_sol(args: argparse.Namespace, path: str, work: list[sol.Workload], measured_s: float,
+            shared_prefix: int = 0) -> dict[str, Any]:
+    """Speed-of-light of `work` on this GPU (or the flags' ceilings); prints its line; a JSON dict.
+
+    With `shared_prefix` > 0 the bound holds the prefix once and reads it once per step (cascade
+    attention); the bound with the prefix read by every request is reported beside it."""
     ceilings, note = resolve_ceilings(args)
     print(note)
     if ceilings is None:
@@ -49,8 +53,14 @@ def run_sol(args: argparse.Namespace, path: str, work: list[sol.Workload], measu
         kv_tokens = sum(w.prompt_len + w.output_len for w in work)  # memory unknown: everything in flight
     else:
         kv_tokens = sol.kv_capacity_tokens(shape, ceilings.memory_bytes, getattr(args, "gpu_memory_utilization", 0.9))
-    best = sol.speed_of_light(shape, work, ceilings, kv_tokens)
+    best = sol.speed_of_light(shape, work, ceilings, kv_tokens, shared_prefix=shared_prefix)
     print(sol.format_line(best.time_s, measured_s))
+    extra: dict[str, Any] = {}
+    if shared_prefix:
+        paged = sol.speed_of_light(shape, work, ceilings, kv_tokens, shared_prefix=shared_prefix, read_prefix_once=False)
+        print(f"Speed-of-light with the {shared_prefix}-token shared prefix read by every request (no cascade attention): "
+              f"{paged.time_s:.4g} s; achieved {sol.achieved_percent(paged.time_s, measured_s):.2f} %")
+        extra = {"shared_prefix_tokens": shared_prefix, "speed_of_light_prefix_per_request_s": paged.time_s}
     return {
         "speed_of_light_s": best.time_s,
         "achieved_percent": sol.achieved_percent(best.time_s, measured_s),
@@ -63,6 +73,7 @@ def run_sol(args: argparse.Namespace, path: str, work: list[sol.Workload], measu
         "tflops": ceilings.flops / 1e12,
         "memory_gb": None if ceilings.memory_bytes is None else ceilings.memory_bytes / 1e9,
         "ceilings_source": ceilings.source,
+        **extra,
     }
 
 

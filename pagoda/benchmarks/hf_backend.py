@@ -7,6 +7,10 @@ Invariants:
   to the batch's longest prompt, each batch generating exactly its longest output length
   (min_new_tokens = max_new_tokens, so EOS never stops it early). Token counts reported are the
   requested ones, as vLLM's hf backend reports them.
+- Decoding is greedy unless sampling parameters are given (`sampling`: SamplingParams field names):
+  then `generate` samples with the same temperature / top-p / top-k / repetition penalty, and
+  `logprobs` = k adds a logits processor that takes each step's log-softmax and its top k (the work a
+  logprobs request costs; the values are not kept).
 """
 
 from __future__ import annotations
@@ -68,8 +72,43 @@ def _pad_id(model: Any) -> int:
     return int(pad)
 
 
-def generate_static(model: Any, device: str, prompts: list[list[int]], max_new_tokens: int, do_sample: bool = False) -> list[list[int]]:
-    """One left-padded `generate` call; returns the new tokens of each prompt."""
+class TopLogprobs:
+    """A transformers logits processor that computes each step's top-k log-probabilities (and drops them)."""
+
+    def __init__(self, k: int):
+        self.k = k
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import torch
+
+        logprobs = torch.log_softmax(scores.float(), dim=-1)
+        if self.k:
+            logprobs.topk(self.k, dim=-1)
+        return scores
+
+
+def generation_kwargs(sampling: dict[str, Any] | None) -> dict[str, Any]:
+    """`generate` keywords for SamplingParams-named `sampling` (None or {}: greedy)."""
+    if not sampling:
+        return {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+    temperature = float(sampling.get("temperature", 1.0))
+    top_k = int(sampling.get("top_k", -1))
+    kwargs: dict[str, Any] = {"do_sample": temperature > 0, "temperature": temperature if temperature > 0 else None,
+                              "top_p": float(sampling.get("top_p", 1.0)) if temperature > 0 else None,
+                              # 0, not None: None would mean transformers' default of 50
+                              "top_k": (top_k if top_k > 0 else 0) if temperature > 0 else None}
+    if sampling.get("repetition_penalty", 1.0) != 1.0:
+        kwargs["repetition_penalty"] = float(sampling["repetition_penalty"])
+    if sampling.get("logprobs") is not None:
+        from transformers import LogitsProcessorList
+
+        kwargs["logits_processor"] = LogitsProcessorList([TopLogprobs(int(sampling["logprobs"]))])
+    return kwargs
+
+
+def generate_static(model: Any, device: str, prompts: list[list[int]], max_new_tokens: int,
+                    sampling: dict[str, Any] | None = None) -> list[list[int]]:
+    """One left-padded `generate` call; returns the new tokens of each prompt (greedy unless `sampling`)."""
     import torch
 
     pad = _pad_id(model)
@@ -85,16 +124,14 @@ def generate_static(model: Any, device: str, prompts: list[list[int]], max_new_t
             attention_mask=mask.to(device),
             max_new_tokens=max_new_tokens,
             min_new_tokens=max_new_tokens,
-            do_sample=do_sample,
-            temperature=1.0 if do_sample else None,
-            top_p=1.0 if do_sample else None,
-            top_k=None,
             pad_token_id=pad,
+            **generation_kwargs(sampling),
         )
     return [row[width:].tolist() for row in out]
 
 
-def run_throughput(model: Any, device: str, requests: list[SampleRequest], max_batch_size: int, n: int = 1) -> tuple[float, int]:
+def run_throughput(model: Any, device: str, requests: list[SampleRequest], max_batch_size: int, n: int = 1,
+                   sampling: dict[str, Any] | None = None) -> tuple[float, int]:
     """Static batches over all requests: (elapsed seconds, output tokens generated as requested)."""
     import torch
 
@@ -107,7 +144,7 @@ def run_throughput(model: Any, device: str, requests: list[SampleRequest], max_b
     _sync(torch, device)
     start = time.perf_counter()
     for batch in tqdm(batches, desc="hf generate", unit="batch"):
-        generate_static(model, device, [r.prompt_token_ids for r in batch], max(r.expected_output_len for r in batch))
+        generate_static(model, device, [r.prompt_token_ids for r in batch], max(r.expected_output_len for r in batch), sampling)
     _sync(torch, device)
     return time.perf_counter() - start, n * sum(r.expected_output_len for r in requests)
 

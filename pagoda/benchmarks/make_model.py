@@ -45,6 +45,11 @@ SHAPES = {
         "dtype": "bfloat16",
     },
 }
+# Llama-3.1-8B: the 8B's shape with 128k positions (llama3 rope scaling), for long-context runs (suite W9).
+SHAPES["llama3.1-8b"] = {**SHAPES["llama3-8b"], "max_position_embeddings": 131072,
+                         "rope_parameters": {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
+                                             "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                             "original_max_position_embeddings": 8192}}
 # Llama-3.2-1B's shape (the usual draft model of an 8B target: same vocabulary), positions capped like the 8B's.
 SHAPES["llama3.2-1b"] = {**SHAPES["llama3-8b"], "hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16,
                          "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 64, "tie_word_embeddings": True}

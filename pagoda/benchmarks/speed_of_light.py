@@ -10,6 +10,10 @@ The model (docs/speed_of_light.md explains it) is a handful of pure functions:
 - `simulate(...)` runs the ideal schedule of a workload — as many requests in flight as the KV
   memory allows, a token budget per step, all decodes batched — and `speed_of_light(...)` tries a
   ladder of budgets and keeps the fastest. It is the workload's bound, not our engine's schedule.
+- A shared prefix (`shared_prefix` tokens that begin every prompt, e.g. a system prompt) is computed
+  once, held once in the KV cache, and — in the ideal chosen here, cascade attention — its KV is read
+  once per step however many requests attend to it (`read_prefix_once=False` prices paged attention
+  without cascade: held once, read by every request). See `simulate`.
 
 Invariants: nothing here touches a device or the clock; all sizes are in bytes, rates per second.
 The input embedding table is a gather (a few rows per token), so it is not counted as read per step;
@@ -182,21 +186,42 @@ class Schedule:
     step_times: list[float] = field(default_factory=list, repr=False)
 
 
-def simulate(shape: ModelShape, work: list[Workload], ceilings: Ceilings, kv_tokens: int, token_budget: int) -> Schedule:
+def simulate(shape: ModelShape, work: list[Workload], ceilings: Ceilings, kv_tokens: int, token_budget: int,
+             shared_prefix: int = 0, read_prefix_once: bool = True) -> Schedule:
     """The ideal schedule with `token_budget` tokens per step; returns its least total time.
 
     Each step first gives every decoding request one token, then fills the rest of the budget with
     prompt tokens (continuing partial prefills first, then admitting waiting requests in order while
     their whole final length fits in the KV capacity). The step that finishes a prompt samples the
     first output token, so a request runs prompt_len + output_len − 1 tokens through the model.
+
+    `shared_prefix` = S > 0: every prompt begins with the same S tokens (a system prompt). The
+    requests say what is computed (`workload_from_lengths(..., shared_prefix=S)` gives every request
+    after the first `cached` = S). The prefix's KV is held once: S tokens of the capacity are set
+    aside and each request reserves only its final length − S. What a step reads of it depends on
+    the attention kernel, and the ideal chosen by default is cascade attention (`read_prefix_once`):
+    the prefix's KV is read once per step, as far as the chunk that reads most of it needs, and every
+    request reads only its own tokens after it. That is the least traffic any kernel can have — the
+    bound must not depend on a kernel Pagoda happens to lack — and the attention FLOPs are unchanged
+    (every query still attends to every prefix token). `read_prefix_once=False` prices paged
+    attention without cascade: the blocks are shared in memory but each request reads them.
+    As with n > 1, a request may read cached tokens in the step that computes them: the bound is
+    off by at most that one step.
     """
     if token_budget < 1:
         raise ValueError(f"token_budget must be >= 1, got {token_budget}")
+    if shared_prefix < 0:
+        raise ValueError(f"shared_prefix must be >= 0, got {shared_prefix}")
     for w in work:
         if w.prompt_len + w.output_len > kv_tokens:
             raise ValueError(f"a request of {w.prompt_len + w.output_len} tokens does not fit in {kv_tokens} KV tokens")
         if not 0 <= w.cached < w.prompt_len or w.output_len < 1:
             raise ValueError(f"bad workload {w}: need 0 <= cached < prompt_len and output_len >= 1")
+        if w.prompt_len < shared_prefix:
+            raise ValueError(f"bad workload {w}: the prompt is shorter than the shared prefix of {shared_prefix} tokens")
+    # KV read by a chunk at `c` cached tokens: its tokens after the prefix (the prefix's share is `prefix_read`)
+    split = shared_prefix if read_prefix_once else 0
+    capacity = kv_tokens - shared_prefix  # for the tokens after the prefix
     attn_unit = 4.0 * shape.layers * shape.heads * shape.head_dim
     waiting = list(reversed(work))  # pop() from the end = arrival order
     prefilling: list[list[int]] = []  # [done, prompt_len, output_len]
@@ -209,22 +234,25 @@ def simulate(shape: ModelShape, work: list[Workload], ceilings: Ceilings, kv_tok
     times: list[float] = []
     while waiting or prefilling or n_dec:
         budget = max(token_budget - n_dec, 0)
-        tokens, context, sampled = n_dec, dec_context_sum, n_dec
+        tokens, sampled = n_dec, n_dec
+        context = dec_context_sum - n_dec * split  # decoders are past the prefix (prompt_len >= shared_prefix)
+        prefix_read = split if n_dec else 0
         attn = attn_unit * (dec_context_sum + n_dec)
         done: list[list[int]] = []
         i = 0
         while budget > 0:
             if i == len(prefilling):
-                if not waiting or reserved + waiting[-1].prompt_len + waiting[-1].output_len > kv_tokens:
+                if not waiting or reserved + waiting[-1].prompt_len + waiting[-1].output_len - shared_prefix > capacity:
                     break
                 w = waiting.pop()
-                reserved += w.prompt_len + w.output_len
+                reserved += w.prompt_len + w.output_len - shared_prefix
                 prefilling.append([w.cached, w.prompt_len, w.output_len])
             p = prefilling[i]
             q = min(budget, p[1] - p[0])
             budget -= q
             tokens += q
-            context += p[0]
+            context += max(p[0] - split, 0)
+            prefix_read = max(prefix_read, min(p[0], split))
             attn += attention_flops(shape, q, p[0])
             p[0] += q
             if p[0] == p[1]:
@@ -233,7 +261,7 @@ def simulate(shape: ModelShape, work: list[Workload], ceilings: Ceilings, kv_tok
             i += 1
         if tokens == 0:
             raise RuntimeError("no progress: the KV capacity admits no request")  # unreachable after the checks above
-        nbytes, flops = _cost_terms(shape, tokens, context, sampled, attn)
+        nbytes, flops = _cost_terms(shape, tokens, context + prefix_read, sampled, attn)
         t = step_time(nbytes, flops, ceilings)
         if nbytes / ceilings.bandwidth >= flops / ceilings.flops:
             bw_time += t
@@ -244,11 +272,11 @@ def simulate(shape: ModelShape, work: list[Workload], ceilings: Ceilings, kv_tok
         for final in finishing.pop(steps, ()):  # decoders whose last token was sampled in this step
             n_dec -= 1
             dec_context_sum -= final - 1
-            reserved -= final
+            reserved -= final - shared_prefix
         prefilling = [p for p in prefilling if p[0] < p[1]]
         for _, prompt_len, output_len in done:
             if output_len == 1:
-                reserved -= prompt_len + output_len
+                reserved -= prompt_len + output_len - shared_prefix
                 continue
             n_dec += 1
             dec_context_sum += prompt_len
@@ -269,11 +297,11 @@ def budget_ladder(work: list[Workload], kv_tokens: int) -> list[int]:
 
 
 def speed_of_light(shape: ModelShape, work: list[Workload], ceilings: Ceilings, kv_tokens: int,
-                   budgets: Iterable[int] | None = None) -> Schedule:
-    """The fastest ideal schedule over the budget ladder."""
+                   budgets: Iterable[int] | None = None, shared_prefix: int = 0, read_prefix_once: bool = True) -> Schedule:
+    """The fastest ideal schedule over the budget ladder (`shared_prefix`, `read_prefix_once`: see `simulate`)."""
     best = None
     for budget in budgets or budget_ladder(work, kv_tokens):
-        s = simulate(shape, work, ceilings, kv_tokens, budget)
+        s = simulate(shape, work, ceilings, kv_tokens, budget, shared_prefix, read_prefix_once)
         s.step_times = []
         if best is None or s.time_s < best.time_s:
             best = s
@@ -281,12 +309,19 @@ def speed_of_light(shape: ModelShape, work: list[Workload], ceilings: Ceilings, 
     return best
 
 
-def workload_from_lengths(prompt_lens: Iterable[int], output_lens: Iterable[int], n: int = 1) -> list[Workload]:
-    """Requests as the benchmark sends them; with n > 1 the other samples reuse the cached prompt."""
+def workload_from_lengths(prompt_lens: Iterable[int], output_lens: Iterable[int], n: int = 1,
+                          shared_prefix: int = 0) -> list[Workload]:
+    """Requests as the benchmark sends them; with n > 1 the other samples reuse the cached prompt.
+
+    With `shared_prefix` = S every prompt begins with the same S tokens: the first request computes
+    them, every later one finds them cached (all but its last prompt token when the prompt is only
+    the prefix). Pass the same S to `simulate` / `speed_of_light` so the prefix is held once.
+    """
     work = []
-    for p, o in zip(prompt_lens, output_lens):
-        work.append(Workload(int(p), int(o)))
-        work.extend(Workload(int(p), int(o), cached=int(p) - 1) for _ in range(n - 1))
+    for i, (p, o) in enumerate(zip(prompt_lens, output_lens)):
+        p, o = int(p), int(o)
+        work.append(Workload(p, o, cached=min(shared_prefix, p - 1) if i else 0))
+        work.extend(Workload(p, o, cached=p - 1) for _ in range(n - 1))
     return work
 
 

@@ -1,4 +1,4 @@
-"""The standard benchmark suite (W1–W6) on a Llama-3-8B-shaped model with random weights.
+"""The standard benchmark suite (W1–W12) on a Llama-3-8B-shaped model with random weights.
 
     scripts/bench_suite.sh [W1 W2 ...] [--no-hf] [--no-pagoda] [--out DIR]
 
@@ -7,11 +7,30 @@ W4 latency batch 1, 128/256 · W5 serve 1024/128 at 1, 4, 16, inf req/s · W6 `p
 start-up until /health answers 200. W1–W4 run pagoda and transformers side by side; W5–W6 need
 the server and are skipped, with a message, while it is missing.
 
+The workloads users send (issue 24), each with its speed-of-light (speed_of_light.py):
+W7 W2's shape, sampling-heavy (temperature 0.8, top-p 0.95, top-k 50, repetition penalty 1.1,
+   logprobs 5); bound = W2's (the model leaves sampling out); target within 10 % of W2's time.
+W8 shared prefix: 1000 × (the same 1000-token system prompt + 128 own tokens)/128, prefix caching
+   on; bound = the prefix computed and held once and read once per step (cascade attention); the
+   JSON also has the bound with the prefix read by every request.
+W9 long context: 32 × 16384/128 on the Llama-3.1-8B shape (128k positions), --max-model-len 16512.
+W10 parallel sampling: 250 × 128/128 with n = 4 (the same 1000 sequences as W2, 250 prompts).
+W11 / W12 batch-1 time to first token of a 128- / 2048-token prompt (latency, output 1 token);
+   bound = one prefill step; target ≤ 8 ms for W11.
+Targets for W8–W12: ≥ 75 % of the speed-of-light. transformers runs beside W7 (sampling with the same
+parameters; logprobs as a top-k over each step's log-softmax), W9, W11 and W12; W8 (no prefix cache)
+and W10 (n copies of the prompt re-prefilled) get a row saying they were skipped.
+
+`all` (no names) is W1–W12. That needs several 10-minute GPU commands, as W1–W6 alone did; run
+subsets per command, e.g. `W7 W8`, `W9`, `W10 W11 W12`.
+
 Invariants:
 - Every benchmark runs in its own process (the GPU is free between runs); a failed or timed-out run
   still gives a row saying so. The GPU ceilings are measured once, in a subprocess, and passed on.
 - Each row is appended to docs/benchmarks.md and to OUT/benchmark_rows.md (the file that comes back
   from a GPU machine), and printed; raw JSON results and logs go to OUT.
+- The command lines are built by pure methods (`offline_runs`, `latency_runs`): tests check them
+  without a GPU.
 """
 
 from __future__ import annotations
@@ -27,15 +46,35 @@ import subprocess
 import sys
 import time
 import urllib.request
+from dataclasses import dataclass
 from typing import Any
 
 BENCH = [sys.executable, "-m", "pagoda.entrypoints.cli.bench"]
 SERVER = [sys.executable, "-m", "pagoda.entrypoints.openai.api_server"]
-OFFLINE = {"W1": (1000, 1024, 128), "W2": (1000, 128, 128), "W3": (500, 1024, 1024)}
+# `pagoda bench throughput` workloads: (num_prompts, input_len, output_len); the input excludes a shared prefix
+OFFLINE = {"W1": (1000, 1024, 128), "W2": (1000, 128, 128), "W3": (500, 1024, 1024),
+           "W7": (1000, 128, 128), "W8": (1000, 128, 128), "W9": (32, 16384, 128), "W10": (250, 128, 128)}
+SAMPLING_HEAVY = ["--temperature", "0.8", "--top-p", "0.95", "--top-k", "50", "--repetition-penalty", "1.1", "--logprobs", "5"]
+SHARED_PREFIX_LEN = 1000  # a system prompt; not a multiple of the 16-token KV block, as real ones are not
+LONG_CONTEXT_LEN = 16384 + 128
+# What a workload asks beyond its shape (both backends), and engine flags (pagoda only)
+OFFLINE_FLAGS = {"W7": SAMPLING_HEAVY, "W8": ["--prefix-len", str(SHARED_PREFIX_LEN)], "W10": ["--n", "4"]}
+PAGODA_FLAGS = {"W8": ["--enable-prefix-caching"], "W9": ["--max-model-len", str(LONG_CONTEXT_LEN)]}
+# `pagoda bench latency` at batch 1: (input_len, output_len, warm-up iterations, timed iterations)
+LATENCY = {"W4": (128, 256, 2, 5), "W11": (128, 1, 5, 30), "W12": (2048, 1, 5, 30)}
+TTFT = ("W11", "W12")  # latency runs of one output token: the row reports the time to first token
+LONG_CONTEXT = ("W9",)  # on the Llama-3.1-8B shape: the 8B's 8192 positions are too few
+# transformers cannot run these like for like: a row says so instead of a run
+HF_SKIP = {
+    "W8": f"transformers `generate` has no prefix cache: it would prefill the shared {SHARED_PREFIX_LEN}-token prefix for every request",
+    "W10": "transformers has no n > 1 over one prefill (num_return_sequences copies the prompt); W2's row is the same 1000 sequences",
+}
 # transformers `generate` at its best static batch size per workload on the H200 (issue 6/7 anchors:
 # 7,160 out tok/s at 512 for W2, 2,311 at 256 for W1); W3's 2k-token sequences fit at 256 too.
-HF_BATCH = {"W1": 256, "W2": 512, "W3": 256}
+# W7 takes W2's; W9's 8 (four batches of 16k-token prompts) is a safe guess for memory, not tuned.
+HF_BATCH = {"W1": 256, "W2": 512, "W3": 256, "W7": 512, "W9": 8}
 SERVE_RATES = (1.0, 4.0, 16.0, float("inf"))
+WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8", "W9", "W10", "W11", "W12")
 TABLE_HEADER = (
     "| date | GPU | commit | workload | backend | command | result | speed-of-light | achieved |\n"
     "| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n"
@@ -78,13 +117,26 @@ def gpu() -> str:
         return "cpu"
 
 
+@dataclass(frozen=True)
+class Run:
+    """One benchmark process of a workload: its command and JSON file, or why it is skipped."""
+
+    workload: str
+    backend: str
+    cmd: list[str]
+    json_path: str
+    skip: str = ""
+
+
 class Suite:
     def __init__(self, args: argparse.Namespace):
         self.args = args
         self.out = os.path.abspath(args.out)
         os.makedirs(self.out, exist_ok=True)
         # outside OUT: only a few files come back from a GPU machine, and the model is rebuilt in a second
-        self.model = args.model or os.path.join(os.environ.get("TMPDIR", "/tmp"), "pagoda-bench-models", "llama3-8b-shape")
+        models = os.path.join(os.environ.get("TMPDIR", "/tmp"), "pagoda-bench-models")
+        self.model = args.model or os.path.join(models, "llama3-8b-shape")
+        self.long_model = args.model or os.path.join(models, "llama3.1-8b-shape")  # W9
         self.gpu, self.commit = gpu(), commit()
         self.sol_flags: list[str] = []
 
@@ -92,11 +144,15 @@ class Suite:
     def add_row(self, workload: str, backend: str, cmd: list[str], result: str, res: dict[str, Any] | None) -> None:
         sol = pct = ""
         if res and res.get("speed_of_light_s") is not None:
-            sol = f"{res['speed_of_light_s']:.3f} s"
+            t = res["speed_of_light_s"]
+            sol = f"{t * 1e3:.2f} ms" if t < 0.1 else f"{t:.3f} s"
             pct = f"{res['achieved_percent']:.1f} %"
         shown = " ".join(shlex.quote(c) for c in cmd).replace(" ".join(BENCH), "pagoda bench").replace(" ".join(SERVER), "pagoda serve")
+        if self.long_model != self.model:
+            shown = shown.replace(self.long_model, "$LONG_MODEL")
         shown = shown.replace(self.model, "$MODEL").replace(self.out, "$OUT")
-        row = f"| {time.strftime('%Y-%m-%d %H:%M')} | {self.gpu} | {self.commit} | {workload} | {backend} | `{shown}` | {result} | {sol} | {pct} |\n"
+        shown = f"`{shown}`" if shown else ""
+        row = f"| {time.strftime('%Y-%m-%d %H:%M')} | {self.gpu} | {self.commit} | {workload} | {backend} | {shown} | {result} | {sol} | {pct} |\n"
         print(row, end="", flush=True)
         for path in (os.path.join(self.out, "benchmark_rows.md"), self.args.table):
             if not path:
@@ -135,24 +191,55 @@ class Suite:
             out.append(("transformers", ["--backend", "hf", "--dtype", "bfloat16", "--hf-max-batch-size", str(batch)]))
         return out
 
-    def offline(self, w: str) -> None:
+    def offline_runs(self, w: str) -> list[Run]:
+        """The `pagoda bench throughput` processes of offline workload `w`, one per backend."""
         n, i, o = OFFLINE[w]
+        model = self.long_model if w in LONG_CONTEXT else self.model
+        runs = []
         for name, extra in self.backends(w):
             path = os.path.join(self.out, f"{w}-{name}.json")
-            cmd = [*BENCH, "throughput", "--model", self.model, "--dataset-name", "random", "--num-prompts", str(n),
-                   "--input-len", str(i), "--output-len", str(o), *extra, *self.sol_flags, "--output-json", path]
-            self.run_json(w, name, cmd, path, lambda r: (
-                f"{r['requests_per_second']:.2f} req/s, {r['tokens_per_second']:.0f} tok/s, {r['output_tokens_per_second']:.0f} out tok/s"))
+            if name == "transformers" and w in HF_SKIP:
+                runs.append(Run(w, name, [], path, HF_SKIP[w]))
+                continue
+            engine = PAGODA_FLAGS.get(w, []) if name == "pagoda" else []
+            cmd = [*BENCH, "throughput", "--model", model, "--dataset-name", "random", "--num-prompts", str(n),
+                   "--input-len", str(i), "--output-len", str(o), *OFFLINE_FLAGS.get(w, []), *extra, *engine,
+                   *self.sol_flags, "--output-json", path]
+            runs.append(Run(w, name, cmd, path))
+        return runs
 
-    def latency(self, w: str = "W4") -> None:
+    def latency_runs(self, w: str) -> list[Run]:
+        """The `pagoda bench latency` processes (batch 1) of latency workload `w`, one per backend."""
+        i, o, warmup, iters = LATENCY[w]
+        runs = []
         for name, extra in self.backends(w):
             extra = extra[: extra.index("--hf-max-batch-size")] if "--hf-max-batch-size" in extra else extra
             path = os.path.join(self.out, f"{w}-{name}.json")
-            cmd = [*BENCH, "latency", "--model", self.model, "--batch-size", "1", "--input-len", "128", "--output-len", "256",
-                   "--num-iters-warmup", "2", "--num-iters", "5", *extra, *self.sol_flags, "--output-json", path]
-            self.run_json(w, name, cmd, path, lambda r: (
-                f"avg {r['avg_latency']:.3f} s (p50 {r['percentiles']['50']:.3f}, p99 {r['percentiles']['99']:.3f}); "
-                f"{r['avg_time_per_output_token'] * 1e3:.2f} ms/token"))
+            cmd = [*BENCH, "latency", "--model", self.model, "--batch-size", "1", "--input-len", str(i), "--output-len", str(o),
+                   "--num-iters-warmup", str(warmup), "--num-iters", str(iters), *extra, *self.sol_flags, "--output-json", path]
+            runs.append(Run(w, name, cmd, path))
+        return runs
+
+    def execute(self, runs: list[Run], describe) -> None:
+        for r in runs:
+            if r.skip:
+                self.add_row(r.workload, r.backend, [], f"skipped: {r.skip}", None)
+            else:
+                self.run_json(r.workload, r.backend, r.cmd, r.json_path, describe)
+
+    def offline(self, w: str) -> None:
+        self.execute(self.offline_runs(w), lambda r: (
+            f"{r['requests_per_second']:.2f} req/s, {r['tokens_per_second']:.0f} tok/s, {r['output_tokens_per_second']:.0f} out tok/s"))
+
+    def latency(self, w: str = "W4") -> None:
+        if w in TTFT:
+            self.execute(self.latency_runs(w), lambda r: (
+                f"TTFT avg {r['avg_latency'] * 1e3:.2f} ms (p50 {r['percentiles']['50'] * 1e3:.2f}, "
+                f"p99 {r['percentiles']['99'] * 1e3:.2f})"))
+            return
+        self.execute(self.latency_runs(w), lambda r: (
+            f"avg {r['avg_latency']:.3f} s (p50 {r['percentiles']['50']:.3f}, p99 {r['percentiles']['99']:.3f}); "
+            f"{r['avg_time_per_output_token'] * 1e3:.2f} ms/token"))
 
     def server_available(self) -> bool:
         missing = [m for m in ("pagoda.entrypoints.openai.api_server", "fastapi", "uvicorn") if not _importable(m)]
@@ -216,13 +303,15 @@ class Suite:
 
         if not self.args.model:
             make_model(self.model)
+            if any(w in LONG_CONTEXT for w in workloads):
+                make_model(self.long_model, "llama3.1-8b")
         self.sol_flags = measure_ceilings_subprocess()
         server_ok = None
         for w in workloads:
             if w in OFFLINE:
                 self.offline(w)
-            elif w == "W4":
-                self.latency()
+            elif w in LATENCY:
+                self.latency(w)
             else:
                 server_ok = self.server_available() if server_ok is None else server_ok
                 if server_ok:
@@ -268,23 +357,37 @@ def _last_line(path: str) -> str:
     return tail.replace("|", "/")[:200]
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Pagoda's standard benchmark suite (W1-W6).")
-    parser.add_argument("workloads", nargs="*", help="Subset to run, e.g. W2 W4 (default: all).")
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Pagoda's standard benchmark suite (W1-W12).")
+    parser.add_argument("workloads", nargs="*", help="Subset to run, e.g. W2 W4 (default: all, W1-W12).")
     parser.add_argument("--out", default=os.environ.get("OUT") or "bench_out", help="Folder for results, logs and benchmark_rows.md.")
     parser.add_argument("--table", default="docs/benchmarks.md", help="Markdown file the rows are appended to ('' for none).")
-    parser.add_argument("--model", default=None, help="Use this model folder instead of building the Llama-3-8B-shaped one.")
+    parser.add_argument("--model", default=None, help="Use this model folder instead of building the Llama-3-8B-shaped one "
+                        "(and, for W9, the Llama-3.1-8B-shaped one: it needs 16512 positions).")
     parser.add_argument("--no-hf", action="store_true", help="Skip the transformers runs.")
     parser.add_argument("--no-pagoda", action="store_true", help="Skip the pagoda runs.")
     parser.add_argument("--hf-max-batch-size", type=int, default=None,
                         help="transformers' static batch size (default: its best per workload, see HF_BATCH).")
     parser.add_argument("--timeout", type=float, default=1800.0, help="Seconds one run (or a server start) may take.")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = make_parser()
     args = parser.parse_args(argv)
-    names = [w.upper() for w in args.workloads] or ["W1", "W2", "W3", "W4", "W5", "W6"]
-    unknown = [w for w in names if w not in ("W1", "W2", "W3", "W4", "W5", "W6")]
-    if unknown:
-        parser.error(f"unknown workloads {unknown}; choose from W1..W6")
+    names = parse_workloads(parser, args.workloads)
     Suite(args).run(names)
+
+
+def parse_workloads(parser: argparse.ArgumentParser, given: list[str]) -> list[str]:
+    """The workload names asked for, upper-cased, in order ("all" or none: every one)."""
+    names = [w.upper() for w in given]
+    if not names or names == ["ALL"]:
+        return list(WORKLOADS)
+    unknown = [w for w in names if w not in WORKLOADS]
+    if unknown:
+        parser.error(f"unknown workloads {unknown}; choose from {', '.join(WORKLOADS)} (or all)")
+    return names
 
 
 if __name__ == "__main__":

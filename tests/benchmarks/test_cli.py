@@ -180,3 +180,127 @@ def test_int4_marked_config_folder(tmp_path, method):
     assert name == method
     config = get_quantization_config(name).from_config(quant)
     assert config.group_size == 128 and config.weight_bits == 4
+
+
+# ---- the issue-24 workloads: sampling flags (W7), shared prefix (W8), TTFT (W11/W12) ----------------------
+
+SAMPLING_HEAVY = ["--temperature", "0.8", "--top-p", "0.95", "--top-k", "50", "--repetition-penalty", "1.1", "--logprobs", "5"]
+
+
+def test_pagoda_throughput_sampling_flags(tiny_llama, capsys, monkeypatch):
+    """The sampling flags reach every request, the engine returns the logprobs asked for, and the bound is W2's."""
+    from pagoda import LLM
+
+    seen = {}
+    generate = LLM.generate
+
+    def spy(self, prompts, params, **kwargs):
+        outputs = generate(self, prompts, params, **kwargs)
+        seen["params"], seen["outputs"] = params, outputs
+        return outputs
+
+    monkeypatch.setattr(LLM, "generate", spy)
+    shape = ["throughput", "--model", tiny_llama, "--device", "cpu", "--num-prompts", "3", "--input-len", "8",
+             "--output-len", "4", "--sol-bandwidth-gbps", "100", "--sol-tflops", "1"]
+    result = run_bench(parse([*shape, *SAMPLING_HEAVY]))
+    assert result["sampling"] == {"temperature": 0.8, "top_p": 0.95, "top_k": 50, "repetition_penalty": 1.1, "logprobs": 5}
+    p = seen["params"][0]
+    assert (p.temperature, p.top_p, p.top_k, p.repetition_penalty, p.logprobs, p.ignore_eos) == (0.8, 0.95, 50, 1.1, 5, True)
+    completion = seen["outputs"][0].outputs[0]
+    assert len(completion.logprobs) == 4 and all(len(pos) >= 5 for pos in completion.logprobs)
+    assert result["total_num_output_tokens"] == 12
+    from pagoda.benchmarks import speed_of_light as sol
+    from pagoda.benchmarks.common import model_shape
+
+    # the same bound as without the flags (sampling is left out of the model)
+    work = sol.workload_from_lengths([8] * 3, [4] * 3)
+    expected = sol.speed_of_light(model_shape(tiny_llama, None), work, sol.Ceilings(100e9, 1e12), 3 * 12).time_s
+    assert result["speed_of_light_s"] == pytest.approx(expected)
+    capsys.readouterr()
+
+
+def test_default_sampling_is_unchanged(tiny_llama, monkeypatch):
+    """Without sampling flags pagoda samples at temperature 1.0, top-p 1.0 as before (W1-W3 rows stay comparable)."""
+    from pagoda import LLM
+
+    seen = {}
+    monkeypatch.setattr(LLM, "generate", lambda self, prompts, params, **kw: seen.setdefault("params", params) and [])
+    run_bench(parse(["throughput", "--model", tiny_llama, "--device", "cpu", "--num-prompts", "2", "--input-len", "8",
+                     "--output-len", "2", "--no-sol"]))
+    p = seen["params"][0]
+    assert (p.temperature, p.top_p, p.top_k, p.repetition_penalty, p.logprobs) == (1.0, 1.0, -1, 1.0, None)
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--temperature", "-1", "temperature must be >= 0"),
+    ("--top-p", "0", "top_p must be in \\(0, 1\\]"),
+    ("--top-p", "1.5", "top_p must be in \\(0, 1\\]"),
+    ("--top-k", "0", "top_k must be -1"),
+    ("--repetition-penalty", "0", "repetition_penalty must be a finite number > 0"),
+    ("--logprobs", "-1", "--logprobs must be >= 0"),
+    ("--logprobs", "21", "more than --max-logprobs 20"),
+])
+def test_throughput_refuses_bad_sampling_flags(flag, value, message):
+    # refused before the model is looked at: "no-such-model" is never opened
+    for backend in ("pagoda", "hf"):
+        with pytest.raises(SystemExit, match=message):
+            run_bench(parse(["throughput", "--backend", backend, "--model", "no-such-model", flag, value]))
+
+
+def test_hf_sampling_flags(tiny_llama, monkeypatch):
+    calls = []
+    monkeypatch.setattr(hf_backend.TopLogprobs, "__call__",
+                        lambda self, ids, scores: calls.append((self.k, scores.shape[0])) or scores)
+    model, device = hf_backend.load_model(tiny_llama, "float32", "cpu")
+    sampling = {"temperature": 0.8, "top_p": 0.95, "top_k": 50, "repetition_penalty": 1.1, "logprobs": 5}
+    kwargs = hf_backend.generation_kwargs(sampling)
+    assert (kwargs["do_sample"], kwargs["temperature"], kwargs["top_p"], kwargs["top_k"], kwargs["repetition_penalty"]) == \
+        (True, 0.8, 0.95, 50, 1.1)
+    assert hf_backend.generation_kwargs(None)["do_sample"] is False
+    assert hf_backend.generation_kwargs({"temperature": 0.8})["top_k"] == 0  # off, not transformers' default of 50
+    out = hf_backend.generate_static(model, device, [[5, 6, 7], [8, 9, 10, 11]], 3, sampling)
+    assert [len(o) for o in out] == [3, 3]
+    assert calls == [(5, 2)] * 3  # every step's logprobs, for the whole batch
+
+
+def test_pagoda_throughput_shared_prefix_bound(tiny_llama, capsys):
+    args = parse(["throughput", "--model", tiny_llama, "--device", "cpu", "--num-prompts", "4", "--input-len", "8",
+                  "--output-len", "3", "--prefix-len", "40", "--enable-prefix-caching", "--sol-bandwidth-gbps", "100",
+                  "--sol-tflops", "1"])
+    result = run_bench(args)
+    text = capsys.readouterr().out
+    assert result["total_num_prompt_tokens"] == 4 * 48 and result["shared_prefix_tokens"] == 40
+    assert "shared prefix read by every request (no cascade attention)" in text
+    from pagoda.benchmarks import speed_of_light as sol
+    from pagoda.benchmarks.common import model_shape
+
+    shape, c = model_shape(tiny_llama, None), sol.Ceilings(100e9, 1e12)
+    recompute = sol.speed_of_light(shape, sol.workload_from_lengths([48] * 4, [3] * 4), c, 4 * 51).time_s
+    assert result["speed_of_light_s"] < result["speed_of_light_prefix_per_request_s"] < recompute
+
+
+@pytest.mark.parametrize("prompt", [16, 64])
+def test_hf_latency_ttft_bound_is_one_prefill(tiny_llama, prompt):
+    """Suite W11/W12's form (batch 1, one output token): the bound is one prefill step."""
+    from pagoda.benchmarks import speed_of_light as sol
+    from pagoda.benchmarks.common import model_shape
+
+    result = run_bench(parse(["latency", "--backend", "hf", "--model", tiny_llama, "--batch-size", "1", "--input-len",
+                              str(prompt), "--output-len", "1", "--num-iters-warmup", "1", "--num-iters", "2",
+                              "--sol-bandwidth-gbps", "100", "--sol-tflops", "1"]))
+    step = sol.step_cost(model_shape(tiny_llama, None), [sol.Chunk(prompt, 0)], sol.Ceilings(100e9, 1e12))
+    assert result["speed_of_light_s"] == pytest.approx(step) and result["sol_steps"] == 1
+
+
+def test_llama31_long_context_folder(tmp_path):
+    from transformers import AutoConfig
+
+    from pagoda.benchmarks.common import model_shape
+    from pagoda.engine_args import EngineArgs
+
+    folder = make_model(str(tmp_path / "l31"), "llama3.1-8b", tokenizer=False)
+    cfg = AutoConfig.from_pretrained(folder)
+    assert cfg.max_position_embeddings == 131072 and cfg.rope_parameters["rope_type"] == "llama3"
+    assert model_shape(folder, "auto").params() == 8_030_261_248
+    config = EngineArgs(model=folder, max_model_len=16512, load_format="dummy", device="cpu").create_config()
+    assert config.model.max_model_len == 16512

@@ -130,3 +130,84 @@ def test_parallel_samples_share_the_prompt():
 def test_format_line():
     assert sol.format_line(1.0, 4.0) == "Speed-of-light: 1 s; achieved 25.00 %"
     assert math.isnan(sol.achieved_percent(1.0, 0.0))
+
+
+# ---- the issue-24 workloads (suite W7-W12) ----------------------------------------------------------------
+
+def test_shared_prefix_workload_computes_the_prefix_once():
+    work = sol.workload_from_lengths([12, 12, 8], [2, 2, 2], shared_prefix=8)
+    # the first request computes the prefix; the others find it cached (a prompt that is only the
+    # prefix recomputes its last token)
+    assert [w.cached for w in work] == [0, 8, 7]
+    with_n = sol.workload_from_lengths([12, 12], [2, 2], n=2, shared_prefix=8)
+    assert [w.cached for w in with_n] == [0, 11, 8, 11]
+    with pytest.raises(ValueError, match="shorter than the shared prefix"):
+        sol.simulate(LLAMA3_8B, sol.workload_from_lengths([6], [2]), H200, kv_tokens=100, token_budget=64, shared_prefix=8)
+
+
+def test_shared_prefix_is_read_once_per_step_by_hand():
+    c = sol.Ceilings(bandwidth=1e12, flops=1e18)  # every step bandwidth-bound: time = bytes / bandwidth
+    kv = LLAMA3_8B.kv_bytes_per_token()
+    w = LLAMA3_8B.weight_read_bytes()
+    work = sol.workload_from_lengths([10, 10], [2, 2], shared_prefix=8)
+    once = sol.simulate(LLAMA3_8B, work, c, kv_tokens=100, token_budget=64, shared_prefix=8)
+    # step 1: A prefills 10 (computes the prefix), B its last 2 after the cached 8: the prefix's 8 tokens
+    # are read once, 12 new tokens written; step 2: both decode at context 10: the prefix once + 2 own each
+    assert once.step_times == pytest.approx([(w + kv * (8 + 12)) / 1e12, (w + kv * (8 + 2 * 2 + 2)) / 1e12])
+    paged = sol.simulate(LLAMA3_8B, work, c, kv_tokens=100, token_budget=64, shared_prefix=8, read_prefix_once=False)
+    # paged attention without cascade: every request reads the whole context
+    assert paged.step_times == pytest.approx([(w + kv * (8 + 12)) / 1e12, (w + kv * (2 * 10 + 2)) / 1e12])
+    # no prefix at all: the same as the plain step cost of the chunks
+    plain = sol.simulate(LLAMA3_8B, sol.workload_from_lengths([10, 10], [2, 2]), c, kv_tokens=100, token_budget=64)
+    assert plain.step_times == pytest.approx([sol.step_cost(LLAMA3_8B, [sol.Chunk(10, 0), sol.Chunk(10, 0)], c),
+                                              sol.step_cost(LLAMA3_8B, [sol.Chunk(1, 10), sol.Chunk(1, 10)], c)])
+
+
+def test_shared_prefix_is_held_once():
+    c = sol.Ceilings(bandwidth=1e12, flops=1e15)
+    work = sol.workload_from_lengths([10, 10], [2, 2], shared_prefix=8)
+    # 8 prefix tokens + 2 × (10 + 2 − 8) = 16 fit both requests at once; without sharing they need 24
+    assert sol.simulate(LLAMA3_8B, work, c, kv_tokens=16, token_budget=64, shared_prefix=8).steps == 2
+    assert sol.simulate(LLAMA3_8B, work, c, kv_tokens=15, token_budget=64, shared_prefix=8).steps == 4
+    assert sol.simulate(LLAMA3_8B, work, c, kv_tokens=16, token_budget=64).steps == 4
+
+
+def test_w8_shared_prefix_bound_orders():
+    """W8's shape: 1000 × (1000 shared + 128)/128. Cascade < paged < computing the prefix per request."""
+    kv = sol.kv_capacity_tokens(LLAMA3_8B, 141e9)
+    lens, outs = [1128] * 1000, [128] * 1000
+    shared = sol.workload_from_lengths(lens, outs, shared_prefix=1000)
+    once = sol.speed_of_light(LLAMA3_8B, shared, H200, kv, shared_prefix=1000).time_s
+    paged = sol.speed_of_light(LLAMA3_8B, shared, H200, kv, shared_prefix=1000, read_prefix_once=False).time_s
+    recompute = sol.speed_of_light(LLAMA3_8B, sol.workload_from_lengths(lens, outs), H200, kv).time_s
+    w2 = sol.speed_of_light(LLAMA3_8B, sol.workload_from_lengths([128] * 1000, outs), H200, kv).time_s
+    assert w2 < once < paged < recompute
+    assert once < 1.1 * w2  # read once, the prefix adds its attention FLOPs and little traffic to W2's bound
+
+
+def test_parallel_sampling_bound_by_hand():
+    c = sol.Ceilings(bandwidth=1e12, flops=1e15)
+    s = sol.simulate(LLAMA3_8B, sol.workload_from_lengths([10], [3], n=2), c, kv_tokens=100, token_budget=64)
+    # step 1: sample 1 prefills the prompt, sample 2 only its last token; then both decode at 10 and 11
+    assert s.step_times == pytest.approx([
+        sol.step_cost(LLAMA3_8B, [sol.Chunk(10, 0), sol.Chunk(1, 9)], c),
+        sol.step_cost(LLAMA3_8B, [sol.Chunk(1, 10), sol.Chunk(1, 10)], c),
+        sol.step_cost(LLAMA3_8B, [sol.Chunk(1, 11), sol.Chunk(1, 11)], c)])
+
+
+def test_w10_n4_bound_is_below_w2():
+    """250 prompts × n=4 decode the same 1000 sequences as W2 but prefill a quarter of the prompts."""
+    kv = sol.kv_capacity_tokens(LLAMA3_8B, 141e9)
+    n4 = sol.speed_of_light(LLAMA3_8B, sol.workload_from_lengths([128] * 250, [128] * 250, n=4), H200, kv)
+    w2 = sol.speed_of_light(LLAMA3_8B, sol.workload_from_lengths([128] * 1000, [128] * 1000), H200, kv)
+    assert n4.time_s < w2.time_s
+    assert n4.time_s >= 127 * LLAMA3_8B.weight_read_bytes() / H200.bandwidth  # 127 decode steps at least
+
+
+@pytest.mark.parametrize("prompt", [128, 2048])
+def test_ttft_bound_is_one_prefill_step(prompt):
+    kv = sol.kv_capacity_tokens(LLAMA3_8B, 141e9)
+    best = sol.speed_of_light(LLAMA3_8B, sol.workload_from_lengths([prompt], [1]), H200, kv)
+    assert best.time_s == pytest.approx(sol.step_cost(LLAMA3_8B, [sol.Chunk(prompt, 0)], H200))
+    if prompt == 128:
+        assert best.steps == 1 and 3.5e-3 < best.time_s < 3.6e-3  # bandwidth-bound: the weights once

@@ -1,0 +1,117 @@
+"""The benchmark suite's workload table and the command lines it builds (no GPU, nothing run)."""
+
+import argparse
+import os
+
+import pytest
+
+from pagoda.benchmarks import suite
+from pagoda.entrypoints.cli.bench import add_bench_parser
+
+
+def bench_args(cmd):
+    """Parse a suite command with the real `pagoda bench` parser (an unknown flag fails here)."""
+    assert cmd[: len(suite.BENCH)] == suite.BENCH
+    parser = argparse.ArgumentParser(prog="pagoda")
+    add_bench_parser(parser.add_subparsers(dest="command", required=True))
+    return parser.parse_args(["bench", *cmd[len(suite.BENCH):]])
+
+
+@pytest.fixture
+def make_suite(tmp_path, monkeypatch):
+    monkeypatch.setenv("BENCH_COMMIT", "test")
+    monkeypatch.setattr(suite, "gpu", lambda: "cpu")
+
+    def build(*argv):
+        return suite.Suite(suite.make_parser().parse_args(["--out", str(tmp_path / "out"), "--table", "", *argv]))
+
+    return build
+
+
+def by_backend(runs):
+    return {r.backend: r for r in runs}
+
+
+def test_workload_names():
+    parser = suite.make_parser()
+    assert suite.parse_workloads(parser, []) == [f"W{i}" for i in range(1, 13)]
+    assert suite.parse_workloads(parser, ["all"]) == list(suite.WORKLOADS)
+    assert suite.parse_workloads(parser, ["w7", "W12"]) == ["W7", "W12"]
+    with pytest.raises(SystemExit):
+        suite.parse_workloads(parser, ["W13"])
+
+
+def test_w7_is_w2_with_sampling_heavy_params(make_suite):
+    s = make_suite()
+    runs = by_backend(s.offline_runs("W7"))
+    w2 = by_backend(s.offline_runs("W2"))
+    for backend in ("pagoda", "transformers"):
+        a, base = bench_args(runs[backend].cmd), bench_args(w2[backend].cmd)
+        assert (a.num_prompts, a.input_len, a.output_len) == (base.num_prompts, base.input_len, base.output_len) == (1000, 128, 128)
+        assert (a.temperature, a.top_p, a.top_k, a.repetition_penalty, a.logprobs) == (0.8, 0.95, 50, 1.1, 5)
+        assert (base.temperature, base.logprobs) == (None, None)
+    assert bench_args(runs["transformers"].cmd).backend == "hf"
+    assert bench_args(runs["transformers"].cmd).hf_max_batch_size == suite.HF_BATCH["W2"]
+    assert runs["pagoda"].json_path.endswith("W7-pagoda.json")
+
+
+def test_w8_shared_prefix_with_prefix_caching_and_no_transformers_run(make_suite):
+    runs = by_backend(make_suite().offline_runs("W8"))
+    a = bench_args(runs["pagoda"].cmd)
+    assert (a.num_prompts, a.prefix_len, a.input_len, a.output_len, a.enable_prefix_caching) == (1000, 1000, 128, 128, True)
+    assert runs["transformers"].skip and runs["transformers"].cmd == []
+
+
+def test_w9_long_context_on_the_long_model(make_suite):
+    s = make_suite()
+    runs = by_backend(s.offline_runs("W9"))
+    a, hf = bench_args(runs["pagoda"].cmd), bench_args(runs["transformers"].cmd)
+    assert (a.num_prompts, a.input_len, a.output_len) == (32, 16384, 128)
+    assert a.model == hf.model == s.long_model != s.model and "llama3.1-8b" in s.long_model
+    assert int(a.max_model_len) == 16384 + 128
+    assert "--max-model-len" not in runs["transformers"].cmd  # an engine flag: pagoda only
+    assert hf.hf_max_batch_size == suite.HF_BATCH["W9"]
+
+
+def test_w10_parallel_sampling(make_suite):
+    runs = by_backend(make_suite().offline_runs("W10"))
+    a = bench_args(runs["pagoda"].cmd)
+    assert (a.num_prompts, a.input_len, a.output_len, a.n) == (250, 128, 128, 4)
+    assert runs["transformers"].skip
+
+
+@pytest.mark.parametrize("w, prompt", [("W11", 128), ("W12", 2048)])
+def test_ttft_workloads(make_suite, w, prompt):
+    runs = by_backend(make_suite().latency_runs(w))
+    for backend, run in runs.items():
+        a = bench_args(run.cmd)
+        assert (a.bench_type, a.batch_size, a.input_len, a.output_len) == ("latency", 1, prompt, 1)
+        assert "--hf-max-batch-size" not in run.cmd
+    assert bench_args(runs["transformers"].cmd).backend == "hf"
+
+
+def test_backend_selection_and_model_flag(make_suite, tmp_path):
+    s = make_suite("--no-hf", "--model", str(tmp_path / "m"))
+    runs = s.offline_runs("W9")
+    assert [r.backend for r in runs] == ["pagoda"] and bench_args(runs[0].cmd).model == str(tmp_path / "m")
+    assert [r.backend for r in make_suite("--no-pagoda").latency_runs("W11")] == ["transformers"]
+
+
+def test_skipped_run_gives_a_row_and_small_bounds_read_in_ms(make_suite):
+    s = make_suite()
+    s.execute([r for r in s.offline_runs("W8") if r.skip], describe=None)
+    s.add_row("W11", "pagoda", s.latency_runs("W11")[0].cmd, "TTFT avg 7.00 ms", {"speed_of_light_s": 0.0035, "achieved_percent": 50.0})
+    rows = open(os.path.join(s.out, "benchmark_rows.md")).read().splitlines()[-2:]
+    assert "| W8 | transformers |  | skipped: transformers `generate` has no prefix cache" in rows[0]
+    assert "| 3.50 ms | 50.0 % |" in rows[1] and "$MODEL" in rows[1] and "$OUT/W11-pagoda.json" in rows[1]
+
+
+def test_run_dispatches_every_workload(make_suite, tmp_path, monkeypatch):
+    s = make_suite("--model", str(tmp_path / "m"))
+    calls = []
+    monkeypatch.setattr(suite, "measure_ceilings_subprocess", lambda: [])
+    monkeypatch.setattr(s, "offline", lambda w: calls.append(("offline", w)))
+    monkeypatch.setattr(s, "latency", lambda w: calls.append(("latency", w)))
+    s.run(["W2", "W4", "W7", "W8", "W9", "W10", "W11", "W12"])
+    assert calls == [("offline", "W2"), ("latency", "W4"), ("offline", "W7"), ("offline", "W8"), ("offline", "W9"),
+                     ("offline", "W10"), ("latency", "W11"), ("latency", "W12")]
