@@ -92,6 +92,7 @@ class ModelRunner:
         # Query lengths a non-uniform verify step is padded to (None: the CUDA graphs', when there are any); the
         # tests set it to run the padded path on the CPU.
         self.pad_query_lens: tuple[int, ...] | None = None
+        self.pad_prefill_lens: tuple[int, ...] | None = None  # tests: pad lone prefills as for prefill graphs
         # Seeded requests get their own generator; the rest share torch's default one, which the
         # worker seeds with the engine's `seed` at start-up.
         self.generators: dict[str, torch.Generator] = {}
@@ -328,7 +329,12 @@ class ModelRunner:
         different numbers of drafts (or none) replays a CUDA graph; None: run the step as it is."""
         lens = self.pad_query_lens or (self.cuda_graphs.query_lens if self.cuda_graphs is not None else ())
         top = int(counts.max())
-        if top == 1 or int(counts.min()) == top:
+        if top == 1:
+            return None
+        prefill_lens = self.pad_prefill_lens or (self.cuda_graphs.prefill_query_lens if self.cuda_graphs else ())
+        if len(rows) == 1 and prefill_lens and top not in lens:
+            return self._prefill_graph_len(rows, starts, top, prefill_lens)
+        if int(counts.min()) == top:
             return None  # already uniform
         q = next((q for q in sorted(lens) if q >= top), None)
         if q is None or (self.cuda_graphs is not None and len(rows) > self.cuda_graphs.sizes[-1]):
@@ -339,6 +345,18 @@ class ModelRunner:
         if padded > max(2 * real, PAD_MAX_TOKENS) or self.batch.is_pooling[rows].any():
             return None
         if (starts + q > self.config.model.max_model_len).any():
+            return None  # the padding would pass the model's positions
+        return q
+
+    def _prefill_graph_len(self, rows: np.ndarray, starts: np.ndarray, num_tokens: int, lens) -> int | None:
+        """One request computing `num_tokens`: the prefill graph's bucket to pad it to (worker/cuda_graph.py), or None
+        (no bucket fits; a pooling, multimodal or speculative runner, whose extra inputs graphs do not carry)."""
+        q = next((q for q in sorted(lens) if q >= num_tokens), None)
+        if q is None or q == num_tokens:
+            return None  # runs as it is: eagerly, or its own graph
+        if self.mm is not None or self.mrope is not None or self.spec is not None or self.batch.is_pooling[rows].any():
+            return None
+        if int(starts[0]) + q > self.config.model.max_model_len:
             return None  # the padding would pass the model's positions
         return q
 

@@ -89,3 +89,29 @@ def test_requests_added_and_aborted_while_others_run(llama_dir, reference):
     assert [finished[str(i)] for i in range(len(prompts))] == reference
     pool = engine.core.scheduler.kv.pool
     assert pool.num_free_blocks == pool.num_blocks
+
+
+@pytest.mark.parametrize("kwargs", [dict(max_num_seqs=1), dict(max_num_seqs=1, max_num_batched_tokens=24)],
+                         ids=["lone-prompts", "lone-chunks24"])
+def test_lone_prefills_padded_to_graph_buckets(llama_dir, reference, kwargs):
+    """A lone request's prefill padded to a prefill-graph bucket (what CUDA graphs replay; here eager on the CPU):
+    the padding writes no KV and is never sampled, so outputs and prompt logprobs do not change, with prefix
+    cache hits (queries that start past 0) and chunks."""
+    prompt_logprobs = SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True, prompt_logprobs=2)
+    llm = LLM(llama_dir, dtype="float32", max_model_len=256, kv_cache_memory_bytes=64 << 20,
+              enable_prefix_caching=True, block_size=8, **kwargs)
+    expected_logprobs = llm.generate(PROMPTS[:2], prompt_logprobs, use_tqdm=False)
+    runner = llm.llm_engine.core.executor.worker.runner
+    runner.pad_prefill_lens = (16, 32, 64)
+    padded = []
+    choose = runner._prefill_graph_len
+    runner._prefill_graph_len = lambda *args: padded.append(choose(*args)) or padded[-1]
+    outs = llm.generate(_prompts_with_shared_prefixes(), GREEDY, use_tqdm=False)
+    assert [o.outputs[0].token_ids for o in outs] == reference
+    assert any(o.num_cached_tokens for o in outs)
+    got_logprobs = llm.generate(PROMPTS[:2], prompt_logprobs, use_tqdm=False)
+    for want, have in zip(expected_logprobs, got_logprobs):
+        assert have.outputs[0].token_ids == want.outputs[0].token_ids
+        for a, b in zip(want.prompt_logprobs[1:], have.prompt_logprobs[1:]):
+            assert a.keys() == b.keys() and all(abs(a[t].logprob - b[t].logprob) < 1e-4 for t in a)
+    assert sum(q is not None for q in padded) >= len(outs), padded
