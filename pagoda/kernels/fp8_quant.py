@@ -88,7 +88,10 @@ def fp8_quantize_ref(x: torch.Tensor, static_scale: torch.Tensor | None = None,
     """Torch reference of `fp8_quantize`."""
     xf = x.float()
     if static_scale is None:
-        scale = (xf.abs().amax(dim=-1, keepdim=True) / E4M3_MAX).clamp(min=min_scale)
+        amax = xf.abs().amax(dim=-1, keepdim=True)
+        # a tensor divisor: CUDA torch divides by a Python scalar as a multiplication by its reciprocal, which is
+        # not the kernel's IEEE division (div_rn) and differs in the last bit for some rows
+        scale = (amax / amax.new_full((), E4M3_MAX)).clamp(min=min_scale)
     else:
         scale = static_scale.float()
     return (xf / scale).clamp(-E4M3_MAX, E4M3_MAX).to(E4M3), scale
