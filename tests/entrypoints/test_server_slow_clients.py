@@ -122,10 +122,10 @@ def test_connections_over_the_cap_get_503_but_health_still_answers(slow_server):
 
 
 def test_tokenizing_a_huge_prompt_does_not_block_the_event_loop(slow_server):
-    prompt = "def f(x):\n    return x + 1\n" * 400_000  # ~11 MB: seconds of tokenizing, on a worker thread
+    prompt = "def f(x):\n    return x + 1\n" * 200_000  # ~5.6 MB: seconds of tokenizing, on a worker thread
     with HealthPoller(slow_server):
         response = httpx.post(slow_server.url + "/tokenize", json={"prompt": prompt}, timeout=300)
-        assert response.status_code == 200 and response.json()["count"] > 1_000_000
+        assert response.status_code == 200 and response.json()["count"] > 500_000
         chat = {"messages": [{"role": "user", "content": prompt}], "max_tokens": 1}
         too_long = httpx.post(slow_server.url + "/v1/chat/completions", json=chat, timeout=300)
         assert too_long.status_code == 400 and too_long.json()["error"]["param"] == "messages"
