@@ -56,11 +56,8 @@ from pagoda.worker.failed_requests import FailedRequests
 from pagoda.worker.grammar_rows import apply_grammar
 from pagoda.worker.input_batch import InputBatch, to_device
 from pagoda.worker.sampling_inputs import SamplingInputs
+from pagoda.worker.step_inputs import graph_query_len, prefill_graph_len, prepare_inputs
 from pagoda.worker.step_output import PLACEHOLDER, SampledTokens, StepOutput, VerifiedTokens
-
-# A non-uniform verify step is padded to a CUDA graph's query length while it has at most this many tokens
-# padded (or at most twice its real ones): below it a forward pass is memory-bound, so padding costs little.
-PAD_MAX_TOKENS = 512
 
 
 class ModelRunner:
@@ -324,123 +321,15 @@ class ModelRunner:
             return self.cuda_graphs.run(input_ids, positions, metadata)
         return self.model(input_ids, positions, self.kv_caches, metadata)
 
+    # ---- the step's inputs (worker/step_inputs.py) ---------------------------------------------------
     def _graph_query_len(self, rows: np.ndarray, starts: np.ndarray, counts: np.ndarray) -> int | None:
-        """The query length to pad every request of a step to, so that a verify step whose requests carry
-        different numbers of drafts (or none) replays a CUDA graph; None: run the step as it is."""
-        lens = self.pad_query_lens or (self.cuda_graphs.query_lens if self.cuda_graphs is not None else ())
-        top = int(counts.max())
-        if top == 1:
-            return None
-        prefill_lens = self.pad_prefill_lens or (self.cuda_graphs.prefill_query_lens if self.cuda_graphs else ())
-        if len(rows) == 1 and prefill_lens and top not in lens:
-            return self._prefill_graph_len(rows, starts, top, prefill_lens)
-        if int(counts.min()) == top:
-            return None  # already uniform
-        q = next((q for q in sorted(lens) if q >= top), None)
-        if q is None or (self.cuda_graphs is not None and len(rows) > self.cuda_graphs.sizes[-1]):
-            return None
-        padded, real = q * len(rows), int(counts.sum())
-        # Padding costs compute, eager steps launch overhead (~20 ms for 32 layers): pad while the step stays small
-        # (memory-bound) or at most doubles.
-        if padded > max(2 * real, PAD_MAX_TOKENS) or self.batch.is_pooling[rows].any():
-            return None
-        if (starts + q > self.config.model.max_model_len).any():
-            return None  # the padding would pass the model's positions
-        return q
+        return graph_query_len(self, rows, starts, counts)
 
     def _prefill_graph_len(self, rows: np.ndarray, starts: np.ndarray, num_tokens: int, lens) -> int | None:
-        """One request computing `num_tokens`: the prefill graph's bucket to pad it to (worker/cuda_graph.py), or None
-        (no bucket fits; a pooling, multimodal or speculative runner, whose extra inputs graphs do not carry)."""
-        q = next((q for q in sorted(lens) if q >= num_tokens), None)
-        if q is None or q == num_tokens:
-            return None  # runs as it is: eagerly, or its own graph
-        if self.mm is not None or self.mrope is not None or self.spec is not None or self.batch.is_pooling[rows].any():
-            return None
-        if int(starts[0]) + q > self.config.model.max_model_len:
-            return None  # the padding would pass the model's positions
-        return q
+        return prefill_graph_len(self, rows, starts, num_tokens, lens)
 
     def _prepare_inputs(self, rows: np.ndarray, counts: np.ndarray) -> dict:
-        """The step's flat inputs. Requests may be padded to one query length (`_graph_query_len`): the padding
-        tokens follow a request's real ones, write no KV (slot -1) and are never sampled."""
-        batch, block_size = self.batch, self.block_size
-        starts = batch.num_computed[rows]
-        ends = starts + counts
-        pad_to = self._graph_query_len(rows, starts, counts)
-        width = counts if pad_to is None else np.full(len(rows), pad_to, dtype=np.int64)
-        total = int(width.sum())
-        query_start = np.zeros(len(rows) + 1, dtype=np.int64)
-        np.cumsum(width, out=query_start[1:])
-        token_rows = np.repeat(rows, width)
-        index_in_row = np.arange(total) - np.repeat(query_start[:-1], width)
-        positions = np.repeat(starts, width) + index_in_row
-        input_ids = batch.token_ids[token_rows, positions]
-        padding = None
-        if pad_to is not None:
-            padding = index_in_row >= np.repeat(counts, width)
-            input_ids[padding] = 0
-        query_ends = starts + width  # = ends unless padded
-        max_blocks = int(-(-query_ends.max() // block_size))
-        device = self.device
-        block_tables = to_device(batch.block_table[rows, :max_blocks], device)
-        positions_dev, seq_lens_dev = to_device(positions, device), to_device(query_ends.astype(np.int32), device)
-        slot_mapping_dev, seq_lens_cpu, max_seq_len = None, query_ends.tolist(), int(query_ends.max())
-        verified = self.unfilled[-1] if self.unfilled and isinstance(self.unfilled[-1], VerifiedTokens) else None
-        src = verified.sources(rows, batch) if verified is not None else None
-        if src is None or not (src >= 0).any():  # host positions are exact: slots from the host block table
-            block_ids = batch.block_table[token_rows, positions // block_size].astype(np.int64)
-            slot_mapping = block_ids * block_size + positions % block_size
-            if padding is not None:
-                slot_mapping[padding] = -1
-            slot_mapping_dev = to_device(slot_mapping, device)
-        else:
-            # Requests whose verify step is in flight were scheduled as if all its drafts were accepted: move
-            # their positions back by what it rejected, on the device (see worker/step_output.py).
-            hit = np.flatnonzero(src >= 0)
-            rejected = torch.zeros(len(rows), dtype=torch.int64, device=device)
-            rejected[to_device(hit, device)] = verified.rejected[to_device(src[hit], device)]
-            token_req = to_device(np.repeat(np.arange(len(rows)), width), device)
-            positions_dev = positions_dev - rejected[token_req]
-            seq_lens_dev = (seq_lens_dev - rejected).to(torch.int32)
-            slot_mapping_dev = (block_tables[token_req, positions_dev // block_size].to(torch.int64) * block_size
-                                + positions_dev % block_size)
-            if padding is not None:
-                slot_mapping_dev[to_device(np.flatnonzero(padding), device)] = -1
-            if self.attn_metadata.needs_host_lengths:  # exact host lengths (free on the CPU, a sync elsewhere)
-                seq_lens_cpu = seq_lens_dev.tolist()
-                max_seq_len = max(seq_lens_cpu)
-        metadata = self.attn_metadata.build(
-            num_reqs=len(rows),
-            num_tokens=total,
-            max_query_len=int(width.max()),
-            max_seq_len=max_seq_len,
-            query_start_loc=to_device(query_start.astype(np.int32), device),
-            seq_lens=seq_lens_dev,
-            block_tables=block_tables,
-            slot_mapping=slot_mapping_dev,
-            query_start_loc_cpu=query_start.tolist(),
-            seq_lens_cpu=seq_lens_cpu,
-        )
-        input_ids_dev = to_device(input_ids, device)
-        holes = np.flatnonzero(input_ids == PLACEHOLDER)
-        if holes.size:  # tokens sampled by the step still in flight, or drafted on the device: take them there
-            hole_rows, hole_index = token_rows[holes], index_in_row[holes]
-            newest = hole_index == 0  # a request's first scheduled token: the newest the step in flight yields
-            if newest.all():
-                input_ids_dev[to_device(holes, device)] = self.last_sampled[to_device(self.pending_src[hole_rows], device)]
-            else:
-                source = torch.cat([self.last_sampled, self.spec.draft_ids.reshape(-1)])
-                where = np.where(newest, self.pending_src[hole_rows],
-                                 len(self.last_sampled) + hole_rows * self.spec.num_speculative_tokens + hole_index - 1)
-                input_ids_dev[to_device(holes, device)] = source[to_device(where, device)]
-        return {
-            "input_ids": input_ids_dev,
-            "positions": positions_dev,
-            "attn_metadata": metadata,
-            "starts": starts,
-            "ends": ends,
-            "query_start": query_start[:-1],
-        }
+        return prepare_inputs(self, rows, counts)
 
     def _sample(self, req_ids, rows, samples, last_token_index, hidden, output: ModelRunnerOutput,
                 grammar=None) -> StepOutput:
