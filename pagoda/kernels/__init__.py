@@ -41,7 +41,10 @@ Triton's interpreter and on CUDA).
 - sample: `race_sample(logits, temperature, seeds, num_splits=None)` -> [R] int64, greedy argmax
   (temperature <= 0) or the exponential race on softmax(logits / T) with Philox uniforms keyed by a
   per-row seed, in one read of the logits (the sampler's fused CUDA path). Reference:
-  `race_sample_ref(logits, temperature, uniforms)`, with the kernel's uniforms from `race_uniforms(seeds, V)`.
+  `race_sample_ref(logits, temperature, uniforms)`, with the kernel's uniforms from `race_uniforms(seeds, V)`;
+  `race_uniforms_at(seeds, ids)` gives those uniforms at chosen vocab ids only (the sampler's top-k path).
+- logprob_stats: `logprob_stats(logits, token_ids)` -> (logsumexp [R], token logit [R], rank [R]) in one read of
+  raw logits (the sampled tokens' logprobs). Reference: `pagoda.sample.logprobs.logprob_stats_torch`.
 - token_bitmask: `apply_token_bitmask_triton(logits, bitmask, row_indices=None)`, -inf where a structured-output
   bitmask bit (int32 words, xgrammar's layout) is cleared. Reference: `pagoda.sample.token_bitmask.apply_token_bitmask_ref`.
 

@@ -24,7 +24,8 @@ S comes from `tuning.sample_splits` unless forced; it changes speed, never resul
 Inputs: logits [R, V] float32/float16/bfloat16 with unit stride in V (any row stride);
 temperature [R] float32; seeds [R] int64; all on one device. Output: [R] int64 token ids.
 `race_sample_ref` is the torch reference given the uniforms explicitly; `race_uniforms` draws the
-uniforms the kernel uses (through the same `_uniform` helper) so that tests can feed them to it.
+uniforms the kernel uses (through the same `_uniform` helper) so that tests can feed them to it, and
+`race_uniforms_at` the same uniforms at given vocab indices only (the top-k path's candidates).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from pagoda.kernels import tuning
 # Smallest q = -log(u), as on the torch path: log(q) stays finite should u round to 1.
 _MIN_Q = tl.constexpr(1e-20)
 _LOGITS_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_UNIFORMS_AT_BLOCK = 256
 
 
 @triton.jit
@@ -103,6 +105,16 @@ def _uniforms_kernel(seeds_ptr, out_ptr, V, BLOCK_V: tl.constexpr):
     tl.store(out_ptr + row.to(tl.int64) * V + offs, _uniform(seed, offs), mask=offs < V)
 
 
+@triton.jit
+def _uniforms_at_kernel(seeds_ptr, ids_ptr, out_ptr, K, BLOCK_K: tl.constexpr):
+    row = tl.program_id(0)
+    offs = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
+    mask = offs < K
+    seed = tl.load(seeds_ptr + row)
+    ids = tl.load(ids_ptr + row.to(tl.int64) * K + offs, mask=mask, other=0).to(tl.int32)  # as the race's offs
+    tl.store(out_ptr + row.to(tl.int64) * K + offs, _uniform(seed, ids), mask=mask)
+
+
 def _block_v(vocab: int) -> int:
     """Tile width: SAMPLE_BLOCK_V, or the vocab rounded up to a power of two when it is smaller."""
     return min(tuning.SAMPLE_BLOCK_V, tuning.next_power_of_2(vocab))
@@ -165,6 +177,25 @@ def race_uniforms(seeds: torch.Tensor, vocab: int) -> torch.Tensor:
         return out
     block = _block_v(vocab)
     _uniforms_kernel[(seeds.shape[0], triton.cdiv(vocab, block))](seeds, out, vocab, BLOCK_V=block)
+    return out
+
+
+def race_uniforms_at(seeds: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+    """The uniforms u [R, K] float32 that `race_sample` draws at vocab indices `token_ids` [R, K] (any int
+    dtype, each in [0, 2**31)) of rows keyed by `seeds` [R] int64: race_uniforms(seeds, V).gather(1, ids),
+    without the [R, V] draw (the top-k path's candidates, sample/top_k_path.py)."""
+    if seeds.dim() != 1 or seeds.dtype != torch.int64:
+        raise ValueError(f"seeds must be [R] int64, got {tuple(seeds.shape)} {seeds.dtype}")
+    if token_ids.dim() != 2 or token_ids.shape[0] != seeds.shape[0] or token_ids.device != seeds.device:
+        raise ValueError(f"token_ids must be [{seeds.shape[0]}, K] on {seeds.device}, got "
+                         f"{tuple(token_ids.shape)} on {token_ids.device}")
+    ids = token_ids.contiguous()
+    rows, k = ids.shape
+    out = torch.empty(rows, k, dtype=torch.float32, device=seeds.device)
+    if rows == 0 or k == 0:
+        return out
+    block = _UNIFORMS_AT_BLOCK  # one compiled variant whatever k (a k-sized block would compile per k)
+    _uniforms_at_kernel[(rows, triton.cdiv(k, block))](seeds, ids, out, k, BLOCK_K=block)
     return out
 
 

@@ -325,6 +325,9 @@ FUSED_SAMPLING = os.environ.get("PAGODA_FUSED_SAMPLING", "1") == "1"
 SAMPLE_BLOCK_V = 2048  # vocab entries per loop iteration of one program (less for a smaller vocab)
 SAMPLE_NUM_WARPS = 8
 SAMPLE_MAX_SPLITS = 32  # most vocab splits (programs) per row
+# Batches whose random rows all have a top-k of at most this many tokens sample from their top-k
+# candidates only (pagoda.sample.top_k_path); larger k take the sort over the whole vocabulary.
+SAMPLE_TOP_K_PATH_MAX_K = int(os.environ.get("PAGODA_TOP_K_PATH_MAX_K", "1024"))
 
 
 def sample_splits(num_rows: int, vocab: int, sms: int = DEFAULT_SM_COUNT) -> int:

@@ -113,5 +113,7 @@ def apply_bans(logits: torch.Tensor, *masks: dict[int, list[int]]) -> torch.Tens
     if not rows:
         return logits
     cols = [token_id for mask in masks for ids in mask.values() for token_id in ids]
-    index = torch.tensor([rows, cols], dtype=torch.int64).to(logits.device, non_blocking=True)
-    return logits.index_put((index[0], index[1]), torch.tensor(float("-inf"), device=logits.device))
+    index = torch.tensor([rows, cols], dtype=torch.int64)
+    if logits.is_cuda:  # pinned: the copy does not wait for the GPU's queued work
+        index = index.pin_memory().to(logits.device, non_blocking=True)
+    return logits.index_put((index[0], index[1]), logits.new_full((), float("-inf")))  # a fill: no host copy

@@ -7,9 +7,14 @@ Invariants:
   likely tokens, most likely first (the target may appear in both places).
 - rank = 1 + the number of tokens whose logprob is strictly greater than the target's.
 - Token ids come back int64, logprobs float32, ranks int64; nothing syncs with the host.
+- The sampler's path (`raw_logprobs` then `finish_raw_logprobs`) never writes a [R, V] float32 tensor:
+  the raw logits' top-k before processing; after sampling, their logsumexp with the token's logit and
+  rank (one Triton pass on CUDA, kernels/logprob_stats.py).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
@@ -31,6 +36,50 @@ def gather_logprobs(
     ids = torch.cat((token_ids, top_ids), dim=1)
     values = torch.cat((token_logprobs, top_logprobs), dim=1)
     return ids, values, ranks
+
+
+@dataclass
+class RawLogprobs:
+    """What the sampled tokens' raw logprobs need from the raw logits [R, V], taken before processing: the
+    raw logits themselves (never modified by the sampler) and their top-k; with `finish_raw_logprobs`
+    after sampling, the same results as `gather_logprobs(log_softmax(logits), k, sampled)` without
+    writing a [R, V] tensor."""
+
+    logits: torch.Tensor  # [R, V] any float dtype
+    top_ids: torch.Tensor  # [R, k] int64, most likely first
+    top_logits: torch.Tensor  # [R, k] float32
+
+
+def raw_logprobs(logits: torch.Tensor, num_logprobs: int) -> RawLogprobs:
+    if num_logprobs < 0:
+        raise ValueError(f"num_logprobs must be >= 0, got {num_logprobs}")
+    top_values, top_ids = torch.topk(logits, min(num_logprobs, logits.shape[-1]), dim=-1)
+    return RawLogprobs(logits, top_ids, top_values.to(torch.float32))
+
+
+def finish_raw_logprobs(raw: RawLogprobs, token_ids: torch.Tensor
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(ids [R, k+1], logprobs [R, k+1], ranks [R]) of `token_ids` [R]: gather_logprobs' conventions."""
+    token_ids = token_ids.to(torch.int64)
+    if raw.logits.is_cuda:
+        from pagoda.kernels.logprob_stats import logprob_stats  # Triton: CUDA only
+
+        log_norm, token_logit, ranks = logprob_stats(raw.logits, token_ids)
+    else:
+        log_norm, token_logit, ranks = logprob_stats_torch(raw.logits, token_ids)
+    values = torch.cat((token_logit.unsqueeze(1), raw.top_logits), dim=1) - log_norm.unsqueeze(1)
+    return torch.cat((token_ids.unsqueeze(1), raw.top_ids), dim=1), values, ranks
+
+
+def logprob_stats_torch(logits: torch.Tensor, token_ids: torch.Tensor
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(log_norm [R] float32, token_logit [R] float32, rank [R] int64): each row's logsumexp, the token's logit
+    and 1 + the number of logits above it (the order of the logits is that of the logprobs). The torch
+    reference of kernels/logprob_stats.py, and the CPU path."""
+    x = logits.to(torch.float32)
+    token_logit = x.gather(1, token_ids.to(torch.int64).unsqueeze(1))
+    ranks = (x > token_logit).sum(-1) + 1
+    return torch.logsumexp(x, dim=-1), token_logit.squeeze(1), ranks
 
 
 def compute_prompt_logprobs(

@@ -9,6 +9,9 @@ Encodings (row r of a batch of R rows; every tensor lives on the logits' device)
 - `min_p[r]` float32 in [0, 1]: 0.0 disables min-p.
 - `all_greedy` / `all_random` / `no_top_p` / `no_top_k` / `no_min_p` are host-side summaries that let
   the sampler skip whole stages; they must agree with the tensors (the builder keeps them so).
+- `max_top_k` / `random_rows_top_k`: host-side too: the largest top-k of any row (0 when none) and
+  whether every random row (temperature > 0) has a top-k; together they choose the sampler's top-k
+  path (sample/top_k_path.py), which looks at the `max_top_k` largest logits of each row only.
 - `generators[r]`: the row's own torch.Generator (seeded requests only, on the logits' device). Per
   sampled token it is advanced by exactly one draw, whatever else is in the batch: on CUDA one
   Philox seed (the race's q are -log u of Philox uniforms keyed by it); on CPU V exponentials.
@@ -52,6 +55,8 @@ class SamplingMetadata:
     no_top_p: bool
     no_top_k: bool
     no_min_p: bool
+    max_top_k: int = 0
+    random_rows_top_k: bool = False
     generators: dict[int, torch.Generator] = field(default_factory=dict)
     max_num_logprobs: int | None = None
     min_tokens_masks: dict[int, list[int]] = field(default_factory=dict)

@@ -1,16 +1,21 @@
 """The batched sampler: one token per row from [R, V] logits, with vLLM's semantics.
 
 Order of work (the input logits are never modified):
-1. logprobs of the raw logits, when any row asked (see logprobs.py);
+1. logprobs of the raw logits, when any row asked (see logprobs.py): their logsumexp and top-k here,
+   the sampled token's logprob and rank after sampling (no [R, V] log_softmax is written);
 2. per-request logits processing (logits_processors.py): user callables, then the static bias
    (allowed_token_ids, logit_bias), then bans (bad words; EOS/stop ids of rows short of `min_tokens`);
 3. penalties (penalties.py): repetition over prompt + output, frequency and presence over output;
-   stages 2-3 run in float32 on a copy, and cost nothing (no copy either) when no row uses them;
+   stages 2-3 run in float32 on a copy (the penalties in place on it, at the rows' own token ids),
+   and cost nothing (no copy either) when no row uses them;
 4. fused path (CUDA, no row with top-k, top-p or min-p): one Triton kernel (kernels/sample.py) reads
    the logits as they are (bf16 included) and does the greedy argmax and the exponential race
    argmax(logits / T - log q) of every row at once, q = -log u with u from Philox keyed by a per-row
    seed; the seeds of a step are one draw per row (see `race_seeds`);
-5. torch path (CPU, or a batch with top-k/top-p/min-p), in float32: greedy rows argmax (ties go to
+5. top-k path (every random row has a top-k <= tuning.SAMPLE_TOP_K_PATH_MAX_K; CPU and CUDA): the
+   draw runs on each row's max_top_k largest logits only, with the same q as below at those ids
+   (sample/top_k_path.py: one topk instead of a sort over the vocabulary);
+6. torch path (CPU, or any other batch with top-k/top-p/min-p), in float32: greedy rows argmax (ties go to
    the lowest id, as torch.argmax); random rows logits / temperature, then min-p, top-k, top-p (the
    sort-based version: the kept set includes the token whose cumulative probability crosses p), then
    softmax and the exponential race argmax(probs / q), q ~ Exp(1); without top-k/top-p the race runs
@@ -24,7 +29,7 @@ Invariants:
   values of q per step. Unseeded rows share torch's default generator.
 - Greedy rows take no random numbers and give the same ids on both paths.
 - No host sync on the hot path and no Python loop over rows, except the loop over seeded rows.
-- Every row keeps at least one token: top-k keeps >= k, top-p keeps the most likely token, min-p
+- Every row keeps at least one token: top-k keeps >= k (exactly k on the top-k path), top-p keeps the most likely token, min-p
   keeps every token at the maximum probability.
 - A row whose user logits processor raises is still sampled from its unprocessed logits; the error
   goes to `metadata.row_errors` for the caller to fail that row's request (see logits_processors.py).
@@ -38,9 +43,10 @@ import torch
 
 from pagoda.kernels import tuning
 from pagoda.sample.logits_processors import apply_bans, apply_bias, apply_user_processors
-from pagoda.sample.logprobs import gather_logprobs
+from pagoda.sample.logprobs import finish_raw_logprobs, raw_logprobs
 from pagoda.sample.metadata import SamplingMetadata
-from pagoda.sample.penalties import apply_penalties
+from pagoda.sample.penalties import apply_penalties_
+from pagoda.sample.top_k_path import sample_top_k, top_k_path_eligible
 
 # Smallest q of the exponential race: a 0 draw would make probs / q a NaN or an infinity.
 _MIN_Q = 1e-20
@@ -60,14 +66,14 @@ class Sampler(torch.nn.Module):
     def forward(self, logits: torch.Tensor, metadata: SamplingMetadata) -> SamplerOutput:
         if logits.dim() != 2 or logits.shape[0] != metadata.num_rows:
             raise ValueError(f"logits must be [R, V] with R = {metadata.num_rows} rows, got {tuple(logits.shape)}")
-        raw_logprobs = None
+        raw = None
         if metadata.max_num_logprobs is not None:
-            raw_logprobs = torch.log_softmax(logits.to(torch.float32), dim=-1)
-        logits = self.process_logits(logits, metadata)
-        sampled = self.sample(logits, metadata)
-        if raw_logprobs is None:
+            raw = raw_logprobs(logits, metadata.max_num_logprobs)
+        processed = self.process_logits(logits, metadata)
+        sampled = self.sample(processed, metadata)
+        if raw is None:
             return SamplerOutput(sampled_token_ids=sampled)
-        ids, values, ranks = gather_logprobs(raw_logprobs, metadata.max_num_logprobs, sampled)
+        ids, values, ranks = finish_raw_logprobs(raw, sampled)
         return SamplerOutput(sampled_token_ids=sampled, logprob_token_ids=ids, logprobs=values,
                              sampled_ranks=ranks)
 
@@ -77,15 +83,14 @@ class Sampler(torch.nn.Module):
         applies; otherwise the logits as given (any float dtype, not copied)."""
         if not _has_logits_rules(metadata):
             return logits
+        # A float32 copy (never the caller's tensor): the penalties then work on it in place.
+        logits = logits.to(torch.float32, memory_format=torch.contiguous_format, copy=True)
         if metadata.logits_processors:
-            logits = apply_user_processors(logits.to(torch.float32, copy=True), metadata.logits_processors,
-                                           metadata.row_errors)
-        else:
-            logits = logits.to(torch.float32)
+            logits = apply_user_processors(logits, metadata.logits_processors, metadata.row_errors)
         logits = apply_bias(logits, metadata.bias_rows, metadata.bias)
         logits = apply_bans(logits, metadata.bad_words_masks, metadata.min_tokens_masks)
         if metadata.penalties is not None:
-            logits = apply_penalties(logits, metadata.penalties)
+            logits = apply_penalties_(logits.contiguous(), metadata.penalties)
         return logits
 
     def sample(self, logits: torch.Tensor, metadata: SamplingMetadata) -> torch.Tensor:
@@ -94,20 +99,24 @@ class Sampler(torch.nn.Module):
             from pagoda.kernels.sample import race_sample  # Triton: imported on the CUDA path only
 
             return race_sample(logits, metadata.temperature, race_seeds(metadata, logits.device))
-        logits = logits.to(torch.float32)
-        greedy = None if metadata.all_random else logits.argmax(dim=-1)
+        greedy = None if metadata.all_random else logits.argmax(dim=-1)  # any dtype: exact
         if metadata.all_greedy:
             return greedy
         is_greedy = metadata.temperature <= 0.0
+        seeds = race_seeds(metadata, logits.device) if logits.is_cuda else None
+        if top_k_path_eligible(metadata):
+            random = sample_top_k(logits, metadata, seeds)
+            return random if greedy is None else torch.where(is_greedy, greedy, random)
+        logits = logits.to(torch.float32)
         temperature = torch.where(is_greedy, torch.ones_like(metadata.temperature), metadata.temperature)
         logits = logits / temperature.unsqueeze(1)
         if not metadata.no_min_p:
             logits = apply_min_p(logits, metadata.min_p)
         q = None
-        if logits.is_cuda:  # the fused path's draws, so a seeded row's q never depends on the path
+        if seeds is not None:  # the fused path's draws, so a seeded row's q never depends on the path
             from pagoda.kernels.sample import race_uniforms
 
-            q = -torch.log(race_uniforms(race_seeds(metadata, logits.device), logits.shape[1]))
+            q = -torch.log(race_uniforms(seeds, logits.shape[1]))
         if metadata.no_top_k and metadata.no_top_p:
             random = exponential_race(logits, metadata.generators, log_domain=True, q=q)  # no softmax needed
         else:

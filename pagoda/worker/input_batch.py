@@ -52,7 +52,8 @@ class InputBatch:
         self.repetition_penalty = np.ones(max_num_reqs, dtype=np.float32)
         self.has_penalty = np.zeros(max_num_reqs, dtype=bool)
         self.is_pooling = np.zeros(max_num_reqs, dtype=bool)
-        # Rows whose sampling reads earlier tokens on the host (penalties, bad words, logits processors).
+        # Rows whose sampling reads earlier tokens on the host (bad words, logits processors): a step waits for
+        # the step in flight's ids. Penalty rows read theirs on the device (sampling_inputs.py).
         self.needs_history = np.zeros(max_num_reqs, dtype=bool)
         # Rows with per-row sampling rules built on the host each step (min_tokens, bad words, processors).
         self.has_row_rules = np.zeros(max_num_reqs, dtype=bool)
@@ -100,10 +101,10 @@ class InputBatch:
         self.has_penalty[row] = params.has_penalties
         rules = bool(params.min_tokens or params.bad_words_token_ids or params.logits_processors)
         self.has_row_rules[row] = rules
-        self.needs_history[row] = params.has_penalties or bool(params.bad_words_token_ids or params.logits_processors)
+        self.needs_history[row] = bool(params.bad_words_token_ids or params.logits_processors)
         self.wants_prompt_logprobs[row] = params.prompt_logprobs is not None
         self.num_logprobs[row] = -1 if params.logprobs is None else params.logprobs
-        self.can_speculate[row] = not (self.is_pooling[row] or rules or self.needs_history[row]
+        self.can_speculate[row] = not (self.is_pooling[row] or rules or self.needs_history[row] or params.has_penalties
                                        or params.logit_bias or params.allowed_token_ids is not None)
         return row
 

@@ -203,7 +203,9 @@ class ModelRunner:
         rows = np.array([self.batch.row_of[r] for r in req_ids], dtype=np.int64)
         counts = np.array([sched.num_scheduled_tokens[r] for r in req_ids], dtype=np.int64)
         if self.unfilled:
-            self._fill_placeholders(wait=bool(self.batch.needs_history[rows].any()))
+            # Penalty rows read the newest ids on the device, unless a pipeline stage's ids are on their way.
+            self._fill_placeholders(wait=bool(self.batch.needs_history[rows].any()
+                                              or (self.stage is not None and self.batch.has_penalty[rows].any())))
         drafts = sched.scheduled_spec_decode_tokens
         num_drafts = self.spec.write_drafts(req_ids, rows, drafts) if drafts else 0
         inputs = self._prepare_inputs(rows, counts)
@@ -338,7 +340,8 @@ class ModelRunner:
         logits = self.model.compute_logits(hidden[to_device(last_token_index[sample_at], self.device)])
         sample_rows, sample_ids = rows[sample_at], [req_ids[i] for i in sample_at]
         self.apply_grammar(logits, sample_ids, np.arange(len(sample_ids)), grammar)
-        metadata = self.sampling_inputs.build(sample_rows, sample_ids, self.generators)
+        metadata = self.sampling_inputs.build(sample_rows, sample_ids, self.generators,
+                                              newest=(self.last_sampled, self.pending_src))
         result = self.sampler.forward(logits, metadata)
         if self.stage is not None:
             self.stage.share_sampled(result.sampled_token_ids, list(metadata.row_errors))

@@ -13,7 +13,8 @@ Invariants:
   (allowed_token_ids, logit_bias) is made once when the request arrives and kept on the device
   until it leaves; per step, only the rows that use it are stacked.
 - Penalty token tensors are cut from the InputBatch's persistent token array for the rows that have a
-  penalty only; bad words and user logits processors read output ids for their rows only. A batch
+  penalty only; a row's newest token, still a placeholder while the step that samples it is in flight,
+  is taken from that step's ids on the device (so penalties never make a step wait for the host copy); bad words and user logits processors read output ids for their rows only. A batch
   without any of these builds exactly what the plain sampler needs (the free fast path).
 - A row whose rules cannot be built (min_tokens, bad words, logits processors) gets no rules and its
   reason in `SamplingMetadata.row_errors`; the runner fails that request, the others are unaffected.
@@ -32,6 +33,7 @@ from pagoda.sample.metadata import SamplingMetadata
 from pagoda.sample.penalties import PenaltyInputs
 from pagoda.sampling_params import SamplingParams, SamplingType
 from pagoda.worker.input_batch import InputBatch, to_device
+from pagoda.worker.step_output import PLACEHOLDER
 
 
 class SamplingInputs:
@@ -56,8 +58,11 @@ class SamplingInputs:
     def remove(self, req_id: str) -> None:
         self.bias.pop(req_id, None)
 
-    def build(self, rows: np.ndarray, req_ids: list[str], generators: dict[str, torch.Generator]) -> SamplingMetadata:
-        """Metadata for sampling rows `rows` of the InputBatch (request `req_ids[j]` in row rows[j])."""
+    def build(self, rows: np.ndarray, req_ids: list[str], generators: dict[str, torch.Generator],
+              newest: tuple[torch.Tensor | None, np.ndarray] | None = None) -> SamplingMetadata:
+        """Metadata for sampling rows `rows` of the InputBatch (request `req_ids[j]` in row rows[j]).
+        `newest` = (the step in flight's sampled ids on the device, row -> index in them): where a penalty
+        row's newest token is still a placeholder, it is read from there (see `_penalties`)."""
         batch, device = self.batch, self.device
         temperature = batch.temperature[rows]
         top_p, top_k, min_p = batch.top_p[rows], batch.top_k[rows], batch.min_p[rows]
@@ -93,18 +98,20 @@ class SamplingInputs:
             no_top_p=bool((top_p >= 1.0).all()),
             no_top_k=bool((top_k == 0).all()),
             no_min_p=bool((min_p <= 0).all()),
+            max_top_k=int(top_k.max(initial=0)),
+            random_rows_top_k=bool((top_k[temperature > 0] > 0).all()),
             generators={j: generators[r] for j, r in enumerate(req_ids) if r in generators} if generators else {},
             max_num_logprobs=requested if requested >= 0 else None,
             min_tokens_masks=masks,
             bad_words_masks=bad_words,
             logits_processors=processors,
-            bias_rows=torch.tensor(biased, dtype=torch.int64, device=device) if biased else None,
+            bias_rows=to_device(np.array(biased, dtype=np.int64), device) if biased else None,
             bias=torch.stack([self.bias[req_ids[j]] for j in biased]) if biased else None,
-            penalties=self._penalties(rows),
+            penalties=self._penalties(rows, newest),
             row_errors=errors,
         )
 
-    def _penalties(self, rows: np.ndarray) -> PenaltyInputs | None:
+    def _penalties(self, rows: np.ndarray, newest) -> PenaltyInputs | None:
         batch = self.batch
         selected = np.nonzero(batch.has_penalty[rows])[0]
         if selected.size == 0:
@@ -112,11 +119,20 @@ class SamplingInputs:
         penalty_rows = rows[selected]
         num_tokens = batch.num_tokens[penalty_rows]
         width = max(int(num_tokens.max()), 1)
-        return PenaltyInputs.from_arrays(
-            selected, batch.token_ids[penalty_rows, :width], batch.num_prompt_tokens[penalty_rows], num_tokens,
+        tokens = batch.token_ids[penalty_rows, :width]
+        inputs = PenaltyInputs.from_arrays(
+            selected, tokens, batch.num_prompt_tokens[penalty_rows], num_tokens,
             batch.presence_penalty[penalty_rows], batch.frequency_penalty[penalty_rows],
             batch.repetition_penalty[penalty_rows], self.device,
         )
+        hole_rows, hole_cols = np.nonzero((tokens == PLACEHOLDER) & (np.arange(width) < num_tokens[:, None]))
+        if hole_rows.size:  # newest tokens sampled by the step in flight: read them on the device, no wait
+            last, src = newest if newest is not None else (None, None)
+            if last is None or not (hole_cols == num_tokens[hole_rows] - 1).all():
+                raise RuntimeError("a penalty row's token history has a placeholder the step in flight did not sample")
+            inputs.token_ids[to_device(hole_rows, self.device), to_device(hole_cols, self.device)] = \
+                last[to_device(src[penalty_rows[hole_rows]], self.device)]
+        return inputs
 
 
 def build_sampling_metadata(

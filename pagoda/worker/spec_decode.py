@@ -129,7 +129,8 @@ class SpecDecodeStep:
         plain_metadata = None
         if plain.size:
             plain_metadata = runner.sampling_inputs.build(sample_rows[plain], [sample_ids[j] for j in plain],
-                                                          runner.generators)
+                                                          runner.generators,
+                                                          newest=(runner.last_sampled, runner.pending_src))
             result = runner.sampler.forward(logits[to_device(offsets[plain], device)], plain_metadata)
             out[to_device(plain, device), 0] = result.sampled_token_ids
             wanted = batch.num_logprobs[sample_rows[plain]]
@@ -200,7 +201,8 @@ class SpecDecodeStep:
         positions = np.concatenate([offsets[j] + np.arange(counts[j]) for j in verify])
         verify_logits = logits[to_device(positions, device)]
         verify_ids = [sample_ids[j] for j in verify]
-        metadata = runner.sampling_inputs.build(sample_rows[verify], verify_ids, runner.generators)
+        metadata = runner.sampling_inputs.build(sample_rows[verify], verify_ids, runner.generators,
+                                                newest=(runner.last_sampled, runner.pending_src))
         verify_k = [int(k[j]) for j in verify]
         host_ids = np.array([t for r in verify_ids for t in drafts[r]], dtype=np.int64)
         if (host_ids == PLACEHOLDER).any():

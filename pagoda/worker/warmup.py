@@ -142,9 +142,11 @@ def _run_batch(runner, b: DummyBatch, logits: bool) -> None:
 
 
 def _warm_sampler(runner) -> None:
-    """One dummy row through the fused sampling kernels at every vocab split count a batch can pick."""
+    """One dummy row through the fused sampling kernels at every vocab split count a batch can pick, and
+    through the top-k path's and the logprobs' kernels (so no request waits for their compiles)."""
     from pagoda.kernels import tuning
-    from pagoda.kernels.sample import race_sample, race_uniforms
+    from pagoda.kernels.logprob_stats import logprob_stats
+    from pagoda.kernels.sample import race_sample, race_uniforms, race_uniforms_at
 
     vocab, device = runner.vocab_size, runner.device
     logits = torch.zeros(1, vocab, dtype=runner.config.model.torch_dtype, device=device)
@@ -155,6 +157,9 @@ def _warm_sampler(runner) -> None:
                           for rows in range(1, runner.config.scheduler.max_num_seqs + 1)}):
         race_sample(logits, temperature, seeds, num_splits=splits)
     race_uniforms(seeds, vocab)
+    for k in (1, 16):  # Triton specializes an int argument on its divisibility by 16
+        race_uniforms_at(seeds, torch.zeros(1, k, dtype=torch.int64, device=device))
+    logprob_stats(logits, seeds)
 
 
 @torch.inference_mode()

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from pagoda.kernels import tuning
-from pagoda.kernels.sample import race_sample, race_sample_ref, race_uniforms
+from pagoda.kernels.sample import race_sample, race_sample_ref, race_uniforms, race_uniforms_at
 
 BLOCK = tuning.SAMPLE_BLOCK_V
 
@@ -87,6 +87,21 @@ def test_race_uniforms_are_philox_uniforms(device):
     assert abs(u.mean().item() - 0.5) < 0.01
     assert not torch.equal(u[0], u[1])
     assert torch.equal(race_uniforms(seeds[1:2], 3000).cpu()[0], u[1])  # a row's draw is its own
+
+
+def test_race_uniforms_at_are_the_race_uniforms_at_those_ids(device):
+    seeds = _seeds(4, device, seed=9)
+    vocab = 5000
+    full = race_uniforms(seeds, vocab).cpu()
+    ids = torch.randint(0, vocab, (4, 70), generator=torch.Generator().manual_seed(1))
+    ids[0, :3] = torch.tensor([0, vocab - 1, 0])  # both ends, and a repeat
+    for dtype in (torch.int64, torch.int32):
+        got = race_uniforms_at(seeds, ids.to(device=device, dtype=dtype)).cpu()
+        assert got.dtype == torch.float32 and got.shape == (4, 70)
+        assert torch.equal(got, full.gather(1, ids))
+    assert race_uniforms_at(seeds, torch.empty(4, 0, dtype=torch.int64, device=device)).shape == (4, 0)
+    with pytest.raises(ValueError, match="token_ids"):
+        race_uniforms_at(seeds, ids[:2].to(device))
 
 
 def _chi_square(counts: torch.Tensor, probs: torch.Tensor) -> float:

@@ -131,3 +131,29 @@ def test_top_k_at_or_past_vocab_keeps_the_fused_path():
         tokens.append([Sampler()(logits, build_sampling_metadata(batch, V, generators=gens)).sampled_token_ids[2].item()
                        for _ in range(5)])
     assert tokens[0] == tokens[1]
+
+
+def test_a_penalty_rows_newest_placeholder_is_read_on_the_device():
+    """While the step that samples a row's newest token is in flight, its history holds a placeholder: the
+    penalty tokens take that token from the step's device ids (no wait for the host copy)."""
+    import pytest
+
+    from pagoda.worker.step_output import PLACEHOLDER
+
+    batch = InputBatch(4, 16, block_size=16)
+    inputs = SamplingInputs(batch, V, torch.device("cpu"))
+    params = SamplingParams(temperature=1.0, repetition_penalty=1.2)
+    for req_id, prompt in (("a", [3, 4]), ("b", [5])):
+        batch.add(NewRequestData(req_id=req_id, token_ids=prompt, num_prompt_tokens=len(prompt),
+                                 sampling_params=params, block_ids=[], num_computed_tokens=0))
+        inputs.add(req_id, params)
+    rows = np.array([batch.row_of["a"], batch.row_of["b"]])
+    batch.append_tokens(rows, PLACEHOLDER)  # the step in flight samples one token for each
+    pending_src = np.full(4, -1, dtype=np.int64)
+    pending_src[rows] = [1, 0]  # their places in that step's ids
+    in_flight = torch.tensor([17, 29])
+    meta = inputs.build(rows, ["a", "b"], {}, newest=(in_flight, pending_src))
+    got = meta.penalties
+    assert got.token_ids[0, :3].tolist() == [3, 4, 29] and got.token_ids[1, :2].tolist() == [5, 17]
+    with pytest.raises(RuntimeError, match="placeholder"):
+        inputs.build(rows, ["a", "b"], {})  # nothing in flight to read it from: a bug, said loudly

@@ -1,0 +1,85 @@
+"""GPU micro-benchmark of the sampler at a decode batch's shape (not collected by pytest; by hand on a GPU):
+
+    python tests/kernels/bench_sampler.py [--rows 1000] [--vocab 128256] [--history 256]
+
+Times Sampler.forward on [rows, vocab] bf16 logits for greedy, W7's sampling-heavy settings
+(temperature 0.8, top-p 0.95, top-k 50, repetition penalty 1.1, logprobs 5) and its parts, each on
+the top-k path and on the sort path (PAGODA_TOP_K_PATH_MAX_K=0's choice, forced here), then the parts (copies, logsumexp,
+top-k, the rank pass), and prints
+ms per call with the bytes of one read of the logits for scale. Also checks that both paths give
+the same logprobs.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+import triton
+
+from pagoda.kernels import tuning
+from pagoda.sample import Sampler
+from pagoda.sampling_params import SamplingParams
+from pagoda.worker.sampling_inputs import build_sampling_metadata
+
+CASES = {
+    "greedy": dict(temperature=0.0),
+    "T 0.8": dict(temperature=0.8),
+    "T + top-k 50": dict(temperature=0.8, top_k=50),
+    "T + top-p 0.95": dict(temperature=0.8, top_p=0.95),
+    "T + top-k + top-p": dict(temperature=0.8, top_k=50, top_p=0.95),
+    "T + rep 1.1": dict(temperature=0.8, repetition_penalty=1.1),
+    "T + logprobs 5": dict(temperature=0.8, logprobs=5),
+    "W7 (all of them)": dict(temperature=0.8, top_k=50, top_p=0.95, repetition_penalty=1.1, logprobs=5),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1000)
+    parser.add_argument("--vocab", type=int, default=128256)
+    parser.add_argument("--history", type=int, default=256, help="prompt + output tokens per row (penalties)")
+    args = parser.parse_args()
+    device = torch.device("cuda")
+    g = torch.Generator(device=device).manual_seed(0)
+    logits = (torch.randn(args.rows, args.vocab, generator=g, device=device) * 3).to(torch.bfloat16)
+    prompts = torch.randint(0, args.vocab, (args.rows, args.history // 2), generator=g, device=device).tolist()
+    outputs = torch.randint(0, args.vocab, (args.rows, args.history // 2), generator=g, device=device).tolist()
+    sampler = Sampler()
+    read_us = logits.numel() * logits.element_size() / 4.0e12 * 1e6
+    print(f"rows {args.rows} x vocab {args.vocab} bf16: one read of the logits is {read_us:.0f} us at 4 TB/s")
+    print(f"{'case':<20} {'top-k path ms':>14} {'sort path ms':>13}")
+    default_max_k = tuning.SAMPLE_TOP_K_PATH_MAX_K
+    for name, settings in CASES.items():
+        meta = build_sampling_metadata([SamplingParams(**settings)] * args.rows, args.vocab, device,
+                                       prompt_token_ids=prompts, output_token_ids=outputs)
+        times, results = [], []
+        for max_k in (default_max_k, 0):
+            tuning.SAMPLE_TOP_K_PATH_MAX_K = max_k
+            results.append(sampler(logits, meta))
+            times.append(triton.testing.do_bench(lambda: sampler(logits, meta), warmup=5, rep=40))
+        tuning.SAMPLE_TOP_K_PATH_MAX_K = default_max_k
+        if results[0].logprobs is not None:
+            assert torch.equal(results[0].logprob_token_ids[:, 1:], results[1].logprob_token_ids[:, 1:])
+            torch.testing.assert_close(results[0].logprobs[:, 1:], results[1].logprobs[:, 1:])
+        print(f"{name:<20} {times[0]:>14.3f} {times[1]:>13.3f}")
+    print("parts (ms):")
+    from pagoda.kernels.logprob_stats import logprob_stats
+
+    x32 = logits.float()
+    token = torch.zeros(args.rows, 1, dtype=torch.int64, device=device)
+    parts = {
+        "bf16 -> fp32 copy": lambda: logits.float(),
+        "logsumexp(fp32 copy)": lambda: torch.logsumexp(logits.float(), -1),
+        "logsumexp(fp32)": lambda: torch.logsumexp(x32, -1),
+        "torch.topk 5": lambda: torch.topk(logits, 5),
+        "torch.topk 50": lambda: torch.topk(logits, 50),
+        "rank pass (bf16)": lambda: (logits > logits.gather(1, token)).sum(-1),
+        "logprob_stats kernel": lambda: logprob_stats(logits, token[:, 0]),
+    }
+    for name, fn in parts.items():
+        print(f"  {name:<32} {triton.testing.do_bench(fn, warmup=5, rep=40):8.3f}")
+
+
+if __name__ == "__main__":
+    main()
