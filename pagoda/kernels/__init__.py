@@ -43,6 +43,8 @@ Triton's interpreter and on CUDA).
   per-row seed, in one read of the logits (the sampler's fused CUDA path). Reference:
   `race_sample_ref(logits, temperature, uniforms)`, with the kernel's uniforms from `race_uniforms(seeds, V)`;
   `race_uniforms_at(seeds, ids)` gives those uniforms at chosen vocab ids only (the sampler's top-k path).
+- top_p: `top_p_thresholds(logits, temperature, top_p, min_p)` -> [R] float32 cut on logits / T of each row's
+  top-p/min-p set, for `race_sample(..., thresholds=)`. Reference: `top_p_thresholds_ref` (a sort).
 - logprob_stats: `logprob_stats(logits, token_ids)` -> (logsumexp [R], token logit [R], rank [R]) in one read of
   raw logits (the sampled tokens' logprobs). Reference: `pagoda.sample.logprobs.logprob_stats_torch`.
 - token_bitmask: `apply_token_bitmask_triton(logits, bitmask, row_indices=None)`, -inf where a structured-output

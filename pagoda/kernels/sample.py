@@ -6,7 +6,8 @@ exponential fill, a clamp, a log, a subtraction and an argmax over [R, V] (~2 ms
 1000 x 128256 on an H200); here each program streams its logits once and keeps a running best.
 
 Per row r (all arithmetic in float32):
-- temperature[r] > 0: score[v] = logits[v] / T - log(max(q[v], 1e-20)), q[v] = -log(u[v]),
+- temperature[r] > 0: score[v] = logits[v] / T - log(max(q[v], 1e-20)), q[v] = -log(u[v]), and -inf
+  where logits[v] / T < thresholds[r] (-inf by default: the top-p/min-p cut of kernels/top_p.py),
   u[v] = tl.rand(seeds[r], v), Philox keyed by the row's 64-bit seed with the global vocab index v as
   counter. So a row's draw depends on its logits, temperature and seed only: not on the other rows,
   the split count or the tile size.
@@ -50,7 +51,7 @@ def _uniform(seed, offs):
 
 @triton.jit
 def _race_kernel(
-    logits_ptr, temperature_ptr, seeds_ptr, out_ptr, best_score_ptr, best_index_ptr,
+    logits_ptr, temperature_ptr, seeds_ptr, threshold_ptr, out_ptr, best_score_ptr, best_index_ptr,
     V, cols_per_split, stride_row,
     BLOCK_V: tl.constexpr, SPLIT: tl.constexpr,
 ):
@@ -60,6 +61,7 @@ def _race_kernel(
     end = tl.minimum(begin + cols_per_split, V)
     temperature = tl.load(temperature_ptr + row)
     seed = tl.load(seeds_ptr + row)
+    threshold = tl.load(threshold_ptr + row)
     row_ptr = logits_ptr + row.to(tl.int64) * stride_row
     lanes = tl.arange(0, BLOCK_V)
     best = tl.full((BLOCK_V,), float("-inf"), tl.float32)
@@ -70,7 +72,8 @@ def _race_kernel(
         if temperature > 0.0:
             q = tl.maximum(-tl.log(_uniform(seed, offs)), _MIN_Q)
             # div_rn: IEEE division as torch's logits / temperature (Triton's '/' is approximate on GPU)
-            score = tl.math.div_rn(x, temperature) - tl.log(q)
+            scaled = tl.math.div_rn(x, temperature)
+            score = tl.where(scaled >= threshold, scaled - tl.log(q), float("-inf"))
         else:
             score = x
         better = score > best
@@ -136,10 +139,18 @@ def _check_inputs(logits: torch.Tensor, temperature: torch.Tensor, seeds: torch.
 
 
 def race_sample(logits: torch.Tensor, temperature: torch.Tensor, seeds: torch.Tensor,
-                num_splits: int | None = None) -> torch.Tensor:
+                num_splits: int | None = None, thresholds: torch.Tensor | None = None) -> torch.Tensor:
     """Token ids [R] int64: argmax of the race scores of each row (see the module docstring);
-    `num_splits` forces the number of vocab splits per row (tests)."""
+    `num_splits` forces the number of vocab splits per row (tests); `thresholds` [R] float32 (default -inf)
+    leaves out of a random row's race every token with logits / T below its threshold (top-p, min-p:
+    kernels/top_p.py)."""
     _check_inputs(logits, temperature, seeds)
+    if thresholds is None:
+        thresholds = torch.full_like(temperature, float("-inf"))
+    elif thresholds.shape != temperature.shape or thresholds.dtype != torch.float32 \
+            or thresholds.device != logits.device:
+        raise ValueError(f"thresholds must be [{logits.shape[0]}] float32 on {logits.device}, got "
+                         f"{tuple(thresholds.shape)} {thresholds.dtype} on {thresholds.device}")
     if num_splits is not None and num_splits < 1:
         raise ValueError(f"num_splits must be >= 1, got {num_splits}")
     rows, vocab = logits.shape
@@ -155,7 +166,7 @@ def race_sample(logits: torch.Tensor, temperature: torch.Tensor, seeds: torch.Te
     best_score = torch.empty(rows, split, dtype=torch.float32, device=logits.device) if split > 1 else out
     best_index = torch.empty(rows, split, dtype=torch.int64, device=logits.device) if split > 1 else out
     _race_kernel[(rows, split)](
-        logits, temperature, seeds, out, best_score, best_index,
+        logits, temperature, seeds, thresholds, out, best_score, best_index,
         vocab, cols_per_split, logits.stride(0),
         BLOCK_V=block, SPLIT=split, num_warps=min(tuning.SAMPLE_NUM_WARPS, tuning.row_num_warps(block)),
     )
@@ -199,11 +210,14 @@ def race_uniforms_at(seeds: torch.Tensor, token_ids: torch.Tensor) -> torch.Tens
     return out
 
 
-def race_sample_ref(logits: torch.Tensor, temperature: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+def race_sample_ref(logits: torch.Tensor, temperature: torch.Tensor, uniforms: torch.Tensor,
+                    thresholds: torch.Tensor | None = None) -> torch.Tensor:
     """Torch reference of `race_sample` with the uniforms [R, V] float32 given explicitly."""
     x = logits.to(torch.float32)
     q = (-torch.log(uniforms)).clamp_min(_MIN_Q.value)
     positive = temperature > 0
     scaled = x / torch.where(positive, temperature, torch.ones_like(temperature)).unsqueeze(1)
+    if thresholds is not None:
+        scaled = scaled.masked_fill(scaled < thresholds.unsqueeze(1), float("-inf"))
     score = torch.where(positive.unsqueeze(1), scaled - torch.log(q), x)
     return score.argmax(dim=-1)

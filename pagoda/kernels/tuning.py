@@ -328,6 +328,8 @@ SAMPLE_MAX_SPLITS = 32  # most vocab splits (programs) per row
 # Batches whose random rows all have a top-k of at most this many tokens sample from their top-k
 # candidates only (pagoda.sample.top_k_path); larger k take the sort over the whole vocabulary.
 SAMPLE_TOP_K_PATH_MAX_K = int(os.environ.get("PAGODA_TOP_K_PATH_MAX_K", "1024"))
+# Top-p/min-p threshold search (pagoda.kernels.top_p): vocab entries per tile; not swept yet.
+TOP_P_BLOCK_V = 1024
 
 
 def sample_splits(num_rows: int, vocab: int, sms: int = DEFAULT_SM_COUNT) -> int:

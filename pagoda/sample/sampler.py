@@ -8,10 +8,11 @@ Order of work (the input logits are never modified):
 3. penalties (penalties.py): repetition over prompt + output, frequency and presence over output;
    stages 2-3 run in float32 on a copy (the penalties in place on it, at the rows' own token ids),
    and cost nothing (no copy either) when no row uses them;
-4. fused path (CUDA, no row with top-k, top-p or min-p): one Triton kernel (kernels/sample.py) reads
-   the logits as they are (bf16 included) and does the greedy argmax and the exponential race
+4. fused path (CUDA, no row with top-k): one Triton kernel (kernels/sample.py) reads the logits as
+   they are (bf16 included) and does the greedy argmax and the exponential race
    argmax(logits / T - log q) of every row at once, q = -log u with u from Philox keyed by a per-row
-   seed; the seeds of a step are one draw per row (see `race_seeds`);
+   seed; the seeds of a step are one draw per row (see `race_seeds`). Rows with top-p or min-p are
+   first cut to their kept set by a threshold on logits / T found without a sort (kernels/top_p.py);
 5. top-k path (every random row has a top-k <= tuning.SAMPLE_TOP_K_PATH_MAX_K; CPU and CUDA): the
    draw runs on each row's max_top_k largest logits only, with the same q as below at those ids
    (sample/top_k_path.py: one topk instead of a sort over the vocabulary);
@@ -96,9 +97,7 @@ class Sampler(torch.nn.Module):
     def sample(self, logits: torch.Tensor, metadata: SamplingMetadata) -> torch.Tensor:
         """Token ids [R] int64 from processed logits (already masked; any float dtype)."""
         if logits.is_cuda and fused_sampling_eligible(metadata):
-            from pagoda.kernels.sample import race_sample  # Triton: imported on the CUDA path only
-
-            return race_sample(logits, metadata.temperature, race_seeds(metadata, logits.device))
+            return fused_sample(logits, metadata, race_seeds(metadata, logits.device))
         greedy = None if metadata.all_random else logits.argmax(dim=-1)  # any dtype: exact
         if metadata.all_greedy:
             return greedy
@@ -130,8 +129,21 @@ class Sampler(torch.nn.Module):
 
 def fused_sampling_eligible(metadata: SamplingMetadata) -> bool:
     """Whether the batch may take the fused path on CUDA (stage 4): no row with top-k (a k >= V is
-    written as "no top-k", see metadata.py), top-p or min-p, and PAGODA_FUSED_SAMPLING not off."""
-    return tuning.FUSED_SAMPLING and metadata.no_top_k and metadata.no_top_p and metadata.no_min_p
+    written as "no top-k", see metadata.py), and PAGODA_FUSED_SAMPLING not off."""
+    return tuning.FUSED_SAMPLING and metadata.no_top_k
+
+
+def fused_sample(logits: torch.Tensor, metadata: SamplingMetadata, seeds: torch.Tensor) -> torch.Tensor:
+    """Stage 4 (Triton; CPU tensors only under Triton's interpreter): the race in one read of the logits,
+    cut first to each row's top-p/min-p set by a threshold (kernels/top_p.py) when any row has one."""
+    from pagoda.kernels.sample import race_sample  # Triton: imported on the CUDA path only
+
+    thresholds = None
+    if not (metadata.no_top_p and metadata.no_min_p):
+        from pagoda.kernels.top_p import top_p_thresholds
+
+        thresholds = top_p_thresholds(logits, metadata.temperature, metadata.top_p, metadata.min_p)
+    return race_sample(logits, metadata.temperature, seeds, thresholds=thresholds)
 
 
 def _has_logits_rules(metadata: SamplingMetadata) -> bool:

@@ -143,10 +143,11 @@ def _run_batch(runner, b: DummyBatch, logits: bool) -> None:
 
 def _warm_sampler(runner) -> None:
     """One dummy row through the fused sampling kernels at every vocab split count a batch can pick, and
-    through the top-k path's and the logprobs' kernels (so no request waits for their compiles)."""
+    through the top-k path's, the top-p threshold's and the logprobs' kernels (so no request waits for their compiles)."""
     from pagoda.kernels import tuning
     from pagoda.kernels.logprob_stats import logprob_stats
     from pagoda.kernels.sample import race_sample, race_uniforms, race_uniforms_at
+    from pagoda.kernels.top_p import top_p_thresholds
 
     vocab, device = runner.vocab_size, runner.device
     logits = torch.zeros(1, vocab, dtype=runner.config.model.torch_dtype, device=device)
@@ -155,11 +156,15 @@ def _warm_sampler(runner) -> None:
     sms = tuning.sm_count(device.index)
     for splits in sorted({tuning.sample_splits(rows, vocab, sms)
                           for rows in range(1, runner.config.scheduler.max_num_seqs + 1)}):
-        race_sample(logits, temperature, seeds, num_splits=splits)
+        for dtype in {logits.dtype, torch.float32}:  # raw logits, or the float32 copy of processed ones
+            race_sample(logits.to(dtype), temperature, seeds, num_splits=splits)
     race_uniforms(seeds, vocab)
     for k in (1, 16):  # Triton specializes an int argument on its divisibility by 16
         race_uniforms_at(seeds, torch.zeros(1, k, dtype=torch.int64, device=device))
     logprob_stats(logits, seeds)
+    ones = torch.ones(1, dtype=torch.float32, device=device)
+    for dtype in {logits.dtype, torch.float32}:  # raw logits, or the float32 copy of processed ones
+        top_p_thresholds(logits.to(dtype), ones, ones * 0.5, ones * 0.1)
 
 
 @torch.inference_mode()

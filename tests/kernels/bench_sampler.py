@@ -4,7 +4,8 @@
 
 Times Sampler.forward on [rows, vocab] bf16 logits for greedy, W7's sampling-heavy settings
 (temperature 0.8, top-p 0.95, top-k 50, repetition penalty 1.1, logprobs 5) and its parts, each on
-the top-k path and on the sort path (PAGODA_TOP_K_PATH_MAX_K=0's choice, forced here), then the parts (copies, logsumexp,
+the fast paths (fused race with the top-p threshold, top-k path) and on the torch path with its sort
+(PAGODA_FUSED_SAMPLING=0 and PAGODA_TOP_K_PATH_MAX_K=0, forced here), then the parts (copies, logsumexp,
 top-k, the rank pass), and prints
 ms per call with the bytes of one read of the logits for scale. Also checks that both paths give
 the same logprobs.
@@ -48,17 +49,17 @@ def main() -> None:
     sampler = Sampler()
     read_us = logits.numel() * logits.element_size() / 4.0e12 * 1e6
     print(f"rows {args.rows} x vocab {args.vocab} bf16: one read of the logits is {read_us:.0f} us at 4 TB/s")
-    print(f"{'case':<20} {'top-k path ms':>14} {'sort path ms':>13}")
-    default_max_k = tuning.SAMPLE_TOP_K_PATH_MAX_K
+    print(f"{'case':<20} {'fast paths ms':>14} {'torch/sort ms':>13}")
+    default_max_k, default_fused = tuning.SAMPLE_TOP_K_PATH_MAX_K, tuning.FUSED_SAMPLING
     for name, settings in CASES.items():
         meta = build_sampling_metadata([SamplingParams(**settings)] * args.rows, args.vocab, device,
                                        prompt_token_ids=prompts, output_token_ids=outputs)
         times, results = [], []
-        for max_k in (default_max_k, 0):
-            tuning.SAMPLE_TOP_K_PATH_MAX_K = max_k
+        for max_k, fused in ((default_max_k, default_fused), (0, False)):
+            tuning.SAMPLE_TOP_K_PATH_MAX_K, tuning.FUSED_SAMPLING = max_k, fused
             results.append(sampler(logits, meta))
             times.append(triton.testing.do_bench(lambda: sampler(logits, meta), warmup=5, rep=40))
-        tuning.SAMPLE_TOP_K_PATH_MAX_K = default_max_k
+        tuning.SAMPLE_TOP_K_PATH_MAX_K, tuning.FUSED_SAMPLING = default_max_k, default_fused
         if results[0].logprobs is not None:
             assert torch.equal(results[0].logprob_token_ids[:, 1:], results[1].logprob_token_ids[:, 1:])
             torch.testing.assert_close(results[0].logprobs[:, 1:], results[1].logprobs[:, 1:])
@@ -66,6 +67,12 @@ def main() -> None:
     print("parts (ms):")
     from pagoda.kernels.logprob_stats import logprob_stats
 
+    from pagoda.kernels.sample import race_sample
+    from pagoda.kernels.top_p import top_p_thresholds
+
+    temp = torch.full((args.rows,), 0.8, device=device)
+    top_p, zeros = torch.full_like(temp, 0.95), torch.zeros_like(temp)
+    seeds = torch.arange(args.rows, device=device)
     x32 = logits.float()
     token = torch.zeros(args.rows, 1, dtype=torch.int64, device=device)
     parts = {
@@ -76,6 +83,8 @@ def main() -> None:
         "torch.topk 50": lambda: torch.topk(logits, 50),
         "rank pass (bf16)": lambda: (logits > logits.gather(1, token)).sum(-1),
         "logprob_stats kernel": lambda: logprob_stats(logits, token[:, 0]),
+        "top_p_thresholds kernel (p 0.95)": lambda: top_p_thresholds(logits, temp, top_p, zeros),
+        "race_sample with thresholds": lambda: race_sample(logits, temp, seeds, thresholds=zeros - 3.0),
     }
     for name, fn in parts.items():
         print(f"  {name:<32} {triton.testing.do_bench(fn, warmup=5, rep=40):8.3f}")

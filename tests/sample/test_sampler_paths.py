@@ -190,3 +190,26 @@ def test_w7_settings_end_to_end_match_the_sort_path(monkeypatch):
     penalized = apply_penalties(logits, meta.penalties)
     assert fast.sampled_token_ids[3] == slow.sampled_token_ids[3] == penalized[3].argmax()
 
+
+
+def test_fused_path_cuts_top_p_and_min_p_rows_by_threshold():
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    """The fused path (Triton; here through its interpreter on CPU tensors) with top-p and min-p rows: each
+    row's draw is the race among its kept set {logits / T >= threshold}, the set the sort would keep."""
+    from pagoda.kernels.sample import race_sample_ref, race_uniforms
+    from pagoda.kernels.top_p import top_p_thresholds_ref
+    from pagoda.sample.sampler import fused_sample, fused_sampling_eligible, race_seeds
+
+    logits = (torch.randn(6, 300, generator=torch.Generator().manual_seed(8)) * 3).to(device)
+    params = [SamplingParams(temperature=0.8, top_p=0.9), SamplingParams(temperature=0.0),
+              SamplingParams(temperature=1.0, min_p=0.2), SamplingParams(temperature=1.2),
+              SamplingParams(temperature=0.7, top_p=0.5, min_p=0.05, seed=4), SamplingParams(temperature=1.0, top_p=1e-6)]
+    meta = _meta(params, vocab=300, device=device)
+    assert fused_sampling_eligible(meta) == tuning.FUSED_SAMPLING
+    for step in range(3):
+        seeds = race_seeds(meta, device)
+        got = fused_sample(logits, meta, seeds)
+        thresholds = top_p_thresholds_ref(logits, meta.temperature, meta.top_p, meta.min_p)
+        want = race_sample_ref(logits, meta.temperature, race_uniforms(seeds, 300), thresholds)
+        assert torch.equal(got, want)
+        assert got[1] == logits[1].argmax() and got[5] == logits[5].argmax()

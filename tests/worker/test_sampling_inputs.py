@@ -122,6 +122,8 @@ def test_top_k_at_or_past_vocab_keeps_the_fused_path():
         assert meta.no_top_k and meta.top_k.tolist() == [0, 0, 0]
         assert fused_sampling_eligible(meta) == fused_sampling_eligible(build(plain)) == tuning.FUSED_SAMPLING
         assert not fused_sampling_eligible(build([SamplingParams(temperature=1.0, top_k=V - 1)] + plain[1:]))
+        top_p = build([SamplingParams(temperature=1.0, top_p=0.9, min_p=0.1)] + plain[1:])
+        assert fused_sampling_eligible(top_p) == tuning.FUSED_SAMPLING  # top-p/min-p: a threshold, still fused
     # top_k >= V is exactly "no top-k": the seeded row draws the same tokens as without it (CPU path).
     tokens = []
     for batch in (plain, wide):
