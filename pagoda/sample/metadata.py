@@ -12,6 +12,8 @@ Encodings (row r of a batch of R rows; every tensor lives on the logits' device)
 - `max_top_k` / `random_rows_top_k`: host-side too: the largest top-k of any row (0 when none) and
   whether every random row (temperature > 0) has a top-k; together they choose the sampler's top-k
   path (sample/top_k_path.py), which looks at the `max_top_k` largest logits of each row only.
+- `top_k_rows` [T] int64: the random rows with a top-k, only in a batch where some random rows have
+  none (None otherwise): those rows take the top-k path, the others the fused one (CUDA).
 - `generators[r]`: the row's own torch.Generator (seeded requests only, on the logits' device). Per
   sampled token it is advanced by exactly one draw, whatever else is in the batch: on CUDA one
   Philox seed (the race's q are -log u of Philox uniforms keyed by it); on CPU V exponentials.
@@ -57,6 +59,7 @@ class SamplingMetadata:
     no_min_p: bool
     max_top_k: int = 0
     random_rows_top_k: bool = False
+    top_k_rows: torch.Tensor | None = None
     generators: dict[int, torch.Generator] = field(default_factory=dict)
     max_num_logprobs: int | None = None
     min_tokens_masks: dict[int, list[int]] = field(default_factory=dict)

@@ -15,7 +15,9 @@ Order of work (the input logits are never modified):
    first cut to their kept set by a threshold on logits / T found without a sort (kernels/top_p.py);
 5. top-k path (every random row has a top-k <= tuning.SAMPLE_TOP_K_PATH_MAX_K; CPU and CUDA): the
    draw runs on each row's max_top_k largest logits only, with the same q as below at those ids
-   (sample/top_k_path.py: one topk instead of a sort over the vocabulary);
+   (sample/top_k_path.py: one topk instead of a sort over the vocabulary). On CUDA a batch where
+   only some random rows have one runs both: the fused path for all, the top-k path for those rows
+   (`mixed_sample`);
 6. torch path (CPU, or any other batch with top-k/top-p/min-p), in float32: greedy rows argmax (ties go to
    the lowest id, as torch.argmax); random rows logits / temperature, then min-p, top-k, top-p (the
    sort-based version: the kept set includes the token whose cumulative probability crosses p), then
@@ -38,7 +40,7 @@ Invariants:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -98,6 +100,8 @@ class Sampler(torch.nn.Module):
         """Token ids [R] int64 from processed logits (already masked; any float dtype)."""
         if logits.is_cuda and fused_sampling_eligible(metadata):
             return fused_sample(logits, metadata, race_seeds(metadata, logits.device))
+        if logits.is_cuda and mixed_sampling_eligible(metadata):
+            return mixed_sample(logits, metadata, race_seeds(metadata, logits.device))
         greedy = None if metadata.all_random else logits.argmax(dim=-1)  # any dtype: exact
         if metadata.all_greedy:
             return greedy
@@ -131,6 +135,26 @@ def fused_sampling_eligible(metadata: SamplingMetadata) -> bool:
     """Whether the batch may take the fused path on CUDA (stage 4): no row with top-k (a k >= V is
     written as "no top-k", see metadata.py), and PAGODA_FUSED_SAMPLING not off."""
     return tuning.FUSED_SAMPLING and metadata.no_top_k
+
+
+def mixed_sampling_eligible(metadata: SamplingMetadata) -> bool:
+    """Whether a CUDA batch where only some random rows have a top-k (<= the top-k path's bound) may
+    sample the others on the fused path and those on the top-k path (`mixed_sample`)."""
+    return (tuning.FUSED_SAMPLING and metadata.top_k_rows is not None
+            and 0 < metadata.max_top_k <= tuning.SAMPLE_TOP_K_PATH_MAX_K)
+
+
+def mixed_sample(logits: torch.Tensor, metadata: SamplingMetadata, seeds: torch.Tensor) -> torch.Tensor:
+    """Stages 4 and 5 in one batch (Triton; CPU tensors only under Triton's interpreter): every row through
+    the fused race (top-p/min-p by threshold), then the rows `metadata.top_k_rows` again through the
+    top-k path, whose tokens replace theirs. Both draw with the rows' own q, so a row's token is the
+    one it would get in a batch of its own kind."""
+    out = fused_sample(logits, metadata, seeds)
+    rows = metadata.top_k_rows
+    sub = replace(metadata, temperature=metadata.temperature[rows], top_p=metadata.top_p[rows],
+                  top_k=metadata.top_k[rows], min_p=metadata.min_p[rows], generators={})
+    out[rows] = sample_top_k(logits[rows], sub, seeds[rows])
+    return out
 
 
 def fused_sample(logits: torch.Tensor, metadata: SamplingMetadata, seeds: torch.Tensor) -> torch.Tensor:

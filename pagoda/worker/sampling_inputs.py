@@ -88,6 +88,8 @@ class SamplingInputs:
                 errors[j] = f"building its sampling rules raised {type(exc).__name__}: {exc}"
         biased = [j for j, r in enumerate(req_ids) if r in self.bias] if self.bias else []
         requested = int(batch.num_logprobs[rows].max(initial=-1))
+        with_top_k = (top_k > 0) & (temperature > 0)
+        mixed = with_top_k.any() and not with_top_k[temperature > 0].all()
         return SamplingMetadata(
             temperature=to_device(temperature, device),
             top_p=to_device(top_p, device),
@@ -100,6 +102,7 @@ class SamplingInputs:
             no_min_p=bool((min_p <= 0).all()),
             max_top_k=int(top_k.max(initial=0)),
             random_rows_top_k=bool((top_k[temperature > 0] > 0).all()),
+            top_k_rows=to_device(np.flatnonzero(with_top_k), device) if mixed else None,
             generators={j: generators[r] for j, r in enumerate(req_ids) if r in generators} if generators else {},
             max_num_logprobs=requested if requested >= 0 else None,
             min_tokens_masks=masks,

@@ -32,6 +32,7 @@ CASES = {
     "T + rep 1.1": dict(temperature=0.8, repetition_penalty=1.1),
     "T + logprobs 5": dict(temperature=0.8, logprobs=5),
     "W7 (all of them)": dict(temperature=0.8, top_k=50, top_p=0.95, repetition_penalty=1.1, logprobs=5),
+    "mixed: top-k / top-p": [dict(temperature=0.8, top_k=50), dict(temperature=0.8, top_p=0.95)],  # alternating
 }
 
 
@@ -52,7 +53,9 @@ def main() -> None:
     print(f"{'case':<20} {'fast paths ms':>14} {'torch/sort ms':>13}")
     default_max_k, default_fused = tuning.SAMPLE_TOP_K_PATH_MAX_K, tuning.FUSED_SAMPLING
     for name, settings in CASES.items():
-        meta = build_sampling_metadata([SamplingParams(**settings)] * args.rows, args.vocab, device,
+        kinds = settings if isinstance(settings, list) else [settings]
+        meta = build_sampling_metadata([SamplingParams(**kinds[r % len(kinds)]) for r in range(args.rows)],
+                                       args.vocab, device,
                                        prompt_token_ids=prompts, output_token_ids=outputs)
         times, results = [], []
         for max_k, fused in ((default_max_k, default_fused), (0, False)):

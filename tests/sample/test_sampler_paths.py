@@ -213,3 +213,31 @@ def test_fused_path_cuts_top_p_and_min_p_rows_by_threshold():
         want = race_sample_ref(logits, meta.temperature, race_uniforms(seeds, 300), thresholds)
         assert torch.equal(got, want)
         assert got[1] == logits[1].argmax() and got[5] == logits[5].argmax()
+
+
+def test_mixed_batch_samples_each_row_as_its_own_kind_would():
+    """A batch where only some random rows have a top-k (CUDA: `mixed_sample`; here through Triton's
+    interpreter): the top-k rows get the top-k path's token, the others the fused path's, each with its
+    own q, so equal to running the two kinds of rows as separate batches."""
+    from pagoda.sample.sampler import fused_sample, mixed_sample, mixed_sampling_eligible, race_seeds
+    from pagoda.sample.top_k_path import sample_top_k
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    logits = (torch.randn(5, 400, generator=torch.Generator().manual_seed(9)) * 3).to(device)
+    params = [SamplingParams(temperature=0.8, top_k=20, top_p=0.9), SamplingParams(temperature=1.0, top_p=0.8),
+              SamplingParams(temperature=0.0), SamplingParams(temperature=0.7, top_k=5, seed=11),
+              SamplingParams(temperature=1.1)]
+    meta = _meta(params, vocab=400, device=device)
+    assert meta.top_k_rows.tolist() == [0, 3] and not top_k_path_eligible(meta)
+    assert mixed_sampling_eligible(meta) == tuning.FUSED_SAMPLING
+    assert _meta(params[:1] + params[2:3], vocab=400).top_k_rows is None  # not mixed: the top-k path alone
+    for _ in range(3):
+        seeds = race_seeds(meta, device)
+        got = mixed_sample(logits, meta, seeds)
+        plain = fused_sample(logits, meta, seeds)
+        assert torch.equal(got[[1, 2, 4]], plain[[1, 2, 4]])
+        alone = _meta([params[0], params[3]], vocab=400, device=device)
+        want = sample_top_k(logits[[0, 3]], alone, seeds[[0, 3]])
+        assert torch.equal(got[[0, 3]], want)
+        assert got[2] == logits[2].argmax()
+        assert got[3] in logits[3].topk(5).indices
