@@ -45,6 +45,36 @@ def test_penalties_match_a_plain_loop():
         assert torch.equal(got[row], logits[row])
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_sparse_penalties_match_a_plain_loop(seed):
+    rng = np.random.default_rng(seed)
+    rows_total = 7
+    logits = torch.from_numpy(rng.normal(0, 3, (rows_total, V)).astype(np.float32))
+    rows = np.sort(rng.choice(rows_total, 5, replace=False))
+    prompts, outputs = [], []
+    for i in range(5):
+        few = int(rng.integers(1, 6))  # few distinct ids: many repeats
+        prompts.append(rng.integers(0, V, int(rng.integers(0, 9))).tolist() if i else [])
+        outputs.append(rng.integers(0, few, int(rng.integers(0, 30))).tolist() if i != 1 else [])
+    settings = [tuple(float(v) for v in rng.uniform([-2, -2, 0.5], [2, 2, 2])) for _ in range(5)]
+    width = max(len(p) + len(o) for p, o in zip(prompts, outputs)) + 3
+    tokens = rng.integers(0, V, (5, width))  # columns past num_tokens hold junk ids
+    for i, (p, o) in enumerate(zip(prompts, outputs)):
+        tokens[i, : len(p) + len(o)] = p + o
+    inputs = PenaltyInputs.from_arrays(
+        rows, tokens, np.array([len(p) for p in prompts]), np.array([len(p) + len(o) for p, o in zip(prompts, outputs)]),
+        *[np.array(column, dtype=np.float32) for column in zip(*settings)], torch.device("cpu"))
+    before = logits.clone()
+    got = apply_penalties(logits, inputs)
+    assert torch.equal(logits, before)  # out of place
+    for i, row in enumerate(rows):
+        want = _reference_penalties(logits[row], prompts[i], outputs[i], *settings[i])
+        torch.testing.assert_close(got[row], want, atol=1e-5, rtol=1e-5)
+    for row in sorted(set(range(rows_total)) - set(rows.tolist())):
+        assert torch.equal(got[row], logits[row])
+    assert torch.equal(apply_penalties(logits, inputs), got)  # deterministic
+
+
 def test_bad_words_bans():
     assert bad_words_bans([[5]], []) == [5]
     assert bad_words_bans([[1, 2, 3]], [9, 1, 2]) == [3]

@@ -1,15 +1,15 @@
 """The sampler's fast paths against their references: the top-k path (sample/top_k_path.py) against
-the sort over the vocabulary and the exact distribution, in-place sparse penalties against a plain
-loop, and the sampled tokens' raw logprobs against log_softmax."""
+the sort over the vocabulary and the exact distribution, the fused path's top-p/min-p threshold and
+the mixed top-k/fused batch (through Triton's interpreter on CPU), and the sampled tokens' raw
+logprobs against log_softmax. (The sparse penalties' fuzz test is in test_logits_processing.py.)"""
 
-import numpy as np
 import pytest
 import torch
 
 from pagoda.kernels import tuning
 from pagoda.sample import Sampler, gather_logprobs
 from pagoda.sample.logprobs import finish_raw_logprobs, raw_logprobs
-from pagoda.sample.penalties import PenaltyInputs, apply_penalties
+from pagoda.sample.penalties import apply_penalties
 from pagoda.sample.top_k_path import top_k_path_eligible
 from pagoda.sampling_params import SamplingParams
 from pagoda.worker.sampling_inputs import build_sampling_metadata
@@ -119,45 +119,6 @@ def test_greedy_rows_in_a_top_k_batch_are_argmax():
     out = Sampler()(logits, _meta(params)).sampled_token_ids
     assert torch.equal(out[1::2], logits[1::2].float().argmax(-1))
     assert all(t in logits[r].float().topk(4).indices.tolist() for r, t in enumerate(out.tolist()) if r % 2 == 0)
-
-
-def _reference_penalties(row, prompt, output, presence, frequency, repetition):
-    row = row.clone()
-    for token in set(prompt) | set(output):
-        row[token] = row[token] / repetition if row[token] > 0 else row[token] * repetition
-    for token in set(output):
-        row[token] -= frequency * output.count(token) + presence
-    return row
-
-
-@pytest.mark.parametrize("seed", range(4))
-def test_sparse_penalties_match_a_plain_loop(seed):
-    rng = np.random.default_rng(seed)
-    rows_total = 7
-    logits = torch.from_numpy(rng.normal(0, 3, (rows_total, V)).astype(np.float32))
-    rows = np.sort(rng.choice(rows_total, 5, replace=False))
-    prompts, outputs = [], []
-    for i in range(5):
-        few = int(rng.integers(1, 6))  # few distinct ids: many repeats
-        prompts.append(rng.integers(0, V, int(rng.integers(0, 9))).tolist() if i else [])
-        outputs.append(rng.integers(0, few, int(rng.integers(0, 30))).tolist() if i != 1 else [])
-    settings = [tuple(float(v) for v in rng.uniform([-2, -2, 0.5], [2, 2, 2])) for _ in range(5)]
-    width = max(len(p) + len(o) for p, o in zip(prompts, outputs)) + 3
-    tokens = rng.integers(0, V, (5, width))  # columns past num_tokens hold junk ids
-    for i, (p, o) in enumerate(zip(prompts, outputs)):
-        tokens[i, : len(p) + len(o)] = p + o
-    inputs = PenaltyInputs.from_arrays(
-        rows, tokens, np.array([len(p) for p in prompts]), np.array([len(p) + len(o) for p, o in zip(prompts, outputs)]),
-        *[np.array(column, dtype=np.float32) for column in zip(*settings)], torch.device("cpu"))
-    before = logits.clone()
-    got = apply_penalties(logits, inputs)
-    assert torch.equal(logits, before)  # out of place
-    for i, row in enumerate(rows):
-        want = _reference_penalties(logits[row], prompts[i], outputs[i], *settings[i])
-        torch.testing.assert_close(got[row], want, atol=1e-5, rtol=1e-5)
-    for row in sorted(set(range(rows_total)) - set(rows.tolist())):
-        assert torch.equal(got[row], logits[row])
-    assert torch.equal(apply_penalties(logits, inputs), got)  # deterministic
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
