@@ -143,6 +143,9 @@ class Worker:
                                                     self.runner.attn_metadata,
                                                     verify_query_len=speculative.num_speculative_tokens + 1)
                 draft.cuda_graphs.capture()
+        from pagoda.worker.compile_watch import watch_runtime_compiles
+
+        watch_runtime_compiles()  # from here on, a Triton compile is a request waiting: logged (compile_watch.py)
 
     def execute_model(self, sched: SchedulerOutput):
         if self.runner is None:

@@ -1,0 +1,60 @@
+"""A watch on Triton compiles after start-up: each one is a request waiting (hundreds of ms of p99 TTFT).
+
+The worker warms up every kernel variant it can foresee and captures its CUDA graphs before serving
+(worker/warmup.py); a Triton kernel that still compiles later ran with an argument specialization the
+warm-up did not cover (a dtype, a constexpr tile size, an int argument's divisibility by 16). Once
+`watch_runtime_compiles()` has run, each such compile (or load from Triton's disk cache: the hook fires
+on a miss of the in-memory cache) is logged once, at WARNING, with Triton's own
+description of the variant (kernel name, launch options, argument types and specializations), and
+counted (`runtime_compiles()`), so a serving benchmark's slow first tokens can be matched to them.
+
+Invariants: the watch never changes whether or how a kernel compiles (its hook returns None and
+calls any hook installed before it); it is installed at most once per process; with a Triton that
+has no `knobs.runtime.jit_cache_hook` it is a no-op (returns False).
+"""
+
+from __future__ import annotations
+
+import logging
+
+logger = logging.getLogger(__name__)
+
+_seen: set[str] = set()
+_installed = False
+
+
+def runtime_compiles() -> int:
+    """How many kernel variants compiled since the watch was installed."""
+    return len(_seen)
+
+
+def record_compile(description: str) -> None:
+    """Note one compile of the variant `description` (logged the first time it is seen)."""
+    if description in _seen:
+        return
+    _seen.add(description)
+    logger.warning("Triton compiled a kernel after start-up (or loaded it from its disk cache; either way a "
+                   "request waited for it, and warm-up should cover this variant): %s", description)
+
+
+def watch_runtime_compiles() -> bool:
+    """Install the watch (idempotent); False when this Triton offers no compile hook."""
+    global _installed
+    if _installed:
+        return True
+    try:
+        from triton import knobs
+    except ImportError:
+        return False
+    runtime = getattr(knobs, "runtime", None)
+    if runtime is None or not hasattr(runtime, "jit_cache_hook"):
+        return False
+    previous = runtime.jit_cache_hook
+
+    def hook(**kwargs):
+        record_compile(str(kwargs.get("repr", kwargs.get("key", "?"))))
+        return previous(**kwargs) if previous is not None else None
+
+    runtime.jit_cache_hook = hook
+    _installed = True
+    return True

@@ -1,0 +1,38 @@
+"""The runtime-compile watch (worker/compile_watch.py): installed once into Triton's compile hook, it logs
+each kernel variant once and chains any hook installed before it. Triton calls the hook only when it
+really compiles (on a GPU; the CPU tests run kernels in its interpreter), so here the installed hook is
+called as Triton calls it."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from pagoda.worker import compile_watch
+
+knobs = pytest.importorskip("triton").knobs
+
+
+@pytest.fixture
+def fresh_watch(monkeypatch):
+    monkeypatch.setattr(compile_watch, "_installed", False)
+    monkeypatch.setattr(compile_watch, "_seen", set())
+    monkeypatch.setattr(knobs.runtime, "jit_cache_hook", None)
+
+
+def test_logs_each_variant_once_and_chains(fresh_watch, caplog):
+    calls = []
+    knobs.runtime.jit_cache_hook = lambda **kwargs: calls.append(kwargs["repr"])
+    assert compile_watch.watch_runtime_compiles() and compile_watch.watch_runtime_compiles()
+    hook = knobs.runtime.jit_cache_hook
+    with caplog.at_level(logging.WARNING, logger="pagoda.worker.compile_watch"):
+        for description in ("_race_kernel[num_warps=8](*bf16, i32)", "_race_kernel[num_warps=8](*bf16, i32)",
+                            "_race_kernel[num_warps=8](*fp32, i32)"):
+            assert hook(key=None, repr=description, fn=None, compile={}, is_manual_warmup=False,
+                        already_compiled=False) is None
+    assert compile_watch.runtime_compiles() == 2
+    assert len([r for r in caplog.records if "compiled a kernel after start-up" in r.getMessage()]) == 2
+    assert "*fp32" in caplog.records[-1].getMessage()
+    assert len(calls) == 3  # the earlier hook still sees every compile
+
