@@ -8,8 +8,9 @@ Encodings (row r of a batch of R rows; every tensor lives on the logits' device)
   such a row does not count against `no_top_k` and the batch keeps the fused sampling path.
 - `min_p[r]` float32 in [0, 1]: 0.0 disables min-p.
 - `all_greedy` / `all_random` / `no_top_p` / `no_top_k` / `no_min_p` are host-side summaries that let
-  the sampler skip whole stages; they must agree with the tensors (the builder keeps them so).
-- `max_top_k` / `random_rows_top_k`: host-side too: the largest top-k of any row (0 when none) and
+  the sampler skip whole stages; they must agree with the tensors (the builder keeps them so). The
+  no_* three look at the random rows only: a greedy row's top-k, top-p or min-p never change its argmax.
+- `max_top_k` / `random_rows_top_k`: host-side too: the largest top-k of any random row (0 when none) and
   whether every random row (temperature > 0) has a top-k; together they choose the sampler's top-k
   path (sample/top_k_path.py), which looks at the `max_top_k` largest logits of each row only.
 - `top_k_rows` [T] int64: the random rows with a top-k, only in a batch where some random rows have

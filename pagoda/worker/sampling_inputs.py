@@ -88,8 +88,9 @@ class SamplingInputs:
                 errors[j] = f"building its sampling rules raised {type(exc).__name__}: {exc}"
         biased = [j for j, r in enumerate(req_ids) if r in self.bias] if self.bias else []
         requested = int(batch.num_logprobs[rows].max(initial=-1))
-        with_top_k = (top_k > 0) & (temperature > 0)
-        mixed = with_top_k.any() and not with_top_k[temperature > 0].all()
+        random = temperature > 0
+        with_top_k = (top_k > 0) & random
+        mixed = with_top_k.any() and not with_top_k[random].all()
         return SamplingMetadata(
             temperature=to_device(temperature, device),
             top_p=to_device(top_p, device),
@@ -97,11 +98,12 @@ class SamplingInputs:
             min_p=to_device(min_p, device),
             all_greedy=bool((temperature == 0).all()),
             all_random=bool((temperature > 0).all()),
-            no_top_p=bool((top_p >= 1.0).all()),
-            no_top_k=bool((top_k == 0).all()),
-            no_min_p=bool((min_p <= 0).all()),
-            max_top_k=int(top_k.max(initial=0)),
-            random_rows_top_k=bool((top_k[temperature > 0] > 0).all()),
+            # Over the random rows only: a greedy row's top-k/top-p/min-p never change its argmax.
+            no_top_p=bool((top_p[random] >= 1.0).all()),
+            no_top_k=bool((top_k[random] == 0).all()),
+            no_min_p=bool((min_p[random] <= 0).all()),
+            max_top_k=int(top_k[random].max(initial=0)),
+            random_rows_top_k=bool(with_top_k[random].all()),
             top_k_rows=to_device(np.flatnonzero(with_top_k), device) if mixed else None,
             generators={j: generators[r] for j, r in enumerate(req_ids) if r in generators} if generators else {},
             max_num_logprobs=requested if requested >= 0 else None,

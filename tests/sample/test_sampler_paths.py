@@ -34,6 +34,9 @@ def test_eligibility_follows_the_random_rows():
     assert meta.max_top_k == 9 and meta.random_rows_top_k and top_k_path_eligible(meta)
     assert not top_k_path_eligible(_meta([SamplingParams(temperature=1.0, top_k=5), SamplingParams(temperature=1.0)]))
     assert not top_k_path_eligible(_meta([SamplingParams(temperature=1.0, top_k=V)]))  # k >= V is "no top-k"
+    greedy_top_k = _meta([SamplingParams(temperature=0.0, top_k=5, top_p=0.5, min_p=0.2), SamplingParams(temperature=1.0)])
+    assert greedy_top_k.no_top_k and greedy_top_k.no_top_p and greedy_top_k.no_min_p  # a greedy row's cut never counts
+    assert greedy_top_k.max_top_k == 0 and greedy_top_k.top_k_rows is None
     big = tuning.SAMPLE_TOP_K_PATH_MAX_K + 1
     assert not top_k_path_eligible(_meta([SamplingParams(temperature=1.0, top_k=big)], vocab=big + 10))
 
