@@ -32,8 +32,8 @@ Invariants:
   values of q per step. Unseeded rows share torch's default generator.
 - Greedy rows take no random numbers and give the same ids on both paths.
 - No host sync on the hot path and no Python loop over rows, except the loop over seeded rows.
-- Every row keeps at least one token: top-k keeps >= k (exactly k on the top-k path), top-p keeps the most likely token, min-p
-  keeps every token at the maximum probability.
+- Every row keeps at least one token: top-k keeps >= k (exactly k on the top-k path), top-p keeps the
+  most likely token, min-p keeps every token at the maximum probability.
 - A row whose user logits processor raises is still sampled from its unprocessed logits; the error
   goes to `metadata.row_errors` for the caller to fail that row's request (see logits_processors.py).
 """

@@ -14,7 +14,8 @@ Invariants:
   until it leaves; per step, only the rows that use it are stacked.
 - Penalty token tensors are cut from the InputBatch's persistent token array for the rows that have a
   penalty only; a row's newest token, still a placeholder while the step that samples it is in flight,
-  is taken from that step's ids on the device (so penalties never make a step wait for the host copy); bad words and user logits processors read output ids for their rows only. A batch
+  is taken from that step's ids on the device (so penalties never make a step wait for the host copy);
+  bad words and user logits processors read output ids for their rows only. A batch
   without any of these builds exactly what the plain sampler needs (the free fast path).
 - A row whose rules cannot be built (min_tokens, bad words, logits processors) gets no rules and its
   reason in `SamplingMetadata.row_errors`; the runner fails that request, the others are unaffected.

@@ -34,7 +34,8 @@ def test_eligibility_follows_the_random_rows():
     assert meta.max_top_k == 9 and meta.random_rows_top_k and top_k_path_eligible(meta)
     assert not top_k_path_eligible(_meta([SamplingParams(temperature=1.0, top_k=5), SamplingParams(temperature=1.0)]))
     assert not top_k_path_eligible(_meta([SamplingParams(temperature=1.0, top_k=V)]))  # k >= V is "no top-k"
-    greedy_top_k = _meta([SamplingParams(temperature=0.0, top_k=5, top_p=0.5, min_p=0.2), SamplingParams(temperature=1.0)])
+    greedy_top_k = _meta([SamplingParams(temperature=0.0, top_k=5, top_p=0.5, min_p=0.2),
+                          SamplingParams(temperature=1.0)])
     assert greedy_top_k.no_top_k and greedy_top_k.no_top_p and greedy_top_k.no_min_p  # a greedy row's cut never counts
     assert greedy_top_k.max_top_k == 0 and greedy_top_k.top_k_rows is None
     big = tuning.SAMPLE_TOP_K_PATH_MAX_K + 1
@@ -167,7 +168,8 @@ def test_fused_path_cuts_top_p_and_min_p_rows_by_threshold():
     logits = (torch.randn(6, 300, generator=torch.Generator().manual_seed(8)) * 3).to(device)
     params = [SamplingParams(temperature=0.8, top_p=0.9), SamplingParams(temperature=0.0),
               SamplingParams(temperature=1.0, min_p=0.2), SamplingParams(temperature=1.2),
-              SamplingParams(temperature=0.7, top_p=0.5, min_p=0.05, seed=4), SamplingParams(temperature=1.0, top_p=1e-6)]
+              SamplingParams(temperature=0.7, top_p=0.5, min_p=0.05, seed=4),
+              SamplingParams(temperature=1.0, top_p=1e-6)]
     meta = _meta(params, vocab=300, device=device)
     assert fused_sampling_eligible(meta) == tuning.FUSED_SAMPLING
     for step in range(3):
