@@ -38,7 +38,8 @@ import numpy as np
 import torch
 
 from pagoda.sample.metadata import SamplingMetadata
-from pagoda.sample.sampler import apply_min_p, apply_top_k_top_p, exponential_race
+from pagoda.sample.race import exponential_race
+from pagoda.sample.sampler import apply_min_p, apply_top_k_top_p
 
 
 def rejection_sample(

@@ -49,10 +49,9 @@ from pagoda.sample.logits_processors import apply_bans, apply_bias, apply_user_p
 from pagoda.sample.logprobs import finish_raw_logprobs, raw_logprobs
 from pagoda.sample.metadata import SamplingMetadata
 from pagoda.sample.penalties import apply_penalties_
+from pagoda.sample.race import exponential_race
 from pagoda.sample.top_k_path import sample_top_k, top_k_path_eligible
 
-# Smallest q of the exponential race: a 0 draw would make probs / q a NaN or an infinity.
-_MIN_Q = 1e-20
 # Per-row Philox seeds of the fused path are drawn in [0, 2**62).
 _SEED_BOUND = 2**62
 
@@ -98,15 +97,15 @@ class Sampler(torch.nn.Module):
 
     def sample(self, logits: torch.Tensor, metadata: SamplingMetadata) -> torch.Tensor:
         """Token ids [R] int64 from processed logits (already masked; any float dtype)."""
-        if logits.is_cuda and fused_sampling_eligible(metadata):
-            return fused_sample(logits, metadata, race_seeds(metadata, logits.device))
-        if logits.is_cuda and mixed_sampling_eligible(metadata):
-            return mixed_sample(logits, metadata, race_seeds(metadata, logits.device))
+        seeds = race_seeds(metadata, logits.device) if logits.is_cuda else None
+        if seeds is not None and fused_sampling_eligible(metadata):
+            return fused_sample(logits, metadata, seeds)
+        if seeds is not None and mixed_sampling_eligible(metadata):
+            return mixed_sample(logits, metadata, seeds)
         greedy = None if metadata.all_random else logits.argmax(dim=-1)  # any dtype: exact
         if metadata.all_greedy:
             return greedy
         is_greedy = metadata.temperature <= 0.0
-        seeds = race_seeds(metadata, logits.device) if logits.is_cuda else None
         if top_k_path_eligible(metadata):
             random = sample_top_k(logits, metadata, seeds)
             return random if greedy is None else torch.where(is_greedy, greedy, random)
@@ -219,22 +218,3 @@ def apply_top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor | None,
         drop[:, -1] = False  # the most likely token always stays
         logits_sort = logits_sort.masked_fill(drop, float("-inf"))
     return torch.empty_like(logits).scatter_(1, logits_idx, logits_sort)
-
-
-def exponential_race(scores: torch.Tensor, generators: dict[int, torch.Generator],
-                     log_domain: bool = False, q: torch.Tensor | None = None) -> torch.Tensor:
-    """A draw from each row's categorical distribution: argmax(scores / q), q ~ Exp(1), where scores
-    are probabilities; with `log_domain` they are logits and the race is argmax(scores - log q), the
-    same winner since probs = exp(logits) / Z, without the softmax (two passes over [R, V] less).
-    `q` [R, V] gives the exponentials (modified in place); otherwise they are drawn here, each seeded
-    row's from its own generator."""
-    if q is None:
-        q = torch.empty_like(scores)
-        if len(generators) < scores.shape[0]:
-            q.exponential_()
-        for row, generator in generators.items():
-            q[row].exponential_(generator=generator)
-    q.clamp_min_(_MIN_Q)
-    if log_domain:
-        return (scores - q.log_()).argmax(dim=-1)
-    return (scores / q).argmax(dim=-1)

@@ -26,8 +26,8 @@ import torch
 
 from pagoda.kernels import tuning
 from pagoda.sample.metadata import SamplingMetadata
+from pagoda.sample.race import MIN_Q, draw_exponentials
 
-_MIN_Q = 1e-20  # as sampler.py: a 0 draw would make log q infinite
 
 
 def top_k_path_eligible(metadata: SamplingMetadata) -> bool:
@@ -56,7 +56,7 @@ def sample_top_k(logits: torch.Tensor, metadata: SamplingMetadata, seeds: torch.
         drop = before >= metadata.top_p.unsqueeze(1)
         drop[:, 0] = False
         scaled = scaled.masked_fill(drop, float("-inf"))
-    q = _exponentials_at(ids, metadata, seeds, vocab).clamp_min_(_MIN_Q)
+    q = _exponentials_at(ids, metadata, seeds, vocab).clamp_min_(MIN_Q)
     winner = (scaled - q.log_()).argmax(dim=-1, keepdim=True)
     return ids.gather(1, winner).squeeze(1)
 
@@ -68,9 +68,4 @@ def _exponentials_at(ids: torch.Tensor, metadata: SamplingMetadata, seeds: torch
         from pagoda.kernels.sample import race_uniforms_at  # Triton: CUDA only
 
         return -torch.log(race_uniforms_at(seeds, ids))
-    q = torch.empty(ids.shape[0], vocab, dtype=torch.float32, device=ids.device)
-    if len(metadata.generators) < ids.shape[0]:
-        q.exponential_()
-    for row, generator in metadata.generators.items():
-        q[row].exponential_(generator=generator)
-    return q.gather(1, ids)
+    return draw_exponentials(ids.shape[0], vocab, metadata.generators, ids.device).gather(1, ids)

@@ -98,7 +98,7 @@ class SamplingInputs:
             top_k=to_device(top_k, device),
             min_p=to_device(min_p, device),
             all_greedy=bool((temperature == 0).all()),
-            all_random=bool((temperature > 0).all()),
+            all_random=bool(random.all()),
             # Over the random rows only: a greedy row's top-k/top-p/min-p never change its argmax.
             no_top_p=bool((top_p[random] >= 1.0).all()),
             no_top_k=bool((top_k[random] == 0).all()),
