@@ -287,7 +287,7 @@ class Suite:
             return
         print(f"server up in {seconds:.1f} s")
         try:
-            for rate in SERVE_RATES:
+            for rate in self.args.serve_rates:
                 n = 1000 if rate == float("inf") else int(min(1000, max(50, rate * 60)))  # about a minute per rate
                 name = f"{w}-rate{rate:g}.json"
                 cmd = [*BENCH, "serve", "--base-url", f"http://127.0.0.1:{port}", "--tokenizer", self.model, "--num-prompts", str(n),
@@ -369,7 +369,19 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--hf-max-batch-size", type=int, default=None,
                         help="transformers' static batch size (default: its best per workload, see HF_BATCH).")
     parser.add_argument("--timeout", type=float, default=1800.0, help="Seconds one run (or a server start) may take.")
+    parser.add_argument("--serve-rates", type=_rates, default=SERVE_RATES,
+                        help="W5's request rates, comma-separated (default 1,4,16,inf).")
     return parser
+
+
+def _rates(text: str) -> tuple[float, ...]:
+    try:
+        rates = tuple(float(r) for r in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--serve-rates takes numbers or inf separated by commas, got {text!r}")
+    if not rates or any(r <= 0 for r in rates):
+        raise argparse.ArgumentTypeError(f"--serve-rates must be positive, got {text!r}")
+    return rates
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -115,3 +115,12 @@ def test_run_dispatches_every_workload(make_suite, tmp_path, monkeypatch):
     s.run(["W2", "W4", "W7", "W8", "W9", "W10", "W11", "W12"])
     assert calls == [("offline", "W2"), ("latency", "W4"), ("offline", "W7"), ("offline", "W8"), ("offline", "W9"),
                      ("offline", "W10"), ("latency", "W11"), ("latency", "W12")]
+
+
+def test_serve_rates_flag_parses_and_refuses_bad_values():
+    parser = suite.make_parser()
+    assert parser.parse_args(["W5", "--serve-rates", "4,inf"]).serve_rates == (4.0, float("inf"))
+    assert parser.parse_args(["W5"]).serve_rates == suite.SERVE_RATES
+    for bad in ("fast", "0", "4,-1"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["W5", "--serve-rates", bad])
