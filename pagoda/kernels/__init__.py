@@ -36,6 +36,10 @@ Triton's interpreter and on CUDA).
   positions=None, cos_sin_cache=None, is_neox=True)`, a decode-only batch's rotary + KV write + paged
   attention + split-KV reduce in one launch. Reference: `rotary_and_write_kv` then `paged_attention`
   (and their references).
+- cascade_attention: `prefix_attention(query, kv_cache, prefix_block_table, prefix_blocks, scale)` -> (out fp32
+  [T, H, D], lse fp32 [T, H], base 2) of every query row over the first prefix_blocks[0] blocks (no mask), then
+  `paged_attention(..., prefix=PrefixState(prefix_blocks, out, lse))` resumes each request after them.
+  Reference: `prefix_attention_ref(...)`; the pair equals `paged_attention_ref` over the whole sequences.
 - activation: `silu_and_mul(x)`, `gelu_and_mul(x, approximate="none"|"tanh")`, `gelu_tanh(x)`
   (= `gelu_new`). References: `silu_and_mul_ref`, `gelu_and_mul_ref`, `gelu_tanh_ref`.
 - sample: `race_sample(logits, temperature, seeds, num_splits=None)` -> [R] int64, greedy argmax

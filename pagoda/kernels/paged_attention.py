@@ -26,6 +26,17 @@ Kernel design:
   they are; k_scale is folded into the softmax scale and v_scale into the output (acc · v_scale, before
   normalising or storing split partials), which equals dequantize-then-attend up to fp32 rounding.
 
+- Cascade (shared-prefix) attention, `prefix=PrefixState(prefix_blocks, out, lse)` (CASCADE=True): the
+  first P = prefix_blocks[0] blocks of every block-table row (read on the device, so a CUDA graph replays
+  with any P) were attended already by pagoda.kernels.cascade_attention.prefix_attention, for all rows at
+  once. Each request then covers only positions [P * block_size, seq_len) (absolute positions and causal
+  mask unchanged; split-KV cuts the suffix's tiles), and the program holding the first suffix tile (split
+  0) starts its online softmax from its rows' prefix state: m = lse, l = 1, acc = out (/ v_scale for an FP8
+  cache, as acc is multiplied by v_scale after the loop). That equals attention over [0, seq_len) up to
+  fp32 rounding, provided every real request has seq_len - query_len >= P * block_size. Requests below
+  that are CUDA-graph padding (outputs unspecified): their range is clamped at 0 tiles, so nothing is read
+  past their row. With P == 0 no seed is applied and the result is bitwise that of prefix=None.
+
 Invariants: rows outside the batch (padding tokens past query_start_loc[-1]) are never written;
 masked K/V loads return 0, so stale or NaN cache contents past a request's length never leak in.
 A cache in the query's dtype takes exactly the code path it took before FP8 caches existed.
@@ -34,6 +45,7 @@ A cache in the query's dtype takes exactly the code path it took before FP8 cach
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import triton
@@ -42,6 +54,16 @@ import triton.language as tl
 from pagoda.kernels import tuning
 
 _LOG2E = 1.4426950408889634
+
+
+class PrefixState(NamedTuple):
+    """The shared prefix of a cascade step: prefix_blocks int32 [1] on the device (P), and
+    prefix_attention's out float32 [T, H, D] (normalised, v_scale applied) and lse float32 [T, H]
+    (base 2, scaled: log2 sum_j exp2(q.k_j * scale * k_scale * log2 e)) for the step's query rows."""
+
+    prefix_blocks: torch.Tensor
+    out: torch.Tensor
+    lse: torch.Tensor
 
 
 @triton.jit
@@ -107,14 +129,16 @@ def _paged_attn_kernel(
     out_ptr, q_ptr, k_cache_ptr, v_cache_ptr,
     block_tables_ptr, seq_lens_ptr, query_start_loc_ptr,
     part_acc_ptr, part_m_ptr, part_l_ptr,
+    prefix_blocks_ptr, prefix_out_ptr, prefix_lse_ptr,
     scale_log2, v_scale, num_reqs, num_heads,
     stride_qt, stride_qh, stride_ot, stride_oh,
     stride_kb, stride_ks, stride_kh,
     stride_vb, stride_vs, stride_vh,
-    stride_bt,
+    stride_bt, stride_pt, stride_ph, stride_lt, stride_lh,
     HEAD_SIZE: tl.constexpr, HEAD_PAD: tl.constexpr, GROUP: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_Q: tl.constexpr, TILE_N: tl.constexpr,
     BLOCK_SIZE: tl.constexpr, NUM_SPLITS: tl.constexpr, IEEE_DOT: tl.constexpr, FP8: tl.constexpr,
+    CASCADE: tl.constexpr,
 ):
     q_block = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -143,9 +167,15 @@ def _paged_attn_kernel(
         other=0.0,
     )
 
-    # KV positions visible to any row of this block: [0, kv_end).
+    # KV positions visible to any row of this block: [kv_start, kv_end) (kv_start > 0: cascade suffix).
     kv_end = ctx_len + tl.minimum((local_block + 1) * BLOCK_Q, q_len)
-    num_tiles = tl.cdiv(kv_end, TILE_N)
+    if CASCADE:
+        num_prefix = tl.load(prefix_blocks_ptr)
+        kv_start = num_prefix * BLOCK_SIZE
+        num_tiles = tl.cdiv(tl.maximum(kv_end - kv_start, 0), TILE_N)
+    else:
+        kv_start = 0
+        num_tiles = tl.cdiv(kv_end, TILE_N)
     if NUM_SPLITS == 1:
         tile_lo = 0
         tile_hi = num_tiles
@@ -157,11 +187,27 @@ def _paged_attn_kernel(
     m_i = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_PAD], dtype=tl.float32)
+    if CASCADE:
+        # Seed the split holding the first suffix tile with the prefix state (none when P == 0).
+        seed = (num_prefix > 0) & (split == 0)
+        seed_rows = row_valid & (offs_m < BLOCK_M * seed.to(tl.int32))  # (not `& seed`: the interpreter's
+        # block & scalar bool is an int mask)
+        lse = tl.load(prefix_lse_ptr + tok * stride_lt + head * stride_lh, mask=seed_rows, other=-1.0e30)
+        o_pre = tl.load(
+            prefix_out_ptr + tok[:, None] * stride_pt + head[:, None] * stride_ph + offs_d[None, :],
+            mask=seed_rows[:, None] & d_mask[None, :],
+            other=0.0,
+        )
+        if FP8:
+            o_pre = o_pre / v_scale
+        m_i = tl.where(seed, lse, m_i)
+        l_i = tl.where(seed, 1.0, l_i)
+        acc = tl.where(seed, o_pre, acc)
     bt_row = block_tables_ptr + seq_idx.to(tl.int64) * stride_bt
     kv_head64 = kv_head.to(tl.int64)
 
     for t in range(tile_lo, tile_hi):
-        offs_n = t * TILE_N + tl.arange(0, TILE_N)
+        offs_n = kv_start + t * TILE_N + tl.arange(0, TILE_N)
         n_valid = offs_n < kv_end
         visible = (offs_n[None, :] <= q_pos[:, None]) & n_valid[None, :]
         m_i, l_i, acc = attend_tile(q, m_i, l_i, acc, k_cache_ptr, v_cache_ptr, bt_row, offs_n, n_valid, visible,
@@ -230,12 +276,15 @@ def paged_attention(
     num_splits: int | None = None,
     k_scale: float = 1.0,
     v_scale: float = 1.0,
+    prefix: PrefixState | tuple | None = None,
 ) -> torch.Tensor:
     """Attention of every query row over its request's paged keys/values; matches
     `paged_attention_reference`. `metadata` is an AttentionMetadata (duck-typed: needs num_reqs,
     max_query_len, max_seq_len, query_start_loc, seq_lens, block_tables). `num_splits` forces the
     split-KV count (None: heuristic in pagoda.kernels.tuning). An FP8 cache reads as fp8 · k_scale and
-    fp8 · v_scale (the scales are unused for a cache in the query's dtype)."""
+    fp8 · v_scale (the scales are unused for a cache in the query's dtype). `prefix`: (prefix_blocks,
+    out, lse) from cascade_attention.prefix_attention over the same query, cache and scales; every
+    request then skips its first P blocks and resumes from that state (see the module docstring)."""
     num_tokens, num_heads, head_size = query.shape
     _, _, block_size, num_kv_heads, cache_head_size = kv_cache.shape
     if cache_head_size != head_size or num_heads % num_kv_heads != 0:
@@ -277,19 +326,29 @@ def paged_attention(
         part_l = torch.empty_like(part_m)
     else:
         part_acc = part_m = part_l = out  # unused
+    if prefix is not None:
+        prefix_blocks, prefix_out, prefix_lse = prefix
+        if prefix_out.shape != query.shape or prefix_lse.shape != query.shape[:2] or prefix_out.stride(-1) != 1:
+            raise ValueError("prefix out/lse must be [T, H, D] (contiguous in D) / [T, H] like the query")
+        p_strides = (prefix_out.stride(0), prefix_out.stride(1), prefix_lse.stride(0), prefix_lse.stride(1))
+    else:
+        prefix_blocks = prefix_out = prefix_lse = out  # unused
+        p_strides = (0, 0, 0, 0)
     grid = (num_tokens // launch.block_q + num_reqs, num_kv_heads, splits)
     _paged_attn_kernel[grid](
         out, query, k_cache, v_cache,
         block_tables, metadata.seq_lens, metadata.query_start_loc,
         part_acc, part_m, part_l,
+        prefix_blocks, prefix_out, prefix_lse,
         float(scale) * float(k_scale) * _LOG2E, float(v_scale), num_reqs, num_heads,
         query.stride(0), query.stride(1), out.stride(0), out.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
-        block_tables.stride(0),
+        block_tables.stride(0), *p_strides,
         HEAD_SIZE=head_size, HEAD_PAD=launch.head_pad, GROUP=group,
         BLOCK_M=launch.block_m, BLOCK_Q=launch.block_q, TILE_N=launch.tile_n,
         BLOCK_SIZE=block_size, NUM_SPLITS=splits, IEEE_DOT=query.dtype == torch.float32, FP8=fp8,
+        CASCADE=prefix is not None,
         num_warps=launch.num_warps, num_stages=launch.num_stages,
     )
     if splits > 1:

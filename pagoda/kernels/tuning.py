@@ -342,3 +342,37 @@ def sample_splits(num_rows: int, vocab: int, sms: int = DEFAULT_SM_COUNT) -> int
     while splits > 1 and vocab // splits < SAMPLE_BLOCK_V:
         splits //= 2
     return splits
+
+
+# --- cascade attention: the shared-prefix pass (pagoda.kernels.cascade_attention) --------------------
+@dataclass(frozen=True)
+class PrefixAttentionLaunch:
+    block_m: int  # flattened (token, group head) rows per program, power of two >= 16
+    tile_n: int  # prefix KV positions per inner iteration, power of two >= 16
+    head_pad: int  # head size rounded up to a power of two (>= 16)
+    num_warps: int
+    num_stages: int
+
+
+PREFIX_TILES_ENV = "PAGODA_PREFIX_ATTENTION_TILES"
+
+
+def prefix_attention_launch(*, head_size: int, device: torch.device) -> PrefixAttentionLaunch:
+    """Tiles for the prefix pass. It depends on the head size and device only, so the grid
+    (cdiv(num_tokens * group, block_m), num_kv_heads) is a function of T, H, Hkv. On CUDA: 128-row
+    tensor-core tiles (64 x 32 at head sizes >= 256, to bound the fp32 accumulator), 64 KV positions
+    per step, 8 warps; not yet swept on the GPU. Elsewhere (Triton's interpreter): 16 x 32, which
+    keeps CPU tests fast."""
+    head_pad = max(16, next_power_of_2(head_size))
+    if device.type != "cuda":
+        return PrefixAttentionLaunch(16, 32, head_pad, 4, 1)
+    override = os.environ.get(PREFIX_TILES_ENV)
+    if override:  # tests/kernels/bench_cascade.py --sweep finds candidates; the suite can try them end to end
+        try:
+            block_m, tile_n, warps, stages = (int(x) for x in override.split(","))
+        except ValueError:
+            raise ValueError(f"{PREFIX_TILES_ENV} takes block_m,tile_n,num_warps,num_stages, got {override!r}") from None
+        return PrefixAttentionLaunch(block_m, tile_n, head_pad, warps, stages)
+    if head_pad >= 256:
+        return PrefixAttentionLaunch(64, 32, head_pad, 8, 2)
+    return PrefixAttentionLaunch(128, 64, head_pad, 8, 2)
