@@ -29,6 +29,10 @@ Invariants:
   batch of n requests from the batch bucket of n and max_model_len only (`decode_num_splits`), once
   per n. So a graph captured at bucket size s and an eager decode of any n in that bucket reduce in
   the same order, and bf16 results are bitwise identical with graphs on and off.
+- `prefix_blocks` (int32 [1] on the device, or None) asks for cascade attention: every request of the step
+  holds the same first P = prefix_blocks[0] blocks, and every query sits after them (attention/cascade.py
+  decides; only a backend with `supports_cascade` gets it). The result is the same attention up to fp32
+  rounding; P may be 0 (a CUDA graph whose step shares nothing).
 """
 
 from __future__ import annotations
@@ -55,6 +59,8 @@ class AttentionMetadata:
     # Split-KV count for decode steps, fixed by AttentionMetadataBuilder from the (bucketed) batch
     # size so that eager and CUDA-graph runs reduce in the same order; None lets the kernel choose.
     num_splits: int | None = None
+    # Cascade attention: the number of leading blocks all requests share (see the module docstring).
+    prefix_blocks: torch.Tensor | None = None
 
     @property
     def is_all_decode(self) -> bool:
@@ -81,6 +87,8 @@ class AttentionBackend(ABC):
     # takes upper bounds there (and in max_seq_len), so a runner may correct lengths on the device without
     # waiting for it (async scheduling with speculative decoding).
     needs_host_lengths: bool = False
+    # Whether `forward` runs cascade attention for metadata with prefix_blocks (attention/cascade.py).
+    supports_cascade: bool = False
 
     @staticmethod
     def kv_cache_shape(num_blocks: int, block_size: int, num_kv_heads: int, head_size: int) -> tuple[int, ...]:
@@ -128,6 +136,7 @@ class AttentionMetadataBuilder:
                  num_heads: int, num_kv_heads: int, head_size: int, device: torch.device) -> None:
         self.backend = backend
         self.needs_host_lengths = backend.needs_host_lengths
+        self.supports_cascade = backend.supports_cascade
         self.batch_buckets = sorted(batch_buckets)
         self.max_model_len = max_model_len
         self.num_heads, self.num_kv_heads, self.head_size = num_heads, num_kv_heads, head_size
@@ -146,18 +155,56 @@ class AttentionMetadataBuilder:
 
     def build(self, *, num_reqs: int, num_tokens: int, max_query_len: int, max_seq_len: int,
               query_start_loc: torch.Tensor, seq_lens: torch.Tensor, block_tables: torch.Tensor,
-              slot_mapping: torch.Tensor, query_start_loc_cpu: list[int], seq_lens_cpu: list[int]) -> AttentionMetadata:
+              slot_mapping: torch.Tensor, query_start_loc_cpu: list[int], seq_lens_cpu: list[int],
+              prefix_blocks: torch.Tensor | None = None) -> AttentionMetadata:
+        if prefix_blocks is not None and not self.supports_cascade:
+            raise ValueError(f"the {self.backend.name} attention backend does not run cascade attention")
         return AttentionMetadata(
             num_reqs=num_reqs, num_tokens=num_tokens, max_query_len=max_query_len, max_seq_len=max_seq_len,
             query_start_loc=query_start_loc, seq_lens=seq_lens, block_tables=block_tables,
             slot_mapping=slot_mapping, query_start_loc_cpu=query_start_loc_cpu, seq_lens_cpu=seq_lens_cpu,
-            num_splits=self.decode_splits(num_reqs) if max_query_len == 1 else None,
+            num_splits=self.decode_splits(num_reqs) if max_query_len == 1 else None, prefix_blocks=prefix_blocks,
         )
+
+    def cascade_prefix_blocks(self, common_blocks: int, block_size: int, *, num_reqs: int, num_tokens: int) -> int:
+        """How many of the step's `common_blocks` shared leading blocks to attend in one cascade pass: all of
+        them when attention/cascade.py's cost model says it pays, else 0."""
+        from pagoda.attention.cascade import use_cascade
+
+        if not self.supports_cascade or common_blocks == 0:
+            return 0
+        sms = self._sms()
+        go = use_cascade(prefix_tokens=common_blocks * block_size, num_reqs=num_reqs, num_tokens=num_tokens,
+                         num_heads=self.num_heads, num_kv_heads=self.num_kv_heads, num_sms=sms)
+        return common_blocks if go else 0
+
+    def _sms(self) -> int:
+        from pagoda.kernels import tuning
+
+        if not hasattr(self, "_num_sms"):
+            self._num_sms = tuning.sm_count(self.device.index) if self.device.type == "cuda" else tuning.DEFAULT_SM_COUNT
+        return self._num_sms
+
+
+ATTENTION_BACKEND_ENV = "PAGODA_ATTENTION_BACKEND"  # auto (default), triton or torch (as VLLM_ATTENTION_BACKEND)
+ATTENTION_BACKENDS = ("auto", "triton", "torch")
 
 
 def get_attention_backend(device: str) -> AttentionBackend:
-    """The fastest backend available for `device` (torch reference on CPU)."""
-    if device == "cuda":
+    """The fastest backend available for `device` (torch reference on CPU), or the one PAGODA_ATTENTION_BACKEND
+    names: `triton` off CUDA runs the kernels through Triton's interpreter (TRITON_INTERPRET=1; tests)."""
+    import os
+
+    choice = os.environ.get(ATTENTION_BACKEND_ENV, "auto").lower()
+    if choice not in ATTENTION_BACKENDS:
+        raise ValueError(f"{ATTENTION_BACKEND_ENV} must be one of {list(ATTENTION_BACKENDS)}, got {choice!r}")
+    if choice == "triton":
+        if device != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+            raise ValueError(f"{ATTENTION_BACKEND_ENV}=triton on {device} needs TRITON_INTERPRET=1 (Triton's interpreter)")
+        from pagoda.attention.triton_backend import TritonAttentionBackend
+
+        return TritonAttentionBackend()
+    if choice == "auto" and device == "cuda":
         try:
             from pagoda.attention.triton_backend import TritonAttentionBackend
         except ImportError:

@@ -12,6 +12,10 @@ splits (the choice depends on the request count only, so eager and CUDA-graph ru
 batches run the KV write (with `rotary`: pagoda.kernels.rotary_kv, which rotates query in place and
 writes the rotated keys and the values; `key` itself stays unrotated, since attention reads keys only
 from the cache), then pagoda.kernels.paged_attention.
+Metadata with `prefix_blocks` (cascade attention, attention/cascade.py) never takes the one-kernel decode:
+after the KV write, pagoda.kernels.cascade_attention.prefix_attention attends every query row to the P
+shared blocks of request 0's block-table row, and paged_attention resumes each request from that state
+over its own blocks (P == 0: exactly the plain paged attention, plus a prefix launch that reads nothing).
 The layer's k_scale / v_scale go to every kernel: an FP8 cache is written quantized by them and read back
 multiplied by them; a cache in the model's dtype ignores them.
 """
@@ -22,14 +26,16 @@ import torch
 
 from pagoda.attention.backend import AttentionBackend, AttentionMetadata, RotaryArgs
 from pagoda.kernels import tuning
+from pagoda.kernels.cascade_attention import prefix_attention
 from pagoda.kernels.decode_attention import decode_attention
 from pagoda.kernels.kv_cache_write import write_kv_cache
-from pagoda.kernels.paged_attention import paged_attention
+from pagoda.kernels.paged_attention import PrefixState, paged_attention
 from pagoda.kernels.rotary_kv import rotary_and_write_kv
 
 
 class TritonAttentionBackend(AttentionBackend):
     name = "triton"
+    supports_cascade = True
 
     def forward(
         self,
@@ -44,7 +50,8 @@ class TritonAttentionBackend(AttentionBackend):
         v_scale: float = 1.0,
     ) -> torch.Tensor:
         scales = {"k_scale": k_scale, "v_scale": v_scale}
-        if (tuning.FUSED_DECODE_ATTENTION and metadata.is_all_decode and metadata.num_tokens == metadata.num_reqs
+        cascade = metadata.prefix_blocks is not None
+        if (not cascade and tuning.FUSED_DECODE_ATTENTION and metadata.is_all_decode and metadata.num_tokens == metadata.num_reqs
                 and metadata.num_reqs <= tuning.FUSED_DECODE_MAX_REQS):
             return self._decode(query, key, value, kv_cache, metadata, scale, rotary, scales)
         if rotary is None:
@@ -52,7 +59,12 @@ class TritonAttentionBackend(AttentionBackend):
         else:
             rotary_and_write_kv(rotary.positions, query, key, value, rotary.cos_sin_cache, kv_cache,
                                 metadata.slot_mapping, rotary.is_neox, **scales)
-        return paged_attention(query, kv_cache, metadata, scale, num_splits=metadata.num_splits, **scales)
+        prefix = None
+        if cascade:
+            out, lse = prefix_attention(query, kv_cache, metadata.block_tables[0], metadata.prefix_blocks, scale, **scales)
+            prefix = PrefixState(metadata.prefix_blocks, out, lse)
+        return paged_attention(query, kv_cache, metadata, scale, num_splits=metadata.num_splits, prefix=prefix,
+                               **scales)
 
     def decode_num_splits(self, *, num_reqs: int, max_seq_len: int, num_heads: int, num_kv_heads: int,
                           head_size: int, device: torch.device) -> int | None:

@@ -23,6 +23,10 @@ Invariants:
   the same builder eager decode steps use, so its split-KV count for size s is the one an eager decode
   of any batch in bucket s gets, and decode graphs on and off give bitwise-identical results; kernels read
   real lengths from the buffers, so results are exact for any length.
+- With `cascade` (the runner allows cascade attention, attention/cascade.py), decode graphs of at least
+  CASCADE_MIN_REQS requests carry the prefix pass: their metadata holds the static `prefix_blocks` buffer,
+  which `run` fills with the step's shared block count or 0 (then the pass reads nothing and attention is
+  the plain one, bitwise). A cascade step of another shape runs eagerly.
 - PREFILL_GRAPH_MAX_ENV (PAGODA_PREFILL_GRAPH_MAX_TOKENS, default 512) is the largest prefill bucket; 0
   captures none. Buckets are the powers of two from 16 up to it, so padding at most doubles a query.
 """
@@ -36,6 +40,7 @@ import time
 import torch
 
 from pagoda.attention.backend import AttentionMetadata, AttentionMetadataBuilder
+from pagoda.attention.cascade import CASCADE_MIN_REQS
 
 logger = logging.getLogger(__name__)
 
@@ -65,8 +70,10 @@ def capture_sizes(max_size: int) -> list[int]:
 
 class CudaGraphRunner:
     def __init__(self, model, kv_caches, max_capture_size: int, max_model_len: int, block_size: int, device,
-                 attn_metadata: AttentionMetadataBuilder, verify_query_len: int | None = None) -> None:
+                 attn_metadata: AttentionMetadataBuilder, verify_query_len: int | None = None,
+                 cascade: bool = False) -> None:
         self.model = model
+        self.cascade = cascade
         self.attn_metadata = attn_metadata  # the runner's builder: the backend's launch choices, as eager
         self.kv_caches = kv_caches
         self.sizes = capture_sizes(max_capture_size)
@@ -89,6 +96,7 @@ class CudaGraphRunner:
                                      for q in self.prefill_query_lens})
         self.seq_lens = torch.ones(max_bs, dtype=torch.int32, device=device)
         self.block_tables = torch.zeros(max_bs, max_blocks, dtype=torch.int32, device=device)
+        self.prefix_blocks = torch.zeros(1, dtype=torch.int32, device=device)  # cascade graphs' shared blocks
         self.graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}  # (batch size, query length) -> graph
         self.outputs: dict[tuple[int, int], torch.Tensor] = {}
         # steps served from graphs, per query length
@@ -99,6 +107,9 @@ class CudaGraphRunner:
         shapes = [(size, q) for q in self.query_lens for size in self.sizes]
         shapes += [(1, q) for q in self.prefill_query_lens]
         return sorted(shapes, key=lambda shape: (-shape[0] * shape[1], -shape[1]))
+
+    def _has_prefix_pass(self, size: int, q: int) -> bool:
+        return self.cascade and q == 1 and size >= CASCADE_MIN_REQS
 
     def _metadata(self, size: int, q: int) -> AttentionMetadata:
         return self.attn_metadata.build(
@@ -112,6 +123,7 @@ class CudaGraphRunner:
             slot_mapping=self.slot_mapping[: size * q],
             query_start_loc_cpu=list(range(0, (size + 1) * q, q)),
             seq_lens_cpu=[q] * size,
+            prefix_blocks=self.prefix_blocks if self._has_prefix_pass(size, q) else None,
         )
 
     def _forward(self, size: int, q: int) -> torch.Tensor:
@@ -141,7 +153,10 @@ class CudaGraphRunner:
         if metadata.num_tokens != metadata.num_reqs * q:
             return False
         if q in self.query_lens:
-            return metadata.num_reqs <= self.sizes[-1]
+            if metadata.num_reqs > self.sizes[-1]:
+                return False
+            size = next(s for s in self.sizes if s >= metadata.num_reqs)
+            return metadata.prefix_blocks is None or self._has_prefix_pass(size, q)
         return q in self.prefill_query_lens and metadata.num_reqs == 1
 
     def run(self, input_ids: torch.Tensor, positions: torch.Tensor, metadata: AttentionMetadata) -> torch.Tensor:
@@ -156,6 +171,11 @@ class CudaGraphRunner:
         self.seq_lens[n:size].fill_(q)
         width = metadata.block_tables.shape[1]
         self.block_tables[:n, :width].copy_(metadata.block_tables)
+        if self._has_prefix_pass(size, q):
+            if metadata.prefix_blocks is None:
+                self.prefix_blocks.fill_(0)
+            else:
+                self.prefix_blocks.copy_(metadata.prefix_blocks)
         self.graphs[size, q].replay()
         self.num_replays[q] += 1
         return self.outputs[size, q][:tokens]

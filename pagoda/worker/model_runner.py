@@ -51,6 +51,7 @@ from pagoda.core.sched_output import ModelRunnerOutput, PositionLogprobs, Schedu
 from pagoda.sample.logprobs import compute_prompt_logprobs
 from pagoda.sample.sampler import Sampler
 from pagoda.sampling_params import SamplingType
+from pagoda.attention.cascade import cascade_enabled
 from pagoda.worker.cuda_graph import capture_sizes
 from pagoda.worker.failed_requests import FailedRequests
 from pagoda.worker.grammar_rows import apply_grammar
@@ -104,6 +105,12 @@ class ModelRunner:
             from pagoda.worker.spec_decode import SpecDecodeStep
 
             self.spec = SpecDecodeStep(speculative, self)
+        # Cascade attention for steps whose requests share their leading blocks (attention/cascade.py): with
+        # prefix caching (the only way requests come to share blocks) and without speculative decoding (its
+        # verify steps in flight leave the host positions upper bounds). Counted per step that ran it.
+        self.cascade = (self.attn_metadata.supports_cascade and cascade_enabled()
+                        and config.cache.enable_prefix_caching and self.spec is None)
+        self.num_cascade_steps = 0
         self.failed = FailedRequests(self.block_size)  # failed here, not yet in the scheduler's finished_req_ids
         self.mm = None  # worker/mm_inputs.MultiModalInputs for a model that takes images
         if getattr(model, "supports_images", False):

@@ -15,7 +15,10 @@ Invariants:
   rejected (worker/step_output.py).
 - A placeholder token (sampled by the step in flight, or drafted on the device) is read on the device from
   the runner's `last_sampled` or the speculative step's draft ids, never from their host copy.
-- Nothing here writes runner state (InputBatch, the steps in flight). The padding choice is called through
+- Cascade attention (`prefix_blocks` in the metadata) when the runner allows it (`runner.cascade`), the step has
+  at least CASCADE_MIN_REQS requests sharing their leading blocks and the cost model says it pays
+  (attention/cascade.py); counted in `runner.num_cascade_steps`.
+- Nothing else here writes runner state (InputBatch, the steps in flight). The padding choice is called through
   the runner's `_graph_query_len` and `_prefill_graph_len` methods (the tests replace them there).
 """
 
@@ -26,6 +29,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from pagoda.attention import cascade
 from pagoda.worker.input_batch import to_device
 from pagoda.worker.step_output import PLACEHOLDER, VerifiedTokens
 
@@ -86,6 +90,13 @@ def prepare_inputs(runner: ModelRunner, rows: np.ndarray, counts: np.ndarray) ->
         if runner.attn_metadata.needs_host_lengths:  # exact host lengths (free on the CPU, a sync elsewhere)
             seq_lens_cpu = seq_lens_dev.tolist()
             max_seq_len = max(seq_lens_cpu)
+    prefix_blocks = None
+    if runner.cascade and len(rows) >= cascade.CASCADE_MIN_REQS:
+        common = cascade.common_prefix_blocks(batch.block_table, rows, starts, block_size)
+        shared = runner.attn_metadata.cascade_prefix_blocks(common, block_size, num_reqs=len(rows), num_tokens=total)
+        if shared:
+            prefix_blocks = to_device(np.array([shared], dtype=np.int32), device)
+            runner.num_cascade_steps += 1
     metadata = runner.attn_metadata.build(
         num_reqs=len(rows),
         num_tokens=total,
@@ -97,6 +108,7 @@ def prepare_inputs(runner: ModelRunner, rows: np.ndarray, counts: np.ndarray) ->
         slot_mapping=slot_mapping_dev,
         query_start_loc_cpu=query_start.tolist(),
         seq_lens_cpu=seq_lens_cpu,
+        prefix_blocks=prefix_blocks,
     )
     input_ids_dev = to_device(input_ids, device)
     holes = np.flatnonzero(input_ids == PLACEHOLDER)

@@ -20,7 +20,8 @@ Invariants:
   torch RNG are untouched: only `runner.model` and the sampling kernels are called, with fixed seeds
   that they are given (they draw nothing from torch's generators).
 - Every dummy batch fits the scheduler's limits: at most max_num_seqs requests, at most
-  max_num_batched_tokens tokens, sequences of at most max_model_len; at most 8 forwards in all.
+  max_num_batched_tokens tokens, sequences of at most max_model_len; at most 10 forwards in all (7, plus 3
+  with a prefix pass when the runner may run cascade attention).
 - Pooling models run only the prefill batches (their requests are never chunked or decoded) and no
   LM head.
 """
@@ -35,6 +36,7 @@ import numpy as np
 import torch
 
 from pagoda.attention.backend import AttentionMetadata
+from pagoda.attention.cascade import CASCADE_MIN_REQS
 from pagoda.config import PagodaConfig
 from pagoda.model_executor.models.pipeline import local_forward
 
@@ -54,6 +56,7 @@ class DummyBatch:
     query_lens: tuple[int, ...]
     seq_lens: tuple[int, ...]
     block_table_width: int
+    cascade: bool = False  # with a (zero) prefix_blocks: the cascade kernels' variants (attention/cascade.py)
 
     @property
     def num_reqs(self) -> int:
@@ -64,20 +67,21 @@ class DummyBatch:
         return sum(self.query_lens)
 
 
-def plan_batches(config: PagodaConfig, graph_max_size: int | None) -> list[DummyBatch]:
+def plan_batches(config: PagodaConfig, graph_max_size: int | None, cascade: bool = False) -> list[DummyBatch]:
     """The dummy batches for this config; `graph_max_size` is the largest decode batch that CUDA
-    graphs replay (None: no graphs, every decode step runs eagerly)."""
+    graphs replay (None: no graphs, every decode step runs eagerly); `cascade`: the runner may run
+    cascade attention, so eager steps of at least CASCADE_MIN_REQS requests also run with a prefix pass."""
     sched, max_len, block_size = config.scheduler, config.model.max_model_len, config.cache.block_size
     max_width = -(-max_len // block_size)
 
-    def batch(name: str, prefills: list[int], decodes: int = 0, wide: bool = False) -> DummyBatch:
+    def batch(name: str, prefills: list[int], decodes: int = 0, wide: bool = False, prefix: bool = False) -> DummyBatch:
         prefills = [min(n, max_len) for n in prefills]
         decodes = max(0, min(decodes, sched.max_num_seqs - len(prefills)))
         seq_lens = prefills + [min(DECODE_SEQ_LEN, max_len)] * decodes
         width = -(-max(seq_lens) // block_size)
         if wide and width <= WIDE_BLOCK_TABLE <= max_width:
             width = WIDE_BLOCK_TABLE
-        return DummyBatch(name, tuple(prefills + [1] * decodes), tuple(seq_lens), width)
+        return DummyBatch(name, tuple(prefills + [1] * decodes), tuple(seq_lens), width, prefix)
 
     batches = [
         batch("prefill 2x37", [37, 37], wide=True),  # 74 tokens (not % 16), 2 requests, 16-wide table
@@ -95,10 +99,16 @@ def plan_batches(config: PagodaConfig, graph_max_size: int | None) -> list[Dummy
         else:  # decode steps past the largest graph run eagerly: an odd size and a multiple of 16
             decode_sizes = [(graph_max_size + 1) | 1, (graph_max_size // 16 + 1) * 16]
         batches += [batch(f"decode {n}", [], decodes=n) for n in decode_sizes if n <= sched.max_num_seqs]
+        if cascade:  # the same eager steps once they share a prefix: a mixed one and the eager decodes
+            batches += [batch("mixed cascade 2+70", [64, 34], decodes=CASCADE_MIN_REQS + 5, prefix=True)]
+            batches += [batch(f"decode cascade {n}", [], decodes=n, prefix=True) for n in decode_sizes
+                        if CASCADE_MIN_REQS <= n <= sched.max_num_seqs]
     planned: list[DummyBatch] = []
     for b in batches:
         fits = 0 < b.num_tokens <= sched.max_num_batched_tokens and b.num_reqs <= sched.max_num_seqs
-        same_shape = any((p.query_lens, p.block_table_width) == (b.query_lens, b.block_table_width) for p in planned)
+        same_shape = any((p.query_lens, p.block_table_width, p.cascade) == (b.query_lens, b.block_table_width, b.cascade)
+                         for p in planned)
+        fits = fits and (not b.cascade or b.num_reqs >= CASCADE_MIN_REQS)
         if fits and not same_shape:
             planned.append(b)
     return planned
@@ -124,6 +134,7 @@ def _metadata(runner, b: DummyBatch) -> tuple[torch.Tensor, AttentionMetadata]:
         slot_mapping=torch.full((b.num_tokens,), -1, dtype=torch.int64, device=device),
         query_start_loc_cpu=query_start.tolist(),
         seq_lens_cpu=seq_lens.tolist(),
+        prefix_blocks=torch.zeros(1, dtype=torch.int32, device=device) if b.cascade else None,
     )
     return torch.tensor(positions, dtype=torch.long, device=device), metadata
 
@@ -177,15 +188,22 @@ def warm_up_kernels(runner, graph_max_size: int | None = None, *, force: bool = 
     if graph_max_size is None and runner.cuda_graphs is not None:
         graph_max_size = runner.cuda_graphs.sizes[-1]
     started = time.perf_counter()
+    forwards = run_warm_up_forwards(runner, graph_max_size)
+    if runner.device.type == "cuda":
+        torch.cuda.synchronize(runner.device)
+        torch.cuda.empty_cache()  # give the activations back before CUDA-graph pools are allocated
+    logger.info("warmed up kernels with %d dummy forwards in %.2f s", forwards, time.perf_counter() - started)
+    return forwards
+
+
+def run_warm_up_forwards(runner, graph_max_size: int | None) -> int:
+    """The warm-up's work alone (no synchronize, no log): every planned batch, then the sampling kernels on
+    CUDA; returns how many forwards ran. worker/precompile.py runs it in compile-only mode."""
     logits = runner.config.model.runner_type == "generate"
-    batches = plan_batches(runner.config, graph_max_size)
+    batches = plan_batches(runner.config, graph_max_size, getattr(runner, "cascade", False))
     for b in batches:
         _run_batch(runner, b, logits)
     stage = getattr(runner, "stage", None)
     if logits and runner.device.type == "cuda" and (stage is None or stage.is_last):
         _warm_sampler(runner)
-    if runner.device.type == "cuda":
-        torch.cuda.synchronize(runner.device)
-        torch.cuda.empty_cache()  # give the activations back before CUDA-graph pools are allocated
-    logger.info("warmed up kernels with %d dummy forwards in %.2f s", len(batches), time.perf_counter() - started)
     return len(batches)

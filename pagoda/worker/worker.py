@@ -19,6 +19,10 @@ Invariants:
   pipeline stage runs eagerly (no CUDA graphs yet: a graph would need the received activations as inputs).
 - On CUDA, kernels are warmed up (worker/warmup.py) after the cache is allocated and before any
   CUDA graph is captured; the warm-up writes nothing into the cache.
+- On CUDA, start-up's Triton variants compile on a thread pool first (worker/precompile.py, off with
+  PAGODA_COMPILE_THREADS=0): the memory profile's right before it runs (only the model exists then), the
+  warm-up's and every CUDA-graph shape's after the cache and runner exist (the graph runners are built
+  before the warm-up for this), before the warm-up. Neither pass launches a kernel or writes the cache.
 - Every cache (the draft's too) is in `kv_cache_dtype` = CacheConfig.torch_dtype(model dtype): the
   model's dtype, or FP8 for kv_cache_dtype fp8 / fp8_e4m3 / fp8_e5m2, so that bytes_per_block (and so
   every block count derived from a byte budget) uses its element size: FP8 holds twice the tokens of
@@ -87,7 +91,9 @@ class Worker:
             return -(-self.config.model.max_model_len // cache.block_size) * self.config.scheduler.max_num_seqs
         if self.device.type == "cuda" and cache.kv_cache_memory_bytes is None:
             from pagoda.worker.gpu_memory import profile_num_blocks
+            from pagoda.worker.precompile import precompile_profile
 
+            precompile_profile(self)  # the profile's kernels compile on a pool first (worker/precompile.py)
             return profile_num_blocks(self)
         budget = cache.kv_cache_memory_bytes or CPU_DEFAULT_KV_BYTES
         num_blocks = budget // self.bytes_per_block()
@@ -121,31 +127,41 @@ class Worker:
         if use_graphs and self.config.parallel.pipeline_parallel_size > 1:
             logger.info("pipeline parallelism: steps run eagerly (CUDA graphs of pipeline stages are not supported yet)")
             use_graphs = False
+        from pagoda.worker.precompile import precompile_startup
         from pagoda.worker.warmup import warm_up_kernels
 
+        graph_runners = self._make_cuda_graph_runners(kv_caches) if use_graphs else []
+        graph_max_size = self.config.max_cudagraph_capture_size if use_graphs else None
+        # Every variant the warm-up and the captures need compiles on a pool first (worker/precompile.py).
+        precompile_startup(self.runner, graph_max_size, graph_runners)
         with torch.inference_mode():  # compile the Triton variants real steps need (graphs only cover decode)
-            warm_up_kernels(self.runner, self.config.max_cudagraph_capture_size if use_graphs else None)
-        if use_graphs:
-            from pagoda.worker.cuda_graph import CudaGraphRunner
-
-            speculative = self.config.speculative
-            graphs = CudaGraphRunner(self.model, kv_caches, self.config.max_cudagraph_capture_size,
-                                     self.config.model.max_model_len, cache.block_size, self.device,
-                                     self.runner.attn_metadata,
-                                     verify_query_len=speculative.num_speculative_tokens + 1 if speculative else None)
+            warm_up_kernels(self.runner, graph_max_size)
+        for graphs in graph_runners:  # the target's graphs, then the draft's
             graphs.capture()
-            self.runner.cuda_graphs = graphs
-            if self.draft_model is not None:  # the draft's decode steps and its catch-up over verify steps
-                draft = self.runner.spec.draft
-                draft.cuda_graphs = CudaGraphRunner(self.draft_model, draft.kv_caches,
-                                                    self.config.max_cudagraph_capture_size,
-                                                    self.config.model.max_model_len, cache.block_size, self.device,
-                                                    self.runner.attn_metadata,
-                                                    verify_query_len=speculative.num_speculative_tokens + 1)
-                draft.cuda_graphs.capture()
+        if graph_runners:
+            self.runner.cuda_graphs = graph_runners[0]
+            if self.draft_model is not None:
+                self.runner.spec.draft.cuda_graphs = graph_runners[1]
         from pagoda.worker.compile_watch import watch_runtime_compiles
 
         watch_runtime_compiles()  # from here on, a Triton compile is a request waiting: logged (compile_watch.py)
+
+    def _make_cuda_graph_runners(self, kv_caches) -> list:
+        """The target's CudaGraphRunner and, with a draft model, the draft's (its decode steps and its
+        catch-up over verify steps); built before the warm-up so the compile pass can run their shapes."""
+        from pagoda.worker.cuda_graph import CudaGraphRunner
+
+        config, speculative = self.config, self.config.speculative
+        verify = speculative.num_speculative_tokens + 1 if speculative else None
+        runners = [CudaGraphRunner(self.model, kv_caches, config.max_cudagraph_capture_size,
+                                   config.model.max_model_len, config.cache.block_size, self.device,
+                                   self.runner.attn_metadata, verify_query_len=verify, cascade=self.runner.cascade)]
+        if self.draft_model is not None:
+            runners.append(CudaGraphRunner(self.draft_model, self.runner.spec.draft.kv_caches,
+                                           config.max_cudagraph_capture_size, config.model.max_model_len,
+                                           config.cache.block_size, self.device, self.runner.attn_metadata,
+                                           verify_query_len=verify))
+        return runners
 
     def execute_model(self, sched: SchedulerOutput):
         if self.runner is None:
