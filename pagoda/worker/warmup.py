@@ -20,7 +20,7 @@ Invariants:
   torch RNG are untouched: only `runner.model` and the sampling kernels are called, with fixed seeds
   that they are given (they draw nothing from torch's generators).
 - Every dummy batch fits the scheduler's limits: at most max_num_seqs requests, at most
-  max_num_batched_tokens tokens, sequences of at most max_model_len; at most 10 forwards in all (7, plus 3
+  max_num_batched_tokens tokens, sequences of at most max_model_len; at most 11 forwards in all (7, plus 4
   with a prefix pass when the runner may run cascade attention).
 - Pooling models run only the prefill batches (their requests are never chunked or decoded) and no
   LM head.
@@ -100,7 +100,11 @@ def plan_batches(config: PagodaConfig, graph_max_size: int | None, cascade: bool
             decode_sizes = [(graph_max_size + 1) | 1, (graph_max_size // 16 + 1) * 16]
         batches += [batch(f"decode {n}", [], decodes=n) for n in decode_sizes if n <= sched.max_num_seqs]
         if cascade:  # the same eager steps once they share a prefix: a mixed one and the eager decodes
-            batches += [batch("mixed cascade 2+70", [64, 34], decodes=CASCADE_MIN_REQS + 5, prefix=True)]
+            # Triton specializes the prefix pass on its row count (tokens x group) and paged attention on the
+            # request count and block-table width: one batch with an odd token and request count and a narrow
+            # table, one with 80 requests (% 16) and a 16-wide table.
+            batches += [batch("mixed cascade 3+70", [40, 33, 24], decodes=70, prefix=True),
+                        batch("mixed cascade 2+78", [64, 34], decodes=78, wide=True, prefix=True)]
             batches += [batch(f"decode cascade {n}", [], decodes=n, prefix=True) for n in decode_sizes
                         if CASCADE_MIN_REQS <= n <= sched.max_num_seqs]
     planned: list[DummyBatch] = []

@@ -121,3 +121,25 @@ def test_plan_respects_limits_and_covers_specializations(llama_dir, kwargs, grap
     else:  # eager decodes past the largest graph: an odd size and a multiple of 16
         assert all(b.num_reqs > graph_max_size for b in decode)
         assert {b.num_reqs % 2 for b in decode} == {0, 1} and any(b.num_reqs % 16 == 0 for b in decode)
+
+
+@pytest.mark.parametrize("graph_max_size", [512, 1024])
+def test_cascade_plan_covers_the_prefix_pass_specializations(llama_dir, graph_max_size):
+    """With cascade possible, the mixed cascade batches vary what Triton specializes on: the prefix pass's row
+    count (tokens x group) and paged attention's request count and block-table width; each is a real
+    cascade step's size (at least CASCADE_MIN_REQS requests), and the plan stays within its limits."""
+    from pagoda.attention.cascade import CASCADE_MIN_REQS
+
+    config = EngineArgs(model=llama_dir, dtype="float32", max_model_len=512, max_num_seqs=1024,
+                        max_num_batched_tokens=16384).create_config()
+    plain, batches = plan_batches(config, graph_max_size), plan_batches(config, graph_max_size, cascade=True)
+    cascade = [b for b in batches if b.cascade]
+    assert [b for b in batches if not b.cascade] == plain and len(batches) <= 11
+    assert all(b.num_reqs >= CASCADE_MIN_REQS for b in cascade)
+    mixed = [b for b in cascade if max(b.query_lens) > 8]
+    group = config.model.hf_text_config.num_attention_heads // config.model.hf_text_config.num_key_value_heads
+    assert {b.num_tokens * group % 16 == 0 for b in mixed} == {True, False}
+    assert {b.num_reqs % 16 == 0 for b in mixed} == {True, False}
+    assert {b.block_table_width % 16 == 0 for b in mixed} == {True, False}
+    eager_decodes = [b for b in cascade if max(b.query_lens) == 1]
+    assert bool(eager_decodes) == (graph_max_size < 1024)  # decode steps past the largest graph only
