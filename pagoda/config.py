@@ -456,6 +456,7 @@ class PagodaConfig:
     load: LoadConfig
     parallel: ParallelConfig
     enforce_eager: bool = False
+    disable_cascade_attn: bool = False  # vLLM's flag: no cascade attention (attention/cascade.py)
     max_cudagraph_capture_size: int = 512  # decode batches up to this size replay CUDA graphs
     speculative: SpeculativeConfig | None = None  # speculative decoding, when asked for
     structured_outputs: StructuredOutputsConfig = field(default_factory=StructuredOutputsConfig)

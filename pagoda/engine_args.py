@@ -133,6 +133,7 @@ class EngineArgs(compat.VllmCompatArgs):
     allowed_local_media_path: str = _opt("", "A folder whose images chat requests may name with file:// URLs (no path outside it, symlinks resolved; a security risk, for trusted setups only). None by default.")
     max_logprobs: int = _opt(20, "Most logprobs a request may ask for (logprobs and prompt_logprobs).")
     enforce_eager: bool = _opt(False, "Never capture CUDA graphs.")
+    disable_cascade_attn: bool = _opt(False, "Never run cascade attention (one pass over the blocks every request of a step shares, then each request's own; chosen per step by a cost model, as vLLM).")
     max_cudagraph_capture_size: int | None = _opt(None, "Largest decode batch run from a CUDA graph (larger batches run eagerly); defaults to max_num_seqs for `LLM` (offline throughput gains most from graphs at large batches) and min(max_num_seqs, 512) for `pagoda serve`, as vLLM, to keep start-up short.")
     async_scheduling: bool = _opt(True, "Schedule and prepare step n+1 while step n runs on the device (outputs are identical either way).", negatable=True)
     task: str = _opt("auto", "What the model does: 'generate' text, or 'embed' prompts into vectors; 'auto' picks from the architecture (BertModel, *Model: embed).", cfg.TASK_CHOICES,
@@ -289,6 +290,7 @@ class EngineArgs(compat.VllmCompatArgs):
             load=cfg.LoadConfig(load_format=self.load_format),
             parallel=self._parallel_config(),
             enforce_eager=self.enforce_eager,
+            disable_cascade_attn=self.disable_cascade_attn,
             max_cudagraph_capture_size=min(self.max_cudagraph_capture_size
                                            or (max_num_seqs if self.usage_context == "llm" else 512), max_num_seqs),
             speculative=speculative,

@@ -149,7 +149,6 @@ ENGINE_OPTIONS: tuple[Compat, ...] = (
     _c("enable_sleep_mode", BOOL, False, NOT_YET, "sleep mode is not implemented yet"),
     _c("disable_sliding_window", BOOL, False, NO_EFFECT,
        "Pagoda always does what it asks: full attention, max_model_len capped at the sliding window"),
-    _c("disable_cascade_attn", BOOL, False, NO_EFFECT, "Pagoda has no cascade attention"),
     _c("allowed_media_domains", STRS, None, NOT_YET, MM),
     # LoadConfig
     _c("ignore_patterns", STRS, ["original/**/*"], NOT_YET, "the loader reads the weight files at the top of the "

@@ -109,6 +109,7 @@ class ModelRunner:
         # prefix caching (the only way requests come to share blocks) and without speculative decoding (its
         # verify steps in flight leave the host positions upper bounds). Counted per step that ran it.
         self.cascade = (self.attn_metadata.supports_cascade and cascade_enabled()
+                        and not getattr(config, "disable_cascade_attn", False)
                         and config.cache.enable_prefix_caching and self.spec is None)
         self.num_cascade_steps = 0
         self.failed = FailedRequests(self.block_size)  # failed here, not yet in the scheduler's finished_req_ids

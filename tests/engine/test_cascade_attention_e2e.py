@@ -45,3 +45,11 @@ def test_cascade_decode_equals_plain_attention(checkpoint, monkeypatch):
     reference, _ = _generate(folder, monkeypatch, "torch", True)
     assert with_cascade == without == reference
     assert len({tuple(t) for t in with_cascade}) > 1  # the suffixes matter: not one answer for all
+
+
+def test_disable_cascade_attn_turns_it_off(checkpoint, monkeypatch):
+    """vLLM's --disable-cascade-attn: the runner never plans a cascade step (and its graphs carry no prefix pass)."""
+    monkeypatch.setenv(attn_backend.ATTENTION_BACKEND_ENV, "triton")
+    folder = checkpoint("LlamaForCausalLM")
+    assert LLM(folder, max_model_len=128).llm_engine.core.executor.worker.runner.cascade
+    assert not LLM(folder, max_model_len=128, disable_cascade_attn=True).llm_engine.core.executor.worker.runner.cascade
