@@ -36,7 +36,7 @@ import triton
 import triton.language as tl
 
 from pagoda.kernels import tuning
-from pagoda.kernels.paged_attention import _LOG2E, attend_tile
+from pagoda.kernels.paged_attention import _LOG2E, attend_tile, check_shapes
 
 
 @triton.jit
@@ -98,13 +98,7 @@ def prefix_attention(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(out float32 [T, H, D], lse float32 [T, H]) of every query row over the first
     prefix_blocks[0] blocks of prefix_block_table, unmasked (see the module docstring)."""
-    num_tokens, num_heads, head_size = query.shape
-    _, _, block_size, num_kv_heads, cache_head_size = kv_cache.shape
-    if cache_head_size != head_size or num_heads % num_kv_heads != 0:
-        raise ValueError(
-            f"query heads/size {num_heads}/{head_size} do not fit "
-            f"cache kv heads/size {num_kv_heads}/{cache_head_size}"
-        )
+    num_tokens, num_heads, head_size, block_size, num_kv_heads = check_shapes(query, kv_cache)
     if prefix_block_table.dim() != 1 or prefix_blocks.numel() != 1:
         raise ValueError("prefix_block_table must be 1-D and prefix_blocks hold one value")
     if query.stride(-1) != 1:

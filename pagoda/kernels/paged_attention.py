@@ -267,6 +267,19 @@ def _reduce_splits_kernel(
     )
 
 
+def check_shapes(query: torch.Tensor, kv_cache: torch.Tensor) -> tuple[int, int, int, int, int]:
+    """(num_tokens, num_heads, head_size, block_size, num_kv_heads) of a query [T, H, D] over a cache
+    [2, blocks, block_size, Hkv, D]; ValueError when they do not fit."""
+    num_tokens, num_heads, head_size = query.shape
+    _, _, block_size, num_kv_heads, cache_head_size = kv_cache.shape
+    if cache_head_size != head_size or num_heads % num_kv_heads != 0:
+        raise ValueError(
+            f"query heads/size {num_heads}/{head_size} do not fit "
+            f"cache kv heads/size {num_kv_heads}/{cache_head_size}"
+        )
+    return num_tokens, num_heads, head_size, block_size, num_kv_heads
+
+
 def paged_attention(
     query: torch.Tensor,
     kv_cache: torch.Tensor,
@@ -285,13 +298,7 @@ def paged_attention(
     fp8 · v_scale (the scales are unused for a cache in the query's dtype). `prefix`: (prefix_blocks,
     out, lse) from cascade_attention.prefix_attention over the same query, cache and scales; every
     request then skips its first P blocks and resumes from that state (see the module docstring)."""
-    num_tokens, num_heads, head_size = query.shape
-    _, _, block_size, num_kv_heads, cache_head_size = kv_cache.shape
-    if cache_head_size != head_size or num_heads % num_kv_heads != 0:
-        raise ValueError(
-            f"query heads/size {num_heads}/{head_size} do not fit "
-            f"cache kv heads/size {num_kv_heads}/{cache_head_size}"
-        )
+    num_tokens, num_heads, head_size, block_size, num_kv_heads = check_shapes(query, kv_cache)
     if out is None:
         out = torch.empty_like(query)
     if query.stride(-1) != 1:
