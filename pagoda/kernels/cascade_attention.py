@@ -20,8 +20,12 @@ row r = token * GROUP + g for query head kv_head * GROUP + g, times one KV head;
 of TILE_N positions (gathered through prefix_block_table with paged_attention.attend_tile) is loaded
 once for BLOCK_M rows spanning many requests.
 
-Invariants: P is read from prefix_blocks on the device and the grid (cdiv(T * GROUP, BLOCK_M), Hkv)
-depends on T, H and Hkv only, so a CUDA graph captured once replays with any P. Only the first P
+Split-KV over the prefix (num_splits S > 1, for steps with few rows: few programs otherwise): S runs
+of prefix tiles are computed by separate programs, which store unnormalised partials (m, l, acc);
+`_merge_splits_kernel` combines them into out / lse (empty runs weigh 0).
+
+Invariants: P is read from prefix_blocks on the device and the grid (cdiv(T * GROUP, BLOCK_M), Hkv, S)
+depends on T, H, Hkv and S only, so a CUDA graph captured once replays with any P. Only the first P
 entries of prefix_block_table are read. With P == 0 every program returns at once: out / lse are left
 unwritten (torch.empty) and consumers skip them. Rows of padding tokens are computed
 like any other (the query rows are all attended; nothing is written outside out / lse).
@@ -42,13 +46,14 @@ from pagoda.kernels.paged_attention import _LOG2E, attend_tile, check_shapes
 @triton.jit
 def _prefix_attn_kernel(
     out_ptr, lse_ptr, q_ptr, k_cache_ptr, v_cache_ptr, prefix_bt_ptr, prefix_blocks_ptr,
-    scale_log2, v_scale, num_rows,
+    part_m_ptr, part_l_ptr, part_acc_ptr,
+    scale_log2, v_scale, num_rows, num_heads, num_tokens,
     stride_qt, stride_qh, stride_ot, stride_oh, stride_lt, stride_lh,
     stride_kb, stride_ks, stride_kh,
     stride_vb, stride_vs, stride_vh,
     HEAD_SIZE: tl.constexpr, HEAD_PAD: tl.constexpr, GROUP: tl.constexpr,
     BLOCK_M: tl.constexpr, TILE_N: tl.constexpr, BLOCK_SIZE: tl.constexpr,
-    IEEE_DOT: tl.constexpr, FP8: tl.constexpr,
+    IEEE_DOT: tl.constexpr, FP8: tl.constexpr, NUM_SPLITS: tl.constexpr,
 ):
     kv_end = tl.load(prefix_blocks_ptr) * BLOCK_SIZE
     if kv_end == 0:
@@ -70,7 +75,15 @@ def _prefix_attn_kernel(
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_PAD], dtype=tl.float32)
     kv_head64 = kv_head.to(tl.int64)
-    for t in range(0, tl.cdiv(kv_end, TILE_N)):
+    num_tiles = tl.cdiv(kv_end, TILE_N)
+    if NUM_SPLITS == 1:
+        tile_lo = 0
+        tile_hi = num_tiles
+    else:
+        per_split = tl.cdiv(num_tiles, NUM_SPLITS)
+        tile_lo = tl.program_id(2) * per_split
+        tile_hi = tl.minimum(tile_lo + per_split, num_tiles)
+    for t in range(tile_lo, tile_hi):
         offs_n = t * TILE_N + tl.arange(0, TILE_N)
         n_valid = offs_n < kv_end
         m_i, l_i, acc = attend_tile(q, m_i, l_i, acc, k_cache_ptr, v_cache_ptr, prefix_bt_ptr, offs_n, n_valid,
@@ -78,13 +91,45 @@ def _prefix_attn_kernel(
                                     stride_vb, stride_vs, stride_vh, scale_log2, BLOCK_SIZE, IEEE_DOT, FP8)
     if FP8:
         acc = acc * v_scale
-    l_safe = tl.where(l_i > 0, l_i, 1.0)
-    tl.store(
-        out_ptr + tok[:, None] * stride_ot + head[:, None] * stride_oh + offs_d[None, :],
-        acc / l_safe[:, None],
-        mask=row_valid[:, None] & d_mask[None, :],
-    )
-    tl.store(lse_ptr + tok * stride_lt + head * stride_lh, m_i + tl.log2(l_safe), mask=row_valid)
+    if NUM_SPLITS == 1:
+        l_safe = tl.where(l_i > 0, l_i, 1.0)
+        tl.store(
+            out_ptr + tok[:, None] * stride_ot + head[:, None] * stride_oh + offs_d[None, :],
+            acc / l_safe[:, None],
+            mask=row_valid[:, None] & d_mask[None, :],
+        )
+        tl.store(lse_ptr + tok * stride_lt + head * stride_lh, m_i + tl.log2(l_safe), mask=row_valid)
+    else:  # unnormalised partials; an empty split keeps m -1e30, l 0 (weight 0 in the merge)
+        part = tl.program_id(2).to(tl.int64) * num_tokens * num_heads + tok * num_heads + head
+        tl.store(part_m_ptr + part, m_i, mask=row_valid)
+        tl.store(part_l_ptr + part, l_i, mask=row_valid)
+        tl.store(part_acc_ptr + part[:, None] * HEAD_PAD + offs_d[None, :], acc, mask=row_valid[:, None])
+
+
+@triton.jit
+def _merge_splits_kernel(
+    out_ptr, lse_ptr, part_m_ptr, part_l_ptr, part_acc_ptr, prefix_blocks_ptr, num_heads, num_tokens,
+    stride_ot, stride_oh, stride_lt, stride_lh,
+    HEAD_SIZE: tl.constexpr, HEAD_PAD: tl.constexpr, NUM_SPLITS: tl.constexpr, SPLITS_PAD: tl.constexpr,
+):
+    if tl.load(prefix_blocks_ptr) == 0:
+        return
+    tok = tl.program_id(0).to(tl.int64)
+    head = tl.program_id(1)
+    offs_s = tl.arange(0, SPLITS_PAD)
+    offs_d = tl.arange(0, HEAD_PAD)
+    s_mask = offs_s < NUM_SPLITS
+    part = offs_s.to(tl.int64) * num_tokens * num_heads + tok * num_heads + head
+    m = tl.load(part_m_ptr + part, mask=s_mask, other=-1.0e30)
+    l = tl.load(part_l_ptr + part, mask=s_mask, other=0.0)
+    m_max = tl.max(m, 0)
+    w = tl.exp2(m - m_max)
+    total = tl.sum(w * l, 0)
+    acc = tl.load(part_acc_ptr + part[:, None] * HEAD_PAD + offs_d[None, :], mask=s_mask[:, None], other=0.0)
+    total_safe = tl.where(total > 0, total, 1.0)
+    tl.store(out_ptr + tok * stride_ot + head * stride_oh + offs_d, tl.sum(acc * w[:, None], 0) / total_safe,
+             mask=offs_d < HEAD_SIZE)
+    tl.store(lse_ptr + tok * stride_lt + head * stride_lh, m_max + tl.log2(total_safe))
 
 
 def prefix_attention(
@@ -95,9 +140,12 @@ def prefix_attention(
     scale: float,
     k_scale: float = 1.0,
     v_scale: float = 1.0,
+    num_splits: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(out float32 [T, H, D], lse float32 [T, H]) of every query row over the first
-    prefix_blocks[0] blocks of prefix_block_table, unmasked (see the module docstring)."""
+    prefix_blocks[0] blocks of prefix_block_table, unmasked (see the module docstring). `num_splits`
+    cuts the prefix's tiles into that many runs of separate programs, merged after (None:
+    tuning.prefix_attention_splits)."""
     num_tokens, num_heads, head_size, block_size, num_kv_heads = check_shapes(query, kv_cache)
     if prefix_block_table.dim() != 1 or prefix_blocks.numel() != 1:
         raise ValueError("prefix_block_table must be 1-D and prefix_blocks hold one value")
@@ -116,18 +164,33 @@ def prefix_attention(
     launch = tuning.prefix_attention_launch(head_size=head_size, device=query.device)
     group = num_heads // num_kv_heads
     k_cache, v_cache = kv_cache[0], kv_cache[1]
-    grid = (triton.cdiv(num_tokens * group, launch.block_m), num_kv_heads)
-    _prefix_attn_kernel[grid](
-        out, lse, query, k_cache, v_cache, prefix_block_table, prefix_blocks,
-        float(scale) * float(k_scale) * _LOG2E, float(v_scale), num_tokens * group,
+    row_blocks = triton.cdiv(num_tokens * group, launch.block_m)
+    splits = num_splits or tuning.prefix_attention_splits(num_programs=row_blocks * num_kv_heads, device=query.device)
+    if splits > 1:
+        n_part = splits * num_tokens * num_heads
+        part_m = torch.empty(n_part, dtype=torch.float32, device=query.device)
+        part_l = torch.empty_like(part_m)
+        part_acc = torch.empty(n_part * launch.head_pad, dtype=torch.float32, device=query.device)
+    else:
+        part_m = part_l = part_acc = out  # unused
+    _prefix_attn_kernel[(row_blocks, num_kv_heads, splits)](
+        out, lse, query, k_cache, v_cache, prefix_block_table, prefix_blocks, part_m, part_l, part_acc,
+        float(scale) * float(k_scale) * _LOG2E, float(v_scale), num_tokens * group, num_heads, num_tokens,
         query.stride(0), query.stride(1), out.stride(0), out.stride(1), lse.stride(0), lse.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
         HEAD_SIZE=head_size, HEAD_PAD=launch.head_pad, GROUP=group,
         BLOCK_M=launch.block_m, TILE_N=launch.tile_n, BLOCK_SIZE=block_size,
-        IEEE_DOT=query.dtype == torch.float32, FP8=tuning.kv_format(kv_cache.dtype).fp8,
+        IEEE_DOT=query.dtype == torch.float32, FP8=tuning.kv_format(kv_cache.dtype).fp8, NUM_SPLITS=splits,
         num_warps=launch.num_warps, num_stages=launch.num_stages,
     )
+    if splits > 1:
+        _merge_splits_kernel[(num_tokens, num_heads)](
+            out, lse, part_m, part_l, part_acc, prefix_blocks, num_heads, num_tokens,
+            out.stride(0), out.stride(1), lse.stride(0), lse.stride(1),
+            HEAD_SIZE=head_size, HEAD_PAD=launch.head_pad, NUM_SPLITS=splits,
+            SPLITS_PAD=tuning.next_power_of_2(splits), num_warps=4 if launch.head_pad >= 128 else 2,
+        )
     return out, lse
 
 

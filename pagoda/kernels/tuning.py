@@ -377,3 +377,18 @@ def prefix_attention_launch(*, head_size: int, device: torch.device) -> PrefixAt
     if head_pad >= 256:
         return PrefixAttentionLaunch(64, 32, head_pad, 8, 2)
     return PrefixAttentionLaunch(128, 64, head_pad, 4, 2)
+
+
+PREFIX_SPLITS_ENV = "PAGODA_PREFIX_ATTENTION_SPLITS"
+
+
+def prefix_attention_splits(*, num_programs: int, device: torch.device) -> int:
+    """Split-KV count of the prefix pass for `num_programs` (row blocks x KV heads) programs: 1 (not yet
+    measured to pay: tests/kernels/bench_cascade.py --prefix-splits times it), or PAGODA_PREFIX_ATTENTION_SPLITS.
+    A host-side choice on ints, so a CUDA graph and an eager step of one size split alike."""
+    override = os.environ.get(PREFIX_SPLITS_ENV)
+    if not override:
+        return 1
+    if not override.isdigit() or int(override) < 1:
+        raise ValueError(f"{PREFIX_SPLITS_ENV} must be a positive integer, got {override!r}")
+    return int(override)

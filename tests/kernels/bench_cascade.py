@@ -1,12 +1,14 @@
 """GPU micro-benchmark of cascade attention at W8's decode shape (not collected by pytest; by hand on a GPU):
 
     python tests/kernels/bench_cascade.py [--reqs 1000] [--prefix-blocks 63] [--own 190] [--sweep]
+                                          [--prefix-splits 1,2,4,8]
 
 One layer of the Llama-3-8B shape (32 query heads, 8 KV heads, head size 128, bf16, block size 16): `--reqs`
 decode requests share `--prefix-blocks` blocks and own `--own` more tokens each. Times (triton.testing.do_bench,
 us per call) plain paged attention over every request's whole sequence with the decode split count the runner
 uses, against the prefix pass (kernels/cascade_attention.py) plus the seeded paged attention over the suffixes,
-and checks both give the same output. `--sweep` times the prefix pass at other tile sizes, warps and stages.
+and checks both give the same output. `--sweep` times the prefix pass at other tile sizes, warps and stages;
+`--prefix-splits` at split-KV counts over the prefix (merged after; tuning.prefix_attention_splits).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ def main() -> None:
     parser.add_argument("--prefix-blocks", type=int, default=63)
     parser.add_argument("--own", type=int, default=190)
     parser.add_argument("--sweep", action="store_true")
+    parser.add_argument("--prefix-splits", default="", help="comma-separated split counts to time the prefix pass at")
     args = parser.parse_args()
     dev = torch.device("cuda")
     R, P = args.reqs, args.prefix_blocks
@@ -75,6 +78,11 @@ def main() -> None:
     flops = 4 * R * H * P * BS * D
     us = triton.testing.do_bench(prefix_only, warmup=20, rep=200) * 1e3
     print(f"prefix pass: {flops / us / 1e6:.0f} TFLOP/s")
+    for splits in [int(x) for x in args.prefix_splits.split(",") if x]:
+        split_out, _ = prefix_attention(q, kv, table[0], pb, scale, num_splits=splits)
+        us = triton.testing.do_bench(lambda: prefix_attention(q, kv, table[0], pb, scale, num_splits=splits),
+                                     warmup=20, rep=200) * 1e3
+        print(f"  prefix pass, {splits} splits: {us:8.1f} us (max diff {(split_out - out).abs().max().item():.1e})")
     if args.sweep:
         original = tuning.prefix_attention_launch
         results = []

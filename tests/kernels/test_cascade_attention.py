@@ -156,3 +156,39 @@ def test_padding_request_and_replay_with_new_prefix(device):
     p_out, p_lse = prefix_attention(q, kv, md.block_tables[0], pb, 0.25)
     out = paged_attention(q, kv, md, 0.25, num_splits=3, prefix=PrefixState(pb, p_out, p_lse))
     close(out[real], ref[real], len(real), torch.float32)
+
+
+@pytest.mark.parametrize("prefix_splits", [2, 3, 8])
+def test_prefix_split_kv_merges_to_the_one_pass_result(prefix_splits, device):
+    """The prefix pass cut into runs of tiles (more programs for steps with few rows) and merged: the same
+    out / lse as one pass, up to fp32 rounding; more splits than tiles leave empty runs of weight 0; P == 0
+    faults nowhere, and P changed in place is followed."""
+    q, kv, md = shared_batch(*MIXED, 3, group=2, head_size=64, block_size=16, dtype=torch.float32, device=device)
+    pb = torch.tensor([3], dtype=torch.int32, device=device)  # 48 positions: 2 tiles of 32 under the interpreter
+    one, one_lse = prefix_attention(q, kv, md.block_tables[0], pb, 0.2, num_splits=1)
+    out, lse = prefix_attention(q, kv, md.block_tables[0], pb, 0.2, num_splits=prefix_splits)
+    torch.testing.assert_close(out, one, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(lse, one_lse, atol=1e-5, rtol=1e-5)
+    pb.fill_(1)
+    ref_out, ref_lse = prefix_attention_ref(q.cpu(), kv.cpu(), md.block_tables[0].cpu(), 1, 0.2)
+    out, lse = prefix_attention(q, kv, md.block_tables[0], pb, 0.2, num_splits=prefix_splits)
+    torch.testing.assert_close(out.cpu(), ref_out, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(lse.cpu(), ref_lse, atol=1e-4, rtol=1e-4)
+    pb.fill_(0)
+    prefix_attention(q, kv, md.block_tables[0], pb, 0.2, num_splits=prefix_splits)  # must not fault
+    # End to end: the split prefix state resumes paged attention to the full result.
+    pb.fill_(3)
+    out, lse = prefix_attention(q, kv, md.block_tables[0], pb, 0.2, num_splits=prefix_splits)
+    full = paged_attention(q, kv, md, 0.2, prefix=PrefixState(pb, out, lse))
+    close(full, full_ref(q, kv, md, 0.2), md.num_tokens, torch.float32)
+
+
+def test_prefix_splits_env(monkeypatch):
+    from pagoda.kernels import tuning
+
+    assert tuning.prefix_attention_splits(num_programs=8, device=torch.device("cpu")) == 1
+    monkeypatch.setenv(tuning.PREFIX_SPLITS_ENV, "4")
+    assert tuning.prefix_attention_splits(num_programs=8, device=torch.device("cpu")) == 4
+    monkeypatch.setenv(tuning.PREFIX_SPLITS_ENV, "0")
+    with pytest.raises(ValueError, match=tuning.PREFIX_SPLITS_ENV):
+        tuning.prefix_attention_splits(num_programs=8, device=torch.device("cpu"))
