@@ -7,9 +7,13 @@ warm-up did not cover (a dtype, a constexpr tile size, an int argument's divisib
 on a miss of the in-memory cache) is logged once, at WARNING, with Triton's own
 description of the variant (kernel name, launch options, argument types and specializations), and
 counted (`runtime_compiles()`), so a serving benchmark's slow first tokens can be matched to them.
+Installed with a `phase` (the worker does so after its compile pass, worker/precompile.py), it logs the
+compiles of that start-up phase at INFO instead, naming the phase ("the compile pass missed it"), apart
+from the runtime count; `watch_runtime_compiles()` without a phase ends it.
 
 Invariants: the watch never changes whether or how a kernel compiles (its hook returns None and
-calls any hook installed before it); it is installed at most once per process; with a Triton that
+calls any hook installed before it); explicit warm-up compiles (`run(warmup=True)`, the compile pass) are
+not recorded; it is installed at most once per process; with a Triton that
 has no `knobs.runtime.jit_cache_hook` it is a no-op (returns False).
 """
 
@@ -21,6 +25,8 @@ logger = logging.getLogger(__name__)
 
 _seen: set[str] = set()
 _installed = False
+_phase: str | None = None  # a start-up phase whose compiles are logged at INFO (see the module docstring)
+_phase_seen: set[str] = set()
 
 
 def runtime_compiles() -> int:
@@ -30,6 +36,11 @@ def runtime_compiles() -> int:
 
 def record_compile(description: str) -> None:
     """Note one compile of the variant `description` (logged the first time it is seen)."""
+    if _phase is not None:
+        if description not in _phase_seen:
+            _phase_seen.add(description)
+            logger.info("Triton compiled a kernel during %s (the compile pass missed it): %s", _phase, description)
+        return
     if description in _seen:
         return
     _seen.add(description)
@@ -37,9 +48,16 @@ def record_compile(description: str) -> None:
                    "request waited for it, and warm-up should cover this variant): %s", description)
 
 
-def watch_runtime_compiles() -> bool:
-    """Install the watch (idempotent); False when this Triton offers no compile hook."""
-    global _installed
+def phase_compiles() -> int:
+    """How many kernel variants compiled during start-up phases (see the module docstring)."""
+    return len(_phase_seen)
+
+
+def watch_runtime_compiles(phase: str | None = None) -> bool:
+    """Install the watch (idempotent; `phase` names the start-up phase now running, None: serving);
+    False when this Triton offers no compile hook."""
+    global _installed, _phase
+    _phase = phase
     if _installed:
         return True
     try:
@@ -52,7 +70,8 @@ def watch_runtime_compiles() -> bool:
     previous = runtime.jit_cache_hook
 
     def hook(**kwargs):
-        record_compile(str(kwargs.get("repr", kwargs.get("key", "?"))))
+        if not kwargs.get("is_manual_warmup"):  # run(warmup=True): the compile pass's own compiles
+            record_compile(str(kwargs.get("repr", kwargs.get("key", "?"))))
         return previous(**kwargs) if previous is not None else None
 
     runtime.jit_cache_hook = hook

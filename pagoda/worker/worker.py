@@ -133,7 +133,10 @@ class Worker:
         graph_runners = self._make_cuda_graph_runners(kv_caches) if use_graphs else []
         graph_max_size = self.config.max_cudagraph_capture_size if use_graphs else None
         # Every variant the warm-up and the captures need compiles on a pool first (worker/precompile.py).
-        precompile_startup(self.runner, graph_max_size, graph_runners)
+        from pagoda.worker.compile_watch import watch_runtime_compiles
+
+        if precompile_startup(self.runner, graph_max_size, graph_runners) is not None:
+            watch_runtime_compiles(phase="warm-up and CUDA-graph capture")  # what the pass missed, at INFO
         with torch.inference_mode():  # compile the Triton variants real steps need (graphs only cover decode)
             warm_up_kernels(self.runner, graph_max_size)
         for graphs in graph_runners:  # the target's graphs, then the draft's
@@ -142,8 +145,6 @@ class Worker:
             self.runner.cuda_graphs = graph_runners[0]
             if self.draft_model is not None:
                 self.runner.spec.draft.cuda_graphs = graph_runners[1]
-        from pagoda.worker.compile_watch import watch_runtime_compiles
-
         watch_runtime_compiles()  # from here on, a Triton compile is a request waiting: logged (compile_watch.py)
 
     def _make_cuda_graph_runners(self, kv_caches) -> list:

@@ -36,3 +36,22 @@ def test_logs_each_variant_once_and_chains(fresh_watch, caplog):
     assert "*fp32" in caplog.records[-1].getMessage()
     assert len(calls) == 3  # the earlier hook still sees every compile
 
+
+
+def test_a_start_up_phase_logs_at_info_apart_from_runtime_compiles(fresh_watch, caplog, monkeypatch):
+    monkeypatch.setattr(compile_watch, "_phase_seen", set())
+    monkeypatch.setattr(compile_watch, "_phase", None)
+    assert compile_watch.watch_runtime_compiles(phase="warm-up and CUDA-graph capture")
+    hook = knobs.runtime.jit_cache_hook
+    common = dict(key=None, fn=None, compile={}, already_compiled=False)
+    with caplog.at_level(logging.INFO, logger="pagoda.worker.compile_watch"):
+        hook(repr="_paged_attn_kernel[num_warps=4](*bf16)", is_manual_warmup=False, **common)
+        hook(repr="_prefix_attn_kernel[num_warps=4](*bf16)", is_manual_warmup=True, **common)  # the pass's own
+        compile_watch.watch_runtime_compiles()  # start-up is over
+        hook(repr="_race_kernel[num_warps=8](*fp32)", is_manual_warmup=False, **common)
+    assert compile_watch.phase_compiles() == 1 and compile_watch.runtime_compiles() == 1
+    info = [r for r in caplog.records if r.levelno == logging.INFO]
+    assert len(info) == 1 and "during warm-up and CUDA-graph capture" in info[0].getMessage()
+    assert "_paged_attn_kernel" in info[0].getMessage()
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "_race_kernel" in warnings[0].getMessage()
