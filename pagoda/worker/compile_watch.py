@@ -48,6 +48,34 @@ def record_compile(description: str) -> None:
                    "request waited for it, and warm-up should cover this variant): %s", description)
 
 
+def describe_variant(hook_kwargs: dict) -> str:
+    """A kernel variant as the hook sees it: name and launch options, then its constexpr and specialized
+    arguments by name (what a warm-up batch must match), then the argument types. Triton's own `repr` pairs
+    the parameters with the wrong part of the cache key (3.6 to 3.9 print "(out_ptr: ()" and stop), so it is
+    only used for the head."""
+    head = str(hook_kwargs.get("repr", "?")).split("](", 1)[0]
+    head = head + "]" if "[" in head else head
+    details = hook_kwargs.get("compile") or {}
+    fn = getattr(hook_kwargs.get("fn"), "jit_function", None)
+    names = list(getattr(fn, "arg_names", None) or [])
+
+    def name(key) -> str:
+        index = key[0] if isinstance(key, tuple) and len(key) == 1 else key
+        return names[index] if isinstance(index, int) and 0 <= index < len(names) else str(key)
+
+    constants = details.get("constants") or {}
+    consts = ", ".join(f"{name(k)}={v}" for k, v in constants.items())
+    configs = details.get("configs") or [{}]
+    attrs = configs[0] if isinstance(configs[0], dict) else {}
+    special = ", ".join(f"{name(k)}:" + "/".join(f"{a[0].split('.')[-1]}={a[1]}" if isinstance(a, (list, tuple))
+                                                 and len(a) == 2 else str(a) for a in v)
+                        for k, v in attrs.items())
+    signature = details.get("signature") or {}
+    types = ", ".join(f"{k}: {v}" for k, v in signature.items() if v != "constexpr") \
+        if isinstance(signature, dict) else str(signature)
+    return f"{head} constexprs ({consts}) specialized ({special}) arguments ({types})"
+
+
 def phase_compiles() -> int:
     """How many kernel variants compiled during start-up phases (see the module docstring)."""
     return len(_phase_seen)
@@ -71,7 +99,7 @@ def watch_runtime_compiles(phase: str | None = None) -> bool:
 
     def hook(**kwargs):
         if not kwargs.get("is_manual_warmup"):  # run(warmup=True): the compile pass's own compiles
-            record_compile(str(kwargs.get("repr", kwargs.get("key", "?"))))
+            record_compile(describe_variant(kwargs))
         return previous(**kwargs) if previous is not None else None
 
     runtime.jit_cache_hook = hook

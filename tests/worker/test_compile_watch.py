@@ -27,14 +27,36 @@ def test_logs_each_variant_once_and_chains(fresh_watch, caplog):
     assert compile_watch.watch_runtime_compiles() and compile_watch.watch_runtime_compiles()
     hook = knobs.runtime.jit_cache_hook
     with caplog.at_level(logging.WARNING, logger="pagoda.worker.compile_watch"):
-        for description in ("_race_kernel[num_warps=8](*bf16, i32)", "_race_kernel[num_warps=8](*bf16, i32)",
-                            "_race_kernel[num_warps=8](*fp32, i32)"):
-            assert hook(key=None, repr=description, fn=None, compile={}, is_manual_warmup=False,
+        for dtype in ("*bf16", "*bf16", "*fp32"):
+            assert hook(key=None, repr="_race_kernel[num_warps=8](x: ()", fn=None,
+                        compile={"signature": {"logits": dtype, "n": "i32"}}, is_manual_warmup=False,
                         already_compiled=False) is None
     assert compile_watch.runtime_compiles() == 2
     assert len([r for r in caplog.records if "compiled a kernel after start-up" in r.getMessage()]) == 2
     assert "*fp32" in caplog.records[-1].getMessage()
     assert len(calls) == 3  # the earlier hook still sees every compile
+
+
+def test_a_variant_is_described_by_its_constexprs_and_specializations():
+    """Triton's own repr is cut short ("(out_ptr: ()"), so the description names each constexpr and specialized
+    argument from the hook's compile details, as Triton 3.x passes them (keys are argument index paths)."""
+    class Fn:
+        arg_names = ["out_ptr", "q_ptr", "num_reqs", "stride", "BLOCK_M", "CASCADE"]
+
+    class Info:
+        jit_function = Fn()
+
+    kwargs = dict(repr="_paged_attn_kernel[num_warps=4, num_stages=2](out_ptr: ()", fn=Info(),
+                  compile={"signature": {"out_ptr": "*bf16", "q_ptr": "*bf16", "num_reqs": "i32", "stride": "i32",
+                                         "BLOCK_M": "constexpr", "CASCADE": "constexpr"},
+                           "constants": {(4,): 16, (5,): True, (3,): 1},
+                           "configs": [{(0,): [["tt.divisibility", 16]], (2,): [["tt.divisibility", 16]]}]})
+    text = compile_watch.describe_variant(kwargs)
+    assert text.startswith("_paged_attn_kernel[num_warps=4, num_stages=2] ")
+    assert "BLOCK_M=16" in text and "CASCADE=True" in text and "stride=1" in text
+    assert "num_reqs:divisibility=16" in text and "out_ptr:divisibility=16" in text
+    assert "q_ptr: *bf16" in text and "BLOCK_M: constexpr" not in text
+    assert compile_watch.describe_variant({}).startswith("?")
 
 
 
