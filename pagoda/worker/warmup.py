@@ -10,7 +10,8 @@ prefill and mixed prefill+decode batches whose request counts and block-table wi
 multiple of 16 or neither, eager decode batches beyond the largest CUDA graph (or, without graphs,
 decode batches of 1, 7 and 16), and the LM head on 1 and on an odd number of rows. The fused
 sampling kernels (kernels/sample.py) compile once per vocab split count: each count the batch sizes
-up to max_num_seqs can pick runs once on one dummy row, plus the uniforms kernel of the torch path.
+up to max_num_seqs can pick runs once on one dummy row, plus the uniforms kernel of the torch path, and
+structured output's bitmask kernel at each block size a step can pick.
 
 Invariants:
 - The KV cache is never written: every dummy token's slot is -1, which every attention backend skips
@@ -20,7 +21,7 @@ Invariants:
   torch RNG are untouched: only `runner.model` and the sampling kernels are called, with fixed seeds
   that they are given (they draw nothing from torch's generators).
 - Every dummy batch fits the scheduler's limits: at most max_num_seqs requests, at most
-  max_num_batched_tokens tokens, sequences of at most max_model_len; at most 11 forwards in all (7, plus 4
+  max_num_batched_tokens tokens, sequences of at most max_model_len; at most 13 forwards in all (7, plus 6
   with a prefix pass when the runner may run cascade attention).
 - Pooling models run only the prefill batches (their requests are never chunked or decoded) and no
   LM head.
@@ -101,10 +102,12 @@ def plan_batches(config: PagodaConfig, graph_max_size: int | None, cascade: bool
         batches += [batch(f"decode {n}", [], decodes=n) for n in decode_sizes if n <= sched.max_num_seqs]
         if cascade:  # the same eager steps once they share a prefix: a mixed one and the eager decodes
             # Triton specializes the prefix pass on its row count (tokens x group) and paged attention on the
-            # request count and block-table width: one batch with an odd token and request count and a narrow
-            # table, one with 80 requests (% 16) and a 16-wide table.
+            # request count and block-table width, each on its own: every pairing of a request count that is
+            # or is not a multiple of 16 with a narrow (odd) or a 16-wide table (W8's mixed steps hit them all).
             batches += [batch("mixed cascade 3+70", [40, 33, 24], decodes=70, prefix=True),
-                        batch("mixed cascade 2+78", [64, 34], decodes=78, wide=True, prefix=True)]
+                        batch("mixed cascade 2+78", [64, 34], decodes=78, wide=True, prefix=True),
+                        batch("mixed cascade 3+77", [40, 33, 24], decodes=77, prefix=True),
+                        batch("mixed cascade 2+71", [64, 34], decodes=71, wide=True, prefix=True)]
             batches += [batch(f"decode cascade {n}", [], decodes=n, prefix=True) for n in decode_sizes
                         if CASCADE_MIN_REQS <= n <= sched.max_num_seqs]
     planned: list[DummyBatch] = []
@@ -158,7 +161,8 @@ def _run_batch(runner, b: DummyBatch, logits: bool) -> None:
 
 def _warm_sampler(runner) -> None:
     """One dummy row through the fused sampling kernels at every vocab split count a batch can pick, and
-    through the top-k path's, the top-p threshold's and the logprobs' kernels (so no request waits for their compiles)."""
+    through the top-k path's, the top-p threshold's, the logprobs' and structured output's bitmask kernels (so no
+    request waits for their compiles)."""
     from pagoda.kernels import tuning
     from pagoda.kernels.logprob_stats import logprob_stats
     from pagoda.kernels.sample import race_sample, race_uniforms, race_uniforms_at
@@ -180,6 +184,15 @@ def _warm_sampler(runner) -> None:
     ones = torch.ones(1, dtype=torch.float32, device=device)
     for dtype in {logits.dtype, torch.float32}:  # raw logits, or the float32 copy of processed ones
         top_p_thresholds(logits.to(dtype), ones, ones * 0.5, ones * 0.1)
+    # Structured output's bitmask kernel, at each block a step's mask row count can pick, over all rows and over
+    # some (row indices); the mask allows every token, so the logits are left as they are.
+    from pagoda.kernels.token_bitmask import apply_token_bitmask_triton, block_size
+
+    allow_all = torch.full((1, -(-vocab // 32)), -1, dtype=torch.int32, device=device)
+    first_row = torch.zeros(1, dtype=torch.int64, device=device)
+    for block in sorted({block_size(rows, vocab, sms) for rows in range(1, runner.config.scheduler.max_num_seqs + 1)}):
+        for row_indices in (None, first_row):
+            apply_token_bitmask_triton(logits, allow_all, row_indices, block=block)
 
 
 @torch.inference_mode()

@@ -126,7 +126,7 @@ def test_plan_respects_limits_and_covers_specializations(llama_dir, kwargs, grap
 @pytest.mark.parametrize("graph_max_size", [512, 1024])
 def test_cascade_plan_covers_the_prefix_pass_specializations(llama_dir, graph_max_size):
     """With cascade possible, the mixed cascade batches vary what Triton specializes on: the prefix pass's row
-    count (tokens x group) and paged attention's request count and block-table width; each is a real
+    count (tokens x group) and paged attention's request count and block-table width, in every pairing; each is a real
     cascade step's size (at least CASCADE_MIN_REQS requests), and the plan stays within its limits."""
     from pagoda.attention.cascade import CASCADE_MIN_REQS
 
@@ -134,12 +134,13 @@ def test_cascade_plan_covers_the_prefix_pass_specializations(llama_dir, graph_ma
                         max_num_batched_tokens=16384).create_config()
     plain, batches = plan_batches(config, graph_max_size), plan_batches(config, graph_max_size, cascade=True)
     cascade = [b for b in batches if b.cascade]
-    assert [b for b in batches if not b.cascade] == plain and len(batches) <= 11
+    assert [b for b in batches if not b.cascade] == plain and len(batches) <= 13
     assert all(b.num_reqs >= CASCADE_MIN_REQS for b in cascade)
     mixed = [b for b in cascade if max(b.query_lens) > 8]
     group = config.model.hf_text_config.num_attention_heads // config.model.hf_text_config.num_key_value_heads
     assert {b.num_tokens * group % 16 == 0 for b in mixed} == {True, False}
-    assert {b.num_reqs % 16 == 0 for b in mixed} == {True, False}
-    assert {b.block_table_width % 16 == 0 for b in mixed} == {True, False}
+    # each pairing of the two (Triton keys a variant on both at once; W8 compiled a missing pair mid-run)
+    assert {(b.num_reqs % 16 == 0, b.block_table_width % 16 == 0) for b in mixed} == {
+        (True, True), (True, False), (False, True), (False, False)}
     eager_decodes = [b for b in cascade if max(b.query_lens) == 1]
     assert bool(eager_decodes) == (graph_max_size < 1024)  # decode steps past the largest graph only

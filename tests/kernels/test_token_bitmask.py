@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from pagoda.kernels import tuning
 from pagoda.kernels.token_bitmask import (
     TOKEN_BITMASK_MAX_BLOCK,
     TOKEN_BITMASK_MIN_BLOCK,
@@ -100,3 +101,33 @@ def test_block_size_heuristic():
     for rows in (1, 3, 32, 100, 1000):
         block = block_size(rows, 151936)
         assert TOKEN_BITMASK_MIN_BLOCK <= block <= TOKEN_BITMASK_MAX_BLOCK and block & (block - 1) == 0
+
+
+def test_warm_up_compiles_every_block_a_step_can_pick(device, monkeypatch):
+    """The start-up warm-up runs the bitmask kernel at each block size a step's mask row count can pick, with and
+    without row indices (a W2 + schema run compiled BLOCK 1024 and 4096 inside its first requests before), and
+    its allow-all mask leaves the logits as they were."""
+    from types import SimpleNamespace
+
+    from pagoda.kernels import token_bitmask as kernel
+    from pagoda.worker.warmup import _warm_sampler
+
+    vocab, max_num_seqs = 5000, 200
+    seen, original = set(), kernel.apply_token_bitmask_triton
+
+    def spy(logits, bitmask, row_indices=None, block=None):
+        before = logits.clone()
+        out = original(logits, bitmask, row_indices, block=block)
+        assert torch.equal(out, before)
+        seen.add((block, row_indices is None))
+        return out
+
+    monkeypatch.setattr(kernel, "apply_token_bitmask_triton", spy)
+    runner = SimpleNamespace(vocab_size=vocab, device=torch.device(device),
+                             config=SimpleNamespace(model=SimpleNamespace(torch_dtype=torch.float32),
+                                                    scheduler=SimpleNamespace(max_num_seqs=max_num_seqs)))
+    _warm_sampler(runner)
+    sms = tuning.sm_count(runner.device.index) if device == "cuda" else tuning.DEFAULT_SM_COUNT
+    blocks = {kernel.block_size(rows, vocab, sms) for rows in range(1, max_num_seqs + 1)}
+    assert len(blocks) > 1
+    assert seen == {(block, plain) for block in blocks for plain in (True, False)}
