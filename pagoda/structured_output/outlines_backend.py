@@ -21,7 +21,6 @@ part of a UTF-8 character is never allowed inside a repetition.
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
