@@ -50,6 +50,14 @@ def ab(*a):
     try: return f0(*a)
     finally: T["accept_batch"] += time.perf_counter() - t; N["accept_batch"] += 1
 RequestGrammar.accept_batch = staticmethod(ab)
+_acc = sr.StructuredRequests.accept
+def acc(self, step, sampled_tokens):  # the grammar thread's wait for the step's tokens, apart from its work
+    def timed():
+        t = time.perf_counter()
+        try: return sampled_tokens()
+        finally: T["accept: wait for tokens"] += time.perf_counter() - t; N["accept: wait for tokens"] += 1
+    return _acc(self, step, timed)
+sr.StructuredRequests.accept = acc
 
 SCHEMA = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"},
           "tags": {"type": "array", "items": {"type": "string"}}}, "required": ["name", "age", "tags"]}

@@ -1,9 +1,10 @@
 """Profile decode steps on the GPU: where a step's time goes (kernels vs. host), with torch.profiler.
 
-    python scripts/profile_step.py MODEL_DIR --out DIR [--batch 256 1] [--generate 1000:128:128]
+    python scripts/profile_step.py MODEL_DIR --out DIR [--batch 256 1] [--generate 1000:128:128] [--prefix-len P]
 
 For each batch size: fill the batch, let every request reach decode, then profile 20 steps.
-Prints wall time per step, GPU-busy time per step (sum of kernel times), and the top kernels and
+With `--prefix-len P` every prompt of a batch starts with the same P tokens, computed once
+before the batch (run with `--set enable_prefix_caching=true` for W8's decode steps). Prints wall time per step, GPU-busy time per step (sum of kernel times), and the top kernels and
 CPU ops; full tables go to DIR/profile_b{B}.txt. `--generate N:IN:OUT` instead profiles one whole
 offline run (N fresh random prompts, after a warm-up run of the same shape): GPU busy share of the
 run and where the kernel time goes, to DIR/profile_run.txt.
@@ -31,6 +32,7 @@ def main():
     p.add_argument("--batch", type=int, nargs="+", default=[256, 1])
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--generate", default=None, metavar="N:IN:OUT", help="profile one whole offline run instead")
+    p.add_argument("--prefix-len", type=int, default=0, help="batch mode: a shared prefix of this many tokens")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="an engine argument, e.g. max_num_seqs=256 (repeatable)")
     a = p.parse_args()
     llm = LLM(a.model, load_format="dummy", dtype="bfloat16", max_model_len=2048, **engine_settings(a.set))
@@ -40,10 +42,14 @@ def main():
     if a.generate:
         profile_run(llm, rng, vocab, a)
         return
+    prefix = rng.integers(0, vocab, a.prefix_len).tolist()
+    if prefix:  # computed (and cached) once, as the first request of W8 does
+        llm.generate([{"prompt_token_ids": prefix + [1]}], SamplingParams(max_tokens=1), use_tqdm=False)
     for batch in a.batch:
         params = SamplingParams(temperature=a.temperature, max_tokens=400, ignore_eos=True)
         for i in range(batch):
-            engine.add_request(f"b{batch}-{i}", {"prompt_token_ids": rng.integers(0, vocab, 128).tolist()}, params)
+            prompt = prefix + rng.integers(0, vocab, 128).tolist()
+            engine.add_request(f"b{batch}-{i}", {"prompt_token_ids": prompt}, params)
         for _ in range(30):
             engine.step()
         torch.cuda.synchronize()
