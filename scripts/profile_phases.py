@@ -7,7 +7,9 @@ Runs NP random prompts of IL tokens to OL output tokens (ignore_eos; with SCHEMA
 a small JSON schema) on MODEL_DIR with dummy bf16 weights (LK: more LLM keyword arguments, as JSON), after a warm-up
 of 8, then prints out tok/s, ms per engine step, and for each wrapped call its time per step (wall clock on the
 calling thread: the grammar thread's calls overlap the engine thread's). Timers only; nothing is synchronized, so a
-call that waits for the device shows that wait. Used for issue 18 (docs/benchmarks.md, session 12).
+call that waits for the device shows that wait. Also prints the CUDA caching allocator's retries and device
+mallocs/frees during the run (a cudaFree synchronizes the device: a wait hidden inside a launch). Used for issue 18
+(docs/benchmarks.md, sessions 12 and 17).
 """
 import sys
 sys.path.insert(0, __import__("os").path.dirname(__import__("os").path.dirname(__import__("os").path.abspath(__file__))))
@@ -75,12 +77,18 @@ if os.environ.get("SCHEMA"):
 sp = SamplingParams(max_tokens=ol, ignore_eos=True, temperature=float(os.environ.get("TEMP", 1.0)), seed=None, **kw)
 llm.generate(prompts[:8], sp)  # warm (compile)
 T.clear(); N.clear()
+import torch
+stats0 = torch.cuda.memory_stats() if torch.cuda.is_available() else {}
 t = time.perf_counter(); outs = llm.generate(prompts, sp); el = time.perf_counter() - t
 ntok = sum(len(o.outputs[0].token_ids) for o in outs)
 steps = N["EngineCore.step"]
 print(f"RESULT schema={bool(kw)} {ntok/el:.0f} out tok/s, {el:.2f} s, {ntok} tokens, {steps} steps, {1e3*el/steps:.1f} ms/step")
 for k in sorted(T, key=lambda k: -T[k]):
     print(f"  {k:40s} {1e3*T[k]/max(1,steps):7.2f} ms/step  ({N[k]} calls)")
+if stats0:  # allocator retries free cached blocks (cudaFree synchronizes the device): a host wait inside a launch
+    stats1 = torch.cuda.memory_stats()
+    print("  CUDA allocator during the run:", {k: stats1.get(k, 0) - stats0.get(k, 0)
+          for k in ("num_alloc_retries", "num_device_alloc", "num_device_free", "num_sync_all_streams")})
 if kw:
     ok = 0
     for o in outs:
