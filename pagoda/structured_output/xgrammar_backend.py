@@ -161,16 +161,23 @@ class XgrammarBackend(Backend):
 _BATCH_MATCHER = None  # one xgrammar.BatchGrammarMatcher (its thread pool) per process, made on first use
 
 
+def fill_threads() -> int:
+    """Threads of the batch fill: PAGODA_GRAMMAR_THREADS when set (> 0), else every core but the engine's own thread
+    (the fill is the host's longest job in a structured step; fewer threads leave the engine thread a core of its own
+    where cores are hyperthreads: an A/B knob until measured, docs/benchmarks.md session 17)."""
+    configured = int(os.environ.get("PAGODA_GRAMMAR_THREADS", "0") or 0)
+    if configured < 0:
+        raise ValueError(f"PAGODA_GRAMMAR_THREADS must be >= 0 (0: every core but one), got {configured}")
+    return configured or max(1, min(32, (os.cpu_count() or 2) - 1))
+
+
 def _batch_fill(matchers: list["_XgrammarMatcher"], bitmask: np.ndarray, rows: list[int]) -> None:
     """xgrammar's multi-threaded fill of many rows (it releases the GIL)."""
     global _BATCH_MATCHER
     if _BATCH_MATCHER is None:
-        import os
-
         import xgrammar
 
-        # every core but the engine's own thread: the fill is the host's longest job in a structured step
-        _BATCH_MATCHER = xgrammar.BatchGrammarMatcher(max_threads=max(1, min(32, (os.cpu_count() or 2) - 1)))
+        _BATCH_MATCHER = xgrammar.BatchGrammarMatcher(max_threads=fill_threads())
     _BATCH_MATCHER.batch_fill_next_token_bitmask([m._m for m in matchers], bitmask, rows)
 
 
@@ -186,7 +193,7 @@ def _batch_accept(matchers: list["_XgrammarMatcher"], tokens: list[int]) -> list
     import xgrammar
 
     raw = [m._m for m in matchers]
-    workers = min(8, (os.cpu_count() or 2) - 1, len(raw) // _ACCEPT_CHUNK)
+    workers = min(8, fill_threads(), len(raw) // _ACCEPT_CHUNK)
     if workers < 2:
         return xgrammar.BatchGrammarMatcher.batch_accept_token(raw, tokens)
     if _ACCEPT_POOL is None:

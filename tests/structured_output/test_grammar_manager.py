@@ -379,3 +379,17 @@ def test_xgrammar_batch_accept_split_over_threads_equals_one_call(tokenizer, eos
         assert any(name.startswith("pagoda-grammar-accept") for name in threads), threads
     finally:
         manager.shutdown()
+
+
+def test_grammar_threads_follow_the_environment(monkeypatch):
+    """PAGODA_GRAMMAR_THREADS sets the batch fill's and accept's threads (an A/B knob); unset, every core but one."""
+    from pagoda.structured_output import xgrammar_backend
+
+    monkeypatch.setattr(xgrammar_backend.os, "cpu_count", lambda: 16)
+    monkeypatch.delenv("PAGODA_GRAMMAR_THREADS", raising=False)
+    assert xgrammar_backend.fill_threads() == 15
+    monkeypatch.setenv("PAGODA_GRAMMAR_THREADS", "7")
+    assert xgrammar_backend.fill_threads() == 7
+    monkeypatch.setenv("PAGODA_GRAMMAR_THREADS", "-1")
+    with pytest.raises(ValueError, match="PAGODA_GRAMMAR_THREADS"):
+        xgrammar_backend.fill_threads()
