@@ -165,9 +165,10 @@ def fill_threads() -> int:
     """Threads of the batch fill: PAGODA_GRAMMAR_THREADS when set (> 0), else every core but the engine's own thread
     (the fill is the host's longest job in a structured step; fewer threads leave the engine thread a core of its own
     where cores are hyperthreads: an A/B knob until measured, docs/benchmarks.md session 17)."""
-    configured = int(os.environ.get("PAGODA_GRAMMAR_THREADS", "0") or 0)
+    text = os.environ.get("PAGODA_GRAMMAR_THREADS", "0") or "0"
+    configured = int(text) if text.strip().isdigit() else -1
     if configured < 0:
-        raise ValueError(f"PAGODA_GRAMMAR_THREADS must be >= 0 (0: every core but one), got {configured}")
+        raise ValueError(f"PAGODA_GRAMMAR_THREADS must be an integer >= 0 (0: every core but one), got {text!r}")
     return configured or max(1, min(32, (os.cpu_count() or 2) - 1))
 
 

@@ -166,6 +166,7 @@ def _warm_sampler(runner) -> None:
     from pagoda.kernels import tuning
     from pagoda.kernels.logprob_stats import logprob_stats
     from pagoda.kernels.sample import race_sample, race_uniforms, race_uniforms_at
+    from pagoda.kernels.token_bitmask import apply_token_bitmask_triton, block_size
     from pagoda.kernels.top_p import top_p_thresholds
 
     vocab, device = runner.vocab_size, runner.device
@@ -186,8 +187,6 @@ def _warm_sampler(runner) -> None:
         top_p_thresholds(logits.to(dtype), ones, ones * 0.5, ones * 0.1)
     # Structured output's bitmask kernel, at each block a step's mask row count can pick, over all rows and over
     # some (row indices); the mask allows every token, so the logits are left as they are.
-    from pagoda.kernels.token_bitmask import apply_token_bitmask_triton, block_size
-
     allow_all = torch.full((1, -(-vocab // 32)), -1, dtype=torch.int32, device=device)
     first_row = torch.zeros(1, dtype=torch.int64, device=device)
     for block in sorted({block_size(rows, vocab, sms) for rows in range(1, runner.config.scheduler.max_num_seqs + 1)}):

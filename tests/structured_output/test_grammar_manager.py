@@ -390,6 +390,7 @@ def test_grammar_threads_follow_the_environment(monkeypatch):
     assert xgrammar_backend.fill_threads() == 15
     monkeypatch.setenv("PAGODA_GRAMMAR_THREADS", "7")
     assert xgrammar_backend.fill_threads() == 7
-    monkeypatch.setenv("PAGODA_GRAMMAR_THREADS", "-1")
-    with pytest.raises(ValueError, match="PAGODA_GRAMMAR_THREADS"):
-        xgrammar_backend.fill_threads()
+    for bad in ("-1", "four"):
+        monkeypatch.setenv("PAGODA_GRAMMAR_THREADS", bad)
+        with pytest.raises(ValueError, match="PAGODA_GRAMMAR_THREADS"):
+            xgrammar_backend.fill_threads()
