@@ -1,12 +1,13 @@
 """Write a config-only model folder of a real shape (no weights) for benchmarks.
 
-`python -m pagoda.benchmarks.make_model OUT_DIR [--shape llama3-8b] [--tokenizer word|bpe] [--quantization awq|gptq]`
+`python -m pagoda.benchmarks.make_model OUT_DIR [--shape llama3-8b] [--tokenizer word|bpe|text] [--quantization awq|gptq]`
 writes
 `config.json`, `generation_config.json` and a synthetic tokenizer covering the whole vocabulary, so a
 server can stream text and count tokens: `word` (the default) decodes token i to "t{i}"; `bpe` is a
 byte-level BPE whose tokens are random strings of mostly printable ASCII (seeded), with the shape's
 BOS / EOS and reserved special tokens at the top, as Llama 3's, so that grammars (structured output)
-find a realistic vocabulary to mask. Pagoda loads it with `--load-format dummy`; the hf backend
+find a large vocabulary to mask; `text` is a byte-level BPE trained on the standard library's sources, whose
+tokens are words and code pieces as a real model's are (a fairer cost for grammar masks). Pagoda loads it with `--load-format dummy`; the hf backend
 initialises random weights from the config on the GPU. `--quantization awq|gptq` adds the checkpoint's
 `quantization_config` (4-bit, group 128: AutoAWQ's GEMM layout, or GPTQ without desc_act), so `--load-format
 dummy` builds the int4 layers (weights zero) for timing the int4 kernels.
@@ -122,6 +123,54 @@ def write_bpe_tokenizer(folder: str, vocab_size: int, bos: int, eos: int, seed: 
     fast.save_pretrained(folder)
 
 
+def _standard_library_sources(max_bytes: int | None = None) -> list[str]:
+    """This interpreter's standard-library sources (sorted; none from site-packages), up to about `max_bytes`."""
+    import glob
+    import sysconfig
+
+    root = sysconfig.get_paths()["stdlib"]
+    paths = sorted(p for p in glob.glob(os.path.join(root, "**", "*.py"), recursive=True)
+                   if "site-packages" not in p and "dist-packages" not in p)
+    chosen, total = [], 0
+    for path in paths:
+        if max_bytes is not None and total >= max_bytes:
+            break
+        chosen.append(path)
+        total += os.path.getsize(path)
+    return chosen
+
+
+def write_text_bpe_tokenizer(folder: str, vocab_size: int, bos: int, eos: int, max_bytes: int | None = None) -> None:
+    """A byte-level BPE trained on real text: this interpreter's standard-library sources (code, English
+    docstrings and comments; ~30 MB, about ten seconds), so its tokens are words and code pieces as in a real
+    model's vocabulary rather than random strings. Ids below min(bos, eos) are the learned tokens, topped up
+    with reserved special tokens where the sources run out of merges; ids from min(bos, eos) up are the shape's
+    special tokens, as in `write_bpe_tokenizer`. Another Python version trains a (slightly) different vocabulary."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    num_regular = min(bos, eos)
+
+    def texts():
+        for path in _standard_library_sources(max_bytes):
+            with open(path, encoding="utf-8", errors="replace") as f:
+                yield f.read()
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=num_regular, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(texts(), trainer)
+    learned = tok.get_vocab_size()
+    specials = {bos: "<|begin_of_text|>", eos: "<|end_of_text|>"}
+    tok.add_special_tokens([f"<|unused_{i}|>" for i in range(learned, num_regular)]
+                           + [specials.get(i, f"<|reserved_special_token_{i - num_regular}|>")
+                              for i in range(num_regular, vocab_size)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=specials[bos], eos_token=specials[eos])
+    fast.save_pretrained(folder)
+
+
 def make_llava_model(folder: str, shape: str) -> str:
     """A config-only LLaVA folder: config, word-level tokenizer (with "<image>"), CLIP image processor, processor."""
     from transformers import (CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaProcessor,
@@ -173,6 +222,8 @@ def make_model(folder: str, shape: str = "llama3-8b", tokenizer: bool | str = Tr
         json.dump({"bos_token_id": config["bos_token_id"], "eos_token_id": config["eos_token_id"]}, f, indent=2)
     if tokenizer == "bpe":
         write_bpe_tokenizer(folder, config["vocab_size"], config["bos_token_id"], config["eos_token_id"])
+    elif tokenizer == "text":
+        write_text_bpe_tokenizer(folder, config["vocab_size"], config["bos_token_id"], config["eos_token_id"])
     elif tokenizer:
         write_tokenizer(folder, config["vocab_size"], config["bos_token_id"], config["eos_token_id"])
     return folder
@@ -183,12 +234,13 @@ def main() -> None:
     parser.add_argument("folder")
     parser.add_argument("--shape", default="llama3-8b", choices=sorted(SHAPES) + sorted(LLAVA_SHAPES))
     parser.add_argument("--no-tokenizer", action="store_true")
-    parser.add_argument("--tokenizer", default="word", choices=["word", "bpe"],
-                        help="word: token i is 't{i}'; bpe: a byte-level BPE of random strings (for grammars)")
+    parser.add_argument("--tokenizer", default="word", choices=["word", "bpe", "text"],
+                        help="word: token i is 't{i}'; bpe: a byte-level BPE of random strings (for grammars); "
+                             "text: a byte-level BPE trained on the standard library's sources (real words)")
     parser.add_argument("--quantization", default=None, choices=sorted(QUANTIZATION_CONFIGS),
                         help="mark the folder as a 4-bit, group-128 checkpoint of this format (dummy int4 weights)")
     args = parser.parse_args()
-    tokenizer = False if args.no_tokenizer else ("bpe" if args.tokenizer == "bpe" else True)
+    tokenizer = False if args.no_tokenizer else (args.tokenizer if args.tokenizer in ("bpe", "text") else True)
     print(make_model(args.folder, args.shape, tokenizer, args.quantization))
 
 

@@ -84,6 +84,24 @@ def test_llama3_config_folder(tmp_path):
     assert model_shape(folder, "auto").params() == 8_030_261_248
 
 
+def test_text_tokenizer_is_trained_on_real_text(tmp_path):
+    """make_model's `text` tokenizer: a byte-level BPE learned from the standard library's sources (words and code
+    pieces, not random strings), topped up to the shape's regular ids, BOS / EOS where the config puts them."""
+    from transformers import AutoTokenizer
+
+    from pagoda.benchmarks.make_model import write_text_bpe_tokenizer
+
+    folder = str(tmp_path / "text")
+    write_text_bpe_tokenizer(folder, vocab_size=3000, bos=2900, eos=2901, max_bytes=400_000)
+    tok = AutoTokenizer.from_pretrained(folder)
+    assert len(tok) == 3000 and (tok.bos_token_id, tok.eos_token_id) == (2900, 2901)
+    vocab = tok.get_vocab()
+    assert {"Ġreturn", "Ġself", "def"} <= set(vocab)  # learned words, as a real model's vocabulary has
+    text = 'def f(x):\n    return {"name": x}  # a comment'
+    ids = tok.encode(text, add_special_tokens=False)
+    assert tok.decode(ids) == text and len(ids) < len(text) / 2 and max(ids) < 2900
+
+
 def test_pagoda_throughput(tiny_llama, capsys):
     args = parse(["throughput", "--model", tiny_llama, "--device", "cpu", "--num-prompts", "5", "--input-len", "16",
                   "--output-len", "4", "--n", "2", "--sol-bandwidth-gbps", "100", "--sol-tflops", "1"])
