@@ -96,7 +96,6 @@ def write_bpe_tokenizer(folder: str, vocab_size: int, bos: int, eos: int, seed: 
     import random
 
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
 
     num_regular = min(bos, eos)
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
@@ -116,9 +115,19 @@ def write_bpe_tokenizer(folder: str, vocab_size: int, bos: int, eos: int, seed: 
     tok = Tokenizer(models.BPE(vocab=vocab, merges=merges))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
+    _save_with_specials(tok, folder, vocab_size, bos, eos)
+
+
+def _save_with_specials(tok, folder: str, vocab_size: int, bos: int, eos: int) -> None:
+    """Top `tok` up to min(bos, eos) ids with unused special tokens, add the shape's specials from there (Llama 3's
+    BOS / EOS and reserved tokens) and save it as a transformers tokenizer."""
+    from transformers import PreTrainedTokenizerFast
+
+    num_regular = min(bos, eos)
     specials = {bos: "<|begin_of_text|>", eos: "<|end_of_text|>"}
-    tok.add_special_tokens([specials.get(i, f"<|reserved_special_token_{i - num_regular}|>")
-                            for i in range(num_regular, vocab_size)])
+    tok.add_special_tokens([f"<|unused_{i}|>" for i in range(tok.get_vocab_size(), num_regular)]
+                           + [specials.get(i, f"<|reserved_special_token_{i - num_regular}|>")
+                              for i in range(num_regular, vocab_size)])
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=specials[bos], eos_token=specials[eos])
     fast.save_pretrained(folder)
 
@@ -147,7 +156,6 @@ def write_text_bpe_tokenizer(folder: str, vocab_size: int, bos: int, eos: int, m
     with reserved special tokens where the sources run out of merges; ids from min(bos, eos) up are the shape's
     special tokens, as in `write_bpe_tokenizer`. Another Python version trains a (slightly) different vocabulary."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
 
     num_regular = min(bos, eos)
 
@@ -162,13 +170,7 @@ def write_text_bpe_tokenizer(folder: str, vocab_size: int, bos: int, eos: int, m
     trainer = trainers.BpeTrainer(vocab_size=num_regular, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(texts(), trainer)
-    learned = tok.get_vocab_size()
-    specials = {bos: "<|begin_of_text|>", eos: "<|end_of_text|>"}
-    tok.add_special_tokens([f"<|unused_{i}|>" for i in range(learned, num_regular)]
-                           + [specials.get(i, f"<|reserved_special_token_{i - num_regular}|>")
-                              for i in range(num_regular, vocab_size)])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=specials[bos], eos_token=specials[eos])
-    fast.save_pretrained(folder)
+    _save_with_specials(tok, folder, vocab_size, bos, eos)
 
 
 def make_llava_model(folder: str, shape: str) -> str:
