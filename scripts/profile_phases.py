@@ -9,7 +9,7 @@ of 8, then prints out tok/s, ms per engine step, and for each wrapped call its t
 calling thread: the grammar thread's calls overlap the engine thread's). Timers only; nothing is synchronized, so a
 call that waits for the device shows that wait. Also prints the CUDA caching allocator's retries and device
 mallocs/frees during the run (a cudaFree synchronizes the device: a wait hidden inside a launch). Used for issue 18
-(docs/benchmarks.md, sessions 12 and 17).
+(docs/benchmarks.md, sessions 12, 17 and 18).
 """
 import sys
 sys.path.insert(0, __import__("os").path.dirname(__import__("os").path.dirname(__import__("os").path.abspath(__file__))))
@@ -52,6 +52,15 @@ def ab(*a):
     try: return f0(*a)
     finally: T["accept_batch"] += time.perf_counter() - t; N["accept_batch"] += 1
 RequestGrammar.accept_batch = staticmethod(ab)
+from pagoda.structured_output import xgrammar_backend as xb  # the grammar thread's parts inside accept + fill
+for owner, name, key in [(xb._XgrammarMatcher, "batch_accept", "xgrammar batch accept"),
+                         (xb._XgrammarMatcher, "batch_fill", "xgrammar batch fill"),
+                         (RequestGrammar, "finish_batch_rows", "row fix-ups (finish_batch_rows)")]:
+    def part(*a, _f=getattr(owner, name), _k=key):
+        t = time.perf_counter()
+        try: return _f(*a)
+        finally: T[_k] += time.perf_counter() - t; N[_k] += 1
+    setattr(owner, name, staticmethod(part))
 _acc = sr.StructuredRequests.accept
 def acc(self, step, sampled_tokens):  # the grammar thread's wait for the step's tokens, apart from its work
     def timed():
@@ -65,6 +74,10 @@ SCHEMA = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"
           "tags": {"type": "array", "items": {"type": "string"}}}, "required": ["name", "age", "tags"]}
 np_, il, ol = int(os.environ.get("NP", 1000)), int(os.environ.get("IL", 128)), int(os.environ.get("OL", 128))
 llm = LLM(model=os.environ["M"], **{"load_format": "dummy", "dtype": "bfloat16", **json.loads(os.environ.get("LK", "{}"))})
+from pagoda.worker import input_batch as ib  # the parts of _sample (its host time is mostly not its wrapped calls)
+wrap(type(llm.llm_engine.core.executor.worker.runner.model), "compute_logits", "_sample: compute_logits")
+wrap(ib.InputBatch, "append_tokens", "_sample: append_tokens")
+wrap(step_output.SampledTokens, "__init__", "_sample: SampledTokens (copy to host, event)")
 import random
 rng = random.Random(0)
 vocab = json.load(open(os.path.join(os.environ["M"], "config.json")))["vocab_size"]

@@ -182,29 +182,24 @@ def _batch_fill(matchers: list["_XgrammarMatcher"], bitmask: np.ndarray, rows: l
     _BATCH_MATCHER.batch_fill_next_token_bitmask([m._m for m in matchers], bitmask, rows)
 
 
-_ACCEPT_POOL = None  # threads for large batch accepts, made on first use
-_ACCEPT_CHUNK = 128  # rows per thread at least: below that, one call
-
-
 def _batch_accept(matchers: list["_XgrammarMatcher"], tokens: list[int]) -> list[bool]:
-    """xgrammar's batch accept, split over a few threads for large batches: each call releases the GIL, and the
-    matchers are distinct, so the chunks advance in parallel with the same results as one call (about 16 us per
-    row on the H200 host: 16 ms for a 1000-row step, serial)."""
-    global _ACCEPT_POOL
+    """xgrammar's batch accept, as one call: it releases the GIL while it runs (about 3 ms for 1000 rows on the
+    H200 host). Its result is a tvm-ffi array whose every element read is a call of its own that drops and
+    retakes the GIL, which the busy engine thread then keeps for up to a switch interval; so the array is asked
+    once whether it holds a refusal (one call, answered by xgrammar's side) and read only when it does (docs/
+    benchmarks.md, session 18: threads over chunks of rows, each read element by element, were slower alone and
+    about three times slower inside the engine)."""
     import xgrammar
 
     raw = [m._m for m in matchers]
-    workers = min(8, fill_threads(), len(raw) // _ACCEPT_CHUNK)
-    if workers < 2:
+    core = getattr(getattr(xgrammar, "matcher", None), "_core", None)
+    accept = getattr(getattr(core, "BatchGrammarMatcher", None), "batch_accept_token", None)
+    if accept is None or not all(hasattr(m, "_handle") for m in raw[:1]):  # another xgrammar layout: its own API
         return xgrammar.BatchGrammarMatcher.batch_accept_token(raw, tokens)
-    if _ACCEPT_POOL is None:
-        import concurrent.futures
-
-        _ACCEPT_POOL = concurrent.futures.ThreadPoolExecutor(8, thread_name_prefix="pagoda-grammar-accept")
-    step = -(-len(raw) // workers)
-    parts = [_ACCEPT_POOL.submit(xgrammar.BatchGrammarMatcher.batch_accept_token, raw[i:i + step], tokens[i:i + step])
-             for i in range(0, len(raw), step)]
-    return [ok for part in parts for ok in part.result()]
+    result = accept([m._handle for m in raw], tokens, False)
+    if 0 not in result:
+        return [True] * len(raw)
+    return [bool(ok) for ok in list(result)]
 
 
 class _XgrammarMatcher(Matcher):
