@@ -35,7 +35,9 @@ Invariants:
   for any finished one) or itself failed; `in_flight` never refers to a step that failed to launch.
 - A dead worker process (tensor parallelism: WorkerDiedError from the executor) fails every open request
   with finish_reason "error" and the reason; the core is then `dead`: it runs no further step and refuses
-  new requests with that reason. `shutdown()` stops the executor's workers.
+  new requests with that reason. A death the executor noted only after the step it broke had failed as an
+  ordinary step (its collective raised first) makes the core dead at the next step, or through
+  `check_workers()`, which the idle engine loop calls. `shutdown()` stops the executor's workers.
 - Only a failure that corrupts the device or the process (`is_fatal`: CUDA/accelerator errors, device
   out-of-memory, MemoryError) propagates out of `step()`: the engine core then stops, and the server
   restarts it (engine/core_supervisor.py).
@@ -154,6 +156,15 @@ class EngineCore:
     def abort_requests(self, request_ids: list[str]) -> list[str]:
         parked = self.structured.abort(request_ids)
         return parked + self.scheduler.abort_requests([r for r in request_ids if r not in parked])
+
+    def check_workers(self) -> list[EngineCoreOutput]:
+        """Make the core dead (failing every open request) when its executor has lost a worker; nothing otherwise.
+        For an idle core: the step that met the death may have failed as an ordinary step failure, the executor
+        noting the death a moment later, and no later step would run to discover it."""
+        lost = getattr(self.executor, "dead", None)
+        if self.dead is not None or not isinstance(lost, str):
+            return []
+        return self._fail_all(lost)
 
     def has_unfinished_requests(self) -> bool:
         return (self.scheduler.has_unfinished_requests() or self.in_flight is not None or self.waiting is not None

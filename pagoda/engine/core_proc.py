@@ -25,7 +25,8 @@ Invariants:
   removes the frontend's socket folder on the way out.
 - It logs to stdout in the frontend's log format (logging_utils.py: PAGODA_LOG_FORMAT is inherited).
 - A dead tensor-parallel worker (EngineCore.dead) ends the process with an error after the step that failed
-  every open request was sent, so the supervisor restarts the core (its workers with it) or reports it dead.
+  every open request was sent, so the supervisor restarts the core (its workers with it) or reports it dead;
+  an idle core finds a death its executor noted within a second (EngineCore.check_workers).
 - On CPU the core runs torch with one thread fewer than the CPUs it may use (unless OMP_NUM_THREADS
   says otherwise), so the frontend always has a core to stream on.
 - Heartbeat: from READY on, a thread of its own sends `steps` (engine steps run so far, an int the
@@ -251,6 +252,11 @@ class EngineCoreProc:
                 if not busy:
                     idle_gc.collect_if_dirty()
                 changed = self._process_input(block=not busy)
+                if not core.has_unfinished_requests():
+                    lost = core.check_workers()  # a worker that died after its step failed as an ordinary one
+                    if core.dead is not None:
+                        self.output_queue.put(self._message(lost, time.time()))
+                        raise RuntimeError(f"the engine core stops: {core.dead}")
                 if core.has_unfinished_requests():
                     started = time.time()
                     outputs = core.step()

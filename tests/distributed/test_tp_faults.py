@@ -11,7 +11,7 @@ import time
 import pytest
 
 from tp_prompts import kill_mid_run_fails_every_request
-from pagoda import LLM
+from pagoda import LLM, SamplingParams
 
 
 def alive(pid: int) -> bool:
@@ -39,6 +39,30 @@ def test_killed_worker_fails_every_request_within_seconds(tp_checkpoint, tp, pp)
     try:
         kill_mid_run_fails_every_request(engine, lambda: os.kill(workers[0], signal.SIGKILL))
     finally:  # a failed check must not leave this process's distributed state to the next test
+        engine.shutdown()
+    assert not wait_gone(workers)
+
+
+def test_a_worker_killed_while_the_engine_is_idle_makes_the_core_dead(tp_checkpoint):
+    """No step runs to meet the death: check_workers (the idle engine loop's check) finds it once the executor's
+    monitor noted it, fails what is open (nothing here) and leaves the core dead, refusing new requests."""
+    llm = LLM(tp_checkpoint("LlamaForCausalLM"), device="cpu", tensor_parallel_size=2, max_model_len=512)
+    engine = llm.llm_engine
+    core = engine.core
+    workers = [p.pid for p in core.executor.procs]
+    try:
+        assert core.check_workers() == [] and core.dead is None  # all alive: nothing happens
+        os.kill(workers[0], signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while core.executor.dead is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert core.executor.dead is not None, "the executor's monitor did not note the death"
+        assert core.dead is None  # idle: no step met it
+        assert core.check_workers() == []
+        assert "died" in core.dead
+        with pytest.raises(RuntimeError, match="died"):
+            engine.add_request("late", "x = 1", SamplingParams(max_tokens=2))
+    finally:
         engine.shutdown()
     assert not wait_gone(workers)
 
