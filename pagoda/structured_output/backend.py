@@ -77,6 +77,9 @@ class Matcher(ABC):
     batch_fill = None
     # Likewise `(matchers, tokens) -> list[bool]`, accepting tokens[i] in matchers[i] in one call; None: one by one.
     batch_accept = None
+    # True when `fill` sets the EOS ids' bits exactly when `can_end()` holds: then a batch fill's rows tell it
+    # without one call per row (RequestGrammar.finish_batch_rows).
+    fill_marks_eos = False
 
 
 class Backend(ABC):

@@ -198,15 +198,22 @@ class RequestGrammar:
 
     @staticmethod
     def finish_batch_rows(grammars: list["RequestGrammar"], bitmask: np.ndarray, rows: list[int]) -> None:
-        """What fill_bitmask does after the backend's fill, for rows a batch fill wrote (vectorized; only the
-        few words that hold a banned id are touched, and contiguous rows are worked on in place)."""
+        """What fill_bitmask does after the backend's fill, for rows a batch fill wrote by matchers of one type
+        (vectorized; only the few words that hold a banned id are touched, and contiguous rows are worked on in
+        place; where the backend's fill marks EOS exactly when the grammar can end, that bit is read instead of
+        asking each matcher)."""
         ctx = grammars[0]._ctx
         contiguous = rows[-1] - rows[0] + 1 == len(rows)
         block = bitmask[rows[0]:rows[-1] + 1] if contiguous else bitmask[rows]
+        if type(grammars[0]._matcher).fill_marks_eos:
+            eos_words = np.flatnonzero(ctx.eos_row)
+            can_end = (block[:, eos_words] & ctx.eos_row[eos_words]).any(axis=1)
+        else:
+            can_end = np.array([g._matcher.can_end() for g in grammars])
         words = ctx.banned_words
         block[:, words] &= ctx.valid_row[words]
         failed = np.array([g.error is not None for g in grammars])
-        ends = np.array([g._matcher.can_end() for g in grammars]) | ~block.any(axis=1)
+        ends = can_end | ~block.any(axis=1)
         block[ends & ~failed] |= ctx.eos_row
         block[failed] = ctx.eos_row
         if not contiguous:

@@ -115,6 +115,11 @@ def _walk(manager, grammar, rng: random.Random, eos_ids, classes) -> list[int]:
         can_end = [t for t in allowed if t in eos_ids]
         if can_end:
             assert sorted(can_end) == sorted(eos_ids)  # every EOS id or none
+        if type(grammar._matcher).fill_marks_eos:  # what finish_batch_rows reads instead of asking can_end()
+            raw = np.zeros((1, manager._ctx.native_width), dtype=np.int32)
+            grammar._matcher.fill(raw, 0)
+            marked = {int(t) for t in row_to_ids(raw[0])} & set(eos_ids)
+            assert marked in (set(), set(eos_ids)) and bool(marked) == grammar._matcher.can_end(), taken
         closing = [t for t in allowed if t in closers]
         nonblank = [t for t in allowed if t not in blanks]
         if can_end and rng.random() < 0.4:
