@@ -35,7 +35,8 @@ def main():
     p.add_argument("--prefix-len", type=int, default=0, help="batch mode: a shared prefix of this many tokens")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="an engine argument, e.g. max_num_seqs=256 (repeatable)")
     a = p.parse_args()
-    llm = LLM(a.model, load_format="dummy", dtype="bfloat16", max_model_len=2048, **engine_settings(a.set))
+    settings = {"load_format": "dummy", "dtype": "bfloat16", "max_model_len": 2048, **engine_settings(a.set)}
+    llm = LLM(a.model, **settings)
     engine = llm.llm_engine
     rng = np.random.default_rng(0)
     vocab = engine.config.model.vocab_size

@@ -24,6 +24,10 @@ must never wait on a barrier. Each program streams [BLOCK_N rows, BLOCK_CH chunk
   no barrier, no shared memory): 5.2 instructions per weight at M = 1 (32 x 1024 tiles, 8 warps, 128
   registers: 2 programs per SM), 6.9 at M = 2 (170 registers), 12.3 at M = 4 (16 x 1024 tiles) — the old
   3-D/4-D kernel had 4.6 at M = 1 but 10 barriers and 24 layout conversions per iteration, 10.7 at M = 4.
+- Measured on the H200 (session 19, docs/benchmarks.md): what decides the speed is keeping loads in flight, not
+  the instruction count: pipelining the loop's loads over 2 stages with 64 x 256 tiles, 4 warps and K split
+  4-8 ways made every Llama-3-8B product 1.5-2x faster than the 32 x 1024, 8-warp, 1-stage launch (32 layers at
+  M = 1: 5.20 -> 2.59 ms, 33 % of HBM bandwidth on the quantized bytes).
 
 Fused forms, with gemv.py's semantics (pagoda/kernels/gemv.py):
 - `norm_weight` (+ `residual`): RMSNorm of x (+ residual) in the prologue; s = x + residual is rounded to
@@ -263,7 +267,8 @@ def int4_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zero
     if M == 0 or N == 0:
         return y
     if launch is None:
-        launch = tuning.int4_gemv_launch(M, N, K)
+        form = "gated" if silu_and_mul else ("norm" if norm else "plain")
+        launch = tuning.int4_gemv_launch(M, N, K, form)
     if launch.block_k % int4_layout.CHUNK or launch.block_k & (launch.block_k - 1):
         raise ValueError(f"int4_gemv: block_k={launch.block_k} must be a power of two multiple of 128")
     split = 1 if (silu_and_mul or norm) else launch.split_k

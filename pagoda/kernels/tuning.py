@@ -245,8 +245,15 @@ def fp8_gemv_launch(m: int, n: int, k: int, gated: bool = False, norm: bool = Fa
 # PAGODA_INT4_KERNELS=0 keeps them on the torch dequantize-then-matmul path, for A/B runs.
 INT4_KERNELS = os.environ.get("PAGODA_INT4_KERNELS", "1") == "1"
 # Products with at most this many rows run the int4 GEMV (the weight streamed once, dequantized in
-# registers), more rows the dequantizing GEMM; PAGODA_INT4_GEMV_MAX_M overrides it (0: always the GEMM).
-INT4_GEMV_USE_MAX_M = min(GEMV_MAX_M, int(os.environ.get("PAGODA_INT4_GEMV_MAX_M", str(GEMV_MAX_M))))
+# registers), more rows the dequantizing GEMM; PAGODA_INT4_GEMV_MAX_M overrides it (0: always the GEMM; at most
+# GEMV_MAX_M). 2 from the H200 (session 19, one layer's four products of the 8B shape): the GEMV took 85 us at
+# M = 1 and 115 us at M = 2, but 540 us at M = 4, where the tl.dot GEMM takes ~218 us (measured at M = 16).
+INT4_GEMV_USE_MAX_M = min(GEMV_MAX_M, int(os.environ.get("PAGODA_INT4_GEMV_MAX_M", "2")))
+# Whether the int4 GEMV takes a pending RMSNorm (+ residual) into its prologue; PAGODA_INT4_FUSE_NORM=0 runs the
+# RMSNorm kernel first and the GEMV's plain or gated form. Off by default: on the H200 (session 19, W4 with AWQ
+# weights, 8B shape) the fused prologue cost 1.87 ms per token (5.147 vs 3.281 ms): it cannot split K, and every
+# program redoes the norm's loads and squares in its inner loop. PAGODA_INT4_FUSE_NORM=1 fuses it, for A/B runs.
+INT4_FUSE_NORM = os.environ.get("PAGODA_INT4_FUSE_NORM", "0") == "1"
 
 
 def int4_gemv_applies(x: torch.Tensor) -> bool:
@@ -265,21 +272,67 @@ class Int4GemvLaunch:
     num_stages: int
 
 
-def int4_gemv_launch(m: int, n: int, k: int) -> Int4GemvLaunch:
-    """Tiles for the int4 GEMV (rows per program x inputs per iteration, 8 warps). Not yet timed on the GPU
-    (tests/kernels/bench_int4.py --sweep); chosen from Triton 3.9's sm_90 SASS (int4_gemv.py's docstring):
-    32 x 1024 at m <= 2 (4 rows per thread share each x value; 128 / 170 registers), 16 x 1024 at m = 3, 4
-    (one accumulator per x row: more rows per thread would spill). block_k // 128 * 16 < 32 * num_warps keeps
-    x's plane loads in the weight's layout (no shared memory). K is split when too few programs would cover
-    the SMs (each split >= 2 iterations)."""
-    block_n, block_k, warps = (32, 1024, 8) if m <= 2 else (16, 1024, 8)
+# Launches timed on the GPU (tests/kernels/bench_int4.py --sweep --write-table FILE), keyed by (form, m, n, k):
+# form "plain" (y = x Wᵀ), "gated" (the SiLU·mul of a [gate | up] weight; n = the gated output's features) or
+# "norm" (an RMSNorm prologue). A key found here overrides the heuristic below; PAGODA_INT4_GEMV_TABLE names a
+# JSON file of the sweep's rows ({"form", "m", "n", "k", "block_n", "block_k", "split_k", "num_warps",
+# "num_stages"}) that is read once and overrides these, for A/B runs of a new sweep.
+INT4_GEMV_TUNED: dict[tuple[str, int, int, int], Int4GemvLaunch] = {}
+INT4_GEMV_FORMS = ("plain", "gated", "norm")
+
+
+def load_int4_gemv_table(path: str) -> dict[tuple[str, int, int, int], Int4GemvLaunch]:
+    """The rows of a sweep's JSON table (see INT4_GEMV_TUNED) as launches; ValueError naming a bad row."""
+    import json
+
+    with open(path) as f:
+        rows = json.load(f)
+    table = {}
+    for row in rows:
+        try:
+            if row["form"] not in INT4_GEMV_FORMS:
+                raise ValueError(f"form must be one of {INT4_GEMV_FORMS}")
+            launch = Int4GemvLaunch(int(row["block_n"]), int(row["block_k"]), int(row["split_k"]),
+                                    int(row["num_warps"]), int(row["num_stages"]))
+            table[(row["form"], int(row["m"]), int(row["n"]), int(row["k"]))] = launch
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{path}: bad int4 GEMV table row {row!r}: {exc}") from None
+    return table
+
+
+@functools.lru_cache(maxsize=1)
+def _int4_gemv_table() -> dict[tuple[str, int, int, int], Int4GemvLaunch]:
+    path = os.environ.get("PAGODA_INT4_GEMV_TABLE")
+    return {**INT4_GEMV_TUNED, **(load_int4_gemv_table(path) if path else {})}
+
+
+INT4_GEMV_MAX_SPLIT = 8
+INT4_GEMV_TARGET_WAVES = 8  # split K until about this many programs per SM (at most INT4_GEMV_MAX_SPLIT ranges)
+
+
+def int4_gemv_launch(m: int, n: int, k: int, form: str = "plain") -> Int4GemvLaunch:
+    """Tiles for the int4 GEMV: the timed launch of INT4_GEMV_TUNED for (form, m, n, k) when there is one, else
+    a heuristic from the H200 sweeps of session 19 (docs/benchmarks.md; tests/kernels/bench_int4.py --sweep on
+    Llama-3-8B's four shapes at M = 1): 64 rows x 256 inputs per program, 4 warps, the loop's loads pipelined over
+    2 stages (against 1 stage: 2x faster on every shape; the landscape around it is flat within ~8 %: 128 x 128,
+    128 x 256 with 8 warps, 3 stages), and K split until ~INT4_GEMV_TARGET_WAVES programs per SM (at most
+    INT4_GEMV_MAX_SPLIT ranges, each of at least two iterations). block_k // 128 * 16 < 32 * num_warps keeps x's
+    plane loads in the weight's layout (no shared memory). m = 3, 4 keep the earlier choice, 16 x 1024 with 8 warps
+    and one stage (one accumulator per x row: more rows per thread would spill; 64 x 256 with 2 stages measured
+    slower there, and the layers send those rows to the GEMM anyway: INT4_GEMV_USE_MAX_M). The fused forms never
+    split (int4_gemv ignores split_k for them)."""
+    tuned = _int4_gemv_table().get((form, m, n, k))
+    if tuned is not None:
+        return tuned
+    block_n, block_k, warps, stages = (64, 256, 4, 2) if m <= 2 else (16, 1024, 8, 1)
     while block_k > 128 and block_k // 2 >= k:
         block_k //= 2
     programs = -(-n // block_n)
     split_k = 1
-    while programs * split_k < DEFAULT_SM_COUNT and k // (split_k * 2) >= 2 * block_k:
+    while (programs * split_k < INT4_GEMV_TARGET_WAVES * DEFAULT_SM_COUNT and split_k < INT4_GEMV_MAX_SPLIT
+           and k // (split_k * 2) >= 2 * block_k):
         split_k *= 2
-    return Int4GemvLaunch(block_n, block_k, split_k, num_warps=warps, num_stages=1)
+    return Int4GemvLaunch(block_n, block_k, split_k, num_warps=warps, num_stages=stages)
 
 
 # Products with at least INT4_DEQUANT_MIN_M rows (prefill) dequantize the weight into a per-device workspace

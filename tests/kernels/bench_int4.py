@@ -85,6 +85,67 @@ def precompile(calls) -> None:
     print(f"  precompiled {stats.submitted} variants in {stats.wall_seconds:.1f} s ({stats.failed} failed)", flush=True)
 
 
+# The sweep's grid: rows per program, inputs per iteration, K splits (plain form only), warps, pipeline stages;
+# --grid "bn=64,128;st=2,3" replaces some axes.
+GRID = {"bn": (16, 32, 64), "bk": (256, 512, 1024), "sk": (1, 2, 4), "nw": (4, 8), "st": (1, 2)}
+SWEEP_COPIES = 16  # weights per timed graph in a sweep (16 gate_up copies are ~0.9 GB: none stays in L2)
+
+
+def gemv_form_call(form: str, x, dtype):
+    """fn(x, weight, launch) running the int4 GEMV in one of its forms (tuning.INT4_GEMV_FORMS)."""
+    if form == "gated":
+        return lambda a, w, launch: int4_gemv(a, *w, launch=launch, silu_and_mul=True)
+    if form == "norm":
+        g, res, res_out = torch.ones(x.shape[1], device="cuda", dtype=dtype), torch.randn_like(x), torch.empty_like(x)
+        return lambda a, w, launch: int4_gemv(a, *w, launch=launch, norm_weight=g, residual=res, residual_out=res_out)
+    return lambda a, w, launch: int4_gemv(a, *w, launch=launch)
+
+
+def sweep_gemv(form: str, n: int, k: int, m: int, x, weights, qbytes: int, dtype, table: list,
+               grid_axes: dict) -> list:
+    """Time a grid of launches of one GEMV form; the tuned launch first, then the five fastest. The fastest goes
+    into `table` (a row of tuning.INT4_GEMV_TUNED's JSON form; n is the output's features: n / 2 when gated)."""
+    fn = gemv_form_call(form, x, dtype)
+    axes = dict(GRID, **grid_axes)
+    splits = axes["sk"] if form == "plain" else (1,)  # the fused forms never split
+    grid = [tuning.Int4GemvLaunch(bn, bk, sk, nw, st) for bn, bk, sk, nw, st in
+            itertools.product(axes["bn"], axes["bk"], splits, axes["nw"], axes["st"]) if bk <= k]
+    precompile([lambda launch=launch: fn(x, weights[0], launch) for launch in grid])
+    out_n = n // 2 if form == "gated" else n
+    tuned = tuning.int4_gemv_launch(m, out_n, k, form)
+    swept = []
+    for launch in [tuned] + grid:
+        try:
+            t = per_product(lambda a, w, launch=launch: fn(a, w, launch), x, weights[:SWEEP_COPIES], reps=5)
+        except Exception as exc:  # noqa: BLE001 - a launch that does not fit is skipped
+            print(f"  skip {form} {launch}: {type(exc).__name__}: {str(exc)[:120]}")
+            continue
+        swept.append((launch, t))
+    if not swept:
+        return []
+    label = lambda launch: (f"{form} {launch.block_n}x{launch.block_k} s{launch.split_k} w{launch.num_warps} "
+                            f"st{launch.num_stages}")
+    best, t_best = min(swept[1:] or swept, key=lambda r: r[1])
+    table.append({"form": form, "m": m, "n": out_n, "k": k, "block_n": best.block_n, "block_k": best.block_k,
+                  "split_k": best.split_k, "num_warps": best.num_warps, "num_stages": best.num_stages,
+                  "us": round(t_best * 1e6, 2)})
+    t_tuned = swept[0][1] if swept[0][0] == tuned else float("nan")
+    print(f"  sweep {form} M={m} N={out_n} K={k}: {len(swept) - 1} launches, best {label(best)} "
+          f"{t_best * 1e6:.2f} us against the current choice's {t_tuned * 1e6:.2f} us", flush=True)
+    return [(f"sweep {label(launch)}", t, qbytes) for launch, t in sorted(swept[1:], key=lambda r: r[1])[:5]]
+
+
+def parse_grid(spec: str) -> dict:
+    """'bn=64,128;st=2,3' -> {"bn": (64, 128), "st": (2, 3)} (axes of GRID)."""
+    axes = {}
+    for part in filter(None, spec.split(";")):
+        key, _, values = part.partition("=")
+        if key not in GRID:
+            raise argparse.ArgumentTypeError(f"--grid axis {key!r} is not one of {sorted(GRID)}")
+        axes[key] = tuple(int(v) for v in values.split(","))
+    return axes
+
+
 def check(x, weight, group) -> float:
     """max |kernel - fp32 reference| relative to the reference's largest value."""
     ref = int4_layout.int4_linear_ref(x, *weight, group).float()
@@ -92,7 +153,7 @@ def check(x, weight, group) -> float:
     return ((out - ref).abs().max() / ref.abs().max().clamp_min(1e-9)).item()
 
 
-def decode_rows(name, n, k, m, weights, bf16, group, args, dtype) -> float:
+def decode_rows(name, n, k, m, weights, bf16, group, args, dtype, table) -> float:
     """Print the decode-row timings of one shape; return the int4 GEMV's tuned time (seconds)."""
     x = torch.randn(m, k, device="cuda", dtype=dtype)
     qbytes, fbytes = quantized_bytes(weights[0]), n * k * 2
@@ -113,19 +174,9 @@ def decode_rows(name, n, k, m, weights, bf16, group, args, dtype) -> float:
         lambda a, w: F.linear(a, int4_layout.dequantize(w[0], w[1], w[2], group, dtype)), x, weights[:2], reps=5),
         qbytes))
     if args.sweep:
-        swept = []
-        grid = [tuning.Int4GemvLaunch(bn, bk, sk, nw, st) for bn, bk, sk, nw, st in
-                itertools.product((16, 32, 64), (512, 1024), (1, 2, 4), (4, 8), (1, 2))]
-        precompile([lambda launch=launch: int4_gemv(x, *weights[0], launch=launch) for launch in grid])
-        for launch in grid:
-            bn, bk, sk, nw, st = launch.block_n, launch.block_k, launch.split_k, launch.num_warps, launch.num_stages
-            try:
-                t = per_product(lambda a, w, launch=launch: int4_gemv(a, *w, launch=launch), x, weights, reps=10)
-            except Exception as exc:  # noqa: BLE001 - a launch that does not fit is skipped
-                print(f"  skip {launch}: {type(exc).__name__}")
-                continue
-            swept.append((f"int4 gemv {bn}x{bk} s{sk} w{nw} st{st}", t, qbytes))
-        rows += sorted(swept, key=lambda r: r[1])[:5]
+        forms = ["plain"] + (["gated"] if name == "gate_up_proj" else []) + (["norm"] if name == "qkv_proj" else [])
+        for form in forms:
+            rows += sweep_gemv(form, n, k, m, x, weights, qbytes, dtype, table, args.grid)
     for label, t, nbytes in rows:
         print(f"{name:14} {m:>5} {label:40} {t * 1e6:9.2f} {nbytes / t / 1e9:7.0f}")
     print(f"{name:14} {m:>5} max |int4 gemv - fp32 ref| / max |ref| = {check(x, weights[0], group):.2e}", flush=True)
@@ -180,12 +231,16 @@ def main() -> None:
     p.add_argument("--rows", default="1,2,4")
     p.add_argument("--gemm-rows", default="16,64,256,2048")
     p.add_argument("--group", type=int, default=128, help="group size (-1: the whole input)")
+    p.add_argument("--grid", default="", type=parse_grid, help='sweep axes to replace, e.g. "bn=64,128;st=2,3"')
+    p.add_argument("--write-table", default=None, metavar="FILE",
+                   help="with --sweep: write the fastest launch per (form, M, N, K) as JSON (PAGODA_INT4_GEMV_TABLE)")
     args = p.parse_args()
     dtype = torch.bfloat16
     decode = [int(r) for r in args.rows.split(",") if r]
     prefill = [int(r) for r in args.gemm_rows.split(",") if r]
     step = 0.0
     totals: dict[int, list[float]] = {}
+    table: list[dict] = []
     print(f"{'shape':14} {'M':>5} {'kernel':40} {'us':>9} {'GB/s':>7}")
     for name, (n, k) in SHAPES.items():
         group = k if args.group == -1 else args.group
@@ -193,7 +248,7 @@ def main() -> None:
         weights = [int4_weight(n, k, group, dtype) for _ in range(copies)]
         bf16 = [torch.randn(n, k, device="cuda", dtype=dtype) / k**0.5 for _ in range(max(4, copies // 4))]
         for m in decode:
-            t = decode_rows(name, n, k, m, weights, bf16, group, args, dtype)
+            t = decode_rows(name, n, k, m, weights, bf16, group, args, dtype, table)
             if m == 1:
                 step += t * LAYERS
         for m in prefill:
@@ -204,6 +259,17 @@ def main() -> None:
         path = "dequant + cublas" if tuning.int4_dequant_applies(m) else "int4 gemm"
         print(f"prefill M = {m:5}: one layer's 4 products bf16 {t_bf16 * 1e6:8.1f} us, int4 dispatched ({path}) "
               f"{t_int4 * 1e6:8.1f} us ({t_int4 / t_bf16:.2f}x), faster int4 path {t_best * 1e6:8.1f} us")
+    if args.write_table:
+        import json
+
+        with open(args.write_table, "w") as f:
+            json.dump(table, f, indent=1)
+        print(f"wrote {len(table)} tuned launches to {args.write_table}")
+    decode_forms = {("norm", 6144, 4096), ("plain", 4096, 4096), ("gated", 14336, 4096), ("plain", 4096, 14336)}
+    best_layer = [r["us"] for r in table if r["m"] == 1 and (r["form"], r["n"], r["k"]) in decode_forms]
+    if len(best_layer) == len(decode_forms):
+        print(f"swept decode step at M = 1 (qkv + norm, o, gate_up + SiLU, down; each its fastest launch): "
+              f"{sum(best_layer) * LAYERS / 1e3:.3f} ms for 32 layers")
     if 1 in decode:
         qbytes = LAYERS * sum(n * k // 2 + n * (k // (k if args.group == -1 else args.group)) * 3  # + bf16 scales, u8 zeros
                               for n, k in SHAPES.values())

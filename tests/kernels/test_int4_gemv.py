@@ -4,6 +4,8 @@ fused RMSNorm (+ residual) prologue and SiLU·mul epilogue. Small shapes: CPU ru
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -114,3 +116,33 @@ def test_int4_gemv_rejects_bad_shapes():
     with pytest.raises(ValueError, match="block_k"):
         int4_gemv(torch.zeros(1, 256, device=DEVICE), qweight, scales, zeros,
                   launch=tuning.Int4GemvLaunch(8, 64, 1, 2, 1))
+
+
+def test_int4_gemv_launch_table_overrides_heuristic_per_form(tmp_path, monkeypatch):
+    """A sweep's JSON table (PAGODA_INT4_GEMV_TABLE) sets the launch of exactly its (form, m, n, k) keys; the
+    GEMV asks for the key of the form it runs; a malformed row is refused naming the row."""
+    rows = [{"form": "gated", "m": 1, "n": 20, "k": 256, "block_n": 16, "block_k": 256, "split_k": 1,
+             "num_warps": 4, "num_stages": 2, "us": 3.5}]
+    path = tmp_path / "table.json"
+    path.write_text(json.dumps(rows))
+    monkeypatch.setenv("PAGODA_INT4_GEMV_TABLE", str(path))
+    tuning._int4_gemv_table.cache_clear()
+    try:
+        assert tuning.int4_gemv_launch(1, 20, 256, "gated") == tuning.Int4GemvLaunch(16, 256, 1, 4, 2)
+        assert tuning.int4_gemv_launch(1, 20, 256, "plain") != tuning.Int4GemvLaunch(16, 256, 1, 4, 2)
+        asked = []
+        real = tuning.int4_gemv_launch
+        monkeypatch.setattr(tuning, "int4_gemv_launch", lambda *a: asked.append(a) or real(*a))
+        qweight, scales, zeros = random_int4(2 * 20, 256, 32, torch.float32, seed=7)
+        x = randn(1, 256, dtype=torch.float32, seed=8)
+        out = int4_gemv(x, qweight, scales, zeros, silu_and_mul=True)
+        gate, up = int4_layout.int4_linear_ref(x, qweight, scales, zeros, 32).chunk(2, dim=-1)
+        torch.testing.assert_close(out, torch.nn.functional.silu(gate) * up, atol=1e-4, rtol=1e-4)
+        g = torch.ones(256)
+        int4_gemv(x, qweight, scales, zeros, norm_weight=g)
+        assert asked == [(1, 20, 256, "gated"), (1, 40, 256, "norm")]
+    finally:
+        tuning._int4_gemv_table.cache_clear()
+    path.write_text(json.dumps([dict(rows[0], form="fused")]))
+    with pytest.raises(ValueError, match="bad int4 GEMV table row.*fused.*form must be one of"):
+        tuning.load_int4_gemv_table(str(path))

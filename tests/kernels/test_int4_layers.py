@@ -103,10 +103,18 @@ def test_awq_row_parallel_group_minus_one():
     assert layer.int4_group_size == 384 and layer.int4_scales.shape == (24, 1)
 
 
+@pytest.mark.parametrize("fuse_norm", [False, True])
 @pytest.mark.parametrize("residual", [False, True])
-def test_awq_gate_up_fuses_pending_norm_and_silu(residual):
-    """forward_silu_and_mul of a pending RMSNorm (+ residual): the GEMV fuses both; the result and the new
-    residual equal norm -> reference matmul -> SiLU·mul."""
+def test_awq_gate_up_fuses_pending_norm_and_silu(residual, fuse_norm, monkeypatch):
+    """forward_silu_and_mul of a pending RMSNorm (+ residual): the GEMV fuses the SiLU·mul, and the norm too when
+    tuning.INT4_FUSE_NORM (else the norm is materialized first); the result and the new residual equal norm ->
+    reference matmul -> SiLU·mul either way."""
+    import pagoda.kernels.int4_gemv as int4_gemv_module
+
+    monkeypatch.setattr(tuning, "INT4_FUSE_NORM", fuse_norm)
+    calls = []
+    real_gemv = int4_gemv_module.int4_gemv
+    monkeypatch.setattr(int4_gemv_module, "int4_gemv", lambda *a, **kw: calls.append(kw) or real_gemv(*a, **kw))
     dtype = torch.float16
     layer = make_layer(MergedColumnParallelLinear, 256, [40, 40], bias=False, config=AwqConfig(128), dtype=dtype,
                        prefix="gate_up_proj")
@@ -122,6 +130,7 @@ def test_awq_gate_up_fuses_pending_norm_and_silu(residual):
     pending = PendingRMSNorm(x, w, 1e-5, res if residual else None, torch.empty_like(x) if residual else None)
     out = layer.forward_silu_and_mul(pending, SiluAndMul())
     torch.testing.assert_close(out, ref, atol=3e-3, rtol=3e-3)
+    assert [("norm_weight" in kw, kw["silu_and_mul"]) for kw in calls] == [(fuse_norm, True)]
     if residual:
         torch.testing.assert_close(pending.residual_out, new_res, atol=0, rtol=0)
     # a GEMM-sized batch: the activation after the GEMM

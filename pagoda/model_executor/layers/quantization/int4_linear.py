@@ -210,7 +210,7 @@ def int4_matmul(layer: nn.Module, x, bias: torch.Tensor | None, act: nn.Module |
     int4_gemv, int4_gemm, int4_dequantize = _kernels()
     perm = layer.int4_perm
     pending = x if isinstance(x, PendingRMSNorm) else None
-    if pending is not None and (perm is not None or not tuning.int4_gemv_applies(pending.x)):
+    if pending is not None and (perm is not None or not tuning.int4_gemv_applies(pending.x) or not tuning.INT4_FUSE_NORM):
         x, pending = pending.materialize(), None
     rows = pending.x if pending is not None else x
     lead = rows.shape[:-1]
