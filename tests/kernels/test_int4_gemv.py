@@ -138,7 +138,7 @@ def test_int4_gemv_launch_table_overrides_heuristic_per_form(tmp_path, monkeypat
         out = int4_gemv(x, qweight, scales, zeros, silu_and_mul=True)
         gate, up = int4_layout.int4_linear_ref(x, qweight, scales, zeros, 32).chunk(2, dim=-1)
         torch.testing.assert_close(out, torch.nn.functional.silu(gate) * up, atol=1e-4, rtol=1e-4)
-        g = torch.ones(256)
+        g = torch.ones(256, device=DEVICE)
         int4_gemv(x, qweight, scales, zeros, norm_weight=g)
         assert asked == [(1, 20, 256, "gated"), (1, 40, 256, "norm")]
     finally:
