@@ -210,11 +210,6 @@ FP8_GEMV_USE_MAX_M = min(GEMV_MAX_M, int(os.environ.get("PAGODA_FP8_GEMV_MAX_M",
 # so the quantized rows are meant to be bit for bit the unfused ones); PAGODA_FP8_GEMV_NORM=0 leaves the norm
 # to the rmsnorm kernel.
 FP8_GEMV_FUSE_NORM = os.environ.get("PAGODA_FP8_GEMV_NORM", "1") == "1"
-# FP8 layers with dynamic activation scales, on CUDA, past the GEMV's rows: the RMSNorm in front of QKV and
-# gate/up, and the SiLU·mul between gate/up and down_proj, write FP8 values and per-token scales directly
-# (kernels/fp8_fused_quant.py, bit for bit the unfused chain). PAGODA_FP8_FUSED_QUANT=0 keeps the separate
-# quantize kernel, for A/B runs.
-FP8_FUSED_QUANT = os.environ.get("PAGODA_FP8_FUSED_QUANT", "1") == "1"
 
 
 def fp8_gemv_applies(x: torch.Tensor) -> bool:

@@ -8,8 +8,7 @@ Invariants:
   place; callers never reuse a residual tensor after passing it in.
 - `RMSNorm(x)` returns the normed tensor; `RMSNorm(x, residual)` first adds `residual` and returns
   `(normed, x + residual)`: the sum is the next layer's residual. `forward_pending` may instead
-  leave the norm to the next projection's GEMV, or to its linear method where `pending_consumer` says it fuses
-  the norm (layers/pending_norm.py); the CPU path never does.
+  leave the norm to the next projection's GEMV (layers/pending_norm.py); the CPU path never does.
 """
 
 from __future__ import annotations
@@ -42,9 +41,6 @@ class RMSNorm(nn.Module):
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(hidden_size), requires_grad=False)
         set_weight_attrs(self.weight, {"weight_loader": default_weight_loader})
-        # the LinearMethod of the projection this norm feeds (set by the model), asked whether to leave the
-        # norm pending beyond the GEMV's rows (LinearMethod.leaves_norm_pending)
-        self.pending_consumer = None
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
         if x.is_cuda:
@@ -57,11 +53,9 @@ class RMSNorm(nn.Module):
 
     def forward_pending(self, x: torch.Tensor, residual: torch.Tensor | None = None):
         """(normed input, next residual) like `forward`, except that where the next projection runs
-        the GEMV kernel (CUDA, at most GEMV_USE_MAX_M rows), or where its linear method fuses the norm at any
-        rows (`pending_consumer.leaves_norm_pending(x)`: FP8's RMSNorm -> FP8 kernel), the norm is left to it:
-        the input is then a PendingRMSNorm (layers/pending_norm.py). Without a residual the next residual is x."""
-        consumer = self.pending_consumer
-        if not gemv_applies(x) and not (consumer is not None and consumer.leaves_norm_pending(x)):
+        the GEMV kernel (CUDA, at most GEMV_USE_MAX_M rows) the norm is left to it: the input is then a
+        PendingRMSNorm (layers/pending_norm.py). Without a residual the next residual is x."""
+        if not gemv_applies(x):
             return (self.forward(x), x) if residual is None else self.forward(x, residual)
         if residual is None:
             return PendingRMSNorm(x, self.weight, self.eps, None, None), x

@@ -81,16 +81,6 @@ class LinearMethod(ABC):
     # materializes the norm first.
     takes_pending_norm = False
 
-    def leaves_norm_pending(self, x: torch.Tensor) -> bool:
-        """Whether an RMSNorm in front of this method's layer should stay pending for input x even where no GEMV
-        runs, because the method fuses the norm at those rows too (RMSNorm.forward_pending asks; default no)."""
-        return False
-
-    def link_consumer(self, layer: nn.Module, consumer: nn.Module) -> None:
-        """Told once, at construction, that `layer`'s activated output (forward_silu_and_mul) is the only input of
-        the linear layer `consumer`, so the method may hand it over in a form the consumer's method reads
-        directly (FP8: already quantized). Default: nothing."""
-
     def apply_silu_and_mul(self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None,
                            act: nn.Module) -> torch.Tensor:
         """act(x @ weightᵀ (+ bias)) for a [gate | up] weight, where act is SiluAndMul; a method may

@@ -6,9 +6,7 @@ Invariants:
 - The residual stream travels beside the hidden states: every norm after the first is the fused
   `norm(x, residual) -> (normed, x + residual)` form; `forward` returns the final norm's output.
   A layer's two norms may stay pending (RMSNorm.forward_pending) for the QKV and gate/up
-  projections to compute inside their GEMV (or, for FP8 layers, inside the RMSNorm -> FP8 kernel at any rows:
-  `RMSNorm.pending_consumer`); the MLP's SiLU·mul is fused into gate/up the same way, and gate/up's method is
-  told that down_proj consumes its output (`LinearMethod.link_consumer`).
+  projections to compute inside their GEMV; the MLP's SiLU·mul is fused into gate/up the same way.
 - With `tie_word_embeddings`, `lm_head` IS `model.embed_tokens` (one Parameter); a checkpoint's
   `lm_head.weight` is then ignored.
 - Pipeline parallelism (models/pipeline.py): the model holds its stage's layers [start_layer, end_layer) and
@@ -75,7 +73,6 @@ class LlamaMLP(nn.Module):
         if config.hidden_act != "silu":
             raise ValueError(f"hidden_act={config.hidden_act!r} is not supported for this model; only 'silu'")
         self.act_fn = SiluAndMul()
-        self.gate_up_proj.linear_method.link_consumer(self.gate_up_proj, self.down_proj)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(self.gate_up_proj.forward_silu_and_mul(x, self.act_fn))
@@ -131,9 +128,6 @@ class LlamaDecoderLayer(nn.Module):
         self.mlp = self.mlp_cls(config, quant_config, maybe_prefix(prefix, "mlp"))
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.input_layernorm.pending_consumer = self.self_attn.qkv_proj.linear_method
-        gate_up = getattr(self.mlp, "gate_up_proj", None)
-        self.post_attention_layernorm.pending_consumer = gate_up.linear_method if gate_up is not None else None
 
     def forward(self, positions, hidden_states, residual, kv_cache, attn_metadata):
         # At decode batch 1 on the GPU the norms stay pending: the next projection's GEMV computes them.

@@ -29,24 +29,17 @@ Invariants:
   fuses a pending RMSNorm (+ residual) in front (unless PAGODA_FP8_GEMV_NORM=0) and the SiLU·mul of a
   [gate | up] layer behind; elsewhere a pending norm is materialized first and the activation applied after.
   The choice depends on shapes only (CUDA-graph and eager runs of a batch compute alike).
-- Past the GEMV's rows on CUDA with dynamic scales (tuning.FP8_FUSED_QUANT, env PAGODA_FP8_FUSED_QUANT=0 turns it
-  off): the RMSNorm in front of QKV and gate/up stays pending (`leaves_norm_pending`) and runs as one RMSNorm -> FP8
-  kernel, and gate/up hands down_proj its SiLU·mul output already quantized (a QuantizedActivation, made only
-  when `link_consumer` found down_proj an FP8 layer with dynamic scales); both kernels
-  (pagoda/kernels/fp8_fused_quant.py) compute bit for bit the unfused chain.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
 from pagoda.kernels import tuning
-from pagoda.model_executor.layers.activation import SiluAndMul
 from pagoda.model_executor.layers.linear import LinearMethod, UnquantizedLinearMethod, set_weight_attrs
 from pagoda.model_executor.layers.pending_norm import PendingRMSNorm
 from pagoda.model_executor.layers.quantization.base_config import QuantizationConfig
@@ -155,23 +148,8 @@ class Fp8LinearMethod(LinearMethod):
                            "compute capability 8.9+, dtype=bfloat16 and sizes that are multiples of 16 (e.g. %s: %s)",
                            layer.prefix, tuple(layer.weight.shape))
 
-    # a PendingRMSNorm reaches `apply`: fused into the FP8 GEMV or the RMSNorm -> FP8 kernel, else materialized
+    # a PendingRMSNorm reaches `apply`: fused into the FP8 GEMV, materialized on the other paths
     takes_pending_norm = True
-
-    @property
-    def dynamic(self) -> bool:
-        return self.config.activation_scheme == "dynamic"
-
-    def leaves_norm_pending(self, x: torch.Tensor) -> bool:
-        """At any rows on CUDA with dynamic activation scales, the RMSNorm in front runs fused with the quantize
-        (kernels/fp8_fused_quant.py), if the hidden size fits its kernel."""
-        return self.dynamic and tuning.FP8_FUSED_QUANT and _fused_quant_device(x) and _fused_kernels().fits(x.shape[-1])
-
-    def link_consumer(self, layer, consumer) -> None:
-        """gate/up's SiLU·mul output goes to down_proj as FP8 (QuantizedActivation) when down_proj is an FP8 layer
-        with dynamic scales: the SiLU·mul -> FP8 kernel then writes it, in place of SiLU·mul + quantize."""
-        method = consumer.linear_method
-        layer.fp8_quantized_output = isinstance(method, Fp8LinearMethod) and method.dynamic
 
     def apply(self, layer, x, bias):
         return self._matmul(layer, x, bias, None)
@@ -181,63 +159,22 @@ class Fp8LinearMethod(LinearMethod):
 
     @staticmethod
     def _matmul(layer, x, bias, act):
-        """act(x @ Wᵀ + bias) (act None: none; else SiluAndMul of a [gate | up] weight), x a tensor, a
-        PendingRMSNorm or a QuantizedActivation: the FP8 GEMV where tuning.fp8_gemv_applies, else quantize (or
-        take x quantized) + scaled_mm / torch."""
+        """act(x @ Wᵀ + bias) (act None: none; else SiluAndMul of a [gate | up] weight), x a tensor or a
+        PendingRMSNorm: the FP8 GEMV where tuning.fp8_gemv_applies, else quantize + scaled_mm / torch."""
         if not hasattr(layer, "fp8_scaled_mm"):
             raise RuntimeError(f"{layer.prefix or type(layer).__name__}: FP8 weights are used before "
                                "process_weights_after_loading (the loader calls it after loading)")
-        if isinstance(x, QuantizedActivation):  # gate/up's fused SiLU·mul -> FP8 (link_consumer)
-            q_x, x_scale, dtype, lead = x.q, x.scale, x.dtype, x.lead
-        else:
-            rows = x.x if isinstance(x, PendingRMSNorm) else x
-            if tuning.fp8_gemv_applies(rows.reshape(-1, rows.shape[-1])) and layer.weight.is_contiguous():
-                return fp8_gemv_matmul(layer, x, bias, act)
-            dtype, lead = rows.dtype, rows.shape[:-1]
-            if isinstance(x, PendingRMSNorm) and layer.input_scale is None and tuning.FP8_FUSED_QUANT:
-                q_x, x_scale = _fused_kernels().rmsnorm_fp8_quantize(
-                    x.x.reshape(-1, x.x.shape[-1]), x.weight, x.eps, _flat(x.residual), _flat(x.residual_out),
-                    MIN_SCALE)
-            else:
-                x = x.materialize() if isinstance(x, PendingRMSNorm) else x
-                q_x, x_scale = _quantize_activation(x.reshape(-1, x.shape[-1]), layer.input_scale)
-        matmul = fp8_linear_scaled_mm if layer.fp8_scaled_mm and dtype == torch.bfloat16 else fp8_linear_reference
-        out = matmul(q_x, x_scale, layer.weight, layer.weight_scale, bias, dtype)
-        if act is None:
-            return out.reshape(*lead, out.shape[-1])
-        if (getattr(layer, "fp8_quantized_output", False) and isinstance(act, SiluAndMul) and tuning.FP8_FUSED_QUANT
-                and _fused_quant_device(out) and _fused_kernels().fits(out.shape[-1] // 2)):
-            return QuantizedActivation(*_fused_kernels().silu_and_mul_fp8_quantize(out, MIN_SCALE), dtype, lead)
-        return act(out.reshape(*lead, out.shape[-1]))
-
-
-@dataclass
-class QuantizedActivation:
-    """An FP8 layer's input already quantized by the kernel that produced it (gate/up's SiLU·mul -> FP8, for
-    down_proj; see Fp8LinearMethod.link_consumer): q [M, K] float8_e4m3fn, per-token scales [M, 1] fp32, the
-    model dtype the product is returned in, and the leading dims of the activation it stands for. Made only when
-    the consumer is an FP8 layer with dynamic scales, and consumed once, by it."""
-
-    q: torch.Tensor
-    scale: torch.Tensor
-    dtype: torch.dtype
-    lead: tuple
-
-
-def _flat(t: torch.Tensor | None) -> torch.Tensor | None:
-    return None if t is None else t.reshape(-1, t.shape[-1])
-
-
-def _fused_quant_device(x: torch.Tensor) -> bool:
-    """Where the fused quantize kernels run: CUDA (tests turn it on for CPU, through Triton's interpreter)."""
-    return x.is_cuda
-
-
-def _fused_kernels():
-    """kernels/fp8_fused_quant.py, imported on first use (only CUDA layers reach it: CPU never needs Triton)."""
-    from pagoda.kernels import fp8_fused_quant
-
-    return fp8_fused_quant
+        rows = x.x if isinstance(x, PendingRMSNorm) else x
+        if tuning.fp8_gemv_applies(rows.reshape(-1, rows.shape[-1])) and layer.weight.is_contiguous():
+            return fp8_gemv_matmul(layer, x, bias, act)
+        if isinstance(x, PendingRMSNorm):
+            x = x.materialize()
+        shape = x.shape
+        q_x, x_scale = _quantize_activation(x.reshape(-1, shape[-1]), layer.input_scale)
+        matmul = fp8_linear_scaled_mm if layer.fp8_scaled_mm and x.dtype == torch.bfloat16 else fp8_linear_reference
+        out = matmul(q_x, x_scale, layer.weight, layer.weight_scale, bias, x.dtype)
+        out = out.reshape(*shape[:-1], out.shape[-1])
+        return out if act is None else act(out)
 
 
 def fp8_gemv_matmul(layer: nn.Module, x, bias: torch.Tensor | None, act: nn.Module | None) -> torch.Tensor:
