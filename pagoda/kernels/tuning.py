@@ -335,6 +335,43 @@ def int4_gemv_launch(m: int, n: int, k: int, form: str = "plain") -> Int4GemvLau
     return Int4GemvLaunch(block_n, block_k, split_k, num_warps=warps, num_stages=stages)
 
 
+# Products of 3 to INT4_SMALL_M_USE_MAX_M rows (more than the GEMV takes) may run the operand-swapped small-batch
+# GEMM (int4_gemm_small_m.py: the weight tile first in one deep dot, K split over programs) instead of
+# int4_gemm.py. Off (0) until timed on the GPU (tests/kernels/bench_int4.py --gemm-rows 4,8,16 --sweep): at batch 4
+# the 8B shape's step took 7.30 ms on int4_gemm.py against ~3.3 ms at batch 1 (session 19). PAGODA_INT4_SMALL_M sets
+# it (at most INT4_SMALL_M_MAX).
+INT4_SMALL_M_MAX = 16
+INT4_SMALL_M_USE_MAX_M = min(INT4_SMALL_M_MAX, int(os.environ.get("PAGODA_INT4_SMALL_M", "0")))
+
+
+def int4_small_m_applies(m: int) -> bool:
+    """Whether an int4 product with m rows (more than the GEMV takes) runs the small-batch GEMM."""
+    return m <= INT4_SMALL_M_USE_MAX_M
+
+
+@dataclass(frozen=True)
+class Int4SmallMLaunch:
+    block_n: int  # weight rows (output features) per program, power of two >= 16
+    block_k: int  # inputs per iteration, a power of two multiple of 128
+    split_k: int  # K ranges reduced by a second kernel (1: none)
+    num_warps: int
+    num_stages: int
+
+
+def int4_gemm_small_m_launch(m: int, n: int, k: int) -> Int4SmallMLaunch:
+    """Tiles for the small-batch int4 GEMM. Not yet timed on the GPU: 64 rows x 256 inputs (the GEMV's sweep
+    winner's tile), 4 warps, 2 stages, K split toward ~INT4_GEMV_TARGET_WAVES programs per SM as the GEMV does."""
+    block_n, block_k = 64, 256
+    while block_k > 128 and block_k // 2 >= k:
+        block_k //= 2
+    programs = -(-n // block_n)
+    split_k = 1
+    while (programs * split_k < INT4_GEMV_TARGET_WAVES * DEFAULT_SM_COUNT and split_k < INT4_GEMV_MAX_SPLIT
+           and k // (split_k * 2) >= 2 * block_k):
+        split_k *= 2
+    return Int4SmallMLaunch(block_n, block_k, split_k, num_warps=4, num_stages=2)
+
+
 # Products with at least INT4_DEQUANT_MIN_M rows (prefill) dequantize the weight into a per-device workspace
 # with int4_dequant.py (~2.5 bytes per weight: ~70 us for Llama-3-8B's gate_up on the H200) and run cuBLAS on
 # it; fewer rows run the tl.dot GEMM (int4_gemm.py), which reads only the packed weight. The estimate: the GEMM

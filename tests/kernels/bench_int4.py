@@ -8,7 +8,8 @@ product, one CUDA graph of many copies (each its own weight, as the layers of a 
 - decode rows (--rows): bf16 cuBLAS (F.linear), bf16 gemv, the int4 GEMV's tuned launch (and its fused forms:
   SiLU·mul on gate_up, RMSNorm + residual on qkv), the torch dequantize-then-matmul path, and with --sweep
   the best launches of a grid;
-- prefill rows (--gemm-rows): bf16 cuBLAS, the int4 GEMM (with --sweep, a grid of its tiles), the dequant
+- prefill rows (--gemm-rows): bf16 cuBLAS, the int4 GEMM (with --sweep, a grid of its tiles), at most 16 rows
+  the operand-swapped small-batch GEMM (int4_gemm_small_m.py; with --sweep, a grid of its launches), the dequant
   kernel alone and dequant + cuBLAS (the path for M >= tuning.INT4_DEQUANT_MIN_M); at the end, per M, the
   sum over one layer's four products of bf16 vs the dispatched int4 path (the faster of GEMM / dequant + cuBLAS
   is printed too, to set INT4_DEQUANT_MIN_M).
@@ -34,6 +35,7 @@ from pagoda.kernels import int4_layout, tuning  # noqa: E402
 from pagoda.kernels.gemv import gemv  # noqa: E402
 from pagoda.kernels.int4_dequant import int4_dequantize  # noqa: E402
 from pagoda.kernels.int4_gemm import int4_gemm  # noqa: E402
+from pagoda.kernels.int4_gemm_small_m import int4_gemm_small_m  # noqa: E402
 from pagoda.kernels.int4_gemv import int4_gemv  # noqa: E402
 
 SHAPES = {  # name: (N, K) of Llama-3-8B's weights
@@ -195,6 +197,33 @@ def prefill_rows(name, n, k, m, weights, bf16, group, args, dtype, totals) -> No
     rows = [("bf16 cublas F.linear", t_bf16),
             (f"int4 gemm tuned {tuned.block_m}x{tuned.block_n} w{tuned.num_warps} st{tuned.num_stages}", t_gemm),
             ("int4 dequant kernel alone", t_deq), ("int4 dequant + cublas", t_deq_mm)]
+    t_small = float("inf")
+    if m <= tuning.INT4_SMALL_M_MAX:
+        small = tuning.int4_gemm_small_m_launch(m, n, k)
+        t_small = per_product(lambda a, w: int4_gemm_small_m(a, *w), x, weights[:SWEEP_COPIES], reps=10)
+        rows.append((f"int4 small-M gemm {small.block_n}x{small.block_k} s{small.split_k} w{small.num_warps} "
+                     f"st{small.num_stages}", t_small))
+        if args.sweep:
+            grid = [tuning.Int4SmallMLaunch(bn, bk, sk, nw, st) for bn, bk, sk, nw, st in
+                    itertools.product((32, 64, 128), (128, 256, 512), (1, 2, 4, 8), (4, 8), (2, 3))]
+            precompile([lambda launch=launch: int4_gemm_small_m(x, *weights[0], launch=launch) for launch in grid])
+            swept = []
+            for launch in grid:
+                try:
+                    t = per_product(lambda a, w, launch=launch: int4_gemm_small_m(a, *w, launch=launch), x,
+                                    weights[:SWEEP_COPIES], reps=5)
+                except Exception as exc:  # noqa: BLE001
+                    print(f"  skip {launch}: {type(exc).__name__}")
+                    continue
+                swept.append((f"small-M {launch.block_n}x{launch.block_k} s{launch.split_k} w{launch.num_warps} "
+                              f"st{launch.num_stages}", t))
+            swept.sort(key=lambda r: r[1])
+            rows += swept[:5]
+            t_small = min(t_small, swept[0][1]) if swept else t_small
+        out = int4_gemm_small_m(x, *weights[0]).float()
+        ref = int4_layout.int4_linear_ref(x, *weights[0], group).float()
+        print(f"{name:14} {m:>5} max |int4 small-M gemm - fp32 ref| / max |ref| = "
+              f"{((out - ref).abs().max() / ref.abs().max().clamp_min(1e-9)).item():.2e}")
     if args.sweep:
         swept = []
         grid = [tuning.Int4GemmLaunch(bm, bn, nw, st) for bm, bn, nw, st in
@@ -214,11 +243,12 @@ def prefill_rows(name, n, k, m, weights, bf16, group, args, dtype, totals) -> No
         print(f"{name:14} {m:>5} {label:40} {t * 1e6:9.2f} {qbytes / t / 1e9:7.0f} {flops / t / 1e12:7.1f} TFLOP/s")
     deq_gb = (qbytes + n * k * 2) / t_deq / 1e9
     print(f"{name:14} {m:>5} dequant kernel: {deq_gb:.0f} GB/s on packed + written bytes", flush=True)
-    dispatched = t_deq_mm if tuning.int4_dequant_applies(m) else t_gemm
-    total = totals.setdefault(m, [0.0, 0.0, 0.0])
+    dispatched = (t_small if tuning.int4_small_m_applies(m) else t_deq_mm if tuning.int4_dequant_applies(m) else t_gemm)
+    total = totals.setdefault(m, [0.0, 0.0, 0.0, 0.0])
     total[0] += t_bf16
     total[1] += dispatched
     total[2] += min(t_gemm, t_deq_mm)
+    total[3] += t_small
     ref = int4_layout.dequantize(weights[0][0], weights[0][1], weights[0][2], group, dtype)
     exact = torch.equal(int4_dequantize(*weights[0], ws), ref)
     print(f"{name:14} {m:>5} max |int4 gemm - fp32 ref| / max |ref| = {check(x, weights[0], group):.2e}; "
@@ -255,10 +285,12 @@ def main() -> None:
             prefill_rows(name, n, k, m, weights, bf16, group, args, dtype, totals)
         del weights, bf16
         torch.cuda.empty_cache()
-    for m, (t_bf16, t_int4, t_best) in sorted(totals.items()):
-        path = "dequant + cublas" if tuning.int4_dequant_applies(m) else "int4 gemm"
+    for m, (t_bf16, t_int4, t_best, t_small) in sorted(totals.items()):
+        path = ("small-M gemm" if tuning.int4_small_m_applies(m) else
+                "dequant + cublas" if tuning.int4_dequant_applies(m) else "int4 gemm")
+        small = f", small-M gemm (fastest launch) {t_small * 1e6:8.1f} us" if t_small != float("inf") else ""
         print(f"prefill M = {m:5}: one layer's 4 products bf16 {t_bf16 * 1e6:8.1f} us, int4 dispatched ({path}) "
-              f"{t_int4 * 1e6:8.1f} us ({t_int4 / t_bf16:.2f}x), faster int4 path {t_best * 1e6:8.1f} us")
+              f"{t_int4 * 1e6:8.1f} us ({t_int4 / t_bf16:.2f}x), faster of gemm / dequant {t_best * 1e6:8.1f} us{small}")
     if args.write_table:
         import json
 

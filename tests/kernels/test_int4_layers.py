@@ -192,3 +192,27 @@ def test_layers_that_stay_on_the_torch_path():
     assert hasattr(cpu, "qweight") and not has_int4_layout(cpu)
     x = torch.randn(2, 128)
     torch.testing.assert_close(cpu(x), reference(cpu, x))
+
+
+@pytest.mark.parametrize("act", [False, True])
+def test_small_batches_take_the_small_m_gemm_when_on(act, monkeypatch):
+    """With tuning.INT4_SMALL_M_USE_MAX_M on, 3-16 rows run the operand-swapped small-batch GEMM (the activation
+    after it), still equal to the reference; more rows keep the other paths."""
+    import pagoda.kernels.int4_gemm_small_m as small_m_module
+
+    monkeypatch.setattr(tuning, "INT4_SMALL_M_USE_MAX_M", tuning.INT4_SMALL_M_MAX)
+    calls = []
+    real = small_m_module.int4_gemm_small_m
+    monkeypatch.setattr(small_m_module, "int4_gemm_small_m", lambda x, *a, **kw: calls.append(x.shape[0]) or real(x, *a, **kw))
+    dtype = torch.float16
+    layer = make_layer(MergedColumnParallelLinear, 256, [40, 40], bias=False, config=AwqConfig(128), dtype=dtype,
+                       prefix="gate_up_proj")
+    load(layer, awq_tensors(256, 80, 128, seed=14))
+    layer.to(DEVICE)
+    xs = [torch.randn(m, 256, generator=torch.Generator().manual_seed(m)).to(dtype).to(DEVICE) for m in (7, 17)]
+    refs = [reference(layer, x) for x in xs]
+    assert repack_awq(layer)
+    for x, ref in zip(xs, refs):
+        out = layer.forward_silu_and_mul(x, SiluAndMul()) if act else layer(x)
+        torch.testing.assert_close(out, SiluAndMul()(ref) if act else ref, atol=3e-3, rtol=3e-3)
+    assert calls == [7]

@@ -22,8 +22,10 @@ Invariants:
   PAGODA_INT4_KERNELS=0 (tuning.INT4_KERNELS).
 - Per call (`int4_matmul`), by rows M of the [M, K] input (all thresholds in tuning.py, with env overrides):
   M <= tuning.INT4_GEMV_USE_MAX_M runs the int4 GEMV, which also takes a pending RMSNorm (+ residual) and the
-  SiLU·mul of a [gate | up] weight; M >= tuning.INT4_DEQUANT_MIN_M (prefill) dequantizes W into the
-  per-device workspace (int4_dequant.py) and runs F.linear (cuBLAS) on it; M in between runs the tl.dot GEMM.
+  SiLU·mul of a [gate | up] weight; M <= tuning.INT4_SMALL_M_USE_MAX_M (off by default until timed) runs the
+  operand-swapped small-batch GEMM (int4_gemm_small_m.py); M >= tuning.INT4_DEQUANT_MIN_M (prefill) dequantizes
+  W into the per-device workspace (int4_dequant.py) and runs F.linear (cuBLAS) on it; M in between runs the
+  tl.dot GEMM.
   Outside the GEMV the norm is materialized first and the activation applied after. The choice depends on
   shapes only, except that under CUDA-graph capture the dequant path gives way to the GEMM.
 - The workspace (`_workspace`) is one flat buffer per (device, dtype), grown only when a larger weight comes
@@ -52,13 +54,14 @@ def _layout():
 
 
 def _kernels():
-    """(int4_gemv, int4_gemm, int4_dequantize), imported on first use (only repacked layers, i.e. CUDA ones,
-    reach them)."""
+    """(int4_gemv, int4_gemm, int4_dequantize, int4_gemm_small_m), imported on first use (only repacked layers,
+    i.e. CUDA ones, reach them)."""
     from pagoda.kernels.int4_dequant import int4_dequantize
     from pagoda.kernels.int4_gemm import int4_gemm
+    from pagoda.kernels.int4_gemm_small_m import int4_gemm_small_m
     from pagoda.kernels.int4_gemv import int4_gemv
 
-    return int4_gemv, int4_gemm, int4_dequantize
+    return int4_gemv, int4_gemm, int4_dequantize, int4_gemm_small_m
 
 
 _WORKSPACES: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
@@ -207,7 +210,7 @@ def int4_matmul(layer: nn.Module, x, bias: torch.Tensor | None, act: nn.Module |
     """act(x @ Wᵀ + bias) (act None: no activation; else SiluAndMul of a [gate | up] weight) for a layer in the
     kernel layout; x a tensor [..., K] or a PendingRMSNorm. The GEMV where int4_gemv_applies, with the norm
     and activation fused; the GEMM otherwise."""
-    int4_gemv, int4_gemm, int4_dequantize = _kernels()
+    int4_gemv, int4_gemm, int4_dequantize, int4_gemm_small_m = _kernels()
     perm = layer.int4_perm
     pending = x if isinstance(x, PendingRMSNorm) else None
     if pending is not None and (perm is not None or not tuning.int4_gemv_applies(pending.x) or not tuning.INT4_FUSE_NORM):
@@ -222,7 +225,9 @@ def int4_matmul(layer: nn.Module, x, bias: torch.Tensor | None, act: nn.Module |
         norm = pending.gemv_args() if pending is not None else {}
         out = int4_gemv(rows, *weights, bias, silu_and_mul=act is not None, **norm)
     else:
-        if tuning.int4_dequant_applies(rows.shape[0]) and not _capturing(rows):
+        if tuning.int4_small_m_applies(rows.shape[0]):
+            out = int4_gemm_small_m(rows, *weights, bias)
+        elif tuning.int4_dequant_applies(rows.shape[0]) and not _capturing(rows):
             qweight = layer.int4_qweight
             w = _workspace(qweight.shape[0], qweight.shape[1] * 8, rows.dtype, rows.device)
             out = torch.nn.functional.linear(rows, int4_dequantize(*weights, w), bias)
