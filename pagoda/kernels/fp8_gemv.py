@@ -42,6 +42,7 @@ import triton
 import triton.language as tl
 
 from pagoda.kernels import tuning
+from pagoda.kernels.gemv import split_k_ranges
 from pagoda.kernels.kv_cache_write import quantize_fp8
 
 E4M3 = torch.float8_e4m3fn
@@ -236,8 +237,7 @@ def fp8_gemv(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor, 
         return y
     if launch is None:
         launch = tuning.fp8_gemv_launch(M, N, K, gated=silu_and_mul, norm=norm)
-    k_per_split = triton.cdiv(triton.cdiv(K, launch.split_k), launch.block_k) * launch.block_k
-    split = triton.cdiv(K, k_per_split)  # no empty K ranges
+    k_per_split, split = split_k_ranges(K, launch.split_k, launch.block_k)
     n_w = 2 * N if silu_and_mul else N
     partial = torch.empty(split, M, n_w, dtype=torch.float32, device=x.device) if split > 1 else y
     write_sx = split > 1 or debug is not None

@@ -143,9 +143,7 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
         return y
     if launch is None:
         launch = tuning.gemv_launch(M, N, K)
-    split = 1 if (silu_and_mul or norm) else launch.split_k
-    k_per_split = triton.cdiv(triton.cdiv(K, split), launch.block_k) * launch.block_k
-    split = triton.cdiv(K, k_per_split)  # no empty K ranges
+    k_per_split, split = split_k_ranges(K, 1 if (silu_and_mul or norm) else launch.split_k, launch.block_k)
     partial = torch.empty(split, M, N, dtype=torch.float32, device=x.device) if split > 1 else y
     bias_arg = bias if bias is not None else y
     res, res_out = (residual, residual_out) if residual is not None else (x, x)
@@ -160,6 +158,13 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
     if split > 1:
         reduce_split_k(partial, bias, y, split)
     return y
+
+
+def split_k_ranges(k: int, split_k: int, block_k: int) -> tuple[int, int]:
+    """(inputs per K range, ranges) for splitting K inputs about `split_k` ways in whole iterations of `block_k`
+    inputs, with no empty range (the split-K GEMVs and the small-batch int4 GEMM)."""
+    k_per_split = triton.cdiv(triton.cdiv(k, split_k), block_k) * block_k
+    return k_per_split, triton.cdiv(k, k_per_split)
 
 
 def reduce_split_k(partial: torch.Tensor, bias: torch.Tensor | None, y: torch.Tensor, split: int) -> None:

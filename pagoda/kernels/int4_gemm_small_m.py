@@ -29,7 +29,7 @@ import triton
 import triton.language as tl
 
 from pagoda.kernels import tuning
-from pagoda.kernels.gemv import reduce_split_k
+from pagoda.kernels.gemv import reduce_split_k, split_k_ranges
 from pagoda.kernels.int4_gemv import check_weights
 
 
@@ -117,8 +117,7 @@ def int4_gemm_small_m(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tens
     block_k = launch.block_k
     if block_k % 128 or block_k & (block_k - 1):
         raise ValueError(f"int4_gemm_small_m: block_k={block_k} must be a power of two multiple of 128")
-    k_per_split = triton.cdiv(triton.cdiv(K, launch.split_k), block_k) * block_k
-    split = triton.cdiv(K, k_per_split)  # no empty K ranges
+    k_per_split, split = split_k_ranges(K, launch.split_k, block_k)
     partial = torch.empty(split, M, N, dtype=torch.float32, device=x.device) if split > 1 else y
     _int4_gemm_small_m_kernel[(triton.cdiv(N, launch.block_n), split)](
         x, qweight, scales, zeros if zeros is not None else scales, bias if bias is not None else y, y, partial,

@@ -51,7 +51,7 @@ import triton
 import triton.language as tl
 
 from pagoda.kernels import int4_layout, tuning
-from pagoda.kernels.gemv import reduce_split_k
+from pagoda.kernels.gemv import reduce_split_k, split_k_ranges
 
 @triton.jit
 def _zero_magic(z, j: tl.constexpr):
@@ -271,9 +271,7 @@ def int4_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zero
         launch = tuning.int4_gemv_launch(M, N, K, form)
     if launch.block_k % int4_layout.CHUNK or launch.block_k & (launch.block_k - 1):
         raise ValueError(f"int4_gemv: block_k={launch.block_k} must be a power of two multiple of 128")
-    split = 1 if (silu_and_mul or norm) else launch.split_k
-    k_per_split = triton.cdiv(triton.cdiv(K, split), launch.block_k) * launch.block_k
-    split = triton.cdiv(K, k_per_split)  # no empty K ranges
+    k_per_split, split = split_k_ranges(K, 1 if (silu_and_mul or norm) else launch.split_k, launch.block_k)
     partial = torch.empty(split, M, N, dtype=torch.float32, device=x.device) if split > 1 else y
     bias_arg = bias if bias is not None else y
     res, res_out = (residual, residual_out) if residual is not None else (x, x)

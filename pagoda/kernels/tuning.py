@@ -327,12 +327,18 @@ def int4_gemv_launch(m: int, n: int, k: int, form: str = "plain") -> Int4GemvLau
     block_n, block_k, warps, stages = (64, 256, 4, 2) if m <= 2 else (16, 1024, 8, 1)
     while block_k > 128 and block_k // 2 >= k:
         block_k //= 2
+    return Int4GemvLaunch(block_n, block_k, _int4_split(n, k, block_n, block_k), num_warps=warps, num_stages=stages)
+
+
+def _int4_split(n: int, k: int, block_n: int, block_k: int) -> int:
+    """K ranges for n rows in programs of block_n: doubled until ~INT4_GEMV_TARGET_WAVES programs per SM, at most
+    INT4_GEMV_MAX_SPLIT, each range at least two iterations of block_k."""
     programs = -(-n // block_n)
     split_k = 1
     while (programs * split_k < INT4_GEMV_TARGET_WAVES * DEFAULT_SM_COUNT and split_k < INT4_GEMV_MAX_SPLIT
            and k // (split_k * 2) >= 2 * block_k):
         split_k *= 2
-    return Int4GemvLaunch(block_n, block_k, split_k, num_warps=warps, num_stages=stages)
+    return split_k
 
 
 # Products of 3 to INT4_SMALL_M_USE_MAX_M rows (more than the GEMV takes) may run the operand-swapped small-batch
@@ -364,12 +370,7 @@ def int4_gemm_small_m_launch(m: int, n: int, k: int) -> Int4SmallMLaunch:
     block_n, block_k = 64, 256
     while block_k > 128 and block_k // 2 >= k:
         block_k //= 2
-    programs = -(-n // block_n)
-    split_k = 1
-    while (programs * split_k < INT4_GEMV_TARGET_WAVES * DEFAULT_SM_COUNT and split_k < INT4_GEMV_MAX_SPLIT
-           and k // (split_k * 2) >= 2 * block_k):
-        split_k *= 2
-    return Int4SmallMLaunch(block_n, block_k, split_k, num_warps=4, num_stages=2)
+    return Int4SmallMLaunch(block_n, block_k, _int4_split(n, k, block_n, block_k), num_warps=4, num_stages=2)
 
 
 # Products with at least INT4_DEQUANT_MIN_M rows (prefill) dequantize the weight into a per-device workspace
