@@ -15,8 +15,9 @@ Checks (printed as a table at the end, and written to DIR/gpu_check_int4.json):
 3. A CUDA graph of the int4 GEMV and GEMM replays bitwise what eager calls compute (M = 64 is captured on
    the GEMM: the dequant path gives way under capture).
 5. The dequant kernel (int4_dequant.py) on the four shapes, bf16 and fp16, G = 128 / 32 / the whole input,
-   with and without zeros: bitwise equal to int4_layout.dequantize; and the GEMV at M = 1..4 on down_proj
-   (split-K) and gate_up (SiLU·mul) against the fp32 reference.
+   with and without zeros: bitwise equal to int4_layout.dequantize; the GEMV at M = 1..4 on down_proj
+   (split-K) and gate_up (SiLU·mul) against the fp32 reference; the small-batch GEMM (int4_gemm_small_m.py) at
+   M = 1, 3, 8, 16 on both, G = 128 and 32, against the fp32 reference, and its CUDA graph == eager (bitwise).
 4. Tiny AWQ, GPTQ and compressed-tensors W4A16 Llama checkpoints (hidden 256): greedy tokens with the kernels vs the torch path
    (PAGODA_INT4_KERNELS=0) in fp16 (share equal; sums differ in order, so not an exact check), and CUDA
    graphs on == off at batch 1 with the kernels (exact).
@@ -171,6 +172,7 @@ def check_graphs(record) -> None:
 def check_dequant_and_gemv(record) -> None:
     from pagoda.kernels import int4_layout
     from pagoda.kernels.int4_dequant import int4_dequantize
+    from pagoda.kernels.int4_gemm_small_m import int4_gemm_small_m
     from pagoda.kernels.int4_gemv import int4_gemv
 
     gen = torch.Generator(device="cuda").manual_seed(1)
@@ -192,6 +194,19 @@ def check_dequant_and_gemv(record) -> None:
                         want = int4_layout.int4_linear_ref(x, q, s, z, group, silu_and_mul=gated)
                         err = rel_err(got, want)
                         record(f"int4 gemv {name} M={m}{' silu_and_mul' if gated else ''}", err < TOL[dtype], f"{err:.1e}")
+                if dtype == torch.bfloat16 and group in (128, 32) and name in ("down_proj", "gate_up_proj"):
+                    for m in (1, 3, 8, 16):
+                        x = torch.randn(m, k, device="cuda", dtype=dtype, generator=gen)
+                        got = int4_gemm_small_m(x, q, s, z)
+                        err = rel_err(got, int4_layout.int4_linear_ref(x, q, s, z, group))
+                        record(f"int4 small-M gemm {name} G={group} M={m}", err < TOL[dtype], f"{err:.1e}")
+                    graph = torch.cuda.CUDAGraph()
+                    with torch.cuda.graph(graph):
+                        captured = int4_gemm_small_m(x, q, s, z)
+                    graph.replay()
+                    torch.cuda.synchronize()
+                    record(f"int4 small-M gemm {name} G={group} M=16: CUDA graph == eager",
+                           torch.equal(captured, got), "bitwise")
                 del q, s, z, out, ref
         torch.cuda.empty_cache()
 
