@@ -272,17 +272,15 @@ class Int4GemvLaunch:
     num_stages: int
 
 
-# Launches timed on the GPU (tests/kernels/bench_int4.py --sweep --write-table FILE), keyed by (form, m, n, k):
-# form "plain" (y = x Wᵀ), "gated" (the SiLU·mul of a [gate | up] weight; n = the gated output's features) or
-# "norm" (an RMSNorm prologue). A key found here overrides the heuristic below; PAGODA_INT4_GEMV_TABLE names a
-# JSON file of the sweep's rows ({"form", "m", "n", "k", "block_n", "block_k", "split_k", "num_warps",
-# "num_stages"}) that is read once and overrides these, for A/B runs of a new sweep.
-INT4_GEMV_TUNED: dict[tuple[str, int, int, int], Int4GemvLaunch] = {}
+# PAGODA_INT4_GEMV_TABLE names a JSON file of timed launches (tests/kernels/bench_int4.py --sweep --write-table
+# FILE: rows {"form", "m", "n", "k", "block_n", "block_k", "split_k", "num_warps", "num_stages"}), read once; a
+# (form, m, n, k) found there overrides the heuristic, for A/B runs of a sweep. form "plain" (y = x Wᵀ), "gated"
+# (the SiLU·mul of a [gate | up] weight; n = the gated output's features) or "norm" (an RMSNorm prologue).
 INT4_GEMV_FORMS = ("plain", "gated", "norm")
 
 
 def load_int4_gemv_table(path: str) -> dict[tuple[str, int, int, int], Int4GemvLaunch]:
-    """The rows of a sweep's JSON table (see INT4_GEMV_TUNED) as launches; ValueError naming a bad row."""
+    """The rows of a sweep's JSON table (see PAGODA_INT4_GEMV_TABLE above) as launches; ValueError naming a bad row."""
     import json
 
     with open(path) as f:
@@ -303,7 +301,7 @@ def load_int4_gemv_table(path: str) -> dict[tuple[str, int, int, int], Int4GemvL
 @functools.lru_cache(maxsize=1)
 def _int4_gemv_table() -> dict[tuple[str, int, int, int], Int4GemvLaunch]:
     path = os.environ.get("PAGODA_INT4_GEMV_TABLE")
-    return {**INT4_GEMV_TUNED, **(load_int4_gemv_table(path) if path else {})}
+    return load_int4_gemv_table(path) if path else {}
 
 
 INT4_GEMV_MAX_SPLIT = 8
@@ -311,16 +309,16 @@ INT4_GEMV_TARGET_WAVES = 8  # split K until about this many programs per SM (at 
 
 
 def int4_gemv_launch(m: int, n: int, k: int, form: str = "plain") -> Int4GemvLaunch:
-    """Tiles for the int4 GEMV: the timed launch of INT4_GEMV_TUNED for (form, m, n, k) when there is one, else
-    a heuristic from the H200 sweeps of session 19 (docs/benchmarks.md; tests/kernels/bench_int4.py --sweep on
+    """Tiles for the int4 GEMV: the launch of PAGODA_INT4_GEMV_TABLE's file for (form, m, n, k) when there is one,
+    else a heuristic from the H200 sweeps of session 19 (docs/benchmarks.md; tests/kernels/bench_int4.py --sweep on
     Llama-3-8B's four shapes at M = 1): 64 rows x 256 inputs per program, 4 warps, the loop's loads pipelined over
     2 stages (against 1 stage: 2x faster on every shape; the landscape around it is flat within ~8 %: 128 x 128,
     128 x 256 with 8 warps, 3 stages), and K split until ~INT4_GEMV_TARGET_WAVES programs per SM (at most
     INT4_GEMV_MAX_SPLIT ranges, each of at least two iterations). block_k // 128 * 16 < 32 * num_warps keeps x's
-    plane loads in the weight's layout (no shared memory). m = 3, 4 keep the earlier choice, 16 x 1024 with 8 warps
-    and one stage (one accumulator per x row: more rows per thread would spill; 64 x 256 with 2 stages measured
-    slower there, and the layers send those rows to the GEMM anyway: INT4_GEMV_USE_MAX_M). The fused forms never
-    split (int4_gemv ignores split_k for them)."""
+    plane loads in the weight's layout (no shared memory). m = 3, 4 keep the earlier tiles, 16 x 1024 with 8 warps
+    and one stage (one accumulator per x row: more rows per thread would spill; 16 x 512 with 4 warps and 2 stages
+    took 151.6 us on down_proj at M = 4 against 126.8 us for these in session 18, and the layers send those rows
+    to the GEMM anyway: INT4_GEMV_USE_MAX_M). The fused forms never split (int4_gemv ignores split_k for them)."""
     tuned = _int4_gemv_table().get((form, m, n, k))
     if tuned is not None:
         return tuned

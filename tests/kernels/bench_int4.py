@@ -106,7 +106,7 @@ def gemv_form_call(form: str, x, dtype):
 def sweep_gemv(form: str, n: int, k: int, m: int, x, weights, qbytes: int, dtype, table: list,
                grid_axes: dict) -> list:
     """Time a grid of launches of one GEMV form; the tuned launch first, then the five fastest. The fastest goes
-    into `table` (a row of tuning.INT4_GEMV_TUNED's JSON form; n is the output's features: n / 2 when gated)."""
+    into `table` (a row of PAGODA_INT4_GEMV_TABLE's JSON form, tuning.load_int4_gemv_table; n is the output's features: n / 2 when gated)."""
     fn = gemv_form_call(form, x, dtype)
     axes = dict(GRID, **grid_axes)
     splits = axes["sk"] if form == "plain" else (1,)  # the fused forms never split
