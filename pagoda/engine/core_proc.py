@@ -40,7 +40,6 @@ Invariants:
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 import queue
@@ -52,7 +51,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
-from pagoda.engine.gc_control import IdleCollector, deferred_full_collections
+from pagoda.engine.gc_control import IdleCollector, deferred_full_collections, freeze_startup_heap
 
 logger = logging.getLogger(__name__)
 
@@ -95,8 +94,7 @@ def run_engine_core(engine_args: Any, input_addr: str, output_addr: str, error_p
         _share_cpus_with_frontend(config.device.device)
         core = EngineCore(config)
         # This process lives as long as the engine: keep its start-up heap out of every later GC pass.
-        gc.collect()
-        gc.freeze()
+        freeze_startup_heap()
     except BaseException as exc:  # noqa: BLE001 - every start-up failure must reach the frontend
         _fail(error_path, "engine core failed to start", exc)
         return

@@ -69,3 +69,22 @@ def test_idle_collector_runs_one_pass_after_work():
     collector.worked()
     assert collector.collect_if_dirty()
     assert not collector.collect_if_dirty()
+
+
+def test_freeze_startup_heap_collects_garbage_first_then_freezes_the_rest():
+    class Node:
+        pass
+
+    cycle = Node()
+    cycle.self = cycle  # garbage only a full pass reclaims
+    del cycle
+    live = [Node() for _ in range(100)]
+    garbage_before = len(gc.get_objects())
+    frozen, seconds = gc_control.freeze_startup_heap()
+    try:
+        assert seconds >= 0 and frozen == gc.get_freeze_count() > 100
+        assert frozen < garbage_before  # the cycle was collected, not frozen
+        assert len(gc.get_objects()) < 100  # what is tracked now is only what came after the freeze
+        assert all(isinstance(n, Node) for n in live)
+    finally:
+        gc.unfreeze()

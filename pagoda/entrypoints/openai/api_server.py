@@ -54,6 +54,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import pagoda
 from pagoda.engine.async_llm import AsyncLLM
+from pagoda.engine.gc_control import freeze_startup_heap
 from pagoda.entrypoints.openai import cli_args, log_flags
 from pagoda.entrypoints.openai.errors import (
     APIError,
@@ -318,6 +319,9 @@ async def run_server(args: argparse.Namespace) -> None:
                        limit_concurrency=args.limit_concurrency)
         server = graceful_server(config, engine, args.shutdown_timeout)
         scheme = "https" if args.ssl_certfile else "http"
+        frozen, pass_s = freeze_startup_heap()  # as vLLM's API server: no full GC pass over the start-up heap later
+        logger.info("API server: froze %d start-up objects out of garbage-collector passes (a full pass over them "
+                    "took %.0f ms)", frozen, pass_s * 1e3)
         sock.listen(2048)  # only now: before the engine is ready a probe gets "connection refused", not a hang
         logger.info("Pagoda API server ready on %s://%s:%d (model %s)", scheme, host, port, ", ".join(names))
         await server.serve(sockets=[sock])
