@@ -82,18 +82,24 @@ def _int4_gemm_kernel(
              mask=mask)
 
 
+def prepare_gemm(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None,
+                 name: str) -> tuple[torch.Tensor, int, torch.Tensor]:
+    """(x with unit stride in K, the group size, an empty y [M, N] in x's dtype) for an int4 GEMM called `name`;
+    ValueError when x is not [M, K] or the weight does not fit K."""
+    if x.dim() != 2:
+        raise ValueError(f"{name} needs x [M, K], got {tuple(x.shape)}")
+    group = check_weights(qweight, scales, zeros, x.shape[1])
+    if x.stride(1) != 1:
+        x = x.contiguous()
+    return x, group, torch.empty(x.shape[0], qweight.shape[0], dtype=x.dtype, device=x.device)
+
+
 def int4_gemm(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None,
               bias: torch.Tensor | None = None, launch: tuning.Int4GemmLaunch | None = None) -> torch.Tensor:
     """x [M, K] @ Wᵀ (+ bias) -> [M, N] in x's dtype, W in the int4 layout (qweight [N, K / 8], scales and
     zeros [N, K / G]); `launch` overrides the tuned choice."""
-    if x.dim() != 2:
-        raise ValueError(f"int4_gemm needs x [M, K], got {tuple(x.shape)}")
-    M, K = x.shape
-    group = check_weights(qweight, scales, zeros, K)
-    N = qweight.shape[0]
-    if x.stride(1) != 1:
-        x = x.contiguous()
-    y = torch.empty(M, N, dtype=x.dtype, device=x.device)
+    x, group, y = prepare_gemm(x, qweight, scales, zeros, "int4_gemm")
+    (M, K), N = x.shape, y.shape[1]
     if M == 0 or N == 0:
         return y
     if launch is None:

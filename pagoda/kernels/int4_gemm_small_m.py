@@ -30,7 +30,7 @@ import triton.language as tl
 
 from pagoda.kernels import tuning
 from pagoda.kernels.gemv import reduce_split_k, split_k_ranges
-from pagoda.kernels.int4_gemv import check_weights
+from pagoda.kernels.int4_gemm import prepare_gemm
 
 
 @triton.jit
@@ -100,16 +100,10 @@ def int4_gemm_small_m(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tens
                       launch: tuning.Int4SmallMLaunch | None = None) -> torch.Tensor:
     """x [M, K] @ Wᵀ (+ bias) -> [M, N] in x's dtype for M <= tuning.INT4_SMALL_M_MAX, W in the int4 layout;
     `launch` overrides the tuned choice. See the module docstring."""
-    if x.dim() != 2:
-        raise ValueError(f"int4_gemm_small_m needs x [M, K], got {tuple(x.shape)}")
-    M, K = x.shape
-    group = check_weights(qweight, scales, zeros, K)
+    x, group, y = prepare_gemm(x, qweight, scales, zeros, "int4_gemm_small_m")
+    (M, K), N = x.shape, y.shape[1]
     if M > tuning.INT4_SMALL_M_MAX:
         raise ValueError(f"int4_gemm_small_m handles at most {tuning.INT4_SMALL_M_MAX} rows, got {M}")
-    N = qweight.shape[0]
-    if x.stride(1) != 1:
-        x = x.contiguous()
-    y = torch.empty(M, N, dtype=x.dtype, device=x.device)
     if M == 0 or N == 0:
         return y
     if launch is None:
