@@ -21,8 +21,8 @@ Invariants:
   8-bit and compressed-tensors W8A16 (dequantize, then matmul), a layer outside the layout, and
   PAGODA_INT4_KERNELS=0 (tuning.INT4_KERNELS).
 - Per call (`int4_matmul`), by rows M of the [M, K] input (all thresholds in tuning.py, with env overrides):
-  M <= tuning.INT4_GEMV_USE_MAX_M runs the int4 GEMV, which also takes a pending RMSNorm (+ residual) and the
-  SiLU·mul of a [gate | up] weight; M <= tuning.INT4_SMALL_M_USE_MAX_M (off by default until timed) runs the
+  M <= tuning.INT4_GEMV_USE_MAX_M runs the int4 GEMV, which also takes the SiLU·mul of a [gate | up] weight and,
+  with tuning.INT4_FUSE_NORM (off by default: measured slower), a pending RMSNorm (+ residual); M <= tuning.INT4_SMALL_M_USE_MAX_M (off by default until timed) runs the
   operand-swapped small-batch GEMM (int4_gemm_small_m.py); M >= tuning.INT4_DEQUANT_MIN_M (prefill) dequantizes
   W into the per-device workspace (int4_dequant.py) and runs F.linear (cuBLAS) on it; M in between runs the
   tl.dot GEMM.
