@@ -7,6 +7,9 @@ Semantics (Hugging Face Llama / vLLM fused_add_rms_norm):
 - rmsnorm(x, w, eps) = w * (x * rsqrt(mean(x², -1) + eps)).to(x.dtype)
 - rmsnorm(x, w, eps, residual) first sets residual <- (x + residual) rounded to the residual's dtype
   (in place), then normalises that rounded sum; returns (out, residual).
+- rmsnorm(x, w, eps, residual, residual_out) writes that sum to residual_out instead (residual is only
+  read); returns (out, residual_out). This saves the copy of residual into a fresh buffer that a
+  caller keeping the old residual would otherwise launch first (PendingRMSNorm.materialize).
 Invariant: `out` is a new tensor of x's dtype and shape; x is never modified.
 """
 
@@ -21,8 +24,8 @@ from pagoda.kernels import tuning
 
 @triton.jit
 def _rmsnorm_kernel(
-    out_ptr, x_ptr, residual_ptr, weight_ptr, eps,
-    stride_x, stride_r, stride_o,
+    out_ptr, x_ptr, residual_ptr, residual_out_ptr, weight_ptr, eps,
+    stride_x, stride_r, stride_ro, stride_o,
     N: tl.constexpr, BLOCK: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
@@ -30,10 +33,9 @@ def _rmsnorm_kernel(
     mask = offs < N
     x = tl.load(x_ptr + row * stride_x + offs, mask=mask, other=0.0).to(tl.float32)
     if HAS_RESIDUAL:
-        r_ptrs = residual_ptr + row * stride_r + offs
-        r = tl.load(r_ptrs, mask=mask, other=0.0).to(tl.float32)
-        s = (x + r).to(residual_ptr.dtype.element_ty)
-        tl.store(r_ptrs, s, mask=mask)
+        r = tl.load(residual_ptr + row * stride_r + offs, mask=mask, other=0.0).to(tl.float32)
+        s = (x + r).to(residual_out_ptr.dtype.element_ty)
+        tl.store(residual_out_ptr + row * stride_ro + offs, s, mask=mask)
         x = s.to(tl.float32)
     var = tl.sum(x * x, 0) / N
     rstd = 1.0 / tl.sqrt(var + eps)
@@ -42,11 +44,15 @@ def _rmsnorm_kernel(
     tl.store(out_ptr + row * stride_o + offs, (y * w).to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None):
-    """RMSNorm of x; with `residual`, returns (out, residual) where residual was updated in place to x + residual."""
+def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None,
+            residual_out: torch.Tensor | None = None):
+    """RMSNorm of x; with `residual`, returns (out, r) where r = x + residual was written to `residual_out`
+    (same dtype and shape as residual) or, without one, into residual in place."""
     hidden = x.shape[-1]
     if weight.shape != (hidden,):
         raise ValueError(f"weight shape {tuple(weight.shape)} does not match hidden size {hidden}")
+    if residual_out is not None and residual is None:
+        raise ValueError("residual_out needs a residual")
     x2 = x.reshape(-1, hidden)
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
@@ -56,23 +62,30 @@ def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.T
     if residual is not None:
         if residual.shape != x.shape:
             raise ValueError(f"residual shape {tuple(residual.shape)} != x shape {tuple(x.shape)}")
-        r2 = residual.view(-1, hidden) if residual.is_contiguous() else None
-        work = r2 if r2 is not None else residual.reshape(-1, hidden).contiguous()
+        target = residual if residual_out is None else residual_out
+        if target.shape != residual.shape or target.dtype != residual.dtype:
+            raise ValueError(f"residual_out {tuple(target.shape)} {target.dtype} must match the residual: "
+                             f"{tuple(residual.shape)} {residual.dtype}")
+        r2 = residual.reshape(-1, hidden)
+        if r2.stride(-1) != 1:
+            r2 = r2.contiguous()
+        t2 = target.view(-1, hidden) if target.is_contiguous() else None
+        work = t2 if t2 is not None else torch.empty(r2.shape, dtype=target.dtype, device=target.device)
     else:
-        work = x2  # unused
+        r2 = work = x2  # unused
     if rows > 0:
         block = tuning.next_power_of_2(hidden)
         _rmsnorm_kernel[(rows,)](
-            out2, x2, work, weight, float(eps),
-            x2.stride(0), work.stride(0), out2.stride(0),
+            out2, x2, r2, work, weight, float(eps),
+            x2.stride(0), r2.stride(0), work.stride(0), out2.stride(0),
             N=hidden, BLOCK=block, HAS_RESIDUAL=residual is not None,
             num_warps=tuning.row_num_warps(block),
         )
     if residual is None:
         return out
-    if work.data_ptr() != residual.data_ptr():
-        residual.copy_(work.view(residual.shape))
-    return out, residual
+    if work.data_ptr() != target.data_ptr():
+        target.copy_(work.view(target.shape))
+    return out, target
 
 
 def rmsnorm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None):

@@ -61,6 +61,29 @@ def test_rmsnorm(hidden, dtype, device):
     assert torch.equal(x, x_before)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_rmsnorm_residual_out_leaves_the_residual_alone(dtype, device):
+    x = randn(5, 96, dtype=dtype, device=device, seed=7) * 3
+    weight = randn(96, dtype=dtype, device=device, seed=8)
+    residual = randn(5, 96, dtype=dtype, device=device, seed=9)
+    residual_before = residual.clone()
+    ref_out, ref_res = rmsnorm_ref(x, weight, 1e-6, residual)
+    residual_out = torch.full_like(residual, float("nan"))
+    out, res = rmsnorm(x, weight, 1e-6, residual, residual_out)
+    assert res is residual_out
+    torch.testing.assert_close(residual_out, ref_res, atol=0, rtol=0)
+    torch.testing.assert_close(out, ref_out, atol=TOL[dtype], rtol=TOL[dtype])
+    assert torch.equal(residual, residual_before)
+    strided_out = torch.full((96, 5), float("nan"), dtype=dtype, device=device).t()  # written through a copy
+    out, res = rmsnorm(x, weight, 1e-6, residual, strided_out)
+    assert res is strided_out
+    torch.testing.assert_close(strided_out, ref_res, atol=0, rtol=0)
+    with pytest.raises(ValueError, match="residual_out"):
+        rmsnorm(x, weight, 1e-6, residual, residual_out.float() if dtype != torch.float32 else residual_out.half())
+    with pytest.raises(ValueError, match="needs a residual"):
+        rmsnorm(x, weight, 1e-6, None, residual_out)
+
+
 def test_rmsnorm_3d_noncontiguous_residual(device):
     x = randn(2, 3, 32, dtype=torch.float32, device=device, seed=4)
     weight = randn(32, dtype=torch.float32, device=device, seed=5)

@@ -39,6 +39,5 @@ class PendingRMSNorm:
 
         if self.residual is None:
             return rmsnorm(self.x, self.weight, self.eps)
-        self.residual_out.copy_(self.residual)
-        out, _ = rmsnorm(self.x, self.weight, self.eps, self.residual_out)
+        out, _ = rmsnorm(self.x, self.weight, self.eps, self.residual, self.residual_out)
         return out
