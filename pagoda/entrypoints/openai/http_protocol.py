@@ -1,8 +1,15 @@
-"""uvicorn's h11 protocol with a request-header deadline and a cap on open connections.
+"""uvicorn's h11 protocol with Nagle's algorithm off, a request-header deadline and a cap on open connections.
 
 uvicorn closes idle keep-alive connections (`timeout_keep_alive`) but has no deadline for the
 request line and headers: a client that connects and sends nothing, or one header byte per second,
 holds its connection (a socket, a file descriptor, buffers) for ever. This protocol class adds:
+
+- TCP_NODELAY on every connection. asyncio sets it only on sockets whose `proto` is IPPROTO_TCP, and a
+  connection accepted from a listening socket made as `socket.socket(family, SOCK_STREAM)` has proto 0
+  (uvloop, which vLLM runs on, sets it regardless). Without it a response written in two pieces (the
+  headers, then the body or the next SSE event) held its second piece until the client acknowledged the
+  first, and clients delay that ACK by up to 40 ms: on a kept-alive connection every JSON response took
+  44 ms instead of 1-2 ms (2-core CPU machine, session 20), and streamed tokens waited the same way.
 
 - A header deadline: from the moment a connection opens, or the first byte of a further request on
   a kept-alive connection arrives, the request's headers must be complete within `header_timeout_s`
@@ -27,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 from typing import Any
 
 import h11
@@ -45,6 +53,13 @@ def configure(config: Any, header_timeout_s: float | None, limit_concurrency: in
     config.pagoda_limit_concurrency = limit_concurrency
 
 
+def set_nodelay(transport: asyncio.BaseTransport) -> None:
+    """Turn Nagle's algorithm off on a TCP transport's socket (see the module docstring); others are left alone."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6) and sock.type == socket.SOCK_STREAM:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
 class PagodaH11Protocol(H11Protocol):
     def __init__(self, config: Any, *args: Any, **kwargs: Any) -> None:
         super().__init__(config, *args, **kwargs)
@@ -53,6 +68,7 @@ class PagodaH11Protocol(H11Protocol):
         self._header_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        set_nodelay(transport)
         super().connection_made(transport)
         if self.connection_limit is not None and len(self.connections) > self.connection_limit:
             self.app = _over_limit(self.app, self.connection_limit)
