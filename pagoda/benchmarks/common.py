@@ -39,15 +39,25 @@ def model_shape(path: str, dtype: str | None, kv_cache_dtype: str | None = None,
 
 
 def run_sol(args: argparse.Namespace, path: str, work: list[sol.Workload], measured_s: float,
-            shared_prefix: int = 0) -> dict[str, Any]:
+            shared_prefix: int = 0, stages_overlap: bool = True) -> dict[str, Any]:
     """Speed-of-light of `work` on this GPU (or the flags' ceilings); prints its line; a JSON dict.
 
     With `shared_prefix` > 0 the bound holds the prefix once and reads it once per step (cascade
-    attention); the bound with the prefix read by every request is reported beside it."""
+    attention); the bound with the prefix read by every request is reported beside it. With
+    --tensor-parallel-size / --pipeline-parallel-size above 1 the ceilings are one GPU's times the GPUs
+    (sol.parallel_ceilings; `stages_overlap` False for a latency run, whose pipeline stages take turns)."""
     ceilings, note = resolve_ceilings(args)
     print(note)
     if ceilings is None:
         return {"note": note}
+    tp = int(getattr(args, "tensor_parallel_size", 1) or 1)
+    pp = int(getattr(args, "pipeline_parallel_size", 1) or 1)
+    one_gpu = ceilings
+    if tp * pp > 1:
+        ceilings = sol.parallel_ceilings(one_gpu, tp, pp, stages_overlap)
+        print(f"speed-of-light on {tp * pp} GPUs (tensor {tp} x pipeline {pp}): {ceilings.bandwidth / 1e9:.0f} GB/s, "
+              f"{ceilings.flops / 1e12:.0f} TFLOP/s, one GPU's ceilings times {ceilings.bandwidth / one_gpu.bandwidth:.0f}"
+              f"{'' if stages_overlap else ' (pipeline stages take turns)'}, ideal scaling with no communication")
     shape = model_shape(path, getattr(args, "dtype", None), getattr(args, "kv_cache_dtype", None), getattr(args, "trust_remote_code", False))
     if ceilings.memory_bytes is None:
         kv_tokens = sum(w.prompt_len + w.output_len for w in work)  # memory unknown: everything in flight
@@ -72,6 +82,8 @@ def run_sol(args: argparse.Namespace, path: str, work: list[sol.Workload], measu
         "bandwidth_gbps": ceilings.bandwidth / 1e9,
         "tflops": ceilings.flops / 1e12,
         "memory_gb": None if ceilings.memory_bytes is None else ceilings.memory_bytes / 1e9,
+        "sol_gpus": tp * pp,
+        "sol_bandwidth_gbps_per_gpu": one_gpu.bandwidth / 1e9,
         "ceilings_source": ceilings.source,
         **extra,
     }

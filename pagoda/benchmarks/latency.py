@@ -165,7 +165,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     print(f"Avg time per output token: {result['avg_time_per_output_token'] * 1e3:.3f} ms")
     if not args.no_sol:
         work = sol.workload_from_lengths([args.input_len] * args.batch_size, [args.output_len] * args.batch_size, args.n)
-        result.update(common.run_sol(args, path, work, result["avg_latency"]))
+        result.update(common.run_sol(args, path, work, result["avg_latency"], stages_overlap=False))
         if "speed_of_light_s" in result:
             print(f"Speed-of-light time per output token: {result['speed_of_light_s'] / args.output_len * 1e3:.3f} ms")
     common.write_json(args.output_json, result)

@@ -55,6 +55,10 @@ SHAPES["llama3.1-8b"] = {**SHAPES["llama3-8b"], "max_position_embeddings": 13107
 SHAPES["llama3.2-1b"] = {**SHAPES["llama3-8b"], "hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16,
                          "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 64, "tie_word_embeddings": True}
 
+# Llama-3-70B's shape (meta-llama/Meta-Llama-3-70B): ~141 GB in bf16, more than one H200 holds; for tensor- and
+# pipeline-parallel runs (issue 22).
+SHAPES["llama3-70b"] = {**SHAPES["llama3-8b"], "hidden_size": 8192, "intermediate_size": 28672, "num_hidden_layers": 80,
+                        "num_attention_heads": 64, "num_key_value_heads": 8, "head_dim": 128}
 
 # LLaVA-1.5-7B's shape (llava-hf/llava-1.5-7b-hf): CLIP ViT-L/14 at 336 px (576 image tokens) + a Llama-2-7B text
 # model; its vocabulary has "<image>" at 32000. Written with transformers' own config and processor classes.

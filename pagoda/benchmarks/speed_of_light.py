@@ -115,6 +115,21 @@ class Ceilings:
     source: str = "given"
 
 
+def parallel_ceilings(one_gpu: Ceilings, tensor_parallel: int = 1, pipeline_parallel: int = 1,
+                      stages_overlap: bool = True) -> Ceilings:
+    """The ceilings of tensor_parallel x pipeline_parallel GPUs, each with `one_gpu`'s, under ideal scaling (no
+    communication, no pipeline bubble): memory adds up over every GPU; bandwidth and matmul rate add up over the
+    GPUs that work at once, which is all of them, unless `stages_overlap` is False (one batch at a time, as a
+    batch-1 latency run: its pipeline stages run one after another, so only the tensor-parallel ranks add up)."""
+    if tensor_parallel < 1 or pipeline_parallel < 1:
+        raise ValueError(f"parallel sizes must be >= 1, got tensor {tensor_parallel}, pipeline {pipeline_parallel}")
+    working = tensor_parallel * (pipeline_parallel if stages_overlap else 1)
+    gpus = tensor_parallel * pipeline_parallel
+    memory = None if one_gpu.memory_bytes is None else one_gpu.memory_bytes * gpus
+    return Ceilings(bandwidth=one_gpu.bandwidth * working, flops=one_gpu.flops * working, memory_bytes=memory,
+                    source=one_gpu.source)
+
+
 @dataclass(frozen=True)
 class Chunk:
     """Part of one request in one step: `query` new tokens after `context` cached ones."""

@@ -322,3 +322,28 @@ def test_llama31_long_context_folder(tmp_path):
     assert model_shape(folder, "auto").params() == 8_030_261_248
     config = EngineArgs(model=folder, max_model_len=16512, load_format="dummy", device="cpu").create_config()
     assert config.model.max_model_len == 16512
+
+
+def test_speed_of_light_of_a_parallel_run_scales_one_gpus_ceilings(tmp_path, capsys):
+    """--tensor-parallel-size 2 --pipeline-parallel-size 2: the bound is on four GPUs' ceilings (two for a latency
+    run, whose stages take turns), said in its own line and in the JSON."""
+    import argparse
+
+    from pagoda.benchmarks import common
+    from pagoda.benchmarks import speed_of_light as sol
+
+    folder = make_model(str(tmp_path / "l3"), tokenizer=False)
+    work = sol.workload_from_lengths([512] * 8, [64] * 8)
+
+    def bound(tp, pp, **kwargs):
+        args = argparse.Namespace(no_sol=False, sol_bandwidth_gbps=1000.0, sol_tflops=100.0, sol_memory_gb=80.0,
+                                  dtype="bfloat16", kv_cache_dtype="auto", gpu_memory_utilization=0.9,
+                                  tensor_parallel_size=tp, pipeline_parallel_size=pp)
+        return common.run_sol(args, folder, work, 10.0, **kwargs)
+
+    one, four, turns = bound(1, 1), bound(2, 2), bound(2, 2, stages_overlap=False)
+    assert "speed-of-light on 4 GPUs (tensor 2 x pipeline 2)" in capsys.readouterr().out
+    assert (one["sol_gpus"], four["sol_gpus"], turns["sol_gpus"]) == (1, 4, 4)
+    assert (four["bandwidth_gbps"], turns["bandwidth_gbps"], four["sol_bandwidth_gbps_per_gpu"]) == (4000, 2000, 1000)
+    assert four["kv_capacity_tokens"] > 4 * one["kv_capacity_tokens"]  # the weights are held once over four GPUs
+    assert one["speed_of_light_s"] > turns["speed_of_light_s"] > four["speed_of_light_s"]

@@ -211,3 +211,30 @@ def test_ttft_bound_is_one_prefill_step(prompt):
     assert best.time_s == pytest.approx(sol.step_cost(LLAMA3_8B, [sol.Chunk(prompt, 0)], H200))
     if prompt == 128:
         assert best.steps == 1 and 3.5e-3 < best.time_s < 3.6e-3  # bandwidth-bound: the weights once
+
+
+def test_llama3_70b_shape_does_not_fit_one_h200():
+    shape = sol.ModelShape.from_hf_config(SHAPES["llama3-70b"])
+    # per layer: q,o 8192·8192; k,v 8192·1024; MLP 3·8192·28672; two norms
+    layer = 2 * 8192 * 8192 + 2 * 8192 * 1024 + 3 * 8192 * 28672 + 2 * 8192
+    assert shape.params() == 80 * layer + 8192 + 2 * 128256 * 8192 == 70_553_706_496
+    assert shape.weight_bytes() > H200.memory_bytes
+    four = sol.parallel_ceilings(H200, tensor_parallel=4)
+    assert sol.kv_capacity_tokens(shape, four.memory_bytes) > 1_000_000  # ~1.3M tokens of 320 KiB beside 141 GB
+    with pytest.raises(ValueError, match="do not fit"):
+        sol.kv_capacity_tokens(shape, H200.memory_bytes)
+
+
+def test_parallel_ceilings_add_up_over_the_gpus_that_work_at_once():
+    tp4 = sol.parallel_ceilings(H200, tensor_parallel=4)
+    assert (tp4.bandwidth, tp4.flops, tp4.memory_bytes) == (4 * 4.25e12, 4 * 800e12, 4 * 141e9)
+    tp2pp2 = sol.parallel_ceilings(H200, 2, 2)
+    assert (tp2pp2.bandwidth, tp2pp2.memory_bytes) == (4 * 4.25e12, 4 * 141e9)
+    turns = sol.parallel_ceilings(H200, 2, 2, stages_overlap=False)  # batch-1 latency: stages one after another
+    assert (turns.bandwidth, turns.flops, turns.memory_bytes) == (2 * 4.25e12, 2 * 800e12, 4 * 141e9)
+    assert sol.parallel_ceilings(H200) == H200
+    # batch-1 decode of the 8B at tp 2: half the time of one GPU
+    one = sol.step_cost(LLAMA3_8B, [sol.Chunk(1, 0)], H200)
+    assert sol.step_cost(LLAMA3_8B, [sol.Chunk(1, 0)], sol.parallel_ceilings(H200, 2)) == pytest.approx(one / 2)
+    with pytest.raises(ValueError, match="parallel sizes"):
+        sol.parallel_ceilings(H200, 0)
