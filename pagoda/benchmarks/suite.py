@@ -24,6 +24,11 @@ and W10 (n copies of the prompt re-prefilled) get a row saying they were skipped
 `all` (no names) is W1–W12. That needs several 10-minute GPU commands, as W1–W6 alone did; run
 subsets per command, e.g. `W7 W8`, `W9`, `W10 W11 W12`.
 
+Several GPUs (issue 22): `--tensor-parallel-size N` / `--pipeline-parallel-size M` go to every pagoda run and to
+the server; the rows name them (`W2 tp=2`), the bound is on the GPUs' summed ceilings (speed_of_light.py's
+`parallel_ceilings`), and transformers, which runs on one GPU, gets a row saying it was skipped. `--shape
+llama3-70b` builds Llama-3-70B's shape instead of the 8B's (141 GB in bf16: it needs several GPUs).
+
 Invariants:
 - Every benchmark runs in its own process (the GPU is free between runs); a failed or timed-out run
   still gives a row saying so. The GPU ceilings are measured once, in a subprocess, and passed on.
@@ -135,10 +140,18 @@ class Suite:
         os.makedirs(self.out, exist_ok=True)
         # outside OUT: only a few files come back from a GPU machine, and the model is rebuilt in a second
         models = os.path.join(os.environ.get("TMPDIR", "/tmp"), "pagoda-bench-models")
-        self.model = args.model or os.path.join(models, "llama3-8b-shape")
+        self.model = args.model or os.path.join(models, f"{args.shape}-shape")
         self.long_model = args.model or os.path.join(models, "llama3.1-8b-shape")  # W9
         self.gpu, self.commit = gpu(), commit()
         self.sol_flags: list[str] = []
+        tp, pp = args.tensor_parallel_size, args.pipeline_parallel_size
+        self.parallel = ([] if tp == 1 else ["--tensor-parallel-size", str(tp)]) + \
+            ([] if pp == 1 else ["--pipeline-parallel-size", str(pp)])
+        self.parallel_label = " ".join(f"{name}={size}" for name, size in (("tp", tp), ("pp", pp)) if size > 1)
+
+    def label(self, workload: str) -> str:
+        """The workload's name in a row: with the parallel sizes when they are above 1 (`W2 tp=2`)."""
+        return f"{workload} {self.parallel_label}" if self.parallel_label else workload
 
     # ---- rows ------------------------------------------------------------------------------
     def add_row(self, workload: str, backend: str, cmd: list[str], result: str, res: dict[str, Any] | None) -> None:
@@ -152,7 +165,8 @@ class Suite:
             shown = shown.replace(self.long_model, "$LONG_MODEL")
         shown = shown.replace(self.model, "$MODEL").replace(self.out, "$OUT")
         shown = f"`{shown}`" if shown else ""
-        row = f"| {time.strftime('%Y-%m-%d %H:%M')} | {self.gpu} | {self.commit} | {workload} | {backend} | {shown} | {result} | {sol} | {pct} |\n"
+        row = (f"| {time.strftime('%Y-%m-%d %H:%M')} | {self.gpu} | {self.commit} | {self.label(workload)} | {backend} | "
+               f"{shown} | {result} | {sol} | {pct} |\n")
         print(row, end="", flush=True)
         for path in (os.path.join(self.out, "benchmark_rows.md"), self.args.table):
             if not path:
@@ -185,11 +199,17 @@ class Suite:
     def backends(self, workload: str = "") -> list[tuple[str, list[str]]]:
         out = []
         if not self.args.no_pagoda:
-            out.append(("pagoda", ["--load-format", "dummy", "--dtype", "bfloat16"]))
+            out.append(("pagoda", ["--load-format", "dummy", "--dtype", "bfloat16", *self.parallel]))
         if not self.args.no_hf:
             batch = self.args.hf_max_batch_size or HF_BATCH.get(workload, 64)
             out.append(("transformers", ["--backend", "hf", "--dtype", "bfloat16", "--hf-max-batch-size", str(batch)]))
         return out
+
+    def hf_skip(self, w: str) -> str:
+        """Why transformers does not run workload `w` here ('' when it does)."""
+        if self.parallel:
+            return f"transformers runs on one GPU: no counterpart of pagoda's {self.parallel_label}"
+        return HF_SKIP.get(w, "")
 
     def offline_runs(self, w: str) -> list[Run]:
         """The `pagoda bench throughput` processes of offline workload `w`, one per backend."""
@@ -198,8 +218,8 @@ class Suite:
         runs = []
         for name, extra in self.backends(w):
             path = os.path.join(self.out, f"{w}-{name}.json")
-            if name == "transformers" and w in HF_SKIP:
-                runs.append(Run(w, name, [], path, HF_SKIP[w]))
+            if name == "transformers" and self.hf_skip(w):
+                runs.append(Run(w, name, [], path, self.hf_skip(w)))
                 continue
             engine = PAGODA_FLAGS.get(w, []) if name == "pagoda" else []
             cmd = [*BENCH, "throughput", "--model", model, "--dataset-name", "random", "--num-prompts", str(n),
@@ -215,6 +235,9 @@ class Suite:
         for name, extra in self.backends(w):
             extra = extra[: extra.index("--hf-max-batch-size")] if "--hf-max-batch-size" in extra else extra
             path = os.path.join(self.out, f"{w}-{name}.json")
+            if name == "transformers" and self.hf_skip(w):
+                runs.append(Run(w, name, [], path, self.hf_skip(w)))
+                continue
             cmd = [*BENCH, "latency", "--model", self.model, "--batch-size", "1", "--input-len", str(i), "--output-len", str(o),
                    "--num-iters-warmup", str(warmup), "--num-iters", str(iters), *extra, *self.sol_flags, "--output-json", path]
             runs.append(Run(w, name, cmd, path))
@@ -252,7 +275,7 @@ class Suite:
     def start_server(self, log_path: str) -> tuple[subprocess.Popen, int, float]:
         """Launch `pagoda serve` on a free port; returns (process, port, seconds until /health was 200)."""
         port = _free_port()
-        cmd = [*SERVER, "--model", self.model, "--load-format", "dummy", "--dtype", "bfloat16", "--host", "127.0.0.1", "--port", str(port)]
+        cmd = [*self.server_cmd(), "--host", "127.0.0.1", "--port", str(port)]
         log = open(log_path, "w")
         start = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -269,8 +292,11 @@ class Suite:
         stop_server(proc)
         raise RuntimeError(f"/health did not answer 200 within {self.args.timeout} s")
 
+    def server_cmd(self) -> list[str]:
+        return [*SERVER, "--model", self.model, "--load-format", "dummy", "--dtype", "bfloat16", *self.parallel]
+
     def startup(self, w: str = "W6") -> None:
-        cmd = [*SERVER, "--model", self.model, "--load-format", "dummy", "--dtype", "bfloat16"]
+        cmd = self.server_cmd()
         try:
             proc, _, seconds = self.start_server(os.path.join(self.out, f"{w}-server.log"))
         except RuntimeError as exc:
@@ -302,7 +328,7 @@ class Suite:
         from pagoda.benchmarks.make_model import make_model
 
         if not self.args.model:
-            make_model(self.model)
+            make_model(self.model, self.args.shape)
             if any(w in LONG_CONTEXT for w in workloads):
                 make_model(self.long_model, "llama3.1-8b")
         self.sol_flags = measure_ceilings_subprocess()
@@ -364,6 +390,10 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--table", default="docs/benchmarks.md", help="Markdown file the rows are appended to ('' for none).")
     parser.add_argument("--model", default=None, help="Use this model folder instead of building the Llama-3-8B-shaped one "
                         "(and, for W9, the Llama-3.1-8B-shaped one: it needs 16512 positions).")
+    parser.add_argument("--shape", default="llama3-8b", choices=["llama3-8b", "llama3-70b"],
+                        help="The model shape the suite builds when --model is not given (W9 always takes Llama-3.1-8B's).")
+    parser.add_argument("--tensor-parallel-size", type=_positive, default=1, help="Pagoda's tensor-parallel size in every run.")
+    parser.add_argument("--pipeline-parallel-size", type=_positive, default=1, help="Pagoda's pipeline-parallel size in every run.")
     parser.add_argument("--no-hf", action="store_true", help="Skip the transformers runs.")
     parser.add_argument("--no-pagoda", action="store_true", help="Skip the pagoda runs.")
     parser.add_argument("--hf-max-batch-size", type=int, default=None,
@@ -372,6 +402,16 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--serve-rates", type=_rates, default=SERVE_RATES,
                         help="W5's request rates, comma-separated (default 1,4,16,inf).")
     return parser
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"a parallel size is an integer >= 1, got {text!r}")
+    return value
 
 
 def _rates(text: str) -> tuple[float, ...]:

@@ -124,3 +124,38 @@ def test_serve_rates_flag_parses_and_refuses_bad_values():
     for bad in ("fast", "0", "4,-1"):
         with pytest.raises(SystemExit):
             parser.parse_args(["W5", "--serve-rates", bad])
+
+
+def test_parallel_sizes_reach_every_pagoda_run_and_the_server(make_suite):
+    """--tensor-parallel-size / --pipeline-parallel-size (issue 22): pagoda's runs and the server get them, the rows
+    name them, transformers (one GPU) is skipped with a row saying why."""
+    s = make_suite("--tensor-parallel-size", "2", "--pipeline-parallel-size", "2")
+    for runs in (s.offline_runs("W2"), s.latency_runs("W4")):
+        runs = by_backend(runs)
+        a = bench_args(runs["pagoda"].cmd)
+        assert (a.tensor_parallel_size, a.pipeline_parallel_size) == (2, 2)
+        assert runs["transformers"].skip.startswith("transformers runs on one GPU") and not runs["transformers"].cmd
+    server = s.server_cmd()
+    assert server[server.index("--tensor-parallel-size") + 1] == "2" and "--pipeline-parallel-size" in server
+    s.add_row("W2", "pagoda", s.offline_runs("W2")[0].cmd, "1 req/s", None)
+    assert "| W2 tp=2 pp=2 | pagoda |" in open(os.path.join(s.out, "benchmark_rows.md")).read()
+    one = make_suite("--tensor-parallel-size", "4")
+    assert one.label("W4") == "W4 tp=4" and "--pipeline-parallel-size" not in one.offline_runs("W2")[0].cmd
+    plain = make_suite()
+    assert plain.label("W4") == "W4" and "--tensor-parallel-size" not in plain.server_cmd()
+    assert not by_backend(plain.latency_runs("W4"))["transformers"].skip
+
+
+def test_shape_flag_builds_the_70b_and_parallel_sizes_are_checked(make_suite, tmp_path, monkeypatch):
+    s = make_suite("--shape", "llama3-70b", "--no-hf")
+    assert s.model.endswith("llama3-70b-shape")
+    built = []
+    monkeypatch.setattr("pagoda.benchmarks.make_model.make_model", lambda folder, shape="llama3-8b": built.append(shape))
+    monkeypatch.setattr(suite, "measure_ceilings_subprocess", lambda: [])
+    monkeypatch.setattr(s, "latency", lambda w: None)
+    s.run(["W4"])
+    assert built == ["llama3-70b"]
+    parser = suite.make_parser()
+    for bad in ("0", "two", "-1"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["W2", "--tensor-parallel-size", bad])
