@@ -16,6 +16,9 @@ Kernel design:
 - Keys/values are read in tiles of TILE_N positions gathered through block_tables, so any block size
   works (TILE_N and block_size are independent). Head sizes are padded to a power of two with masks.
 - Softmax is online, in fp32 and base 2; q·k and p·v accumulate in fp32 (IEEE for fp32 inputs).
+- The tile loop runs in two parts: the tiles wholly at or before the block's first query position (every
+  row sees every position: no load masks, no causal select), then the rest (the causal diagonal and the
+  chunk's end) with both. Results are the same as one masked loop: a masked score is exactly -inf.
 - Split-KV (flash-decoding): with NUM_SPLITS > 1 each query block's visible KV range is cut into
   NUM_SPLITS equal runs of tiles computed by separate programs, which write unnormalised partial
   outputs plus running max/sum; `_reduce_splits_kernel` combines them. Empty splits write max=-1e30,
@@ -84,17 +87,26 @@ def _find_seq_idx(query_start_loc_ptr, target, num_reqs, BLOCK_Q: tl.constexpr):
 @triton.jit
 def attend_tile(q, m_i, l_i, acc, k_cache_ptr, v_cache_ptr, bt_row, offs_n, n_valid, visible, kv_head64,
                 offs_d, d_mask, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, scale_log2,
-                BLOCK_SIZE: tl.constexpr, IEEE_DOT: tl.constexpr, FP8: tl.constexpr):
+                BLOCK_SIZE: tl.constexpr, IEEE_DOT: tl.constexpr, FP8: tl.constexpr, MASKED: tl.constexpr = True):
     """One step of the online softmax over the KV positions `offs_n` (gathered through the block-table
     row `bt_row`; `n_valid` masks the loads, `visible` [rows, positions] the scores): returns the
     updated running max (base 2), sum and unnormalised output. FP8: the cache holds fp8 values, widened
-    to q's dtype here (their scales are the caller's: in scale_log2 and on the final output)."""
-    blk = tl.load(bt_row + offs_n // BLOCK_SIZE, mask=n_valid, other=0).to(tl.int64)
+    to q's dtype here (their scales are the caller's: in scale_log2 and on the final output).
+    MASKED=False: every position is valid and visible to every row (a tile below the causal diagonal), so
+    `n_valid` and `visible` are not applied (pass anything)."""
+    if MASKED:
+        blk = tl.load(bt_row + offs_n // BLOCK_SIZE, mask=n_valid, other=0).to(tl.int64)
+        k_mask = n_valid[None, :] & d_mask[:, None]
+        v_mask = n_valid[:, None] & d_mask[None, :]
+    else:  # only the head-size padding masks the loads (none when the head size is a power of two)
+        blk = tl.load(bt_row + offs_n // BLOCK_SIZE).to(tl.int64)
+        k_mask = d_mask[:, None]
+        v_mask = d_mask[None, :]
     slot = (offs_n % BLOCK_SIZE).to(tl.int64)
     k = tl.load(
         k_cache_ptr + blk[None, :] * stride_kb + slot[None, :] * stride_ks + kv_head64 * stride_kh
         + offs_d[:, None],
-        mask=n_valid[None, :] & d_mask[:, None],
+        mask=k_mask,
         other=0.0,
     )
     if FP8:
@@ -104,7 +116,8 @@ def attend_tile(q, m_i, l_i, acc, k_cache_ptr, v_cache_ptr, bt_row, offs_n, n_va
     else:
         qk = tl.dot(q, k)
     qk = qk * scale_log2
-    qk = tl.where(visible, qk, float("-inf"))
+    if MASKED:
+        qk = tl.where(visible, qk, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(qk, 1))
     p = tl.exp2(qk - m_new[:, None])
     alpha = tl.exp2(m_i - m_new)
@@ -112,7 +125,7 @@ def attend_tile(q, m_i, l_i, acc, k_cache_ptr, v_cache_ptr, bt_row, offs_n, n_va
     v = tl.load(
         v_cache_ptr + blk[:, None] * stride_vb + slot[:, None] * stride_vs + kv_head64 * stride_vh
         + offs_d[None, :],
-        mask=n_valid[:, None] & d_mask[None, :],
+        mask=v_mask,
         other=0.0,
     )
     if FP8:
@@ -206,7 +219,16 @@ def _paged_attn_kernel(
     bt_row = block_tables_ptr + seq_idx.to(tl.int64) * stride_bt
     kv_head64 = kv_head.to(tl.int64)
 
-    for t in range(tile_lo, tile_hi):
+    # Tiles wholly at or before the block's first query position are visible to every row: no masks there.
+    first_q_pos = ctx_len + local_block * BLOCK_Q
+    num_full = tl.maximum(first_q_pos + 1 - kv_start, 0) // TILE_N
+    for t in range(tile_lo, tl.minimum(tile_hi, num_full)):
+        offs_n = kv_start + t * TILE_N + tl.arange(0, TILE_N)
+        m_i, l_i, acc = attend_tile(q, m_i, l_i, acc, k_cache_ptr, v_cache_ptr, bt_row, offs_n, offs_n, offs_n,
+                                    kv_head64, offs_d, d_mask, stride_kb, stride_ks, stride_kh,
+                                    stride_vb, stride_vs, stride_vh, scale_log2, BLOCK_SIZE, IEEE_DOT, FP8,
+                                    MASKED=False)
+    for t in range(tl.maximum(tile_lo, num_full), tile_hi):
         offs_n = kv_start + t * TILE_N + tl.arange(0, TILE_N)
         n_valid = offs_n < kv_end
         visible = (offs_n[None, :] <= q_pos[:, None]) & n_valid[None, :]

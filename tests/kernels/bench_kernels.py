@@ -101,6 +101,11 @@ def main():
     print(f"kv write [{T},{HKV},{D}]         {ms * 1e3:8.1f} us  {4 * k.numel() * 2 / ms / 1e6:6.0f} GB/s")
 
 
+def causal_flops(query_lens, seq_lens):
+    """FLOPs of QK^T and PV with the causal mask: a query after c cached positions sees c + its own prefix."""
+    return sum(4 * H * D * (q * (s - q) + q * (q + 1) / 2) for q, s in zip(query_lens, seq_lens))
+
+
 def sweep():
     """Time paged attention under forced launch settings (block_m, tile_n, num_warps, num_stages);
     `--sweep WORD ...` keeps the cases whose name contains a WORD."""
@@ -109,6 +114,8 @@ def sweep():
     original = tuning.attention_launch
     cases = {
         "prefill 1x2048": ([2048], [2048]),
+        "prefill 1x16384 (W9)": ([16384], [16384]),
+        "prefill chunk 8192 after 8192": ([8192], [16384]),
         "prefill 8x512 chunk+prefix": ([512] * 8, [2048] * 8),
         "decode b64 1k": ([1] * 64, [1024] * 64),
         "decode b256 2k": ([1] * 256, [2048] * 256),
@@ -138,7 +145,8 @@ def sweep():
             try:
                 ms = triton.testing.do_bench(lambda: paged_attention(q, kv, md, D**-0.5))
                 kv_bytes = sum(sl) * HKV * D * 2 * kv.element_size()
-                results.append((ms, bm, tn, w, f"{st} ({kv_bytes / ms / 1e6:.0f} GB/s)"))
+                results.append((ms, bm, tn, w, f"{st} ({kv_bytes / ms / 1e6:.0f} GB/s, "
+                                               f"{causal_flops(ql, sl) / ms / 1e9:.0f} TFLOP/s)"))
             except Exception as e:  # out of shared memory etc.
                 results.append((float("inf"), bm, tn, w, f"{st} {type(e).__name__}"))
             finally:
@@ -146,7 +154,8 @@ def sweep():
         results.sort(key=lambda r: r[0])
         default_ms = triton.testing.do_bench(lambda: paged_attention(q, kv, md, D**-0.5))
         gbs = sum(sl) * HKV * D * 2 * kv.element_size() / default_ms / 1e6
-        print(f"{name}: default {default_ms * 1e3:.1f} us ({gbs:.0f} GB/s); best: " +
+        print(f"{name}: default {default_ms * 1e3:.1f} us ({gbs:.0f} GB/s, {causal_flops(ql, sl) / default_ms / 1e9:.0f} "
+              "TFLOP/s); best: " +
               "; ".join(f"bm{bm} tn{tn} w{w} s{st} {ms * 1e3:.1f}us" for ms, bm, tn, w, st in results[:5]))
 
 

@@ -112,6 +112,17 @@ def test_paged_attention_split_kv(num_splits, dtype, device):
     check(q, kv, md, 0.3, dtype, num_splits=num_splits)
 
 
+@pytest.mark.parametrize("group,dtype", [(1, torch.float32), (4, torch.float16)])
+def test_paged_attention_long_rows_cross_unmasked_tiles(group, dtype, device):
+    """Contexts of several 64-position tiles: the tiles wholly before a query block's first position run without
+    masks, the diagonal and the chunk's end with them (a prefill from scratch, a chunk after a cached prefix,
+    decodes, and a chunk whose first block starts mid-tile)."""
+    q, kv, md = make_batch([150, 1, 40, 1, 77], [150, 300, 233, 129, 205], num_heads=2 * group, num_kv_heads=2,
+                           head_size=32, block_size=16, dtype=dtype, device=device, seed=5)
+    check(q, kv, md, 32**-0.5, dtype)
+    check(q, kv, md, 32**-0.5, dtype, num_splits=3)
+
+
 def test_paged_attention_odd_head_size_and_group(device):
     # head_size 80 is padded to 128 with masks; group 3 leaves padding rows in each program.
     q, kv, md = make_batch([2, 1], [11, 6], num_heads=6, num_kv_heads=2, head_size=80, block_size=16,
