@@ -16,9 +16,10 @@ Kernel design:
 - Keys/values are read in tiles of TILE_N positions gathered through block_tables, so any block size
   works (TILE_N and block_size are independent). Head sizes are padded to a power of two with masks.
 - Softmax is online, in fp32 and base 2; q·k and p·v accumulate in fp32 (IEEE for fp32 inputs).
-- The tile loop runs in two parts: the tiles wholly at or before the block's first query position (every
-  row sees every position: no load masks, no causal select), then the rest (the causal diagonal and the
-  chunk's end) with both. Results are the same as one masked loop: a masked score is exactly -inf.
+- With tuning.ATTN_UNMASKED_TILES (PAGODA_ATTN_UNMASKED_TILES=1; off until timed on the GPU) the tile loop
+  runs in two parts: the tiles wholly at or before the block's first query position (every row sees every
+  position: no load masks, no causal select), then the rest (the causal diagonal and the chunk's end) with
+  both. Results are the same as one masked loop: a masked score is exactly -inf.
 - Split-KV (flash-decoding): with NUM_SPLITS > 1 each query block's visible KV range is cut into
   NUM_SPLITS equal runs of tiles computed by separate programs, which write unnormalised partial
   outputs plus running max/sum; `_reduce_splits_kernel` combines them. Empty splits write max=-1e30,
@@ -151,7 +152,7 @@ def _paged_attn_kernel(
     HEAD_SIZE: tl.constexpr, HEAD_PAD: tl.constexpr, GROUP: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_Q: tl.constexpr, TILE_N: tl.constexpr,
     BLOCK_SIZE: tl.constexpr, NUM_SPLITS: tl.constexpr, IEEE_DOT: tl.constexpr, FP8: tl.constexpr,
-    CASCADE: tl.constexpr,
+    CASCADE: tl.constexpr, UNMASKED_TILES: tl.constexpr,
 ):
     q_block = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -219,15 +220,17 @@ def _paged_attn_kernel(
     bt_row = block_tables_ptr + seq_idx.to(tl.int64) * stride_bt
     kv_head64 = kv_head.to(tl.int64)
 
-    # Tiles wholly at or before the block's first query position are visible to every row: no masks there.
-    first_q_pos = ctx_len + local_block * BLOCK_Q
-    num_full = tl.maximum(first_q_pos + 1 - kv_start, 0) // TILE_N
-    for t in range(tile_lo, tl.minimum(tile_hi, num_full)):
-        offs_n = kv_start + t * TILE_N + tl.arange(0, TILE_N)
-        m_i, l_i, acc = attend_tile(q, m_i, l_i, acc, k_cache_ptr, v_cache_ptr, bt_row, offs_n, offs_n, offs_n,
-                                    kv_head64, offs_d, d_mask, stride_kb, stride_ks, stride_kh,
-                                    stride_vb, stride_vs, stride_vh, scale_log2, BLOCK_SIZE, IEEE_DOT, FP8,
-                                    MASKED=False)
+    num_full = 0
+    if UNMASKED_TILES:
+        # Tiles wholly at or before the block's first query position are visible to every row: no masks there.
+        first_q_pos = ctx_len + local_block * BLOCK_Q
+        num_full = tl.maximum(first_q_pos + 1 - kv_start, 0) // TILE_N
+        for t in range(tile_lo, tl.minimum(tile_hi, num_full)):
+            offs_n = kv_start + t * TILE_N + tl.arange(0, TILE_N)
+            m_i, l_i, acc = attend_tile(q, m_i, l_i, acc, k_cache_ptr, v_cache_ptr, bt_row, offs_n, offs_n, offs_n,
+                                        kv_head64, offs_d, d_mask, stride_kb, stride_ks, stride_kh,
+                                        stride_vb, stride_vs, stride_vh, scale_log2, BLOCK_SIZE, IEEE_DOT, FP8,
+                                        MASKED=False)
     for t in range(tl.maximum(tile_lo, num_full), tile_hi):
         offs_n = kv_start + t * TILE_N + tl.arange(0, TILE_N)
         n_valid = offs_n < kv_end
@@ -377,7 +380,7 @@ def paged_attention(
         HEAD_SIZE=head_size, HEAD_PAD=launch.head_pad, GROUP=group,
         BLOCK_M=launch.block_m, BLOCK_Q=launch.block_q, TILE_N=launch.tile_n,
         BLOCK_SIZE=block_size, NUM_SPLITS=splits, IEEE_DOT=query.dtype == torch.float32, FP8=fp8,
-        CASCADE=prefix is not None,
+        CASCADE=prefix is not None, UNMASKED_TILES=tuning.ATTN_UNMASKED_TILES,
         num_warps=launch.num_warps, num_stages=launch.num_stages,
     )
     if splits > 1:

@@ -30,6 +30,10 @@ SPLIT_MIN_PARTITION = 256  # each split covers at least this many KV positions (
 SPLIT_MAX = 32  # most splits
 SPLIT_TARGET_WAVES = 2  # aim for about this many programs per SM
 DEFAULT_SM_COUNT = 132  # H100/H200; used when no CUDA device is present (interpreter)
+# Paged attention's tiles wholly before a query block's first position without masks (two tile loops instead
+# of one; pagoda.kernels.paged_attention). Off until timed against the one-loop kernel on the GPU (session 20
+# wrote it without a GPU): PAGODA_ATTN_UNMASKED_TILES=1 turns it on.
+ATTN_UNMASKED_TILES = os.environ.get("PAGODA_ATTN_UNMASKED_TILES", "0") == "1"
 
 
 # Decode-only batches of at most FUSED_DECODE_MAX_REQS requests run rotary + KV write + attention +

@@ -112,11 +112,16 @@ def test_paged_attention_split_kv(num_splits, dtype, device):
     check(q, kv, md, 0.3, dtype, num_splits=num_splits)
 
 
+@pytest.mark.parametrize("unmasked_tiles", [False, True])
 @pytest.mark.parametrize("group,dtype", [(1, torch.float32), (4, torch.float16)])
-def test_paged_attention_long_rows_cross_unmasked_tiles(group, dtype, device):
-    """Contexts of several 64-position tiles: the tiles wholly before a query block's first position run without
-    masks, the diagonal and the chunk's end with them (a prefill from scratch, a chunk after a cached prefix,
-    decodes, and a chunk whose first block starts mid-tile)."""
+def test_paged_attention_long_rows_cross_unmasked_tiles(group, dtype, unmasked_tiles, device, monkeypatch):
+    """Contexts of several 64-position tiles, with one masked tile loop and with tuning.ATTN_UNMASKED_TILES (the
+    tiles wholly before a query block's first position without masks, the diagonal and the chunk's end with
+    them): a prefill from scratch, a chunk after a cached prefix, decodes, a chunk whose first block starts
+    mid-tile."""
+    from pagoda.kernels import tuning
+
+    monkeypatch.setattr(tuning, "ATTN_UNMASKED_TILES", unmasked_tiles)
     q, kv, md = make_batch([150, 1, 40, 1, 77], [150, 300, 233, 129, 205], num_heads=2 * group, num_kv_heads=2,
                            head_size=32, block_size=16, dtype=dtype, device=device, seed=5)
     check(q, kv, md, 32**-0.5, dtype)
