@@ -51,6 +51,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
+from pagoda.engine import gc_debug
 from pagoda.engine.gc_control import IdleCollector, deferred_full_collections, freeze_startup_heap
 
 logger = logging.getLogger(__name__)
@@ -95,6 +96,7 @@ def run_engine_core(engine_args: Any, input_addr: str, output_addr: str, error_p
         core = EngineCore(config)
         # This process lives as long as the engine: keep its start-up heap out of every later GC pass.
         freeze_startup_heap()
+        gc_debug.attach("engine core")  # VLLM_GC_DEBUG
     except BaseException as exc:  # noqa: BLE001 - every start-up failure must reach the frontend
         _fail(error_path, "engine core failed to start", exc)
         return

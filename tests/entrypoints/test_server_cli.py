@@ -69,3 +69,11 @@ def test_pagoda_serve_command(model_dir, tmp_path):
         server.close()
     assert server.proc.returncode == 0  # SIGTERM: a graceful stop that also stops the engine core
     assert "engine core stopped (exit code 0)" in server.log()
+
+
+def test_gc_debug_value_it_does_not_understand_stops_the_start(model_dir):
+    env = {**ENV, "VLLM_GC_DEBUG": "verbose"}
+    result = subprocess.run([sys.executable, "-m", "pagoda.entrypoints.openai.api_server", "--model", model_dir,
+                             "--port", "0"], capture_output=True, text=True, timeout=120, cwd=REPO, env=env)
+    assert result.returncode == 1
+    assert "VLLM_GC_DEBUG='verbose' is not understood" in output(result) and "top_objects" in output(result)

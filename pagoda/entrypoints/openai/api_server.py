@@ -54,6 +54,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import pagoda
 from pagoda.engine.async_llm import AsyncLLM
+from pagoda.engine import gc_debug
 from pagoda.engine.gc_control import freeze_startup_heap
 from pagoda.entrypoints.openai import cli_args, log_flags
 from pagoda.entrypoints.openai.errors import (
@@ -286,6 +287,7 @@ async def run_server(args: argparse.Namespace) -> None:
     import uvicorn
 
     cli_args.validate_args(args)
+    gc_debug.attach("API server")  # VLLM_GC_DEBUG: a value it does not understand stops the start here
     raise_open_file_limit()
     engine_args = cli_args.engine_args_from(args)
     sock = bind_socket(args.host, args.port)
