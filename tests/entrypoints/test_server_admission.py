@@ -31,7 +31,7 @@ def limits_server(start_server, model_dir, tmp_path_factory):
                                  max_position_embeddings=4096)
     return start_server(["--model", long_model, "--served-model-name", MODEL_NAME, "--max-model-len", "4096",
                          "--max-pending-requests", str(PENDING), "--max-n-sequences", str(MAX_N),
-                         "--max-logprobs", "5", "--disable-uvicorn-access-log"])
+                         "--max-logprobs", "5", "--disable-uvicorn-access-log", "--enable-log-requests"])
 
 
 def error_of(response, status=400):

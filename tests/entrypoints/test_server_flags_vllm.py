@@ -206,8 +206,14 @@ def test_vllm_spellings_of_implemented_flags(model_dir):
     assert engine_args.runner == "pooling" and engine_args.pooler_config == {"pooling_type": "MEAN"}
     assert validated([model_dir, "--max-model-len", "auto"]).max_model_len is None
     assert validated([model_dir, "--enable-log-requests"]).disable_log_requests is False
-    with pytest.raises(ValueError, match="--enable-log-requests"):
-        validated([model_dir, "--enable-log-requests", "--disable-log-requests"])
+    assert validated([model_dir]).disable_log_requests is True  # off by default, as vLLM's since 0.10.2
+    assert validated([model_dir, "--disable-log-requests"]).disable_log_requests is True  # the older spelling
+    assert validated([model_dir, "--no-disable-log-requests"]).disable_log_requests is False
+    assert validated([model_dir, "--enable-log-requests", "--no-disable-log-requests"]).disable_log_requests is False
+    for contradiction in (["--enable-log-requests", "--disable-log-requests"],
+                          ["--no-enable-log-requests", "--no-disable-log-requests"]):
+        with pytest.raises(ValueError, match="enable-log-requests contradicts"):
+            validated([model_dir, *contradiction])
     # --download-dir and the rope overrides reach the engine arguments
     args = validated([model_dir, "--download-dir", "/hf-cache", "--rope-theta", "500000",
                       "--rope-scaling", '{"rope_type": "linear", "factor": 2.0}'])

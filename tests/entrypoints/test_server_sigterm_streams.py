@@ -94,7 +94,8 @@ async def _until_draining(client, url: str, deadline: float) -> httpx.Response:
 
 def test_sigterm_during_50_streams_loses_none(start_server, long_model):
     server = start_server(["--model", long_model, "--served-model-name", "drained", "--max-num-seqs", "64",
-                           "--shutdown-timeout", str(GRACE_S), "--log-format", "json"])
+                           "--shutdown-timeout", str(GRACE_S), "--log-format", "json",
+                           "--enable-log-requests"])
     children = _descendants(server.proc.pid)
     assert server.core_pid() in children
 

@@ -220,9 +220,9 @@ def test_server_refuses_bad_values_by_name(server):
 
 @pytest.fixture(scope="module")
 def logging_server(start_server, model_dir):
-    """A server that logs every request's SamplingParams (the shared one runs with --disable-log-requests)."""
+    """A server that logs every request's SamplingParams (--enable-log-requests: off by default, as vLLM's)."""
     return start_server(["--model", model_dir, "--served-model-name", MODEL_NAME, "--max-model-len",
-                         str(MAX_MODEL_LEN), "--disable-uvicorn-access-log"])
+                         str(MAX_MODEL_LEN), "--disable-uvicorn-access-log", "--enable-log-requests"])
 
 
 def test_the_constraint_reaches_the_engines_sampling_params(logging_server):

@@ -236,10 +236,12 @@ def make_arg_parser(parser: argparse.ArgumentParser, model_positional: bool = Fa
     server.add_argument("--root-path", default=None, help="Path prefix the server sits under behind a proxy.")
     server.add_argument("--enable-request-id-headers", action=BOOL, default=False,
                         help="Send X-Request-Id in every response (the client's, or a new one).")
-    server.add_argument("--disable-log-requests", action=BOOL, default=False,
-                        help="Do not log each request's prompt and params.")
     server.add_argument("--enable-log-requests", action=BOOL, default=None,
-                        help="vLLM's spelling: --no-enable-log-requests is --disable-log-requests. Default: log them.")
+                        help="Log each request's prompt and params (an INFO line per request). Default: off, as "
+                             "vLLM's since 0.10.2.")
+    server.add_argument("--disable-log-requests", action=BOOL, default=None,
+                        help="The older spelling (vLLM deprecated it): --disable-log-requests is the default, "
+                             "--no-disable-log-requests is --enable-log-requests.")
     server.add_argument("--max-log-len", type=int, default=None,
                         help="Most prompt characters / token ids printed per logged request.")
     server.add_argument("--disable-log-stats", action=BOOL, default=False,
@@ -425,13 +427,17 @@ def _api_key(given: list[str] | str | None) -> str | None:
 
 
 def _resolve_log_requests(args: argparse.Namespace) -> None:
-    """vLLM's --[no-]enable-log-requests onto Pagoda's --disable-log-requests (both given: they must agree)."""
+    """--[no-]enable-log-requests and the older --[no-]disable-log-requests onto `disable_log_requests` (True unless
+    one asks for the log, as vLLM's default since 0.10.2; both given: they must agree)."""
     enable = getattr(args, "enable_log_requests", None)
-    if enable is None:
-        return
-    if args.disable_log_requests and enable:
-        raise ValueError("--enable-log-requests contradicts --disable-log-requests; give one")
-    args.disable_log_requests = not enable
+    disable = getattr(args, "disable_log_requests", None)
+    if enable is not None and disable is not None and enable == disable:
+        raise ValueError(f"--{'' if enable else 'no-'}enable-log-requests contradicts "
+                         f"--{'' if disable else 'no-'}disable-log-requests; give one")
+    if enable is not None:
+        args.disable_log_requests = not enable
+    elif disable is None:
+        args.disable_log_requests = True
 
 
 def engine_args_from(args: argparse.Namespace) -> EngineArgs:
