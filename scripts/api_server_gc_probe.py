@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from pagoda.engine.async_llm import AsyncLLM  # noqa: E402
 from pagoda.engine.gc_control import freeze_startup_heap  # noqa: E402
-from pagoda.entrypoints.openai import api_server, cli_args  # noqa: E402
+from pagoda.entrypoints.openai import api_server, app, cli_args  # noqa: E402
 
 
 def full_pass_ms() -> float:
@@ -38,9 +38,9 @@ async def main() -> None:
     engine = AsyncLLM(cli_args.engine_args_from(args))
     try:
         names = cli_args.served_model_names(args)
-        prometheus = api_server.PrometheusStatLogger(names[0], engine.model_config.max_model_len,
+        prometheus = app.PrometheusStatLogger(names[0], engine.model_config.max_model_len,
                                                      cache_config=engine.config.cache)
-        api_server.build_app(args, engine, prometheus, None)
+        app.build_app(args, engine, prometheus, None)
         full_pass_ms()
         before = min(full_pass_ms() for _ in range(3))
         tracked = len(gc.get_objects())

@@ -85,7 +85,10 @@ class AsyncLLM:
                  heartbeat_timeout_s: float = DEFAULT_HEARTBEAT_TIMEOUT_S,
                  engine_stall_timeout_s: float | None = DEFAULT_STALL_TIMEOUT_S,
                  max_engine_restarts: int = 5, engine_restart_window_s: float = 300.0,
-                 engine_restart_backoff_s: float = 1.0, engine_restart_backoff_max_s: float = 30.0) -> None:
+                 engine_restart_backoff_s: float = 1.0, engine_restart_backoff_max_s: float = 30.0,
+                 on_core_spawned: Any = None) -> None:
+        """`on_core_spawned()`, when given, runs once the core process is spawned and before the frontend's own
+        config and tokenizer load (the server imports its HTTP stack there, off the start-up's critical path)."""
         if request_timeout_s is not None and not request_timeout_s > 0:
             raise ValueError(f"request_timeout_s must be > 0 or None (no deadline), got {request_timeout_s}")
         engine_args = dataclasses.replace(engine_args, usage_context="server")  # the server's step-budget default
@@ -103,6 +106,8 @@ class AsyncLLM:
             backoff_max_s=engine_restart_backoff_max_s, start_timeout_s=start_timeout_s,
             client_kwargs={"heartbeat_timeout_s": heartbeat_timeout_s, "stall_timeout_s": engine_stall_timeout_s})
         try:
+            if on_core_spawned is not None:
+                on_core_spawned()
             self.config = engine_args.create_config()  # a bad option raises here; the core is stopped
             self.engine = LLMEngine(self.config, core=self.core)  # loads the tokenizer while the core loads
             info = self.core.wait_ready(start_timeout_s)

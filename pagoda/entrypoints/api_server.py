@@ -38,8 +38,8 @@ from starlette.responses import StreamingResponse
 
 import pagoda
 from pagoda.engine_args import EngineArgs
-from pagoda.entrypoints.openai.api_server import (add_health_routes, bind_socket, cancel_on_disconnect,
-                                                  raise_open_file_limit)
+from pagoda.entrypoints.openai.api_server import bind_socket, raise_open_file_limit
+from pagoda.entrypoints.openai.app import add_health_routes, cancel_on_disconnect
 from pagoda.entrypoints.openai.cli_args import PagodaArgumentParser
 from pagoda.entrypoints.openai.errors import APIError, api_error_handler, error_body, error_response, engine_error
 from pagoda.entrypoints.openai.graceful import graceful_server

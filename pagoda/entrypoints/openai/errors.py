@@ -24,9 +24,13 @@ import re
 from http import HTTPStatus
 from typing import Any
 
-from fastapi import Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # FastAPI is imported where a response is built: cli_args (via limits) reads this module too,
+    # and the server's start imports FastAPI only after spawning the engine core (api_server.import_app_modules)
+    from fastapi import Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +78,8 @@ def error_body(message: str, status: int, param: str | None = None) -> dict[str,
 
 def error_response(message: str, status: int = 400, param: str | None = None,
                    headers: dict[str, str] | None = None) -> JSONResponse:
+    from fastapi.responses import JSONResponse
+
     return JSONResponse(error_body(message, status, param), status_code=status, headers=headers)
 
 
