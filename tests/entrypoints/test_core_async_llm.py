@@ -50,3 +50,30 @@ def test_generate_matches_offline_and_leaving_aborts(model_dir):
     for index in (0, 1):
         assert "".join(text for text, _ in pieces[index]) == longer.outputs[index].text
         assert [t for _, ids in pieces[index] for t in ids] == longer.outputs[index].token_ids
+
+
+def test_on_core_spawned_runs_while_the_core_starts(model_dir):
+    """The server imports its HTTP stack in this hook: it must run once the core process exists (so the core's
+    start, the critical path, is not waiting for it) and before AsyncLLM waits for the core to be ready."""
+    import multiprocessing
+
+    seen = []
+    engine = AsyncLLM(EngineArgs(model=model_dir, max_model_len=512),
+                      on_core_spawned=lambda: seen.append([p.is_alive() for p in multiprocessing.active_children()]))
+    try:
+        assert len(seen) == 1 and True in seen[0]  # called once, with the core process alive
+    finally:
+        engine.shutdown()
+
+
+def test_the_servers_start_path_does_not_import_fastapi():
+    """`pagoda serve` spawns the engine core before it imports FastAPI (api_server.import_app_modules)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, pagoda.entrypoints.cli.main, pagoda.entrypoints.openai.api_server as s; "
+            "assert not {'fastapi', 'pydantic', 'uvicorn', 'transformers', 'torch'} & set(sys.modules), "
+            "sorted({'fastapi', 'pydantic', 'uvicorn', 'transformers', 'torch'} & set(sys.modules)); "
+            "s.import_app_modules(); assert 'fastapi' in sys.modules")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
