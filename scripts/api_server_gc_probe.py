@@ -17,6 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from pagoda.engine.async_llm import AsyncLLM  # noqa: E402
 from pagoda.engine.gc_control import freeze_startup_heap  # noqa: E402
 from pagoda.entrypoints.openai import api_server, app, cli_args  # noqa: E402
+from pagoda.metrics.prometheus import PrometheusStatLogger  # noqa: E402
 
 
 def full_pass_ms() -> float:
@@ -38,7 +39,7 @@ async def main() -> None:
     engine = AsyncLLM(cli_args.engine_args_from(args))
     try:
         names = cli_args.served_model_names(args)
-        prometheus = app.PrometheusStatLogger(names[0], engine.model_config.max_model_len,
+        prometheus = PrometheusStatLogger(names[0], engine.model_config.max_model_len,
                                                      cache_config=engine.config.cache)
         app.build_app(args, engine, prometheus, None)
         full_pass_ms()

@@ -53,6 +53,7 @@ from pagoda.logging_utils import configure_logging, uvicorn_log_config
 
 logger = logging.getLogger("pagoda.entrypoints.openai.api_server")
 
+
 def import_app_modules() -> None:
     """Import what serving needs beyond the engine (uvicorn, FastAPI, pydantic's request models, the endpoints:
     ~0.7 s on the CPU machine). run_server does it just after the engine core process is spawned, while that
@@ -126,10 +127,12 @@ async def run_server(args: argparse.Namespace) -> None:
         import prometheus_client
         import uvicorn
 
-        from pagoda.entrypoints.openai.app import LoggingStatLogger, PrometheusStatLogger, build_app
+        from pagoda.entrypoints.openai.app import build_app
         from pagoda.entrypoints.openai.graceful import graceful_server
         from pagoda.entrypoints.openai.http_protocol import PagodaH11Protocol
         from pagoda.entrypoints.openai.http_protocol import configure as configure_http
+        from pagoda.metrics.loggers import LoggingStatLogger
+        from pagoda.metrics.prometheus import PrometheusStatLogger
 
         prometheus_client.disable_created_metrics()
         stats_logger = None if args.disable_log_stats else LoggingStatLogger()
