@@ -22,9 +22,7 @@ import json
 import logging
 import re
 from http import HTTPStatus
-from typing import Any
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # FastAPI is imported where a response is built: cli_args (via limits) reads this module too,
     # and the server's start imports FastAPI only after spawning the engine core (api_server.import_app_modules)
