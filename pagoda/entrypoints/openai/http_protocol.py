@@ -32,6 +32,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import socket
@@ -57,7 +58,8 @@ def set_nodelay(transport: asyncio.BaseTransport) -> None:
     """Turn Nagle's algorithm off on a TCP transport's socket (see the module docstring); others are left alone."""
     sock = transport.get_extra_info("socket")
     if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6) and sock.type == socket.SOCK_STREAM:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with contextlib.suppress(OSError):  # a client that is already gone: its connection closes on its own
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 class PagodaH11Protocol(H11Protocol):
