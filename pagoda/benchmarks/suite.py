@@ -36,6 +36,8 @@ Invariants:
   from a GPU machine), and printed; raw JSON results and logs go to OUT.
 - The command lines are built by pure methods (`offline_runs`, `latency_runs`): tests check them
   without a GPU.
+- W5's server runs with VLLM_GC_DEBUG=1, and each rate's row ends with what paused the server during that rate's
+  run (`server_stalls`: runtime Triton compiles, GC passes of 10 ms or more per process).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ import argparse
 import importlib.util
 import json
 import os
+import re
 import shlex
 import signal
 import socket
@@ -272,13 +275,15 @@ class Suite:
             return False
         return True
 
-    def start_server(self, log_path: str) -> tuple[subprocess.Popen, int, float]:
-        """Launch `pagoda serve` on a free port; returns (process, port, seconds until /health was 200)."""
+    def start_server(self, log_path: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, int, float]:
+        """Launch `pagoda serve` on a free port (with `env` added to this process's environment); returns
+        (process, port, seconds until /health was 200)."""
         port = _free_port()
         cmd = [*self.server_cmd(), "--host", "127.0.0.1", "--port", str(port)]
         log = open(log_path, "w")
         start = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**os.environ, **(env or {})})
         deadline = start + self.args.timeout
         while time.perf_counter() < deadline:
             if proc.poll() is not None:
@@ -305,22 +310,31 @@ class Suite:
         stop_server(proc)
         self.add_row(w, "pagoda", cmd, f"{seconds:.1f} s until /health 200", None)
 
+    def serve_prompts(self, rate: float) -> int:
+        """W5's requests at `rate`: --serve-prompts, else about a minute's worth (1000 at inf)."""
+        if self.args.serve_prompts:
+            return self.args.serve_prompts
+        return 1000 if rate == float("inf") else int(min(1000, max(50, rate * 60)))
+
     def serve(self, w: str = "W5") -> None:
-        try:
-            proc, port, seconds = self.start_server(os.path.join(self.out, f"{w}-server.log"))
+        log_path = os.path.join(self.out, f"{w}-server.log")
+        try:  # the server logs every GC pass, so each row can say what paused it (server_stalls)
+            proc, port, seconds = self.start_server(log_path, env={"VLLM_GC_DEBUG": "1"})
         except RuntimeError as exc:
             self.add_row(w, "pagoda", SERVER, f"server failed: {exc}", None)
             return
         print(f"server up in {seconds:.1f} s")
         try:
             for rate in self.args.serve_rates:
-                n = 1000 if rate == float("inf") else int(min(1000, max(50, rate * 60)))  # about a minute per rate
+                n = self.serve_prompts(rate)
                 name = f"{w}-rate{rate:g}.json"
                 cmd = [*BENCH, "serve", "--base-url", f"http://127.0.0.1:{port}", "--tokenizer", self.model, "--num-prompts", str(n),
                        "--input-len", "1024", "--output-len", "128", "--request-rate", str(rate), "--ignore-eos",
                        "--metric-percentiles", "50,99", "--save-result", "--result-dir", self.out, "--result-filename", name,
                        "--disable-tqdm"]
-                self.run_json(f"{w} rate={rate:g}", "pagoda", cmd, os.path.join(self.out, name), _describe_serve)
+                offset = os.path.getsize(log_path)
+                self.run_json(f"{w} rate={rate:g}", "pagoda", cmd, os.path.join(self.out, name),
+                              lambda r: f"{_describe_serve(r)}; {server_stalls(_read_from(log_path, offset))}")
         finally:
             stop_server(proc)
 
@@ -348,6 +362,28 @@ def _describe_serve(r: dict[str, Any]) -> str:
     m = r["points"][0]["metrics"]
     return (f"{m['completed']} ok/{m['failed']} failed, {m['request_throughput']:.2f} req/s, {m['output_throughput']:.0f} out tok/s; "
             f"TTFT p50/p99 {m['median_ttft_ms']:.0f}/{m['p99_ttft_ms']:.0f} ms; TPOT p50/p99 {m['median_tpot_ms']:.1f}/{m['p99_tpot_ms']:.1f} ms")
+
+
+STALL_MS = 10.0  # GC passes at least this long count as stalls in a W5 row
+_GC_LINE = re.compile(r"(API server|engine core): GC generation (\d) pass took ([\d.]+) ms")
+
+
+def server_stalls(log_text: str) -> str:
+    """What paused the server during a run, from its log (VLLM_GC_DEBUG=1 and the compile watch): Triton compiles
+    after start-up, and GC passes of at least STALL_MS per process (count and longest)."""
+    compiles = log_text.count("Triton compiled a kernel after start-up")
+    pauses: dict[str, list[float]] = {"API server": [], "engine core": []}
+    for process, _, ms in _GC_LINE.findall(log_text):
+        if float(ms) >= STALL_MS:
+            pauses[process].append(float(ms))
+    parts = [f"{p} {len(v)}" + (f" (longest {max(v):.0f} ms)" if v else "") for p, v in pauses.items()]
+    return f"stalls: {compiles} runtime compiles, GC passes >= {STALL_MS:.0f} ms: " + ", ".join(parts)
+
+
+def _read_from(path: str, offset: int) -> str:
+    with open(path, errors="replace") as f:
+        f.seek(offset)
+        return f.read()
 
 
 def stop_server(proc: subprocess.Popen) -> None:
@@ -399,6 +435,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--hf-max-batch-size", type=int, default=None,
                         help="transformers' static batch size (default: its best per workload, see HF_BATCH).")
     parser.add_argument("--timeout", type=float, default=1800.0, help="Seconds one run (or a server start) may take.")
+    parser.add_argument("--serve-prompts", type=_positive, default=None,
+                        help="W5's requests per rate (default: about a minute's worth, 1000 at inf).")
     parser.add_argument("--serve-rates", type=_rates, default=SERVE_RATES,
                         help="W5's request rates, comma-separated (default 1,4,16,inf).")
     return parser

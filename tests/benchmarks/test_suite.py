@@ -159,3 +159,21 @@ def test_shape_flag_builds_the_70b_and_parallel_sizes_are_checked(make_suite, tm
     for bad in ("0", "two", "-1"):
         with pytest.raises(SystemExit):
             parser.parse_args(["W2", "--tensor-parallel-size", bad])
+
+
+def test_server_stalls_counts_compiles_and_long_gc_passes_per_process():
+    log = "\n".join([
+        "INFO 20:34:50.594 pagoda.engine.gc_debug: API server: GC generation 2 pass took 179.2 ms (collected 159, ...)",
+        "INFO 20:34:50.600 pagoda.engine.gc_debug: API server: GC generation 0 pass took 0.1 ms (collected 0, ...)",
+        "INFO 20:34:51.000 pagoda.engine.gc_debug: API server: GC generation 1 pass took 12.5 ms (collected 3, ...)",
+        "INFO 20:36:23.533 [core] pagoda.engine.gc_debug: engine core: GC generation 2 pass took 0.6 ms (...)",
+        "WARNING 20:36:24.000 [core] pagoda.worker.compile_watch: Triton compiled a kernel after start-up (or ...",
+    ])
+    assert suite.server_stalls(log) == ("stalls: 1 runtime compiles, GC passes >= 10 ms: API server 2 (longest 179 ms), "
+                                        "engine core 0")
+    assert suite.server_stalls("") == "stalls: 0 runtime compiles, GC passes >= 10 ms: API server 0, engine core 0"
+
+
+def test_serve_prompts_flag(make_suite):
+    assert make_suite().serve_prompts(4.0) == 240 and make_suite().serve_prompts(float("inf")) == 1000
+    assert make_suite("--serve-prompts", "1000").serve_prompts(4.0) == 1000
