@@ -86,9 +86,10 @@ class AsyncLLM:
                  engine_stall_timeout_s: float | None = DEFAULT_STALL_TIMEOUT_S,
                  max_engine_restarts: int = 5, engine_restart_window_s: float = 300.0,
                  engine_restart_backoff_s: float = 1.0, engine_restart_backoff_max_s: float = 30.0,
-                 on_core_spawned: Any = None) -> None:
-        """`on_core_spawned()`, when given, runs once the core process is spawned and before the frontend's own
-        config and tokenizer load (the server imports its HTTP stack there, off the start-up's critical path)."""
+                 while_core_starts: Any = None) -> None:
+        """`while_core_starts()`, when given, runs once the core process is spawned and this frontend is built
+        (config, tokenizer), before waiting for the core to be ready: work there is off the start-up's critical
+        path (the server imports its HTTP stack and freezes its heap there)."""
         if request_timeout_s is not None and not request_timeout_s > 0:
             raise ValueError(f"request_timeout_s must be > 0 or None (no deadline), got {request_timeout_s}")
         engine_args = dataclasses.replace(engine_args, usage_context="server")  # the server's step-budget default
@@ -106,10 +107,10 @@ class AsyncLLM:
             backoff_max_s=engine_restart_backoff_max_s, start_timeout_s=start_timeout_s,
             client_kwargs={"heartbeat_timeout_s": heartbeat_timeout_s, "stall_timeout_s": engine_stall_timeout_s})
         try:
-            if on_core_spawned is not None:
-                on_core_spawned()
             self.config = engine_args.create_config()  # a bad option raises here; the core is stopped
             self.engine = LLMEngine(self.config, core=self.core)  # loads the tokenizer while the core loads
+            if while_core_starts is not None:
+                while_core_starts()
             info = self.core.wait_ready(start_timeout_s)
         except BaseException:
             self.core.shutdown()

@@ -52,14 +52,14 @@ def test_generate_matches_offline_and_leaving_aborts(model_dir):
         assert [t for _, ids in pieces[index] for t in ids] == longer.outputs[index].token_ids
 
 
-def test_on_core_spawned_runs_while_the_core_starts(model_dir):
+def test_while_core_starts_runs_once_the_core_is_spawned(model_dir):
     """The server imports its HTTP stack in this hook: it must run once the core process exists (so the core's
     start, the critical path, is not waiting for it) and before AsyncLLM waits for the core to be ready."""
     import multiprocessing
 
     seen = []
     engine = AsyncLLM(EngineArgs(model=model_dir, max_model_len=512),
-                      on_core_spawned=lambda: seen.append([p.is_alive() for p in multiprocessing.active_children()]))
+                      while_core_starts=lambda: seen.append([p.is_alive() for p in multiprocessing.active_children()]))
     try:
         assert len(seen) == 1 and True in seen[0]  # called once, with the core process alive
     finally:

@@ -3,8 +3,8 @@
     python -m pagoda.entrypoints.openai.api_server --model MODEL [flags]      (or: pagoda serve MODEL)
 
 Start-up order: check every flag, bind the socket (so a taken port fails before the model loads),
-spawn the engine core, import the HTTP stack (app.py: FastAPI and the endpoints, ~0.7 s) while the core
-starts, wait until the core is ready, then listen and serve. Until then the port refuses
+spawn the engine core, build the frontend (tokenizer) and import the HTTP stack (app.py: FastAPI and the
+endpoints, ~0.7 s) while the core starts, wait until the core is ready, then listen and serve. Until then the port refuses
 connections at once (nothing is queued in a backlog), so a Kubernetes probe fails fast instead of
 hanging; vLLM does the same (its socket is bound early and served only once the engine is built), and
 KServe's startup and readiness probes count a refused connection as "not ready yet". A failure at any
@@ -56,14 +56,20 @@ logger = logging.getLogger("pagoda.entrypoints.openai.api_server")
 
 def import_app_modules() -> None:
     """Import what serving needs beyond the engine (uvicorn, FastAPI, pydantic's request models, the endpoints:
-    ~0.7 s on the CPU machine). run_server does it just after the engine core process is spawned, while that
-    process starts (the server's critical path), instead of before spawning it."""
+    ~0.7 s on the CPU machine), then freeze the heap so far out of the garbage collector. run_server does this
+    once the engine core process is spawned and the frontend built, while the core starts (the server's critical
+    path): the import no longer delays the spawn, and the full pass over the frontend's heap (~150 ms) no longer
+    runs between the core's readiness and listening, where only the app's objects are left to walk."""
     import prometheus_client  # noqa: F401
     import uvicorn  # noqa: F401
 
     import pagoda.entrypoints.openai.app  # noqa: F401
     import pagoda.entrypoints.openai.graceful  # noqa: F401
     import pagoda.entrypoints.openai.http_protocol  # noqa: F401
+
+    frozen, pass_s = freeze_startup_heap()
+    logger.info("API server: froze %d objects of its start-up (a full pass over them took %.0f ms) while the engine "
+                "core starts", frozen, pass_s * 1e3)
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -123,7 +129,7 @@ async def run_server(args: argparse.Namespace) -> None:
                           engine_restart_window_s=args.engine_restart_window,
                           engine_restart_backoff_s=args.engine_restart_backoff,
                           engine_restart_backoff_max_s=args.engine_restart_backoff_max,
-                          on_core_spawned=import_app_modules)
+                          while_core_starts=import_app_modules)
         import prometheus_client
         import uvicorn
 
@@ -152,8 +158,8 @@ async def run_server(args: argparse.Namespace) -> None:
         server = graceful_server(config, engine, args.shutdown_timeout)
         scheme = "https" if args.ssl_certfile else "http"
         frozen, pass_s = freeze_startup_heap()  # as vLLM's API server: no full GC pass over the start-up heap later
-        logger.info("API server: froze %d start-up objects out of garbage-collector passes (a full pass over them "
-                    "took %.0f ms)", frozen, pass_s * 1e3)
+        logger.info("API server: froze %d start-up objects out of garbage-collector passes (a full pass over those "
+                    "not frozen yet took %.0f ms)", frozen, pass_s * 1e3)
         sock.listen(2048)  # only now: before the engine is ready a probe gets "connection refused", not a hang
         logger.info("Pagoda API server ready on %s://%s:%d (model %s)", scheme, host, port, ", ".join(names))
         await server.serve(sockets=[sock])
