@@ -22,6 +22,16 @@ def rounded_reference(x, qweight, scales, zeros, group, bias):
     return (y if bias is None else y + bias.float()).to(x.dtype)
 
 
+def assert_matches_references(out, x, qweight, scales, zeros, group, bias, dtype):
+    """`out` equals the model-dtype rounded reference to the dtype's tolerance, and is close to the fp32-weight
+    reference of the GEMV tests."""
+    torch.testing.assert_close(out, rounded_reference(x, qweight, scales, zeros, group, bias),
+                               atol=TOL[dtype], rtol=TOL[dtype])
+    loose = 1e-4 if dtype == torch.float32 else 3e-2
+    torch.testing.assert_close(out, int4_layout.int4_linear_ref(x, qweight, scales, zeros, group, bias),
+                               atol=loose, rtol=loose)
+
+
 @pytest.mark.parametrize("m,n,k,group,zeros,with_bias", [
     (5, 40, 256, 32, True, True),  # groups smaller than a chunk: scales per plane
     (37, 24, 384, 128, False, False),  # odd M over 3 row blocks, symmetric, one group per chunk
@@ -35,12 +45,7 @@ def test_int4_gemm_matches_reference(m, n, k, group, zeros, with_bias, dtype):
     bias = randn(n, dtype=dtype, seed=22) if with_bias else None
     out = int4_gemm(x, qweight, scales, z, bias, launch=tuning.Int4GemmLaunch(16, 16, 2, 1))
     assert out.shape == (m, n) and out.dtype == dtype
-    torch.testing.assert_close(out, rounded_reference(x, qweight, scales, z, group, bias),
-                               atol=TOL[dtype], rtol=TOL[dtype])
-    # and close to the fp32-weight reference of the GEMV tests
-    loose = 1e-4 if dtype == torch.float32 else 3e-2
-    torch.testing.assert_close(out, int4_layout.int4_linear_ref(x, qweight, scales, z, group, bias),
-                               atol=loose, rtol=loose)
+    assert_matches_references(out, x, qweight, scales, z, group, bias, dtype)
 
 
 def test_int4_gemm_tuned_launch_strided_rows_and_empty():

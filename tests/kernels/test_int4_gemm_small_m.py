@@ -8,10 +8,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pagoda.kernels import int4_layout, tuning
+from pagoda.kernels import tuning
 from pagoda.kernels.int4_gemm_small_m import int4_gemm_small_m
 
-from test_int4_gemm import TOL, rounded_reference
+from test_int4_gemm import assert_matches_references, rounded_reference
 from test_int4_gemv import DEVICE, DTYPES, random_int4, randn
 
 
@@ -28,11 +28,7 @@ def test_int4_gemm_small_m_matches_reference(m, n, k, group, zeros, with_bias, l
     bias = randn(n, dtype=dtype, seed=32) if with_bias else None
     out = int4_gemm_small_m(x, qweight, scales, z, bias, launch=launch)
     assert out.shape == (m, n) and out.dtype == dtype
-    torch.testing.assert_close(out, rounded_reference(x, qweight, scales, z, group, bias),
-                               atol=TOL[dtype], rtol=TOL[dtype])
-    loose = 1e-4 if dtype == torch.float32 else 3e-2
-    torch.testing.assert_close(out, int4_layout.int4_linear_ref(x, qweight, scales, z, group, bias),
-                               atol=loose, rtol=loose)
+    assert_matches_references(out, x, qweight, scales, z, group, bias, dtype)
 
 
 def test_int4_gemm_small_m_default_launch_strided_rows_and_limits():
