@@ -25,6 +25,10 @@ Invariants:
   inside must not use a kernel's output as an index or a host-side value (start-up's forwards do not).
 - Without Triton, or under its interpreter (TRITON_INTERPRET=1: kernels are not JITFunctions), the
   mode is a no-op that says so (`CompileStats.active` False, `reason` set, one INFO line).
+- With a CompileProcesses pool (kernels/compile_processes.py), a job captures its variant's specialization
+  (Triton's jit_cache_hook, diverted for that thread only), has a worker process compile it into the disk
+  cache, then runs `warmup=True` as above, which loads it; any failure on that path leaves the compile to
+  the job's thread. The capture hook is installed for the whole block and removed after the last job.
 - Pagoda uses no `triton.autotune` (it would benchmark garbage here); autotuned kernels launch through
   an Autotuner, whose own benchmark launches would be diverted: do not run them inside the mode.
 """
@@ -54,6 +58,7 @@ class CompileStats:
     launches: int = 0  # launches diverted
     submitted: int = 0  # distinct specializations sent to the pool
     failed: int = 0
+    in_processes: int = 0  # variants compiled by a CompileProcesses pool (kernels/compile_processes.py)
     compile_seconds: float = 0.0  # summed over pool jobs
     wall_seconds: float = 0.0  # entering to the last job done
     failures: list[str] = field(default_factory=list)  # "kernel: error", one per failed job
@@ -129,8 +134,9 @@ def _kernel_name(fn) -> str:
 
 
 class _Mode:
-    def __init__(self, executor: Executor, stats: CompileStats, original_run) -> None:
+    def __init__(self, executor: Executor, stats: CompileStats, original_run, processes=None) -> None:
         self.executor, self.stats, self.original_run = executor, stats, original_run
+        self.processes = processes  # a CompileProcesses pool, or None: compiles run in the pool's threads
         self.seen: set[tuple] = set()
         self.futures: list[Future] = []
         self.stats_lock = threading.Lock()
@@ -154,7 +160,9 @@ class _Mode:
         started = time.perf_counter()
         try:
             _use_device(device)
-            self.original_run(fn, *args, grid=grid, warmup=True, **kwargs)
+            if self.processes is not None:
+                self.compile_in_process(fn, device, args, kwargs, grid)
+            self.original_run(fn, *args, grid=grid, warmup=True, **kwargs)  # after a process: a disk-cache load
         except Exception as exc:
             message = f"{_kernel_name(fn)}: {exc!r}"
             logger.warning("background compile failed (its first real launch compiles it again): %s", message)
@@ -164,6 +172,23 @@ class _Mode:
         finally:
             with self.stats_lock:
                 self.stats.compile_seconds += time.perf_counter() - started
+
+    def compile_in_process(self, fn, device, args: tuple, kwargs: dict, grid) -> None:
+        """Compile the variant in a worker process into Triton's disk cache; on any failure leave it to this
+        thread (the caller's run compiles it)."""
+        from pagoda.kernels import compile_processes
+
+        try:
+            job = compile_processes.capture(self.original_run, fn, args, kwargs, grid, device)
+            if job is None:
+                return
+            self.processes.compile(job)
+        except Exception as exc:
+            logger.info("compile process failed for %s (compiling it in this process instead): %r",
+                        _kernel_name(fn), exc)
+            return
+        with self.stats_lock:
+            self.stats.in_processes += 1
 
     def wait(self, cancel: bool) -> None:
         for future in self.futures:
@@ -176,9 +201,11 @@ class _Mode:
 
 
 @contextlib.contextmanager
-def compile_only(executor: Executor):
+def compile_only(executor: Executor, processes=None):
     """Inside the block, this thread's Triton launches compile on `executor` instead of launching;
-    exit waits for the compiles. Yields a CompileStats (final after exit)."""
+    exit waits for the compiles. With `processes` (a kernels/compile_processes.CompileProcesses), each of
+    `executor`'s jobs has the compile itself done in one of its processes. Yields a CompileStats (final
+    after exit)."""
     global _owner
     stats = CompileStats()
     started = time.perf_counter()
@@ -198,7 +225,7 @@ def compile_only(executor: Executor):
     with _mode_lock:
         own_getitem = JITFunction.__dict__.get("__getitem__")
         original_run = JITFunction.run
-        mode = _Mode(executor, stats, original_run)
+        mode = _Mode(executor, stats, original_run, processes)
         owner = threading.get_ident()
 
         def run(self, *args, grid, warmup, **kwargs):
@@ -215,7 +242,12 @@ def compile_only(executor: Executor):
         JITFunction.run = run
         JITFunction.__getitem__ = getitem
         failed = True
+        hooks = contextlib.ExitStack()
         try:
+            if processes is not None:
+                from pagoda.kernels.compile_processes import capture_hook_installed
+
+                hooks.enter_context(capture_hook_installed())
             yield stats
             failed = False
         finally:
@@ -225,7 +257,10 @@ def compile_only(executor: Executor):
             else:
                 JITFunction.__getitem__ = own_getitem
             _owner = None
-            mode.wait(cancel=failed)
+            try:
+                mode.wait(cancel=failed)
+            finally:
+                hooks.close()
             stats.wall_seconds = time.perf_counter() - started
             logger.debug("compile-only mode: %d launches, %d variants submitted, %d failed, %.2f s wall, "
                          "%.2f s of compiles", stats.launches, stats.submitted, stats.failed,

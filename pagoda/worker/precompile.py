@@ -14,6 +14,10 @@ Invariants:
   it would have. The memory profile's log lines are silenced during its pass (its numbers are not real).
 - PAGODA_COMPILE_THREADS sets the pool's size (default min(16, cpu count)); 0 turns the passes off.
   Each pass logs one INFO line: "compile pass (<what>): N kernel variants on T threads in S s".
+- With compile processes started (`start_compile_processes`, which the worker calls before building the model;
+  PAGODA_COMPILE_PROCESSES: a count, or `auto` for the thread count; default 0, none), each thread hands its
+  compile to a process (kernels/compile_processes.py: the part of a compile that holds the GIL runs one
+  thread at a time); the worker stops them after the last pass.
 - Runs on CUDA only and never under Triton's interpreter (compile_only is then a no-op).
 """
 
@@ -56,13 +60,15 @@ def precompile(what: str, forwards: Sequence[Forward], threads: int | None = Non
     """Run `forwards` in compile-only mode on a pool of `threads` (default compile_threads()); wait for
     the compiles. Returns the CompileStats, or None when the pass is off (0 threads)."""
     from pagoda.kernels.background_compile import compile_only
+    from pagoda.kernels.compile_processes import current_pool
 
     threads = compile_threads() if threads is None else threads
     if threads <= 0 or not forwards:
         return None
     started = time.perf_counter()
+    processes = current_pool()
     with ThreadPoolExecutor(threads, thread_name_prefix="pagoda-compile") as pool:
-        with compile_only(pool) as stats:
+        with compile_only(pool, processes) as stats:
             if not stats.active:
                 return stats
             for name, forward in forwards:
@@ -73,8 +79,10 @@ def precompile(what: str, forwards: Sequence[Forward], threads: int | None = Non
                                    what, name, exc)
     if torch.cuda.is_available():
         torch.cuda.empty_cache()  # the pass's activations
-    logger.info("compile pass (%s): %d kernel variants on %d threads in %.2f s (%d launches, %d failed, "
-                "%.1f s of compiles)", what, stats.submitted, threads, time.perf_counter() - started,
+    where = f"{threads} threads" + (f" ({stats.in_processes} compiled in {processes.processes} processes)"
+                                    if processes is not None else "")
+    logger.info("compile pass (%s): %d kernel variants on %s in %.2f s (%d launches, %d failed, "
+                "%.1f s of compiles)", what, stats.submitted, where, time.perf_counter() - started,
                 stats.launches, stats.failed, stats.compile_seconds)
     return stats
 
@@ -95,6 +103,21 @@ def _profile_forward(worker) -> None:
 
     with _quiet("pagoda.worker.gpu_memory"):
         profile_num_blocks(worker)
+
+
+def start_compile_processes(threads: int | None = None):
+    """Start the compile processes (kernels/compile_processes.py) for the passes to come, so they import while
+    the model loads: PAGODA_COMPILE_PROCESSES of them ("auto": the pass's threads; default none). None when off."""
+    from pagoda.kernels.compile_processes import compile_processes, start_pool
+
+    threads = compile_threads() if threads is None else threads
+    return start_pool(compile_processes(threads)) if threads > 0 else None
+
+
+def stop_compile_processes() -> None:
+    from pagoda.kernels.compile_processes import stop_pool
+
+    stop_pool()
 
 
 def precompile_profile(worker, threads: int | None = None):

@@ -22,7 +22,8 @@ Invariants:
 - On CUDA, start-up's Triton variants compile on a thread pool first (worker/precompile.py, off with
   PAGODA_COMPILE_THREADS=0): the memory profile's right before it runs (only the model exists then), the
   warm-up's and every CUDA-graph shape's after the cache and runner exist (the graph runners are built
-  before the warm-up for this), before the warm-up. Neither pass launches a kernel or writes the cache.
+  before the warm-up for this), before the warm-up. Neither pass launches a kernel or writes the cache. The
+  passes' compile processes start before the model is built and stop after the second pass.
 - Every cache (the draft's too) is in `kv_cache_dtype` = CacheConfig.torch_dtype(model dtype): the
   model's dtype, or FP8 for kv_cache_dtype fp8 / fp8_e4m3 / fp8_e5m2, so that bytes_per_block (and so
   every block count derived from a byte budget) uses its element size: FP8 holds twice the tokens of
@@ -60,7 +61,9 @@ class Worker:
         self.attn_backend = get_attention_backend(config.device.device)
         if self.device.type == "cuda":
             from pagoda.worker.gpu_memory import check_weights_fit
+            from pagoda.worker.precompile import start_compile_processes
 
+            start_compile_processes()  # they import Triton while the model loads (worker/precompile.py)
             check_weights_fit(self)
         self.kv_cache_dtype = config.cache.torch_dtype(config.model.torch_dtype)
         self.model = get_model(config.model, config.load, config.device.device, self.attn_backend)
@@ -135,8 +138,13 @@ class Worker:
         # Every variant the warm-up and the captures need compiles on a pool first (worker/precompile.py).
         from pagoda.worker.compile_watch import watch_runtime_compiles
 
-        if precompile_startup(self.runner, graph_max_size, graph_runners) is not None:
-            watch_runtime_compiles(phase="warm-up and CUDA-graph capture")  # what the pass missed, at INFO
+        from pagoda.worker.precompile import stop_compile_processes
+
+        try:
+            if precompile_startup(self.runner, graph_max_size, graph_runners) is not None:
+                watch_runtime_compiles(phase="warm-up and CUDA-graph capture")  # what the pass missed, at INFO
+        finally:
+            stop_compile_processes()
         with torch.inference_mode():  # compile the Triton variants real steps need (graphs only cover decode)
             warm_up_kernels(self.runner, graph_max_size)
         for graphs in graph_runners:  # the target's graphs, then the draft's

@@ -259,3 +259,76 @@ def test_real_triton_compiles_on_the_pool_for_the_callers_device(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     out = json.loads(result.stdout.strip().splitlines()[-1])
     assert out == dict(results=[None, None, None], submitted=2, failed=0, cached={"1": 2})
+
+
+class FakeProcesses:
+    """Stands in for compile_processes.CompileProcesses: records the jobs, optionally failing them."""
+
+    processes = 2
+
+    def __init__(self, fail: bool = False) -> None:
+        self.jobs: list = []
+        self.fail = fail
+        self.lock = threading.Lock()
+
+    def compile(self, job):
+        with self.lock:
+            self.jobs.append(job)
+        if self.fail:
+            raise RuntimeError("the worker process died")
+        return 0.1
+
+
+@pytest.fixture
+def hooked_recorder(recorder, monkeypatch):
+    """The recorder, plus what Triton's run does on a cache miss: call knobs.runtime.jit_cache_hook with the
+    variant's specialization and skip the compile when it returns True."""
+    from triton import knobs
+
+    from pagoda.kernels import compile_processes as cp
+
+    monkeypatch.setattr(knobs.runtime, "jit_cache_hook", None)
+    monkeypatch.setattr(cp, "_target", lambda fn, device: "sm_90")
+    plain = Recorder.__call__
+
+    def run(self, fn, *args, grid, warmup, **kwargs):
+        hook = knobs.runtime.jit_cache_hook
+        info = type("Info", (), {"module": fn.fn.__module__, "name": fn.fn.__qualname__})()
+        spec = f"{fn.fn.__qualname__}:{kwargs.get('BLOCK')}"
+        if warmup and hook is not None and hook(fn=info, compile={"specialization_data": spec}, is_manual_warmup=True):
+            with self.lock:
+                self.calls.append(dict(fn=fn, args=args, kwargs=kwargs, warmup="captured", grid=grid,
+                                       thread=threading.get_ident()))
+            return None
+        return plain(self, fn, *args, grid=grid, warmup=warmup, **kwargs)
+
+    monkeypatch.setattr(Recorder, "__call__", run)
+    return recorder
+
+
+def test_with_processes_each_variant_is_captured_compiled_there_then_loaded(hooked_recorder):
+    from triton import knobs
+
+    x, out = torch.zeros(64), torch.zeros(64)
+    processes = FakeProcesses()
+    with ThreadPoolExecutor(2) as pool, bc.compile_only(pool, processes) as stats:
+        _launch(x, out, BLOCK=16)
+        _launch(x, out, BLOCK=32)
+        _launch(x, out, BLOCK=32)
+    assert stats.submitted == 2 and stats.in_processes == 2 and stats.failed == 0
+    assert sorted(j.specialization for j in processes.jobs) == ["_copy:16", "_copy:32"]
+    assert {(j.module, j.qualname, j.target) for j in processes.jobs} == {(_copy.__module__, "_copy", "sm_90")}
+    kinds = [c["warmup"] for c in hooked_recorder.calls]
+    assert kinds.count("captured") == 2 and kinds.count(True) == 2  # each: captured, then loaded by warmup=True
+    assert hooked_recorder.launches() == []
+    assert knobs.runtime.jit_cache_hook is None  # the capture hook is gone after the block
+
+
+def test_a_variant_the_processes_fail_is_compiled_by_the_thread(hooked_recorder):
+    x, out = torch.zeros(64), torch.zeros(64)
+    processes = FakeProcesses(fail=True)
+    with ThreadPoolExecutor(1) as pool, bc.compile_only(pool, processes) as stats:
+        _launch(x, out, BLOCK=16)
+    assert len(processes.jobs) == 1 and stats.in_processes == 0 and stats.failed == 0
+    kinds = [c["warmup"] for c in hooked_recorder.calls]
+    assert kinds == ["captured", True]  # the thread's own warmup=True compile after the failed job
