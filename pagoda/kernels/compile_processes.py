@@ -150,13 +150,21 @@ def _as_tuples(value):
 
 
 def _kernel(module: str, qualname: str):
-    obj = importlib.import_module(module)
-    for part in qualname.split("."):
-        obj = getattr(obj, part)
+    """The JITFunction whose Python function is `module`.`qualname` (the name may hold the function itself when
+    the kernel was built as `name = JITFunction(fn)` under another name, or a wrapper such as an Autotuner)."""
     from triton.runtime.jit import JITFunction
 
-    while not isinstance(obj, JITFunction) and isinstance(getattr(obj, "fn", None), object) and hasattr(obj, "fn"):
+    mod = importlib.import_module(module)
+    obj = mod
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    while not isinstance(obj, JITFunction) and isinstance(getattr(obj, "fn", None), JITFunction):
         obj = obj.fn  # a wrapper of it (an Autotuner, a Heuristics)
+    if not isinstance(obj, JITFunction):
+        for value in vars(mod).values():
+            if isinstance(value, JITFunction) and value.fn is obj:
+                return value
+        raise RuntimeError(f"{module}.{qualname} is not a Triton kernel")
     return obj
 
 

@@ -1,7 +1,8 @@
 """Compile processes (pagoda/kernels/compile_processes.py): a worker process's compile of a variant, rebuilt from
 Triton's specialization JSON, is what this process's own compile then finds in the disk cache; failures come
 back as errors; the capture hook diverts only the capturing thread. Ahead-of-time compiles for sm_90 need no
-GPU (Triton ships ptxas)."""
+GPU (Triton ships ptxas). The kernel is tests/kernels/compile_probe_kernel.py's (a JITFunction under the
+session's interpreter too)."""
 
 import inspect
 import os
@@ -14,18 +15,14 @@ triton = pytest.importorskip("triton")
 from pagoda.kernels import compile_processes as cp  # noqa: E402
 
 
-def _race_kernel_variant():
-    """The fused sampling kernel's (signature, constexprs, attrs) for one bf16 variant, as JITFunction.run
-    would hand them to its compile."""
-    from pagoda.kernels.sample import _race_kernel as fn
+def _variant(block: int = 256):
+    """The test kernel's (signature, constexprs, attrs) for one fp32 variant, as JITFunction.run would hand them
+    to its compile."""
+    from compile_probe_kernel import scale_copy as fn
 
-    names = list(fn.arg_names)
-    types = {"logits_ptr": "*bf16", "temperature_ptr": "*fp32", "seeds_ptr": "*i64", "threshold_ptr": "*fp32",
-             "out_ptr": "*i64", "best_score_ptr": "*fp32", "best_index_ptr": "*i64", "V": "i32",
-             "cols_per_split": "i32", "stride_row": "i32"}
-    signature = {n: types.get(n, "constexpr") for n in names}
-    constexprs = {(names.index("BLOCK_V"),): 1024, (names.index("SPLIT"),): 2}
-    attrs = {(names.index("logits_ptr"),): [["tt.divisibility", 16]], (names.index("V"),): [["tt.divisibility", 16]]}
+    signature = {"x_ptr": "*fp32", "out_ptr": "*fp32", "n": "i32", "factor": "fp32", "BLOCK": "constexpr"}
+    constexprs = {(4,): block}
+    attrs = {(0,): [["tt.divisibility", 16]], (1,): [["tt.divisibility", 16]], (2,): [["tt.divisibility", 16]]}
     return fn, signature, constexprs, attrs
 
 
@@ -39,6 +36,9 @@ def _job(fn, signature, constexprs, attrs, target, options):
 
 @pytest.fixture
 def cache_dir(tmp_path, monkeypatch):
+    here = os.path.dirname(os.path.abspath(__file__))  # the compile processes import compile_probe_kernel from here
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH", "")) if p))
+    monkeypatch.syspath_prepend(here)
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     monkeypatch.delenv("TRITON_ALWAYS_COMPILE", raising=False)
     monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "triton"))
@@ -52,7 +52,7 @@ def test_worker_compile_is_what_the_parent_loads(cache_dir):
 
     target = GPUTarget("cuda", 90, 32)
     options = make_backend(target).parse_options({"num_warps": 4})
-    fn, signature, constexprs, attrs = _race_kernel_variant()
+    fn, signature, constexprs, attrs = _variant()
     pool = cp.CompileProcesses(1)
     try:
         assert pool.compile(_job(fn, signature, constexprs, attrs, target, options)) > 0
@@ -64,8 +64,7 @@ def test_worker_compile_is_what_the_parent_loads(cache_dir):
         assert set(os.listdir(cache_dir)) == written
         assert kernel.metadata.num_warps == 4
         # another variant is another entry (so the check above can fail)
-        other = dict(constexprs)
-        other[next(iter(other))] = 2048
+        _, _, other, _ = _variant(block=512)
         pool.compile(_job(fn, signature, other, attrs, target, options))
         assert len(os.listdir(cache_dir)) > len(written)
     finally:
@@ -78,14 +77,14 @@ def test_a_failed_job_is_an_error_and_the_process_stays(cache_dir):
 
     target = GPUTarget("cuda", 90, 32)
     options = make_backend(target).parse_options({"num_warps": 4})
-    fn, signature, constexprs, attrs = _race_kernel_variant()
+    fn, signature, constexprs, attrs = _variant()
     good = _job(fn, signature, constexprs, attrs, target, options)
     pool = cp.CompileProcesses(1)
     try:
         with pytest.raises(RuntimeError, match="ModuleNotFoundError"):
             pool.compile(cp.CompileJob("pagoda.no_such_module", "kernel", good.specialization, target))
         with pytest.raises(RuntimeError, match="specialization of"):  # the JSON names another kernel
-            pool.compile(cp.CompileJob("pagoda.kernels.sample", "_race_reduce_kernel", good.specialization, target))
+            pool.compile(cp.CompileJob("pagoda.kernels.sample", "_race_kernel", good.specialization, target))
         assert pool.compile(good) > 0  # the same process goes on
     finally:
         pool.shutdown()
