@@ -211,13 +211,22 @@ def compile_job(job: CompileJob) -> float:
 
 
 def _warm_worker() -> None:
-    """A worker's first work: import Triton's compiler and the NVIDIA backend, so its first job starts at once."""
+    """A worker's first work, while the parent builds its model: import Triton's compiler, its NVIDIA backend and
+    every module of pagoda.kernels (torch with them), so that the first job meets its kernel imported already."""
+    import pkgutil
+
     import triton.compiler.compiler  # noqa: F401
     from triton.backends.compiler import GPUTarget
     from triton.compiler.compiler import make_backend
 
+    import pagoda.kernels
+
     make_backend(GPUTarget("cuda", 90, 32))
-    import pagoda.kernels  # noqa: F401
+    for info in pkgutil.iter_modules(pagoda.kernels.__path__):
+        try:
+            importlib.import_module(f"pagoda.kernels.{info.name}")
+        except Exception:  # a module that needs what this machine lacks: its jobs fail and fall back to threads
+            pass
 
 
 def _send(stream, obj) -> None:
