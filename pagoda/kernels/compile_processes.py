@@ -183,6 +183,7 @@ def _constant(value):
 
 def source_and_options(job: CompileJob):
     """The ASTSource and parsed options that JITFunction.preload would build from `job` (no device needed)."""
+    from triton.compiler import ASTSource
     from triton.compiler.compiler import make_backend
 
     fn = _kernel(job.module, job.qualname)
@@ -194,18 +195,16 @@ def source_and_options(job: CompileJob):
     signature = {k: _as_tuples(v) for k, v in data["signature"].items()}
     options = {k: tuple(v) if isinstance(v, list) else v for k, v in data["options"].items()}
     options = make_backend(job.target).parse_options(options)
-    from triton.compiler import ASTSource
-
     make_source = getattr(fn, "ASTSource", ASTSource)  # the class JITFunction._do_compile uses
     return fn, make_source(fn, signature, constexprs, attrs), options
 
 
 def compile_job(job: CompileJob) -> float:
     """Compile `job` into Triton's disk cache (in a worker process); returns the seconds it took."""
-    started = time.perf_counter()
-    fn, src, options = source_and_options(job)
     import triton
 
+    started = time.perf_counter()
+    fn, src, options = source_and_options(job)
     getattr(fn, "compile", triton.compile)(src, target=job.target, options=options.__dict__)
     return time.perf_counter() - started
 
