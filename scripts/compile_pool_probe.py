@@ -56,7 +56,6 @@ def main():
     jobs = [(s, d, w) for s in (1, 2, 4, 8, 16, 32) for d in ("bf16", "fp32", "fp16", "fp8e4nv") for w in (4, 8)][:a.jobs]
     fresh_cache()
     warm(0)
-    t = time.perf_counter()
     serial = [build(j) for j in jobs[:8]]
     print(f"serial: {sum(serial) / len(serial):.3f} s per compile", flush=True)
     fresh_cache()
@@ -70,9 +69,7 @@ def main():
         t = time.perf_counter()
         list(ex.map(warm, range(a.workers)))
         print(f"{a.workers} processes started and warmed in {time.perf_counter() - t:.2f} s", flush=True)
-        fresh_cache()  # a new cache for the timed set (the workers read TRITON_CACHE_DIR at each compile)
-        os.environ["TRITON_CACHE_DIR"] = os.environ["TRITON_CACHE_DIR"]
-        t = time.perf_counter()
+        t = time.perf_counter()  # TRITON_ALWAYS_COMPILE: every job compiles, whatever the workers' cache holds
         each = list(ex.map(build, jobs))
         print(f"{len(jobs)} compiles on {a.workers} processes: {time.perf_counter() - t:.2f} s wall, "
               f"{sum(each) / len(each):.3f} s per compile", flush=True)

@@ -61,14 +61,12 @@ class CompileJob:
     target: object  # triton.backends.compiler.GPUTarget
 
 
-DEFAULT_PROCESSES = 0  # not yet timed against threads alone on the GPU machine
+DEFAULT_PROCESSES = "0"  # PAGODA_COMPILE_PROCESSES's default: not yet timed against threads on the GPU machine
 
 
 def compile_processes(threads: int) -> int:
-    """PAGODA_COMPILE_PROCESSES ("auto": `threads`), else DEFAULT_PROCESSES; 0 means no processes."""
-    raw = os.environ.get(PROCESSES_ENV, "").strip().lower()
-    if not raw:
-        return threads if DEFAULT_PROCESSES == "auto" else DEFAULT_PROCESSES
+    """PAGODA_COMPILE_PROCESSES (default DEFAULT_PROCESSES): a count, or "auto" for `threads`; 0 means none."""
+    raw = (os.environ.get(PROCESSES_ENV, "").strip() or DEFAULT_PROCESSES).lower()
     if raw == "auto":
         return threads
     try:
